@@ -1,0 +1,93 @@
+"""Checkpoints: a state dict plus the config that made it, loaded without unpickling code.
+
+A checkpoint is a plain dict of tensors and primitive values, saved with torch.save
+and loaded with ``torch.load(weights_only=True)``, so a checkpoint from another team
+can carry weights but never executable code.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError, ConfigError
+from .files import check_output, temp_path_for
+from .models import build_model
+
+CHECKPOINT_FORMAT = "kdcache-checkpoint"
+CHECKPOINT_VERSION = 1
+REQUIRED_CONFIG = ("arch", "in_channels", "num_classes", "image_size", "dataset", "mean", "std", "class_names")
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, config: Mapping[str, Any], overwrite: bool = False) -> Path:
+    """Atomically write ``{format, version, config, state_dict}`` to ``path``."""
+    p = check_output(path, overwrite)
+    missing = [k for k in REQUIRED_CONFIG if k not in config]
+    assert not missing, f"checkpoint config lacks {missing}"
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "config": dict(config),
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+    }
+    tmp = temp_path_for(p)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, p)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return p
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load the raw payload with ``weights_only=True``; anything else is a CheckpointError."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint {p} not found")
+    try:
+        payload = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe content"
+        raise CheckpointError(f"{p} was refused: it holds objects other than tensors and plain values "
+                              f"({first[:160]}); only load checkpoints you trust with other tools") from None
+    except Exception as e:  # truncated zip, not a torch file, ...
+        raise CheckpointError(f"{p} is not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{p} is not a kdcache checkpoint (no {CHECKPOINT_FORMAT!r} format marker)")
+    if int(payload.get("version", 0)) > CHECKPOINT_VERSION:
+        raise CheckpointError(f"{p} is checkpoint version {payload.get('version')}, newer than this kdcache reads "
+                              f"({CHECKPOINT_VERSION}); upgrade kdcache")
+    config = payload.get("config")
+    if not isinstance(config, dict) or any(k not in config for k in REQUIRED_CONFIG):
+        raise CheckpointError(f"{p}: checkpoint config lacks one of {', '.join(REQUIRED_CONFIG)}")
+    if not isinstance(payload.get("state_dict"), dict):
+        raise CheckpointError(f"{p}: checkpoint has no state_dict")
+    return payload
+
+
+def load_checkpoint(path: str | os.PathLike, expect_arch: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model a checkpoint describes and load its weights (eval mode, CPU).
+
+    Raises CheckpointError if ``expect_arch`` is given and differs, or if the
+    weights do not fit the architecture the checkpoint names.
+    """
+    payload = read_checkpoint(path)
+    config = payload["config"]
+    arch = config["arch"]
+    if expect_arch is not None and arch != expect_arch:
+        raise CheckpointError(f"{path} holds a {arch!r} model, but {expect_arch!r} was asked for")
+    try:
+        model = build_model(arch, int(config["in_channels"]), int(config["num_classes"]), tuple(config["image_size"]))
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    try:
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not match architecture {arch!r} "
+                              f"({str(e).splitlines()[0][:160]}...)") from None
+    return model.eval(), config

@@ -1,0 +1,24 @@
+"""Named exceptions. Each carries a one-line message that says what is wrong and how to fix it.
+
+The CLI turns every ``KDCacheError`` into a clean ``Error: ...`` line and a non-zero exit.
+"""
+
+
+class KDCacheError(Exception):
+    """Base class for every error kdcache reports to a user."""
+
+
+class ConfigError(KDCacheError):
+    """An option value is invalid (T <= 0, alpha outside [0, 1], unknown name...)."""
+
+
+class DataError(KDCacheError):
+    """The dataset is missing or not what was asked for."""
+
+
+class CacheError(KDCacheError):
+    """A logit cache is missing, corrupt, incomplete or does not match the data."""
+
+
+class CheckpointError(KDCacheError):
+    """A checkpoint is missing, unreadable, unsafe or does not match."""
