@@ -94,7 +94,7 @@ def main() -> None:
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Checkpoint to write (.pt).")
 @click.option("--arch", default="teacher-cnn", show_default=True, help="Model architecture.")
 @data_options
-@train_options({"epochs": 5, "batch_size": 128, "lr": 0.1, "precision": "bf16"})
+@train_options({"epochs": 5, "batch_size": 128, "lr": 0.05, "precision": "bf16"})
 @click.option("--overwrite", is_flag=True, help="Replace an existing checkpoint.")
 @quiet_option
 def train_teacher_cmd(out: str, arch: str, overwrite: bool, quiet: bool, **kw: Any) -> None:

@@ -39,7 +39,7 @@ def run_pipeline(*, workdir: str = "runs/pipeline", cache_path: str = "data/cach
     r = reused = _reuse(teacher, fresh)
     if r is None:
         r = train_teacher(teacher, data_cfg=data_cfg, overwrite=True, progress=progress, cfg=TrainConfig(
-            epochs=teacher_epochs, batch_size=128, lr=0.1, precision="bf16", device=device, seed=seed))
+            epochs=teacher_epochs, batch_size=128, lr=0.05, precision="bf16", device=device, seed=seed))
     rows.append({"stage": "teacher", "test_accuracy": r["test"]["accuracy"], "seconds": r["seconds"],
                  "reused": reused is not None})
 
