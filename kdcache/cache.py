@@ -137,7 +137,8 @@ class CacheWriter:
     def write(self, start: int, logits: Any, labels: Any, indices: Any, sample_ids: Any) -> None:
         """Write rows ``start .. start+len(logits)``; refuses non-finite logits."""
         assert self._f is not None, "use CacheWriter as a context manager"
-        logits = _to_numpy(logits).astype(self.dtype, copy=False)
+        with np.errstate(over="ignore"):  # overflow to inf is reported below
+            logits = _to_numpy(logits).astype(self.dtype, copy=False)
         stop = start + logits.shape[0]
         if logits.ndim != 2 or logits.shape[1] != self.num_classes or stop > self.num_samples:
             raise CacheError(f"logit block of shape {logits.shape} does not fit rows {start}:{stop} x {self.num_classes}")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
+import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -49,14 +51,18 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"checkpoint {p} not found")
+    if not zipfile.is_zipfile(p):  # torch.save has written zip archives since torch 1.6
+        raise CheckpointError(f"{p} is not a readable checkpoint (not a torch.save file, or truncated)")
     try:
         payload = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe content"
-        raise CheckpointError(f"{p} was refused: it holds objects other than tensors and plain values "
-                              f"({first[:160]}); only load checkpoints you trust with other tools") from None
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        what = f"a reference to {found.group(1)}" if found else "objects other than tensors and plain values"
+        raise CheckpointError(f"{p} was refused: it holds {what}, which could run code when loaded; "
+                              "kdcache loads only tensors and plain values (weights_only=True)") from None
     except Exception as e:  # truncated zip, not a torch file, ...
-        raise CheckpointError(f"{p} is not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
+        first = (str(e).strip().splitlines() or ["empty or unreadable file"])[0][:160]
+        raise CheckpointError(f"{p} is not a readable checkpoint ({type(e).__name__}: {first})") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{p} is not a kdcache checkpoint (no {CHECKPOINT_FORMAT!r} format marker)")
     if int(payload.get("version", 0)) > CHECKPOINT_VERSION:

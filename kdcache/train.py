@@ -130,9 +130,10 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int):
     else:
         opt = torch.optim.AdamW(groups, lr=cfg.lr)
     total = cfg.epochs * steps_per_epoch
-    if cfg.schedule == "onecycle":
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.25)
-    elif cfg.schedule == "cosine":
+    if cfg.schedule == "onecycle" and total >= 4:  # OneCycle needs >= 1 step in each phase
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total,
+                                                    pct_start=max(0.25, 2.0 / total))
+    elif cfg.schedule == "cosine" or cfg.schedule == "onecycle":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
     else:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)

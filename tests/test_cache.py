@@ -1,0 +1,197 @@
+"""The cache file: bit-exact round trip, schema read with plain h5py, atomic writes, refusals."""
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from dataclasses import replace
+
+from conftest import cache_attrs, make_image_data
+from kdcache.cache import (DATASETS, FORMAT_NAME, ROOT_ATTRS, SCHEMA_VERSION, CacheWriter, align_to_data, load_cache,
+                           read_meta, write_cache)
+from kdcache.errors import CacheError
+
+
+def logits_for(n, c=10, seed=1):
+    return np.random.default_rng(seed).normal(0, 5, size=(n, c)).astype(np.float32)
+
+
+@pytest.fixture
+def cache(tmp_path, image_data):
+    d = image_data
+    logits = logits_for(len(d))
+    path = write_cache(tmp_path / "c.h5", logits, d.labels, d.indices, d.sample_ids, cache_attrs(d.info))
+    return path, logits, d
+
+
+def test_round_trip_is_bit_exact(cache):
+    path, logits, d = cache
+    arrays = load_cache(path)
+    assert arrays.logits.tobytes() == logits.tobytes()
+    assert np.array_equal(arrays.labels, d.labels.numpy())
+    assert np.array_equal(arrays.indices, d.indices.numpy())
+    assert np.array_equal(arrays.sample_ids, d.sample_ids)
+
+
+def test_float16_storage(tmp_path, image_data):
+    d = image_data
+    logits = logits_for(len(d))
+    p = write_cache(tmp_path / "h.h5", logits, d.labels, d.indices, d.sample_ids, cache_attrs(d.info), dtype="float16")
+    arrays = load_cache(p)
+    assert arrays.logits.dtype == np.float16 and arrays.meta.logits_dtype == "float16"
+    assert np.array_equal(arrays.logits, logits.astype(np.float16))
+
+
+def test_schema_with_plain_h5py(cache):
+    path, logits, d = cache
+    with h5py.File(path, "r") as f:
+        assert set(f.keys()) == set(DATASETS)
+        assert f["logits"].shape == (len(d), 10) and f["logits"].dtype == np.float32
+        assert f["labels"].dtype == np.int64 and f["indices"].dtype == np.int64
+        assert f["sample_ids"].dtype == np.uint64 and f["sample_ids"].shape == (len(d),)
+        assert f["logits"].fletcher32 and f["logits"].chunks is not None and f["logits"].compression is None
+        for name in ROOT_ATTRS:
+            assert name in f.attrs, name
+        assert f.attrs["format"] == FORMAT_NAME and f.attrs["schema_version"] == SCHEMA_VERSION
+        assert int(f.attrs["complete"]) == 1
+        assert json.loads(f.attrs["class_names"]) == list(d.info.class_names)
+        assert f.attrs["dataset_fingerprint"] == d.info.fingerprint
+        assert f.attrs["num_samples"] == len(d) and f.attrs["num_classes"] == 10
+        config = json.loads(f.attrs["config_json"])
+        assert config["dataset"] == d.info.name and config["teacher_arch"] == "teacher-cnn"
+        # libver earliest..v110: superblock version <= 2 keeps HDF5 1.10 readers happy
+        assert f.id.get_create_plist().get_version()[0] <= 2
+
+
+def test_meta(cache):
+    path, _, d = cache
+    m = read_meta(path)
+    assert (m.num_samples, m.num_classes, m.dataset, m.split) == (len(d), 10, d.info.name, "train")
+
+
+def test_refuses_to_overwrite_and_keeps_existing(cache):
+    path, _, d = cache
+    before = path.read_bytes()
+    with pytest.raises(CacheError, match="--overwrite"):
+        write_cache(path, logits_for(len(d), seed=9), d.labels, d.indices, d.sample_ids, cache_attrs(d.info))
+    assert path.read_bytes() == before
+
+
+def test_failed_write_leaves_nothing(tmp_path, image_data):
+    d = image_data
+    target = tmp_path / "c.h5"
+    with pytest.raises(RuntimeError):
+        with CacheWriter(target, num_samples=len(d), num_classes=10, attrs=cache_attrs(d.info)) as w:
+            w.write(0, logits_for(10), d.labels[:10], d.indices[:10], d.sample_ids[:10])
+            raise RuntimeError("killed mid-way")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_nan_logits_refused_and_nothing_written(tmp_path, image_data):
+    d = image_data
+    logits = logits_for(len(d))
+    logits[3, 2] = np.nan
+    with pytest.raises(CacheError, match="NaN/Inf"):
+        write_cache(tmp_path / "c.h5", logits, d.labels, d.indices, d.sample_ids, cache_attrs(d.info))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_float16_overflow_refused(tmp_path, image_data):
+    d = image_data
+    logits = logits_for(len(d))
+    logits[0, 0] = 1e6
+    with pytest.raises(CacheError, match="float16 overflows"):
+        write_cache(tmp_path / "c.h5", logits, d.labels, d.indices, d.sample_ids, cache_attrs(d.info), dtype="float16")
+
+
+def test_missing_and_non_hdf5(tmp_path):
+    with pytest.raises(CacheError, match="not found"):
+        load_cache(tmp_path / "nope.h5")
+    junk = tmp_path / "junk.h5"
+    junk.write_text("hello")
+    with pytest.raises(CacheError, match="not an HDF5 file"):
+        load_cache(junk)
+
+
+def test_truncated(cache, tmp_path):
+    path, _, _ = cache
+    cut = tmp_path / "cut.h5"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CacheError):
+        load_cache(cut)
+
+
+def test_incomplete_and_newer_schema(cache):
+    path, _, _ = cache
+    with h5py.File(path, "r+") as f:
+        f.attrs["schema_version"] = "2.0"
+    with pytest.raises(CacheError, match="schema 2.0, newer than this kdcache reads"):
+        load_cache(path)
+    with h5py.File(path, "r+") as f:
+        f.attrs["schema_version"] = "1.7"  # newer minor: still loads
+    load_cache(path)
+    with h5py.File(path, "r+") as f:
+        del f.attrs["complete"]
+    with pytest.raises(CacheError, match="incomplete"):
+        load_cache(path)
+
+
+def test_nan_in_file_refused(cache):
+    path, _, _ = cache
+    with h5py.File(path, "r+") as f:
+        f["logits"][5, 1] = np.inf
+    with pytest.raises(CacheError, match="NaN/Inf.*row 5"):
+        load_cache(path)
+
+
+# ---------------------------------------------------------------------------- alignment with the data
+
+
+def test_align_returns_rows_in_data_order(cache):
+    path, logits, d = cache
+    aligned = align_to_data(load_cache(path), d.head(20))
+    assert torch.equal(aligned, torch.from_numpy(logits[:20]))
+
+
+def test_align_by_index_not_position(tmp_path, image_data):
+    """A cache whose rows are stored in another order still aligns by dataset index."""
+    d = image_data
+    logits = logits_for(len(d))
+    perm = np.random.default_rng(0).permutation(len(d))
+    p = write_cache(tmp_path / "p.h5", logits[perm], d.labels.numpy()[perm], d.indices.numpy()[perm],
+                    d.sample_ids[perm], cache_attrs(d.info))
+    assert torch.equal(align_to_data(load_cache(p), d), torch.from_numpy(logits))
+
+
+def test_align_refuses_fewer_samples(tmp_path, image_data):
+    d = image_data
+    small = d.head(32)
+    p = write_cache(tmp_path / "s.h5", logits_for(32), small.labels, small.indices, small.sample_ids,
+                    cache_attrs(d.info))
+    align_to_data(load_cache(p), d.head(30))  # a cache covering more than used is fine
+    with pytest.raises(CacheError, match="32 of the 64 being trained on are not in it"):
+        align_to_data(load_cache(p), d)
+
+
+def test_align_refuses_other_split_dataset_and_classes(cache):
+    path, _, d = cache
+    arrays = load_cache(path)
+    with pytest.raises(CacheError, match="made from synthetic/train, but training uses synthetic/test"):
+        align_to_data(arrays, replace(d, info=replace(d.info, split="test")))
+    with pytest.raises(CacheError, match="different"):
+        align_to_data(arrays, replace(d, info=replace(d.info, fingerprint="f" * 64)))
+    with pytest.raises(CacheError, match="another label set"):
+        align_to_data(arrays, replace(d, info=replace(d.info, class_names=d.info.class_names[:5])))
+
+
+def test_align_refuses_shuffled_rows(tmp_path, image_data):
+    """Rows whose index no longer matches their content (reordered data) are caught by the content ids."""
+    d = image_data
+    ids = d.sample_ids.copy()
+    ids[[0, 1]] = ids[[1, 0]]
+    labels = d.labels.numpy().copy()
+    labels[[0, 1]] = labels[[1, 0]]
+    p = write_cache(tmp_path / "x.h5", logits_for(len(d)), labels, d.indices, ids, cache_attrs(d.info))
+    with pytest.raises(CacheError, match="differs between cache and data"):
+        align_to_data(load_cache(p), d)

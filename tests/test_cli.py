@@ -1,0 +1,155 @@
+"""End-to-end CLI runs on a small subset, and every bad input as one clean line."""
+import json
+import shutil
+import subprocess
+import sys
+
+import h5py
+import pytest
+from click.testing import CliRunner
+
+from kdcache.cli import main
+
+
+def run(*args, ok=True):
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    if ok:
+        assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory, data_dir):
+    """A teacher trained for one epoch on 256 samples and its cache over the first 300 train samples."""
+    d = tmp_path_factory.mktemp("e2e")
+    teacher, cache = d / "teacher.pt", d / "train.h5"
+    run("train-teacher", "--data-dir", data_dir, "--limit", 256, "--eval-limit", 200, "--epochs", 1,
+        "--batch-size", 64, "--out", teacher, "-q")
+    run("dump-logits", "--teacher", teacher, "--data-dir", data_dir, "--limit", 300, "--out", cache, "-q")
+    test_cache = d / "test.h5"
+    run("dump-logits", "--teacher", teacher, "--data-dir", data_dir, "--split", "test", "--limit", 300,
+        "--out", test_cache, "-q")
+    return {"dir": d, "teacher": teacher, "cache": cache, "test_cache": test_cache, "data_dir": data_dir}
+
+
+def student(a, out, *extra, ok=True):
+    return run("train-student", "--cache", a["cache"], "--data-dir", a["data_dir"], "--limit", 256,
+               "--eval-limit", 200, "--epochs", 1, "--out", out, "-q", *extra, ok=ok)
+
+
+def test_teacher_checkpoint_and_metrics(artifacts):
+    import torch
+    ckpt = torch.load(artifacts["teacher"], weights_only=True)
+    c = ckpt["config"]
+    assert c["arch"] == "teacher-cnn" and c["dataset"] == "fashion-mnist" and c["num_train_samples"] == 256
+    assert c["class_names"][0] == "T-shirt/top" and c["mean"] == [0.286] and 0 <= c["test_accuracy"] <= 1
+    metrics = json.loads((artifacts["dir"] / "teacher.metrics.json").read_text())
+    assert len(metrics["history"]) == 1 and {"train_loss", "test_accuracy"} <= set(metrics["history"][0])
+
+
+def test_cache_contents(artifacts):
+    with h5py.File(artifacts["cache"], "r") as f:
+        assert f["logits"].shape == (300, 10)
+        assert list(f["indices"][:5]) == [0, 1, 2, 3, 4]
+        assert f.attrs["split"] == "train" and f.attrs["dataset"] == "fashion-mnist"
+        assert f.attrs["dataset_num_samples"] == 60000
+
+
+def test_student_trains_without_the_teacher(artifacts, tmp_path):
+    a = dict(artifacts)
+    moved = tmp_path / "elsewhere.pt"
+    shutil.move(a["teacher"], moved)  # the teacher checkpoint is gone
+    try:
+        for T, alpha in (("4", "0.5"), ("8", "0.9")):
+            out = tmp_path / f"s{T}.pt"
+            student(a, out, "--T", T, "--alpha", alpha)
+            import torch
+            c = torch.load(out, weights_only=True)["config"]
+            assert c["temperature"] == float(T) and c["alpha"] == float(alpha)
+            assert c["caches"][0]["sha256"] and c["caches"][0]["path"] == str(a["cache"])
+        r = run("evaluate", "--model", tmp_path / "s4.pt", "--data-dir", a["data_dir"], "--limit", 200, "--json")
+        metrics = json.loads(r.output)
+        assert metrics["num_samples"] == 200 and len(metrics["per_class_accuracy"]) == 10
+        r = run("evaluate", "--model", tmp_path / "s4.pt", "--data-dir", a["data_dir"], "--limit", 200)
+        assert "accuracy" in r.stdout.splitlines()[-1] and "Sandal" in r.stdout
+    finally:
+        shutil.move(moved, a["teacher"])
+
+
+def test_baseline_needs_no_cache(artifacts, tmp_path):
+    run("train-student", "--alpha", 0, "--data-dir", artifacts["data_dir"], "--limit", 128, "--eval-limit", 100,
+        "--epochs", 1, "--out", tmp_path / "b.pt", "-q")
+    assert (tmp_path / "b.pt").exists() and (tmp_path / "b.metrics.json").exists()
+
+
+def test_summary_line(artifacts, tmp_path):
+    r = student(artifacts, tmp_path / "s.pt")
+    assert r.output == ""  # --quiet
+    r = run("train-student", "--cache", artifacts["cache"], "--data-dir", artifacts["data_dir"], "--limit", 64,
+            "--eval-limit", 50, "--epochs", 1, "--out", tmp_path / "s2.pt")
+    assert r.stdout.strip().splitlines()[-1].startswith("student student-cnn (T=4, alpha=0.5): test accuracy")
+
+
+def bad(args, tmp_path, must_not_exist=()):
+    r = CliRunner().invoke(main, [str(a) for a in args])
+    lines = r.output.strip().splitlines()
+    assert r.exit_code != 0, r.output
+    assert "Traceback" not in r.output and r.exception is None or isinstance(r.exception, SystemExit)
+    assert len(lines) == 1 and lines[0].startswith("Error:"), r.output
+    for p in must_not_exist:
+        assert not p.exists()
+    return lines[0]
+
+
+def test_bad_inputs(artifacts, tmp_path):
+    a = artifacts
+    out = tmp_path / "s.pt"
+    common = ["--data-dir", a["data_dir"], "--limit", 256, "--epochs", 1, "--out", out, "-q"]
+    junk = tmp_path / "junk.h5"
+    junk.write_text("not hdf5")
+    cases = [
+        ("not found", ["train-student", "--cache", tmp_path / "missing.h5", *common]),
+        ("not an HDF5 file", ["train-student", "--cache", junk, *common]),
+        ("made from fashion-mnist/test", ["train-student", "--cache", a["test_cache"], *common]),
+        ("are not in it", ["train-student", "--cache", a["cache"], *common[:2], "--limit", 400, *common[4:]]),
+        ("temperature T must be", ["train-student", "--cache", a["cache"], "--T", 0, *common]),
+        ("temperature T must be", ["train-student", "--cache", a["cache"], "--T", -2, *common]),
+        ("alpha must be in [0, 1]", ["train-student", "--cache", a["cache"], "--alpha", 1.5, *common]),
+        ("alpha must be in [0, 1]", ["train-student", "--cache", a["cache"], "--alpha", -0.1, *common]),
+        ("unknown architecture 'resnet'", ["train-student", "--cache", a["cache"], "--arch", "resnet", *common]),
+        ("unknown architecture 'vit'", ["train-teacher", "--arch", "vit", *common]),
+        ("unknown dataset 'cifar10'; choose one of", ["train-teacher", "--dataset", "cifar10", *common]),
+        ("pass --cache", ["train-student", "--alpha", 0.5, *common]),
+    ]
+    for expected, args in cases:
+        line = bad(args, tmp_path, [out])
+        assert expected in line, line
+
+    # a checkpoint of the wrong architecture
+    student(a, tmp_path / "student.pt")
+    target = tmp_path / "x.h5"
+    line = bad(["dump-logits", "--teacher", tmp_path / "student.pt", "--arch", "teacher-cnn", "--data-dir",
+                a["data_dir"], "--out", target], tmp_path, [target])
+    assert "holds a 'student-cnn' model, but 'teacher-cnn'" in line
+    line = bad(["evaluate", "--model", junk, "--data-dir", a["data_dir"]], tmp_path)
+    assert "not a readable checkpoint" in line
+
+    # existing outputs are kept without --overwrite
+    before = a["cache"].read_bytes()
+    line = bad(["dump-logits", "--teacher", a["teacher"], "--data-dir", a["data_dir"], "--limit", 10,
+                "--out", a["cache"]], tmp_path)
+    assert "already exists; pass --overwrite" in line and a["cache"].read_bytes() == before
+    before = (tmp_path / "student.pt").read_bytes()
+    line = bad(["train-student", "--cache", a["cache"], *common[:-3], "--out", tmp_path / "student.pt"], tmp_path)
+    assert "already exists; pass --overwrite" in line and (tmp_path / "student.pt").read_bytes() == before
+
+
+def test_every_command_has_help():
+    for name, cmd in main.commands.items():
+        assert cmd.help and len(cmd.help.strip()) > 10, name
+        assert run(name, "--help").output.startswith("Usage:")
+
+
+def test_python_dash_m():
+    r = subprocess.run([sys.executable, "-m", "kdcache", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "train-student" in r.stdout

@@ -1,0 +1,127 @@
+"""kd_loss against a hand-written reference, at the edges, and its gradients."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kdcache.errors import ConfigError
+from kdcache.loss import kd_loss
+
+
+def reference_kd(s, t, y, T, alpha):
+    """Plain-Python (1-a)·CE + a·T²·KL(p_t ‖ p_s), with explicit softmax sums, mean over the batch."""
+    total = 0.0
+    for srow, trow, label in zip(s.tolist(), t.tolist(), y.tolist()):
+        zs = sum(math.exp(v) for v in srow)
+        ce = -(srow[label] - math.log(zs))
+        es = [math.exp(v / T) for v in srow]
+        et = [math.exp(v / T) for v in trow]
+        ps = [v / sum(es) for v in es]
+        pt = [v / sum(et) for v in et]
+        kl = sum(p * (math.log(p) - math.log(q)) for p, q in zip(pt, ps))
+        total += (1 - alpha) * ce + alpha * T * T * kl
+    return total / len(y)
+
+
+@pytest.fixture
+def batch():
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(8, 10, generator=g, dtype=torch.float64) * 3
+    t = torch.randn(8, 10, generator=g, dtype=torch.float64) * 5
+    y = torch.randint(0, 10, (8,), generator=g)
+    return s, t, y
+
+
+@pytest.mark.parametrize("T", [1.0, 2.0, 4.0, 20.0])
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 0.5, 1.0])
+def test_matches_reference(batch, T, alpha):
+    s, t, y = batch
+    got = kd_loss(s, t, y, temperature=T, alpha=alpha).item()
+    assert got == pytest.approx(reference_kd(s, t, y, T, alpha), rel=1e-5, abs=1e-6)
+
+
+def test_alpha_zero_is_cross_entropy_and_needs_no_teacher(batch):
+    s, _, y = batch
+    assert kd_loss(s.float(), None, y, 4.0, 0.0).item() == pytest.approx(F.cross_entropy(s.float(), y).item())
+
+
+def test_alpha_one_ignores_labels(batch):
+    s, t, y = batch
+    assert kd_loss(s, t, y, 4.0, 1.0).item() == pytest.approx(kd_loss(s, t, (y + 1) % 10, 4.0, 1.0).item())
+
+
+def test_zero_when_student_equals_teacher():
+    z = torch.randn(4, 10)
+    assert kd_loss(z, z, torch.zeros(4, dtype=torch.long), 4.0, 1.0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:reduction")
+def test_batchmean_not_mean_over_classes(batch):
+    """nn.KLDivLoss()'s default also divides by the number of classes: that is 10x too small here."""
+    s, t, y = batch
+    T = 2.0
+    wrong = torch.nn.KLDivLoss()(F.log_softmax(s / T, 1), F.softmax(t / T, 1)) * T * T
+    right = kd_loss(s, t, y, T, 1.0)
+    assert right.item() == pytest.approx(wrong.item() * 10, rel=1e-6)
+
+
+def seed_sketch_loss(student_logits, teacher_logits, labels, T, alpha):
+    """The original sketch's bug: log_softmax of the *teacher* as input -> no soft gradient for the student."""
+    hard = F.cross_entropy(student_logits, labels)
+    soft = torch.nn.KLDivLoss()(F.log_softmax(teacher_logits / T, 1), F.softmax(teacher_logits / T, 1)) * T * T
+    return (1 - alpha) * hard + alpha * soft
+
+
+def soft_gradient(loss_fn, s, t, y):
+    s = s.clone().requires_grad_(True)
+    loss_fn(s, t, y, 4.0, 1.0 - 1e-9).backward()  # (almost) only the soft term
+    return s.grad
+
+
+@pytest.mark.filterwarnings("ignore:reduction")
+def test_soft_gradient_reaches_student(batch):
+    s, t, y = batch
+    g = soft_gradient(kd_loss, s, t, y)
+    # d/ds of T²·KL at temperature T is T·(softmax(s/T) - softmax(t/T)) / B
+    expected = 4.0 * (F.softmax(s / 4.0, 1) - F.softmax(t / 4.0, 1)) / s.shape[0]
+    torch.testing.assert_close(g, expected, rtol=1e-5, atol=1e-7)
+    # The seed sketch's loss gives the student no soft gradient: the same check fails for it.
+    assert not torch.allclose(soft_gradient(seed_sketch_loss, s, t, y), expected, atol=1e-4)
+
+
+def test_teacher_gets_no_gradient(batch):
+    s, t, y = batch
+    s, t = s.clone().requires_grad_(True), t.clone().requires_grad_(True)
+    kd_loss(s, t, y, 4.0, 0.5).backward()
+    assert t.grad is None and s.grad is not None
+
+
+def test_stable_for_large_logits_and_temperatures():
+    s = torch.tensor([[1000.0, -1000.0, 0.0]])
+    t = torch.tensor([[-1000.0, 1000.0, 0.0]])
+    y = torch.tensor([0])
+    for T in (0.05, 1.0, 20.0, 1e4):
+        assert torch.isfinite(kd_loss(s, t, y, T, 0.5))
+
+
+def test_float16_inputs_are_computed_in_float32(batch):
+    s, t, y = batch
+    ref = kd_loss(s.float(), t.float(), y, 20.0, 0.5)
+    half = kd_loss(s.half(), t.half(), y, 20.0, 0.5)
+    assert half.dtype == torch.float32
+    assert half.item() == pytest.approx(ref.item(), rel=1e-2)
+
+
+@pytest.mark.parametrize("T", [0.0, -1.0, float("nan"), float("inf")])
+def test_rejects_bad_temperature(batch, T):
+    s, t, y = batch
+    with pytest.raises(ConfigError, match="temperature"):
+        kd_loss(s, t, y, T, 0.5)
+
+
+@pytest.mark.parametrize("alpha", [-0.1, 1.5, float("nan")])
+def test_rejects_bad_alpha(batch, alpha):
+    s, t, y = batch
+    with pytest.raises(ConfigError, match="alpha"):
+        kd_loss(s, t, y, 4.0, alpha)

@@ -1,0 +1,118 @@
+"""The training loop, batch sources, and cached KD == online KD."""
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_image_data
+from kdcache.cache import align_to_data, load_cache
+from kdcache.checkpoint import load_checkpoint, save_checkpoint
+from kdcache.data import load_dataset, normalize
+from kdcache.dump import dump_logits
+from kdcache.errors import ConfigError
+from kdcache.jobs import _model_config, distillation_loss
+from kdcache.loss import kd_loss
+from kdcache.models import build_model
+from kdcache.train import Batch, MemoryBatches, TrainConfig, cross_entropy_loss, evaluate, fit, resolve_device
+
+
+def test_memory_batches_cover_epoch_and_keep_logits_with_images(image_data):
+    d = image_data
+    # teacher logits that encode the row: column 0 holds the sum of the row's pixels
+    marker = d.images.float().sum(dim=(1, 2, 3))
+    logits = torch.zeros(len(d), 10)
+    logits[:, 0] = marker
+    batches = MemoryBatches(d, 10, shuffle=True, seed=3, teacher_logits=logits)
+    assert len(batches) == 7
+    seen = []
+    for b in batches:
+        raw = b.images * torch.tensor(d.info.std).view(1, -1, 1, 1) + torch.tensor(d.info.mean).view(1, -1, 1, 1)
+        assert torch.allclose((raw * 255).sum(dim=(1, 2, 3)), b.teacher_logits[:, 0], rtol=1e-4)
+        seen.append(b.labels)
+    assert sorted(torch.cat(seen).tolist()) == sorted(d.labels.tolist())
+    first = [b.labels.tolist() for b in batches]
+    second = [b.labels.tolist() for b in batches]
+    assert first != second  # a fresh permutation each epoch
+
+
+def test_same_seed_same_order(image_data):
+    a = [b.labels.tolist() for b in MemoryBatches(image_data, 8, seed=1)]
+    b = [b.labels.tolist() for b in MemoryBatches(image_data, 8, seed=1)]
+    c = [b.labels.tolist() for b in MemoryBatches(image_data, 8, seed=2)]
+    assert a == b and a != c
+
+
+def test_fit_learns_a_separable_task():
+    d = make_image_data(n=128, classes=2)
+    # make the label visible in the pixels: class 1 images are bright
+    imgs = d.images.clone()
+    imgs[d.labels == 1] = 255
+    imgs[d.labels == 0] = 0
+    from dataclasses import replace
+    d = replace(d, images=imgs)
+    torch.manual_seed(0)
+    model = build_model("student-cnn", num_classes=2)
+    cfg = TrainConfig(epochs=3, batch_size=16, lr=0.05, device="cpu")
+    history = fit(model, MemoryBatches(d, 16, seed=0), cross_entropy_loss, cfg, eval_data=d)
+    assert len(history) == 3 and history[-1]["test_accuracy"] == 1.0
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    ev = evaluate(model, d)
+    assert ev["accuracy"] == 1.0 and set(ev["per_class_accuracy"]) == {"c0", "c1"}
+
+
+def test_bf16_training_runs():
+    d = make_image_data(n=32)
+    model = build_model("teacher-cnn")
+    history = fit(model, MemoryBatches(d, 16, channels_last=True), cross_entropy_loss,
+                  TrainConfig(epochs=1, batch_size=16, device="cpu", precision="bf16"))
+    assert np.isfinite(history[0]["train_loss"])
+
+
+@pytest.mark.parametrize("kw", [dict(epochs=0), dict(lr=-1.0), dict(optimizer="rmsprop"), dict(precision="fp8")])
+def test_bad_train_config(kw):
+    with pytest.raises(ConfigError):
+        TrainConfig(**kw)
+
+
+def test_device_auto_is_cpu_here_and_cuda_refused_without_gpu():
+    if torch.cuda.is_available():
+        pytest.skip("machine has a GPU")
+    assert resolve_device("auto").type == "cpu"
+    with pytest.raises(ConfigError, match="no CUDA GPU"):
+        resolve_device("cuda")
+
+
+def test_cached_kd_equals_online_kd(tmp_path, data_dir):
+    """The loss and the student's gradients from cached logits equal those from running the teacher live."""
+    data = load_dataset("fashion-mnist", "train", data_dir, limit=128)
+    torch.manual_seed(0)
+    teacher = build_model("teacher-cnn")
+    # give BatchNorm non-trivial running statistics, as a trained teacher has
+    teacher.train()
+    with torch.no_grad():
+        teacher(normalize(data.images, data.info.mean, data.info.std))
+    config = _model_config("teacher-cnn", data.info)
+    ckpt = save_checkpoint(tmp_path / "t.pt", teacher, config)
+    cache = tmp_path / "c.h5"
+    dump_logits(ckpt, cache, data_dir=str(data_dir), limit=128, batch_size=32, device="cpu")
+
+    cached = align_to_data(load_cache(cache), data)
+    live_teacher, _ = load_checkpoint(ckpt)  # eval mode
+    batches = MemoryBatches(data, 32, shuffle=True, seed=0, teacher_logits=cached)
+    student = build_model("student-cnn")
+    T, alpha = 4.0, 0.7
+    loss_fn = distillation_loss(T, alpha)
+    for batch in list(batches)[:2]:
+        student.zero_grad()
+        cached_loss = loss_fn(student(batch.images), batch)
+        cached_loss.backward()
+        cached_grads = [p.grad.clone() for p in student.parameters()]
+
+        student.zero_grad()
+        with torch.inference_mode():
+            live_logits = live_teacher(batch.images)
+        online_loss = kd_loss(student(batch.images), live_logits.clone(), batch.labels, T, alpha)
+        online_loss.backward()
+        torch.testing.assert_close(batch.teacher_logits, live_logits, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(cached_loss, online_loss, rtol=1e-6, atol=1e-6)
+        for g_cached, p in zip(cached_grads, student.parameters()):
+            torch.testing.assert_close(g_cached, p.grad, rtol=1e-5, atol=1e-7)
