@@ -46,8 +46,13 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, config: Mapping[s
     return p
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load the raw payload with ``weights_only=True``; anything else is a CheckpointError."""
+def load_weights_only(path: str | os.PathLike) -> Any:
+    """``torch.load(path, weights_only=True)`` on CPU: tensors and plain values, never code.
+
+    A pickle that would build any other object (and so could run code) is refused
+    with a CheckpointError, as is an unreadable file. Used for kdcache checkpoints
+    and for the plain state dicts of custom teachers (``--weights``).
+    """
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"checkpoint {p} not found")
@@ -63,6 +68,13 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     except Exception as e:  # truncated zip, not a torch file, ...
         first = (str(e).strip().splitlines() or ["empty or unreadable file"])[0][:160]
         raise CheckpointError(f"{p} is not a readable checkpoint ({type(e).__name__}: {first})") from None
+    return payload
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load the raw payload with ``weights_only=True``; anything else is a CheckpointError."""
+    p = Path(path)
+    payload = load_weights_only(p)
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{p} is not a kdcache checkpoint (no {CHECKPOINT_FORMAT!r} format marker)")
     if int(payload.get("version", 0)) > CHECKPOINT_VERSION:
