@@ -10,18 +10,22 @@ import torch
 from tqdm.auto import tqdm
 
 from . import __version__
-from .cache import CacheWriter, sha256_file
-from .checkpoint import load_checkpoint
+from .cache import CacheWriter
 from .data import load_dataset
-from .jobs import check_model_fits_data
+from .errors import CacheError
+from .teacher import TeacherSpec, default_dataset, load_teacher
 from .train import MemoryBatches, autocast, resolve_device
 
 
-def dump_logits(teacher: str | os.PathLike, out: str | os.PathLike, *, split: str = "train",
+def dump_logits(teacher: str | os.PathLike | None, out: str | os.PathLike, *, split: str = "train",
                 dataset: str | None = None, data_dir: str = "data", limit: int | None = None,
                 batch_size: int = 1000, device: str = "auto", precision: str = "fp32", dtype: str = "float32",
-                arch: str | None = None, overwrite: bool = False, progress: bool = False) -> dict[str, Any]:
+                arch: str | None = None, teacher_factory: str | None = None, weights: str | None = None,
+                overwrite: bool = False, progress: bool = False) -> dict[str, Any]:
     """Write ``teacher``'s logits over ``split`` (first ``limit`` rows) to the cache ``out``.
+
+    The teacher is a kdcache checkpoint (``teacher``), or ``teacher_factory``
+    ("package.module:function") plus a ``weights`` state dict (see kdcache.teacher).
 
     The teacher runs in eval mode under inference_mode, without augmentation, at
     ``precision`` (fp32 by default so the cache holds fp32-computed logits).
@@ -29,11 +33,12 @@ def dump_logits(teacher: str | os.PathLike, out: str | os.PathLike, *, split: st
     """
     out = Path(out)
     if out.exists() and not overwrite:  # fail before the slow part; CacheWriter checks again
-        from .errors import CacheError
         raise CacheError(f"{out} already exists; pass --overwrite to replace it")
-    model, config = load_checkpoint(teacher, expect_arch=arch)
-    data = load_dataset(dataset or config["dataset"], split, data_dir, limit)
-    check_model_fits_data(config, data.info, teacher)
+    spec = TeacherSpec(checkpoint=None if teacher is None else str(teacher), factory=teacher_factory,
+                       weights=weights, arch=arch)
+    data = load_dataset(dataset or default_dataset(spec), split, data_dir, limit)
+    loaded = load_teacher(spec, data.info)
+    model = loaded.model
     dev = resolve_device(device)
     model.to(dev)
     if precision == "bf16":
@@ -41,15 +46,15 @@ def dump_logits(teacher: str | os.PathLike, out: str | os.PathLike, *, split: st
     info = data.info
     attrs = {
         "kdcache_version": __version__, "torch_version": str(torch.__version__),
-        "teacher_arch": config["arch"], "teacher_sha256": sha256_file(teacher), "teacher_precision": precision,
+        "teacher_arch": loaded.arch, "teacher_sha256": loaded.sha256, "teacher_precision": precision,
         "dataset": info.name, "split": info.split, "dataset_num_samples": info.num_samples,
         "dataset_fingerprint": info.fingerprint, "class_names": list(info.class_names),
-        "normalization_mean": list(config["mean"]), "normalization_std": list(config["std"]),
-        "extra_config": {k: v for k, v in config.items() if k != "class_names"},
+        "normalization_mean": list(loaded.mean), "normalization_std": list(loaded.std),
+        "extra_config": loaded.config,
     }
     # The teacher sees its inputs standardised exactly as in training.
     batches = MemoryBatches(data, batch_size, shuffle=False, device=dev, channels_last=precision == "bf16")
-    batches.mean, batches.std = tuple(config["mean"]), tuple(config["std"])
+    batches.mean, batches.std = loaded.mean, loaded.std
     t0 = time.perf_counter()
     agree = 0
     with CacheWriter(out, num_samples=len(data), num_classes=info.num_classes, attrs=attrs, dtype=dtype,
