@@ -106,9 +106,12 @@ def fingerprint_for(images: np.ndarray, labels: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def check_dataset_name(name: str) -> DatasetSpec:
+def check_dataset_name(name: str) -> DatasetSpec | None:
+    """The built-in dataset's spec; None for 'imagefolder' (a team's own images, see kdcache.imagefolder)."""
+    if name == "imagefolder":
+        return None
     if name not in DATASETS:
-        raise ConfigError(f"unknown dataset {name!r}; choose one of: {', '.join(sorted(DATASETS))}")
+        raise ConfigError(f"unknown dataset {name!r}; choose one of: {', '.join(sorted(DATASETS) + ['imagefolder'])}")
     return DATASETS[name]
 
 
@@ -122,6 +125,10 @@ def check_split(split: str) -> str:
 def _load_full(name: str, split: str, root: str, download: bool) -> ImageData:
     spec = check_dataset_name(name)
     check_split(split)
+    if spec is None:
+        from .imagefolder import load_imagefolder
+
+        return load_imagefolder(root, split)
     import torchvision.datasets as tvd  # slow import, only when data is needed
 
     cls = getattr(tvd, spec.torchvision_class)

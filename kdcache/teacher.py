@@ -1,0 +1,157 @@
+"""Teachers for dump-logits and verify: a kdcache checkpoint, or a team's own model.
+
+A team's own teacher is named by a factory and a weights file::
+
+    --teacher-factory mypkg.models:build_teacher --weights teacher_state.pt
+
+``build_teacher`` is imported (the current directory is on the import path, as
+with ``python -m``) and called with whichever of ``num_classes``, ``in_channels``
+and ``image_size`` it accepts, taken from the data. The weights file is a state
+dict (or a dict holding one under ``"state_dict"``), loaded with
+``torch.load(weights_only=True)``, so it can carry tensors but never code. The
+teacher sees images standardised with the dataset's mean/std (for imagefolder: the
+train split's statistics), the same preprocessing the student gets.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .cache import sha256_file
+from .checkpoint import load_checkpoint, load_weights_only, read_checkpoint
+from .data import DatasetInfo
+from .errors import CheckpointError, ConfigError
+
+FACTORY_ARGS = ("num_classes", "in_channels", "image_size")
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    """What the user named: a checkpoint, or a factory plus a weights file."""
+
+    checkpoint: str | None = None
+    factory: str | None = None  # "package.module:function"
+    weights: str | None = None
+    arch: str | None = None  # refuse a checkpoint of any other architecture
+
+    def __post_init__(self) -> None:
+        if (self.checkpoint is None) == (self.factory is None):
+            raise ConfigError("name the teacher once: --teacher CKPT, or --teacher-factory MODULE:FUNCTION "
+                              "with --weights FILE")
+        if self.factory is not None and self.weights is None:
+            raise ConfigError("--teacher-factory needs --weights FILE (a state dict saved with torch.save)")
+        if self.factory is None and self.weights is not None:
+            raise ConfigError("--weights goes with --teacher-factory; a kdcache checkpoint (--teacher) holds its weights")
+
+    @property
+    def file(self) -> str:
+        """The file whose SHA-256 identifies the teacher."""
+        return str(self.checkpoint if self.checkpoint is not None else self.weights)
+
+
+@dataclass(frozen=True)
+class Teacher:
+    """A loaded teacher in eval mode on CPU, with what a cache records about it."""
+
+    model: nn.Module
+    arch: str  # e.g. "teacher-cnn" or "factory:mypkg.models:build_teacher"
+    sha256: str  # of the checkpoint or weights file
+    mean: tuple[float, ...]  # input standardisation the teacher expects
+    std: tuple[float, ...]
+    config: dict[str, Any]  # recorded in the cache's config_json (teacher_config)
+
+
+def default_dataset(spec: TeacherSpec) -> str:
+    """The dataset a teacher was trained on (checkpoint), else fashion-mnist."""
+    if spec.checkpoint is not None:
+        return str(read_checkpoint(spec.checkpoint)["config"]["dataset"])
+    return "fashion-mnist"
+
+
+def import_factory(target: str) -> Any:
+    """Resolve ``package.module:function`` to the callable."""
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"--teacher-factory {target!r} must look like package.module:function")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # like `python -m`: a module in the current folder is found
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ConfigError(f"--teacher-factory: cannot import {module_name!r} ({e}); run from the folder that "
+                          "holds it or add it to PYTHONPATH") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ConfigError(f"--teacher-factory: {module_name} has no function {attr!r}")
+    return fn
+
+
+def _build_from_factory(target: str, info: DatasetInfo) -> nn.Module:
+    fn = import_factory(target)
+    offered = {"num_classes": info.num_classes, "in_channels": info.in_channels, "image_size": tuple(info.image_size)}
+    try:
+        params = inspect.signature(fn).parameters
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        kwargs = {k: v for k, v in offered.items() if takes_any or k in params}
+    except (TypeError, ValueError):  # builtins without a signature
+        kwargs = {}
+    model = fn(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"--teacher-factory {target} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _state_dict_from(payload: Any, path: str) -> dict[str, torch.Tensor]:
+    if isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):
+        payload = payload["state_dict"]
+    if not isinstance(payload, dict) or not all(isinstance(v, torch.Tensor) for v in payload.values()):
+        raise CheckpointError(f"{path} is not a state dict (a dict of parameter name -> tensor); save it with "
+                              "torch.save(model.state_dict(), path)")
+    return payload
+
+
+def load_teacher(spec: TeacherSpec, info: DatasetInfo) -> Teacher:
+    """Load the teacher ``spec`` names and check that it fits ``info``'s classes and inputs."""
+    if spec.checkpoint is not None:
+        from .jobs import check_model_fits_data
+
+        model, config = load_checkpoint(spec.checkpoint, expect_arch=spec.arch)
+        check_model_fits_data(config, info, spec.checkpoint)
+        return Teacher(model=model, arch=str(config["arch"]), sha256=sha256_file(spec.checkpoint),
+                       mean=tuple(config["mean"]), std=tuple(config["std"]),
+                       config={k: v for k, v in config.items() if k != "class_names"})
+    assert spec.factory is not None and spec.weights is not None
+    state = _state_dict_from(load_weights_only(spec.weights), spec.weights)
+    model = _build_from_factory(spec.factory, info)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{spec.weights}: weights do not fit the model from {spec.factory} "
+                              f"({str(e).splitlines()[0][:160]})") from None
+    model.eval()
+    _check_output_shape(model, info, spec.factory)
+    config = {"factory": spec.factory, "weights": os.path.basename(spec.weights), "dataset": info.name,
+              "mean": list(info.mean), "std": list(info.std)}
+    return Teacher(model=model, arch=f"factory:{spec.factory}", sha256=sha256_file(spec.weights),
+                   mean=tuple(info.mean), std=tuple(info.std), config=config)
+
+
+def _check_output_shape(model: nn.Module, info: DatasetInfo, name: str) -> None:
+    x = torch.zeros(2, info.in_channels, *info.image_size)
+    with torch.inference_mode():
+        try:
+            out = model(x)
+        except Exception as e:  # the team's model: any failure is a mismatch with the data
+            raise ConfigError(f"teacher from {name} fails on {info.in_channels}x{list(info.image_size)} inputs "
+                              f"({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, info.num_classes):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ConfigError(f"teacher from {name} returns {shape} for a batch of 2, expected (2, {info.num_classes}) "
+                          f"logits for the {info.num_classes} classes of {info.name}")
