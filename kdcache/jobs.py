@@ -18,6 +18,7 @@ from . import __version__
 from .cache import align_to_data, load_cache, sha256_file
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import DatasetInfo, ImageData, load_dataset
+from .ensemble import ENSEMBLE_METHODS, check_same_rows, combine_logits
 from .errors import CheckpointError, ConfigError
 from .files import check_output, write_json
 from .loss import check_alpha, check_temperature, kd_loss
@@ -99,27 +100,37 @@ def distillation_loss(temperature: float, alpha: float):
 
 def train_student(out: str | os.PathLike, *, caches: Sequence[str | os.PathLike] = (), temperature: float = 4.0,
                   alpha: float = 0.5, arch: str = "student-cnn", data_cfg: DataConfig = DataConfig(),
-                  cfg: TrainConfig = TrainConfig(), overwrite: bool = False, progress: bool = False) -> dict[str, Any]:
+                  cfg: TrainConfig = TrainConfig(), ensemble: str = "mean-probs", overwrite: bool = False,
+                  progress: bool = False) -> dict[str, Any]:
     """Train a student from images + cached teacher logits. Never loads or runs a teacher.
 
     Every cache is checked against the training samples (dataset, split, fingerprint,
     index coverage, labels and content ids row by row) before training starts.
+    Several caches distil from an ensemble: they must hold the same rows in the same
+    order, and are combined by ``ensemble`` (see kdcache.ensemble).
     ``alpha = 0`` trains on labels alone and needs no cache.
     """
     check_temperature(temperature)
     check_alpha(alpha)
     build_model(arch)
+    if ensemble not in ENSEMBLE_METHODS:
+        raise ConfigError(f"unknown ensemble method {ensemble!r}; choose one of: {', '.join(ENSEMBLE_METHODS)}")
     if alpha > 0 and not caches:
         raise ConfigError("alpha > 0 distils from a teacher: pass --cache (or use --alpha 0 for labels only)")
     data = load_dataset(data_cfg.dataset, "train", data_cfg.data_dir, data_cfg.limit, data_cfg.download)
-    teacher_logits, cache_records = None, []
-    for path in caches:
-        arrays = load_cache(path)
-        aligned = align_to_data(arrays, data)
-        teacher_logits = aligned if teacher_logits is None else teacher_logits  # first cache (ensembles: issue 3)
-        cache_records.append({"path": str(path), "sha256": sha256_file(path),
-                              "teacher_arch": arrays.meta.teacher_arch, "teacher_sha256": arrays.meta.teacher_sha256})
-    extra = {"temperature": temperature, "alpha": alpha, "caches": cache_records}
+    members = [load_cache(path) for path in caches]
+    if len(members) > 1:
+        check_same_rows(members)
+    aligned = [align_to_data(arrays, data) for arrays in members]  # each (N, C) in data order
+    teacher_logits = None
+    if len(aligned) == 1:
+        teacher_logits = aligned[0]
+    elif aligned:
+        teacher_logits = combine_logits(aligned, ensemble, temperature)  # once per run: depends on T only
+    cache_records = [{"path": str(path), "sha256": sha256_file(path), "teacher_arch": arrays.meta.teacher_arch,
+                      "teacher_sha256": arrays.meta.teacher_sha256} for path, arrays in zip(caches, members)]
+    extra = {"temperature": temperature, "alpha": alpha, "caches": cache_records,
+             "ensemble": ensemble if len(members) > 1 else None}
     return _train_and_save("student", arch, data, data_cfg, cfg, out, overwrite, progress, teacher_logits,
                            distillation_loss(temperature, alpha), extra)
 
