@@ -10,7 +10,7 @@ import click
 
 from .errors import KDCacheError
 
-DATASET_HELP = "fashion-mnist (default) or mnist"
+DATASET_HELP = "fashion-mnist (default), mnist, or imagefolder (your images: --data-dir ROOT with ROOT/train/<class>/* and ROOT/test/<class>/*)"
 
 
 class KDCacheGroup(click.Group):
@@ -75,6 +75,15 @@ def _data_config(kw: dict[str, Any]):
                       eval_limit=kw.pop("eval_limit"), download=kw.pop("download"))
 
 
+def teacher_factory_options(f: Callable) -> Callable:
+    """A team's own teacher: --teacher-factory package.module:function + --weights state_dict.pt."""
+    f = click.option("--weights", default=None, type=click.Path(dir_okay=False),
+                     help="State dict for --teacher-factory (torch.save(model.state_dict()); loaded weights_only).")(f)
+    return click.option("--teacher-factory", default=None, metavar="MODULE:FUNCTION",
+                        help="Your own teacher: a function returning a torch.nn.Module (gets num_classes, "
+                             "in_channels, image_size if it takes them). Use with --weights.")(f)
+
+
 def summary(quiet: bool, text: str) -> None:
     if not quiet:
         click.echo(text)
@@ -108,10 +117,11 @@ def train_teacher_cmd(out: str, arch: str, overwrite: bool, quiet: bool, **kw: A
 
 
 @main.command("dump-logits")
-@click.option("--teacher", required=True, type=click.Path(dir_okay=False), help="Teacher checkpoint.")
+@click.option("--teacher", default=None, type=click.Path(dir_okay=False), help="Teacher checkpoint (kdcache).")
+@teacher_factory_options
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Cache file to write (.h5).")
 @click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True)
-@click.option("--dataset", default=None, help="Dataset (default: the teacher's).")
+@click.option("--dataset", default=None, help="Dataset (default: the teacher's). " + DATASET_HELP)
 @click.option("--data-dir", default="data", show_default=True, type=click.Path(file_okay=False))
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N samples of the split.")
 @click.option("--arch", default=None, help="Refuse a teacher checkpoint of any other architecture.")
@@ -120,11 +130,15 @@ def train_teacher_cmd(out: str, arch: str, overwrite: bool, quiet: bool, **kw: A
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
               help="Precision the teacher runs at; fp32 keeps cached logits exact.")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
-              help="Storage dtype of the logits.")
+              help="Storage dtype of the logits; float16 halves /logits (docs/cache-format.md gives its error).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing cache.")
 @quiet_option
-def dump_logits_cmd(teacher: str, out: str, quiet: bool, **kw: Any) -> None:
-    """Run the teacher once over a split and write its raw logits to an HDF5 cache."""
+def dump_logits_cmd(teacher: str | None, out: str, quiet: bool, **kw: Any) -> None:
+    """Run the teacher once over a split and write its raw logits to an HDF5 cache.
+
+    The teacher is a kdcache checkpoint (--teacher) or your own model
+    (--teacher-factory MODULE:FUNCTION --weights FILE).
+    """
     from .dump import dump_logits
 
     r = dump_logits(teacher, out, progress=not quiet, **kw)
@@ -140,20 +154,22 @@ def dump_logits_cmd(teacher: str, out: str, quiet: bool, **kw: Any) -> None:
               help="Softmax temperature T > 0 for the soft targets.")
 @click.option("--alpha", type=float, default=0.5, show_default=True,
               help="Weight of the soft loss in [0, 1]; 0 = hard labels only.")
+@click.option("--ensemble", type=click.Choice(["mean-probs", "mean-logits"]), default="mean-probs", show_default=True,
+              help="How several --cache teachers are combined: mean of softmax(z/T), or mean of logits.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Checkpoint to write (.pt).")
 @click.option("--arch", default="student-cnn", show_default=True, help="Model architecture.")
 @data_options
 @train_options({"epochs": 10, "batch_size": 128, "lr": 0.05, "precision": "fp32"})
 @click.option("--overwrite", is_flag=True, help="Replace an existing checkpoint.")
 @quiet_option
-def train_student_cmd(caches: tuple[str, ...], temperature: float, alpha: float, out: str, arch: str,
+def train_student_cmd(caches: tuple[str, ...], temperature: float, alpha: float, ensemble: str, out: str, arch: str,
                       overwrite: bool, quiet: bool, **kw: Any) -> None:
     """Train a student from images + cached teacher logits (the teacher is never loaded)."""
     from .jobs import train_student
 
     cfg, data_cfg = _train_config(kw), _data_config(kw)
     r = train_student(out, caches=caches, temperature=temperature, alpha=alpha, arch=arch, data_cfg=data_cfg,
-                      cfg=cfg, overwrite=overwrite, progress=not quiet)
+                      cfg=cfg, ensemble=ensemble, overwrite=overwrite, progress=not quiet)
     summary(quiet, f"student {arch} (T={temperature:g}, alpha={alpha:g}): test accuracy {r['test']['accuracy']:.4f}, "
                    f"{cfg.epochs} epochs in {r['seconds']:.0f}s -> {r['checkpoint']}")
 
@@ -181,6 +197,58 @@ def evaluate_cmd(model_path: str, as_json: bool, quiet: bool, **kw: Any) -> None
             click.echo(f"  {name:<{width}}  {acc:.4f}" if acc is not None else f"  {name:<{width}}  -")
     summary(quiet, f"{r['arch']} on {r['dataset']}/{r['split']} ({r['num_samples']} samples): "
                    f"accuracy {r['accuracy']:.4f}, loss {r['loss']:.4f}")
+
+
+@main.command("info")
+@click.argument("cache", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the facts as JSON.")
+def info_cmd(cache: str, as_json: bool) -> None:
+    """What to check before training from CACHE: teacher, data, classes, dtype, size, softness of the targets."""
+    from .info import cache_info, format_info
+
+    r = cache_info(cache)
+    click.echo(json.dumps(r, indent=2) if as_json else format_info(r))
+
+
+@main.command("verify")
+@click.argument("cache", type=click.Path(dir_okay=False))
+@click.option("--dataset", default=None, help="Compare rows with this dataset (default: the cache's). " + DATASET_HELP)
+@click.option("--split", type=click.Choice(["train", "test"]), default=None, help="Split to compare with (default: the cache's).")
+@click.option("--data-dir", default=None, type=click.Path(file_okay=False),
+              help="Folder holding the data; giving it (or --dataset) turns on the row-by-row comparison.")
+@click.option("--teacher", default=None, type=click.Path(dir_okay=False),
+              help="Re-run this teacher checkpoint on --sample random rows and compare logits.")
+@teacher_factory_options
+@click.option("--sample", type=click.IntRange(min=1), default=256, show_default=True, help="Rows the teacher re-runs.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for choosing the sampled rows.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (exit status as without).")
+@quiet_option
+def verify_cmd(cache: str, teacher: str | None, teacher_factory: str | None, weights: str | None, as_json: bool,
+               quiet: bool, **kw: Any) -> None:
+    """Check CACHE: schema, every chunk's checksum, finite logits, rows vs your data, logits vs the teacher.
+
+    Prints one line per check (`ok`, `skip`, or `Error:` for a failure) and exits 0
+    only if every check passes.
+    """
+    from .teacher import TeacherSpec
+    from .verify import verify_cache
+
+    spec = None
+    if teacher is not None or teacher_factory is not None or weights is not None:
+        spec = TeacherSpec(checkpoint=teacher, factory=teacher_factory, weights=weights)
+    r = verify_cache(cache, teacher=spec, **kw)
+    if as_json:
+        click.echo(json.dumps(r.to_dict(), indent=2))
+    for c in r.checks:
+        if c.status == "fail" and not as_json:
+            click.echo(f"Error: {c.line()}", err=True)
+        elif not (quiet or as_json):
+            click.echo(f"{c.status:<5} {c.line()}")
+    if r.ok:
+        summary(quiet or as_json, f"{cache}: verified, {sum(c.status == 'ok' for c in r.checks)} checks passed")
+    else:
+        sys.exit(1)
 
 
 @main.command("pipeline")
