@@ -279,5 +279,59 @@ def pipeline_cmd(quiet: bool, json_out: str | None, **kw: Any) -> None:
     click.echo(format_table(r))
 
 
+@main.command("sweep")
+@click.option("--cache", required=True, type=click.Path(dir_okay=False), help="Logit cache of the training split.")
+@click.option("--T", "--temperature", "temperatures", default="1,2,4,8,16", show_default=True,
+              help="Comma-separated temperatures, each > 0.")
+@click.option("--alpha", "alphas", default="0.5,0.9", show_default=True,
+              help="Comma-separated soft-loss weights in (0, 1]; 1 = soft targets only. The alpha 0 baseline is always run.")
+@click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True, help="Seeds 0..N-1 per configuration.")
+@click.option("--limit", "limits", default=None, help="Comma-separated numbers of labelled training samples "
+              "(first N), e.g. 5000,60000. Default: every row of the cache.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Sweep folder (table, checkpoints, report).")
+@click.option("--arch", default="student-cnn", show_default=True, help="Student architecture.")
+@click.option("--dataset", default="fashion-mnist", show_default=True, help=DATASET_HELP)
+@click.option("--data-dir", default="data", show_default=True, type=click.Path(file_okay=False))
+@click.option("--eval-limit", type=click.IntRange(min=1), default=None,
+              help="Evaluate on only the first N test samples (quick runs).")
+@train_options({"epochs": 10, "batch_size": 128, "lr": 0.05, "precision": "fp32"})
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads for torch (default: torch's choice; 1 is fastest on cores shared with other jobs).")
+@click.option("--no-report", is_flag=True, help="Do not write the report at the end.")
+@quiet_option
+def sweep_cmd(cache: str, temperatures: str, alphas: str, seeds: int, limits: str | None, out: str, arch: str,
+              dataset: str, data_dir: str, eval_limit: int | None, threads: int | None, no_report: bool, quiet: bool,
+              **kw: Any) -> None:
+    """Train a student for every (limit, T, alpha, seed) plus the labels-only baseline, from one cache.
+
+    Results are saved after every run to <out>/results.json and .csv; rerunning skips
+    finished runs. Writes the report (`kdcache report`) at the end.
+    """
+    from .jobs import DataConfig
+    from .sweep import SweepGrid, parse_numbers, run_sweep
+
+    if kw["seed"] != 0:
+        raise click.UsageError("sweep uses seeds 0..N-1; set how many with --seeds, not --seed")
+    grid = SweepGrid(temperatures=parse_numbers(temperatures, "--T"), alphas=parse_numbers(alphas, "--alpha"),
+                     seeds=tuple(range(seeds)), limits=parse_numbers(limits, "--limit", int) if limits else ())
+    cfg = _train_config(kw)
+    data_cfg = DataConfig(dataset=dataset, data_dir=data_dir, eval_limit=eval_limit)
+    r = run_sweep(out, cache, grid, arch=arch, data_cfg=data_cfg, cfg=cfg, progress=not quiet, report=not no_report,
+                  threads=threads)
+    summary(quiet, f"sweep: {r['ran']} runs trained, {r['skipped']} already done, {r['total']} in all, "
+                   f"in {r['seconds']:.0f}s -> {r['table']}" + (f", report {r['report']['markdown']}" if "report" in r else ""))
+
+
+@main.command("report")
+@click.argument("sweep_dir", type=click.Path(file_okay=False))
+@quiet_option
+def report_cmd(sweep_dir: str, quiet: bool) -> None:
+    """Write report.md and PNG figures (accuracy vs T, training curves) for a sweep folder."""
+    from .report import write_report
+
+    r = write_report(sweep_dir)
+    summary(quiet, f"report -> {r['markdown']} ({r['accuracy_figure']}, {r['curves_figure']})")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

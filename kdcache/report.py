@@ -1,0 +1,274 @@
+"""The report of a sweep: a Markdown summary and two PNG figures, from ``<out>/results.json``.
+
+- ``accuracy_vs_T.png``: test accuracy against T (log axis), one line per alpha with the
+  spread over seeds, the labels-only baseline and the teacher as horizontal lines, one
+  panel per number of labelled samples.
+- ``training_curves.png``: test accuracy and test loss per epoch of the best distilled
+  configuration and of the baseline (mean over seeds, band = spread).
+- ``report.md``: the tables behind both, and the fraction of the baseline-to-teacher gap
+  that distillation closed.
+
+"Spread" is the sample standard deviation over seeds (0 with one seed). The best
+configuration is chosen by mean test accuracy: there is no separate validation split, so
+its number is slightly optimistic, by the usual max-over-noisy-means amount.
+"""
+from __future__ import annotations
+
+import os
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .files import temp_path_for, write_text_atomic
+from .sweep import load_results
+
+ACCURACY_FIGURE = "accuracy_vs_T.png"
+CURVES_FIGURE = "training_curves.png"
+REPORT_MD = "report.md"
+
+
+@dataclass
+class Stat:
+    """Mean and spread of one configuration over seeds."""
+
+    alpha: float
+    temperature: float | None  # None = baseline
+    values: list[float]  # test accuracy of each finished seed
+    rows: list[dict[str, Any]] = field(repr=False)  # the finished runs
+    failed: int = 0  # runs that diverged
+
+    def seeds_text(self) -> str:
+        return f"{len(self.values)}" + (f" (+{self.failed} diverged)" if self.failed else "")
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values)
+
+    @property
+    def std(self) -> float:
+        return statistics.stdev(self.values) if len(self.values) > 1 else 0.0
+
+    @property
+    def label(self) -> str:
+        return "baseline (alpha 0)" if self.temperature is None else f"T={self.temperature:g}, alpha={self.alpha:g}"
+
+
+@dataclass
+class Group:
+    """All configurations trained on the same number of labelled samples for the same epochs."""
+
+    limit: int
+    epochs: int
+    baseline: Stat | None
+    configs: list[Stat]  # distilled (alpha > 0), sorted by alpha then T
+
+    @property
+    def best(self) -> Stat | None:
+        return max(self.configs, key=lambda s: s.mean, default=None)
+
+    def alphas(self) -> list[float]:
+        return sorted({s.alpha for s in self.configs})
+
+
+def summarize(rows: list[dict[str, Any]]) -> list[Group]:
+    """Group the table's rows by (limit, epochs), then by (alpha, T) over seeds."""
+    by_group: dict[tuple[int, int], dict[tuple[float, float | None], list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        by_group[(row["limit"], row["epochs"])][(row["alpha"], row["temperature"])].append(row)
+    groups = []
+    for (limit, epochs), configs in sorted(by_group.items()):
+        stats = []
+        for (a, t), rs in configs.items():
+            ok = [r for r in rs if r.get("test_accuracy") is not None]
+            if ok:  # a configuration whose every seed diverged has no mean; it is listed in failures()
+                stats.append(Stat(a, t, [r["test_accuracy"] for r in ok], ok, failed=len(rs) - len(ok)))
+        baseline = next((s for s in stats if s.temperature is None), None)
+        distilled = sorted((s for s in stats if s.temperature is not None), key=lambda s: (s.alpha, s.temperature))
+        groups.append(Group(limit, epochs, baseline, distilled))
+    return groups
+
+
+def gap_closed(baseline: float, best: float, teacher: float | None) -> float | None:
+    """(best - baseline) / (teacher - baseline): 1 = the student matches the teacher; None if undefined."""
+    if teacher is None or teacher <= baseline:
+        return None
+    return (best - baseline) / (teacher - baseline)
+
+
+def _pct(x: float | None, std: float | None = None) -> str:
+    if x is None:
+        return "-"
+    return f"{100 * x:.2f}%" if std is None else f"{100 * x:.2f} ± {100 * std:.2f}%"
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise ConfigError("the report's figures need matplotlib: pip install 'kdcache[report]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.grid": True, "grid.alpha": 0.3,
+                         "axes.spines.top": False, "axes.spines.right": False})
+    return plt
+
+
+def _save(plt, fig, path: Path) -> None:
+    """PNG written to a temp file and renamed into place, like every other artifact."""
+    tmp = temp_path_for(path)
+    try:
+        fig.savefig(tmp, dpi=110, format="png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _figure_legend(fig, axes) -> None:
+    """One legend under all panels (entries merged by label), so no panel's data is covered."""
+    entries: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    fig.tight_layout(rect=(0, 0.1, 1, 0.95))
+    fig.legend(list(entries.values()), list(entries.keys()), loc="lower center", ncol=min(len(entries), 5),
+               fontsize=9, frameon=False)
+
+
+def _group_title(g: Group) -> str:
+    return f"{g.limit:,} labelled samples, {g.epochs} epochs"
+
+
+def plot_accuracy_vs_temperature(groups: list[Group], teacher_accuracy: float | None, path: Path) -> Path:
+    """One panel per group: mean test accuracy vs T per alpha (error bars = spread over seeds)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.2 * len(groups), 4.0), squeeze=False)
+    colors = plt.get_cmap("tab10")
+    for ax, g in zip(axes[0], groups):
+        temps = sorted({s.temperature for s in g.configs})
+        if g.baseline is not None:
+            m, s = 100 * g.baseline.mean, 100 * g.baseline.std
+            ax.axhline(m, color="0.3", lw=1.5, label="baseline, labels only (band: ± std)")
+            if s > 0:
+                ax.axhspan(m - s, m + s, color="0.3", alpha=0.12, lw=0)
+        if teacher_accuracy is not None:
+            ax.axhline(100 * teacher_accuracy, color="k", ls="--", lw=1.2, label=f"teacher ({100 * teacher_accuracy:.2f}%)")
+        for i, alpha in enumerate(g.alphas()):
+            pts = sorted((s for s in g.configs if s.alpha == alpha), key=lambda s: s.temperature)
+            name = "soft targets only" if alpha == 1 else "distilled"
+            ax.errorbar([s.temperature for s in pts], [100 * s.mean for s in pts], yerr=[100 * s.std for s in pts],
+                        marker="o", ms=4, capsize=3, lw=1.5, color=colors(i + 1), label=f"{name}, alpha={alpha:g}")
+        ax.set_xscale("log", base=2)
+        if temps:
+            ax.set_xticks(temps, [f"{t:g}" for t in temps])
+            ax.minorticks_off()
+        ax.set_xlabel("temperature T (log scale)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(_group_title(g))
+    _figure_legend(fig, axes[0])
+    fig.suptitle("Student test accuracy vs distillation temperature (mean ± std over seeds)", fontsize=11)
+    _save(plt, fig, path)
+    return path
+
+
+def _curve(stat: Stat, key: str) -> tuple[list[int], list[float], list[float]]:
+    """Mean and spread over seeds of history[key] per epoch, in percent for accuracies."""
+    scale = 100.0 if "accuracy" in key else 1.0
+    epochs = [h["epoch"] for h in stat.rows[0]["history"]]
+    per_epoch = list(zip(*[[scale * h[key] for h in r["history"]] for r in stat.rows]))
+    means = [statistics.fmean(v) for v in per_epoch]
+    stds = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in per_epoch]
+    return epochs, means, stds
+
+
+def plot_training_curves(groups: list[Group], path: Path) -> Path:
+    """Test accuracy (top) and test loss (bottom) per epoch: best distilled vs baseline, per group."""
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(2, len(groups), figsize=(5.2 * len(groups), 6.4), squeeze=False, sharex="col")
+    for col, g in enumerate(groups):
+        shown = [(s, c) for s, c in ((g.baseline, "0.3"), (g.best, "tab:orange")) if s is not None]
+        for row, (key, ylabel) in enumerate((("test_accuracy", "test accuracy (%)"),
+                                             ("test_loss", "test loss (cross-entropy, nats)"))):
+            ax = axes[row][col]
+            for stat, color in shown:
+                epochs, means, stds = _curve(stat, key)
+                name = stat.label if stat is g.baseline else f"best distilled: {stat.label}"
+                ax.plot(epochs, means, marker="o", ms=3, color=color, label=f"{name} ({len(stat.rows)} seeds)")
+                ax.fill_between(epochs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
+                                color=color, alpha=0.15, lw=0)
+            ax.set_ylabel(ylabel)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            if row == 0:
+                ax.set_title(_group_title(g))
+                ax.legend(fontsize=8, frameon=False)
+            else:
+                ax.set_xlabel("epoch")
+    fig.suptitle("Training curves: best distilled configuration vs labels-only baseline (mean ± std over seeds)",
+                 fontsize=11)
+    fig.tight_layout()
+    _save(plt, fig, path)
+    return path
+
+
+def format_markdown(results: dict[str, Any], groups: list[Group]) -> str:
+    """The report's text: the settings, a summary table, and every configuration."""
+    teacher = results.get("teacher") or {}
+    t_acc = teacher.get("test_accuracy")
+    st = results["settings"]
+    train = st["train"]
+    seeds = sorted({r["seed"] for r in results["rows"]})
+    lines = [
+        f"# Sweep report: {results.get('cache', '')}", "",
+        f"Student `{st['arch']}` trained from the cache only, {train['optimizer']} + {train['schedule']}, "
+        f"peak lr {train['lr']:g}, batch {train['batch_size']}, weight decay {train['weight_decay']:g}, "
+        f"seeds {', '.join(map(str, seeds))}; {len(results['rows'])} runs. Test accuracy on "
+        f"{results['rows'][0]['eval_samples'] if results['rows'] else '-'} test samples. "
+        f"Teacher `{teacher.get('arch', '?')}`: {_pct(t_acc)} (recorded in the cache).", "",
+        "Spread = standard deviation over seeds. Gap closed = (best − baseline) / (teacher − baseline). "
+        "The best configuration is picked by mean test accuracy (no separate validation split), so it is "
+        "slightly optimistic.", "",
+        "| labelled samples | epochs | teacher | baseline (alpha 0) | best distilled | config | gain | gap closed |",
+        "|---:|---:|---:|---:|---:|---|---:|---:|",
+    ]
+    for g in groups:
+        b, best = g.baseline, g.best
+        gain = gap = None
+        if b is not None and best is not None:
+            gain, gap = best.mean - b.mean, gap_closed(b.mean, best.mean, t_acc)
+        lines.append(f"| {g.limit:,} | {g.epochs} | {_pct(t_acc)} | {_pct(b.mean, b.std) if b else '-'} | "
+                     f"{_pct(best.mean, best.std) if best else '-'} | {best.label if best else '-'} | "
+                     f"{'-' if gain is None else f'{100 * gain:+.2f} pp'} | {'-' if gap is None else f'{100 * gap:.0f}%'} |")
+    lines += ["", f"![test accuracy vs T]({ACCURACY_FIGURE})", "", f"![training curves]({CURVES_FIGURE})", ""]
+    for g in groups:
+        lines += [f"## {_group_title(g)}", "", "| alpha | T | seeds | test accuracy | vs baseline |",
+                  "|---:|---:|---:|---:|---:|"]
+        for s in ([g.baseline] if g.baseline else []) + g.configs:
+            delta = "-" if g.baseline is None or s is g.baseline else f"{100 * (s.mean - g.baseline.mean):+.2f} pp"
+            t = "-" if s.temperature is None else f"{s.temperature:g}"
+            lines.append(f"| {s.alpha:g} | {t} | {s.seeds_text()} | {_pct(s.mean, s.std)} | {delta} |")
+        lines.append("")
+    failed = [r for r in results["rows"] if r.get("test_accuracy") is None]
+    if failed:
+        lines += ["## Runs that diverged", ""] + [f"- `{r['key']}`: {r.get('error', '?')}" for r in failed] + [""]
+    return "\n".join(lines)
+
+
+def write_report(out_dir: str | os.PathLike) -> dict[str, str]:
+    """Write report.md and the two figures into ``out_dir``; returns their paths."""
+    out = Path(out_dir)
+    results = load_results(out)
+    if not results["rows"]:
+        raise ConfigError(f"{out / 'results.json'} has no finished runs yet; nothing to report")
+    groups = summarize(results["rows"])
+    t_acc = (results.get("teacher") or {}).get("test_accuracy")
+    paths = {"accuracy_figure": plot_accuracy_vs_temperature(groups, t_acc, out / ACCURACY_FIGURE),
+             "curves_figure": plot_training_curves(groups, out / CURVES_FIGURE),
+             "markdown": write_text_atomic(out / REPORT_MD, format_markdown(results, groups))}
+    return {k: str(v) for k, v in paths.items()}

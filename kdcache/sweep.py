@@ -1,0 +1,267 @@
+"""Sweeps over (data limit, T, alpha, seed) from one cache, with a resumable results table.
+
+One teacher pass, many students: every run trains a student from the cache only (the
+alpha = 0 baseline from the labels alone) and evaluates it on the test split. After each
+run the whole table is rewritten atomically to ``<out>/results.json`` (rows with per-epoch
+history, for curves) and ``<out>/results.csv`` (one flat line per run), so an interrupted
+sweep loses nothing and running it again skips the runs already in the table.
+
+Example::
+
+    grid = SweepGrid(temperatures=(1, 4), alphas=(0.9,), seeds=(0, 1), limits=(5000,))
+    run_sweep("runs/sweep1", "data/caches/fmnist-train.h5", grid, cfg=TrainConfig(epochs=10))
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .cache import read_meta, sha256_file
+from .errors import ConfigError
+from .files import write_json, write_text_atomic
+from .jobs import DataConfig, train_student
+from .loss import check_alpha, check_temperature
+from .train import TrainConfig
+
+RESULTS_JSON = "results.json"
+RESULTS_CSV = "results.csv"
+RESULTS_FORMAT = "kdcache-sweep"
+CSV_COLUMNS = ("key", "limit", "temperature", "alpha", "seed", "epochs", "test_accuracy", "test_loss",
+               "train_seconds", "eval_samples", "error")
+DIVERGED = "training diverged"  # start of the message kdcache.train raises on a non-finite loss
+
+
+def parse_numbers(text: str | Sequence[float], option: str, kind: type = float) -> tuple:
+    """'1,2,4' -> (1.0, 2.0, 4.0) (or ints with ``kind=int``); duplicates dropped, order kept.
+
+    Raises ConfigError naming ``option`` for an empty list or an entry that is not a number.
+    """
+    parts = [p.strip() for p in text.split(",")] if isinstance(text, str) else list(text)
+    if not parts or all(p == "" for p in parts):
+        raise ConfigError(f"{option}: empty list; give comma-separated numbers, e.g. {option} 1,2,4")
+    values = []
+    for p in parts:
+        try:
+            v = kind(p)
+        except (TypeError, ValueError):
+            what = "a whole number" if kind is int else "a number"
+            raise ConfigError(f"{option}: {p!r} is not {what}; give comma-separated values, e.g. {option} 1,2,4") from None
+        if v not in values:
+            values.append(v)
+    return tuple(values)
+
+
+@dataclass(frozen=True)
+class SweepGrid:
+    """The axes of a sweep. alpha = 0 (labels only) is the baseline, run once per (limit, seed)."""
+
+    temperatures: tuple[float, ...]
+    alphas: tuple[float, ...]  # soft-loss weights > 0; include 1 for soft-targets-only runs
+    seeds: tuple[int, ...] = (0,)
+    limits: tuple[int, ...] = ()  # first N labelled training samples; () = every row of the cache
+    baseline: bool = True
+
+    def __post_init__(self) -> None:
+        for name, values in (("--T", self.temperatures), ("--alpha", self.alphas), ("--seeds", self.seeds)):
+            if not values:
+                raise ConfigError(f"{name}: empty list; give at least one value")
+        for t in self.temperatures:
+            try:
+                check_temperature(t)
+            except ConfigError as e:
+                raise ConfigError(f"--T: {e}") from None
+        for a in self.alphas:
+            try:
+                check_alpha(a)
+            except ConfigError as e:
+                raise ConfigError(f"--alpha: {e}") from None
+        if any(not isinstance(n, int) or n < 1 for n in self.limits):
+            raise ConfigError(f"--limit: every limit must be a whole number >= 1, got {list(self.limits)}")
+
+    def runs(self, limits: Sequence[int], epochs: int) -> list["RunSpec"]:
+        """Every run, smallest limit first; per seed the baseline, then each (alpha, T)."""
+        specs = []
+        for limit in limits:
+            for seed in self.seeds:
+                if self.baseline or 0 in self.alphas:
+                    specs.append(RunSpec(limit, None, 0.0, seed, epochs))
+                for alpha in self.alphas:
+                    if alpha > 0:
+                        specs.extend(RunSpec(limit, float(t), float(alpha), seed, epochs) for t in self.temperatures)
+        return specs
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One student: ``temperature`` is None for the labels-only baseline (alpha = 0)."""
+
+    limit: int
+    temperature: float | None
+    alpha: float
+    seed: int
+    epochs: int
+
+    @property
+    def key(self) -> str:
+        t = "-" if self.temperature is None else f"{self.temperature:g}"
+        return f"n{self.limit}_T{t}_a{self.alpha:g}_s{self.seed}_e{self.epochs}"
+
+    def cost(self, eval_samples: int) -> float:
+        """Relative compute, for the time-left estimate (measured on CPU: for this small student a
+        test sample in the per-epoch evaluation costs about as much as a training sample)."""
+        return self.epochs * (self.limit + eval_samples)
+
+
+def sweep_settings(cache: str | os.PathLike, arch: str, data_cfg: DataConfig, cfg: TrainConfig) -> dict[str, Any]:
+    """Everything that must be the same for two runs to share one table (all but the grid axes)."""
+    train = {k: v for k, v in cfg.to_dict().items() if k not in ("epochs", "seed", "device")}
+    return {"cache_sha256": sha256_file(cache), "arch": arch, "dataset": data_cfg.dataset,
+            "eval_limit": data_cfg.eval_limit, "train": train}
+
+
+def teacher_summary(cache: str | os.PathLike) -> dict[str, Any]:
+    """The teacher's recorded test accuracy etc., from the cache's attributes (no teacher is loaded)."""
+    meta = read_meta(cache)
+    tc = meta.config.get("teacher_config") or {}
+    return {"arch": meta.teacher_arch, "sha256": meta.teacher_sha256, "test_accuracy": tc.get("test_accuracy"),
+            "eval_limit": tc.get("eval_limit"), "epochs": tc.get("epochs"),
+            "num_train_samples": tc.get("num_train_samples")}
+
+
+def load_results(out_dir: str | os.PathLike) -> dict[str, Any]:
+    """The table of a sweep folder (ConfigError if there is none)."""
+    path = Path(out_dir) / RESULTS_JSON
+    if not path.is_file():
+        raise ConfigError(f"{path} not found; run `kdcache sweep --out {out_dir} ...` first")
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path} is not a readable sweep table ({e}); rerun the sweep into a new --out") from None
+    if results.get("format") != RESULTS_FORMAT:
+        raise ConfigError(f"{path} is not a kdcache sweep table (format {results.get('format')!r})")
+    return results
+
+
+def _check_same_settings(path: Path, old: dict[str, Any], new: dict[str, Any]) -> None:
+    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if diff:
+        raise ConfigError(f"{path} holds runs made with different {', '.join(diff)} "
+                          f"(was {[old.get(k) for k in diff]}, now {[new.get(k) for k in diff]}); "
+                          "use a new --out, or the same settings to resume")
+
+
+def format_csv(rows: Iterable[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for row in rows:
+        w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in CSV_COLUMNS})
+    return buf.getvalue()
+
+
+def save_results(out_dir: Path, results: dict[str, Any]) -> None:
+    """Both tables, each atomically (the JSON last: it is what resume reads)."""
+    write_text_atomic(out_dir / RESULTS_CSV, format_csv(results["rows"]))
+    write_json(out_dir / RESULTS_JSON, results)
+
+
+def _row(spec: RunSpec, r: dict[str, Any]) -> dict[str, Any]:
+    return {"key": spec.key, **asdict(spec), "test_accuracy": r["test"]["accuracy"], "test_loss": r["test"]["loss"],
+            "train_seconds": round(r["seconds"], 3), "eval_samples": r["test"]["num_samples"],
+            "checkpoint": r["checkpoint"], "history": r["history"]}
+
+
+def _time_left(seconds: float, done_cost: float, left_cost: float) -> str:
+    if done_cost <= 0:
+        return "time left ?"
+    s = int(seconds / done_cost * left_cost)
+    return f"time left {s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def run_sweep(out_dir: str | os.PathLike, cache: str | os.PathLike, grid: SweepGrid, *, arch: str = "student-cnn",
+              data_cfg: DataConfig = DataConfig(), cfg: TrainConfig = TrainConfig(), progress: bool = False,
+              report: bool = True, threads: int | None = None) -> dict[str, Any]:
+    """Train every run of ``grid`` not yet in ``out_dir``'s table, saving the table after each.
+
+    ``cfg.epochs`` applies to every run; ``cfg.seed`` is replaced by each of ``grid.seeds``.
+    ``data_cfg.limit`` is ignored: ``grid.limits`` (default: all cached rows) sets it per run.
+    ``threads`` sets torch's CPU threads for the sweep (1 is fastest on cores shared with other jobs).
+    Returns counts (ran, skipped, total), the table path and, with ``report``, the report's paths.
+    """
+    meta = read_meta(cache)  # a missing or broken cache fails here, before anything is written
+    limits = grid.limits or (meta.num_samples,)
+    too_many = [n for n in limits if n > meta.num_samples]
+    if too_many:
+        raise ConfigError(f"--limit {too_many[0]} is more than the {meta.num_samples} rows in {cache}; "
+                          f"use limits <= {meta.num_samples}")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a folder")
+    settings = sweep_settings(cache, arch, data_cfg, cfg)
+    if (out / RESULTS_JSON).exists():
+        results = load_results(out)
+        _check_same_settings(out / RESULTS_JSON, results["settings"], settings)
+    else:
+        results = {"format": RESULTS_FORMAT, "version": 1, "cache": str(cache), "settings": settings,
+                   "teacher": teacher_summary(cache), "rows": []}
+    done = {row["key"] for row in results["rows"]}
+    specs = grid.runs(limits, cfg.epochs)
+    todo = [s for s in specs if s.key not in done]
+    eval_n = data_cfg.eval_limit or 10_000
+    left_cost = sum(s.cost(eval_n) for s in todo)
+    t_start = time.perf_counter()
+    bar = tqdm(total=len(specs), initial=len(specs) - len(todo), disable=not progress, unit="run",
+               desc="sweep", bar_format="{desc}: {n_fmt}/{total_fmt} runs |{bar}| {elapsed} elapsed, {postfix}")
+    bar.set_postfix_str(_time_left(0, 0, left_cost))
+    out.mkdir(parents=True, exist_ok=True)
+    old_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        _run_all(out, cache, todo, results, arch, data_cfg, cfg, bar, eval_n, left_cost)
+    finally:
+        torch.set_num_threads(old_threads)
+        bar.close()
+    if not (out / RESULTS_CSV).exists():
+        save_results(out, results)
+    summary = {"out": str(out), "table": str(out / RESULTS_JSON), "ran": len(todo), "skipped": len(specs) - len(todo),
+               "total": len(specs), "seconds": time.perf_counter() - t_start}
+    if report:
+        from .report import write_report
+
+        summary["report"] = write_report(out)
+    return summary
+
+
+def _run_all(out: Path, cache: str | os.PathLike, todo: list[RunSpec], results: dict[str, Any], arch: str,
+             data_cfg: DataConfig, cfg: TrainConfig, bar: tqdm, eval_n: int, left_cost: float) -> None:
+    """Train each pending run and rewrite the table after each one."""
+    done_cost, t_start = 0.0, time.perf_counter()
+    for spec in todo:
+        bar.set_description_str(f"sweep {spec.key}")
+        try:
+            r = train_student(out / "runs" / f"{spec.key}.pt", caches=[] if spec.alpha == 0 else [cache],
+                              temperature=spec.temperature or 1.0, alpha=spec.alpha, arch=arch,
+                              data_cfg=replace(data_cfg, limit=spec.limit), cfg=replace(cfg, seed=spec.seed),
+                              overwrite=True)  # a checkpoint without a table row is from an interrupted run
+            row = _row(spec, r)
+        except ConfigError as e:
+            if not str(e).startswith(DIVERGED):
+                raise
+            # A diverged run is a result (this T/alpha is unstable at this lr), not a reason to stop the sweep.
+            row = {"key": spec.key, **asdict(spec), "test_accuracy": None, "test_loss": None, "error": str(e)}
+        results["rows"].append(row)
+        save_results(out, results)
+        done_cost += spec.cost(eval_n)
+        left_cost -= spec.cost(eval_n)
+        bar.set_postfix_str(_time_left(time.perf_counter() - t_start, done_cost, max(left_cost, 0.0)))
+        bar.update(1)

@@ -1,0 +1,131 @@
+"""Sweeps: a tiny one end to end through the CLI, resume, partial tables, and bad lists."""
+import csv
+import json
+
+import matplotlib.image
+import pytest
+from click.testing import CliRunner
+
+from kdcache.cli import main
+from kdcache.errors import ConfigError
+from kdcache.sweep import RunSpec, SweepGrid, load_results, parse_numbers
+
+
+def run(*args, ok=True):
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    if ok:
+        assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory, data_dir):
+    """A one-epoch teacher on 256 samples and its cache over the first 300 training samples."""
+    d = tmp_path_factory.mktemp("sweep-cache")
+    run("train-teacher", "--data-dir", data_dir, "--limit", 256, "--eval-limit", 200, "--epochs", 1,
+        "--batch-size", 64, "--out", d / "teacher.pt", "-q")
+    run("dump-logits", "--teacher", d / "teacher.pt", "--data-dir", data_dir, "--limit", 300,
+        "--out", d / "train.h5", "-q")
+    return d / "train.h5"
+
+
+def sweep(cache, data_dir, out, *extra, ok=True):
+    return run("sweep", "--cache", cache, "--data-dir", data_dir, "--T", "1,4", "--alpha", "0.9", "--seeds", 1,
+               "--limit", 200, "--epochs", 1, "--eval-limit", 200, "--batch-size", 64, "--out", out, "-q", *extra, ok=ok)
+
+
+@pytest.fixture(scope="module")
+def finished(cache, data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep") / "s1"
+    sweep(cache, data_dir, out)
+    return out
+
+
+def test_tiny_sweep_writes_table_and_report(finished):
+    results = load_results(finished)
+    rows = results["rows"]
+    # baseline + 2 temperatures x 1 alpha x 1 seed, in plan order
+    assert [(r["temperature"], r["alpha"]) for r in rows] == [(None, 0.0), (1.0, 0.9), (4.0, 0.9)]
+    for r in rows:
+        assert (r["limit"], r["seed"], r["epochs"], r["eval_samples"]) == (200, 0, 1, 200)
+        assert 0.0 <= r["test_accuracy"] <= 1.0 and r["test_loss"] > 0 and r["train_seconds"] > 0
+        assert len(r["history"]) == 1 and "test_accuracy" in r["history"][0]
+    assert results["teacher"]["test_accuracy"] is not None  # read from the cache's attributes
+    with open(finished / "results.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [t["key"] for t in table] == [r["key"] for r in rows]
+    assert table[0]["temperature"] == "" and float(table[2]["temperature"]) == 4.0
+    for name in ("accuracy_vs_T.png", "training_curves.png"):
+        img = matplotlib.image.imread(finished / name)
+        assert img.ndim == 3 and img.shape[0] > 200 and img.shape[1] > 300
+    md = (finished / "report.md").read_text()
+    assert "| 200 | 1 |" in md and "accuracy_vs_T.png" in md
+    assert not list(finished.glob(".*tmp*"))
+
+
+def test_resuming_a_finished_sweep_runs_nothing(finished, cache, data_dir):
+    before = (finished / "results.json").read_text()
+    r = run("sweep", "--cache", cache, "--data-dir", data_dir, "--T", "1,4", "--alpha", "0.9", "--seeds", 1,
+            "--limit", 200, "--epochs", 1, "--eval-limit", 200, "--batch-size", 64, "--out", finished, "--no-report")
+    assert "0 runs trained, 3 already done, 3 in all" in r.output
+    assert (finished / "results.json").read_text() == before
+
+
+def test_interrupted_sweep_resumes_only_missing_runs(finished, cache, data_dir, tmp_path):
+    out = tmp_path / "partial"
+    out.mkdir()
+    results = json.loads((finished / "results.json").read_text())
+    results["rows"] = results["rows"][:2]  # as if killed during the third run
+    (out / "results.json").write_text(json.dumps(results))
+    r = sweep(cache, data_dir, out, "--no-report")
+    assert r.exit_code == 0
+    rows = load_results(out)["rows"]
+    assert [row["key"] for row in rows] == [row["key"] for row in load_results(finished)["rows"]]
+    assert rows[:2] == results["rows"]  # untouched
+
+
+def test_resume_with_other_settings_is_refused(finished, cache, data_dir):
+    r = sweep(cache, data_dir, finished, "--lr", "0.01", ok=False)
+    assert r.exit_code == 1 and "different train" in r.output and "new --out" in r.output
+
+
+@pytest.mark.parametrize("option,value,message", [
+    ("--T", "0", "--T: temperature T must be a finite number > 0"),
+    ("--T", "-2,4", "--T: temperature T must be a finite number > 0"),
+    ("--T", "", "--T: empty list"),
+    ("--T", "1,x", "--T: 'x' is not a number"),
+    ("--alpha", "1.5", "--alpha: alpha must be in [0, 1]"),
+    ("--alpha", "nan", "--alpha: alpha must be in [0, 1]"),
+    ("--alpha", " , ", "--alpha: empty list"),
+    ("--limit", "100,abc", "--limit: 'abc' is not a whole number"),
+    ("--limit", "0", "--limit: every limit must be a whole number >= 1"),
+    ("--limit", "100000", "--limit 100000 is more than the 300 rows"),
+])
+def test_bad_lists_are_refused_before_anything_is_written(cache, data_dir, tmp_path, option, value, message):
+    out = tmp_path / "bad"
+    args = ["sweep", "--cache", cache, "--data-dir", data_dir, "--out", out, "-q", option, value]
+    r = run(*args, ok=False)
+    assert r.exit_code == 1
+    assert r.output.startswith("Error: ") and message in r.output and len(r.output.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_missing_cache_is_one_line(tmp_path):
+    r = run("sweep", "--cache", tmp_path / "nope.h5", "--out", tmp_path / "o", ok=False)
+    assert r.exit_code == 1 and r.output.startswith("Error: ") and not (tmp_path / "o").exists()
+
+
+def test_parse_numbers():
+    assert parse_numbers("1, 2,4,2", "--T") == (1.0, 2.0, 4.0)
+    assert parse_numbers("5000,60000", "--limit", int) == (5000, 60000)
+    with pytest.raises(ConfigError, match="not a whole number"):
+        parse_numbers("5e3", "--limit", int)
+
+
+def test_grid_plan_and_keys():
+    grid = SweepGrid(temperatures=(1.0, 4.0), alphas=(0.5, 1.0), seeds=(0, 1), limits=(100,))
+    runs = grid.runs((100, 200), epochs=3)
+    assert len(runs) == 2 * 2 * (1 + 2 * 2)  # limits x seeds x (baseline + alphas x T)
+    assert runs[0] == RunSpec(100, None, 0.0, 0, 3) and runs[0].key == "n100_T-_a0_s0_e3"
+    assert runs[1].key == "n100_T1_a0.5_s0_e3"
+    assert len({r.key for r in runs}) == len(runs)
