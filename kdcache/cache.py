@@ -105,6 +105,7 @@ class CacheWriter:
     def __init__(
         self, path: str | os.PathLike, *, num_samples: int, num_classes: int, attrs: Mapping[str, Any],
         dtype: str = "float32", overwrite: bool = False, chunk_rows: int | None = None,
+        compression: str | None = None,
     ):
         self.path = Path(path)
         if dtype not in LOGIT_DTYPES:
@@ -117,6 +118,7 @@ class CacheWriter:
             raise CacheError(f"{self.path} is a directory; give a file path ending in .h5")
         self.num_samples, self.num_classes, self.dtype = num_samples, num_classes, dtype
         self.chunk_rows = chunk_rows or chunk_rows_for(num_classes, dtype, num_samples)
+        self.compression = compression  # None (default, see docs/cache-format.md) or "gzip" for measurements
         self.attrs = dict(attrs)
         self._written = np.zeros(num_samples, dtype=bool)
         self._tmp: Path | None = None
@@ -128,7 +130,8 @@ class CacheWriter:
         # libver earliest..v110: readable by HDF5 1.8/1.10 tools and older h5py.
         self._f = h5py.File(self._tmp, "w", libver=("earliest", "v110"))
         n, c = self.num_samples, self.num_classes
-        self._f.create_dataset("logits", shape=(n, c), dtype=self.dtype, chunks=(self.chunk_rows, c), fletcher32=True)
+        self._f.create_dataset("logits", shape=(n, c), dtype=self.dtype, chunks=(self.chunk_rows, c), fletcher32=True,
+                               compression=self.compression)
         rows = min(n, max(self.chunk_rows, 4096))
         for name in ("labels", "indices", "sample_ids"):
             self._f.create_dataset(name, shape=(n,), dtype=DATASETS[name][0], chunks=(rows,), fletcher32=True)
@@ -266,8 +269,12 @@ def _decode(v: Any) -> Any:
     return v
 
 
-def open_h5(path: str | os.PathLike) -> h5py.File:
-    """Open a cache file read-only, turning every way it can fail into a CacheError."""
+def open_h5(path: str | os.PathLike, rdcc_nbytes: int | None = None) -> h5py.File:
+    """Open a cache file read-only, turning every way it can fail into a CacheError.
+
+    ``rdcc_nbytes`` sets HDF5's chunk cache (None: h5py's 1 MiB default); readers that
+    read whole chunks in one call gain nothing from a bigger one (docs/cache-format.md).
+    """
     p = Path(path)
     if not p.exists():
         raise CacheError(f"cache {p} not found; create it with `kdcache dump-logits --out {p}`")
@@ -276,7 +283,7 @@ def open_h5(path: str | os.PathLike) -> h5py.File:
     try:
         if not h5py.is_hdf5(p):
             raise CacheError(f"{p} is not an HDF5 file (not a kdcache cache); check the path")
-        return h5py.File(p, "r")
+        return h5py.File(p, "r", rdcc_nbytes=rdcc_nbytes)
     except OSError as e:
         raise CacheError(f"cannot open cache {p}: {str(e).splitlines()[0]}; the file is truncated or corrupt, "
                          "re-create it with dump-logits") from None
@@ -330,9 +337,13 @@ def read_meta(path: str | os.PathLike) -> CacheMeta:
         return _meta_from(f, Path(path))
 
 
-def read_dataset(f: h5py.File, name: str, sel: Any = slice(None)) -> np.ndarray:
-    """Read ``f[name][sel]``; a checksum failure or truncation becomes a CacheError."""
+def read_dataset(f: h5py.File, name: str, sel: Any = slice(None), out: np.ndarray | None = None) -> np.ndarray:
+    """Read ``f[name][sel]`` (into ``out`` when given, a C-contiguous array of the selection's shape,
+    saving a copy); a checksum failure or truncation becomes a CacheError."""
     try:
+        if out is not None:
+            f[name].read_direct(out, source_sel=sel)
+            return out
         return f[name][sel]
     except OSError as e:
         raise CacheError(f"{f.filename}: reading /{name} failed ({str(e).splitlines()[0]}): the file is corrupt "
@@ -359,6 +370,24 @@ def align_to_data(cache: CacheArrays, data: "ImageData") -> torch.Tensor:  # noq
     Refuses, with the reason, a cache made from another dataset, split or class set,
     one that does not cover every sample of ``data``, or one whose rows disagree
     with the data (labels or content ids), e.g. a reordered dataset.
+    """
+    rows = align_rows(cache, data)
+    return torch.from_numpy(np.ascontiguousarray(cache.logits[rows], dtype=np.float32))
+
+
+def load_cache_index(path: str | os.PathLike) -> CacheArrays:
+    """Like load_cache, but without /logits (``logits`` is None): enough for align_rows on any size of cache."""
+    p = Path(path)
+    with open_h5(p) as f:
+        meta = _meta_from(f, p)
+        arrays = {name: read_dataset(f, name) for name in DATASETS if name != "logits"}
+    return CacheArrays(meta=meta, logits=None, **arrays)  # type: ignore[arg-type]
+
+
+def align_rows(cache: CacheArrays, data: "ImageData") -> np.ndarray:  # noqa: F821 (kdcache.data.ImageData)
+    """The cache row of every sample of ``data``, in ``data``'s order (N,) int64, after the checks of align_to_data.
+
+    Reads only ``cache.meta``, ``indices``, ``labels`` and ``sample_ids`` (see load_cache_index).
     """
     m, info, p = cache.meta, data.info, cache.meta.path
     if m.dataset != info.name or m.split != info.split:
@@ -390,4 +419,4 @@ def align_to_data(cache: CacheArrays, data: "ImageData") -> torch.Tensor:  # noq
         bad = int(np.flatnonzero(cache.sample_ids[rows] != data.sample_ids)[0])
         raise CacheError(f"{p}: content of dataset index {int(want[bad])} differs between cache and data "
                          "(rows reordered or data changed); re-dump the cache on this data")
-    return torch.from_numpy(np.ascontiguousarray(cache.logits[rows], dtype=np.float32))
+    return rows

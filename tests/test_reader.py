@@ -1,0 +1,122 @@
+"""The streaming reader: every row once per epoch, seeded orders, right logits for the right images."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import cache_attrs, make_image_data
+from kdcache import cache
+from kdcache.errors import CacheError
+from kdcache.reader import LogitStream, StreamingBatches, all_finite, iter_batches
+
+
+def write_index_cache(path, data, chunk_rows=7, order=None):
+    """A cache of ``data`` whose logits say which sample they belong to: column 0 = dataset index."""
+    n, c = len(data), data.info.num_classes
+    order = np.arange(n) if order is None else order  # cache row r holds dataset index order[r]
+    logits = np.zeros((n, c), dtype=np.float32)
+    logits[:, 0] = order
+    logits[np.arange(n), 1 + data.labels.numpy()[order] % (c - 1)] = -1.0
+    with cache.CacheWriter(path, num_samples=n, num_classes=c, attrs=cache_attrs(data.info),
+                           chunk_rows=chunk_rows) as w:
+        w.write(0, logits, data.labels.numpy()[order], order, data.sample_ids[order])
+    return path
+
+
+def epoch_rows(stream, epoch, batch_size=5, workers=0):
+    stream.set_epoch(epoch)
+    return np.concatenate([v.numpy() for v, _ in iter_batches(stream, batch_size, workers)])
+
+
+@pytest.fixture
+def data():
+    return make_image_data(n=103)
+
+
+@pytest.fixture
+def path(tmp_path, data):
+    return write_index_cache(tmp_path / "c.h5", data)
+
+
+def test_epoch_covers_every_row_once_and_logits_match(path):
+    stream = LogitStream(path, buffer_blocks=3, seed=1)
+    seen = []
+    for values, logits in iter_batches(stream, 8):
+        assert len(values) <= 8
+        assert torch.equal(logits[:, 0].long(), values)  # each row's logits came with it
+        seen.append(values.numpy())
+    seen = np.concatenate(seen)
+    assert sorted(seen.tolist()) == list(range(103))
+    assert not np.array_equal(seen, np.arange(103))  # shuffled
+
+
+def test_batches_have_exact_size_but_the_last(path):
+    sizes = [len(v) for v, _ in iter_batches(LogitStream(path, buffer_blocks=2), 10)]
+    assert sizes == [10] * 10 + [3]
+
+
+def test_seed_and_epoch_fix_the_order(path):
+    a, b, c = LogitStream(path, seed=0), LogitStream(path, seed=0), LogitStream(path, seed=1)
+    assert np.array_equal(epoch_rows(a, 0), epoch_rows(b, 0))
+    assert not np.array_equal(epoch_rows(a, 0), epoch_rows(c, 0))
+    assert not np.array_equal(epoch_rows(a, 0), epoch_rows(a, 1))
+
+
+def test_sequential_pass_is_file_order(path):
+    assert np.array_equal(epoch_rows(LogitStream(path, shuffle=False), 0), np.arange(103))
+
+
+def test_rank_partition_is_disjoint_and_complete(path):
+    parts = [epoch_rows(LogitStream(path, seed=3, rank=r, world_size=3), 2) for r in range(3)]
+    joined = np.concatenate(parts)
+    assert len(joined) == 103 and len(set(joined.tolist())) == 103
+    with pytest.raises(Exception, match="rank"):
+        LogitStream(path, rank=3, world_size=3)
+
+
+def test_subset_of_rows_with_values(path):
+    rows = np.array([5, 6, 7, 50, 90, 91])
+    stream = LogitStream(path, rows=rows, values=rows * 10, buffer_blocks=1)
+    out = {int(v): float(lg[0]) for vs, lgs in iter_batches(stream, 4) for v, lg in zip(vs, lgs)}
+    assert out == {int(r) * 10: float(r) for r in rows}
+
+
+def test_worker_processes_cover_every_row_once(path):
+    stream = LogitStream(path, buffer_blocks=2, seed=0)
+    stream._file()  # a handle opened in the parent must not be used by the forked workers
+    rows = epoch_rows(stream, 0, batch_size=6, workers=2)
+    assert sorted(rows.tolist()) == list(range(103))
+    assert np.array_equal(rows, epoch_rows(stream, 0, batch_size=6, workers=2))  # deterministic
+    stream.close()
+
+
+def test_streaming_batches_pair_logits_with_their_images(tmp_path, data):
+    # Cache rows in another order than the data, and data a subset (--limit) of the cache.
+    order = np.random.default_rng(0).permutation(len(data))
+    path = write_index_cache(tmp_path / "r.h5", data, order=order)
+    sub = data.head(60)
+    rows = cache.align_rows(cache.load_cache_index(path), sub)
+    src = StreamingBatches(sub, path, rows, batch_size=16, seed=0)
+    assert len(src) == 4
+    for epoch in range(2):
+        seen = []
+        for batch in src:
+            idx = batch.teacher_logits[:, 0].long()  # dataset index the logits were made for
+            assert batch.teacher_logits.dtype == torch.float32
+            assert torch.equal(batch.labels, sub.labels[idx])
+            mean, std = sub.info.mean[0], sub.info.std[0]
+            assert torch.allclose(batch.images, (sub.images[idx].float() / 255 - mean) / std)
+            seen.append(idx)
+        assert sorted(torch.cat(seen).tolist()) == list(range(60))
+
+
+def test_corrupt_logits_are_refused(tmp_path, data):
+    path = write_index_cache(tmp_path / "c.h5", data)
+    assert all_finite(np.ones((2, 3), np.float16)) and not all_finite(np.array([[np.inf]], np.float16))
+    assert not all_finite(np.array([np.nan], np.float32))
+    import h5py  # the test pokes the file directly, as a corrupting tool would
+    with h5py.File(path, "r+") as f:
+        f["logits"][40, 2] = np.nan
+    with pytest.raises(CacheError, match="row 40"):
+        list(iter_batches(LogitStream(path), 8))
