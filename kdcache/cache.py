@@ -413,8 +413,8 @@ def align_rows(cache: CacheArrays, data: "ImageData") -> np.ndarray:  # noqa: F8
                          "them (fewer --limit here, or more in dump-logits)")
     if not np.array_equal(cache.labels[rows], data.labels.numpy()):
         bad = int(np.flatnonzero(cache.labels[rows] != data.labels.numpy())[0])
-        raise CacheError(f"{p}: label of dataset index {int(want[bad])} differs between cache and data; "
-                         "the cache does not belong to this data")
+        raise CacheError(f"{p}: label of dataset index {int(want[bad])} differs between cache and data (rows "
+                         "shuffled, or another dataset); re-dump the cache on this data with dump-logits")
     if not np.array_equal(cache.sample_ids[rows], data.sample_ids):
         bad = int(np.flatnonzero(cache.sample_ids[rows] != data.sample_ids)[0])
         raise CacheError(f"{p}: content of dataset index {int(want[bad])} differs between cache and data "

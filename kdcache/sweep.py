@@ -220,7 +220,7 @@ def run_sweep(out_dir: str | os.PathLike, cache: str | os.PathLike, grid: SweepG
     left_cost = sum(s.cost(eval_n) for s in todo)
     t_start = time.perf_counter()
     bar = tqdm(total=len(specs), initial=len(specs) - len(todo), disable=not progress, unit="run",
-               desc="sweep", bar_format="{desc}: {n_fmt}/{total_fmt} runs |{bar}| {elapsed} elapsed, {postfix}")
+               desc="sweep", bar_format="{desc}: {n_fmt}/{total_fmt} runs |{bar}| {elapsed} elapsed{postfix}")
     bar.set_postfix_str(_time_left(0, 0, left_cost))
     out.mkdir(parents=True, exist_ok=True)
     old_threads = torch.get_num_threads()
