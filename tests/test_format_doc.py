@@ -1,0 +1,97 @@
+"""docs/cache-format.md and kdcache/cache.py agree: every name the code writes is documented, and back."""
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import cache_attrs, make_image_data
+from kdcache.cache import DATASETS, FORMAT_NAME, LOGIT_DTYPES, ROOT_ATTRS, SCHEMA_VERSION, read_meta, write_cache
+from kdcache.errors import CacheError
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "cache-format.md"
+
+
+def table_rows(text: str, first_header: str) -> dict[str, list[str]]:
+    """Rows of the markdown table whose first header cell is ``first_header``: name -> cells."""
+    rows, inside = {}, False
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("|") else None
+        if cells and cells[0] == first_header:
+            inside = True
+        elif inside and cells and not set(cells[0]) <= set("-"):
+            rows[cells[0].strip("`/")] = cells[1:]
+        elif inside and not cells:
+            inside = False
+    return rows
+
+
+@pytest.fixture(scope="module")
+def doc() -> str:
+    return DOC.read_text()
+
+
+@pytest.fixture
+def written(tmp_path):
+    d = make_image_data(n=20)
+    logits = np.random.default_rng(0).normal(size=(20, 10)).astype(np.float32)
+    return write_cache(tmp_path / "c.h5", logits, d.labels, d.indices, d.sample_ids, cache_attrs(d.info))
+
+
+def test_every_dataset_is_documented_with_its_dtype(doc):
+    rows = table_rows(doc, "dataset")
+    assert set(rows) == set(DATASETS), "dataset table and cache.DATASETS differ"
+    for name, (dtype, ndim) in DATASETS.items():
+        dtype_cell, shape_cell = rows[name][0], rows[name][1]
+        wanted = [dtype] if dtype else list(LOGIT_DTYPES)
+        for d in wanted:
+            assert f"`{d}`" in dtype_cell, (name, d)
+        assert shape_cell == ("(N, C)" if ndim == 2 else "(N,)"), (name, shape_cell)
+
+
+def test_every_root_attribute_is_documented(doc):
+    rows = table_rows(doc, "attribute")
+    assert set(rows) == set(ROOT_ATTRS), f"undocumented: {set(ROOT_ATTRS) - set(rows)}, stale: {set(rows) - set(ROOT_ATTRS)}"
+
+
+def test_every_name_in_a_written_file_is_documented(doc, written):
+    with h5py.File(written, "r") as f:
+        names = set(f.keys()) | set(f.attrs.keys())
+        logits_dtype = f["logits"].dtype
+    for name in names:
+        assert f"`{name}`" in doc or f"`/{name}`" in doc, name
+    assert str(logits_dtype) in LOGIT_DTYPES
+
+
+def test_format_name_and_version_are_the_documented_ones(doc):
+    assert f"`{FORMAT_NAME}`" in doc
+    assert re.search(rf"currently `{re.escape(SCHEMA_VERSION)}`", doc)
+
+
+def _set_version(path, version):
+    with h5py.File(path, "r+") as f:
+        f.attrs["schema_version"] = version
+
+
+def test_compat_rule_newer_major_refused_any_minor_loads(written):
+    major, minor = (int(x) for x in SCHEMA_VERSION.split("."))
+    for ok in (f"{major}.{minor + 7}", f"{major}.0"):
+        _set_version(written, ok)
+        assert read_meta(written).schema_version == ok
+    _set_version(written, f"{major + 1}.0")
+    with pytest.raises(CacheError) as e:
+        read_meta(written)
+    assert f"{major + 1}.0" in str(e.value) and SCHEMA_VERSION in str(e.value) and "upgrade kdcache" in str(e.value)
+
+
+@pytest.mark.skipif(shutil.which("h5ls") is None, reason="hdf5-tools not installed (apt-get install hdf5-tools)")
+def test_hdf5_command_line_tools_read_the_layout(written):
+    listing = subprocess.run(["h5ls", "-r", str(written)], capture_output=True, text=True, check=True).stdout
+    for name in DATASETS:
+        assert f"/{name}" in listing
+    header = subprocess.run(["h5dump", "-H", str(written)], capture_output=True, text=True, check=True).stdout
+    for name in ROOT_ATTRS:
+        assert f'ATTRIBUTE "{name}"' in header
