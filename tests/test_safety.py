@@ -1,0 +1,140 @@
+"""Opening a cache or checkpoint never runs code; killing dump-logits never leaves a broken cache behind."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import pytest
+import torch
+from click.testing import CliRunner
+
+from kdcache.checkpoint import save_checkpoint
+from kdcache.cli import main
+from kdcache.models import build_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class Evil:
+    """Unpickling this creates ``marker``: a stand-in for arbitrary code execution."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture
+def evil(tmp_path):
+    marker = tmp_path / "PWNED"
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "kdcache-checkpoint", "version": 1, "state_dict": {}, "config": Evil(marker)}, path)
+    return path, marker
+
+
+def test_the_malicious_pickle_really_would_run_code(evil, tmp_path):
+    """Control: with weights_only=False the file does execute, so the refusals below mean something."""
+    path, marker = evil
+    torch.load(path, weights_only=False)
+    assert marker.exists()
+    marker.unlink()
+
+
+def test_malicious_checkpoint_is_refused_not_run(evil, tmp_path, monkeypatch, data_dir):
+    path, marker = evil
+    cache = _small_cache(tmp_path / "good.h5", data_dir)
+    (tmp_path / "w_factory_mod.py").write_text("import torch\ndef build():\n    return torch.nn.Linear(784, 10)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    commands = [
+        ["dump-logits", "--teacher", path, "--out", tmp_path / "c.h5"],
+        ["dump-logits", "--teacher-factory", "w_factory_mod:build", "--weights", path, "--out", tmp_path / "c.h5"],
+        ["evaluate", "--model", path],
+        ["verify", cache, "--data-dir", data_dir, "--teacher", path],
+    ]
+    for args in commands:
+        r = run(*args)
+        assert r.exit_code != 0 and "Traceback" not in r.output, r.output
+        lines = r.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("Error:"), r.output
+        assert not marker.exists(), f"{args[0]} ran the pickle"
+        assert not (tmp_path / "c.h5").exists()
+    r = run("dump-logits", "--teacher", path, "--out", tmp_path / "c.h5")
+    assert "could run code" in r.output and "io.open" in r.output
+
+
+def _small_cache(path, data_dir):
+    from conftest import cache_attrs
+    from kdcache.cache import write_cache
+    from kdcache.data import load_dataset
+
+    d = load_dataset("fashion-mnist", "train", data_dir, limit=20)
+    return write_cache(path, torch.zeros(20, 10), d.labels, d.indices, d.sample_ids, cache_attrs(d.info))
+
+
+def test_a_cache_holds_no_pickled_objects(tmp_path, data_dir):
+    """Every dataset is numeric and every attribute a string or number: nothing for a reader to unpickle."""
+    p = _small_cache(tmp_path / "c.h5", data_dir)
+    with h5py.File(p, "r") as f:
+        for name in f:
+            assert f[name].dtype.kind in "fiu", name
+        for name, value in f.attrs.items():
+            assert isinstance(value, (str, int, float)) or getattr(value, "dtype", None) is not None, name
+            assert getattr(value, "dtype", None) is None or value.dtype.kind in "fiu", name
+
+
+def _teacher(tmp_path):
+    """An untrained teacher-cnn: slow enough (~2 ms/image on 2 cores) that a kill lands mid-way."""
+    torch.manual_seed(0)
+    config = {"arch": "teacher-cnn", "in_channels": 1, "num_classes": 10, "image_size": [28, 28],
+              "dataset": "fashion-mnist", "mean": [0.286], "std": [0.353],
+              "class_names": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                              "Bag", "Ankle boot"]}
+    return save_checkpoint(tmp_path / "t.pt", build_model("teacher-cnn"), config)
+
+
+def _kill_mid_dump(teacher, out, data_dir, overwrite):
+    """Start dump-logits in a subprocess, SIGKILL it once its temp file exists; returns the temp files seen."""
+    args = [sys.executable, "-m", "kdcache", "dump-logits", "--teacher", str(teacher), "--out", str(out),
+            "--split", "test", "--batch-size", "100", "--data-dir", str(data_dir), "--device", "cpu", "-q"]
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(args + (["--overwrite"] if overwrite else []), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    try:
+        while not list(out.parent.glob(f".{out.name}.tmp-*")):
+            assert proc.poll() is None, f"dump-logits ended before it could be killed: {proc.stdout.read()!r}"
+            assert time.monotonic() < deadline, "dump-logits never started writing"
+            time.sleep(0.02)
+        time.sleep(0.3)  # let it write a few batches
+        assert proc.poll() is None, "dump-logits finished before the kill; the test needs a slower dump"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    return list(out.parent.glob(f".{out.name}.tmp-*"))
+
+
+def test_sigkill_during_dump_leaves_no_file_and_keeps_an_existing_one(tmp_path, data_dir):
+    teacher = _teacher(tmp_path)
+    fresh = tmp_path / "fresh" / "c.h5"
+    fresh.parent.mkdir()
+    leftovers = _kill_mid_dump(teacher, fresh, data_dir, overwrite=False)
+    assert not fresh.exists()
+    assert all(p.name.startswith(".") for p in leftovers)  # at most a hidden temp file, never at the target path
+
+    existing = tmp_path / "old" / "c.h5"
+    existing.parent.mkdir()
+    existing.write_bytes(b"the cache another team trusts")
+    before = existing.read_bytes()
+    _kill_mid_dump(teacher, existing, data_dir, overwrite=True)
+    assert existing.read_bytes() == before
