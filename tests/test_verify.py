@@ -305,3 +305,13 @@ def test_float16_soft_target_error(tmp_path, fmnist):
         assert dp < max_dp and kl < 1e-4, (T, dp, kl)
         # the bound that explains both: |Δp| <= 2 max|Δz| / T
         assert dp <= 2 * dz.max() / T
+
+
+def test_verify_json_report(good_cache, data_dir):
+    set_nan_cache = edit(set_nan)
+    set_nan_cache(good_cache)
+    r = run("verify", good_cache, "--data-dir", data_dir, "--json")
+    assert r.exit_code == 1, r.output
+    report = json.loads(r.output)
+    status = {c["name"]: c["status"] for c in report["checks"]}
+    assert report["ok"] is False and status == {"schema": "ok", "checksums": "ok", "finite": "fail", "alignment": "ok"}
