@@ -160,16 +160,22 @@ def dump_logits_cmd(teacher: str | None, out: str, quiet: bool, **kw: Any) -> No
 @click.option("--arch", default="student-cnn", show_default=True, help="Model architecture.")
 @data_options
 @train_options({"epochs": 10, "batch_size": 128, "lr": 0.05, "precision": "fp32"})
+@click.option("--cache-memory-limit", "cache_memory_limit_mb", type=click.FloatRange(min=0), default=2048.0,
+              show_default=True, help="MB of logits (as float32) held in memory; a bigger cache is streamed from disk.")
+@click.option("--cache-workers", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Processes reading a streamed cache (0: read in the training process).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing checkpoint.")
 @quiet_option
 def train_student_cmd(caches: tuple[str, ...], temperature: float, alpha: float, ensemble: str, out: str, arch: str,
-                      overwrite: bool, quiet: bool, **kw: Any) -> None:
+                      cache_memory_limit_mb: float, cache_workers: int, overwrite: bool, quiet: bool,
+                      **kw: Any) -> None:
     """Train a student from images + cached teacher logits (the teacher is never loaded)."""
     from .jobs import train_student
 
     cfg, data_cfg = _train_config(kw), _data_config(kw)
     r = train_student(out, caches=caches, temperature=temperature, alpha=alpha, arch=arch, data_cfg=data_cfg,
-                      cfg=cfg, ensemble=ensemble, overwrite=overwrite, progress=not quiet)
+                      cfg=cfg, ensemble=ensemble, overwrite=overwrite, progress=not quiet,
+                      cache_memory_limit_mb=cache_memory_limit_mb, cache_workers=cache_workers)
     summary(quiet, f"student {arch} (T={temperature:g}, alpha={alpha:g}): test accuracy {r['test']['accuracy']:.4f}, "
                    f"{cfg.epochs} epochs in {r['seconds']:.0f}s -> {r['checkpoint']}")
 

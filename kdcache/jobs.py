@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import torch
 
 from . import __version__
-from .cache import align_to_data, load_cache, sha256_file
+from .cache import align_rows, align_to_data, load_cache, load_cache_index, read_meta, sha256_file
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import DatasetInfo, ImageData, load_dataset
 from .ensemble import ENSEMBLE_METHODS, check_same_rows, combine_logits
@@ -24,6 +24,8 @@ from .files import check_output, write_json
 from .loss import check_alpha, check_temperature, kd_loss
 from .models import build_model, count_parameters
 from .train import Batch, MemoryBatches, TrainConfig, cross_entropy_loss, evaluate, fit, resolve_device
+
+DEFAULT_CACHE_MEMORY_LIMIT_MB = 2048.0  # caches bigger than this (as float32 logits) are streamed from disk
 
 
 @dataclass(frozen=True)
@@ -53,8 +55,13 @@ def _model_config(arch: str, info: DatasetInfo) -> dict[str, Any]:
 
 def _train_and_save(role: str, arch: str, train_data: ImageData, data_cfg: DataConfig, cfg: TrainConfig,
                     out: str | os.PathLike, overwrite: bool, progress: bool,
-                    teacher_logits: torch.Tensor | None, loss_fn, extra: dict[str, Any]) -> dict[str, Any]:
-    """Shared by train_teacher / train_student: build, fit, evaluate on test, save checkpoint + metrics."""
+                    teacher_logits: torch.Tensor | None, loss_fn, extra: dict[str, Any],
+                    make_batches=None) -> dict[str, Any]:
+    """Shared by train_teacher / train_student: build, fit, evaluate on test, save checkpoint + metrics.
+
+    ``make_batches(device)``, when given, builds the batch source (e.g. a streamed cache)
+    instead of MemoryBatches over ``train_data`` + ``teacher_logits``.
+    """
     out = check_output(out, overwrite)
     metrics_out = check_output(metrics_path_for(out), overwrite)
     device = resolve_device(cfg.device)
@@ -62,8 +69,11 @@ def _train_and_save(role: str, arch: str, train_data: ImageData, data_cfg: DataC
     info = train_data.info
     torch.manual_seed(cfg.seed)
     model = build_model(arch, info.in_channels, info.num_classes, info.image_size)
-    batches = MemoryBatches(train_data, cfg.batch_size, shuffle=True, seed=cfg.seed, device=device,
-                            teacher_logits=teacher_logits, channels_last=cfg.precision == "bf16")
+    if make_batches is not None:
+        batches = make_batches(device)
+    else:
+        batches = MemoryBatches(train_data, cfg.batch_size, shuffle=True, seed=cfg.seed, device=device,
+                                teacher_logits=teacher_logits, channels_last=cfg.precision == "bf16")
     t0 = time.perf_counter()
     history = fit(model, batches, loss_fn, cfg, eval_data=test_data, progress=progress, desc=f"{role} {arch}")
     seconds = time.perf_counter() - t0
@@ -101,7 +111,8 @@ def distillation_loss(temperature: float, alpha: float):
 def train_student(out: str | os.PathLike, *, caches: Sequence[str | os.PathLike] = (), temperature: float = 4.0,
                   alpha: float = 0.5, arch: str = "student-cnn", data_cfg: DataConfig = DataConfig(),
                   cfg: TrainConfig = TrainConfig(), ensemble: str = "mean-probs", overwrite: bool = False,
-                  progress: bool = False) -> dict[str, Any]:
+                  progress: bool = False, cache_memory_limit_mb: float = DEFAULT_CACHE_MEMORY_LIMIT_MB,
+                  cache_workers: int = 0) -> dict[str, Any]:
     """Train a student from images + cached teacher logits. Never loads or runs a teacher.
 
     Every cache is checked against the training samples (dataset, split, fingerprint,
@@ -109,6 +120,8 @@ def train_student(out: str | os.PathLike, *, caches: Sequence[str | os.PathLike]
     Several caches distil from an ensemble: they must hold the same rows in the same
     order, and are combined by ``ensemble`` (see kdcache.ensemble).
     ``alpha = 0`` trains on labels alone and needs no cache.
+    A single cache whose logits (as float32) exceed ``cache_memory_limit_mb`` is streamed
+    from disk (kdcache.reader, read in ``cache_workers`` processes) instead of loaded whole.
     """
     check_temperature(temperature)
     check_alpha(alpha)
@@ -118,10 +131,15 @@ def train_student(out: str | os.PathLike, *, caches: Sequence[str | os.PathLike]
     if alpha > 0 and not caches:
         raise ConfigError("alpha > 0 distils from a teacher: pass --cache (or use --alpha 0 for labels only)")
     data = load_dataset(data_cfg.dataset, "train", data_cfg.data_dir, data_cfg.limit, data_cfg.download)
-    members = [load_cache(path) for path in caches]
+    make_batches = _streaming_batches(caches, data, cfg, cache_memory_limit_mb, cache_workers)
+    if make_batches is not None:
+        members = [load_cache_index(caches[0])]
+        make_batches = make_batches(align_rows(members[0], data))
+    else:
+        members = [load_cache(path) for path in caches]
     if len(members) > 1:
         check_same_rows(members)
-    aligned = [align_to_data(arrays, data) for arrays in members]  # each (N, C) in data order
+    aligned = [align_to_data(arrays, data) for arrays in members] if make_batches is None else []  # (N, C) each
     teacher_logits = None
     if len(aligned) == 1:
         teacher_logits = aligned[0]
@@ -130,9 +148,27 @@ def train_student(out: str | os.PathLike, *, caches: Sequence[str | os.PathLike]
     cache_records = [{"path": str(path), "sha256": sha256_file(path), "teacher_arch": arrays.meta.teacher_arch,
                       "teacher_sha256": arrays.meta.teacher_sha256} for path, arrays in zip(caches, members)]
     extra = {"temperature": temperature, "alpha": alpha, "caches": cache_records,
-             "ensemble": ensemble if len(members) > 1 else None}
+             "ensemble": ensemble if len(members) > 1 else None, "cache_streamed": make_batches is not None}
     return _train_and_save("student", arch, data, data_cfg, cfg, out, overwrite, progress, teacher_logits,
-                           distillation_loss(temperature, alpha), extra)
+                           distillation_loss(temperature, alpha), extra, make_batches)
+
+
+def _streaming_batches(caches: Sequence[str | os.PathLike], data: ImageData, cfg: TrainConfig, limit_mb: float,
+                       workers: int):
+    """None when the caches fit in ``limit_mb`` (as float32); else ``rows -> device -> StreamingBatches``."""
+    metas = [read_meta(path) for path in caches]
+    need_mb = sum(m.num_samples * m.num_classes * 4 for m in metas) / 2**20
+    if need_mb <= limit_mb:
+        return None
+    if len(caches) > 1:
+        raise ConfigError(f"the ensemble's caches need {need_mb:.0f} MB in memory, over --cache-memory-limit "
+                          f"{limit_mb:g}; streaming serves one cache only: raise the limit or use one cache")
+    from .reader import StreamingBatches
+
+    def with_rows(rows):
+        return lambda device: StreamingBatches(data, caches[0], rows, cfg.batch_size, seed=cfg.seed, device=device,
+                                               num_workers=workers, channels_last=cfg.precision == "bf16")
+    return with_rows
 
 
 def evaluate_checkpoint(path: str | os.PathLike, *, split: str = "test", dataset: str | None = None,

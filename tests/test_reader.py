@@ -120,3 +120,20 @@ def test_corrupt_logits_are_refused(tmp_path, data):
         f["logits"][40, 2] = np.nan
     with pytest.raises(CacheError, match="row 40"):
         list(iter_batches(LogitStream(path), 8))
+
+
+def test_train_student_streams_a_cache_over_the_memory_limit(tmp_path, data_dir):
+    from kdcache.data import load_dataset
+    from kdcache.jobs import DataConfig, train_student
+    from kdcache.train import TrainConfig
+
+    fm = load_dataset("fashion-mnist", "train", data_dir, limit=300)
+    logits = np.random.default_rng(0).standard_normal((300, 10)).astype(np.float32)
+    path = tmp_path / "fm.h5"
+    cache.write_cache(path, logits, fm.labels, fm.indices, fm.sample_ids, cache_attrs(fm.info), dtype="float16")
+    kw = dict(caches=[path], data_cfg=DataConfig(data_dir=str(data_dir), limit=200, eval_limit=100),
+              cfg=TrainConfig(epochs=2, batch_size=64, device="cpu"))
+    streamed = train_student(tmp_path / "s.pt", cache_memory_limit_mb=0, **kw)
+    in_memory = train_student(tmp_path / "m.pt", **kw)
+    assert streamed["config"]["cache_streamed"] and not in_memory["config"]["cache_streamed"]
+    assert len(streamed["history"]) == 2 and np.isfinite(streamed["history"][-1]["train_loss"])
