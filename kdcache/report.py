@@ -52,6 +52,11 @@ class Stat:
         return statistics.stdev(self.values) if len(self.values) > 1 else 0.0
 
     @property
+    def spread(self) -> float | None:
+        """The std for tables: None (not shown) with a single seed."""
+        return self.std if len(self.values) > 1 else None
+
+    @property
     def label(self) -> str:
         return "baseline (alpha 0)" if self.temperature is None else f"T={self.temperature:g}, alpha={self.alpha:g}"
 
@@ -135,9 +140,10 @@ def _figure_legend(fig, axes) -> None:
     for ax in axes:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             entries.setdefault(label, handle)
-    fig.tight_layout(rect=(0, 0.1, 1, 0.95))
-    fig.legend(list(entries.values()), list(entries.keys()), loc="lower center", ncol=min(len(entries), 5),
-               fontsize=9, frameon=False)
+    ncol = min(len(entries), 5 if len(axes) > 1 else 3)
+    rows = -(-len(entries) // ncol)
+    fig.tight_layout(rect=(0, 0.055 * rows + 0.02, 1, 0.95))
+    fig.legend(list(entries.values()), list(entries.keys()), loc="lower center", ncol=ncol, fontsize=9, frameon=False)
 
 
 def _group_title(g: Group) -> str:
@@ -147,8 +153,9 @@ def _group_title(g: Group) -> str:
 def plot_accuracy_vs_temperature(groups: list[Group], teacher_accuracy: float | None, path: Path) -> Path:
     """One panel per group: mean test accuracy vs T per alpha (error bars = spread over seeds)."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(groups), figsize=(5.2 * len(groups), 4.0), squeeze=False)
+    fig, axes = plt.subplots(1, len(groups), figsize=(max(5.2 * len(groups), 8.0), 4.2), squeeze=False)
     colors = plt.get_cmap("tab10")
+    all_alphas = sorted({a for g in groups for a in g.alphas()})
     for ax, g in zip(axes[0], groups):
         temps = sorted({s.temperature for s in g.configs})
         if g.baseline is not None:
@@ -158,7 +165,8 @@ def plot_accuracy_vs_temperature(groups: list[Group], teacher_accuracy: float | 
                 ax.axhspan(m - s, m + s, color="0.3", alpha=0.12, lw=0)
         if teacher_accuracy is not None:
             ax.axhline(100 * teacher_accuracy, color="k", ls="--", lw=1.2, label=f"teacher ({100 * teacher_accuracy:.2f}%)")
-        for i, alpha in enumerate(g.alphas()):
+        for alpha in g.alphas():
+            i = all_alphas.index(alpha)  # the same colour for an alpha in every panel
             pts = sorted((s for s in g.configs if s.alpha == alpha), key=lambda s: s.temperature)
             name = "soft targets only" if alpha == 1 else "distilled"
             ax.errorbar([s.temperature for s in pts], [100 * s.mean for s in pts], yerr=[100 * s.std for s in pts],
@@ -171,7 +179,7 @@ def plot_accuracy_vs_temperature(groups: list[Group], teacher_accuracy: float | 
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(_group_title(g))
     _figure_legend(fig, axes[0])
-    fig.suptitle("Student test accuracy vs distillation temperature (mean ± std over seeds)", fontsize=11)
+    fig.suptitle("Student test accuracy vs temperature (mean ± std over seeds)", fontsize=11)
     _save(plt, fig, path)
     return path
 
@@ -191,7 +199,7 @@ def plot_training_curves(groups: list[Group], path: Path) -> Path:
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
 
-    fig, axes = plt.subplots(2, len(groups), figsize=(5.2 * len(groups), 6.4), squeeze=False, sharex="col")
+    fig, axes = plt.subplots(2, len(groups), figsize=(max(5.2 * len(groups), 8.0), 6.4), squeeze=False, sharex="col")
     for col, g in enumerate(groups):
         shown = [(s, c) for s, c in ((g.baseline, "0.3"), (g.best, "tab:orange")) if s is not None]
         for row, (key, ylabel) in enumerate((("test_accuracy", "test accuracy (%)"),
@@ -210,8 +218,7 @@ def plot_training_curves(groups: list[Group], path: Path) -> Path:
                 ax.legend(fontsize=8, frameon=False)
             else:
                 ax.set_xlabel("epoch")
-    fig.suptitle("Training curves: best distilled configuration vs labels-only baseline (mean ± std over seeds)",
-                 fontsize=11)
+    fig.suptitle("Best distilled configuration vs labels-only baseline (mean ± std over seeds)", fontsize=11)
     fig.tight_layout()
     _save(plt, fig, path)
     return path
@@ -242,8 +249,8 @@ def format_markdown(results: dict[str, Any], groups: list[Group]) -> str:
         gain = gap = None
         if b is not None and best is not None:
             gain, gap = best.mean - b.mean, gap_closed(b.mean, best.mean, t_acc)
-        lines.append(f"| {g.limit:,} | {g.epochs} | {_pct(t_acc)} | {_pct(b.mean, b.std) if b else '-'} | "
-                     f"{_pct(best.mean, best.std) if best else '-'} | {best.label if best else '-'} | "
+        lines.append(f"| {g.limit:,} | {g.epochs} | {_pct(t_acc)} | {_pct(b.mean, b.spread) if b else '-'} | "
+                     f"{_pct(best.mean, best.spread) if best else '-'} | {best.label if best else '-'} | "
                      f"{'-' if gain is None else f'{100 * gain:+.2f} pp'} | {'-' if gap is None else f'{100 * gap:.0f}%'} |")
     lines += ["", f"![test accuracy vs T]({ACCURACY_FIGURE})", "", f"![training curves]({CURVES_FIGURE})", ""]
     for g in groups:
@@ -252,7 +259,7 @@ def format_markdown(results: dict[str, Any], groups: list[Group]) -> str:
         for s in ([g.baseline] if g.baseline else []) + g.configs:
             delta = "-" if g.baseline is None or s is g.baseline else f"{100 * (s.mean - g.baseline.mean):+.2f} pp"
             t = "-" if s.temperature is None else f"{s.temperature:g}"
-            lines.append(f"| {s.alpha:g} | {t} | {s.seeds_text()} | {_pct(s.mean, s.std)} | {delta} |")
+            lines.append(f"| {s.alpha:g} | {t} | {s.seeds_text()} | {_pct(s.mean, s.spread)} | {delta} |")
         lines.append("")
     failed = [r for r in results["rows"] if r.get("test_accuracy") is None]
     if failed:

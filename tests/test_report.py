@@ -60,8 +60,8 @@ def test_report_files(tmp_path):
         assert img.ndim == 3 and img.shape[1] > 800  # two panels side by side
     md = (tmp_path / "report.md").read_text()
     assert "| 500 | 2 | 90.00% | 71.00 ± 1.41% | 81.00 ± 1.41% | T=4, alpha=0.9 | +10.00 pp | 53% |" in md
-    assert "| 6,000 | 2 | 90.00% | 85.00 ± 0.00% | 84.00 ± 0.00% | T=4, alpha=0.9 | -1.00 pp | -20% |" in md
-    assert "| 1 | 4 | 1 | 78.00 ± 0.00% | +7.00 pp |" in md  # the soft-targets-only row
+    assert "| 6,000 | 2 | 90.00% | 85.00% | 84.00% | T=4, alpha=0.9 | -1.00 pp | -20% |" in md  # 1 seed: no ±
+    assert "| 1 | 4 | 1 | 78.00% | +7.00 pp |" in md  # the soft-targets-only row
 
 
 def test_report_refuses_a_folder_without_a_table(tmp_path):
