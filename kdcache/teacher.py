@@ -133,8 +133,9 @@ def load_teacher(spec: TeacherSpec, info: DatasetInfo) -> Teacher:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise CheckpointError(f"{spec.weights}: weights do not fit the model from {spec.factory} "
-                              f"({str(e).splitlines()[0][:160]})") from None
+        detail = " ".join(str(e).split()).replace("Error(s) in loading state_dict for ", "")  # one line
+        raise CheckpointError(f"{spec.weights}: weights do not fit the model from {spec.factory} ({detail[:240]}); "
+                              "pass the state dict of the model this factory builds") from None
     model.eval()
     _check_output_shape(model, info, spec.factory)
     config = {"factory": spec.factory, "weights": os.path.basename(spec.weights), "dataset": info.name,
