@@ -291,7 +291,8 @@ def pipeline_cmd(quiet: bool, json_out: str | None, **kw: Any) -> None:
               help="Comma-separated temperatures, each > 0.")
 @click.option("--alpha", "alphas", default="0.5,0.9", show_default=True,
               help="Comma-separated soft-loss weights in (0, 1]; 1 = soft targets only. The alpha 0 baseline is always run.")
-@click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True, help="Seeds 0..N-1 per configuration.")
+@click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Seeds per configuration: --seed, --seed+1, ..., --seed+N-1.")
 @click.option("--limit", "limits", default=None, help="Comma-separated numbers of labelled training samples "
               "(first N), e.g. 5000,60000. Default: every row of the cache.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Sweep folder (table, checkpoints, report).")
@@ -316,10 +317,10 @@ def sweep_cmd(cache: str, temperatures: str, alphas: str, seeds: int, limits: st
     from .jobs import DataConfig
     from .sweep import SweepGrid, parse_numbers, run_sweep
 
-    if kw["seed"] != 0:
-        raise click.UsageError("sweep uses seeds 0..N-1; set how many with --seeds, not --seed")
+    first = kw["seed"]  # --seed is the first of the --seeds seeds
     grid = SweepGrid(temperatures=parse_numbers(temperatures, "--T"), alphas=parse_numbers(alphas, "--alpha"),
-                     seeds=tuple(range(seeds)), limits=parse_numbers(limits, "--limit", int) if limits else ())
+                     seeds=tuple(range(first, first + seeds)),
+                     limits=parse_numbers(limits, "--limit", int) if limits else ())
     cfg = _train_config(kw)
     data_cfg = DataConfig(dataset=dataset, data_dir=data_dir, eval_limit=eval_limit)
     r = run_sweep(out, cache, grid, arch=arch, data_cfg=data_cfg, cfg=cfg, progress=not quiet, report=not no_report,
