@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -79,7 +79,7 @@ def verify_cache(path: str | os.PathLike, *, dataset: str | None = None, split: 
     open_h5(p).close()  # unreadable file: nothing else can be checked
     meta = _check_schema(p, report)
     columns = _check_chunks(p, meta, report)
-    if dataset is None and data_dir is None and teacher is None:
+    if dataset is None and split is None and data_dir is None and teacher is None:
         report.add("alignment", "skip", "not checked; pass --data-dir (and --dataset/--split) to compare rows "
                                         "with your copy of the data")
         return report
@@ -108,6 +108,16 @@ def _check_schema(p: Path, report: VerifyReport) -> CacheMeta | None:
     return meta
 
 
+def _read_chunks(f: Any, name: str) -> Iterator[tuple[slice, np.ndarray | None]]:
+    """Read /name chunk by chunk, one at a time: (rows, block), or (rows, None) where the checksum fails."""
+    ds = f[name]
+    for rows in row_blocks(ds.shape[0], ds.chunks[0] if ds.chunks else None):
+        try:
+            yield rows, read_dataset(f, name, rows)
+        except CacheError:  # HDF5 refused the chunk: its fletcher32 checksum does not match
+            yield rows, None
+
+
 def _check_chunks(p: Path, meta: CacheMeta | None, report: VerifyReport) -> dict[str, np.ndarray] | None:
     """Read every chunk of every dataset; report checksum failures and non-finite logits.
 
@@ -118,33 +128,28 @@ def _check_chunks(p: Path, meta: CacheMeta | None, report: VerifyReport) -> dict
     with open_h5(p) as f:
         names = [n for n in DATASETS if n in f]
         for name in names:
-            ds = f[name]
-            if not ds.fletcher32:
+            if not f[name].fletcher32:
                 bad_lines.append(f"/{name} was written without fletcher32 checksums, so corruption cannot be "
                                  f"detected; {REDUMP}")
-            blocks = list(row_blocks(ds.shape[0], ds.chunks[0] if ds.chunks else None))
-            bad = []
-            parts = []
-            for rows in blocks:
-                try:
-                    block = read_dataset(f, name, rows)
-                except CacheError:
+            bad, parts, total = [], [], 0
+            for rows, block in _read_chunks(f, name):  # logits: (B, C) one chunk at a time, never all at once
+                total += 1
+                if block is None:
                     bad.append(rows)
-                    continue
-                chunks_read += 1
-                if name == "logits":
-                    finite = np.isfinite(block).all(axis=1) if block.ndim == 2 else np.isfinite(block)
+                elif name == "logits":
+                    finite = np.isfinite(block).all(axis=1)
                     nonfinite_rows.extend((rows.start + np.flatnonzero(~finite)).tolist())
                     if finite.any():
                         max_abs = max(max_abs, float(np.abs(block[finite].astype(np.float32)).max()))
                 else:
                     parts.append(block)
+            chunks_read += total - len(bad)
             if bad:
                 spans = ", ".join(f"{r.start}:{r.stop}" for r in bad[:3]) + (", ..." if len(bad) > 3 else "")
-                bad_lines.append(f"/{name} rows {spans} ({len(bad)} of {len(blocks)} chunks) fail their fletcher32 "
+                bad_lines.append(f"/{name} rows {spans} ({len(bad)} of {total} chunks) fail their fletcher32 "
                                  f"checksum: the file was damaged on disk or in transit; {REDUMP}")
             elif name != "logits":
-                columns[name] = np.concatenate(parts) if parts else np.zeros(0)
+                columns[name] = np.concatenate(parts)
     for line in bad_lines:
         report.add("checksums", "fail", line)
     if not bad_lines:

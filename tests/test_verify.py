@@ -144,14 +144,16 @@ def test_verify_teacher_catches_logits_moved_between_rows(tmp_path, dumped, teac
 # --------------------------------------------------------------------- the fault matrix
 
 
-def flip_byte(path):
-    with h5py.File(path, "r") as f:
-        chunk = f["logits"].id.get_chunk_info(0)  # StoreInfo(chunk_offset, filter_mask, byte_offset, size)
-    with open(path, "r+b") as fh:
-        fh.seek(chunk.byte_offset + chunk.size // 2)  # inside the logits data, not the 4-byte checksum
-        b = fh.read(1)
-        fh.seek(-1, 1)
-        fh.write(bytes([b[0] ^ 0x01]))
+def flip_byte(name="logits"):
+    def apply(path):
+        with h5py.File(path, "r") as f:
+            chunk = f[name].id.get_chunk_info(0)  # StoreInfo(chunk_offset, filter_mask, byte_offset, size)
+        with open(path, "r+b") as fh:
+            fh.seek(chunk.byte_offset + chunk.size // 2)  # inside the data, not the 4-byte checksum at the end
+            b = fh.read(1)
+            fh.seek(-1, 1)
+            fh.write(bytes([b[0] ^ 0x01]))
+    return apply
 
 
 def truncate(path):
@@ -183,7 +185,8 @@ def set_nan(f):
 
 # name, how to break a good cache (or how to make a mismatched one), verify args, verify needle, train needle
 FAULTS = [
-    ("flipped-byte", flip_byte, [], "checksums: /logits rows 0:", "checksum mismatch"),
+    ("flipped-byte", flip_byte("logits"), [], "checksums: /logits rows 0:", "checksum mismatch"),
+    ("flipped-byte-ids", flip_byte("sample_ids"), ["--data-dir"], "checksums: /sample_ids rows 0:", "checksum mismatch"),
     ("truncated", truncate, [], "truncated or corrupt", "truncated or corrupt"),
     ("missing-dataset", edit(lambda f: f.__delitem__("sample_ids")), [], "lacks the /sample_ids dataset",
      "lacks the /sample_ids dataset"),
