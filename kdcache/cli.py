@@ -10,7 +10,7 @@ import click
 
 from .errors import KDCacheError
 
-DATASET_HELP = "fashion-mnist (default), mnist, or imagefolder (your images: --data-dir ROOT with ROOT/train/<class>/* and ROOT/test/<class>/*)"
+DATASET_HELP = "fashion-mnist, mnist, or imagefolder (your images: --data-dir ROOT with ROOT/train/<class>/* and ROOT/test/<class>/*)"
 
 
 class KDCacheGroup(click.Group):
