@@ -1,6 +1,7 @@
 """Run a trained teacher once over a dataset split and write its raw logits to a cache."""
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ from .cache import CacheWriter
 from .data import load_dataset
 from .errors import CacheError
 from .teacher import TeacherSpec, default_dataset, load_teacher
-from .train import MemoryBatches, autocast, resolve_device
+from .train import MemoryBatches, autocast, resolve_device, strict_fp32
 
 
 def dump_logits(teacher: str | os.PathLike | None, out: str | os.PathLike, *, split: str = "train",
@@ -58,7 +59,8 @@ def dump_logits(teacher: str | os.PathLike | None, out: str | os.PathLike, *, sp
     t0 = time.perf_counter()
     agree = 0
     with CacheWriter(out, num_samples=len(data), num_classes=info.num_classes, attrs=attrs, dtype=dtype,
-                     overwrite=overwrite) as writer, torch.inference_mode():
+                     overwrite=overwrite) as writer, torch.inference_mode(), \
+            (strict_fp32() if precision == "fp32" else contextlib.nullcontext()):
         start = 0
         for batch in tqdm(batches, desc=f"dump {info.name}/{split}", disable=not progress, unit="batch"):
             with autocast(dev, precision):

@@ -85,6 +85,17 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return contextlib.nullcontext()
 
 
+@contextlib.contextmanager
+def strict_fp32() -> Iterator[None]:
+    """Turn TF32 off on CUDA for the block, so 'fp32' results are true fp32 (cuDNN convs default to TF32)."""
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+
+
 class MemoryBatches:
     """Whole batches sliced from in-memory tensors; one fresh permutation per epoch.
 

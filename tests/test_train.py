@@ -116,3 +116,11 @@ def test_cached_kd_equals_online_kd(tmp_path, data_dir):
         torch.testing.assert_close(cached_loss, online_loss, rtol=1e-6, atol=1e-6)
         for g_cached, p in zip(cached_grads, student.parameters()):
             torch.testing.assert_close(g_cached, p.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_strict_fp32_turns_tf32_off_and_restores():
+    from kdcache.train import strict_fp32
+    before = torch.backends.cudnn.allow_tf32
+    with strict_fp32():
+        assert torch.backends.cudnn.allow_tf32 is False and torch.backends.cuda.matmul.allow_tf32 is False
+    assert torch.backends.cudnn.allow_tf32 == before
