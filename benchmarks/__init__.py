@@ -1,0 +1,1 @@
+"""kdcache speed benchmarks: ``python -m benchmarks.run`` (see README, Speed)."""
