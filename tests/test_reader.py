@@ -137,3 +137,12 @@ def test_train_student_streams_a_cache_over_the_memory_limit(tmp_path, data_dir)
     in_memory = train_student(tmp_path / "m.pt", **kw)
     assert streamed["config"]["cache_streamed"] and not in_memory["config"]["cache_streamed"]
     assert len(streamed["history"]) == 2 and np.isfinite(streamed["history"][-1]["train_loss"])
+
+
+def test_cli_exposes_the_memory_limit():
+    from click.testing import CliRunner
+
+    from kdcache.cli import main
+
+    out = CliRunner().invoke(main, ["train-student", "--help"]).output
+    assert "--cache-memory-limit" in out and "--cache-workers" in out
