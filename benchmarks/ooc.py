@@ -4,7 +4,7 @@
 
 ``shuffled`` is the reader train-student uses (kdcache.reader: shuffled chunk-aligned blocks,
 rows shuffled in a buffer, cut into batches); ``sequential`` reads /logits once in file
-order, one chunk per call, the fastest plain way to read the file. ``--cold`` first drops
+order, 16 chunks per call into a reused buffer, the fastest plain way we measured. ``--cold`` first drops
 the file from the OS page cache (posix_fadvise DONTNEED on this file only), so the pass
 reads from disk as it would for a file bigger than RAM. Prints one JSON line.
 """
@@ -15,6 +15,7 @@ import json
 import resource
 import time
 
+import numpy as np
 import torch
 
 from benchmarks.synthetic import evict_page_cache
@@ -22,11 +23,16 @@ from kdcache import cache
 from kdcache.reader import LogitStream, iter_batches
 
 
-def sequential_pass(path: str) -> int:
+def sequential_pass(path: str, chunks_per_read: int = 16) -> int:
+    """The baseline: /logits in file order, 16 chunks per read call into one reused buffer
+    (the reader's buffer size). Measured faster than one chunk per call or 64 per call."""
     with cache.open_h5(path, rdcc_nbytes=0) as f:
-        n, chunk = f["logits"].shape[0], f["logits"].chunks[0]
-        for start in range(0, n, chunk):
-            cache.read_dataset(f, "logits", slice(start, min(n, start + chunk)))
+        ds = f["logits"]
+        n, step = ds.shape[0], ds.chunks[0] * chunks_per_read
+        buf = np.empty((step, ds.shape[1]), dtype=ds.dtype)
+        for start in range(0, n, step):
+            stop = min(n, start + step)
+            cache.read_dataset(f, "logits", np.s_[start:stop], out=buf[:stop - start])
     return n
 
 
