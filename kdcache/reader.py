@@ -14,8 +14,10 @@ sequential speed, with memory bounded by one buffer (``buffer_blocks`` chunks,
 
 ``LogitStream`` is a torch ``IterableDataset`` yielding shuffled buffers; it works in
 DataLoader worker processes (each opens its own HDF5 handle lazily, in its own
-process) and takes a ``rank``/``world_size`` partition (disjoint sets of blocks) for
-distributed training. ``iter_batches`` cuts its buffers into batches of exactly
+process; the order does not depend on how many) and takes a ``rank``/``world_size``
+partition (disjoint sets of blocks, together all of them) for distributed training;
+ranks' shares differ by at most one block, so a distributed loop must still even out
+its step counts (drop or pad, as DistributedSampler does). ``iter_batches`` cuts its buffers into batches of exactly
 ``batch_size`` rows; ``StreamingBatches`` (a train.fit batch source) pairs them with
 the in-memory images of the same samples.
 """
@@ -167,16 +169,19 @@ class LogitStream(IterableDataset):
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         mine = self.rank_blocks()
+        n = self.buffer_blocks
+        groups = [mine[i:i + n] for i in range(0, len(mine), n)]  # buffer k holds groups[k]
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        mine = mine[worker::workers]
-        n = self.buffer_blocks
-        if self.shuffle and len(mine):
-            self.prefetch(mine[:n])
-        for k, start in enumerate(range(0, len(mine), n)):
-            if self.shuffle:  # sequential reads get kernel readahead anyway
-                self.prefetch(mine[start + n:start + 2 * n])
-            group = mine[start:start + n]
+        # Worker w makes buffers w, w + W, ...; the DataLoader hands them out round-robin, i.e.
+        # as buffers 0, 1, 2, ...: the order is the same for any number of workers.
+        todo = range(worker, len(groups), workers)
+        if self.shuffle and len(todo):  # sequential reads get kernel readahead anyway
+            self.prefetch(groups[todo[0]])
+        for k in todo:
+            if self.shuffle and k + workers < len(groups):
+                self.prefetch(groups[k + workers])  # read ahead while this buffer is processed
+            group = groups[k]
             size = int((self.block_stops[group] - self.block_starts[group]).sum())
             buf = np.empty((size, self.num_classes), dtype=self.dtype)  # (rows of n blocks, C)
             values, off = np.empty(size, dtype=np.int64), 0
@@ -185,7 +190,7 @@ class LogitStream(IterableDataset):
                 values[off:off + len(v)] = v
                 off += len(v)
             if self.shuffle:
-                perm = self._rng(1, self.rank, worker, k).permutation(size)
+                perm = self._rng(1, self.rank, k).permutation(size)
                 values, buf = values[perm], np.take(buf, perm, axis=0)
             yield torch.from_numpy(values), torch.from_numpy(buf)
 

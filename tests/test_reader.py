@@ -88,6 +88,8 @@ def test_worker_processes_cover_every_row_once(path):
     rows = epoch_rows(stream, 0, batch_size=6, workers=2)
     assert sorted(rows.tolist()) == list(range(103))
     assert np.array_equal(rows, epoch_rows(stream, 0, batch_size=6, workers=2))  # deterministic
+    assert np.array_equal(rows, epoch_rows(stream, 0, batch_size=6, workers=0))  # whoever reads it
+    assert np.array_equal(rows, epoch_rows(stream, 0, batch_size=6, workers=1))
     stream.close()
 
 
@@ -130,13 +132,20 @@ def test_train_student_streams_a_cache_over_the_memory_limit(tmp_path, data_dir)
     fm = load_dataset("fashion-mnist", "train", data_dir, limit=300)
     logits = np.random.default_rng(0).standard_normal((300, 10)).astype(np.float32)
     path = tmp_path / "fm.h5"
-    cache.write_cache(path, logits, fm.labels, fm.indices, fm.sample_ids, cache_attrs(fm.info), dtype="float16")
+    with cache.CacheWriter(path, num_samples=300, num_classes=10, attrs=cache_attrs(fm.info), dtype="float16",
+                           chunk_rows=4) as w:  # many small blocks, so that workers split them
+        w.write(0, logits, fm.labels, fm.indices, fm.sample_ids)
     kw = dict(caches=[path], data_cfg=DataConfig(data_dir=str(data_dir), limit=200, eval_limit=100),
               cfg=TrainConfig(epochs=2, batch_size=64, device="cpu"))
     streamed = train_student(tmp_path / "s.pt", cache_memory_limit_mb=0, **kw)
+    in_workers = train_student(tmp_path / "w.pt", cache_memory_limit_mb=0, cache_workers=2, **kw)
     in_memory = train_student(tmp_path / "m.pt", **kw)
-    assert streamed["config"]["cache_streamed"] and not in_memory["config"]["cache_streamed"]
-    assert len(streamed["history"]) == 2 and np.isfinite(streamed["history"][-1]["train_loss"])
+    assert streamed["config"]["cache_streamed"] and in_workers["config"]["cache_streamed"]
+    assert not in_memory["config"]["cache_streamed"]
+    for r in (streamed, in_workers):
+        assert len(r["history"]) == 2 and np.isfinite(r["history"][-1]["train_loss"])
+    # Same seed, same order (so the same training) whether the cache is read in the trainer or in workers.
+    assert streamed["history"][-1]["train_loss"] == pytest.approx(in_workers["history"][-1]["train_loss"], rel=1e-5)
 
 
 def test_cli_exposes_the_memory_limit():
