@@ -25,3 +25,11 @@ def test_benchmark_runs_at_tiny_scale(tmp_path, data_dir):
     assert sizes["synthetic-imagenet float16"] > 2000
     table = format_table(result)
     assert "cached KD" in table and "bytes / sample" in table
+
+
+def test_precision_benchmark_runs():
+    from benchmarks.precision import main as precision_main
+
+    result = precision_main(["--batch-size", "4", "--steps", "1", "--repeats", "1"])
+    for kind in ("train step", "inference"):
+        assert result[kind]["fp32_s"] > 0 and result[kind]["bf16_s"] > 0 and result[kind]["speedup"] > 0
