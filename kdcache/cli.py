@@ -159,7 +159,7 @@ def dump_logits_cmd(teacher: str | None, out: str, quiet: bool, **kw: Any) -> No
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Checkpoint to write (.pt).")
 @click.option("--arch", default="student-cnn", show_default=True, help="Model architecture.")
 @data_options
-@train_options({"epochs": 10, "batch_size": 128, "lr": 0.05, "precision": "fp32"})
+@train_options({"epochs": 10, "batch_size": 128, "lr": 0.02, "precision": "fp32"})
 @click.option("--cache-memory-limit", "cache_memory_limit_mb", type=click.FloatRange(min=0), default=2048.0,
               show_default=True, help="MB of logits (as float32) held in memory; a bigger cache is streamed from disk.")
 @click.option("--cache-workers", type=click.IntRange(min=0), default=0, show_default=True,

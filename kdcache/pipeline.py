@@ -55,7 +55,7 @@ def run_pipeline(*, workdir: str = "runs/pipeline", cache_path: str = "data/cach
         d = json.loads(dump_record.read_text())
     rows.append({"stage": "dump-logits", "test_accuracy": None, "seconds": d["seconds"], "reused": not cache_fresh})
 
-    student_cfg = TrainConfig(epochs=student_epochs, batch_size=128, lr=0.05, device=device, seed=seed)
+    student_cfg = TrainConfig(epochs=student_epochs, batch_size=128, lr=0.02, device=device, seed=seed)
     for name, a in (("baseline", 0.0), ("distilled", alpha)):
         out = work / f"student-{name}.pt"
         r = reused = None if cache_fresh else _reuse(out, fresh)
