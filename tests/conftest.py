@@ -49,3 +49,15 @@ def cache_attrs(info: DatasetInfo, **over) -> dict:
     }
     attrs.update(over)
     return attrs
+
+
+def run_cli(*args, ok: bool = True):
+    """Invoke the kdcache CLI in-process; with ``ok`` assert it exited 0."""
+    from click.testing import CliRunner
+
+    from kdcache.cli import main
+
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    if ok:
+        assert result.exit_code == 0, result.output
+    return result

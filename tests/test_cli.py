@@ -8,14 +8,11 @@ import h5py
 import pytest
 from click.testing import CliRunner
 
+from conftest import run_cli
 from kdcache.cli import main
 
 
-def run(*args, ok=True):
-    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-    if ok:
-        assert result.exit_code == 0, result.output
-    return result
+run = run_cli
 
 
 @pytest.fixture(scope="module")

@@ -6,16 +6,13 @@ import matplotlib.image
 import pytest
 from click.testing import CliRunner
 
+from conftest import run_cli
 from kdcache.cli import main
 from kdcache.errors import ConfigError
 from kdcache.sweep import RunSpec, SweepGrid, load_results, parse_numbers
 
 
-def run(*args, ok=True):
-    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-    if ok:
-        assert result.exit_code == 0, result.output
-    return result
+run = run_cli
 
 
 @pytest.fixture(scope="module")
