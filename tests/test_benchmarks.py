@@ -33,3 +33,18 @@ def test_precision_benchmark_runs():
     result = precision_main(["--batch-size", "4", "--steps", "1", "--repeats", "1"])
     for kind in ("train step", "inference"):
         assert result[kind]["fp32_s"] > 0 and result[kind]["bf16_s"] > 0 and result[kind]["speedup"] > 0
+
+
+def test_float16_error_is_small_and_shrinks_with_T(tmp_path, image_data):
+    import numpy as np
+
+    from conftest import cache_attrs
+    from benchmarks.float16_error import float16_error
+    from kdcache.cache import write_cache
+
+    logits = np.random.default_rng(0).normal(0, 8, size=(len(image_data), 10)).astype(np.float32)
+    d = image_data
+    p = write_cache(tmp_path / "c.h5", logits, d.labels, d.indices, d.sample_ids, cache_attrs(d.info))
+    rows = float16_error(str(p))
+    assert [r["T"] for r in rows] == [1.0, 4.0, 20.0]
+    assert 0 < rows[0]["max_abs"] < 5e-3 and rows[2]["max_abs"] < rows[0]["max_abs"]
