@@ -11,11 +11,12 @@ import sys
 
 import torch
 
-from kdcache.cache import load_cache
+from kdcache.cache import open_cache
 
 
 def float16_error(path: str, temperatures: tuple[float, ...] = (1.0, 4.0, 20.0)) -> list[dict[str, float]]:
-    z = torch.from_numpy(load_cache(path).logits).double()
+    with open_cache(path) as cache:
+        z = torch.from_numpy(cache.read()).double()
     z16 = z.float().half().double()
     rows = []
     for T in temperatures:

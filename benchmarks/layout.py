@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from kdcache.reader import LogitStream, iter_batches
 
 
 def write_file(path: Path, rows: int, classes: int, chunk_bytes: int, compression: str | None) -> int:
-    chunk_rows = cache.chunk_rows_for(classes, "float16", rows, chunk_bytes)
+    chunk_rows = cache.schema.chunk_rows_for(classes * 2, rows, chunk_bytes)  # float16 rows
     g = np.random.default_rng(0)
     block = (g.standard_normal((chunk_rows * 4, classes)) * 3).astype(np.float16)
     if path.exists():
@@ -42,11 +41,11 @@ def write_file(path: Path, rows: int, classes: int, chunk_bytes: int, compressio
 
 
 def read_pass(path: Path, chunk_rows: int, order: np.ndarray, rdcc_nbytes: int | None) -> float:
-    with cache.open_h5(path, rdcc_nbytes=rdcc_nbytes) as f:
-        n = f["logits"].shape[0]
+    with cache.open_cache(path, rdcc_nbytes=rdcc_nbytes) as c:
+        n = len(c)
         t0 = time.perf_counter()
         for b in order:
-            cache.read_dataset(f, "logits", slice(int(b) * chunk_rows, min(n, (int(b) + 1) * chunk_rows)))
+            c.read_span(int(b) * chunk_rows, min(n, (int(b) + 1) * chunk_rows))
         return time.perf_counter() - t0
 
 

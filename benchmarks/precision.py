@@ -8,7 +8,6 @@ their ratio. bf16 only pays off on CPUs with native bf16 (AVX-512 BF16 / AMX) or
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 
@@ -16,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from kdcache.models import build_model
-from kdcache.train import autocast
+from kdcache.device import autocast
 
 
 def step_seconds(precision: str, batch_size: int, steps: int, train: bool) -> float:

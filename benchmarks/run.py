@@ -27,17 +27,19 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from benchmarks.synthetic import IMAGENET_CLASSES, IMAGENET_ROWS, write_synthetic_cache
 from kdcache import cache
 from kdcache.checkpoint import save_checkpoint
-from kdcache.data import ImageData, load_dataset
+from kdcache.data import load_dataset
+from kdcache.samples import ImageData
 from kdcache.dump import dump_logits
 from kdcache.jobs import distillation_loss
 from kdcache.models import build_model
-from kdcache.train import Batch, MemoryBatches, TrainConfig, build_optimizer, cross_entropy_loss, train_one_epoch
+from kdcache.batches import Batch, MemoryBatches
+from kdcache.config import TrainConfig
+from kdcache.train import build_optimizer, cross_entropy_loss, train_one_epoch
 
 FMNIST_TRAIN = 60_000
 CPU = torch.device("cpu")
@@ -162,14 +164,16 @@ def ooc_rows(path: Path, repeats: int) -> list[dict[str, Any]]:
 
 def rewrite(src: Path, dst: Path, dtype: str, compression: str | None = None) -> int:
     """Copy a cache with another logits dtype/compression; returns its size in bytes."""
-    arrays = cache.load_cache(src)
-    attrs = {k: v for k, v in arrays.meta.attrs.items()
-             if k not in ("format", "schema_version", "complete", "created_utc", "num_samples", "num_classes",
-                          "logits_dtype", "config_json")}
-    attrs["class_names"] = list(arrays.meta.class_names)
-    with cache.CacheWriter(dst, num_samples=arrays.meta.num_samples, num_classes=arrays.meta.num_classes,
+    with cache.open_cache(src) as c:
+        meta, logits = c.meta, c.read()
+        labels, indices, ids = c.labels, c.indices, c.sample_ids
+    keep = ("kdcache_version", "torch_version", "teacher_arch", "teacher_sha256", "teacher_precision", "dataset",
+            "split", "dataset_num_samples", "dataset_fingerprint", "normalization_mean", "normalization_std")
+    attrs = {k: meta.attrs[k] for k in keep}
+    attrs["class_names"] = list(meta.class_names)
+    with cache.CacheWriter(dst, num_samples=meta.num_samples, num_classes=meta.num_classes,
                            attrs=attrs, dtype=dtype, overwrite=True, compression=compression) as w:
-        w.write(0, arrays.logits, arrays.labels, arrays.indices, arrays.sample_ids)
+        w.write(0, logits, labels, indices, ids)
     return dst.stat().st_size
 
 
@@ -220,7 +224,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             dump_logits(teacher_path, cache_path, split="train", data_dir=args.data_dir, limit=n, device="cpu",
                         overwrite=True)
     t0 = time.perf_counter()
-    teacher_logits = cache.align_to_data(cache.load_cache(cache_path), data)
+    with cache.open_cache(cache_path) as c:
+        teacher_logits = torch.from_numpy(c.read(c.align(data.indices.numpy(), labels=data.labels.numpy(),
+                                                         sample_ids=data.sample_ids, info=data.info)))
     load_s = time.perf_counter() - t0
 
     # 1. cached KD vs CE

@@ -1,11 +1,46 @@
 """kdcache: knowledge distillation from an offline cache of teacher logits.
 
-Run the teacher once (``dump_logits``), then train students at any temperature
-and alpha from the HDF5 cache (``train_student``), without the teacher.
+Run the teacher once (``dump_logits``), then train students at any temperature and
+alpha from the HDF5 cache, without the teacher: with kdcache's own loop
+(``train_student``) or your own (``open_cache``, ``CachedDataset``, ``kd_loss``)::
+
+    import kdcache
+    with kdcache.open_cache("fmnist-train.h5") as cache:
+        print(cache)                                   # rows, classes, teacher, views, top-k
+    train = kdcache.CachedDataset(torchvision_dataset, "fmnist-train.h5")   # (image, label, teacher_logits)
+    loss = kdcache.kd_loss(student_logits, teacher_logits, labels, temperature=4.0, alpha=0.5)
+
+Names are imported on first use, so ``import kdcache`` (and the CLI) start fast.
 """
-__version__ = "0.1.0"
+from __future__ import annotations
 
-from .errors import CacheError, CheckpointError, ConfigError, DataError, KDCacheError  # noqa: E402
-from .loss import kd_loss  # noqa: E402
+import importlib
+from typing import Any
 
-__all__ = ["__version__", "kd_loss", "KDCacheError", "CacheError", "CheckpointError", "ConfigError", "DataError"]
+__version__ = "0.2.0"
+
+# public name -> module that defines it
+_EXPORTS = {
+    "open_cache": "cache", "LogitCache": "cache", "CacheMeta": "cache", "CacheWriter": "cache", "write_cache": "cache",
+    "kd_loss": "loss", "soft_loss": "loss",
+    "TopK": "targets", "UNLABELLED": "samples",
+    "TrainConfig": "config", "DataConfig": "config",
+    "load_dataset": "data", "ImageData": "samples", "DatasetInfo": "samples",
+    "train_teacher": "jobs", "train_student": "jobs", "evaluate_checkpoint": "jobs",
+    "dump_logits": "dump", "verify_cache": "verify", "cache_info": "info",
+    "KDCacheError": "errors", "CacheError": "errors", "CheckpointError": "errors", "ConfigError": "errors",
+    "DataError": "errors", "StorageError": "errors",
+}
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'kdcache' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -19,6 +19,7 @@ from torch import nn
 from .errors import CheckpointError, ConfigError
 from .files import check_output, temp_path_for
 from .models import build_model
+from .samples import DatasetInfo
 
 CHECKPOINT_FORMAT = "kdcache-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -109,3 +110,23 @@ def load_checkpoint(path: str | os.PathLike, expect_arch: str | None = None) -> 
         raise CheckpointError(f"{path}: weights do not match architecture {arch!r} "
                               f"({str(e).splitlines()[0][:160]}...)") from None
     return model.eval(), config
+
+
+def model_config(arch: str, info: DatasetInfo) -> dict[str, Any]:
+    """What a checkpoint records about its model and the data it fits (REQUIRED_CONFIG and more)."""
+    return {
+        "arch": arch, "in_channels": info.in_channels, "num_classes": info.num_classes,
+        "image_size": list(info.image_size), "dataset": info.name, "mean": list(info.mean), "std": list(info.std),
+        "class_names": list(info.class_names), "dataset_fingerprint": info.fingerprint,
+    }
+
+
+def check_model_fits_data(config: dict[str, Any], info: DatasetInfo, path: str | os.PathLike) -> None:
+    """Refuse a checkpoint whose classes or input shape differ from the data's."""
+    if info.class_names and (int(config["num_classes"]) != info.num_classes
+                             or list(config["class_names"]) != list(info.class_names)):
+        raise CheckpointError(f"{path} predicts {config['num_classes']} classes of {config['dataset']}, but "
+                              f"{info.name} has {info.num_classes}; use a checkpoint trained on this data")
+    if int(config["in_channels"]) != info.in_channels or list(config["image_size"]) != list(info.image_size):
+        raise CheckpointError(f"{path} expects {config['in_channels']}x{config['image_size']} inputs, the data is "
+                              f"{info.in_channels}x{list(info.image_size)}")

@@ -8,6 +8,9 @@ from typing import Any, Callable
 
 import click
 
+from .config import (CACHE_MEMORY_LIMIT_MB, DEFAULT_ALPHA, DEFAULT_TEMPERATURE, DEVICES, DUMP_BATCH_SIZE,
+                     OPTIMIZERS, PIPELINE_TEACHER, PRECISIONS, SCHEDULES, STUDENT_ARCH, STUDENT_TRAIN, TEACHER_ARCH,
+                     TEACHER_TRAIN, TrainConfig)
 from .errors import KDCacheError
 
 DATASET_HELP = "fashion-mnist, mnist, or imagefolder (your images: --data-dir ROOT with ROOT/train/<class>/* and ROOT/test/<class>/*)"
@@ -39,20 +42,21 @@ def data_options(f: Callable) -> Callable:
     return click.option("--dataset", default="fashion-mnist", show_default=True, help=DATASET_HELP)(f)
 
 
-def train_options(defaults: dict[str, Any]) -> Callable:
-    """Options that map onto TrainConfig fields, with per-command defaults."""
+def train_options(defaults: TrainConfig) -> Callable:
+    """Options that map onto TrainConfig fields, with the role's defaults (kdcache.config)."""
     def deco(f: Callable) -> Callable:
+        d = defaults
         opts = [
-            click.option("--epochs", type=click.IntRange(min=1), default=defaults["epochs"], show_default=True),
-            click.option("--batch-size", type=click.IntRange(min=1), default=defaults["batch_size"], show_default=True),
-            click.option("--lr", type=float, default=defaults["lr"], show_default=True, help="Peak learning rate."),
-            click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default="sgd", show_default=True),
-            click.option("--schedule", type=click.Choice(["onecycle", "cosine", "constant"]), default="onecycle",
-                         show_default=True),
-            click.option("--weight-decay", type=float, default=5e-4, show_default=True),
-            click.option("--seed", type=int, default=0, show_default=True),
-            click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
-            click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=defaults["precision"],
+            click.option("--epochs", type=click.IntRange(min=1), default=d.epochs, show_default=True),
+            click.option("--batch-size", type=click.IntRange(min=1), default=d.batch_size, show_default=True,
+                         help="Global batch size (split across ranks under torchrun)."),
+            click.option("--lr", type=float, default=d.lr, show_default=True, help="Peak learning rate."),
+            click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=d.optimizer, show_default=True),
+            click.option("--schedule", type=click.Choice(SCHEDULES), default=d.schedule, show_default=True),
+            click.option("--weight-decay", type=float, default=d.weight_decay, show_default=True),
+            click.option("--seed", type=int, default=d.seed, show_default=True),
+            click.option("--device", type=click.Choice(DEVICES), default=d.device, show_default=True),
+            click.option("--precision", type=click.Choice(PRECISIONS), default=d.precision,
                          show_default=True, help="bf16 = autocast + channels_last (much faster on CPUs with AVX-512 bf16)."),
         ]
         for opt in reversed(opts):
@@ -62,14 +66,14 @@ def train_options(defaults: dict[str, Any]) -> Callable:
 
 
 def _train_config(kw: dict[str, Any]):
-    from .train import TrainConfig
+    from .config import TrainConfig
 
     keys = ("epochs", "batch_size", "lr", "optimizer", "schedule", "weight_decay", "seed", "device", "precision")
     return TrainConfig(**{k: kw.pop(k) for k in keys})
 
 
 def _data_config(kw: dict[str, Any]):
-    from .jobs import DataConfig
+    from .config import DataConfig
 
     return DataConfig(dataset=kw.pop("dataset"), data_dir=kw.pop("data_dir"), limit=kw.pop("limit"),
                       eval_limit=kw.pop("eval_limit"), download=kw.pop("download"))
@@ -101,9 +105,9 @@ def main() -> None:
 
 @main.command("train-teacher")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Checkpoint to write (.pt).")
-@click.option("--arch", default="teacher-cnn", show_default=True, help="Model architecture.")
+@click.option("--arch", default=TEACHER_ARCH, show_default=True, help="Model architecture.")
 @data_options
-@train_options({"epochs": 5, "batch_size": 128, "lr": 0.05, "precision": "bf16"})
+@train_options(TEACHER_TRAIN)
 @click.option("--overwrite", is_flag=True, help="Replace an existing checkpoint.")
 @quiet_option
 def train_teacher_cmd(out: str, arch: str, overwrite: bool, quiet: bool, **kw: Any) -> None:
@@ -125,7 +129,7 @@ def train_teacher_cmd(out: str, arch: str, overwrite: bool, quiet: bool, **kw: A
 @click.option("--data-dir", default="data", show_default=True, type=click.Path(file_okay=False))
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N samples of the split.")
 @click.option("--arch", default=None, help="Refuse a teacher checkpoint of any other architecture.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=DUMP_BATCH_SIZE, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
               help="Precision the teacher runs at; fp32 keeps cached logits exact.")
@@ -150,17 +154,17 @@ def dump_logits_cmd(teacher: str | None, out: str, quiet: bool, **kw: Any) -> No
 @main.command("train-student")
 @click.option("--cache", "caches", multiple=True, type=click.Path(dir_okay=False),
               help="Logit cache of the training split (from dump-logits). Not needed with --alpha 0.")
-@click.option("--T", "--temperature", "temperature", type=float, default=4.0, show_default=True,
+@click.option("--T", "--temperature", "temperature", type=float, default=DEFAULT_TEMPERATURE, show_default=True,
               help="Softmax temperature T > 0 for the soft targets.")
-@click.option("--alpha", type=float, default=0.5, show_default=True,
+@click.option("--alpha", type=float, default=DEFAULT_ALPHA, show_default=True,
               help="Weight of the soft loss in [0, 1]; 0 = hard labels only.")
 @click.option("--ensemble", type=click.Choice(["mean-probs", "mean-logits"]), default="mean-probs", show_default=True,
               help="How several --cache teachers are combined: mean of softmax(z/T), or mean of logits.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Checkpoint to write (.pt).")
-@click.option("--arch", default="student-cnn", show_default=True, help="Model architecture.")
+@click.option("--arch", default=STUDENT_ARCH, show_default=True, help="Model architecture.")
 @data_options
-@train_options({"epochs": 10, "batch_size": 128, "lr": 0.02, "precision": "fp32"})
-@click.option("--cache-memory-limit", "cache_memory_limit_mb", type=click.FloatRange(min=0), default=2048.0,
+@train_options(STUDENT_TRAIN)
+@click.option("--cache-memory-limit", "cache_memory_limit_mb", type=click.FloatRange(min=0), default=CACHE_MEMORY_LIMIT_MB,
               show_default=True, help="MB of logits (as float32) held in memory; a bigger cache is streamed from disk.")
 @click.option("--cache-workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="Processes reading a streamed cache (0: read in the training process).")
@@ -262,10 +266,10 @@ def verify_cmd(cache: str, teacher: str | None, teacher_factory: str | None, wei
               help="Where checkpoints and metrics go.")
 @click.option("--cache", "cache_path", default="data/caches/fmnist-train.h5", show_default=True,
               type=click.Path(dir_okay=False))
-@click.option("--teacher-epochs", type=click.IntRange(min=1), default=3, show_default=True)
-@click.option("--student-epochs", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--T", "--temperature", "temperature", type=float, default=4.0, show_default=True)
-@click.option("--alpha", type=float, default=0.5, show_default=True)
+@click.option("--teacher-epochs", type=click.IntRange(min=1), default=PIPELINE_TEACHER.epochs, show_default=True)
+@click.option("--student-epochs", type=click.IntRange(min=1), default=STUDENT_TRAIN.epochs, show_default=True)
+@click.option("--T", "--temperature", "temperature", type=float, default=DEFAULT_TEMPERATURE, show_default=True)
+@click.option("--alpha", type=float, default=DEFAULT_ALPHA, show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="First N training samples (quick runs).")
 @click.option("--eval-limit", type=click.IntRange(min=1), default=None, help="First N test samples (quick runs).")
 @click.option("--data-dir", default="data", show_default=True, type=click.Path(file_okay=False))
@@ -296,12 +300,12 @@ def pipeline_cmd(quiet: bool, json_out: str | None, **kw: Any) -> None:
 @click.option("--limit", "limits", default=None, help="Comma-separated numbers of labelled training samples "
               "(first N), e.g. 5000,60000. Default: every row of the cache.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Sweep folder (table, checkpoints, report).")
-@click.option("--arch", default="student-cnn", show_default=True, help="Student architecture.")
+@click.option("--arch", default=STUDENT_ARCH, show_default=True, help="Student architecture.")
 @click.option("--dataset", default="fashion-mnist", show_default=True, help=DATASET_HELP)
 @click.option("--data-dir", default="data", show_default=True, type=click.Path(file_okay=False))
 @click.option("--eval-limit", type=click.IntRange(min=1), default=None,
               help="Evaluate on only the first N test samples (quick runs).")
-@train_options({"epochs": 10, "batch_size": 128, "lr": 0.02, "precision": "fp32"})  # 0.05 diverges with KD on 5k
+@train_options(STUDENT_TRAIN)
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads for torch (default: torch's choice; 1 is fastest on cores shared with other jobs).")
 @click.option("--no-report", is_flag=True, help="Do not write the report at the end.")
@@ -314,7 +318,7 @@ def sweep_cmd(cache: str, temperatures: str, alphas: str, seeds: int, limits: st
     Results are saved after every run to <out>/results.json and .csv; rerunning skips
     finished runs. Writes the report (`kdcache report`) at the end.
     """
-    from .jobs import DataConfig
+    from .config import DataConfig
     from .sweep import SweepGrid, parse_numbers, run_sweep
 
     first = kw["seed"]  # --seed is the first of the --seeds seeds

@@ -1,74 +1,107 @@
 """Run a trained teacher once over a dataset split and write its raw logits to a cache."""
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from . import __version__
-from .cache import CacheWriter
+from .cache import CacheMeta, CacheWriter, read_meta
+from .config import DUMP_BATCH_SIZE
 from .data import load_dataset
-from .errors import CacheError
-from .teacher import TeacherSpec, default_dataset, load_teacher
-from .train import MemoryBatches, autocast, resolve_device, strict_fp32
+from .device import resolve_device
+from .errors import CacheError, StorageError
+from .files import check_free_space, disk_full_message
+from .progress import track
+from .samples import DatasetInfo
+from .teacher import Teacher, TeacherSpec, default_dataset, load_teacher
+
+
+def cache_attrs(teacher: Teacher, info: DatasetInfo, precision: str) -> dict[str, Any]:
+    """What a cache records about how it was made (see docs/cache-format.md)."""
+    return {
+        "kdcache_version": __version__, "torch_version": str(torch.__version__),
+        "teacher_arch": teacher.arch, "teacher_sha256": teacher.sha256, "teacher_precision": precision,
+        "dataset": info.name, "split": info.split, "dataset_num_samples": info.num_samples,
+        "dataset_fingerprint": info.fingerprint, "class_names": list(info.class_names),
+        "normalization_mean": list(teacher.mean), "normalization_std": list(teacher.std),
+        "extra_config": teacher.config,
+    }
+
+
+def dump_request(teacher: Teacher, info: DatasetInfo, num_rows: int, precision: str, dtype: str) -> dict[str, Any]:
+    """What determines a cache's values: reuse an existing cache only when all of it is the same."""
+    return {"teacher_sha256": teacher.sha256, "teacher_arch": teacher.arch, "dataset": info.name, "split": info.split,
+            "dataset_fingerprint": info.fingerprint, "num_samples": num_rows, "teacher_precision": precision,
+            "logits_dtype": dtype, "targets": "logits", "topk": 0, "num_views": 1, "view_policy": None}
+
+
+def matches_request(meta: CacheMeta, request: dict[str, Any]) -> bool:
+    have = {k: getattr(meta, k) for k in request}
+    return have == request
 
 
 def dump_logits(teacher: str | os.PathLike | None, out: str | os.PathLike, *, split: str = "train",
                 dataset: str | None = None, data_dir: str = "data", limit: int | None = None,
-                batch_size: int = 1000, device: str = "auto", precision: str = "fp32", dtype: str = "float32",
-                arch: str | None = None, teacher_factory: str | None = None, weights: str | None = None,
-                overwrite: bool = False, progress: bool = False) -> dict[str, Any]:
+                batch_size: int = DUMP_BATCH_SIZE, device: str = "auto", precision: str = "fp32",
+                dtype: str = "float32", arch: str | None = None, teacher_factory: str | None = None,
+                weights: str | None = None, overwrite: bool = False, progress: bool = False,
+                reuse: bool = False) -> dict[str, Any]:
     """Write ``teacher``'s logits over ``split`` (first ``limit`` rows) to the cache ``out``.
 
     The teacher is a kdcache checkpoint (``teacher``), or ``teacher_factory``
     ("package.module:function") plus a ``weights`` state dict (see kdcache.teacher).
-
-    The teacher runs in eval mode under inference_mode, without augmentation, at
-    ``precision`` (fp32 by default so the cache holds fp32-computed logits).
+    It runs in eval mode under inference_mode, without augmentation, at ``precision``
+    (fp32 by default so the cache holds fp32-computed logits). Free disk space is checked
+    before anything is written; a disk that fills up anyway leaves nothing at ``out``.
+    With ``reuse``, an existing cache at ``out`` made by the same request (teacher file,
+    data, rows, precision, dtype) is kept and reported as reused; any other is replaced.
     Returns a summary (path, rows, seconds, teacher top-1 agreement with the labels).
     """
     out = Path(out)
-    if out.exists() and not overwrite:  # fail before the slow part; CacheWriter checks again
+    if out.exists() and not (overwrite or reuse):  # fail before the slow part; CacheWriter checks again
         raise CacheError(f"{out} already exists; pass --overwrite to replace it")
     spec = TeacherSpec(checkpoint=None if teacher is None else str(teacher), factory=teacher_factory,
                        weights=weights, arch=arch)
     data = load_dataset(dataset or default_dataset(spec), split, data_dir, limit)
     loaded = load_teacher(spec, data.info)
-    model = loaded.model
     dev = resolve_device(device)
-    model.to(dev)
+    loaded.model.to(dev)
     if precision == "bf16":
-        model.to(memory_format=torch.channels_last)
+        loaded.model.to(memory_format=torch.channels_last)
     info = data.info
-    attrs = {
-        "kdcache_version": __version__, "torch_version": str(torch.__version__),
-        "teacher_arch": loaded.arch, "teacher_sha256": loaded.sha256, "teacher_precision": precision,
-        "dataset": info.name, "split": info.split, "dataset_num_samples": info.num_samples,
-        "dataset_fingerprint": info.fingerprint, "class_names": list(info.class_names),
-        "normalization_mean": list(loaded.mean), "normalization_std": list(loaded.std),
-        "extra_config": loaded.config,
-    }
-    # The teacher sees its inputs standardised exactly as in training.
-    batches = MemoryBatches(data, batch_size, shuffle=False, device=dev, channels_last=precision == "bf16")
-    batches.mean, batches.std = loaded.mean, loaded.std
+    request = dump_request(loaded, info, len(data), precision, dtype)
+    if reuse and out.exists():
+        try:
+            meta = read_meta(out)
+        except CacheError:
+            meta = None
+        if meta is not None and matches_request(meta, request):
+            return {"cache": str(out), "rows": meta.num_samples, "num_classes": meta.num_classes, "dtype": dtype,
+                    "seconds": None, "bytes": out.stat().st_size, "reused": True, "request": request}
+    writer = CacheWriter(out, num_samples=len(data), num_classes=info.num_classes,
+                         attrs=cache_attrs(loaded, info, precision), dtype=dtype, overwrite=True)
+    check_free_space(out, writer.estimated_bytes(), f"the cache {out}")
     t0 = time.perf_counter()
     agree = 0
-    with CacheWriter(out, num_samples=len(data), num_classes=info.num_classes, attrs=attrs, dtype=dtype,
-                     overwrite=overwrite) as writer, torch.inference_mode(), \
-            (strict_fp32() if precision == "fp32" else contextlib.nullcontext()):
-        start = 0
-        for batch in tqdm(batches, desc=f"dump {info.name}/{split}", disable=not progress, unit="batch"):
-            with autocast(dev, precision):
-                logits = model(batch.images).float()
-            stop = start + logits.shape[0]
-            writer.write(start, logits, batch.labels, data.indices[start:stop], data.sample_ids[start:stop])
-            agree += int((logits.argmax(1) == batch.labels).sum())
-            start = stop
+    starts = range(0, len(data), batch_size)
+    try:
+        with writer:
+            for start in track(starts, desc=f"dump {info.name}/{split}", enabled=progress):
+                stop = min(start + batch_size, len(data))
+                logits = loaded.logits(data.images[start:stop], dev, precision)  # (B, C) float32
+                writer.write(start, logits, data.labels[start:stop], data.indices[start:stop],
+                             data.sample_ids[start:stop])
+                agree += int((logits.argmax(1) == data.labels[start:stop]).sum())
+    except OSError as e:
+        message = disk_full_message(e, out, "the cache")
+        if message is None:
+            raise
+        raise StorageError(message) from None
     seconds = time.perf_counter() - t0
     return {"cache": str(out), "rows": len(data), "num_classes": info.num_classes, "dtype": dtype,
-            "seconds": seconds, "teacher_label_agreement": agree / len(data), "bytes": out.stat().st_size}
+            "seconds": seconds, "teacher_label_agreement": agree / max(data.num_labelled, 1), "bytes": out.stat().st_size,
+            "reused": False, "request": request}

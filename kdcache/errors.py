@@ -22,3 +22,7 @@ class CacheError(KDCacheError):
 
 class CheckpointError(KDCacheError):
     """A checkpoint is missing, unreadable, unsafe or does not match."""
+
+
+class StorageError(KDCacheError):
+    """An output cannot be written: not enough disk space, or the disk filled up while writing."""

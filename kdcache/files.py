@@ -1,13 +1,16 @@
-"""Atomic file output: every artifact appears whole at its path or not at all."""
+"""Atomic file output and file identity: every artifact appears whole at its path or not at all."""
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import secrets
+import shutil
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, StorageError
 
 
 def temp_path_for(path: Path) -> Path:
@@ -26,6 +29,32 @@ def check_output(path: str | os.PathLike, overwrite: bool) -> Path:
     return p
 
 
+def check_free_space(path: str | os.PathLike, needed_bytes: int, what: str) -> None:
+    """Refuse to start writing ``what`` when the folder of ``path`` has less than ``needed_bytes`` free.
+
+    Checked before anything is written, so a full disk is one clear message instead of
+    a failure half-way through (the writer still cleans up if space runs out later).
+    """
+    folder = Path(path).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if free < needed_bytes:
+        raise StorageError(f"not enough disk space for {what}: needs about {_mb(needed_bytes)}, {_mb(free)} free "
+                           f"in {folder}; free some space or write elsewhere")
+
+
+def disk_full_message(e: OSError, path: str | os.PathLike, what: str) -> str | None:
+    """A one-line message for ENOSPC/EDQUOT while writing ``what`` (None for other errors)."""
+    if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(e):
+        return (f"disk full while writing {what} to {Path(path).parent} (nothing was written at {path}); "
+                "free some space or write elsewhere")
+    return None
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n < 1e9 else f"{n / 1e9:.2f} GB"
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
@@ -42,3 +71,12 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Write ``obj`` as indented JSON, atomically."""
     return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """SHA-256 (hex) of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

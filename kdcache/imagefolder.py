@@ -15,14 +15,13 @@ statistics of the train split (of this split when there is no train folder).
 """
 from __future__ import annotations
 
-import hashlib
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .data import DatasetInfo, ImageData
+from .samples import DatasetInfo, ImageData, fingerprint_for, sample_ids_for
 from .errors import DataError
 
 IMAGEFOLDER = "imagefolder"
@@ -82,24 +81,6 @@ def _read_split(root: str, split: str) -> tuple[np.ndarray, np.ndarray, tuple[st
     return np.stack(pixels), np.asarray(labels, dtype=np.int64), tuple(relpaths), classes
 
 
-def _sample_ids(images: np.ndarray, labels: np.ndarray, relpaths: tuple[str, ...]) -> np.ndarray:
-    out = bytearray()
-    for img, label, rel in zip(images, labels, relpaths):
-        h = hashlib.blake2b(rel.encode("utf-8"), digest_size=8)
-        h.update(np.ascontiguousarray(img).tobytes())
-        h.update(np.int64(label).astype("<i8").tobytes())
-        out += h.digest()
-    return np.frombuffer(bytes(out), dtype="<u8").copy()
-
-
-def _fingerprint(images: np.ndarray, labels: np.ndarray, relpaths: tuple[str, ...]) -> str:
-    h = hashlib.sha256()
-    h.update("\n".join(relpaths).encode("utf-8"))
-    h.update(np.ascontiguousarray(images).tobytes())
-    h.update(np.ascontiguousarray(labels, dtype="<i8").tobytes())
-    return h.hexdigest()
-
-
 def _pixel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
     x = images.astype(np.float64) / 255.0  # (N, C, H, W)
     mean = x.mean(axis=(0, 2, 3))
@@ -120,8 +101,8 @@ def load_imagefolder(root: str, split: str) -> ImageData:
     info = DatasetInfo(
         name=IMAGEFOLDER, split=split, num_samples=len(labels), class_names=classes,
         in_channels=images.shape[1], image_size=(images.shape[2], images.shape[3]), mean=mean, std=std,
-        fingerprint=_fingerprint(images, labels, relpaths),
+        fingerprint=fingerprint_for(images, labels, relpaths),
     )
     return ImageData(images=torch.from_numpy(images), labels=torch.from_numpy(labels),
                      indices=torch.arange(len(labels), dtype=torch.int64),
-                     sample_ids=_sample_ids(images, labels, relpaths), info=info)
+                     sample_ids=sample_ids_for(images, labels, relpaths), info=info)

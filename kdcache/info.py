@@ -1,29 +1,26 @@
 """`kdcache info`: what a person checks about a cache before training from it.
 
-Reads the root attributes and streams /logits once, chunk by chunk, for the
+Reads the root attributes and streams the targets once, block by block, for the
 teacher's agreement with the stored labels and how soft the targets are at a few
 temperatures (mean entropy of softmax(z/T), in nats; ln C is the uniform maximum).
+Top-k rows are rebuilt over all C classes first (kdcache.targets.TopK.dense_probs);
+with views, every view counts as a row.
 """
 from __future__ import annotations
 
 import math
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
+import torch
 
-from .cache import open_h5, read_dataset, read_meta
+from .cache import open_cache
+from .samples import UNLABELLED
+from .targets import Targets, TopK, as_tensors
 
 INFO_TEMPERATURES = (1.0, 4.0, 20.0)
-UNCHUNKED_BLOCK_ROWS = 65536
-
-
-def row_blocks(num_rows: int, chunk_rows: int | None) -> Iterator[slice]:
-    """Row ranges that follow the dataset's chunks, so each chunk is read (and checksummed) once."""
-    step = chunk_rows or UNCHUNKED_BLOCK_ROWS
-    for start in range(0, num_rows, step):
-        yield slice(start, min(start + step, num_rows))
 
 
 def softmax_entropy(logits: np.ndarray, temperature: float) -> np.ndarray:
@@ -34,36 +31,55 @@ def softmax_entropy(logits: np.ndarray, temperature: float) -> np.ndarray:
     return -(np.exp(log_p) * log_p).sum(axis=1)
 
 
+def _entropy(block: Targets, temperature: float) -> np.ndarray:
+    """Entropy of each row's (rebuilt) soft targets at T, flattened over views."""
+    if isinstance(block, TopK):
+        p = as_tensors(block).dense_probs(temperature).reshape(-1, block.num_classes)  # (rows*V, C) float64
+        return -(p * torch.log(p.clamp_min(1e-300))).sum(1).numpy()
+    return softmax_entropy(block.reshape(-1, block.shape[-1]), temperature)
+
+
+def _top1_and_max(block: Targets) -> tuple[np.ndarray, float]:
+    """(top-1 class of each row, (rows, V) for views; max |stored logit|)."""
+    if isinstance(block, TopK):
+        return block.classes[..., 0], float(np.abs(block.logits.astype(np.float32)).max())
+    return block.argmax(axis=-1), float(np.abs(block.astype(np.float32)).max())
+
+
 def cache_info(path: str | os.PathLike, temperatures: tuple[float, ...] = INFO_TEMPERATURES) -> dict[str, Any]:
-    """Metadata and soft-target statistics of a cache (validates the schema; reads every logit once)."""
+    """Metadata and soft-target statistics of a cache (validates the schema; reads every row once)."""
     p = Path(path)
-    meta = read_meta(p)
-    a = meta.attrs
-    agree, entropy_sums, max_abs = 0, np.zeros(len(temperatures)), 0.0
-    with open_h5(p) as f:
-        labels = read_dataset(f, "labels")
-        ds = f["logits"]
-        chunk_rows = ds.chunks[0] if ds.chunks else None
-        for rows in row_blocks(meta.num_samples, chunk_rows):
-            block = read_dataset(f, "logits", rows).astype(np.float32)  # (B, C)
-            agree += int((block.argmax(axis=1) == labels[rows]).sum())
-            finite = np.isfinite(block).all(axis=1)
-            if finite.any():
-                max_abs = max(max_abs, float(np.abs(block[finite]).max()))
-                entropy_sums += [softmax_entropy(block[finite], t).sum() for t in temperatures]
-    n = meta.num_samples
+    with open_cache(p) as cache:
+        meta, a = cache.meta, cache.meta.attrs
+        labels = cache.labels
+        labelled = labels != UNLABELLED
+        agree, entropy_sums, max_abs = 0, np.zeros(len(temperatures)), 0.0
+        for rows, block in cache.blocks():
+            top1, m = _top1_and_max(block)
+            max_abs = max(max_abs, m)
+            lab = labels[rows]
+            hit = top1 == (lab[:, None] if top1.ndim == 2 else lab)
+            agree += int(hit[labelled[rows]].sum())
+            entropy_sums += [_entropy(block, t).sum() for t in temperatures]
+        chunk_rows = cache.chunk_rows
+    n, views = meta.num_samples, meta.num_views
+    num_labelled = int(labelled.sum())
     return {
         "path": str(p), "bytes": p.stat().st_size, "format": a["format"], "schema_version": meta.schema_version,
         "complete": bool(int(a["complete"])), "created_utc": a["created_utc"],
         "kdcache_version": a["kdcache_version"], "torch_version": a["torch_version"],
         "teacher_arch": meta.teacher_arch, "teacher_sha256": meta.teacher_sha256,
-        "teacher_precision": a["teacher_precision"], "dataset": meta.dataset, "split": meta.split,
-        "num_samples": n, "dataset_num_samples": int(a["dataset_num_samples"]),
+        "teacher_precision": meta.teacher_precision, "dataset": meta.dataset, "split": meta.split,
+        "num_samples": n, "num_labelled": num_labelled, "dataset_num_samples": meta.dataset_num_samples,
         "dataset_fingerprint": meta.dataset_fingerprint, "num_classes": meta.num_classes,
-        "class_names": list(meta.class_names), "logits_dtype": meta.logits_dtype, "chunk_rows": chunk_rows,
-        "normalization_mean": list(a["normalization_mean"]), "normalization_std": list(a["normalization_std"]),
-        "teacher_label_agreement": agree / n, "max_abs_logit": max_abs,
-        "mean_entropy_nats": {f"{t:g}": float(s / n) for t, s in zip(temperatures, entropy_sums)},
+        "class_names": list(meta.class_names), "logits_dtype": meta.logits_dtype, "targets": meta.targets,
+        "topk": meta.topk, "num_views": views, "view_policy": meta.view_policy, "chunk_rows": chunk_rows,
+        "content_sha256": meta.content_sha256,
+        "normalization_mean": list(meta.normalization_mean), "normalization_std": list(meta.normalization_std),
+        "teacher_label_agreement": agree / (num_labelled * (views if meta.has_views else 1)) if num_labelled else None,
+        "max_abs_logit": max_abs,
+        "mean_entropy_nats": {f"{t:g}": float(s / (n * (views if meta.has_views else 1)))
+                              for t, s in zip(temperatures, entropy_sums)},
         "max_entropy_nats": math.log(meta.num_classes),
     }
 
@@ -73,6 +89,8 @@ def format_info(info: dict[str, Any]) -> str:
     names = info["class_names"]
     shown = ", ".join(names[:10]) + (f", ... ({len(names)} in all)" if len(names) > 10 else "")
     entropy = ", ".join(f"T={t}: {h:.3f}" for t, h in info["mean_entropy_nats"].items())
+    kind = (f"top-{info['topk']} of {info['num_classes']} raw logits per row + tail log-sum-exp and mean"
+            if info["targets"] == "topk" else "raw (not divided by T)")
     lines = [
         ("cache", f"{info['path']} ({info['bytes'] / 1e6:.2f} MB on disk)"),
         ("format", f"{info['format']} schema {info['schema_version']}, "
@@ -81,13 +99,23 @@ def format_info(info: dict[str, Any]) -> str:
         ("teacher", f"{info['teacher_arch']} (sha256 {info['teacher_sha256'][:16]}...), ran at "
                     f"{info['teacher_precision']}"),
         ("data", f"{info['dataset']}/{info['split']}: {info['num_samples']} of {info['dataset_num_samples']} "
-                 f"samples (fingerprint {info['dataset_fingerprint'][:16]}...)"),
+                 f"samples, {info['num_labelled']} labelled (fingerprint {info['dataset_fingerprint'][:16]}...)"),
         ("classes", f"{info['num_classes']}: {shown}"),
-        ("logits", f"{info['logits_dtype']}, raw (not divided by T), {info['chunk_rows']} rows per chunk, "
+        ("logits", f"{info['logits_dtype']}, {kind}, {info['chunk_rows']} rows per chunk, "
                    f"max |z| {info['max_abs_logit']:.2f}"),
+    ]
+    if info["view_policy"]:
+        pol = info["view_policy"]
+        lines.append(("views", f"{info['num_views']} per sample, policy {pol.get('name')} v{pol.get('version')} "
+                               f"{pol.get('settings')}" + (", view 0 un-augmented" if pol.get("include_original")
+                                                            else "")))
+    agreement = info["teacher_label_agreement"]
+    lines += [
         ("inputs", f"standardised with mean {info['normalization_mean']}, std {info['normalization_std']}"),
-        ("agreement", f"teacher top-1 = stored label on {info['teacher_label_agreement']:.2%} of rows"),
+        ("agreement", f"teacher top-1 = stored label on {agreement:.2%} of labelled rows" if agreement is not None
+                      else "no labelled rows"),
         ("softness", f"mean entropy of softmax(z/T) in nats: {entropy} (uniform: {info['max_entropy_nats']:.3f})"),
+        ("content", f"sha256 {info['content_sha256'] or '(not stored: schema 1.0)'}"),
     ]
     width = max(len(k) for k, _ in lines)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in lines)

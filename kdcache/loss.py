@@ -1,4 +1,19 @@
-"""The distillation loss (Hinton, Vinyals & Dean 2015)."""
+"""The distillation loss (Hinton, Vinyals & Dean 2015), over full or top-k soft targets.
+
+    loss = (1 - alpha) · CE(s, y) + alpha · T² · KL(softmax(t/T) ‖ softmax(s/T))
+
+- Batch mean: the soft term is averaged over every row, the hard term over the rows
+  that have a label (``labels`` holds UNLABELLED = -1 elsewhere), so alpha keeps its
+  meaning whatever fraction of a batch is labelled; a batch without labelled rows has
+  only the soft term.
+- Top-k targets (kdcache.targets.TopK): KL over the k stored classes plus one bucket for
+  the other C - k, teacher and student both normalised over that support; with k = C it
+  is the full KL.
+- Numerics: KL is computed from the logit difference d = (t - s)/T. Where a row's |d| is
+  small (large T) the usual form cancels catastrophically in float32 (at T = 1e6 it is off
+  by 70x), so those rows use KL = E_p[d] - log1p(E_q[expm1 d]), which has no cancellation;
+  T²·KL then tends to the logit-matching limit, finite at any T.
+"""
 from __future__ import annotations
 
 import math
@@ -7,6 +22,10 @@ import torch
 import torch.nn.functional as F
 
 from .errors import ConfigError
+from .samples import UNLABELLED
+from .targets import Targets, TopK, to_float
+
+SMALL_DIFF = 1.0  # rows whose max |d| is below this use the cancellation-free form
 
 
 def check_temperature(temperature: float) -> float:
@@ -21,23 +40,56 @@ def check_alpha(alpha: float) -> float:
     return float(alpha)
 
 
-def soft_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """T² · KL(softmax(t/T) ‖ softmax(s/T)), averaged over the batch.
+def kl_from_logits(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
+    """KL(softmax(teacher) ‖ softmax(student)) per row (B,), for logits already divided by T."""
+    log_p = F.log_softmax(teacher, dim=1)  # (B, C)
+    log_q = F.log_softmax(student, dim=1)
+    p = log_p.exp()
+    usual = (p * (log_p - log_q)).sum(1)  # (B,)
+    d = teacher - student
+    small = d.abs().amax(1) < SMALL_DIFF  # (B,)
+    if not bool(small.any()):
+        return usual
+    d_small = d * small.unsqueeze(1)  # zero on other rows so expm1 stays finite there
+    stable = (p * d_small).sum(1) - torch.log1p((log_q.exp() * torch.expm1(d_small)).sum(1))
+    return torch.where(small, stable, usual)
 
-    Computed in log space on float32 so large T or large logits stay finite. The T²
-    factor keeps the soft gradients' magnitude independent of T (Hinton et al. §2).
-    """
+
+def student_support_logits(student_logits: torch.Tensor, teacher: TopK, temperature: float) -> torch.Tensor:
+    """The student's logits at T over the teacher's support [k top classes, tail bucket] (B, k[+1])."""
+    s = student_logits.float() / temperature  # (B, C)
+    top = s.gather(1, teacher.classes)  # (B, k)
+    if not teacher.has_tail:
+        return top
+    tail = torch.logsumexp(s.scatter(1, teacher.classes, -math.inf), dim=1, keepdim=True)  # (B, 1)
+    return torch.cat([top, tail], dim=1)
+
+
+def soft_loss(student_logits: torch.Tensor, teacher: Targets, temperature: float) -> torch.Tensor:
+    """T² · KL(teacher ‖ student) at temperature T, averaged over the batch (full or top-k targets)."""
     T = temperature
-    log_p_student = F.log_softmax(student_logits.float() / T, dim=1)  # (B, C)
-    log_p_teacher = F.log_softmax(teacher_logits.float() / T, dim=1)  # (B, C)
-    # kl_div(input=log q, target=log p, log_target=True) = sum p (log p - log q); batchmean divides by B only.
-    kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
-    return kl * (T * T)
+    teacher = to_float(teacher)
+    if isinstance(teacher, TopK):
+        kl = kl_from_logits(teacher.support_logits(T), student_support_logits(student_logits, teacher, T))
+    else:
+        kl = kl_from_logits(teacher / T, student_logits.float() / T)
+    return kl.mean() * (T * T)
+
+
+def hard_loss(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
+    """Cross-entropy averaged over the labelled rows; None when no row has a label."""
+    labelled = labels != UNLABELLED
+    n = int(labelled.sum())
+    if n == 0:
+        return None
+    if n == labels.shape[0]:
+        return F.cross_entropy(student_logits.float(), labels)
+    return F.cross_entropy(student_logits[labelled].float(), labels[labelled])
 
 
 def kd_loss(
     student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor | None,
+    teacher_logits: Targets | None,
     labels: torch.Tensor,
     temperature: float = 4.0,
     alpha: float = 0.5,
@@ -46,20 +98,28 @@ def kd_loss(
 
     Args:
         student_logits: (B, C) raw student outputs; gradients flow through these.
-        teacher_logits: (B, C) raw teacher outputs (from a cache or a live teacher);
-            treated as constants. May be None when ``alpha == 0``.
-        labels: (B,) int64 class indices.
+        teacher_logits: (B, C) raw teacher logits (from a cache or a live teacher), or a
+            ``TopK`` of them; treated as constants. May be None when ``alpha == 0``.
+        labels: (B,) int64 class indices; UNLABELLED (-1) rows get no cross-entropy.
         temperature: T > 0 used to soften both distributions.
         alpha: weight of the soft term in [0, 1]; 0 is plain cross-entropy.
+
+    Example::
+
+        loss = kd_loss(student(x), cached_logits, y, temperature=4.0, alpha=0.9)
     """
     check_temperature(temperature)
     check_alpha(alpha)
-    hard = F.cross_entropy(student_logits.float(), labels) if alpha < 1.0 else None
+    hard = hard_loss(student_logits, labels) if alpha < 1.0 else None
     if alpha == 0.0:
+        if hard is None:
+            raise ConfigError("alpha 0 trains on labels alone, but no row of this batch has a label")
         return hard
     if teacher_logits is None:
         raise ConfigError("alpha > 0 needs teacher logits")
-    soft = soft_loss(student_logits, teacher_logits.detach(), temperature)
+    if isinstance(teacher_logits, torch.Tensor):
+        teacher_logits = teacher_logits.detach()
+    soft = soft_loss(student_logits, teacher_logits, temperature)
     if hard is None:
-        return soft
+        return alpha * soft if alpha < 1.0 else soft
     return (1.0 - alpha) * hard + alpha * soft

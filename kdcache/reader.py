@@ -3,7 +3,7 @@
 Random access one row at a time is what makes big HDF5 caches slow (one chunk read
 and checksum per row). This reader never does that:
 
-1. the wanted rows are grouped into contiguous **blocks** aligned to /logits' HDF5
+1. the wanted rows are grouped into contiguous **blocks** aligned to the cache's HDF5
    chunks, and each block is read with one call (one chunk read, one checksum);
 2. each epoch the blocks are visited in a fresh random order (``seed``, ``epoch``);
 3. ``buffer_blocks`` blocks at a time are pooled in a buffer whose rows are shuffled.
@@ -13,13 +13,13 @@ sequential speed, with memory bounded by one buffer (``buffer_blocks`` chunks,
 ~16 MiB by default) per reader process, whatever the size of the file.
 
 ``LogitStream`` is a torch ``IterableDataset`` yielding shuffled buffers; it works in
-DataLoader worker processes (each opens its own HDF5 handle lazily, in its own
+DataLoader worker processes (each opens its own cache handle lazily, in its own
 process; the order does not depend on how many) and takes a ``rank``/``world_size``
 partition (disjoint sets of blocks, together all of them) for distributed training;
 ranks' shares differ by at most one block, so a distributed loop must still even out
-its step counts (drop or pad, as DistributedSampler does). ``iter_batches`` cuts its buffers into batches of exactly
-``batch_size`` rows; ``StreamingBatches`` (a train.fit batch source) pairs them with
-the in-memory images of the same samples.
+its step counts (drop or pad, as DistributedSampler does). ``iter_batches`` cuts its
+buffers into batches of exactly ``batch_size`` rows; ``StreamingBatches`` (a train.fit
+batch source) pairs them with the in-memory images of the same samples.
 """
 from __future__ import annotations
 
@@ -31,16 +31,17 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from . import cache
+from .batches import Batch
+from .cache import LogitCache
 from .errors import CacheError, ConfigError
-from .train import Batch
-from .data import ImageData, normalize
+from .samples import ImageData, normalize
+from .targets import Targets, as_numpy, as_tensors, concat, to_float
 
 DEFAULT_BUFFER_BLOCKS = 16
 
 
 class LogitStream(IterableDataset):
-    """Shuffled buffers ``(values (n,), logits (n, C) as stored)`` over the rows of a cache.
+    """Shuffled buffers ``(values (n,), targets of n rows)`` over the rows of a cache (targets as stored: torch).
 
     Args:
         path: the cache file.
@@ -50,9 +51,11 @@ class LogitStream(IterableDataset):
         shuffle: False serves the rows in file order (a sequential pass).
         seed: with ``epoch`` (see ``set_epoch``) fixes the order; every rank must use the same seed.
         buffer_blocks: blocks pooled and shuffled together (memory: this many chunks).
-        block_rows: rows per block (default: the chunk rows of /logits, so a block is one chunk).
+        block_rows: rows per block (default: the cache's chunk rows, so a block is one chunk).
         rank, world_size: serve only this rank's share of the blocks (disjoint, together all).
         rdcc_nbytes: HDF5 chunk cache size per handle (0: none; whole-chunk reads do not need one).
+
+    Use as a context manager (or call ``close``) to release the file handle.
     """
 
     def __init__(self, path: str | os.PathLike, *, rows: np.ndarray | None = None, values: np.ndarray | None = None,
@@ -63,11 +66,11 @@ class LogitStream(IterableDataset):
         if buffer_blocks < 1:
             raise ConfigError(f"buffer_blocks must be >= 1, got {buffer_blocks}")
         self.path = os.fspath(path)
-        with cache.open_h5(self.path) as f:  # closed before any fork; workers reopen
-            ds = f["logits"]
-            self.num_rows, self.num_classes = ds.shape
-            self.dtype = np.dtype(ds.dtype)
-            self.block_rows = int(block_rows or (ds.chunks[0] if ds.chunks else 4096))
+        with LogitCache(self.path) as c:  # closed before any fork; workers reopen
+            self.num_rows, self.kind = len(c), c.kind
+            self.block_rows = int(block_rows or c.chunk_rows)
+            self.full_shape = c.read_span(0, 1).shape[1:] if c.kind == "logits" else None  # ([V,] C)
+            self.dtype = np.dtype(c.dtype)
         rows = np.arange(self.num_rows, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
         values = rows if values is None else np.asarray(values, dtype=np.int64)
         if rows.shape != values.shape:
@@ -85,7 +88,9 @@ class LogitStream(IterableDataset):
         self.shuffle, self.seed, self.buffer_blocks = shuffle, seed, buffer_blocks
         self.rank, self.world_size, self.rdcc_nbytes = rank, world_size, rdcc_nbytes
         self.epoch = 0
-        self._f = self._fd = self._pid = None
+        self._cache: LogitCache | None = None
+        self._fd: int | None = None
+        self._pid: int | None = None
 
     # -- order ------------------------------------------------------------------------------------
 
@@ -108,22 +113,36 @@ class LogitStream(IterableDataset):
 
     # -- reading ----------------------------------------------------------------------------------
 
-    def _file(self):
-        if self._f is None or self._pid != os.getpid():  # never use a handle opened in another process
-            self._f = cache.open_h5(self.path, rdcc_nbytes=self.rdcc_nbytes)
-            self._fd = os.open(self.path, os.O_RDONLY)  # only for readahead hints
+    def _open(self) -> LogitCache:
+        if self._cache is None or self._pid != os.getpid():  # never use a handle opened in another process
+            self._cache = LogitCache(self.path, rdcc_nbytes=self.rdcc_nbytes)
+            self._fd = os.open(self.path, os.O_RDONLY) if hasattr(os, "posix_fadvise") else None
             self._pid = os.getpid()
-        return self._f
+        return self._cache
 
     def close(self) -> None:
-        if self._f is not None and self._pid == os.getpid():
-            self._f.close()
-            os.close(self._fd)
-        self._f = None
+        """Release this process's file handles (a stream reopens them if iterated again)."""
+        if self._cache is not None and self._pid == os.getpid():
+            self._cache.close()
+            if self._fd is not None:
+                os.close(self._fd)
+        self._cache, self._fd = None, None
+
+    def __enter__(self) -> "LogitStream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_f"], state["_pid"], state["_fd"] = None, None, None
+        state["_cache"], state["_pid"], state["_fd"] = None, None, None
         return state
 
     def prefetch(self, blocks: np.ndarray) -> None:
@@ -133,41 +152,35 @@ class LogitStream(IterableDataset):
         checksums and vice versa. Hinting the next buffer while this one is processed
         overlaps the two, which sequential reads get for free from kernel readahead.
         """
-        if not hasattr(os, "posix_fadvise"):
+        cache = self._open()
+        if self._fd is None:
             return
-        ds = self._file()["logits"]
-        chunk = ds.chunks[0]
         for b in blocks:
-            first = int(self.rows[self.block_starts[b]]) // chunk * chunk
+            first = int(self.rows[self.block_starts[b]])
             last = int(self.rows[self.block_stops[b] - 1])
-            for r in range(first, last + 1, chunk):
-                info = ds.id.get_chunk_info_by_coord((r, 0))
-                if info.byte_offset is not None and info.size:
-                    os.posix_fadvise(self._fd, info.byte_offset, info.size, os.POSIX_FADV_WILLNEED)
+            for offset, size in cache.chunk_byte_ranges(first, last + 1):
+                os.posix_fadvise(self._fd, offset, size, os.POSIX_FADV_WILLNEED)
 
-    def read_block(self, b: int, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """``(values, logits)`` of the wanted rows of block ``self.blocks[b]``, read in one call.
+    def read_block(self, b: int, out: np.ndarray | None = None) -> tuple[np.ndarray, Targets]:
+        """``(values, targets)`` of the wanted rows of block ``self.blocks[b]``, read in one call per dataset.
 
-        ``out``, when given, receives the logits (it must have room for the block's rows).
+        ``out`` (full-logit caches), when given, receives the logits (it must have room for the block's rows).
+        NaN/Inf or implausible logits are refused, naming the row.
         """
         s, e = int(self.block_starts[b]), int(self.block_stops[b])
         first, last = int(self.rows[s]), int(self.rows[e - 1])
         span = last - first + 1
+        cache = self._open()
         if e - s == span:  # every row of the block is wanted: read straight into ``out``
-            logits = cache.read_dataset(self._file(), "logits", np.s_[first:last + 1],
-                                        out=None if out is None else out[:span])
+            targets = cache.read_span(first, last + 1, out=None if out is None else out[:span])
         else:  # the block has rows nobody asked for: read it whole, keep the wanted ones
-            logits = cache.read_dataset(self._file(), "logits", np.s_[first:last + 1])[self.rows[s:e] - first]
+            targets = cache.read_span(first, last + 1)[self.rows[s:e] - first]
             if out is not None:
-                out[:len(logits)] = logits
-                logits = out[:len(logits)]
-        if not all_finite(logits):
-            bad = int(self.rows[s:e][~np.isfinite(logits).all(axis=1)][0])
-            raise CacheError(f"{self.path}: row {bad} of /logits holds NaN/Inf; the cache is corrupt, "
-                             "re-create it with dump-logits")
-        return self.values[s:e], logits
+                out[:len(targets)] = targets
+                targets = out[:len(targets)]
+        return self.values[s:e], targets
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, Targets]]:
         mine = self.rank_blocks()
         n = self.buffer_blocks
         groups = [mine[i:i + n] for i in range(0, len(mine), n)]  # buffer k holds groups[k]
@@ -181,71 +194,69 @@ class LogitStream(IterableDataset):
         for k in todo:
             if self.shuffle and k + workers < len(groups):
                 self.prefetch(groups[k + workers])  # read ahead while this buffer is processed
-            group = groups[k]
-            size = int((self.block_stops[group] - self.block_starts[group]).sum())
-            buf = np.empty((size, self.num_classes), dtype=self.dtype)  # (rows of n blocks, C)
-            values, off = np.empty(size, dtype=np.int64), 0
+            values, targets = self._buffer(groups[k])
+            if self.shuffle:
+                perm = self._rng(1, self.rank, k).permutation(len(values))
+                values, targets = values[perm], targets[perm]
+            yield torch.from_numpy(values), as_tensors(targets)
+
+    def _buffer(self, group: np.ndarray) -> tuple[np.ndarray, Targets]:
+        """The rows of a group of blocks, in one buffer (full logits: one preallocated array, no copies)."""
+        size = int((self.block_stops[group] - self.block_starts[group]).sum())
+        values = np.empty(size, dtype=np.int64)
+        if self.kind == "logits":
+            buf = np.empty((size, *self.full_shape), dtype=self.dtype)  # (rows of n blocks, [V,] C)
+            off = 0
             for b in group:
-                v, lg = self.read_block(int(b), out=buf[off:])
+                v, _ = self.read_block(int(b), out=buf[off:])
                 values[off:off + len(v)] = v
                 off += len(v)
-            if self.shuffle:
-                perm = self._rng(1, self.rank, k).permutation(size)
-                values, buf = values[perm], np.take(buf, perm, axis=0)
-            yield torch.from_numpy(values), torch.from_numpy(buf)
+            return values, buf
+        parts, off = [], 0
+        for b in group:
+            v, t = self.read_block(int(b))
+            values[off:off + len(v)] = v
+            off += len(v)
+            parts.append(t)
+        return values, concat(parts)
 
 
-def all_finite(x: np.ndarray) -> bool:
-    """np.isfinite(x).all(), 2-4x faster on big float16/float32 arrays (measured: 5 vs 21 ms per 16 MiB f16).
-
-    float16: Inf/NaN are the values whose exponent bits are all ones; float32: max/min
-    propagate NaN and are Inf when any value is.
-    """
-    if x.size == 0:
-        return True
-    if x.dtype == np.float16:
-        return int(np.bitwise_and(x.view(np.uint16), 0x7C00).max()) != 0x7C00
-    if x.dtype == np.float32:
-        return bool(np.isfinite(x.min()) and np.isfinite(x.max()))
-    return bool(np.isfinite(x).all())
-
-
-def iter_batches(stream: LogitStream, batch_size: int, num_workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Batches of exactly ``batch_size`` rows ``(values (B,), logits (B, C))`` (the last may be short).
+def iter_batches(stream: LogitStream, batch_size: int, num_workers: int = 0) -> Iterator[tuple[torch.Tensor, Targets]]:
+    """Batches of exactly ``batch_size`` rows ``(values (B,), targets of B rows)`` (the last may be short).
 
     With ``num_workers`` > 0, buffers are read in that many DataLoader worker processes
     (reading overlaps the consumer's compute), interleaved in a fixed order.
     """
     loader = DataLoader(stream, batch_size=None, num_workers=num_workers,
                         prefetch_factor=2 if num_workers else None, persistent_workers=False)
-    carry: tuple[torch.Tensor, torch.Tensor] | None = None  # < batch_size rows left from the last buffer
-    for values, logits in loader:
+    carry: tuple[torch.Tensor, Targets] | None = None  # < batch_size rows left from the last buffer
+    for values, targets in loader:
         start = 0
         if carry is not None:  # complete the carried batch with the head of this buffer (small copy)
             need = batch_size - len(carry[0])
-            # numpy, not torch.cat: torch's float16 cat is ~1000x slower on CPU (measured, torch 2.x)
-            v = torch.from_numpy(np.concatenate([carry[0].numpy(), values[:need].numpy()]))
-            lg = torch.from_numpy(np.concatenate([carry[1].numpy(), logits[:need].numpy()]))
+            v = torch.cat([carry[0], values[:need]])
+            t = as_tensors(concat([as_numpy(carry[1]), as_numpy(targets[:need])]))
             if len(v) < batch_size:
-                carry = (v, lg)
+                carry = (v, t)
                 continue
-            yield v, lg
+            yield v, t
             carry, start = None, need
         full = start + (len(values) - start) // batch_size * batch_size
         for s in range(start, full, batch_size):  # views into the buffer, no copy
-            yield values[s:s + batch_size], logits[s:s + batch_size]
+            yield values[s:s + batch_size], targets[s:s + batch_size]
         if full < len(values):
-            carry = (values[full:], logits[full:])
+            carry = (values[full:], targets[full:])
     if carry is not None:
         yield carry
 
 
 class StreamingBatches:
-    """A train.fit batch source: logits streamed from the cache, images gathered from memory.
+    """A train.fit batch source: targets streamed from the cache, images gathered from memory.
 
-    ``rows[i]`` is the cache row of sample ``i`` of ``data`` (cache.align_rows). Each
+    ``rows[i]`` is the cache row of sample ``i`` of ``data`` (LogitCache.align). Each
     epoch is a fresh shuffled order (``seed``, epoch number); each sample meets its own
-    logits because the stream carries the sample's position in ``data`` along with them.
+    targets because the stream carries the sample's position in ``data`` along with them.
+    Close it (or use it as a context manager) when training is done.
     """
 
     def __init__(self, data: ImageData, cache_path: str | os.PathLike, rows: np.ndarray, batch_size: int, *,
@@ -267,7 +278,16 @@ class StreamingBatches:
     def __iter__(self) -> Iterator[Batch]:
         self.stream.set_epoch(self.epoch)
         self.epoch += 1
-        for pos, logits in iter_batches(self.stream, self.batch_size, self.num_workers):
+        for pos, targets in iter_batches(self.stream, self.batch_size, self.num_workers):
             pos = pos.to(self.device)
             x = normalize(self.images[pos], self.mean, self.std).contiguous(memory_format=self.memory_format)
-            yield Batch(x, self.labels[pos], logits.to(self.device).float())
+            yield Batch(x, self.labels[pos], to_float(targets).to(self.device))
+
+    def close(self) -> None:
+        self.stream.close()
+
+    def __enter__(self) -> "StreamingBatches":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

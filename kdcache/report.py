@@ -23,7 +23,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .files import temp_path_for, write_text_atomic
-from .sweep import load_results
+from .results import load_results
 
 ACCURACY_FIGURE = "accuracy_vs_T.png"
 CURVES_FIGURE = "training_curves.png"

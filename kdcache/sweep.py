@@ -13,30 +13,23 @@ Example::
 """
 from __future__ import annotations
 
-import csv
-import io
-import json
 import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
-from .cache import read_meta, sha256_file
+from .cache import open_cache, read_meta
+from .config import STUDENT_ARCH, STUDENT_TRAIN, DataConfig, TrainConfig
 from .errors import ConfigError
-from .files import write_json, write_text_atomic
-from .jobs import DataConfig, train_student
+from .jobs import cache_record, train_student
 from .loss import check_alpha, check_temperature
-from .train import TrainConfig
+from .progress import counter
+from .report import write_report
+from .results import RESULTS_CSV, RESULTS_FORMAT, RESULTS_JSON, load_results, save_results
 
-RESULTS_JSON = "results.json"
-RESULTS_CSV = "results.csv"
-RESULTS_FORMAT = "kdcache-sweep"
-CSV_COLUMNS = ("key", "limit", "temperature", "alpha", "seed", "epochs", "test_accuracy", "test_loss",
-               "train_seconds", "eval_samples", "error")
 DIVERGED = "training diverged"  # start of the message kdcache.train raises on a non-finite loss
 
 
@@ -124,7 +117,9 @@ class RunSpec:
 def sweep_settings(cache: str | os.PathLike, arch: str, data_cfg: DataConfig, cfg: TrainConfig) -> dict[str, Any]:
     """Everything that must be the same for two runs to share one table (all but the grid axes)."""
     train = {k: v for k, v in cfg.to_dict().items() if k not in ("epochs", "seed", "device")}
-    return {"cache_sha256": sha256_file(cache), "arch": arch, "dataset": data_cfg.dataset,
+    with open_cache(cache) as c:
+        content = cache_record(c)["content_sha256"]
+    return {"cache_content_sha256": content, "arch": arch, "dataset": data_cfg.dataset,
             "eval_limit": data_cfg.eval_limit, "train": train}
 
 
@@ -137,41 +132,12 @@ def teacher_summary(cache: str | os.PathLike) -> dict[str, Any]:
             "num_train_samples": tc.get("num_train_samples")}
 
 
-def load_results(out_dir: str | os.PathLike) -> dict[str, Any]:
-    """The table of a sweep folder (ConfigError if there is none)."""
-    path = Path(out_dir) / RESULTS_JSON
-    if not path.is_file():
-        raise ConfigError(f"{path} not found; run `kdcache sweep --out {out_dir} ...` first")
-    try:
-        results = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{path} is not a readable sweep table ({e}); rerun the sweep into a new --out") from None
-    if results.get("format") != RESULTS_FORMAT:
-        raise ConfigError(f"{path} is not a kdcache sweep table (format {results.get('format')!r})")
-    return results
-
-
 def _check_same_settings(path: Path, old: dict[str, Any], new: dict[str, Any]) -> None:
     diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if diff:
         raise ConfigError(f"{path} holds runs made with different {', '.join(diff)} "
                           f"(was {[old.get(k) for k in diff]}, now {[new.get(k) for k in diff]}); "
                           "use a new --out, or the same settings to resume")
-
-
-def format_csv(rows: Iterable[dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    for row in rows:
-        w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in CSV_COLUMNS})
-    return buf.getvalue()
-
-
-def save_results(out_dir: Path, results: dict[str, Any]) -> None:
-    """Both tables, each atomically (the JSON last: it is what resume reads)."""
-    write_text_atomic(out_dir / RESULTS_CSV, format_csv(results["rows"]))
-    write_json(out_dir / RESULTS_JSON, results)
 
 
 def _row(spec: RunSpec, r: dict[str, Any]) -> dict[str, Any]:
@@ -187,8 +153,8 @@ def _time_left(seconds: float, done_cost: float, left_cost: float) -> str:
     return f"time left {s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
-def run_sweep(out_dir: str | os.PathLike, cache: str | os.PathLike, grid: SweepGrid, *, arch: str = "student-cnn",
-              data_cfg: DataConfig = DataConfig(), cfg: TrainConfig = TrainConfig(), progress: bool = False,
+def run_sweep(out_dir: str | os.PathLike, cache: str | os.PathLike, grid: SweepGrid, *, arch: str = STUDENT_ARCH,
+              data_cfg: DataConfig = DataConfig(), cfg: TrainConfig = STUDENT_TRAIN, progress: bool = False,
               report: bool = True, threads: int | None = None) -> dict[str, Any]:
     """Train every run of ``grid`` not yet in ``out_dir``'s table, saving the table after each.
 
@@ -219,8 +185,7 @@ def run_sweep(out_dir: str | os.PathLike, cache: str | os.PathLike, grid: SweepG
     eval_n = data_cfg.eval_limit or 10_000
     left_cost = sum(s.cost(eval_n) for s in todo)
     t_start = time.perf_counter()
-    bar = tqdm(total=len(specs), initial=len(specs) - len(todo), disable=not progress, unit="run",
-               desc="sweep", bar_format="{desc}: {n_fmt}/{total_fmt} runs |{bar}| {elapsed} elapsed{postfix}")
+    bar = counter(len(specs), initial=len(specs) - len(todo), desc="sweep", unit="run", enabled=progress)
     bar.set_postfix_str(_time_left(0, 0, left_cost))
     out.mkdir(parents=True, exist_ok=True)
     old_threads = torch.get_num_threads()
@@ -236,14 +201,12 @@ def run_sweep(out_dir: str | os.PathLike, cache: str | os.PathLike, grid: SweepG
     summary = {"out": str(out), "table": str(out / RESULTS_JSON), "ran": len(todo), "skipped": len(specs) - len(todo),
                "total": len(specs), "seconds": time.perf_counter() - t_start}
     if report:
-        from .report import write_report
-
         summary["report"] = write_report(out)
     return summary
 
 
 def _run_all(out: Path, cache: str | os.PathLike, todo: list[RunSpec], results: dict[str, Any], arch: str,
-             data_cfg: DataConfig, cfg: TrainConfig, bar: tqdm, eval_n: int, left_cost: float) -> None:
+             data_cfg: DataConfig, cfg: TrainConfig, bar: Any, eval_n: int, left_cost: float) -> None:
     """Train each pending run and rewrite the table after each one."""
     done_cost, t_start = 0.0, time.perf_counter()
     for spec in todo:

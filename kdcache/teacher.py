@@ -14,6 +14,7 @@ train split's statistics), the same preprocessing the student gets.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import os
@@ -24,10 +25,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from .cache import sha256_file
-from .checkpoint import load_checkpoint, load_weights_only, read_checkpoint
-from .data import DatasetInfo
+from .checkpoint import (
+    check_model_fits_data,
+    load_checkpoint,
+    load_weights_only,
+    read_checkpoint,
+)
+from .device import autocast, strict_fp32
 from .errors import CheckpointError, ConfigError
+from .files import sha256_file
+from .samples import DatasetInfo, standardize, to_unit
 
 FACTORY_ARGS = ("num_classes", "in_channels", "image_size")
 
@@ -66,6 +73,22 @@ class Teacher:
     mean: tuple[float, ...]  # input standardisation the teacher expects
     std: tuple[float, ...]
     config: dict[str, Any]  # recorded in the cache's config_json (teacher_config)
+
+    @torch.inference_mode()
+    def logits(self, images: torch.Tensor, device: torch.device, precision: str = "fp32") -> torch.Tensor:
+        """Raw logits (B, classes) float32 on CPU for uint8 images, or float images in [0, 1] (augmented views).
+
+        The model must already be on ``device`` (and channels_last for bf16). Inputs are
+        standardised with the teacher's own mean/std, exactly as in its training; fp32 runs
+        with TF32 off on CUDA, so cached logits are true fp32.
+        """
+        x = images.to(device)
+        x = to_unit(x) if x.dtype == torch.uint8 else x.float()
+        x = standardize(x, self.mean, self.std)
+        if precision == "bf16":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with (strict_fp32() if precision == "fp32" else contextlib.nullcontext()), autocast(device, precision):
+            return self.model(x).float().cpu()
 
 
 def default_dataset(spec: TeacherSpec) -> str:
@@ -120,8 +143,6 @@ def _state_dict_from(payload: Any, path: str) -> dict[str, torch.Tensor]:
 def load_teacher(spec: TeacherSpec, info: DatasetInfo) -> Teacher:
     """Load the teacher ``spec`` names and check that it fits ``info``'s classes and inputs."""
     if spec.checkpoint is not None:
-        from .jobs import check_model_fits_data
-
         model, config = load_checkpoint(spec.checkpoint, expect_arch=spec.arch)
         check_model_fits_data(config, info, spec.checkpoint)
         return Teacher(model=model, arch=str(config["arch"]), sha256=sha256_file(spec.checkpoint),

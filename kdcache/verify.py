@@ -6,9 +6,10 @@ Checks, each reported as one line (ok / FAIL / skip):
   dtypes and shapes (kdcache.cache's reader rules);
 - checksums: every chunk of every dataset is read, so HDF5 verifies each chunk's
   fletcher32 checksum; a damaged chunk is named by its row range;
-- finite: no NaN/Inf in /logits;
+- values: no NaN/Inf and no implausible magnitude (|z| > MAX_ABS_LOGIT) among the logits;
+- content: the content hash recomputed from every value equals the one stored at write time;
 - alignment (with data): dataset, split, classes and fingerprint match, and every row
-  matches the sample at its index by label and content id;
+  matches the sample at its index by label and content id (LogitCache.align's rule);
 - teacher (with a teacher): a random sample of rows is re-computed and compared to
   the stored logits within a tolerance that depends on the storage dtype.
 """
@@ -17,15 +18,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
-from .cache import DATASETS, CacheMeta, open_h5, read_dataset, read_meta
-from .data import ImageData, load_dataset, normalize
+from .cache import MAX_ABS_LOGIT, LogitCache, check_readable, open_cache
+from .data import load_dataset
 from .errors import CacheError
-from .info import row_blocks
+from .samples import ImageData, normalize
+from .targets import TopK
 from .teacher import TeacherSpec, load_teacher
 
 # |stored - recomputed| <= TOLERANCE * max(1, max |z| of the row). float32 leaves room for another
@@ -40,7 +42,7 @@ REDUMP = "re-create it with dump-logits, or fetch it again"
 
 @dataclass(frozen=True)
 class Check:
-    name: str  # schema | checksums | finite | alignment | teacher
+    name: str  # schema | checksums | values | content | alignment | teacher
     status: str  # ok | fail | skip
     message: str
 
@@ -78,167 +80,129 @@ def verify_cache(path: str | os.PathLike, *, dataset: str | None = None, split: 
     """
     p = Path(path)
     report = VerifyReport(str(p))
-    open_h5(p).close()  # unreadable file: nothing else can be checked
-    meta = _check_schema(p, report)
-    columns = _check_chunks(p, meta, report)
-    if dataset is None and split is None and data_dir is None and teacher is None:
-        report.add("alignment", "skip", "not checked; pass --data-dir (and --dataset/--split) to compare rows "
-                                        "with your copy of the data")
+    check_readable(p)  # unreadable file: nothing else can be checked (raises)
+    try:
+        cache = open_cache(p)
+    except CacheError as e:
+        report.add("schema", "fail", str(e))
         return report
-    if meta is None or columns is None:
-        report.add("alignment", "skip", "not checked: the schema or the index datasets are broken (see above)")
-        return report
-    data = load_dataset(dataset or meta.dataset, split or meta.split, data_dir or "data")
-    aligned = _check_alignment(meta, columns, data, report)
-    if teacher is None:
-        return report
-    if not aligned:
-        report.add("teacher", "skip", "not re-run: rows do not align with the data (see above)")
-        return report
-    _check_teacher(p, meta, columns, data, teacher, sample, seed, device, report)
+    with cache:
+        m = cache.meta
+        kind = f"top-{m.topk}" if m.topk else "full"
+        views = f", {m.num_views} views" if m.has_views else ""
+        report.add("schema", "ok", f"{m.attrs['format']} {m.schema_version}, complete, {m.num_samples} rows x "
+                                   f"{m.num_classes} classes, {kind} {m.logits_dtype} logits{views}, "
+                                   f"{len(m.attrs)} attributes")
+        intact = _check_scan(cache, report)
+        if dataset is None and split is None and data_dir is None and teacher is None:
+            report.add("alignment", "skip", "not checked; pass --data-dir (and --dataset/--split) to compare rows "
+                                            "with your copy of the data")
+            return report
+        if not intact:
+            report.add("alignment", "skip", "not checked: the index datasets are damaged (see above)")
+            return report
+        data = load_dataset(dataset or m.dataset, split or m.split, data_dir or "data")
+        aligned = _check_alignment(cache, data, report)
+        if teacher is None:
+            return report
+        if not aligned:
+            report.add("teacher", "skip", "not re-run: rows do not align with the data (see above)")
+            return report
+        _check_teacher(cache, data, teacher, sample, seed, device, report)
     return report
 
 
-def _check_schema(p: Path, report: VerifyReport) -> CacheMeta | None:
-    try:
-        meta = read_meta(p)
-    except CacheError as e:
-        report.add("schema", "fail", str(e))
-        return None
-    report.add("schema", "ok", f"{meta.attrs['format']} {meta.schema_version}, complete, {meta.num_samples} x "
-                               f"{meta.num_classes} {meta.logits_dtype} logits, {len(meta.attrs)} attributes")
-    return meta
-
-
-def _read_chunks(f: Any, name: str) -> Iterator[tuple[slice, np.ndarray | None]]:
-    """Read /name chunk by chunk, one at a time: (rows, block), or (rows, None) where the checksum fails."""
-    ds = f[name]
-    for rows in row_blocks(ds.shape[0], ds.chunks[0] if ds.chunks else None):
-        try:
-            yield rows, read_dataset(f, name, rows)
-        except CacheError:  # HDF5 refused the chunk: its fletcher32 checksum does not match
-            yield rows, None
-
-
-def _check_chunks(p: Path, meta: CacheMeta | None, report: VerifyReport) -> dict[str, np.ndarray] | None:
-    """Read every chunk of every dataset; report checksum failures and non-finite logits.
-
-    Returns labels/indices/sample_ids in memory when they read cleanly, else None.
-    """
-    columns: dict[str, np.ndarray] = {}
-    chunks_read, bad_lines, nonfinite_rows, max_abs = 0, [], [], 0.0
-    with open_h5(p) as f:
-        names = [n for n in DATASETS if n in f]
-        for name in names:
-            if not f[name].fletcher32:
-                bad_lines.append(f"/{name} was written without fletcher32 checksums, so corruption cannot be "
-                                 f"detected; {REDUMP}")
-            bad, parts, total = [], [], 0
-            for rows, block in _read_chunks(f, name):  # logits: (B, C) one chunk at a time, never all at once
-                total += 1
-                if block is None:
-                    bad.append(rows)
-                elif name == "logits":
-                    finite = np.isfinite(block).all(axis=1)
-                    nonfinite_rows.extend((rows.start + np.flatnonzero(~finite)).tolist())
-                    if finite.any():
-                        max_abs = max(max_abs, float(np.abs(block[finite].astype(np.float32)).max()))
-                else:
-                    parts.append(block)
-            chunks_read += total - len(bad)
-            if bad:
-                spans = ", ".join(f"{r.start}:{r.stop}" for r in bad[:3]) + (", ..." if len(bad) > 3 else "")
-                bad_lines.append(f"/{name} rows {spans} ({len(bad)} of {total} chunks) fail their fletcher32 "
-                                 f"checksum: the file was damaged on disk or in transit; {REDUMP}")
-            elif name != "logits":
-                columns[name] = np.concatenate(parts)
-    for line in bad_lines:
+def _check_scan(cache: LogitCache, report: VerifyReport) -> bool:
+    """checksums, values and content; True when the index datasets read cleanly."""
+    scan = cache.scan()
+    lines = [f"/{name} was written without fletcher32 checksums, so corruption cannot be detected; {REDUMP}"
+             for name in scan.unprotected]
+    for name, (total, bad) in scan.chunks.items():
+        if bad:
+            spans = ", ".join(f"{r.start}:{r.stop}" for r in bad[:3]) + (", ..." if len(bad) > 3 else "")
+            lines.append(f"/{name} rows {spans} ({len(bad)} of {total} chunks) fail their fletcher32 checksum: the "
+                         f"file was damaged on disk or in transit; {REDUMP}")
+    for line in lines:
         report.add("checksums", "fail", line)
-    if not bad_lines:
-        report.add("checksums", "ok", f"read all {chunks_read} chunks of {len(names)} datasets; every fletcher32 "
-                                      "checksum matches")
-    if "logits" in names:
-        if nonfinite_rows:
-            report.add("finite", "fail", f"{len(nonfinite_rows)} row(s) of /logits hold NaN/Inf (first: row "
-                                         f"{nonfinite_rows[0]}); {REDUMP} (with --dtype float32 if float16 "
-                                         "overflowed)")
-        else:
-            report.add("finite", "ok", f"every logit read is finite (max |z| {max_abs:.2f})")
-    if any(n not in columns for n in ("labels", "indices", "sample_ids")):
-        return None
-    return columns
+    if not lines:
+        report.add("checksums", "ok", f"read all {sum(t for t, _ in scan.chunks.values())} chunks of "
+                                      f"{len(scan.chunks)} datasets; every fletcher32 checksum matches")
+    if scan.nonfinite_rows:
+        report.add("values", "fail", f"{len(scan.nonfinite_rows)} row(s) of logits hold NaN/Inf (first: row "
+                                     f"{scan.nonfinite_rows[0]}); {REDUMP} (with --dtype float32 if float16 overflowed)")
+    if scan.implausible_rows:
+        report.add("values", "fail", f"{len(scan.implausible_rows)} row(s) hold logits of implausible magnitude "
+                                     f"(max |z| {scan.max_abs:.3g} > {MAX_ABS_LOGIT:g}; first: row "
+                                     f"{scan.implausible_rows[0]}): corrupt values or a broken teacher; {REDUMP}")
+    if not (scan.nonfinite_rows or scan.implausible_rows):
+        report.add("values", "ok", f"every logit is finite and plausible (max |z| {scan.max_abs:.2f})")
+    stored = cache.meta.content_sha256
+    if scan.content_sha256 is None:
+        report.add("content", "skip", "not recomputed: some chunks are unreadable (see checksums)")
+    elif stored is None:
+        report.add("content", "skip", f"schema {cache.meta.schema_version} stores no content hash; recomputed "
+                                      f"{scan.content_sha256[:16]}...")
+    elif stored != scan.content_sha256:
+        report.add("content", "fail", f"content hash {scan.content_sha256[:16]}... != the stored "
+                                      f"{stored[:16]}...: values were changed after the file was written; {REDUMP}")
+    else:
+        report.add("content", "ok", f"content hash recomputed from every value matches ({stored[:16]}...)")
+    return not any(bad for name, (_, bad) in scan.chunks.items() if name in ("labels", "indices", "sample_ids"))
 
 
-def _check_alignment(meta: CacheMeta, columns: dict[str, np.ndarray], data: ImageData,
-                     report: VerifyReport) -> bool:
-    info, n_before = data.info, len(report.checks)
-    if (meta.dataset, meta.split) != (info.name, info.split):
-        report.add("alignment", "fail", f"the cache was made from {meta.dataset}/{meta.split}, the data is "
-                                        f"{info.name}/{info.split}; verify with --dataset {meta.dataset} --split "
-                                        f"{meta.split}, or dump a cache of {info.name}/{info.split}")
-        return False
-    if list(meta.class_names) != list(info.class_names):
-        report.add("alignment", "fail", f"the cache has {meta.num_classes} classes {list(meta.class_names)[:4]}..., "
-                                        f"the data has {info.num_classes} {list(info.class_names)[:4]}...: it is "
-                                        "for another label set; dump a cache with a teacher for these classes")
-        return False
-    if meta.dataset_fingerprint != info.fingerprint:
-        report.add("alignment", "fail", f"dataset fingerprint {meta.dataset_fingerprint[:12]}... != the data's "
-                                        f"{info.fingerprint[:12]}...: the cache was made from different "
-                                        f"{info.name}/{info.split} files; use the same data or re-dump the cache")
-    idx = columns["indices"]
-    outside = (idx < 0) | (idx >= info.num_samples)
-    if outside.any():
-        report.add("alignment", "fail", f"{int(outside.sum())} row(s) of /indices lie outside 0..{info.num_samples - 1} "
-                                        f"(first: row {int(np.flatnonzero(outside)[0])}); the cache is for a larger "
-                                        "split or corrupt; re-dump it on this data")
-        return False
-    if len(np.unique(idx)) != len(idx):
-        report.add("alignment", "fail", f"/indices repeats dataset indices ({len(idx) - len(np.unique(idx))} "
-                                        f"duplicates); the cache is corrupt; {REDUMP}")
-    label_bad = columns["labels"] != data.labels.numpy()[idx]
-    id_bad = columns["sample_ids"] != data.sample_ids[idx]
-    wrong = label_bad | id_bad
-    if wrong.any():
-        first = int(np.flatnonzero(wrong)[0])
-        report.add("alignment", "fail", f"{int(wrong.sum())} of {len(idx)} rows disagree with the data sample at "
-                                        f"their index ({int(label_bad.sum())} by label, {int(id_bad.sum())} by "
-                                        f"content id; first: row {first}, dataset index {int(idx[first])}): rows "
-                                        "shuffled or data changed; re-dump the cache on this data")
-    if len(report.checks) > n_before:
+def _check_alignment(cache: LogitCache, data: ImageData, report: VerifyReport) -> bool:
+    """Every row against the data sample at its index: the rule LogitCache.align applies for training."""
+    info, idx = data.info, cache.indices
+    in_range = (idx >= 0) & (idx < len(data)) if len(data) == info.num_samples else np.zeros(len(idx), bool)
+    labels = data.labels.numpy()[np.where(in_range, idx, 0)]
+    ids = data.sample_ids[np.where(in_range, idx, 0)]
+    _, problems = cache.alignment_problems(idx, labels=labels, sample_ids=ids, info=info)
+    for problem in problems:
+        report.add("alignment", "fail", problem)
+    if problems:
         return False
     report.add("alignment", "ok", f"all {len(idx)} rows match {info.name}/{info.split} at their index (label and "
                                   "content id); dataset fingerprint matches")
     return True
 
 
-def _check_teacher(p: Path, meta: CacheMeta, columns: dict[str, np.ndarray], data: ImageData, spec: TeacherSpec,
-                   sample: int, seed: int, device: str, report: VerifyReport) -> None:
+def _check_teacher(cache: LogitCache, data: ImageData, spec: TeacherSpec, sample: int, seed: int, device: str,
+                   report: VerifyReport) -> None:
     from .train import resolve_device
 
+    m = cache.meta
     teacher = load_teacher(spec, data.info)
     dev = resolve_device(device)
-    k = min(sample, meta.num_samples)
-    rows = np.sort(np.random.default_rng(seed).choice(meta.num_samples, size=k, replace=False))
-    with open_h5(p) as f:
-        stored = read_dataset(f, "logits", rows).astype(np.float32)  # (k, C)
-    images = data.images[torch.from_numpy(columns["indices"][rows])]
-    mean, std = tuple(meta.attrs["normalization_mean"]), tuple(meta.attrs["normalization_std"])
+    k = min(sample, m.num_samples)
+    rows = np.sort(np.random.default_rng(seed).choice(m.num_samples, size=k, replace=False))
+    stored = cache.read(rows)
+    images = data.images[torch.from_numpy(cache.indices[rows])]
     model = teacher.model.to(dev).eval()
     with torch.inference_mode():
-        fresh = torch.cat([model(normalize(x.to(dev), mean, std)).float().cpu() for x in images.split(256)])
-    diff = np.abs(fresh.numpy() - stored)  # (k, C)
-    base = BF16_TOLERANCE if meta.attrs.get("teacher_precision") == "bf16" else TOLERANCE[meta.logits_dtype]
-    tol = base * np.maximum(1.0, np.abs(stored).max(axis=1))  # (k,)
-    row_err = diff.max(axis=1)
+        fresh = torch.cat([model(normalize(x.to(dev), m.normalization_mean, m.normalization_std)).float().cpu()
+                           for x in images.split(256)]).numpy()  # (k, C)
+    if isinstance(stored, TopK):  # compare the stored classes' logits, and the tail's log-sum-exp
+        got = np.take_along_axis(fresh, stored.classes.astype(np.int64), axis=-1)
+        ref = stored.logits.astype(np.float32)
+        if stored.k < m.num_classes:
+            mask = np.ones_like(fresh, dtype=bool)
+            np.put_along_axis(mask, stored.classes.astype(np.int64), False, axis=-1)
+            lse = np.log(np.where(mask, np.exp(fresh - fresh.max(-1, keepdims=True)), 0).sum(-1)) + fresh.max(-1)
+            got = np.concatenate([got, lse[:, None]], axis=-1)
+            ref = np.concatenate([ref, stored.tail_logsumexp[:, None].astype(np.float32)], axis=-1)
+    else:
+        got, ref = fresh, stored.astype(np.float32)
+    row_err = np.abs(got - ref).max(axis=-1)  # (k,)
+    base = BF16_TOLERANCE if m.teacher_precision == "bf16" else TOLERANCE[m.logits_dtype]
+    tol = base * np.maximum(1.0, np.abs(ref).max(axis=-1))
     over = row_err > tol
-    note = "" if teacher.sha256 == meta.teacher_sha256 else " (note: the teacher file's SHA-256 differs from the one recorded)"
+    note = "" if teacher.sha256 == m.teacher_sha256 else " (note: the teacher file's SHA-256 differs from the one recorded)"
     if over.any():
         worst = int(np.argmax(row_err - tol))
         report.add("teacher", "fail", f"{int(over.sum())} of {k} random rows differ from the re-run teacher beyond "
-                                      f"the {meta.logits_dtype} tolerance (worst: row {int(rows[worst])}, max |diff| "
+                                      f"the {m.logits_dtype} tolerance (worst: row {int(rows[worst])}, max |diff| "
                                       f"{row_err[worst]:.3g} > {tol[worst]:.3g}): the logits do not come from this "
                                       f"teacher on this data, or their rows are shuffled{note}")
     else:
         report.add("teacher", "ok", f"{k} random rows re-computed; max |diff| {float(row_err.max()):.3g} within the "
-                                    f"{meta.logits_dtype} tolerance ({base:g} x max(1, max |z|)){note}")
+                                    f"{m.logits_dtype} tolerance ({base:g} x max(1, max |z|)){note}")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from kdcache.data import DatasetInfo, ImageData, fingerprint_for, sample_ids_for
+from kdcache.samples import DatasetInfo, ImageData, fingerprint_for, sample_ids_for
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = REPO / "data"
@@ -49,6 +49,23 @@ def cache_attrs(info: DatasetInfo, **over) -> dict:
     }
     attrs.update(over)
     return attrs
+
+
+def assert_error(result, *needles: str, lines: int | None = 1) -> list[str]:
+    """A clean refusal: exit status 1, no exception but click's exit, only `Error: ...` lines, each needle present.
+
+    CliRunner stores exceptions instead of printing them, so "Traceback" never appears in
+    its output; a stray exception shows up in ``result.exception`` instead.
+    """
+    assert result.exit_code == 1, (result.exit_code, result.output, result.exception)
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    out = result.output.strip().splitlines()
+    assert out and all(line.startswith("Error:") for line in out), result.output
+    if lines is not None:
+        assert len(out) == lines, result.output
+    for needle in needles:
+        assert needle in result.output, (needle, result.output)
+    return out
 
 
 def run_cli(*args, ok: bool = True):

@@ -8,9 +8,24 @@ import torch
 from dataclasses import replace
 
 from conftest import cache_attrs, make_image_data
-from kdcache.cache import (DATASETS, FORMAT_NAME, ROOT_ATTRS, SCHEMA_VERSION, CacheWriter, align_to_data, load_cache,
+from kdcache.cache import (DATASETS, FORMAT_NAME, PLAIN_SCHEMA_VERSION, ROOT_ATTRS, CacheWriter, open_cache,
                            read_meta, write_cache)
 from kdcache.errors import CacheError
+from kdcache.samples import UNLABELLED
+from kdcache.targets import TopK
+
+
+def load_cache(path):
+    """Open, read every row (checking values) and close: what train-student does for an in-memory cache."""
+    with open_cache(path) as c:
+        c.read()
+        return c
+
+
+def align_to_data(path, data):
+    with open_cache(path) as c:
+        rows = c.align(data.indices.numpy(), labels=data.labels.numpy(), sample_ids=data.sample_ids, info=data.info)
+        return torch.from_numpy(np.asarray(c.read(rows), dtype=np.float32))
 
 
 def logits_for(n, c=10, seed=1):
@@ -27,33 +42,108 @@ def cache(tmp_path, image_data):
 
 def test_round_trip_is_bit_exact(cache):
     path, logits, d = cache
-    arrays = load_cache(path)
-    assert arrays.logits.tobytes() == logits.tobytes()
-    assert np.array_equal(arrays.labels, d.labels.numpy())
-    assert np.array_equal(arrays.indices, d.indices.numpy())
-    assert np.array_equal(arrays.sample_ids, d.sample_ids)
+    with open_cache(path) as c:
+        assert c.read().tobytes() == logits.tobytes()
+        assert np.array_equal(c.labels, d.labels.numpy())
+        assert np.array_equal(c.indices, d.indices.numpy())
+        assert np.array_equal(c.sample_ids, d.sample_ids)
+        assert len(c) == len(d) and c.num_classes == 10 and c.kind == "logits" and c.dtype == "float32"
+        rows = np.array([7, 3, 3, 60])  # any order, repeats allowed
+        assert c.read(rows).tobytes() == logits[rows].tobytes()
+        assert c.read(slice(5, 9)).tobytes() == logits[5:9].tobytes()
+        blocks = list(c.blocks(block_rows=10))
+        assert [b.start for b, _ in blocks] == list(range(0, 64, 10))
+        assert np.concatenate([t for _, t in blocks]).tobytes() == logits.tobytes()
+        assert "64 rows x 10 classes" in repr(c)
+
+
+def test_cache_object_is_a_context_manager_and_refuses_pickling(cache):
+    import pickle
+
+    path, _, _ = cache
+    with open_cache(path) as c:
+        with pytest.raises(TypeError, match="cannot be pickled"):
+            pickle.dumps(c)
+    with pytest.raises(CacheError, match="is closed"):
+        c.read()
+
+
+def test_content_hash_is_stored_and_recomputed(cache, tmp_path):
+    path, logits, d = cache
+    with open_cache(path) as c:
+        stored = c.meta.content_sha256
+        assert len(stored) == 64 and c.scan().content_sha256 == stored
+    # The same values written again give the same hash; one changed value another.
+    again = write_cache(tmp_path / "again.h5", logits, d.labels, d.indices, d.sample_ids, cache_attrs(d.info))
+    assert read_meta(again).content_sha256 == stored
+    logits2 = logits.copy()
+    logits2[3, 3] += 1
+    other = write_cache(tmp_path / "other.h5", logits2, d.labels, d.indices, d.sample_ids, cache_attrs(d.info))
+    assert read_meta(other).content_sha256 != stored
+
+
+def test_unlabelled_rows(tmp_path, image_data):
+    d = image_data
+    labels = d.labels.numpy().copy()
+    labels[10:] = UNLABELLED
+    p = write_cache(tmp_path / "u.h5", logits_for(len(d)), labels, d.indices, d.sample_ids, cache_attrs(d.info))
+    with open_cache(p) as c:
+        assert c.meta.num_labelled == 10 and (c.labels[10:] == -1).all()
+
+
+def test_topk_cache_round_trip(tmp_path, image_data):
+    d = image_data
+    logits = logits_for(len(d))
+    p = write_cache(tmp_path / "k.h5", logits, d.labels, d.indices, d.sample_ids, cache_attrs(d.info), topk=3)
+    ref = TopK.encode(logits, 3)
+    with open_cache(p) as c:
+        assert c.kind == "topk" and c.meta.topk == 3 and c.meta.schema_version == "2.0"
+        t = c.read(np.array([4, 1]))
+        assert isinstance(t, TopK) and t.k == 3 and t.num_classes == 10
+        assert np.array_equal(t.logits, ref.logits.numpy()[[4, 1]])
+        assert np.array_equal(t.classes, ref.classes.numpy()[[4, 1]]) and t.classes.dtype == np.uint8
+        assert np.allclose(t.tail_logsumexp, ref.tail_logsumexp.numpy()[[4, 1]])
+        assert c.scan().content_sha256 == c.meta.content_sha256
+
+
+def test_views_cache_reads_one_view_per_row(tmp_path, image_data):
+    d = image_data
+    z = np.random.default_rng(2).normal(size=(len(d), 3, 10)).astype(np.float32)
+    params = np.random.default_rng(3).integers(0, 5, size=(len(d), 3, 2)).astype(np.float32)
+    policy = {"name": "test-policy", "version": 1, "settings": {}, "param_names": ["a", "b"]}
+    p = write_cache(tmp_path / "v.h5", z, d.labels, d.indices, d.sample_ids, cache_attrs(d.info), num_views=3,
+                    view_policy=policy, view_params=params)
+    with open_cache(p) as c:
+        assert c.meta.num_views == 3 and c.meta.view_policy["name"] == "test-policy"
+        assert np.array_equal(c.read(), z)
+        rows, views = np.array([5, 0, 9]), np.array([2, 0, 1])
+        assert np.array_equal(c.read(rows, views=views), z[rows, views])
+        assert np.array_equal(c.read_view_params(rows), params[rows])
 
 
 def test_float16_storage(tmp_path, image_data):
     d = image_data
     logits = logits_for(len(d))
     p = write_cache(tmp_path / "h.h5", logits, d.labels, d.indices, d.sample_ids, cache_attrs(d.info), dtype="float16")
-    arrays = load_cache(p)
-    assert arrays.logits.dtype == np.float16 and arrays.meta.logits_dtype == "float16"
-    assert np.array_equal(arrays.logits, logits.astype(np.float16))
+    with open_cache(p) as c:
+        z = c.read()
+        assert z.dtype == np.float16 and c.meta.logits_dtype == "float16"
+        assert np.array_equal(z, logits.astype(np.float16))
 
 
 def test_schema_with_plain_h5py(cache):
     path, logits, d = cache
     with h5py.File(path, "r") as f:
-        assert set(f.keys()) == set(DATASETS)
+        assert set(f.keys()) == {"logits", "labels", "indices", "sample_ids"}
+        assert set(f.keys()) <= set(DATASETS)
         assert f["logits"].shape == (len(d), 10) and f["logits"].dtype == np.float32
         assert f["labels"].dtype == np.int64 and f["indices"].dtype == np.int64
         assert f["sample_ids"].dtype == np.uint64 and f["sample_ids"].shape == (len(d),)
         assert f["logits"].fletcher32 and f["logits"].chunks is not None and f["logits"].compression is None
         for name in ROOT_ATTRS:
             assert name in f.attrs, name
-        assert f.attrs["format"] == FORMAT_NAME and f.attrs["schema_version"] == SCHEMA_VERSION
+        # a plain cache is 1.1: kdcache 1.x readers (which accept any 1.x) still read it
+        assert f.attrs["format"] == FORMAT_NAME and f.attrs["schema_version"] == PLAIN_SCHEMA_VERSION
         assert int(f.attrs["complete"]) == 1
         assert json.loads(f.attrs["class_names"]) == list(d.info.class_names)
         assert f.attrs["dataset_fingerprint"] == d.info.fingerprint
@@ -92,7 +182,11 @@ def test_nan_logits_refused_and_nothing_written(tmp_path, image_data):
     d = image_data
     logits = logits_for(len(d))
     logits[3, 2] = np.nan
-    with pytest.raises(CacheError, match="NaN/Inf"):
+    with pytest.raises(CacheError, match="row 3 holds NaN/Inf"):
+        write_cache(tmp_path / "c.h5", logits, d.labels, d.indices, d.sample_ids, cache_attrs(d.info))
+    assert list(tmp_path.iterdir()) == []
+    logits[3, 2] = 3e38  # finite, but no teacher's output
+    with pytest.raises(CacheError, match="row 3 holds a logit of magnitude 3e\\+38"):
         write_cache(tmp_path / "c.h5", logits, d.labels, d.indices, d.sample_ids, cache_attrs(d.info))
     assert list(tmp_path.iterdir()) == []
 
@@ -125,11 +219,11 @@ def test_truncated(cache, tmp_path):
 def test_incomplete_and_newer_schema(cache):
     path, _, _ = cache
     with h5py.File(path, "r+") as f:
-        f.attrs["schema_version"] = "2.0"
-    with pytest.raises(CacheError, match="schema 2.0, newer than this kdcache reads"):
+        f.attrs["schema_version"] = "3.0"
+    with pytest.raises(CacheError, match="schema 3.0, newer than this kdcache reads"):
         load_cache(path)
     with h5py.File(path, "r+") as f:
-        f.attrs["schema_version"] = "1.7"  # newer minor: still loads
+        f.attrs["schema_version"] = "2.7"  # newer minor: still loads
     load_cache(path)
     with h5py.File(path, "r+") as f:
         del f.attrs["complete"]
@@ -141,7 +235,7 @@ def test_nan_in_file_refused(cache):
     path, _, _ = cache
     with h5py.File(path, "r+") as f:
         f["logits"][5, 1] = np.inf
-    with pytest.raises(CacheError, match="NaN/Inf.*row 5"):
+    with pytest.raises(CacheError, match="row 5 holds NaN/Inf"):
         load_cache(path)
 
 
@@ -150,7 +244,7 @@ def test_nan_in_file_refused(cache):
 
 def test_align_returns_rows_in_data_order(cache):
     path, logits, d = cache
-    aligned = align_to_data(load_cache(path), d.head(20))
+    aligned = align_to_data(path, d.head(20))
     assert torch.equal(aligned, torch.from_numpy(logits[:20]))
 
 
@@ -161,7 +255,7 @@ def test_align_by_index_not_position(tmp_path, image_data):
     perm = np.random.default_rng(0).permutation(len(d))
     p = write_cache(tmp_path / "p.h5", logits[perm], d.labels.numpy()[perm], d.indices.numpy()[perm],
                     d.sample_ids[perm], cache_attrs(d.info))
-    assert torch.equal(align_to_data(load_cache(p), d), torch.from_numpy(logits))
+    assert torch.equal(align_to_data(p, d), torch.from_numpy(logits))
 
 
 def test_align_refuses_fewer_samples(tmp_path, image_data):
@@ -169,20 +263,19 @@ def test_align_refuses_fewer_samples(tmp_path, image_data):
     small = d.head(32)
     p = write_cache(tmp_path / "s.h5", logits_for(32), small.labels, small.indices, small.sample_ids,
                     cache_attrs(d.info))
-    align_to_data(load_cache(p), d.head(30))  # a cache covering more than used is fine
-    with pytest.raises(CacheError, match="32 of the 64 being trained on are not in it"):
-        align_to_data(load_cache(p), d)
+    align_to_data(p, d.head(30))  # a cache covering more than used is fine
+    with pytest.raises(CacheError, match="32 of the 64 asked for are not in it"):
+        align_to_data(p, d)
 
 
 def test_align_refuses_other_split_dataset_and_classes(cache):
     path, _, d = cache
-    arrays = load_cache(path)
-    with pytest.raises(CacheError, match="made from synthetic/train, but training uses synthetic/test"):
-        align_to_data(arrays, replace(d, info=replace(d.info, split="test")))
+    with pytest.raises(CacheError, match="made from synthetic/train, but the data is synthetic/test"):
+        align_to_data(path, replace(d, info=replace(d.info, split="test")))
     with pytest.raises(CacheError, match="different"):
-        align_to_data(arrays, replace(d, info=replace(d.info, fingerprint="f" * 64)))
+        align_to_data(path, replace(d, info=replace(d.info, fingerprint="f" * 64)))
     with pytest.raises(CacheError, match="another label set"):
-        align_to_data(arrays, replace(d, info=replace(d.info, class_names=d.info.class_names[:5])))
+        align_to_data(path, replace(d, info=replace(d.info, class_names=d.info.class_names[:5])))
 
 
 def test_align_refuses_shuffled_rows(tmp_path, image_data):
@@ -193,5 +286,15 @@ def test_align_refuses_shuffled_rows(tmp_path, image_data):
     labels = d.labels.numpy().copy()
     labels[[0, 1]] = labels[[1, 0]]
     p = write_cache(tmp_path / "x.h5", logits_for(len(d)), labels, d.indices, ids, cache_attrs(d.info))
-    with pytest.raises(CacheError, match="differs between cache and data"):
-        align_to_data(load_cache(p), d)
+    with pytest.raises(CacheError, match="2 of 64 rows disagree with the data sample at their index"):
+        align_to_data(p, d)
+
+
+def test_align_refuses_repeated_indices(tmp_path, image_data):
+    """One rule everywhere: a repeated dataset index makes rows ambiguous, for training as for verify."""
+    d = image_data
+    idx = d.indices.numpy().copy()
+    idx[5] = idx[6]
+    p = write_cache(tmp_path / "dup.h5", logits_for(len(d)), d.labels, idx, d.sample_ids, cache_attrs(d.info))
+    with pytest.raises(CacheError, match="repeats dataset indices"):
+        align_to_data(p, d.head(3))

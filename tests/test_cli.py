@@ -63,7 +63,7 @@ def test_student_trains_without_the_teacher(artifacts, tmp_path):
             import torch
             c = torch.load(out, weights_only=True)["config"]
             assert c["temperature"] == float(T) and c["alpha"] == float(alpha)
-            assert c["caches"][0]["sha256"] and c["caches"][0]["path"] == str(a["cache"])
+            assert c["caches"][0]["content_sha256"] and c["caches"][0]["path"] == str(a["cache"])
         r = run("evaluate", "--model", tmp_path / "s4.pt", "--data-dir", a["data_dir"], "--limit", 200, "--json")
         metrics = json.loads(r.output)
         assert metrics["num_samples"] == 200 and len(metrics["per_class_accuracy"]) == 10

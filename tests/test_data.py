@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from kdcache.data import batch_order, fingerprint_for, load_dataset, normalize, sample_ids_for
+from kdcache.data import load_dataset
+from kdcache.samples import batch_order, fingerprint_for, normalize, sample_ids_for
 from kdcache.errors import ConfigError, DataError
 
 

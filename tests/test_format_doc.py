@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from conftest import cache_attrs, make_image_data
-from kdcache.cache import DATASETS, FORMAT_NAME, LOGIT_DTYPES, ROOT_ATTRS, SCHEMA_VERSION, read_meta, write_cache
+from kdcache.cache import (DATASETS, FORMAT_NAME, LOGIT_DTYPES, PLAIN_SCHEMA_VERSION, ROOT_ATTRS, SCHEMA_VERSION,
+                           read_meta, write_cache)
 from kdcache.errors import CacheError
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "cache-format.md"
@@ -41,15 +42,35 @@ def written(tmp_path):
     return write_cache(tmp_path / "c.h5", logits, d.labels, d.indices, d.sample_ids, cache_attrs(d.info))
 
 
-def test_every_dataset_is_documented_with_its_dtype(doc):
+def test_every_dataset_is_documented_with_its_dtype_and_shape(doc):
     rows = table_rows(doc, "dataset")
     assert set(rows) == set(DATASETS), "dataset table and cache.DATASETS differ"
-    for name, (dtype, ndim) in DATASETS.items():
+    for name, spec in DATASETS.items():
         dtype_cell, shape_cell = rows[name][0], rows[name][1]
-        wanted = [dtype] if dtype else list(LOGIT_DTYPES)
+        wanted = {"logits": list(LOGIT_DTYPES), "classes": ["uint8", "uint16", "int32"]}.get(spec.dtype, [spec.dtype])
         for d in wanted:
             assert f"`{d}`" in dtype_cell, (name, d)
-        assert shape_cell == ("(N, C)" if ndim == 2 else "(N,)"), (name, shape_cell)
+        assert shape_cell == spec.shape, (name, shape_cell)
+
+
+@pytest.mark.parametrize("kind", ["plain", "topk-views"])
+def test_written_shapes_and_dtypes_are_the_documented_ones(tmp_path, kind):
+    d = make_image_data(n=20)
+    z = np.random.default_rng(0).normal(size=(20, 3, 10)).astype(np.float32)
+    kw = {} if kind == "plain" else dict(topk=4, num_views=3, view_params=np.zeros((20, 3, 2), np.float32),
+                                         view_policy={"name": "p", "version": 1, "settings": {}, "param_names": ["a", "b"]})
+    path = write_cache(tmp_path / "c.h5", z[:, 0] if kind == "plain" else z, d.labels, d.indices, d.sample_ids,
+                       cache_attrs(d.info), **kw)
+    dims = {"N": 20, "V": 3, "C": 10, "k": 4, "P": 2}
+    with h5py.File(path, "r") as f:
+        for name in f.keys():
+            shape = DATASETS[name].shape.replace("[V, ] ", "V, " if kind != "plain" else "")
+            shape = shape.replace("[V]", "V" if kind != "plain" else "").replace(", )", ")")
+            want = tuple(dims[x.strip()] for x in shape.strip("()").split(",") if x.strip())
+            assert f[name].shape == want, (name, f[name].shape, want)
+            spec = DATASETS[name].dtype
+            assert str(f[name].dtype) == {"logits": "float32", "classes": "uint8"}.get(spec, spec)
+        assert f.attrs["schema_version"] == (PLAIN_SCHEMA_VERSION if kind == "plain" else SCHEMA_VERSION)
 
 
 def test_every_root_attribute_is_documented(doc):
@@ -68,7 +89,7 @@ def test_every_name_in_a_written_file_is_documented(doc, written):
 
 def test_format_name_and_version_are_the_documented_ones(doc):
     assert f"`{FORMAT_NAME}`" in doc
-    assert re.search(rf"currently `{re.escape(SCHEMA_VERSION)}`", doc)
+    assert re.search(rf"currently `{re.escape(SCHEMA_VERSION)}` \(`{re.escape(PLAIN_SCHEMA_VERSION)}` for", doc)
 
 
 def _set_version(path, version):
@@ -78,7 +99,7 @@ def _set_version(path, version):
 
 def test_compat_rule_newer_major_refused_any_minor_loads(written):
     major, minor = (int(x) for x in SCHEMA_VERSION.split("."))
-    for ok in (f"{major}.{minor + 7}", f"{major}.0"):
+    for ok in (f"{major}.{minor + 7}", f"{major}.0", "1.0", "1.9"):
         _set_version(written, ok)
         assert read_meta(written).schema_version == ok
     _set_version(written, f"{major + 1}.0")
@@ -90,7 +111,7 @@ def test_compat_rule_newer_major_refused_any_minor_loads(written):
 @pytest.mark.skipif(shutil.which("h5ls") is None, reason="hdf5-tools not installed (apt-get install hdf5-tools)")
 def test_hdf5_command_line_tools_read_the_layout(written):
     listing = subprocess.run(["h5ls", "-r", str(written)], capture_output=True, text=True, check=True).stdout
-    for name in DATASETS:
+    for name in ("logits", "labels", "indices", "sample_ids"):
         assert f"/{name}" in listing
     header = subprocess.run(["h5dump", "-H", str(written)], capture_output=True, text=True, check=True).stdout
     for name in ROOT_ATTRS:

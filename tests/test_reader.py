@@ -8,7 +8,7 @@ import torch
 from conftest import cache_attrs, make_image_data
 from kdcache import cache
 from kdcache.errors import CacheError
-from kdcache.reader import LogitStream, StreamingBatches, all_finite, iter_batches
+from kdcache.reader import LogitStream, StreamingBatches, iter_batches
 
 
 def write_index_cache(path, data, chunk_rows=7, order=None):
@@ -84,7 +84,7 @@ def test_subset_of_rows_with_values(path):
 
 def test_worker_processes_cover_every_row_once(path):
     stream = LogitStream(path, buffer_blocks=2, seed=0)
-    stream._file()  # a handle opened in the parent must not be used by the forked workers
+    stream._open()  # a handle opened in the parent must not be used by the forked workers
     rows = epoch_rows(stream, 0, batch_size=6, workers=2)
     assert sorted(rows.tolist()) == list(range(103))
     assert np.array_equal(rows, epoch_rows(stream, 0, batch_size=6, workers=2))  # deterministic
@@ -98,7 +98,8 @@ def test_streaming_batches_pair_logits_with_their_images(tmp_path, data):
     order = np.random.default_rng(0).permutation(len(data))
     path = write_index_cache(tmp_path / "r.h5", data, order=order)
     sub = data.head(60)
-    rows = cache.align_rows(cache.load_cache_index(path), sub)
+    with cache.open_cache(path) as c:
+        rows = c.align(sub.indices.numpy(), labels=sub.labels.numpy(), sample_ids=sub.sample_ids, info=sub.info)
     src = StreamingBatches(sub, path, rows, batch_size=16, seed=0)
     assert len(src) == 4
     for epoch in range(2):
@@ -115,8 +116,10 @@ def test_streaming_batches_pair_logits_with_their_images(tmp_path, data):
 
 def test_corrupt_logits_are_refused(tmp_path, data):
     path = write_index_cache(tmp_path / "c.h5", data)
-    assert all_finite(np.ones((2, 3), np.float16)) and not all_finite(np.array([[np.inf]], np.float16))
-    assert not all_finite(np.array([np.nan], np.float32))
+    from kdcache.cache.schema import values_ok
+    assert values_ok(np.ones((2, 3), np.float16)) and not values_ok(np.array([[np.inf]], np.float16))
+    assert not values_ok(np.array([np.nan], np.float32)) and not values_ok(np.array([3e38], np.float32))
+    assert not values_ok(np.array([-2e4], np.float16)) and values_ok(np.array([-9e3, 9e3], np.float32))
     import h5py  # the test pokes the file directly, as a corrupting tool would
     with h5py.File(path, "r+") as f:
         f["logits"][40, 2] = np.nan
@@ -126,8 +129,8 @@ def test_corrupt_logits_are_refused(tmp_path, data):
 
 def test_train_student_streams_a_cache_over_the_memory_limit(tmp_path, data_dir):
     from kdcache.data import load_dataset
-    from kdcache.jobs import DataConfig, train_student
-    from kdcache.train import TrainConfig
+    from kdcache.config import DataConfig, TrainConfig
+    from kdcache.jobs import train_student
 
     fm = load_dataset("fashion-mnist", "train", data_dir, limit=300)
     logits = np.random.default_rng(0).standard_normal((300, 10)).astype(np.float32)

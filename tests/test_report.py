@@ -7,7 +7,8 @@ import pytest
 from kdcache.cli import main
 from kdcache.errors import ConfigError
 from kdcache.report import gap_closed, summarize, write_report
-from kdcache.sweep import RESULTS_FORMAT, RunSpec
+from kdcache.results import RESULTS_FORMAT
+from kdcache.sweep import RunSpec
 from click.testing import CliRunner
 
 

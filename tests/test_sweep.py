@@ -9,7 +9,8 @@ from click.testing import CliRunner
 from conftest import run_cli
 from kdcache.cli import main
 from kdcache.errors import ConfigError
-from kdcache.sweep import RunSpec, SweepGrid, load_results, parse_numbers
+from kdcache.results import load_results
+from kdcache.sweep import RunSpec, SweepGrid, parse_numbers
 
 
 run = run_cli

@@ -4,15 +4,20 @@ import pytest
 import torch
 
 from conftest import make_image_data
-from kdcache.cache import align_to_data, load_cache
+from kdcache.cache import open_cache
 from kdcache.checkpoint import load_checkpoint, save_checkpoint
-from kdcache.data import load_dataset, normalize
+from kdcache.data import load_dataset
+from kdcache.samples import normalize
 from kdcache.dump import dump_logits
 from kdcache.errors import ConfigError
-from kdcache.jobs import _model_config, distillation_loss
+from kdcache.checkpoint import model_config
+from kdcache.jobs import distillation_loss
 from kdcache.loss import kd_loss
 from kdcache.models import build_model
-from kdcache.train import Batch, MemoryBatches, TrainConfig, cross_entropy_loss, evaluate, fit, resolve_device
+from kdcache.batches import MemoryBatches
+from kdcache.config import TrainConfig
+from kdcache.device import resolve_device
+from kdcache.train import cross_entropy_loss, evaluate, fit
 
 
 def test_memory_batches_cover_epoch_and_keep_logits_with_images(image_data):
@@ -90,12 +95,13 @@ def test_cached_kd_equals_online_kd(tmp_path, data_dir):
     teacher.train()
     with torch.no_grad():
         teacher(normalize(data.images, data.info.mean, data.info.std))
-    config = _model_config("teacher-cnn", data.info)
+    config = model_config("teacher-cnn", data.info)
     ckpt = save_checkpoint(tmp_path / "t.pt", teacher, config)
     cache = tmp_path / "c.h5"
     dump_logits(ckpt, cache, data_dir=str(data_dir), limit=128, batch_size=32, device="cpu")
 
-    cached = align_to_data(load_cache(cache), data)
+    with open_cache(cache) as c:
+        cached = torch.from_numpy(c.read(c.align(data.indices.numpy(), info=data.info)))
     live_teacher, _ = load_checkpoint(ckpt)  # eval mode
     batches = MemoryBatches(data, 32, shuffle=True, seed=0, teacher_logits=cached)
     student = build_model("student-cnn")
@@ -119,7 +125,7 @@ def test_cached_kd_equals_online_kd(tmp_path, data_dir):
 
 
 def test_strict_fp32_turns_tf32_off_and_restores():
-    from kdcache.train import strict_fp32
+    from kdcache.device import strict_fp32
     before = torch.backends.cudnn.allow_tf32
     with strict_fp32():
         assert torch.backends.cudnn.allow_tf32 is False and torch.backends.cuda.matmul.allow_tf32 is False

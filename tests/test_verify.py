@@ -10,7 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import cache_attrs
+from conftest import assert_error, cache_attrs
 from kdcache.checkpoint import save_checkpoint
 from kdcache.cli import main
 from kdcache.data import load_dataset
@@ -26,14 +26,8 @@ def run(*args):
 
 
 def assert_error_lines(result, *needles):
-    """Non-zero exit, no traceback, every line an `Error: ...` line, the needles all present."""
-    assert result.exit_code != 0, result.output
-    assert "Traceback" not in result.output
-    lines = result.output.strip().splitlines()
-    assert lines and all(line.startswith("Error:") for line in lines), result.output
-    for needle in needles:
-        assert needle in result.output, (needle, result.output)
-    return lines
+    """Exit 1 and no stray exception, every line an `Error: ...` line, the needles all present."""
+    return assert_error(result, *needles, lines=None)
 
 
 @pytest.fixture(scope="module")
@@ -105,9 +99,9 @@ def test_info_statistics_match_a_direct_computation(tmp_path, fmnist):
 def test_verify_passes_a_good_cache_with_data_and_teacher(dumped, teacher_ckpt, data_dir):
     r = run("verify", dumped, "--data-dir", data_dir, "--teacher", teacher_ckpt, "--sample", 64)
     assert r.exit_code == 0, r.output
-    for check in ("schema", "checksums", "finite", "alignment", "teacher"):
+    for check in ("schema", "checksums", "values", "content", "alignment", "teacher"):
         assert f"ok    {check}:" in r.output
-    assert "verified, 5 checks passed" in r.output
+    assert "verified, 6 checks passed" in r.output
 
 
 def test_verify_without_data_skips_alignment_and_passes(dumped):
@@ -183,7 +177,14 @@ def set_nan(f):
     f["logits"][:] = z
 
 
-# name, how to break a good cache (or how to make a mismatched one), verify args, verify needle, train needle
+def set_huge(f):
+    z = f["logits"][:]
+    z[7, 1] = 3e38  # finite, but no teacher's output
+    f["logits"][:] = z
+
+
+# name, how to break a good cache (or how to make a mismatched one), verify args, verify needles, train needle.
+# Damage that edits values in place also fails the content hash: verify then prints a second line for it.
 FAULTS = [
     ("flipped-byte", flip_byte("logits"), [], "checksums: /logits rows 0:", "checksum mismatch"),
     ("flipped-byte-ids", flip_byte("sample_ids"), ["--data-dir"], "checksums: /sample_ids rows 0:", "checksum mismatch"),
@@ -192,11 +193,15 @@ FAULTS = [
      "lacks the /sample_ids dataset"),
     ("missing-attribute", edit(lambda f: f.attrs.__delitem__("dataset_fingerprint")), [],
      "lacks attribute(s) dataset_fingerprint", "lacks attribute(s) dataset_fingerprint"),
-    ("newer-schema", edit(lambda f: f.attrs.__setitem__("schema_version", "2.0")), [],
-     "schema 2.0, newer than this kdcache reads (1.0); upgrade kdcache", "upgrade kdcache"),
+    ("newer-schema", edit(lambda f: f.attrs.__setitem__("schema_version", "3.0")), [],
+     "schema 3.0, newer than this kdcache reads (2.0); upgrade kdcache", "upgrade kdcache"),
     ("incomplete", edit(lambda f: f.attrs.__setitem__("complete", np.int8(0))), [], "is incomplete", "is incomplete"),
-    ("nan-inf", edit(set_nan), [], "finite: 2 row(s) of /logits hold NaN/Inf (first: row 5)", "hold NaN/Inf"),
-    ("shuffled-rows", shuffle_rows, ["--data-dir"], "rows disagree with the data", "differs between cache and data"),
+    ("nan-inf", edit(set_nan), [], ("values: 2 row(s) of logits hold NaN/Inf (first: row 5)", "content: content hash"),
+     "row 5 holds NaN/Inf"),
+    ("implausible", edit(set_huge), [], ("values: 1 row(s) hold logits of implausible magnitude (max |z| 3e+38",
+                                          "content: content hash"), "row 7 holds a logit of magnitude 3e+38"),
+    ("shuffled-rows", shuffle_rows, ["--data-dir"], ("rows disagree with the data", "content: content hash"),
+     "rows disagree with the data sample at their index"),
 ]
 
 
@@ -216,8 +221,9 @@ def test_fault_detected_by_verify_and_refused_by_train_student(name, damage, ver
     damage(good_cache)
     extra = [*verify_args, data_dir] if verify_args else []  # "--data-dir" DIR: compare rows with the data
     v = run("verify", good_cache, *extra, "-q")
-    lines = assert_error_lines(v, verify_needle)
-    assert len(lines) == 1, v.output  # exactly one precise line per failure
+    needles = verify_needle if isinstance(verify_needle, tuple) else (verify_needle,)
+    lines = assert_error_lines(v, *needles)
+    assert len(lines) == len(needles), v.output  # exactly one precise line per failure
     assert any(w in v.output for w in ("re-create", "re-dump", "upgrade", "fetch it again")), v.output
     t = run(*train_student_args(good_cache, data_dir, tmp_path))
     tl = assert_error_lines(t, train_needle)
@@ -227,12 +233,12 @@ def test_fault_detected_by_verify_and_refused_by_train_student(name, damage, ver
 
 MISMATCHES = [
     # name, cache made from / for, verify args, verify needle, train needle
-    ("other-split", {"split": "test"}, ["--split", "train"], "cache was made from fashion-mnist/test, the data is "
-     "fashion-mnist/train", "made from fashion-mnist/test, but training uses fashion-mnist/train"),
+    ("other-split", {"split": "test"}, ["--split", "train"], "was made from fashion-mnist/test, but the data is "
+     "fashion-mnist/train", "made from fashion-mnist/test, but the data is fashion-mnist/train"),
     ("other-dataset", {"dataset": "mnist"}, ["--dataset", "fashion-mnist"], "made from mnist/train",
-     "made from mnist/train, but training uses fashion-mnist/train"),
-    ("other-class-count", {"classes": 5}, [], "the cache has 5 classes", "has 5 classes"),
-    ("other-data", {"fingerprint": "f" * 64}, [], "dataset fingerprint ffffffffffff... != the data's",
+     "made from mnist/train, but the data is fashion-mnist/train"),
+    ("other-class-count", {"classes": 5}, [], "has 5 classes", "has 5 classes"),
+    ("other-data", {"fingerprint": "f" * 64}, [], "(dataset fingerprint ffffffffffff... != ",
      "was made from different fashion-mnist/train data"),
 ]
 
@@ -261,11 +267,12 @@ def test_mismatched_cache_detected_and_refused(name, made, verify_args, verify_n
 
 def test_rows_in_another_order_with_their_own_indices_are_fine(tmp_path, fmnist, data_dir):
     """A cache is matched to the data through /indices: consistently permuted rows verify and train."""
-    cache = make_cache(tmp_path / "p.h5", fmnist)
-    with h5py.File(cache, "r+") as f:
-        perm = np.random.default_rng(2).permutation(N)
-        for name in ("logits", "labels", "indices", "sample_ids"):
-            f[name][:] = f[name][:][perm]
+    from kdcache.cache import write_cache
+
+    perm = np.random.default_rng(2).permutation(N)
+    logits = np.random.default_rng(0).normal(0, 4, size=(N, 10)).astype(np.float32)
+    cache = write_cache(tmp_path / "p.h5", logits[perm], fmnist.labels.numpy()[perm], fmnist.indices.numpy()[perm],
+                        fmnist.sample_ids[perm], cache_attrs(fmnist.info))
     assert verify_cache(cache, data_dir=str(data_dir)).ok
 
 
@@ -292,9 +299,10 @@ def test_float16_soft_target_error(tmp_path, fmnist):
     logits = (g.normal(0, 6, size=(N, 10)) + 12 * np.eye(10)[fmnist.labels.numpy()]).astype(np.float32)  # |z| < 32
     p32 = make_cache(tmp_path / "f32.h5", fmnist, logits)
     p16 = make_cache(tmp_path / "f16.h5", fmnist, logits, dtype="float16")
-    from kdcache.cache import load_cache
+    from kdcache.cache import open_cache
 
-    z32, z16 = load_cache(p32).logits, load_cache(p16).logits
+    with open_cache(p32) as a, open_cache(p16) as b:
+        z32, z16 = a.read(), b.read()
     assert z16.dtype == np.float16 and z32.tobytes() == logits.tobytes()
     dz = np.abs(z16.astype(np.float32) - z32)
     assert dz.max() <= 2.0 ** -11 * np.abs(z32).max() + 1e-7
@@ -317,4 +325,5 @@ def test_verify_json_report(good_cache, data_dir):
     assert r.exit_code == 1, r.output
     report = json.loads(r.output)
     status = {c["name"]: c["status"] for c in report["checks"]}
-    assert report["ok"] is False and status == {"schema": "ok", "checksums": "ok", "finite": "fail", "alignment": "ok"}
+    assert report["ok"] is False
+    assert status == {"schema": "ok", "checksums": "ok", "values": "fail", "content": "fail", "alignment": "ok"}

@@ -1,0 +1,281 @@
+"""The cache format's names, versions and rules: datasets, attributes, and reading the root attributes.
+
+docs/cache-format.md documents every name here (tests/test_format_doc.py checks both ways).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import h5py
+import numpy as np
+import torch
+
+from ..errors import CacheError
+
+FORMAT_NAME = "kdcache-logits"
+SHARD_FORMAT = "kdcache-shard"  # a part of a cache written by one rank of a distributed dump; never trained from
+SCHEMA_VERSION = "2.0"  # MAJOR.MINOR this code reads and writes; readers refuse a newer major, accept any minor
+PLAIN_SCHEMA_VERSION = "1.1"  # written for full single-view caches, which kdcache 1.x can still read
+LOGIT_DTYPES = ("float32", "float16")
+TARGET_KINDS = ("logits", "topk")
+MAX_ABS_LOGIT = 1e4  # |z| above this is no teacher's output but a corrupt value or a broken teacher
+REDUMP = "re-create it with dump-logits, or fetch it again"
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    dtype: str  # numpy dtype, or "logits" for the storage dtype (logits_dtype), "classes" for the class-id dtype
+    shape: str  # as documented; "[V, ]" marks the views axis, present when the cache has a view policy
+    kind: str | None  # None: every cache; else only caches of this targets kind ("logits"/"topk"/"views")
+    meaning: str
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "labels": DatasetSpec("int64", "(N,)", None, "label of each row (class index), or -1 for an unlabelled sample"),
+    "indices": DatasetSpec("int64", "(N,)", None, "position of each row's sample in the dataset split (0-based)"),
+    "sample_ids": DatasetSpec("uint64", "(N,)", None, "64-bit content id of each row's sample"),
+    "logits": DatasetSpec("logits", "(N, [V, ] C)", "logits", "raw teacher logits, columns in class_names order"),
+    "topk_logits": DatasetSpec("logits", "(N, [V, ] k)", "topk", "the k largest raw logits of the row, descending"),
+    "topk_classes": DatasetSpec("classes", "(N, [V, ] k)", "topk", "class index of each of topk_logits"),
+    "tail_logsumexp": DatasetSpec("float32", "(N, [V])", "topk", "log Σ exp(z) over the other C - k classes "
+                                                                  "(-inf when k = C)"),
+    "tail_mean": DatasetSpec("float32", "(N, [V])", "topk", "mean logit of the other C - k classes (0 when k = C)"),
+    "view_params": DatasetSpec("float32", "(N, V, P)", "views", "parameters of each stored view (view_policy_json "
+                                                                "names the P columns)"),
+}
+INDEX_DATASETS = ("labels", "indices", "sample_ids")
+TARGET_DATASETS = {"logits": ("logits",), "topk": ("topk_logits", "topk_classes", "tail_logsumexp", "tail_mean")}
+
+# Root attributes every cache carries (1.x names first), with their meaning (also in docs/cache-format.md).
+ROOT_ATTRS: dict[str, str] = {
+    "format": f"always {FORMAT_NAME!r}",
+    "schema_version": "'MAJOR.MINOR' of this layout",
+    "complete": "1 once every row is written; written last",
+    "created_utc": "ISO-8601 UTC time the file was finished",
+    "kdcache_version": "version of kdcache that wrote the file",
+    "torch_version": "version of torch that ran the teacher",
+    "teacher_arch": "architecture name of the teacher",
+    "teacher_sha256": "SHA-256 of the teacher checkpoint file",
+    "teacher_precision": "'fp32' or 'bf16': the precision the teacher ran at",
+    "dataset": "dataset name, e.g. 'fashion-mnist'",
+    "split": "'train' or 'test'",
+    "dataset_num_samples": "number of samples in the whole split",
+    "dataset_fingerprint": "SHA-256 over the whole split's pixels (uint8) and labels (int64 LE)",
+    "num_samples": "N, rows in this file",
+    "num_classes": "C, the teacher's classes",
+    "class_names": "JSON list of C class names, in logit column order",
+    "normalization_mean": "per-channel mean the teacher's inputs were standardised with",
+    "normalization_std": "per-channel std the teacher's inputs were standardised with",
+    "logits_dtype": "'float32' or 'float16': storage dtype of the logit values",
+    "config_json": "JSON object with all of the above plus the teacher's training config",
+    # added in 1.1 / 2.0 (absent from 1.0 files; readers use the defaults in _V1_DEFAULTS)
+    "targets": "'logits' (full rows) or 'topk'",
+    "topk": "k, logits kept per row (0 for full logits)",
+    "num_views": "V, views stored per sample (1 without a view policy)",
+    "view_policy": "'' or the name of the augmentation policy of the views",
+    "view_policy_json": "'' or JSON: policy name, version, settings, param_names, include_original, seed",
+    "num_labelled": "rows with a label (the others hold -1)",
+    "content_sha256": "SHA-256 of the stored values (see 'Content hash')",
+}
+_V1_DEFAULTS = {"targets": "logits", "topk": 0, "num_views": 1, "view_policy": "", "view_policy_json": "",
+                "num_labelled": None, "content_sha256": None}
+
+DEFAULT_CHUNK_BYTES = 1 << 20  # ~1 MiB per chunk: one read per chunk, fletcher32 per chunk
+
+
+def _version_tuple(v: str) -> tuple[int, int]:
+    try:
+        major, minor = str(v).split(".")[:2]
+        return int(major), int(minor)
+    except ValueError:
+        raise CacheError(f"unreadable schema_version {v!r}") from None
+
+
+def class_id_dtype(num_classes: int) -> str:
+    """The smallest unsigned integer type that holds every class id."""
+    return "uint8" if num_classes <= 256 else "uint16" if num_classes <= 65536 else "int32"
+
+
+def chunk_rows_for(row_bytes: int, num_samples: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
+    """Rows per chunk so one chunk of the main target dataset is about ``chunk_bytes``."""
+    return int(max(1, min(num_samples, chunk_bytes // max(1, row_bytes))))
+
+
+def content_hash(digests: Mapping[str, str]) -> str:
+    """The cache's content hash from each dataset's SHA-256 (docs/cache-format.md, 'Content hash')."""
+    text = "".join(f"{name} {digests[name]}\n" for name in sorted(digests))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def values_ok(values: np.ndarray) -> bool:
+    """True when every value is finite with |z| <= MAX_ABS_LOGIT: one integer pass over the bits (fast on big buffers).
+
+    Clearing the sign bit makes the bit pattern of a float grow with its magnitude, and
+    Inf/NaN have the largest patterns of all, so one max over the bits checks both.
+    """
+    if values.size == 0:
+        return True
+    for ftype, itype, mask in ((np.float16, np.uint16, 0x7FFF), (np.float32, np.uint32, 0x7FFFFFFF)):
+        if values.dtype == ftype:
+            limit = np.array(MAX_ABS_LOGIT, dtype=ftype).view(itype)
+            return int(np.bitwise_and(np.ascontiguousarray(values).view(itype), mask).max()) <= int(limit)
+    return bool(np.isfinite(values).all() and np.abs(values).max() <= MAX_ABS_LOGIT)
+
+
+def check_values(name: str, values: np.ndarray, rows: int | np.ndarray, path: Any, dtype: str = "float32") -> None:
+    """Refuse NaN/Inf or implausibly large logits, naming the first bad row (``rows``: first row number, or each row's)."""
+    if values_ok(values):
+        return
+    v = values.reshape(len(values), -1)
+    row_of = (lambda i: rows + i) if isinstance(rows, (int, np.integer)) else (lambda i: int(rows[i]))
+    finite = np.isfinite(v).all(axis=1)
+    if not finite.all():
+        i = int(np.flatnonzero(~finite)[0])
+        hint = " (float16 overflows above 65504: use --dtype float32)" if dtype == "float16" else ""
+        raise CacheError(f"{path}: /{name} row {row_of(i)} holds NaN/Inf{hint}; the cache is corrupt, {REDUMP}")
+    big = np.abs(v).max(axis=1) > MAX_ABS_LOGIT
+    if big.any():
+        i = int(np.flatnonzero(big)[0])
+        raise CacheError(f"{path}: /{name} row {row_of(i)} holds a logit of magnitude {float(np.abs(v[i]).max()):.3g} "
+                         f"(> {MAX_ABS_LOGIT:g}, no real teacher's output): the file is corrupt or the teacher "
+                         f"broken; {REDUMP}")
+
+
+@dataclass(frozen=True)
+class CacheMeta:
+    """Validated root attributes of a cache."""
+
+    path: Path
+    schema_version: str
+    num_samples: int
+    num_classes: int
+    dataset: str
+    split: str
+    dataset_num_samples: int
+    dataset_fingerprint: str
+    class_names: tuple[str, ...]
+    teacher_arch: str
+    teacher_sha256: str
+    teacher_precision: str
+    logits_dtype: str
+    targets: str  # "logits" | "topk"
+    topk: int  # 0 for full logits
+    num_views: int
+    view_policy: dict[str, Any] | None  # name, version, settings, param_names, include_original, seed
+    content_sha256: str | None  # None for 1.0 files
+    num_labelled: int | None  # None for 1.0 files
+    normalization_mean: tuple[float, ...]
+    normalization_std: tuple[float, ...]
+    attrs: dict[str, Any]  # every root attribute, decoded
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return json.loads(self.attrs["config_json"])
+
+    @property
+    def has_views(self) -> bool:
+        return self.view_policy is not None
+
+
+def _decode(v: Any) -> Any:
+    if isinstance(v, bytes):
+        return v.decode("utf-8")
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def open_h5(path: str | os.PathLike, rdcc_nbytes: int | None = None) -> h5py.File:
+    """Open an HDF5 file read-only, turning every way it can fail into a CacheError."""
+    p = Path(path)
+    if not p.exists():
+        raise CacheError(f"cache {p} not found; create it with `kdcache dump-logits --out {p}`")
+    if p.is_dir():
+        raise CacheError(f"cache {p} is a directory, not an HDF5 file")
+    try:
+        if not h5py.is_hdf5(p):
+            raise CacheError(f"{p} is not an HDF5 file (not a kdcache cache); check the path")
+        return h5py.File(p, "r", rdcc_nbytes=rdcc_nbytes)
+    except OSError as e:
+        raise CacheError(f"cannot open cache {p}: {str(e).splitlines()[0]}; the file is truncated or corrupt, "
+                         "re-create it with dump-logits") from None
+
+
+def meta_from(f: h5py.File, path: Path, file_format: str = FORMAT_NAME) -> CacheMeta:
+    attrs = {k: _decode(v) for k, v in f.attrs.items()}
+    if attrs.get("format") != file_format:
+        what = "a kdcache shard, not a cache (dump-logits assembles shards)" if attrs.get("format") == SHARD_FORMAT \
+            else f"not a kdcache cache (format attribute is {attrs.get('format')!r})"
+        raise CacheError(f"{path} is an HDF5 file but {what}")
+    version = str(attrs.get("schema_version", ""))
+    major, _ = _version_tuple(version)
+    if major > _version_tuple(SCHEMA_VERSION)[0]:
+        raise CacheError(f"{path} has cache schema {version}, newer than this kdcache reads ({SCHEMA_VERSION}); "
+                         "upgrade kdcache")
+    if int(attrs.get("complete", 0)) != 1:
+        raise CacheError(f"{path} is incomplete (the writer did not finish); re-create it with dump-logits")
+    required = [k for k in ROOT_ATTRS if major >= 2 or k not in _V1_DEFAULTS]
+    missing = [k for k in required if k not in attrs]
+    if missing:
+        raise CacheError(f"{path} lacks attribute(s) {', '.join(missing)}; re-create it with dump-logits")
+    for k, v in _V1_DEFAULTS.items():
+        attrs.setdefault(k, v)
+    n, c = int(attrs["num_samples"]), int(attrs["num_classes"])
+    kind, k, views = str(attrs["targets"]), int(attrs["topk"]), int(attrs["num_views"])
+    try:
+        class_names = tuple(json.loads(attrs["class_names"]))
+        json.loads(attrs["config_json"])
+        policy = json.loads(attrs["view_policy_json"]) if attrs["view_policy_json"] else None
+    except (TypeError, ValueError):
+        raise CacheError(f"{path}: class_names/config_json/view_policy_json attributes are not valid JSON") from None
+    if kind not in TARGET_KINDS or not (0 <= k <= c) or (kind == "topk") != (k > 0) or views < 1 or \
+            (views > 1 and policy is None):
+        raise CacheError(f"{path}: inconsistent targets attributes (targets={kind!r}, topk={k}, num_views={views}); "
+                         f"{REDUMP}")
+    if len(class_names) != c:
+        raise CacheError(f"{path}: {len(class_names)} class names for {c} classes")
+    lead = (views,) if policy is not None else ()
+    want = {"labels": (n,), "indices": (n,), "sample_ids": (n,)}
+    if kind == "logits":
+        want["logits"] = (n, *lead, c)
+    else:
+        want.update(topk_logits=(n, *lead, k), topk_classes=(n, *lead, k), tail_logsumexp=(n, *lead),
+                    tail_mean=(n, *lead))
+    if policy is not None:
+        want["view_params"] = (n, views, len(policy.get("param_names", ())))
+    for name, shape in want.items():
+        if name not in f:
+            raise CacheError(f"{path} lacks the /{name} dataset; re-create it with dump-logits")
+        ds, spec = f[name], DATASETS[name]
+        if ds.shape != shape:
+            raise CacheError(f"{path}: /{name} has shape {ds.shape}, expected {shape}")
+        ok = LOGIT_DTYPES if spec.dtype == "logits" else (class_id_dtype(c),) if spec.dtype == "classes" else (spec.dtype,)
+        if str(ds.dtype) not in ok:
+            raise CacheError(f"{path}: /{name} has dtype {ds.dtype}, expected {' or '.join(ok)}")
+    values = f["logits" if kind == "logits" else "topk_logits"]
+    return CacheMeta(
+        path=path, schema_version=version, num_samples=n, num_classes=c, dataset=str(attrs["dataset"]),
+        split=str(attrs["split"]), dataset_num_samples=int(attrs["dataset_num_samples"]),
+        dataset_fingerprint=str(attrs["dataset_fingerprint"]), class_names=class_names,
+        teacher_arch=str(attrs["teacher_arch"]), teacher_sha256=str(attrs["teacher_sha256"]),
+        teacher_precision=str(attrs["teacher_precision"]), logits_dtype=str(values.dtype), targets=kind, topk=k,
+        num_views=views, view_policy=policy, content_sha256=attrs["content_sha256"] or None,
+        num_labelled=None if attrs["num_labelled"] is None else int(attrs["num_labelled"]),
+        normalization_mean=tuple(float(x) for x in np.atleast_1d(attrs["normalization_mean"])),
+        normalization_std=tuple(float(x) for x in np.atleast_1d(attrs["normalization_std"])), attrs=attrs,
+    )
+
+

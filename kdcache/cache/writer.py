@@ -1,0 +1,224 @@
+"""Writing a cache: block by block, in row order, to a temp file renamed into place when complete."""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import h5py
+import numpy as np
+
+from ..errors import CacheError
+from ..files import temp_path_for
+from ..samples import UNLABELLED
+from ..targets import Targets, TopK
+from .schema import (FORMAT_NAME, INDEX_DATASETS, LOGIT_DTYPES, PLAIN_SCHEMA_VERSION, ROOT_ATTRS, SCHEMA_VERSION,
+                     _to_numpy, check_values, chunk_rows_for, class_id_dtype, content_hash)
+
+
+class CacheWriter:
+    """Write a cache block by block, in row order, atomically.
+
+    Rows go to a hidden temp file in the target folder; on a clean exit the content hash
+    and the ``complete`` marker are set and the file is renamed over ``path``. On an error
+    (or a kill) the target is untouched and the temp file removed (or left hidden).
+
+        with CacheWriter(path, num_samples=N, num_classes=C, attrs=meta) as w:
+            w.write(0, logits, labels, indices, sample_ids)
+
+    ``topk`` > 0 stores the top-k encoding (dense logits given to ``write`` are encoded);
+    ``view_policy`` (a JSON-able dict with ``param_names``) with ``num_views`` stores V views
+    per row: ``write`` then takes logits (n, V, C) and ``view_params`` (n, V, P).
+    """
+
+    def __init__(self, path: str | os.PathLike, *, num_samples: int, num_classes: int, attrs: Mapping[str, Any],
+                 dtype: str = "float32", topk: int = 0, num_views: int = 1, view_policy: Mapping[str, Any] | None = None,
+                 overwrite: bool = False, chunk_rows: int | None = None, compression: str | None = None,
+                 file_format: str = FORMAT_NAME):
+        self.path = Path(path)
+        if dtype not in LOGIT_DTYPES:
+            raise CacheError(f"unsupported logits dtype {dtype!r}; choose one of: {', '.join(LOGIT_DTYPES)}")
+        if num_samples < 1 or num_classes < 2:
+            raise CacheError(f"a cache needs N >= 1 rows and C >= 2 classes, got N={num_samples}, C={num_classes}")
+        if not 0 <= topk <= num_classes:
+            raise CacheError(f"top-k must be in 1..{num_classes} (the number of classes), got {topk}")
+        if num_views < 1 or (num_views > 1 and view_policy is None):
+            raise CacheError(f"{num_views} views need a view policy (and at least 1 view)")
+        if self.path.is_dir():
+            raise CacheError(f"{self.path} is a directory; give a file path ending in .h5")
+        if self.path.exists() and not overwrite:
+            raise CacheError(f"{self.path} already exists; pass --overwrite to replace it")
+        self.num_samples, self.num_classes, self.dtype, self.topk = num_samples, num_classes, dtype, topk
+        self.kind = "topk" if topk else "logits"
+        self.view_policy = dict(view_policy) if view_policy is not None else None
+        self.num_views = num_views
+        self.lead = (num_views,) if self.view_policy is not None else ()  # the views axis, when there is one
+        self.param_width = len(self.view_policy["param_names"]) if self.view_policy is not None else 0
+        row_bytes = int(np.prod(self.lead or (1,))) * (topk or num_classes) * np.dtype(dtype).itemsize
+        self.chunk_rows = chunk_rows or chunk_rows_for(row_bytes, num_samples)
+        self.compression = compression  # None (default, see docs/cache-format.md) or "gzip" for measurements
+        self.attrs, self.file_format = dict(attrs), file_format
+        self._next, self._labelled = 0, 0
+        self._hashes: dict[str, Any] = {}
+        self._tmp: Path | None = None
+        self._f: h5py.File | None = None
+
+    def estimated_bytes(self) -> int:
+        """About how big the finished file will be (for a free-space check before writing)."""
+        per_row = 24 + int(np.prod(self.lead or (1,))) * (
+            (self.topk * (np.dtype(self.dtype).itemsize + np.dtype(class_id_dtype(self.num_classes)).itemsize) + 8)
+            if self.topk else self.num_classes * np.dtype(self.dtype).itemsize) + 4 * self.num_views * self.param_width
+        return self.num_samples * per_row + (1 << 20)  # + room for the last partial chunks and metadata
+
+    def _shapes(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        n, lead, k = self.num_samples, self.lead, self.topk
+        shapes = {"labels": ((n,), "int64"), "indices": ((n,), "int64"), "sample_ids": ((n,), "uint64")}
+        if self.kind == "logits":
+            shapes["logits"] = ((n, *lead, self.num_classes), self.dtype)
+        else:
+            shapes.update(topk_logits=((n, *lead, k), self.dtype), topk_classes=((n, *lead, k), class_id_dtype(self.num_classes)),
+                          tail_logsumexp=((n, *lead), "float32"), tail_mean=((n, *lead), "float32"))
+        if self.view_policy is not None:
+            shapes["view_params"] = ((n, self.num_views, self.param_width), "float32")
+        return shapes
+
+    def __enter__(self) -> "CacheWriter":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = temp_path_for(self.path)
+        # libver earliest..v110: readable by HDF5 1.8/1.10 tools and older h5py.
+        self._f = h5py.File(self._tmp, "w", libver=("earliest", "v110"))
+        index_rows = min(self.num_samples, max(self.chunk_rows, 4096))
+        for name, (shape, dtype) in self._shapes().items():
+            rows = index_rows if name in INDEX_DATASETS else self.chunk_rows
+            self._f.create_dataset(name, shape=shape, dtype=dtype, chunks=(rows, *shape[1:]), fletcher32=True,
+                                   compression=None if name in INDEX_DATASETS else self.compression)
+            self._hashes[name] = hashlib.sha256()
+        return self
+
+    def write(self, start: int, targets: Targets, labels: Any, indices: Any, sample_ids: Any,
+              view_params: Any = None) -> None:
+        """Write rows ``start .. start + n`` (in order); refuses NaN/Inf or implausible logits."""
+        assert self._f is not None, "use CacheWriter as a context manager"
+        if start != self._next:
+            raise CacheError(f"internal: rows must be written in order (expected row {self._next}, got {start})")
+        arrays = self._target_arrays(targets)
+        n = len(next(iter(arrays.values())))
+        stop = start + n
+        if stop > self.num_samples:
+            raise CacheError(f"internal: rows {start}:{stop} do not fit a cache of {self.num_samples} rows")
+        arrays.update(labels=_to_numpy(labels).astype(np.int64, copy=False),
+                      indices=_to_numpy(indices).astype(np.int64, copy=False),
+                      sample_ids=_to_numpy(sample_ids).astype(np.uint64, copy=False))
+        if self.view_policy is not None:
+            if view_params is None:
+                raise CacheError("internal: a cache with views needs view_params for every row")
+            arrays["view_params"] = _to_numpy(view_params).astype(np.float32, copy=False)
+        for name, (shape, _) in self._shapes().items():
+            if arrays[name].shape != (n, *shape[1:]):
+                raise CacheError(f"internal: /{name} block of shape {arrays[name].shape} does not fit rows {start}:{stop} "
+                                 f"of shape {shape}")
+        for name, arr in arrays.items():
+            arr = np.ascontiguousarray(arr, dtype=self._f[name].dtype)
+            self._f[name][start:stop] = arr
+            self._hashes[name].update(arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes())
+        self._labelled += int((arrays["labels"] != UNLABELLED).sum())
+        self._next = stop
+
+    def _target_arrays(self, targets: Targets) -> dict[str, np.ndarray]:
+        if self.kind == "logits":
+            if isinstance(targets, TopK):
+                raise CacheError("internal: a full-logit cache was given top-k targets")
+            with np.errstate(over="ignore"):  # overflow to inf is reported by check_values
+                z = _to_numpy(targets).astype(self.dtype, copy=False)
+            check_values("logits", z, self._next, self.path, self.dtype)
+            return {"logits": z}
+        if not isinstance(targets, TopK):
+            check_values("logits", _to_numpy(targets).astype(np.float32, copy=False), self._next, self.path)
+            targets = TopK.encode(_to_numpy(targets), self.topk)
+        if targets.k != self.topk or targets.num_classes != self.num_classes:
+            raise CacheError(f"internal: top-{targets.k} of {targets.num_classes} classes given to a top-{self.topk} "
+                             f"cache of {self.num_classes}")
+        with np.errstate(over="ignore"):
+            values = _to_numpy(targets.logits).astype(self.dtype, copy=False)
+        check_values("topk_logits", values, self._next, self.path, self.dtype)
+        return {"topk_logits": values, "topk_classes": _to_numpy(targets.classes),
+                "tail_logsumexp": _to_numpy(targets.tail_logsumexp).astype(np.float32),
+                "tail_mean": _to_numpy(targets.tail_mean).astype(np.float32)}
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        assert self._f is not None and self._tmp is not None
+        try:
+            if exc_type is None:
+                if self._next != self.num_samples:
+                    raise CacheError(f"internal: {self.num_samples - self._next} rows of {self.path} were never written")
+                self._write_attrs()
+                self._f.attrs["complete"] = np.int8(1)  # last: a reader trusts nothing without it
+                self._f.flush()
+            self._f.close()
+            if exc_type is None:
+                with open(self._tmp, "rb") as fh:
+                    os.fsync(fh.fileno())
+                os.replace(self._tmp, self.path)
+        finally:
+            if self._f:  # still open: closing failed (e.g. disk full); drop the handle, then the file
+                try:
+                    self._f.close()
+                except Exception:  # noqa: BLE001 - the original error is what the caller sees
+                    pass
+            if self._tmp.exists():
+                self._tmp.unlink()
+
+    def _write_attrs(self) -> None:
+        a = self.attrs
+        plain = self.kind == "logits" and self.view_policy is None
+        root = {
+            "format": self.file_format,
+            "schema_version": PLAIN_SCHEMA_VERSION if plain else SCHEMA_VERSION,
+            "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "num_samples": self.num_samples, "num_classes": self.num_classes, "logits_dtype": self.dtype,
+            "targets": self.kind, "topk": self.topk, "num_views": self.num_views,
+            "view_policy": self.view_policy["name"] if self.view_policy else "",
+            "view_policy_json": json.dumps(self.view_policy, sort_keys=True) if self.view_policy else "",
+            "num_labelled": self._labelled,
+            "content_sha256": content_hash({k: h.hexdigest() for k, h in self._hashes.items()}),
+            **{k: v for k, v in a.items() if k != "extra_config"},
+        }
+        if len(root["class_names"]) != self.num_classes:
+            raise CacheError(f"{len(root['class_names'])} class names for {self.num_classes} classes")
+        config = dict(root, **({"teacher_config": a["extra_config"]} if "extra_config" in a else {}))
+        for key, value in root.items():
+            if key == "class_names":
+                value = json.dumps(list(value))
+            elif key in ("normalization_mean", "normalization_std"):
+                value = np.asarray(value, dtype=np.float64)
+            elif isinstance(value, (dict, list, tuple)):
+                value = json.dumps(value, sort_keys=True, default=_json_default)
+            self._f.attrs[key] = value
+        self._f.attrs["config_json"] = json.dumps(config, sort_keys=True, default=_json_default)
+        missing = set(ROOT_ATTRS) - set(self._f.attrs) - {"complete"}
+        if missing:
+            raise CacheError(f"internal: cache attributes missing: {sorted(missing)}")
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, (tuple, np.ndarray)):
+        return list(o)
+    return str(o)
+
+
+def write_cache(path: str | os.PathLike, logits: Targets, labels: Any, indices: Any, sample_ids: Any,
+                attrs: Mapping[str, Any], dtype: str = "float32", overwrite: bool = False, **kw: Any) -> Path:
+    """Write a whole cache at once (see CacheWriter; ``kw``: topk, num_views, view_policy, view_params). Returns the path."""
+    view_params = kw.pop("view_params", None)
+    n = len(logits)
+    c = logits.num_classes if isinstance(logits, TopK) else _to_numpy(logits).shape[-1]
+    with CacheWriter(path, num_samples=n, num_classes=c, attrs=attrs, dtype=dtype, overwrite=overwrite, **kw) as w:
+        w.write(0, logits, labels, indices, sample_ids, view_params=view_params)
+    return Path(path)
+
+

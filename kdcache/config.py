@@ -1,0 +1,74 @@
+"""Configuration as data: frozen dataclasses, with every default in this one module.
+
+The CLI maps flags onto these fields (its defaults are read from here), the jobs take
+them as arguments, and checkpoints store their resolved values, so an artifact says how
+it was made and can be reused only when the configuration asked for is the same.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+
+from .errors import ConfigError
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("onecycle", "cosine", "constant")
+PRECISIONS = ("fp32", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings shared by teacher and student training."""
+
+    epochs: int = 5
+    batch_size: int = 128  # global batch: split across ranks under torchrun
+    lr: float = 0.05  # peak learning rate
+    optimizer: str = "sgd"  # sgd (momentum 0.9, nesterov) | adamw
+    schedule: str = "onecycle"  # onecycle | cosine | constant
+    weight_decay: float = 5e-4
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "fp32"  # fp32 | bf16 (autocast + channels_last)
+
+    def __post_init__(self) -> None:
+        for name, value, choices in (("optimizer", self.optimizer, OPTIMIZERS), ("schedule", self.schedule, SCHEDULES),
+                                     ("precision", self.precision, PRECISIONS), ("device", self.device, DEVICES)):
+            if value not in choices:
+                raise ConfigError(f"unknown {name} {value!r}; choose one of: {', '.join(choices)}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError(f"epochs and batch size must be >= 1, got {self.epochs} and {self.batch_size}")
+        if not (self.lr > 0 and math.isfinite(self.lr)) or self.weight_decay < 0:
+            raise ConfigError(f"learning rate must be > 0 and weight decay >= 0, got {self.lr} and {self.weight_decay}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# The defaults of each role, used by the CLI, the pipeline, the sweep and the benchmarks.
+TEACHER_TRAIN = TrainConfig(epochs=5, batch_size=128, lr=0.05, precision="bf16")  # bf16: 2.4x faster on AVX-512 CPUs
+STUDENT_TRAIN = TrainConfig(epochs=10, batch_size=128, lr=0.02, precision="fp32")  # lr 0.05 diverged with KD on 5k
+PIPELINE_TEACHER = replace(TEACHER_TRAIN, epochs=3)  # the main job's ~10-minute budget
+
+TEACHER_ARCH = "teacher-cnn"
+STUDENT_ARCH = "student-cnn"
+DEFAULT_DATASET = "fashion-mnist"
+DEFAULT_DATA_DIR = "data"
+DEFAULT_TEMPERATURE = 4.0
+DEFAULT_ALPHA = 0.5
+DUMP_BATCH_SIZE = 1000
+CACHE_MEMORY_LIMIT_MB = 2048.0  # caches bigger than this (as float32) are streamed from disk
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the training data comes from."""
+
+    dataset: str = DEFAULT_DATASET
+    data_dir: str = DEFAULT_DATA_DIR
+    limit: int | None = None  # first N training samples
+    eval_limit: int | None = None  # first N test samples (quick runs)
+    download: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
