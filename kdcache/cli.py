@@ -36,7 +36,11 @@ def data_options(f: Callable) -> Callable:
     f = click.option("--download", is_flag=True, help="Download the dataset with torchvision if missing (needs internet).")(f)
     f = click.option("--eval-limit", type=click.IntRange(min=1), default=None,
                      help="Evaluate on only the first N test samples (quick runs).")(f)
-    f = click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N training samples.")(f)
+    f = click.option("--val-size", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="Hold out the last N training samples as a validation split (never trained on; "
+                          "evaluated every epoch, for choosing configurations).")(f)
+    f = click.option("--limit", type=click.IntRange(min=1), default=None,
+                     help="Use only the first N training samples (after --val-size are held out).")(f)
     f = click.option("--data-dir", default="data", show_default=True, type=click.Path(file_okay=False),
                      help="Folder that holds the datasets.")(f)
     return click.option("--dataset", default="fashion-mnist", show_default=True, help=DATASET_HELP)(f)
@@ -76,7 +80,7 @@ def _data_config(kw: dict[str, Any]):
     from .config import DataConfig
 
     return DataConfig(dataset=kw.pop("dataset"), data_dir=kw.pop("data_dir"), limit=kw.pop("limit"),
-                      eval_limit=kw.pop("eval_limit"), download=kw.pop("download"))
+                      eval_limit=kw.pop("eval_limit"), download=kw.pop("download"), val_size=kw.pop("val_size"))
 
 
 def teacher_factory_options(f: Callable) -> Callable:
@@ -305,13 +309,16 @@ def pipeline_cmd(quiet: bool, json_out: str | None, **kw: Any) -> None:
 @click.option("--data-dir", default="data", show_default=True, type=click.Path(file_okay=False))
 @click.option("--eval-limit", type=click.IntRange(min=1), default=None,
               help="Evaluate on only the first N test samples (quick runs).")
+@click.option("--val-size", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Hold out the last N training samples as a validation split; the report picks configurations on it.")
 @train_options(STUDENT_TRAIN)
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads for torch (default: torch's choice; 1 is fastest on cores shared with other jobs).")
 @click.option("--no-report", is_flag=True, help="Do not write the report at the end.")
 @quiet_option
 def sweep_cmd(cache: str, temperatures: str, alphas: str, seeds: int, limits: str | None, out: str, arch: str,
-              dataset: str, data_dir: str, eval_limit: int | None, threads: int | None, no_report: bool, quiet: bool,
+              dataset: str, data_dir: str, eval_limit: int | None, val_size: int, threads: int | None, no_report: bool,
+              quiet: bool,
               **kw: Any) -> None:
     """Train a student for every (limit, T, alpha, seed) plus the labels-only baseline, from one cache.
 
@@ -326,7 +333,7 @@ def sweep_cmd(cache: str, temperatures: str, alphas: str, seeds: int, limits: st
                      seeds=tuple(range(first, first + seeds)),
                      limits=parse_numbers(limits, "--limit", int) if limits else ())
     cfg = _train_config(kw)
-    data_cfg = DataConfig(dataset=dataset, data_dir=data_dir, eval_limit=eval_limit)
+    data_cfg = DataConfig(dataset=dataset, data_dir=data_dir, eval_limit=eval_limit, val_size=val_size)
     r = run_sweep(out, cache, grid, arch=arch, data_cfg=data_cfg, cfg=cfg, progress=not quiet, report=not no_report,
                   threads=threads)
     summary(quiet, f"sweep: {r['ran']} runs trained, {r['skipped']} already done, {r['total']} in all, "

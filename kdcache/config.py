@@ -66,9 +66,14 @@ class DataConfig:
 
     dataset: str = DEFAULT_DATASET
     data_dir: str = DEFAULT_DATA_DIR
-    limit: int | None = None  # first N training samples
+    limit: int | None = None  # first N training samples (after the validation samples are set aside)
     eval_limit: int | None = None  # first N test samples (quick runs)
     download: bool = False
+    val_size: int = 0  # the last N samples of the train split: never trained on, for choosing configurations
+
+    def __post_init__(self) -> None:
+        if self.val_size < 0:
+            raise ConfigError(f"--val-size must be >= 0, got {self.val_size}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -91,6 +91,22 @@ def _load_full(name: str, split: str, root: str, download: bool) -> ImageData:
                      info=info)
 
 
+def load_train_val(name: str, root: str | os.PathLike, limit: int | None, val_size: int,
+                   download: bool = False) -> tuple[ImageData, ImageData | None]:
+    """The training samples and the validation samples of a train split.
+
+    Validation is the last ``val_size`` samples of the split, so it never overlaps the
+    training samples, which are the first ``limit`` of the rest (all of the rest for None).
+    """
+    full = load_dataset(name, "train", root, None, download)
+    if val_size == 0:
+        return full.head(limit), None
+    if val_size >= len(full):
+        raise ConfigError(f"--val-size {val_size} leaves no training samples ({name} train has {len(full)})")
+    keep = len(full) - val_size
+    return full.take(slice(0, keep)).head(limit), full.take(slice(keep, len(full)))
+
+
 def load_dataset(
     name: str = "fashion-mnist", split: str = "train", root: str | os.PathLike = "data",
     limit: int | None = None, download: bool = False,

@@ -22,7 +22,7 @@ from .batches import Batch, BatchSource, MemoryBatches
 from .cache import LogitCache, open_cache
 from .checkpoint import check_model_fits_data, load_checkpoint, model_config, read_checkpoint, save_checkpoint
 from .config import CACHE_MEMORY_LIMIT_MB, STUDENT_ARCH, STUDENT_TRAIN, TEACHER_ARCH, TEACHER_TRAIN, DataConfig, TrainConfig
-from .data import load_dataset
+from .data import load_dataset, load_train_val
 from .device import resolve_device
 from .ensemble import ENSEMBLE_METHODS, check_members, combine_logits
 from .errors import CheckpointError, ConfigError
@@ -77,38 +77,48 @@ def _train_and_save(role: str, arch: str, train_data: ImageData, data_cfg: DataC
     metrics_out = check_output(metrics_path_for(out), overwrite)
     device = resolve_device(cfg.device)
     test_data = load_dataset(data_cfg.dataset, "test", data_cfg.data_dir, data_cfg.eval_limit, data_cfg.download)
+    val_data = _val_data(data_cfg)
     info = train_data.info
     torch.manual_seed(cfg.seed)
     model = build_model(arch, info.in_channels, info.num_classes, info.image_size)
     batches = make_batches(device)
     t0 = time.perf_counter()
     try:
-        history = fit(model, batches, loss_fn, cfg, eval_data=test_data, progress=progress, desc=f"{role} {arch}")
+        history = fit(model, batches, loss_fn, cfg, eval_data=val_data if val_data is not None else test_data,
+                      eval_name="val" if val_data is not None else "test", progress=progress, desc=f"{role} {arch}")
     finally:
         close = getattr(batches, "close", None)
         if close is not None:
             close()
     seconds = time.perf_counter() - t0
     final = evaluate(model, test_data, device=device, precision="fp32")
+    val = None if val_data is None else evaluate(model, val_data, device=device, precision="fp32")
     config = {
         **model_config(arch, info), "role": role, "train": cfg.to_dict(), "limit": data_cfg.limit,
         "num_train_samples": len(train_data), "epochs": cfg.epochs, "seed": cfg.seed,
         "test_accuracy": final["accuracy"], "test_loss": final["loss"], "eval_limit": data_cfg.eval_limit,
+        "val_size": data_cfg.val_size, "val_accuracy": None if val is None else val["accuracy"],
         "train_seconds": seconds, "kdcache_version": __version__, "torch_version": str(torch.__version__),
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **extra,
         "request": request,
     }
     save_checkpoint(out, model.cpu(), config, overwrite=True)
     result = {"checkpoint": str(out), "metrics": str(metrics_out), "config": config, "history": history,
-              "test": final, "parameters": count_parameters(model), "seconds": seconds, "reused": False}
+              "test": final, "val": val, "parameters": count_parameters(model), "seconds": seconds, "reused": False}
     write_json(metrics_out, result)
     return result
+
+
+def _val_data(data_cfg: DataConfig) -> ImageData | None:
+    return load_train_val(data_cfg.dataset, data_cfg.data_dir, data_cfg.limit, data_cfg.val_size,
+                          data_cfg.download)[1]
 
 
 def _request(role: str, arch: str, data: ImageData, data_cfg: DataConfig, cfg: TrainConfig, **more: Any) -> dict:
     train = {k: v for k, v in cfg.to_dict().items() if k != "device"}  # the device does not change the result
     return {"role": role, "arch": arch, "dataset": data.info.name, "dataset_fingerprint": data.info.fingerprint,
-            "limit": data_cfg.limit, "eval_limit": data_cfg.eval_limit, "train": train, **more}
+            "limit": data_cfg.limit, "val_size": data_cfg.val_size, "eval_limit": data_cfg.eval_limit,
+            "train": train, **more}
 
 
 def train_teacher(out: str | os.PathLike, *, arch: str = TEACHER_ARCH, data_cfg: DataConfig = DataConfig(),
@@ -119,7 +129,7 @@ def train_teacher(out: str | os.PathLike, *, arch: str = TEACHER_ARCH, data_cfg:
     ``reuse``: return an existing ``out`` trained with the same request instead (find_reusable).
     """
     build_model(arch)  # unknown arch fails before any data is read
-    data = load_dataset(data_cfg.dataset, "train", data_cfg.data_dir, data_cfg.limit, data_cfg.download)
+    data, _ = load_train_val(data_cfg.dataset, data_cfg.data_dir, data_cfg.limit, data_cfg.val_size, data_cfg.download)
 
     def batches(device: torch.device) -> BatchSource:
         return MemoryBatches(data, cfg.batch_size, shuffle=True, seed=cfg.seed, device=device,
@@ -165,7 +175,7 @@ def train_student(out: str | os.PathLike, *, caches: Sequence[str | os.PathLike]
         raise ConfigError(f"unknown ensemble method {ensemble!r}; choose one of: {', '.join(ENSEMBLE_METHODS)}")
     if alpha > 0 and not caches:
         raise ConfigError("alpha > 0 distils from a teacher: pass --cache (or use --alpha 0 for labels only)")
-    data = load_dataset(data_cfg.dataset, "train", data_cfg.data_dir, data_cfg.limit, data_cfg.download)
+    data, _ = load_train_val(data_cfg.dataset, data_cfg.data_dir, data_cfg.limit, data_cfg.val_size, data_cfg.download)
     opened = [open_cache(p) for p in caches]
     try:
         records = [cache_record(c) for c in opened]

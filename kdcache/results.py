@@ -17,7 +17,7 @@ from .files import write_json, write_text_atomic
 RESULTS_JSON = "results.json"
 RESULTS_CSV = "results.csv"
 RESULTS_FORMAT = "kdcache-sweep"
-CSV_COLUMNS = ("key", "limit", "temperature", "alpha", "seed", "epochs", "test_accuracy", "test_loss",
+CSV_COLUMNS = ("key", "limit", "temperature", "alpha", "seed", "epochs", "val_accuracy", "test_accuracy", "test_loss",
                "train_seconds", "eval_samples", "error")
 
 

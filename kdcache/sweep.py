@@ -120,7 +120,7 @@ def sweep_settings(cache: str | os.PathLike, arch: str, data_cfg: DataConfig, cf
     with open_cache(cache) as c:
         content = cache_record(c)["content_sha256"]
     return {"cache_content_sha256": content, "arch": arch, "dataset": data_cfg.dataset,
-            "eval_limit": data_cfg.eval_limit, "train": train}
+            "eval_limit": data_cfg.eval_limit, "val_size": data_cfg.val_size, "train": train}
 
 
 def teacher_summary(cache: str | os.PathLike) -> dict[str, Any]:
@@ -142,6 +142,7 @@ def _check_same_settings(path: Path, old: dict[str, Any], new: dict[str, Any]) -
 
 def _row(spec: RunSpec, r: dict[str, Any]) -> dict[str, Any]:
     return {"key": spec.key, **asdict(spec), "test_accuracy": r["test"]["accuracy"], "test_loss": r["test"]["loss"],
+            "val_accuracy": r["val"]["accuracy"] if r.get("val") else None,
             "train_seconds": round(r["seconds"], 3), "eval_samples": r["test"]["num_samples"],
             "checkpoint": r["checkpoint"], "history": r["history"]}
 
@@ -164,11 +165,13 @@ def run_sweep(out_dir: str | os.PathLike, cache: str | os.PathLike, grid: SweepG
     Returns counts (ran, skipped, total), the table path and, with ``report``, the report's paths.
     """
     meta = read_meta(cache)  # a missing or broken cache fails here, before anything is written
-    limits = grid.limits or (meta.num_samples,)
-    too_many = [n for n in limits if n > meta.num_samples]
+    available = min(meta.num_samples, meta.dataset_num_samples - data_cfg.val_size)  # trainable rows
+    limits = grid.limits or (available,)
+    too_many = [n for n in limits if n > available]
     if too_many:
-        raise ConfigError(f"--limit {too_many[0]} is more than the {meta.num_samples} rows in {cache}; "
-                          f"use limits <= {meta.num_samples}")
+        held = f" once --val-size {data_cfg.val_size} are held out" if data_cfg.val_size else ""
+        raise ConfigError(f"--limit {too_many[0]} is more than the {available} training rows of {cache}{held}; "
+                          f"use limits <= {available}")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a folder")

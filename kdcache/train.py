@@ -100,10 +100,11 @@ def evaluate(model: nn.Module, data: ImageData, *, batch_size: int = 1000, devic
 
 def fit(model: nn.Module, batches: BatchSource, loss_fn: LossFn, cfg: TrainConfig, *,
         eval_data: ImageData | None = None, progress: bool = False, desc: str = "train",
-        on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
+        on_epoch: Callable[[dict], None] | None = None, eval_name: str = "test") -> list[dict]:
     """Train for ``cfg.epochs``; returns one metrics dict per epoch (train and, if given, eval).
 
-    ``on_epoch(row)`` is called after each epoch (the CLI prints one line per epoch with it).
+    ``eval_name`` prefixes the evaluation's keys (``test_accuracy``, or ``val_accuracy`` when
+    the per-epoch evaluation is on a validation split). ``on_epoch(row)`` is called after each epoch.
     """
     device = resolve_device(cfg.device)
     model.to(device)
@@ -119,7 +120,7 @@ def fit(model: nn.Module, batches: BatchSource, loss_fn: LossFn, cfg: TrainConfi
                "train_seconds": time.perf_counter() - t0}
         if eval_data is not None:
             ev = evaluate(model, eval_data, device=device, precision=cfg.precision)
-            row.update(test_loss=ev["loss"], test_accuracy=ev["accuracy"])
+            row.update({f"{eval_name}_loss": ev["loss"], f"{eval_name}_accuracy": ev["accuracy"]})
         history.append(row)
         if on_epoch is not None:
             on_epoch(row)

@@ -54,3 +54,15 @@ def test_errors(tmp_path):
         load_dataset("fashion-mnist", "val")
     with pytest.raises(DataError, match="scripts/get-data.sh"):
         load_dataset("mnist", "train", tmp_path)
+
+
+def test_validation_is_held_out_from_the_end_of_the_train_split(data_dir):
+    from kdcache.data import load_train_val
+
+    train, val = load_train_val("fashion-mnist", data_dir, limit=300, val_size=5000)
+    assert len(train) == 300 and len(val) == 5000
+    assert train.indices[-1] == 299 and val.indices[0] == 55000 and val.indices[-1] == 59999
+    whole, none = load_train_val("fashion-mnist", data_dir, limit=None, val_size=5000)
+    assert none is not None and len(whole) == 55000 and whole.indices.max() == 54999  # never overlaps
+    with pytest.raises(ConfigError, match="leaves no training samples"):
+        load_train_val("fashion-mnist", data_dir, limit=None, val_size=60000)

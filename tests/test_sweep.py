@@ -97,7 +97,7 @@ def test_resume_with_other_settings_is_refused(finished, cache, data_dir):
     ("--alpha", " , ", "--alpha: empty list"),
     ("--limit", "100,abc", "--limit: 'abc' is not a whole number"),
     ("--limit", "0", "--limit: every limit must be a whole number >= 1"),
-    ("--limit", "100000", "--limit 100000 is more than the 300 rows"),
+    ("--limit", "100000", "--limit 100000 is more than the 300 training rows"),
 ])
 def test_bad_lists_are_refused_before_anything_is_written(cache, data_dir, tmp_path, option, value, message):
     out = tmp_path / "bad"
