@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -95,23 +95,54 @@ class SweepGrid:
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One student: ``temperature`` is None for the labels-only baseline (alpha = 0)."""
+    """One student: ``temperature`` is None for the labels-only baseline (alpha = 0).
+
+    ``condition`` names a setting beyond the grid axes (e.g. "transfer", "views K=4") and
+    ``options`` holds it: ``train_student`` keyword arguments as sorted (name, value) pairs of
+    JSON values (``caches`` replaces the sweep's cache). The plain T x alpha grid has neither.
+    Benchmarks build lists of these for their tables and run them with ``run_sweep``.
+    """
 
     limit: int
     temperature: float | None
     alpha: float
     seed: int
     epochs: int
+    condition: str = ""
+    options: tuple = ()
+
+    @staticmethod
+    def make(limit: int, temperature: float | None, alpha: float, seed: int, epochs: int, condition: str = "",
+             **options: Any) -> "RunSpec":
+        return RunSpec(limit, temperature, alpha, seed, epochs, condition,
+                       tuple(sorted((k, _freeze(v)) for k, v in options.items())))
+
+    @property
+    def options_dict(self) -> dict[str, Any]:
+        return {k: _thaw(v) for k, v in self.options}
 
     @property
     def key(self) -> str:
         t = "-" if self.temperature is None else f"{self.temperature:g}"
-        return f"n{self.limit}_T{t}_a{self.alpha:g}_s{self.seed}_e{self.epochs}"
+        prefix = "".join(ch if ch.isalnum() or ch in "-." else "-" for ch in self.condition) + "_" if self.condition else ""
+        return f"{prefix}n{self.limit}_T{t}_a{self.alpha:g}_s{self.seed}_e{self.epochs}"
+
+    def to_row(self) -> dict[str, Any]:
+        return {"key": self.key, "limit": self.limit, "temperature": self.temperature, "alpha": self.alpha,
+                "seed": self.seed, "epochs": self.epochs, "condition": self.condition, "options": self.options_dict}
 
     def cost(self, eval_samples: int) -> float:
         """Relative compute, for the time-left estimate (measured on CPU: for this small student a
         test sample in the per-epoch evaluation costs about as much as a training sample)."""
         return self.epochs * (self.limit + eval_samples)
+
+
+def _freeze(v: Any) -> Any:
+    return tuple(_freeze(x) for x in v) if isinstance(v, (list, tuple)) else v
+
+
+def _thaw(v: Any) -> Any:
+    return [_thaw(x) for x in v] if isinstance(v, tuple) else v
 
 
 def sweep_settings(cache: str | os.PathLike, arch: str, data_cfg: DataConfig, cfg: TrainConfig) -> dict[str, Any]:
@@ -141,7 +172,7 @@ def _check_same_settings(path: Path, old: dict[str, Any], new: dict[str, Any]) -
 
 
 def _row(spec: RunSpec, r: dict[str, Any]) -> dict[str, Any]:
-    return {"key": spec.key, **asdict(spec), "test_accuracy": r["test"]["accuracy"], "test_loss": r["test"]["loss"],
+    return {**spec.to_row(), "test_accuracy": r["test"]["accuracy"], "test_loss": r["test"]["loss"],
             "val_accuracy": r["val"]["accuracy"] if r.get("val") else None,
             "train_seconds": round(r["seconds"], 3), "eval_samples": r["test"]["num_samples"],
             "checkpoint": r["checkpoint"], "history": r["history"]}
@@ -154,19 +185,20 @@ def _time_left(seconds: float, done_cost: float, left_cost: float) -> str:
     return f"time left {s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
-def run_sweep(out_dir: str | os.PathLike, cache: str | os.PathLike, grid: SweepGrid, *, arch: str = STUDENT_ARCH,
-              data_cfg: DataConfig = DataConfig(), cfg: TrainConfig = STUDENT_TRAIN, progress: bool = False,
-              report: bool = True, threads: int | None = None) -> dict[str, Any]:
-    """Train every run of ``grid`` not yet in ``out_dir``'s table, saving the table after each.
+def run_sweep(out_dir: str | os.PathLike, cache: str | os.PathLike, grid: SweepGrid | Sequence[RunSpec], *,
+              arch: str = STUDENT_ARCH, data_cfg: DataConfig = DataConfig(), cfg: TrainConfig = STUDENT_TRAIN,
+              progress: bool = False, report: bool = True, threads: int | None = None) -> dict[str, Any]:
+    """Train every run of ``grid`` (or every RunSpec given) not yet in ``out_dir``'s table, saving the table after each.
 
-    ``cfg.epochs`` applies to every run; ``cfg.seed`` is replaced by each of ``grid.seeds``.
-    ``data_cfg.limit`` is ignored: ``grid.limits`` (default: all cached rows) sets it per run.
+    With a grid, ``cfg.epochs`` applies to every run and ``grid.limits`` (default: all
+    trainable rows of the cache) sets the training samples; each RunSpec carries its own
+    limit, epochs, seed and options. ``cfg.seed`` and ``data_cfg.limit`` are always replaced.
     ``threads`` sets torch's CPU threads for the sweep (1 is fastest on cores shared with other jobs).
     Returns counts (ran, skipped, total), the table path and, with ``report``, the report's paths.
     """
     meta = read_meta(cache)  # a missing or broken cache fails here, before anything is written
     available = min(meta.num_samples, meta.dataset_num_samples - data_cfg.val_size)  # trainable rows
-    limits = grid.limits or (available,)
+    limits = (grid.limits or (available,)) if isinstance(grid, SweepGrid) else sorted({s.limit for s in grid})
     too_many = [n for n in limits if n > available]
     if too_many:
         held = f" once --val-size {data_cfg.val_size} are held out" if data_cfg.val_size else ""
@@ -183,7 +215,14 @@ def run_sweep(out_dir: str | os.PathLike, cache: str | os.PathLike, grid: SweepG
         results = {"format": RESULTS_FORMAT, "version": 1, "cache": str(cache), "settings": settings,
                    "teacher": teacher_summary(cache), "rows": []}
     done = {row["key"] for row in results["rows"]}
-    specs = grid.runs(limits, cfg.epochs)
+    specs = grid.runs(limits, cfg.epochs) if isinstance(grid, SweepGrid) else list(grid)
+    if len({s.key for s in specs}) != len(specs):
+        raise ConfigError("two runs of the sweep share a key (same condition, limit, T, alpha, seed, epochs)")
+    finished = {row["key"]: row for row in results["rows"]}
+    for s in specs:
+        if s.key in finished and finished[s.key].get("options", {}) != s.options_dict:
+            raise ConfigError(f"{out / RESULTS_JSON} holds run {s.key} made with other options "
+                              f"({finished[s.key].get('options')}); use a new --out")
     todo = [s for s in specs if s.key not in done]
     eval_n = data_cfg.eval_limit or 10_000
     left_cost = sum(s.cost(eval_n) for s in todo)
@@ -214,17 +253,20 @@ def _run_all(out: Path, cache: str | os.PathLike, todo: list[RunSpec], results: 
     done_cost, t_start = 0.0, time.perf_counter()
     for spec in todo:
         bar.set_description_str(f"sweep {spec.key}")
+        options = spec.options_dict
+        caches = options.pop("caches", [] if spec.alpha == 0 else [cache])
+        options.setdefault("arch", arch)
         try:
-            r = train_student(out / "runs" / f"{spec.key}.pt", caches=[] if spec.alpha == 0 else [cache],
-                              temperature=spec.temperature or 1.0, alpha=spec.alpha, arch=arch,
-                              data_cfg=replace(data_cfg, limit=spec.limit), cfg=replace(cfg, seed=spec.seed),
-                              overwrite=True)  # a checkpoint without a table row is from an interrupted run
+            r = train_student(out / "runs" / f"{spec.key}.pt", caches=caches, temperature=spec.temperature or 1.0,
+                              alpha=spec.alpha, data_cfg=replace(data_cfg, limit=spec.limit),
+                              cfg=replace(cfg, seed=spec.seed, epochs=spec.epochs),
+                              overwrite=True, **options)  # a checkpoint without a table row is from an interrupted run
             row = _row(spec, r)
         except ConfigError as e:
             if not str(e).startswith(DIVERGED):
                 raise
             # A diverged run is a result (this T/alpha is unstable at this lr), not a reason to stop the sweep.
-            row = {"key": spec.key, **asdict(spec), "test_accuracy": None, "test_loss": None, "error": str(e)}
+            row = {**spec.to_row(), "test_accuracy": None, "test_loss": None, "error": str(e)}
         results["rows"].append(row)
         save_results(out, results)
         done_cost += spec.cost(eval_n)

@@ -60,9 +60,9 @@ def test_report_files(tmp_path):
         img = matplotlib.image.imread(tmp_path / name)
         assert img.ndim == 3 and img.shape[1] > 800  # two panels side by side
     md = (tmp_path / "report.md").read_text()
-    assert "| 500 | 2 | 90.00% | 71.00 ± 1.41% | 81.00 ± 1.41% | T=4, alpha=0.9 | +10.00 pp | 53% |" in md
-    assert "| 6,000 | 2 | 90.00% | 85.00% | 84.00% | T=4, alpha=0.9 | -1.00 pp | -20% |" in md  # 1 seed: no ±
-    assert "| 1 | 4 | 1 | 78.00% | +7.00 pp |" in md  # the soft-targets-only row
+    assert "| - | 500 | 2 | 90.00% | 71.00 ± 1.41% | 81.00 ± 1.41% | T=4, alpha=0.9 | test | +10.00 pp | 53% |" in md
+    assert "| - | 6,000 | 2 | 90.00% | 85.00% | 84.00% | T=4, alpha=0.9 | test | -1.00 pp | -20% |" in md  # no ±
+    assert "| 1 | 4 | 1 | - | 78.00% | +7.00 pp |" in md  # the soft-targets-only row
 
 
 def test_report_refuses_a_folder_without_a_table(tmp_path):
@@ -88,3 +88,24 @@ def test_diverged_runs_are_listed_not_averaged(tmp_path):
     write_report(tmp_path)
     md = (tmp_path / "report.md").read_text()
     assert "## Runs that diverged" in md and "training diverged (loss nan)" in md
+
+
+def test_best_is_picked_on_validation_when_every_run_has_one():
+    """With a validation split, the pick follows validation accuracy even where test accuracy disagrees."""
+    rows = [dict(r) for r in ROWS[:6]]
+    for r in rows:  # T=1 looks best on validation, T=4 on test
+        r["val_accuracy"] = 0.9 if r["temperature"] == 1.0 else 0.5
+        r["condition"] = "views K=4"
+    (g,) = summarize(rows)
+    assert g.picked_on == "validation" and g.condition == "views K=4"
+    assert (g.best.alpha, g.best.temperature) == (0.9, 1.0) and g.best.mean == pytest.approx(0.75)
+    assert g.best.val_mean == pytest.approx(0.9)
+    rows[2]["val_accuracy"] = None  # one run without validation: fall back to test, and say so
+    (g,) = summarize(rows)
+    assert g.picked_on == "test" and g.best.temperature == 4.0
+
+
+def test_conditions_are_separate_groups_in_order_of_appearance():
+    rows = [dict(r, condition=c) for c in ("labels only", "transfer") for r in ROWS[:2]]
+    groups = summarize(rows)
+    assert [g.condition for g in groups] == ["labels only", "transfer"]

@@ -127,3 +127,32 @@ def test_grid_plan_and_keys():
     assert runs[0] == RunSpec(100, None, 0.0, 0, 3) and runs[0].key == "n100_T-_a0_s0_e3"
     assert runs[1].key == "n100_T1_a0.5_s0_e3"
     assert len({r.key for r in runs}) == len(runs)
+
+
+def test_runspec_conditions_and_options_make_distinct_keys():
+    a = RunSpec.make(5000, 4.0, 0.9, 0, 10, "transfer", labels_limit=5000, caches=["a.h5"])
+    b = RunSpec.make(5000, 4.0, 0.9, 0, 10)
+    assert a.key == "transfer_n5000_T4_a0.9_s0_e10" and b.key == "n5000_T4_a0.9_s0_e10"
+    assert a.options_dict == {"caches": ["a.h5"], "labels_limit": 5000} and hash(a)  # frozen, hashable
+    assert a.to_row()["options"] == {"caches": ["a.h5"], "labels_limit": 5000}
+
+
+def test_explicit_runs_with_options_and_a_validation_split(cache, data_dir, tmp_path):
+    from kdcache.config import DataConfig, TrainConfig
+    from kdcache.sweep import run_sweep
+
+    specs = [RunSpec.make(200, None, 0.0, 0, 1, "plain"), RunSpec.make(200, 4.0, 0.9, 0, 1, "ensemble",
+                                                                       caches=[str(cache), str(cache)])]
+    data_cfg = DataConfig(data_dir=str(data_dir), eval_limit=100, val_size=50)
+    r = run_sweep(tmp_path / "x", cache, specs, data_cfg=data_cfg, cfg=TrainConfig(epochs=1, batch_size=64), report=False)
+    assert (r["ran"], r["total"]) == (2, 2)
+    rows = load_results(tmp_path / "x")["rows"]
+    assert [row["condition"] for row in rows] == ["plain", "ensemble"]
+    assert all(0 <= row["val_accuracy"] <= 1 for row in rows)
+    import torch
+    config = torch.load(rows[1]["checkpoint"], weights_only=True)["config"]
+    assert config["ensemble"] == "mean-probs" and len(config["caches"]) == 2
+    with pytest.raises(ConfigError, match="made with other options"):
+        other = [specs[0], RunSpec.make(200, 4.0, 0.9, 0, 1, "ensemble", caches=[str(cache)])]
+        run_sweep(tmp_path / "x", cache, other, data_cfg=data_cfg, cfg=TrainConfig(epochs=1, batch_size=64),
+                  report=False)
