@@ -5,6 +5,11 @@ has none) and, when distilling, the teacher's soft targets for exactly those ima
 (kdcache.targets: full logits or top-k). ``MemoryBatches`` slices everything from
 in-memory tensors with one index per batch; kdcache.reader streams the targets of
 caches bigger than memory instead.
+
+With a ``ViewPlan`` (kdcache.augment) a source augments its images: it replays the
+cache's stored views (each epoch every row shows one of its views, and the batch carries
+that view's targets), or draws fresh parameters each epoch (plain random augmentation).
+Without one, the code path is the plain one, unchanged.
 """
 from __future__ import annotations
 
@@ -14,7 +19,8 @@ from typing import Iterator, Protocol
 
 import torch
 
-from .samples import ImageData, batch_order, normalize
+from .augment import ViewPlan
+from .samples import ImageData, batch_order, normalize, standardize, to_unit
 from .targets import Targets, as_tensors, to_float
 
 
@@ -30,16 +36,28 @@ class BatchSource(Protocol):
     def __len__(self) -> int: ...
 
 
+def pick_views(targets: Targets, views: torch.Tensor) -> Targets:
+    """Targets (n, V, ...) -> (n, ...): row i's view ``views[i]`` (full logits or TopK alike)."""
+    return targets[(torch.arange(len(views), device=views.device), views)]
+
+
+def view_images(images: torch.Tensor, params: torch.Tensor, plan: ViewPlan, mean, std) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> the views with ``params`` (B, P), standardised: augment in [0, 1], then standardise."""
+    return standardize(plan.policy.apply(to_unit(images), params), mean, std)
+
+
 class MemoryBatches:
     """Whole batches sliced from in-memory tensors; one fresh permutation per epoch.
 
     ``teacher_logits`` (N, C) or a TopK of N rows, when given, must be row-aligned with
     ``data`` and is sliced with the same indices, so each image meets its own targets.
+    With ``views`` replaying stored views, ``teacher_logits`` holds every view, (N, V, C),
+    and each epoch's batches carry the targets of the view their images show.
     """
 
     def __init__(self, data: ImageData, batch_size: int, *, shuffle: bool = True, seed: int = 0,
                  device: torch.device | str = "cpu", teacher_logits: Targets | None = None,
-                 channels_last: bool = False):
+                 channels_last: bool = False, views: ViewPlan | None = None):
         if teacher_logits is not None and len(teacher_logits) != len(data):
             raise ValueError(f"teacher_logits rows {len(teacher_logits)} != data rows {len(data)}")
         self.device = torch.device(device)
@@ -50,13 +68,36 @@ class MemoryBatches:
         self.batch_size, self.shuffle = batch_size, shuffle
         self.generator = torch.Generator().manual_seed(seed)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.views, self.epoch = views, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Serve ``epoch``'s views next (they are a pure function of seed and epoch; the order is not)."""
+        self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return math.ceil(len(self.labels) / self.batch_size)
 
     def __iter__(self) -> Iterator[Batch]:
+        if self.views is not None:
+            yield from self._iter_views()
+            return
         for idx in batch_order(len(self.labels), self.batch_size, self.shuffle, self.generator):
             idx = idx.to(self.device)
             x = normalize(self.images[idx], self.mean, self.std).contiguous(memory_format=self.memory_format)
             t = None if self.teacher_logits is None else self.teacher_logits[idx]
             yield Batch(x, self.labels[idx], t)
+
+    def _iter_views(self) -> Iterator[Batch]:
+        plan, n = self.views, len(self.labels)
+        assert plan is not None
+        views, params = plan.for_epoch(self.epoch, n)  # (N,) or None, (N, P): this epoch's view of every row
+        self.epoch += 1
+        params = params.to(self.device)
+        targets = self.teacher_logits
+        if targets is not None and views is not None:
+            targets = pick_views(targets, views.to(self.device))  # (N, C): the targets of each row's view
+        for idx in batch_order(n, self.batch_size, self.shuffle, self.generator):
+            idx = idx.to(self.device)
+            x = view_images(self.images[idx], params[idx], plan, self.mean, self.std)
+            yield Batch(x.contiguous(memory_format=self.memory_format), self.labels[idx],
+                        None if targets is None else targets[idx])

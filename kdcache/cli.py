@@ -10,9 +10,11 @@ import click
 
 from .config import (CACHE_MEMORY_LIMIT_MB, DEFAULT_ALPHA, DEFAULT_TEMPERATURE, DEVICES, DUMP_BATCH_SIZE,
                      OPTIMIZERS, PIPELINE_TEACHER, PRECISIONS, SCHEDULES, STUDENT_ARCH, STUDENT_TRAIN, TEACHER_ARCH,
-                     TEACHER_TRAIN, TrainConfig)
+                     TEACHER_TRAIN, VIEW_SEED, TrainConfig)
 from .errors import KDCacheError
 
+AUGMENT_HELP = ("Augmentation policy: shift-flip (pad-and-crop shift + horizontal flip, small images) or crop-flip "
+                "(random-resized crop + flip); settings as NAME:key=value,..., e.g. shift-flip:pad=4.")
 DATASET_HELP = "fashion-mnist, mnist, or imagefolder (your images: --data-dir ROOT with ROOT/train/<class>/* and ROOT/test/<class>/*)"
 
 
@@ -112,14 +114,17 @@ def main() -> None:
 @click.option("--arch", default=TEACHER_ARCH, show_default=True, help="Model architecture.")
 @data_options
 @train_options(TEACHER_TRAIN)
+@click.option("--augment", default=None, metavar="POLICY",
+              help=AUGMENT_HELP + " Fresh views every epoch, so the teacher learns the views it will label.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing checkpoint.")
 @quiet_option
-def train_teacher_cmd(out: str, arch: str, overwrite: bool, quiet: bool, **kw: Any) -> None:
+def train_teacher_cmd(out: str, arch: str, augment: str | None, overwrite: bool, quiet: bool, **kw: Any) -> None:
     """Train the teacher on hard labels; writes a checkpoint and <out>.metrics.json."""
     from .jobs import train_teacher
 
     cfg, data_cfg = _train_config(kw), _data_config(kw)
-    r = train_teacher(out, arch=arch, data_cfg=data_cfg, cfg=cfg, overwrite=overwrite, progress=not quiet)
+    r = train_teacher(out, arch=arch, data_cfg=data_cfg, cfg=cfg, overwrite=overwrite, progress=not quiet,
+                      augment=augment)
     summary(quiet, f"teacher {arch}: test accuracy {r['test']['accuracy']:.4f}, {cfg.epochs} epochs in "
                    f"{r['seconds']:.0f}s -> {r['checkpoint']} (metrics {r['metrics']})")
 
@@ -139,6 +144,12 @@ def train_teacher_cmd(out: str, arch: str, overwrite: bool, quiet: bool, **kw: A
               help="Precision the teacher runs at; fp32 keeps cached logits exact.")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
               help="Storage dtype of the logits; float16 halves /logits (docs/cache-format.md gives its error).")
+@click.option("--views", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Augmented views stored per image (with --augment): each view's parameters and the teacher's logits.")
+@click.option("--augment", default=None, metavar="POLICY", help=AUGMENT_HELP)
+@click.option("--include-original", is_flag=True, help="View 0 of each image is the un-augmented image.")
+@click.option("--view-seed", type=int, default=VIEW_SEED, show_default=True,
+              help="Seed of the views' parameters (a pure function of it, the view number and the dataset index).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing cache.")
 @quiet_option
 def dump_logits_cmd(teacher: str | None, out: str, quiet: bool, **kw: Any) -> None:
@@ -150,7 +161,8 @@ def dump_logits_cmd(teacher: str | None, out: str, quiet: bool, **kw: Any) -> No
     from .dump import dump_logits
 
     r = dump_logits(teacher, out, progress=not quiet, **kw)
-    summary(quiet, f"cached {r['rows']} x {r['num_classes']} {r['dtype']} logits in {r['seconds']:.1f}s -> "
+    views = f" x {r['views']} views" if kw.get("augment") else ""
+    summary(quiet, f"cached {r['rows']}{views} x {r['num_classes']} {r['dtype']} logits in {r['seconds']:.1f}s -> "
                    f"{r['cache']} ({r['bytes'] / 1e6:.1f} MB, teacher agrees with labels on "
                    f"{r['teacher_label_agreement']:.2%})")
 
@@ -172,18 +184,30 @@ def dump_logits_cmd(teacher: str | None, out: str, quiet: bool, **kw: Any) -> No
               show_default=True, help="MB of logits (as float32) held in memory; a bigger cache is streamed from disk.")
 @click.option("--cache-workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="Processes reading a streamed cache (0: read in the training process).")
+@click.option("--augment", default=None, metavar="POLICY",
+              help=AUGMENT_HELP + " A cache with views replays its own views without this option.")
+@click.option("--allow-inconsistent", is_flag=True,
+              help="Allow --augment with a single-view cache: augmented images learn the original image's logits "
+                   "(inconsistent; kept to measure it).")
+@click.option("--cache-views", type=click.IntRange(min=1), default=None,
+              help="Use only the first K stored views of a cache with views (default: all).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing checkpoint.")
 @quiet_option
 def train_student_cmd(caches: tuple[str, ...], temperature: float, alpha: float, ensemble: str, out: str, arch: str,
-                      cache_memory_limit_mb: float, cache_workers: int, overwrite: bool, quiet: bool,
-                      **kw: Any) -> None:
-    """Train a student from images + cached teacher logits (the teacher is never loaded)."""
+                      cache_memory_limit_mb: float, cache_workers: int, augment: str | None, allow_inconsistent: bool,
+                      cache_views: int | None, overwrite: bool, quiet: bool, **kw: Any) -> None:
+    """Train a student from images + cached teacher logits (the teacher is never loaded).
+
+    A cache with augmentation views (dump-logits --views K --augment POLICY) is replayed:
+    each epoch every image shows one of its stored views and learns that view's logits.
+    """
     from .jobs import train_student
 
     cfg, data_cfg = _train_config(kw), _data_config(kw)
     r = train_student(out, caches=caches, temperature=temperature, alpha=alpha, arch=arch, data_cfg=data_cfg,
                       cfg=cfg, ensemble=ensemble, overwrite=overwrite, progress=not quiet,
-                      cache_memory_limit_mb=cache_memory_limit_mb, cache_workers=cache_workers)
+                      cache_memory_limit_mb=cache_memory_limit_mb, cache_workers=cache_workers, augment=augment,
+                      allow_inconsistent=allow_inconsistent, cache_views=cache_views)
     summary(quiet, f"student {arch} (T={temperature:g}, alpha={alpha:g}): test accuracy {r['test']['accuracy']:.4f}, "
                    f"{cfg.epochs} epochs in {r['seconds']:.0f}s -> {r['checkpoint']}")
 

@@ -57,6 +57,7 @@ DEFAULT_DATA_DIR = "data"
 DEFAULT_TEMPERATURE = 4.0
 DEFAULT_ALPHA = 0.5
 DUMP_BATCH_SIZE = 1000
+VIEW_SEED = 0  # dump-logits --view-seed: the views' parameters are a pure function of it, the view and the index
 CACHE_MEMORY_LIMIT_MB = 2048.0  # caches bigger than this (as float32) are streamed from disk
 
 

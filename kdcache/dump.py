@@ -9,11 +9,12 @@ from typing import Any
 import torch
 
 from . import __version__
+from .augment import parse_policy, sample_views, view_record
 from .cache import CacheMeta, CacheWriter, read_meta
-from .config import DUMP_BATCH_SIZE
+from .config import DUMP_BATCH_SIZE, VIEW_SEED
 from .data import load_dataset
 from .device import resolve_device
-from .errors import CacheError, StorageError
+from .errors import CacheError, ConfigError, StorageError
 from .files import check_free_space, disk_full_message
 from .progress import track
 from .samples import DatasetInfo
@@ -32,11 +33,12 @@ def cache_attrs(teacher: Teacher, info: DatasetInfo, precision: str) -> dict[str
     }
 
 
-def dump_request(teacher: Teacher, info: DatasetInfo, num_rows: int, precision: str, dtype: str) -> dict[str, Any]:
+def dump_request(teacher: Teacher, info: DatasetInfo, num_rows: int, precision: str, dtype: str,
+                 num_views: int = 1, view_policy: dict[str, Any] | None = None) -> dict[str, Any]:
     """What determines a cache's values: reuse an existing cache only when all of it is the same."""
     return {"teacher_sha256": teacher.sha256, "teacher_arch": teacher.arch, "dataset": info.name, "split": info.split,
             "dataset_fingerprint": info.fingerprint, "num_samples": num_rows, "teacher_precision": precision,
-            "logits_dtype": dtype, "targets": "logits", "topk": 0, "num_views": 1, "view_policy": None}
+            "logits_dtype": dtype, "targets": "logits", "topk": 0, "num_views": num_views, "view_policy": view_policy}
 
 
 def matches_request(meta: CacheMeta, request: dict[str, Any]) -> bool:
@@ -49,7 +51,8 @@ def dump_logits(teacher: str | os.PathLike | None, out: str | os.PathLike, *, sp
                 batch_size: int = DUMP_BATCH_SIZE, device: str = "auto", precision: str = "fp32",
                 dtype: str = "float32", arch: str | None = None, teacher_factory: str | None = None,
                 weights: str | None = None, overwrite: bool = False, progress: bool = False,
-                reuse: bool = False) -> dict[str, Any]:
+                reuse: bool = False, views: int = 1, augment: str | None = None, include_original: bool = False,
+                view_seed: int = VIEW_SEED) -> dict[str, Any]:
     """Write ``teacher``'s logits over ``split`` (first ``limit`` rows) to the cache ``out``.
 
     The teacher is a kdcache checkpoint (``teacher``), or ``teacher_factory``
@@ -60,8 +63,21 @@ def dump_logits(teacher: str | os.PathLike | None, out: str | os.PathLike, *, sp
     With ``reuse``, an existing cache at ``out`` made by the same request (teacher file,
     data, rows, precision, dtype) is kept and reported as reused; any other is replaced.
     Returns a summary (path, rows, seconds, teacher top-1 agreement with the labels).
+
+    With ``augment`` (a kdcache.augment policy) it stores ``views`` augmented views per image
+    (view 0 the un-augmented image with ``include_original``): each view's parameters, a pure
+    function of (``view_seed``, view, dataset index) (kdcache.augment.sample_views), and the
+    teacher's logits on it. Each image is read and converted once for its views.
     """
     out = Path(out)
+    if views != 1 and augment is None:
+        raise ConfigError(f"--views {views} stores augmented views of each image: name their policy with --augment "
+                          "(e.g. --augment shift-flip)")
+    if views < 1:
+        raise ConfigError(f"--views must be >= 1, got {views}")
+    if include_original and augment is None:
+        raise ConfigError("--include-original makes view 0 of --augment's views the un-augmented image; add --augment")
+    policy = None if augment is None else parse_policy(augment)
     if out.exists() and not (overwrite or reuse):  # fail before the slow part; CacheWriter checks again
         raise CacheError(f"{out} already exists; pass --overwrite to replace it")
     spec = TeacherSpec(checkpoint=None if teacher is None else str(teacher), factory=teacher_factory,
@@ -73,7 +89,8 @@ def dump_logits(teacher: str | os.PathLike | None, out: str | os.PathLike, *, sp
     if precision == "bf16":
         loaded.model.to(memory_format=torch.channels_last)
     info = data.info
-    request = dump_request(loaded, info, len(data), precision, dtype)
+    record = None if policy is None else view_record(policy, include_original=include_original, seed=view_seed)
+    request = dump_request(loaded, info, len(data), precision, dtype, views, record)
     if reuse and out.exists():
         try:
             meta = read_meta(out)
@@ -83,7 +100,8 @@ def dump_logits(teacher: str | os.PathLike | None, out: str | os.PathLike, *, sp
             return {"cache": str(out), "rows": meta.num_samples, "num_classes": meta.num_classes, "dtype": dtype,
                     "seconds": None, "bytes": out.stat().st_size, "reused": True, "request": request}
     writer = CacheWriter(out, num_samples=len(data), num_classes=info.num_classes,
-                         attrs=cache_attrs(loaded, info, precision), dtype=dtype, overwrite=True)
+                         attrs=cache_attrs(loaded, info, precision), dtype=dtype, overwrite=True,
+                         num_views=views, view_policy=record)
     check_free_space(out, writer.estimated_bytes(), f"the cache {out}")
     t0 = time.perf_counter()
     agree = 0
@@ -92,10 +110,18 @@ def dump_logits(teacher: str | os.PathLike | None, out: str | os.PathLike, *, sp
         with writer:
             for start in track(starts, desc=f"dump {info.name}/{split}", enabled=progress):
                 stop = min(start + batch_size, len(data))
-                logits = loaded.logits(data.images[start:stop], dev, precision)  # (B, C) float32
+                params = None
+                if policy is None:
+                    logits = loaded.logits(data.images[start:stop], dev, precision)  # (B, C) float32
+                else:
+                    params = sample_views(policy, data.indices[start:stop].numpy(), views, view_seed,
+                                          info.image_size, include_original)  # (B, V, P)
+                    logits = loaded.view_logits(data.images[start:stop], torch.from_numpy(params), policy, dev,
+                                                precision)  # (B, V, C) float32
                 writer.write(start, logits, data.labels[start:stop], data.indices[start:stop],
-                             data.sample_ids[start:stop])
-                agree += int((logits.argmax(1) == data.labels[start:stop]).sum())
+                             data.sample_ids[start:stop], view_params=params)
+                hit = logits.argmax(-1) == data.labels[start:stop].view(-1, *([1] * (logits.ndim - 2)))
+                agree += int(hit.sum())
     except OSError as e:
         message = disk_full_message(e, out, "the cache")
         if message is None:
@@ -103,5 +129,5 @@ def dump_logits(teacher: str | os.PathLike | None, out: str | os.PathLike, *, sp
         raise StorageError(message) from None
     seconds = time.perf_counter() - t0
     return {"cache": str(out), "rows": len(data), "num_classes": info.num_classes, "dtype": dtype,
-            "seconds": seconds, "teacher_label_agreement": agree / max(data.num_labelled, 1), "bytes": out.stat().st_size,
-            "reused": False, "request": request}
+            "seconds": seconds, "teacher_label_agreement": agree / max(data.num_labelled * views, 1),
+            "bytes": out.stat().st_size, "views": views, "reused": False, "request": request}

@@ -32,6 +32,7 @@ from .models import build_model, count_parameters
 from .samples import ImageData
 from .targets import Targets, as_tensors
 from .train import cross_entropy_loss, evaluate, fit
+from .views import fresh_views, student_views
 
 
 def metrics_path_for(out: str | os.PathLike) -> Path:
@@ -123,19 +124,23 @@ def _request(role: str, arch: str, data: ImageData, data_cfg: DataConfig, cfg: T
 
 def train_teacher(out: str | os.PathLike, *, arch: str = TEACHER_ARCH, data_cfg: DataConfig = DataConfig(),
                   cfg: TrainConfig = TEACHER_TRAIN, overwrite: bool = False, progress: bool = False,
-                  reuse: bool = False) -> dict[str, Any]:
+                  reuse: bool = False, augment: str | None = None) -> dict[str, Any]:
     """Train ``arch`` with cross-entropy on hard labels; writes ``out`` and its metrics JSON.
 
+    ``augment`` (a kdcache.augment policy, e.g. "shift-flip") draws fresh views every epoch,
+    so the teacher learns the views it will later label (``dump-logits --augment``).
     ``reuse``: return an existing ``out`` trained with the same request instead (find_reusable).
     """
     build_model(arch)  # unknown arch fails before any data is read
     data, _ = load_train_val(data_cfg.dataset, data_cfg.data_dir, data_cfg.limit, data_cfg.val_size, data_cfg.download)
+    views = fresh_views(augment, data, cfg.seed)
+    more = {} if views is None else {"augment": views.policy.describe()}  # absent, not None: old requests still match
 
     def batches(device: torch.device) -> BatchSource:
         return MemoryBatches(data, cfg.batch_size, shuffle=True, seed=cfg.seed, device=device,
-                             channels_last=cfg.precision == "bf16")
+                             channels_last=cfg.precision == "bf16", views=views)
     return _train_and_save("teacher", arch, data, data_cfg, cfg, out, overwrite, progress, cross_entropy_loss,
-                           _request("teacher", arch, data, data_cfg, cfg), {}, batches, reuse)
+                           _request("teacher", arch, data, data_cfg, cfg, **more), dict(more), batches, reuse)
 
 
 def distillation_loss(temperature: float, alpha: float) -> Callable[[torch.Tensor, Batch], torch.Tensor]:
@@ -157,7 +162,8 @@ def train_student(out: str | os.PathLike, *, caches: Sequence[str | os.PathLike]
                   alpha: float = 0.5, arch: str = STUDENT_ARCH, data_cfg: DataConfig = DataConfig(),
                   cfg: TrainConfig = STUDENT_TRAIN, ensemble: str = "mean-probs", overwrite: bool = False,
                   progress: bool = False, cache_memory_limit_mb: float = CACHE_MEMORY_LIMIT_MB,
-                  cache_workers: int = 0, reuse: bool = False) -> dict[str, Any]:
+                  cache_workers: int = 0, reuse: bool = False, augment: str | None = None,
+                  allow_inconsistent: bool = False, cache_views: int | None = None) -> dict[str, Any]:
     """Train a student from images + cached teacher targets. Never loads or runs a teacher.
 
     Every cache is checked against the training samples (LogitCache.align: dataset, split,
@@ -167,6 +173,11 @@ def train_student(out: str | os.PathLike, *, caches: Sequence[str | os.PathLike]
     ``cache_memory_limit_mb`` is streamed from disk (kdcache.reader, read in ``cache_workers``
     processes) instead of loaded whole. ``reuse``: return an existing ``out`` made by the same
     request (same data, settings, T, alpha and cache contents) instead of training again.
+
+    Augmentation (kdcache.views): a cache with views is replayed (each epoch every image shows
+    one stored view and learns that view's logits; ``cache_views`` uses only the first K');
+    ``augment`` without one draws fresh views (labels-only students, ``alpha = 0``), and with a
+    single-view cache while distilling is refused unless ``allow_inconsistent``.
     """
     check_temperature(temperature)
     check_alpha(alpha)
@@ -179,34 +190,40 @@ def train_student(out: str | os.PathLike, *, caches: Sequence[str | os.PathLike]
     opened = [open_cache(p) for p in caches]
     try:
         records = [cache_record(c) for c in opened]
-        targets, batches = _student_targets(opened, data, cfg, temperature, ensemble, cache_memory_limit_mb,
-                                            cache_workers)
+        targets, batches, views = _student_targets(opened, data, cfg, temperature, ensemble, cache_memory_limit_mb,
+                                                   cache_workers, alpha, augment, allow_inconsistent, cache_views)
     finally:
         for c in opened:
             c.close()
+    plan, view_record = views
+    more = {} if view_record is None else {"augment": view_record}  # absent, not None: old requests still match
     request = _request("student", arch, data, data_cfg, cfg, temperature=temperature if alpha > 0 else None,
                        alpha=alpha, caches=[r["content_sha256"] for r in records] if alpha > 0 else [],
-                       ensemble=ensemble if len(caches) > 1 else None)
+                       ensemble=ensemble if len(caches) > 1 else None, **more)
     extra = {"temperature": temperature, "alpha": alpha, "caches": records,
-             "ensemble": ensemble if len(caches) > 1 else None, "cache_streamed": batches is not None}
+             "ensemble": ensemble if len(caches) > 1 else None, "cache_streamed": batches is not None, **more}
     if batches is None:
         def batches(device: torch.device) -> BatchSource:
             return MemoryBatches(data, cfg.batch_size, shuffle=True, seed=cfg.seed, device=device,
-                                 teacher_logits=targets, channels_last=cfg.precision == "bf16")
+                                 teacher_logits=targets, channels_last=cfg.precision == "bf16", views=plan)
     return _train_and_save("student", arch, data, data_cfg, cfg, out, overwrite, progress,
                            distillation_loss(temperature, alpha), request, extra, batches, reuse)
 
 
 def _student_targets(caches: Sequence[LogitCache], data: ImageData, cfg: TrainConfig, temperature: float,
-                     ensemble: str, limit_mb: float, workers: int
-                     ) -> tuple[Targets | None, Callable[[torch.device], BatchSource] | None]:
-    """Aligned in-memory targets, or (None, a streaming batch source factory) for a cache over ``limit_mb``."""
-    if not caches:
-        return None, None
+                     ensemble: str, limit_mb: float, workers: int, alpha: float = 0.0, augment: str | None = None,
+                     allow_inconsistent: bool = False, cache_views: int | None = None
+                     ) -> tuple[Targets | None, Callable[[torch.device], BatchSource] | None, tuple]:
+    """Aligned in-memory targets, or (None, a streaming batch source factory) for a cache over ``limit_mb``;
+    and the run's (ViewPlan, record) (kdcache.views)."""
     if len(caches) > 1:
         check_members(caches)
     rows = [c.align(data.indices.numpy(), labels=data.labels.numpy(), sample_ids=data.sample_ids, info=data.info)
             for c in caches]
+    views = student_views(caches, rows, data, augment=augment, alpha=alpha, allow_inconsistent=allow_inconsistent,
+                          cache_views=cache_views, seed=cfg.seed)
+    if not caches:
+        return None, None, views
     need_mb = sum(c.target_bytes() for c in caches) / 2**20
     if need_mb > limit_mb:
         if len(caches) > 1:
@@ -217,11 +234,13 @@ def _student_targets(caches: Sequence[LogitCache], data: ImageData, cfg: TrainCo
         path = caches[0].path
         return None, lambda device: StreamingBatches(data, path, rows[0], cfg.batch_size, seed=cfg.seed,
                                                      device=device, num_workers=workers,
-                                                     channels_last=cfg.precision == "bf16")
+                                                     channels_last=cfg.precision == "bf16", views=views[0]), views
     members = [as_tensors(c.read(r)) for c, r in zip(caches, rows)]  # each aligned to data's order
+    if views[1] is not None and views[1]["mode"] == "replay":
+        members = [m[:, :views[1]["views"]] for m in members]  # (N, K', ...): the views in use
     if len(members) == 1:
-        return members[0], None
-    return combine_logits(members, ensemble, temperature), None  # once per run: depends on T only
+        return members[0], None, views
+    return combine_logits(members, ensemble, temperature), None, views  # once per run: depends on T only
 
 
 def evaluate_checkpoint(path: str | os.PathLike, *, split: str = "test", dataset: str | None = None,

@@ -2,7 +2,10 @@
 
 The defaults come from the design that started the project (1x28x28 inputs, 10 classes):
 a 4-conv BatchNorm teacher (322,506 parameters) and a one-conv student (37,570).
-Both take the input shape and class count as arguments so the same code serves
+``student-convpool`` (20,586) is a student that can use augmentation: two convs, each
+followed by max-pooling, so a shift of a few pixels moves its features by a fraction of a
+pooled cell, where the one-conv student's linear layer sees every pixel position apart.
+All take the input shape and class count as arguments so the same code serves
 custom image datasets.
 """
 from __future__ import annotations
@@ -54,6 +57,26 @@ class StudentCNN(nn.Module):
         return self.fc(torch.flatten(x, 1))
 
 
+class StudentConvPool(nn.Module):
+    """conv16-BN-ReLU-maxpool2 - conv32-BN-ReLU-maxpool2 - linear (20,586 parameters at 1x28x28).
+
+    The smallest student here that can use augmentation; ~1.8x the one-conv student's CPU
+    time per step (measured: 49 vs 27 ms per 128-image step, one thread).
+    """
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, image_size: tuple[int, int] = (28, 28)):
+        super().__init__()
+        self.features = nn.Sequential(
+            _conv_bn_relu(in_channels, 16), nn.MaxPool2d(2, 2),
+            _conv_bn_relu(16, 32), nn.MaxPool2d(2, 2),
+        )
+        h, w = image_size[0] // 4, image_size[1] // 4
+        self.fc = nn.Linear(32 * h * w, num_classes)  # 1568 for 28x28
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, classes)
+        return self.fc(torch.flatten(self.features(x), 1))
+
+
 def init_weights(model: nn.Module) -> nn.Module:
     """Xavier-normal conv weights, zero biases, BN (1, 0), Linear weights N(0, 0.01)."""
     for m in model.modules():
@@ -73,6 +96,7 @@ def init_weights(model: nn.Module) -> nn.Module:
 ARCHS: dict[str, Callable[..., nn.Module]] = {
     "teacher-cnn": TeacherCNN,
     "student-cnn": StudentCNN,
+    "student-convpool": StudentConvPool,
 }
 
 

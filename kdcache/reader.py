@@ -31,7 +31,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .batches import Batch
+from .augment import ViewPlan
+from .batches import Batch, pick_views, view_images
 from .cache import LogitCache
 from .errors import CacheError, ConfigError
 from .samples import ImageData, normalize
@@ -256,13 +257,16 @@ class StreamingBatches:
     ``rows[i]`` is the cache row of sample ``i`` of ``data`` (LogitCache.align). Each
     epoch is a fresh shuffled order (``seed``, epoch number); each sample meets its own
     targets because the stream carries the sample's position in ``data`` along with them.
+    With ``views`` (kdcache.augment.ViewPlan) the stream serves every view of a row,
+    (B, V, ...), and each batch keeps the view the epoch's schedule gives that sample, whose
+    image is replayed from the stored parameters (or fresh parameters, without stored views).
     Close it (or use it as a context manager) when training is done.
     """
 
     def __init__(self, data: ImageData, cache_path: str | os.PathLike, rows: np.ndarray, batch_size: int, *,
                  seed: int = 0, device: torch.device | str = "cpu", num_workers: int = 0,
                  buffer_blocks: int = DEFAULT_BUFFER_BLOCKS, channels_last: bool = False,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, views: ViewPlan | None = None):
         self.stream = LogitStream(cache_path, rows=rows, values=np.arange(len(data)), shuffle=True, seed=seed,
                                   buffer_blocks=buffer_blocks, rank=rank, world_size=world_size)
         self.device = torch.device(device)
@@ -271,17 +275,36 @@ class StreamingBatches:
         self.batch_size, self.num_workers = batch_size, num_workers
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.epoch = 0
+        self.views = views
 
     def __len__(self) -> int:
         return math.ceil(self.stream.num_rank_rows() / self.batch_size)
 
     def __iter__(self) -> Iterator[Batch]:
-        self.stream.set_epoch(self.epoch)
+        epoch = self.epoch
+        self.stream.set_epoch(epoch)
         self.epoch += 1
+        if self.views is not None:
+            yield from self._iter_views(epoch)
+            return
         for pos, targets in iter_batches(self.stream, self.batch_size, self.num_workers):
             pos = pos.to(self.device)
             x = normalize(self.images[pos], self.mean, self.std).contiguous(memory_format=self.memory_format)
             yield Batch(x, self.labels[pos], to_float(targets).to(self.device))
+
+    def _iter_views(self, epoch: int) -> Iterator[Batch]:
+        plan = self.views
+        assert plan is not None
+        views, params = plan.for_epoch(epoch, len(self.labels))  # (N,) or None, (N, P), by position in data
+        params = params.to(self.device)
+        views = None if views is None else views.to(self.device)
+        for pos, targets in iter_batches(self.stream, self.batch_size, self.num_workers):
+            pos = pos.to(self.device)
+            t = to_float(targets).to(self.device)
+            if views is not None:
+                t = pick_views(t, views[pos])  # (B, V, C) -> the view each sample shows this epoch
+            x = view_images(self.images[pos], params[pos], plan, self.mean, self.std)
+            yield Batch(x.contiguous(memory_format=self.memory_format), self.labels[pos], t)
 
     def close(self) -> None:
         self.stream.close()

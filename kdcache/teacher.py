@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .augment import ViewPolicy
 from .checkpoint import (
     check_model_fits_data,
     load_checkpoint,
@@ -89,6 +90,20 @@ class Teacher:
             x = x.contiguous(memory_format=torch.channels_last)
         with (strict_fp32() if precision == "fp32" else contextlib.nullcontext()), autocast(device, precision):
             return self.model(x).float().cpu()
+
+    @torch.inference_mode()
+    def view_logits(self, images: torch.Tensor, params: torch.Tensor, policy: ViewPolicy, device: torch.device,
+                    precision: str = "fp32") -> torch.Tensor:
+        """Raw logits (B, V, classes) on the V views of each image, given their parameters (B, V, P).
+
+        Each image is moved and converted to [0, 1] once; each view is applied to it (batched)
+        and then standardised inside ``logits``, exactly as a student replays it.
+        """
+        x = images.to(device)
+        x = to_unit(x) if x.dtype == torch.uint8 else x.float()
+        params = params.to(device)
+        return torch.stack([self.logits(policy.apply(x, params[:, v]), device, precision)
+                            for v in range(params.shape[1])], dim=1)
 
 
 def default_dataset(spec: TeacherSpec) -> str:

@@ -10,8 +10,12 @@ Checks, each reported as one line (ok / FAIL / skip):
 - content: the content hash recomputed from every value equals the one stored at write time;
 - alignment (with data): dataset, split, classes and fingerprint match, and every row
   matches the sample at its index by label and content id (LogitCache.align's rule);
+- views (with data, for a cache with views): the policy is one this kdcache can replay and
+  every stored view parameter is a valid view of the data's images;
 - teacher (with a teacher): a random sample of rows is re-computed and compared to
-  the stored logits within a tolerance that depends on the storage dtype.
+  the stored logits within a tolerance that depends on the storage dtype; for a cache with
+  views the teacher re-runs on every view of those rows, replayed from the stored parameters,
+  so a changed parameter is caught (it shows the teacher another image).
 """
 from __future__ import annotations
 
@@ -23,10 +27,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from .augment import policy_from_record
 from .cache import MAX_ABS_LOGIT, LogitCache, check_readable, open_cache
 from .data import load_dataset
 from .errors import CacheError
-from .samples import ImageData, normalize
+from .samples import ImageData, normalize, standardize, to_unit
 from .targets import TopK
 from .teacher import TeacherSpec, load_teacher
 
@@ -103,10 +108,14 @@ def verify_cache(path: str | os.PathLike, *, dataset: str | None = None, split: 
             return report
         data = load_dataset(dataset or m.dataset, split or m.split, data_dir or "data")
         aligned = _check_alignment(cache, data, report)
+        views_ok = _check_views(cache, data, report) if m.has_views else True
         if teacher is None:
             return report
         if not aligned:
             report.add("teacher", "skip", "not re-run: rows do not align with the data (see above)")
+            return report
+        if not views_ok:
+            report.add("teacher", "skip", "not re-run: the view parameters cannot be replayed (see above)")
             return report
         _check_teacher(cache, data, teacher, sample, seed, device, report)
     return report
@@ -166,6 +175,34 @@ def _check_alignment(cache: LogitCache, data: ImageData, report: VerifyReport) -
     return True
 
 
+def _check_views(cache: LogitCache, data: ImageData, report: VerifyReport) -> bool:
+    """The view policy is replayable and every stored parameter is a valid view of the data's images."""
+    m = cache.meta
+    try:
+        policy = policy_from_record(m.view_policy, where=str(cache.path))
+        params = cache.read_view_params()
+    except CacheError as e:
+        report.add("views", "fail", str(e))
+        return False
+    h, w = data.info.image_size
+    problem = policy.problem(params, (h, w))
+    if problem:
+        report.add("views", "fail", f"/view_params: {problem}: they cannot be views of {h}x{w} images; {REDUMP}")
+        return False
+    original = ", view 0 un-augmented" if m.view_policy.get("include_original") else ""
+    report.add("views", "ok", f"{m.num_samples} x {m.num_views} view parameters are valid {policy} views of {h}x{w} "
+                              f"images{original}")
+    return True
+
+
+def _flatten_views(t: Any, views: int) -> Any:
+    """(k, V, ...) targets -> (k * V, ...), so each view is compared as a row."""
+    if isinstance(t, TopK):
+        return TopK(t.logits.reshape(-1, t.k), t.classes.reshape(-1, t.k), t.tail_logsumexp.reshape(-1),
+                    t.tail_mean.reshape(-1), t.num_classes)
+    return t.reshape(len(t) * views, -1)
+
+
 def _check_teacher(cache: LogitCache, data: ImageData, spec: TeacherSpec, sample: int, seed: int, device: str,
                    report: VerifyReport) -> None:
     from .train import resolve_device
@@ -178,9 +215,19 @@ def _check_teacher(cache: LogitCache, data: ImageData, spec: TeacherSpec, sample
     stored = cache.read(rows)
     images = data.images[torch.from_numpy(cache.indices[rows])]
     model = teacher.model.to(dev).eval()
+    mean, std = m.normalization_mean, m.normalization_std
     with torch.inference_mode():
-        fresh = torch.cat([model(normalize(x.to(dev), m.normalization_mean, m.normalization_std)).float().cpu()
-                           for x in images.split(256)]).numpy()  # (k, C)
+        if m.has_views:  # every view of each row, replayed from its stored parameters
+            policy = policy_from_record(m.view_policy)
+            params = torch.from_numpy(cache.read_view_params(rows))  # (k, V, P)
+            fresh = torch.cat([torch.stack([model(standardize(policy.apply(to_unit(x.to(dev)), p[:, v].to(dev)), mean,
+                                                              std)).float().cpu() for v in range(m.num_views)], 1)
+                               for x, p in zip(images.split(256), params.split(256))]).numpy()  # (k, V, C)
+            fresh, stored = fresh.reshape(-1, fresh.shape[-1]), _flatten_views(stored, m.num_views)
+            rows = np.repeat(rows, m.num_views)  # the row of each compared view
+        else:
+            fresh = torch.cat([model(normalize(x.to(dev), mean, std)).float().cpu()
+                               for x in images.split(256)]).numpy()  # (k, C)
     if isinstance(stored, TopK):  # compare the stored classes' logits, and the tail's log-sum-exp
         got = np.take_along_axis(fresh, stored.classes.astype(np.int64), axis=-1)
         ref = stored.logits.astype(np.float32)
@@ -197,12 +244,16 @@ def _check_teacher(cache: LogitCache, data: ImageData, spec: TeacherSpec, sample
     tol = base * np.maximum(1.0, np.abs(ref).max(axis=-1))
     over = row_err > tol
     note = "" if teacher.sha256 == m.teacher_sha256 else " (note: the teacher file's SHA-256 differs from the one recorded)"
+    v = m.num_views if m.has_views else 1
+    what = f"{len(over)} views of {k} random rows" if m.has_views else f"{k} random rows"
     if over.any():
         worst = int(np.argmax(row_err - tol))
-        report.add("teacher", "fail", f"{int(over.sum())} of {k} random rows differ from the re-run teacher beyond "
-                                      f"the {m.logits_dtype} tolerance (worst: row {int(rows[worst])}, max |diff| "
+        where = f"row {int(rows[worst])}" + (f" view {worst % v}" if m.has_views else "")
+        views = ", or the stored view parameters were changed" if m.has_views else ""
+        report.add("teacher", "fail", f"{int(over.sum())} of {what} differ from the re-run teacher "
+                                      f"beyond the {m.logits_dtype} tolerance (worst: {where}, max |diff| "
                                       f"{row_err[worst]:.3g} > {tol[worst]:.3g}): the logits do not come from this "
-                                      f"teacher on this data, or their rows are shuffled{note}")
+                                      f"teacher on this data, or their rows are shuffled{views}{note}")
     else:
-        report.add("teacher", "ok", f"{k} random rows re-computed; max |diff| {float(row_err.max()):.3g} within the "
-                                    f"{m.logits_dtype} tolerance ({base:g} x max(1, max |z|)){note}")
+        report.add("teacher", "ok", f"{what} re-computed; max |diff| {float(row_err.max()):.3g} within "
+                                    f"the {m.logits_dtype} tolerance ({base:g} x max(1, max |z|)){note}")

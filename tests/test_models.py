@@ -8,6 +8,7 @@ from kdcache.models import ARCHS, build_model, count_parameters
 def test_parameter_counts_match_the_design():
     assert count_parameters(build_model("teacher-cnn")) == 322_506
     assert count_parameters(build_model("student-cnn")) == 37_570
+    assert count_parameters(build_model("student-convpool")) == 20_586  # two convs + pooling, <= 100k (issue 10)
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHS))
@@ -32,5 +33,5 @@ def test_initialisation():
 
 
 def test_unknown_arch_lists_choices():
-    with pytest.raises(ConfigError, match="student-cnn, teacher-cnn"):
+    with pytest.raises(ConfigError, match="student-cnn, student-convpool, teacher-cnn"):
         build_model("resnet9000")
