@@ -48,3 +48,56 @@ def test_float16_error_is_small_and_shrinks_with_T(tmp_path, image_data):
     rows = float16_error(str(p))
     assert [r["T"] for r in rows] == [1.0, 4.0, 20.0]
     assert 0 < rows[0]["max_abs"] < 5e-3 and rows[2]["max_abs"] < rows[0]["max_abs"]
+
+
+def test_views_accuracy_benchmark_smoke(tmp_path, data_dir):
+    """prepare -> accuracy (RunSpecs through run_sweep) -> table, at a few seconds' scale."""
+    from benchmarks.views import CONDITIONS, main as views_main
+
+    common = ["--smoke", "--out", str(tmp_path / "views"), "--data-dir", str(data_dir), "--quiet"]
+    made = views_main(["prepare", *common])
+    assert 0 <= made["teacher"]["test_accuracy_on_views"] <= 1 and made["views"]["bytes"] > made["plain"]["bytes"]
+    r = views_main(["accuracy", *common, "--student", "student-cnn"])
+    assert r["ran"] == r["total"] == 6 and "report" not in r  # smoke: no figures (kdcache report draws them)
+    rows = json.loads((tmp_path / "views" / "student-cnn" / "results.json").read_text())["rows"]
+    by_condition = {row["condition"]: row for row in rows}
+    assert set(by_condition) == {*CONDITIONS, "(c) KD, views K=1", "(c) KD, views K=2"}
+    assert by_condition["(c) KD, views K=1"]["options"]["cache_views"] == 1
+    assert by_condition["(b) KD + aug, one view (inconsistent)"]["options"] == {"augment": "shift-flip",
+                                                                                  "allow_inconsistent": True}
+    summary = views_main(["table", *common])
+    assert len(summary["cells"]) == 6 and (tmp_path / "views" / "table.md").read_text().count("\n| ") == 6
+    again = views_main(["accuracy", *common, "--student", "student-cnn"])
+    assert again["ran"] == 0 and again["skipped"] == 6  # resumable: nothing to redo
+
+
+def test_views_speed_benchmark_smoke(tmp_path, data_dir):
+    from benchmarks.views import format_speed, main as views_main
+
+    r = views_main(["speed", "--scale", "0.005", "--repeats", "1", "--speed-views", "2", "--views", "4",
+                    "--out", str(tmp_path / "speed.json"), "--workdir", str(tmp_path / "w"), "--data-dir",
+                    str(data_dir), "--quiet"])
+    assert [x["target"] for x in r["rows"]] == ["<= 1.05x", "<= 1.10x", "<= 1.10x"]
+    assert all(x["a_seconds"] > 0 and x["b_seconds"] > 0 for x in r["rows"])
+    sizes = r["bytes_per_image"]
+    # each view adds its 10 float32 logits and 3 float32 parameters: 52 bytes
+    assert sizes["K=16 views"] - sizes["K=4 views"] >= 12 * 52 and sizes["K=1 views"] > sizes["no views (schema 1.1)"]
+    assert "bytes / image" in format_speed(r)
+
+
+def test_bf16_error_benchmark(tmp_path, data_dir):
+    import torch
+
+    from benchmarks.bf16_error import bf16_error, compare, format_table
+    from benchmarks.run import make_teacher
+    from kdcache.data import load_dataset
+
+    z = torch.randn(500, 10) * 6
+    exact = compare(z, z)
+    assert exact["max_abs_dz"] == 0 and all(s["max_kl"] == 0 for s in exact["softmax"])
+    r = compare(z, z.bfloat16().float())
+    assert 0 < r["max_rel_dz"] < 2 ** -8  # bf16 rounding: at most half an ulp of 8 bits
+    assert r["softmax"][0]["max_abs"] > r["softmax"][2]["max_abs"] > 0  # shrinks with T
+    teacher = make_teacher(tmp_path / "t.pt", load_dataset("fashion-mnist", "train", data_dir, limit=1), None)
+    out = bf16_error(str(teacher), tmp_path / "w", data_dir=str(data_dir), limit=16, views=2, augment="shift-flip")
+    assert out["rows"] == 32 and out["max_rel_dz"] < 0.1 and "| 20 |" in format_table(out)
