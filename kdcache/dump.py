@@ -70,11 +70,11 @@ def dump_logits(teacher: str | os.PathLike | None, out: str | os.PathLike, *, sp
     teacher's logits on it. Each image is read and converted once for its views.
     """
     out = Path(out)
+    if views < 1:
+        raise ConfigError(f"--views must be >= 1, got {views}")
     if views != 1 and augment is None:
         raise ConfigError(f"--views {views} stores augmented views of each image: name their policy with --augment "
                           "(e.g. --augment shift-flip)")
-    if views < 1:
-        raise ConfigError(f"--views must be >= 1, got {views}")
     if include_original and augment is None:
         raise ConfigError("--include-original makes view 0 of --augment's views the un-augmented image; add --augment")
     policy = None if augment is None else parse_policy(augment)

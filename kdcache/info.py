@@ -106,9 +106,11 @@ def format_info(info: dict[str, Any]) -> str:
     ]
     if info["view_policy"]:
         pol = info["view_policy"]
+        settings = ", ".join(f"{k}={v}" for k, v in (pol.get("settings") or {}).items())
         lines.append(("views", f"{info['num_views']} per sample, policy {pol.get('name')} v{pol.get('version')} "
-                               f"{pol.get('settings')}" + (", view 0 un-augmented" if pol.get("include_original")
-                                                            else "")))
+                               f"({settings}), parameters {', '.join(pol.get('param_names', []))}, seed "
+                               f"{pol.get('seed')}" + (", view 0 un-augmented" if pol.get("include_original")
+                                                       else "")))
     agreement = info["teacher_label_agreement"]
     lines += [
         ("inputs", f"standardised with mean {info['normalization_mean']}, std {info['normalization_std']}"),
