@@ -9,13 +9,15 @@ from typing import Any, Callable
 import click
 
 from .config import (CACHE_MEMORY_LIMIT_MB, DEFAULT_ALPHA, DEFAULT_TEMPERATURE, DEVICES, DUMP_BATCH_SIZE,
-                     OPTIMIZERS, PIPELINE_TEACHER, PRECISIONS, SCHEDULES, STUDENT_ARCH, STUDENT_TRAIN, TEACHER_ARCH,
+                     OPTIMIZERS, PIPELINE_SCARCE_ALPHA, PIPELINE_SCARCE_EPOCHS, PIPELINE_SCARCE_LABELS,
+                     PIPELINE_TEACHER, PRECISIONS, SCHEDULES, STUDENT_ARCH, STUDENT_TRAIN, TEACHER_ARCH,
                      TEACHER_TRAIN, VIEW_SEED, TrainConfig)
 from .errors import KDCacheError
 
 AUGMENT_HELP = ("Augmentation policy: shift-flip (pad-and-crop shift + horizontal flip, small images) or crop-flip "
                 "(random-resized crop + flip); settings as NAME:key=value,..., e.g. shift-flip:pad=4.")
-DATASET_HELP = "fashion-mnist, mnist, or imagefolder (your images: --data-dir ROOT with ROOT/train/<class>/* and ROOT/test/<class>/*)"
+DATASET_HELP = ("fashion-mnist, mnist, imagefolder (your images: --data-dir ROOT with ROOT/train/<class>/* and "
+                "ROOT/test/<class>/*), or unlabelled (every image under --data-dir ROOT, no labels: a transfer set)")
 
 
 class KDCacheGroup(click.Group):
@@ -150,21 +152,31 @@ def train_teacher_cmd(out: str, arch: str, augment: str | None, overwrite: bool,
 @click.option("--include-original", is_flag=True, help="View 0 of each image is the un-augmented image.")
 @click.option("--view-seed", type=int, default=VIEW_SEED, show_default=True,
               help="Seed of the views' parameters (a pure function of it, the view number and the dataset index).")
+@click.option("--no-labels", "ignore_labels", is_flag=True,
+              help="Ignore the split's labels: every row is stored as unlabelled (-1), ids and fingerprint hash -1 "
+                   "(a transfer set made from a labelled dataset).")
+@click.option("--class-names", "class_names_file", default=None, type=click.Path(dir_okay=False),
+              help="Text file, one class name per line in logit order: the classes of a --teacher-factory teacher "
+                   "over unlabelled images (a kdcache checkpoint names its own).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing cache.")
 @quiet_option
-def dump_logits_cmd(teacher: str | None, out: str, quiet: bool, **kw: Any) -> None:
+def dump_logits_cmd(teacher: str | None, out: str, quiet: bool, class_names_file: str | None, **kw: Any) -> None:
     """Run the teacher once over a split and write its raw logits to an HDF5 cache.
 
     The teacher is a kdcache checkpoint (--teacher) or your own model
     (--teacher-factory MODULE:FUNCTION --weights FILE).
     """
     from .dump import dump_logits
+    from .teacher import read_class_names
 
-    r = dump_logits(teacher, out, progress=not quiet, **kw)
+    names = read_class_names(class_names_file) if class_names_file else None
+    r = dump_logits(teacher, out, progress=not quiet, class_names=names, **kw)
     views = f" x {r['views']} views" if kw.get("augment") else ""
+    agreement = r["teacher_label_agreement"]
     summary(quiet, f"cached {r['rows']}{views} x {r['num_classes']} {r['dtype']} logits in {r['seconds']:.1f}s -> "
-                   f"{r['cache']} ({r['bytes'] / 1e6:.1f} MB, teacher agrees with labels on "
-                   f"{r['teacher_label_agreement']:.2%})")
+                   f"{r['cache']} ({r['bytes'] / 1e6:.1f} MB, " + (
+                       f"teacher agrees with labels on {agreement:.2%})" if agreement is not None
+                       else "unlabelled rows)"))
 
 
 @main.command("train-student")
@@ -191,15 +203,27 @@ def dump_logits_cmd(teacher: str | None, out: str, quiet: bool, **kw: Any) -> No
                    "(inconsistent; kept to measure it).")
 @click.option("--cache-views", type=click.IntRange(min=1), default=None,
               help="Use only the first K stored views of a cache with views (default: all).")
+@click.option("--labels-limit", type=click.IntRange(min=0), default=None,
+              help="Only the first N training samples keep their labels; the rest train as unlabelled rows "
+                   "(soft targets only, from the same --cache).")
+@click.option("--transfer", multiple=True, type=click.Path(dir_okay=False),
+              help="Cache of other images (e.g. dump-logits --dataset unlabelled) added as a transfer set: soft "
+                   "targets on every row, labels where it has them. Repeat for more sets, or one per teacher.")
+@click.option("--transfer-data-dir", "transfer_data_dirs", multiple=True, type=click.Path(file_okay=False),
+              help="Where the --transfer images are (the dataset and split come from the cache); one for all, or "
+                   "one per --transfer. Default: --data-dir.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing checkpoint.")
 @quiet_option
 def train_student_cmd(caches: tuple[str, ...], temperature: float, alpha: float, ensemble: str, out: str, arch: str,
                       cache_memory_limit_mb: float, cache_workers: int, augment: str | None, allow_inconsistent: bool,
-                      cache_views: int | None, overwrite: bool, quiet: bool, **kw: Any) -> None:
+                      cache_views: int | None, labels_limit: int | None, transfer: tuple[str, ...],
+                      transfer_data_dirs: tuple[str, ...], overwrite: bool, quiet: bool, **kw: Any) -> None:
     """Train a student from images + cached teacher logits (the teacher is never loaded).
 
     A cache with augmentation views (dump-logits --views K --augment POLICY) is replayed:
     each epoch every image shows one of its stored views and learns that view's logits.
+    Rows without labels (--labels-limit, --transfer) get the soft term only; an epoch is
+    one pass over every row, labelled or not.
     """
     from .jobs import train_student
 
@@ -207,9 +231,12 @@ def train_student_cmd(caches: tuple[str, ...], temperature: float, alpha: float,
     r = train_student(out, caches=caches, temperature=temperature, alpha=alpha, arch=arch, data_cfg=data_cfg,
                       cfg=cfg, ensemble=ensemble, overwrite=overwrite, progress=not quiet,
                       cache_memory_limit_mb=cache_memory_limit_mb, cache_workers=cache_workers, augment=augment,
-                      allow_inconsistent=allow_inconsistent, cache_views=cache_views)
-    summary(quiet, f"student {arch} (T={temperature:g}, alpha={alpha:g}): test accuracy {r['test']['accuracy']:.4f}, "
-                   f"{cfg.epochs} epochs in {r['seconds']:.0f}s -> {r['checkpoint']}")
+                      allow_inconsistent=allow_inconsistent, cache_views=cache_views, labels_limit=labels_limit,
+                      transfer=transfer, transfer_data_dirs=transfer_data_dirs)
+    c = r["config"]
+    rows = f", {c['num_labelled']} labelled + {c['num_unlabelled']} unlabelled rows" if c["num_unlabelled"] else ""
+    summary(quiet, f"student {arch} (T={temperature:g}, alpha={alpha:g}{rows}): test accuracy "
+                   f"{r['test']['accuracy']:.4f}, {cfg.epochs} epochs in {r['seconds']:.0f}s -> {r['checkpoint']}")
 
 
 @main.command("evaluate")
@@ -303,11 +330,19 @@ def verify_cmd(cache: str, teacher: str | None, teacher_factory: str | None, wei
 @click.option("--data-dir", default="data", show_default=True, type=click.Path(file_okay=False))
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--scarce-labels", type=click.IntRange(min=0), default=PIPELINE_SCARCE_LABELS, show_default=True,
+              help="The scarce-label rows: a student on the first N labels alone, and one on the same N labels plus "
+                   "every other training image as unlabelled rows (0: skip them).")
+@click.option("--scarce-epochs", type=click.IntRange(min=1), default=PIPELINE_SCARCE_EPOCHS, show_default=True,
+              help="Epochs of the student on the N labels alone (the other students: --student-epochs).")
+@click.option("--scarce-alpha", type=float, default=PIPELINE_SCARCE_ALPHA, show_default=True,
+              help="alpha of the student on N labels + unlabelled rows.")
 @click.option("--fresh", is_flag=True, help="Redo every stage, even those whose outputs exist.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Also write the table as JSON.")
 @quiet_option
 def pipeline_cmd(quiet: bool, json_out: str | None, **kw: Any) -> None:
-    """The main job: teacher -> cache -> baseline and distilled students, with a results table."""
+    """The main job: teacher -> cache -> baseline and distilled students, then the scarce-label case
+    (N labels alone vs the same N labels + the rest of the cache as unlabelled rows), with a results table."""
     from .files import write_json
     from .pipeline import format_table, run_pipeline
 

@@ -4,7 +4,11 @@ Fashion-MNIST is 47 MB of uint8 pixels: holding it as one tensor and slicing
 batches from it is ~100x cheaper than decoding one PIL image at a time through a
 DataLoader, and it makes the cached-KD data path as cheap as the plain one.
 ``load_dataset`` is the one entry point: built-in torchvision datasets, or a team's
-own images (kdcache.imagefolder).
+own images (kdcache.imagefolder: labelled ``imagefolder`` or ``unlabelled`` images).
+
+``ignore_labels=True`` reads a split as if nobody had labelled it: every label is
+UNLABELLED (-1) and the content ids and fingerprint are computed with -1, so a cache
+made from it (``dump-logits --no-labels``) never reveals a label. The class names stay.
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError, DataError
-from .samples import DatasetInfo, ImageData, fingerprint_for, sample_ids_for
+from .samples import UNLABELLED, DatasetInfo, ImageData, fingerprint_for, sample_ids_for
 
 SPLITS = ("train", "test")
 
@@ -37,15 +41,16 @@ BUILTIN: dict[str, DatasetSpec] = {
     "mnist": DatasetSpec("MNIST", "MNIST", (0.1307,), (0.3081,)),
 }
 IMAGEFOLDER = "imagefolder"
+UNLABELLED_FOLDER = "unlabelled"  # every image under --data-dir, no labels (kdcache.imagefolder)
 
 
 def dataset_names() -> list[str]:
-    return sorted(BUILTIN) + [IMAGEFOLDER]
+    return sorted(BUILTIN) + [IMAGEFOLDER, UNLABELLED_FOLDER]
 
 
 def check_dataset_name(name: str) -> DatasetSpec | None:
     """The built-in dataset's spec; None for a team's own images (see kdcache.imagefolder)."""
-    if name == IMAGEFOLDER:
+    if name in (IMAGEFOLDER, UNLABELLED_FOLDER):
         return None
     if name not in BUILTIN:
         raise ConfigError(f"unknown dataset {name!r}; choose one of: {', '.join(dataset_names())}")
@@ -58,14 +63,18 @@ def check_split(split: str) -> str:
     return split
 
 
-@lru_cache(maxsize=4)
-def _load_full(name: str, split: str, root: str, download: bool) -> ImageData:
+@lru_cache(maxsize=6)
+def _load_full(name: str, split: str, root: str, download: bool, ignore_labels: bool = False) -> ImageData:
     spec = check_dataset_name(name)
     check_split(split)
+    if name == UNLABELLED_FOLDER:
+        from .imagefolder import load_unlabelled
+
+        return load_unlabelled(root, split)
     if spec is None:
         from .imagefolder import load_imagefolder  # PIL and torchvision only when needed
 
-        return load_imagefolder(root, split)
+        return load_imagefolder(root, split, ignore_labels)
     import torchvision.datasets as tvd  # slow import, only when data is needed
 
     cls = getattr(tvd, spec.torchvision_class)
@@ -81,6 +90,8 @@ def _load_full(name: str, split: str, root: str, download: bool) -> ImageData:
     if images.ndim == 3:
         images = images[:, None]  # (N, 1, H, W)
     labels = ds.targets.numpy().astype(np.int64)
+    if ignore_labels:
+        labels = np.full(len(labels), UNLABELLED, dtype=np.int64)
     info = DatasetInfo(
         name=name, split=split, num_samples=len(labels), class_names=tuple(str(c) for c in ds.classes),
         in_channels=images.shape[1], image_size=(images.shape[2], images.shape[3]), mean=spec.mean, std=spec.std,
@@ -109,10 +120,19 @@ def load_train_val(name: str, root: str | os.PathLike, limit: int | None, val_si
 
 def load_dataset(
     name: str = "fashion-mnist", split: str = "train", root: str | os.PathLike = "data",
-    limit: int | None = None, download: bool = False,
+    limit: int | None = None, download: bool = False, ignore_labels: bool = False,
 ) -> ImageData:
     """Load a split into memory (cached per process); ``limit`` keeps its first N samples.
 
+    ``ignore_labels``: read it as unlabelled (see the module docstring).
     Example: ``load_dataset("fashion-mnist", "test", limit=1000)``
     """
-    return _load_full(name, split, os.fspath(root), download).head(limit)
+    return _load_full(name, split, os.fspath(root), download, ignore_labels).head(limit)
+
+
+def require_labels(data: ImageData, role: str) -> ImageData:
+    """Refuse data without a single label where labels are needed (training a teacher, evaluating)."""
+    if len(data) and data.num_labelled == 0:
+        raise DataError(f"{data.info.name}/{data.info.split} has no labels, so it cannot be {role}; unlabelled "
+                        "images serve as a transfer set (train-student --transfer CACHE)")
+    return data

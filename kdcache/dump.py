@@ -18,7 +18,7 @@ from .errors import CacheError, ConfigError, StorageError
 from .files import check_free_space, disk_full_message
 from .progress import track
 from .samples import DatasetInfo
-from .teacher import Teacher, TeacherSpec, default_dataset, load_teacher
+from .teacher import Teacher, TeacherSpec, default_dataset, load_teacher, with_teacher_classes
 
 
 def cache_attrs(teacher: Teacher, info: DatasetInfo, precision: str) -> dict[str, Any]:
@@ -52,7 +52,8 @@ def dump_logits(teacher: str | os.PathLike | None, out: str | os.PathLike, *, sp
                 dtype: str = "float32", arch: str | None = None, teacher_factory: str | None = None,
                 weights: str | None = None, overwrite: bool = False, progress: bool = False,
                 reuse: bool = False, views: int = 1, augment: str | None = None, include_original: bool = False,
-                view_seed: int = VIEW_SEED) -> dict[str, Any]:
+                view_seed: int = VIEW_SEED, ignore_labels: bool = False,
+                class_names: tuple[str, ...] | None = None) -> dict[str, Any]:
     """Write ``teacher``'s logits over ``split`` (first ``limit`` rows) to the cache ``out``.
 
     The teacher is a kdcache checkpoint (``teacher``), or ``teacher_factory``
@@ -62,7 +63,11 @@ def dump_logits(teacher: str | os.PathLike | None, out: str | os.PathLike, *, sp
     before anything is written; a disk that fills up anyway leaves nothing at ``out``.
     With ``reuse``, an existing cache at ``out`` made by the same request (teacher file,
     data, rows, precision, dtype) is kept and reported as reused; any other is replaced.
-    Returns a summary (path, rows, seconds, teacher top-1 agreement with the labels).
+    ``ignore_labels`` (``--no-labels``) dumps the split as unlabelled: every row's label is -1 and
+    its content id (and the fingerprint) hash -1, so the cache reveals no label. Data without
+    labels (``unlabelled`` images, or ``ignore_labels``) takes its class names from the teacher:
+    a kdcache checkpoint's, or ``class_names`` for a factory teacher.
+    Returns a summary (path, rows, seconds, teacher top-1 agreement with the labels: None without labels).
 
     With ``augment`` (a kdcache.augment policy) it stores ``views`` augmented views per image
     (view 0 the un-augmented image with ``include_original``): each view's parameters, a pure
@@ -82,13 +87,13 @@ def dump_logits(teacher: str | os.PathLike | None, out: str | os.PathLike, *, sp
         raise CacheError(f"{out} already exists; pass --overwrite to replace it")
     spec = TeacherSpec(checkpoint=None if teacher is None else str(teacher), factory=teacher_factory,
                        weights=weights, arch=arch)
-    data = load_dataset(dataset or default_dataset(spec), split, data_dir, limit)
-    loaded = load_teacher(spec, data.info)
+    data = load_dataset(dataset or default_dataset(spec), split, data_dir, limit, ignore_labels=ignore_labels)
+    info = with_teacher_classes(spec, data.info, class_names)  # unlabelled images: the teacher's classes
+    loaded = load_teacher(spec, info)
     dev = resolve_device(device)
     loaded.model.to(dev)
     if precision == "bf16":
         loaded.model.to(memory_format=torch.channels_last)
-    info = data.info
     record = None if policy is None else view_record(policy, include_original=include_original, seed=view_seed)
     request = dump_request(loaded, info, len(data), precision, dtype, views, record)
     if reuse and out.exists():
@@ -129,5 +134,6 @@ def dump_logits(teacher: str | os.PathLike | None, out: str | os.PathLike, *, sp
         raise StorageError(message) from None
     seconds = time.perf_counter() - t0
     return {"cache": str(out), "rows": len(data), "num_classes": info.num_classes, "dtype": dtype,
-            "seconds": seconds, "teacher_label_agreement": agree / max(data.num_labelled * views, 1),
+            "seconds": seconds,
+            "teacher_label_agreement": agree / (data.num_labelled * views) if data.num_labelled else None,
             "bytes": out.stat().st_size, "views": views, "reused": False, "request": request}

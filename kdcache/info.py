@@ -70,7 +70,8 @@ def cache_info(path: str | os.PathLike, temperatures: tuple[float, ...] = INFO_T
         "kdcache_version": a["kdcache_version"], "torch_version": a["torch_version"],
         "teacher_arch": meta.teacher_arch, "teacher_sha256": meta.teacher_sha256,
         "teacher_precision": meta.teacher_precision, "dataset": meta.dataset, "split": meta.split,
-        "num_samples": n, "num_labelled": num_labelled, "dataset_num_samples": meta.dataset_num_samples,
+        "num_samples": n, "num_labelled": num_labelled, "num_unlabelled": n - num_labelled,
+        "dataset_num_samples": meta.dataset_num_samples,
         "dataset_fingerprint": meta.dataset_fingerprint, "num_classes": meta.num_classes,
         "class_names": list(meta.class_names), "logits_dtype": meta.logits_dtype, "targets": meta.targets,
         "topk": meta.topk, "num_views": views, "view_policy": meta.view_policy, "chunk_rows": chunk_rows,
@@ -99,7 +100,8 @@ def format_info(info: dict[str, Any]) -> str:
         ("teacher", f"{info['teacher_arch']} (sha256 {info['teacher_sha256'][:16]}...), ran at "
                     f"{info['teacher_precision']}"),
         ("data", f"{info['dataset']}/{info['split']}: {info['num_samples']} of {info['dataset_num_samples']} "
-                 f"samples, {info['num_labelled']} labelled (fingerprint {info['dataset_fingerprint'][:16]}...)"),
+                 f"samples, {info['num_labelled']} labelled, {info['num_unlabelled']} unlabelled (fingerprint "
+                 f"{info['dataset_fingerprint'][:16]}...)"),
         ("classes", f"{info['num_classes']}: {shown}"),
         ("logits", f"{info['logits_dtype']}, {kind}, {info['chunk_rows']} rows per chunk, "
                    f"max |z| {info['max_abs_logit']:.2f}"),

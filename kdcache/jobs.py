@@ -22,7 +22,7 @@ from .batches import Batch, BatchSource, MemoryBatches
 from .cache import LogitCache, open_cache
 from .checkpoint import check_model_fits_data, load_checkpoint, model_config, read_checkpoint, save_checkpoint
 from .config import CACHE_MEMORY_LIMIT_MB, STUDENT_ARCH, STUDENT_TRAIN, TEACHER_ARCH, TEACHER_TRAIN, DataConfig, TrainConfig
-from .data import load_dataset, load_train_val
+from .data import load_dataset, load_train_val, require_labels
 from .device import resolve_device
 from .ensemble import ENSEMBLE_METHODS, check_members, combine_logits
 from .errors import CheckpointError, ConfigError
@@ -30,7 +30,8 @@ from .files import check_output, write_json
 from .loss import check_alpha, check_temperature, kd_loss
 from .models import build_model, count_parameters
 from .samples import ImageData
-from .targets import Targets, as_tensors
+from .targets import Targets, as_tensors, concat
+from .transfer import TransferSet, check_labels_limit, concat_data, mask_labels, open_transfer_sets, transfer_views
 from .train import cross_entropy_loss, evaluate, fit
 from .views import fresh_views, student_views
 
@@ -133,6 +134,7 @@ def train_teacher(out: str | os.PathLike, *, arch: str = TEACHER_ARCH, data_cfg:
     """
     build_model(arch)  # unknown arch fails before any data is read
     data, _ = load_train_val(data_cfg.dataset, data_cfg.data_dir, data_cfg.limit, data_cfg.val_size, data_cfg.download)
+    require_labels(data, "a teacher's training data")
     views = fresh_views(augment, data, cfg.seed)
     more = {} if views is None else {"augment": views.policy.describe()}  # absent, not None: old requests still match
 
@@ -163,14 +165,15 @@ def train_student(out: str | os.PathLike, *, caches: Sequence[str | os.PathLike]
                   cfg: TrainConfig = STUDENT_TRAIN, ensemble: str = "mean-probs", overwrite: bool = False,
                   progress: bool = False, cache_memory_limit_mb: float = CACHE_MEMORY_LIMIT_MB,
                   cache_workers: int = 0, reuse: bool = False, augment: str | None = None,
-                  allow_inconsistent: bool = False, cache_views: int | None = None) -> dict[str, Any]:
+                  allow_inconsistent: bool = False, cache_views: int | None = None, labels_limit: int | None = None,
+                  transfer: Sequence[str | os.PathLike] = (), transfer_data_dirs: Sequence[str] = ()) -> dict[str, Any]:
     """Train a student from images + cached teacher targets. Never loads or runs a teacher.
 
     Every cache is checked against the training samples (LogitCache.align: dataset, split,
     fingerprint, index coverage, labels and content ids row by row) before training starts.
     Several caches distil from an ensemble (kdcache.ensemble). ``alpha = 0`` trains on labels
-    alone and needs no cache. A single cache whose targets (as float32) exceed
-    ``cache_memory_limit_mb`` is streamed from disk (kdcache.reader, read in ``cache_workers``
+    alone and needs no cache. A single teacher's caches whose targets (as float32) exceed
+    ``cache_memory_limit_mb`` are streamed from disk (kdcache.reader, read in ``cache_workers``
     processes) instead of loaded whole. ``reuse``: return an existing ``out`` made by the same
     request (same data, settings, T, alpha and cache contents) instead of training again.
 
@@ -178,6 +181,12 @@ def train_student(out: str | os.PathLike, *, caches: Sequence[str | os.PathLike]
     one stored view and learns that view's logits; ``cache_views`` uses only the first K');
     ``augment`` without one draws fresh views (labels-only students, ``alpha = 0``), and with a
     single-view cache while distilling is refused unless ``allow_inconsistent``.
+
+    Unlabelled rows (kdcache.transfer): ``labels_limit`` keeps the labels of the first N
+    training samples only; ``transfer`` adds the rows of caches of other images (their data
+    read from ``transfer_data_dirs``: none = ``data_cfg.data_dir``, one for all, or one per
+    cache). The soft term covers every row, cross-entropy the labelled ones; an epoch is one
+    pass over all rows.
     """
     check_temperature(temperature)
     check_alpha(alpha)
@@ -187,55 +196,77 @@ def train_student(out: str | os.PathLike, *, caches: Sequence[str | os.PathLike]
     if alpha > 0 and not caches:
         raise ConfigError("alpha > 0 distils from a teacher: pass --cache (or use --alpha 0 for labels only)")
     data, _ = load_train_val(data_cfg.dataset, data_cfg.data_dir, data_cfg.limit, data_cfg.val_size, data_cfg.download)
+    require_labels(data, "a student's labelled data (--dataset)")
+    check_labels_limit(labels_limit, len(data), alpha)
     opened = [open_cache(p) for p in caches]
+    opened_transfer: list[LogitCache] = []
     try:
+        opened_transfer.extend(open_cache(p) for p in transfer)
         records = [cache_record(c) for c in opened]
+        transfer_records = [cache_record(c) for c in opened_transfer]
+        sets = open_transfer_sets(opened_transfer, transfer_data_dirs, data, opened, data_cfg)
+        rows_data = concat_data([mask_labels(data, labels_limit)] + [s.data for s in sets])
         targets, batches, views = _student_targets(opened, data, cfg, temperature, ensemble, cache_memory_limit_mb,
-                                                   cache_workers, alpha, augment, allow_inconsistent, cache_views)
+                                                   cache_workers, alpha, augment, allow_inconsistent, cache_views,
+                                                   sets, rows_data)
+        transfer_info = [{**cache_record(c), **r} for s in sets for c, r in zip(s.caches, s.record())]
     finally:
-        for c in opened:
+        for c in opened + opened_transfer:
             c.close()
     plan, view_record = views
     more = {} if view_record is None else {"augment": view_record}  # absent, not None: old requests still match
+    unlabelled_rows = {} if labels_limit is None else {"labels_limit": labels_limit}  # likewise
+    if transfer:
+        unlabelled_rows["transfer"] = [r["content_sha256"] for r in transfer_records]
     request = _request("student", arch, data, data_cfg, cfg, temperature=temperature if alpha > 0 else None,
                        alpha=alpha, caches=[r["content_sha256"] for r in records] if alpha > 0 else [],
-                       ensemble=ensemble if len(caches) > 1 else None, **more)
+                       ensemble=ensemble if len(caches) > 1 else None, **more, **unlabelled_rows)
     extra = {"temperature": temperature, "alpha": alpha, "caches": records,
-             "ensemble": ensemble if len(caches) > 1 else None, "cache_streamed": batches is not None, **more}
+             "ensemble": ensemble if len(caches) > 1 else None, "cache_streamed": batches is not None, **more,
+             "labels_limit": labels_limit, "transfer": transfer_info,
+             "num_labelled": rows_data.num_labelled, "num_unlabelled": len(rows_data) - rows_data.num_labelled}
     if batches is None:
         def batches(device: torch.device) -> BatchSource:
-            return MemoryBatches(data, cfg.batch_size, shuffle=True, seed=cfg.seed, device=device,
+            return MemoryBatches(rows_data, cfg.batch_size, shuffle=True, seed=cfg.seed, device=device,
                                  teacher_logits=targets, channels_last=cfg.precision == "bf16", views=plan)
-    return _train_and_save("student", arch, data, data_cfg, cfg, out, overwrite, progress,
+    return _train_and_save("student", arch, rows_data, data_cfg, cfg, out, overwrite, progress,
                            distillation_loss(temperature, alpha), request, extra, batches, reuse)
 
 
 def _student_targets(caches: Sequence[LogitCache], data: ImageData, cfg: TrainConfig, temperature: float,
                      ensemble: str, limit_mb: float, workers: int, alpha: float = 0.0, augment: str | None = None,
-                     allow_inconsistent: bool = False, cache_views: int | None = None
+                     allow_inconsistent: bool = False, cache_views: int | None = None,
+                     transfer: Sequence[TransferSet] = (), rows_data: ImageData | None = None
                      ) -> tuple[Targets | None, Callable[[torch.device], BatchSource] | None, tuple]:
-    """Aligned in-memory targets, or (None, a streaming batch source factory) for a cache over ``limit_mb``;
-    and the run's (ViewPlan, record) (kdcache.views)."""
+    """Targets aligned with ``rows_data`` (``data``'s rows, then each transfer set's), in memory, or (None, a
+    streaming batch source factory) when the caches exceed ``limit_mb``; and the run's (ViewPlan, record)
+    (kdcache.views), its stored views extended to the transfer rows."""
+    rows_data = data if rows_data is None else rows_data
     if len(caches) > 1:
         check_members(caches)
     rows = [c.align(data.indices.numpy(), labels=data.labels.numpy(), sample_ids=data.sample_ids, info=data.info)
             for c in caches]
-    views = student_views(caches, rows, data, augment=augment, alpha=alpha, allow_inconsistent=allow_inconsistent,
-                          cache_views=cache_views, seed=cfg.seed)
+    plan, record = student_views(caches, rows, data, augment=augment, alpha=alpha,
+                                 allow_inconsistent=allow_inconsistent, cache_views=cache_views, seed=cfg.seed)
+    views = (transfer_views(plan, transfer), record)
     if not caches:
         return None, None, views
-    need_mb = sum(c.target_bytes() for c in caches) / 2**20
+    sources = [(list(caches), rows)] + [(s.caches, s.rows) for s in transfer]  # per source: a cache per teacher
+    need_mb = sum(c.target_bytes() for cs, _ in sources for c in cs) / 2**20
     if need_mb > limit_mb:
         if len(caches) > 1:
             raise ConfigError(f"the ensemble's caches need {need_mb:.0f} MB in memory, over --cache-memory-limit "
                               f"{limit_mb:g}; streaming serves one cache only: raise the limit or use one cache")
         from .reader import StreamingBatches
 
-        path = caches[0].path
-        return None, lambda device: StreamingBatches(data, path, rows[0], cfg.batch_size, seed=cfg.seed,
+        paths, source_rows = [cs[0].path for cs, _ in sources], [rs[0] for _, rs in sources]
+        if len(paths) == 1:
+            paths, source_rows = paths[0], source_rows[0]
+        return None, lambda device: StreamingBatches(rows_data, paths, source_rows, cfg.batch_size, seed=cfg.seed,
                                                      device=device, num_workers=workers,
                                                      channels_last=cfg.precision == "bf16", views=views[0]), views
-    members = [as_tensors(c.read(r)) for c, r in zip(caches, rows)]  # each aligned to data's order
+    # per teacher: its targets of every row, in rows_data's order
+    members = [as_tensors(concat([cs[e].read(rs[e]) for cs, rs in sources])) for e in range(len(caches))]
     if views[1] is not None and views[1]["mode"] == "replay":
         members = [m[:, :views[1]["views"]] for m in members]  # (N, K', ...): the views in use
     if len(members) == 1:
@@ -248,7 +279,7 @@ def evaluate_checkpoint(path: str | os.PathLike, *, split: str = "test", dataset
                         batch_size: int = 1000, progress: bool = False) -> dict[str, Any]:
     """Accuracy, loss and per-class accuracy of a checkpoint on a dataset split."""
     model, config = load_checkpoint(path)
-    data = load_dataset(dataset or config["dataset"], split, data_dir, limit)
+    data = require_labels(load_dataset(dataset or config["dataset"], split, data_dir, limit), "evaluated on")
     check_model_fits_data(config, data.info, path)
     metrics = evaluate(model, data, batch_size=batch_size, device=resolve_device(device), progress=progress)
     return {"checkpoint": str(path), "arch": config["arch"], "dataset": data.info.name, "split": split, **metrics}

@@ -19,13 +19,16 @@ partition (disjoint sets of blocks, together all of them) for distributed traini
 ranks' shares differ by at most one block, so a distributed loop must still even out
 its step counts (drop or pad, as DistributedSampler does). ``iter_batches`` cuts its
 buffers into batches of exactly ``batch_size`` rows; ``StreamingBatches`` (a train.fit
-batch source) pairs them with the in-memory images of the same samples.
+batch source) pairs them with the in-memory images of the same samples. ``ConcatStream``
+is one such stream over several caches (a labelled cache and transfer caches, see
+kdcache.transfer): their blocks share one random order and the same buffers, so every
+buffer, and every batch, mixes rows of all of them.
 """
 from __future__ import annotations
 
 import math
 import os
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -222,6 +225,59 @@ class LogitStream(IterableDataset):
         return values, concat(parts)
 
 
+class ConcatStream(LogitStream):
+    """One shuffled stream over the rows of several caches, each part a ``LogitStream`` yielding its own values.
+
+    The parts' blocks are numbered one after the other and visited in one random order
+    (``seed``, epoch), pooled ``buffer_blocks`` at a time and row-shuffled exactly as in a
+    single-file stream, so a buffer mixes the parts in proportion to their blocks. Parts must
+    hold the same kind of targets (full logits of one shape, or top-k of one k); float16 and
+    float32 parts are served as float32.
+    """
+
+    def __init__(self, parts: Sequence[LogitStream], *, shuffle: bool = True, seed: int = 0,
+                 buffer_blocks: int = DEFAULT_BUFFER_BLOCKS, rank: int = 0, world_size: int = 1):
+        if not 0 <= rank < world_size:
+            raise ConfigError(f"rank must be in 0..world_size-1, got rank {rank} of {world_size}")
+        if buffer_blocks < 1:
+            raise ConfigError(f"buffer_blocks must be >= 1, got {buffer_blocks}")
+        first = parts[0]
+        for p in parts[1:]:
+            if (p.kind, p.full_shape) != (first.kind, first.full_shape):
+                raise CacheError(f"{p.path} and {first.path} hold different kinds of targets ({p.kind} "
+                                 f"{p.full_shape} vs {first.kind} {first.full_shape}); one stream needs one kind")
+        self.parts = list(parts)
+        self.path, self.kind, self.full_shape = first.path, first.kind, first.full_shape
+        self.dtype = np.result_type(*[p.dtype for p in parts])
+        self.part_of = np.concatenate([np.full(len(p.blocks), i, dtype=np.int64) for i, p in enumerate(parts)])
+        self.local = np.concatenate([np.arange(len(p.blocks), dtype=np.int64) for p in parts])
+        sizes = np.concatenate([p.block_stops - p.block_starts for p in parts])
+        self.block_stops = np.cumsum(sizes)
+        self.block_starts = self.block_stops - sizes
+        self.blocks = np.arange(len(sizes))
+        self.shuffle, self.seed, self.buffer_blocks = shuffle, seed, buffer_blocks
+        self.rank, self.world_size, self.epoch = rank, world_size, 0
+        self._cache, self._fd, self._pid = None, None, None
+
+    def read_block(self, b: int, out: np.ndarray | None = None) -> tuple[np.ndarray, Targets]:
+        part = self.parts[int(self.part_of[b])]
+        if out is None or part.dtype == self.dtype:
+            return part.read_block(int(self.local[b]), out=out)
+        values, targets = part.read_block(int(self.local[b]))  # float16 part: converted into the float32 buffer
+        out[:len(targets)] = targets
+        return values, out[:len(targets)]
+
+    def prefetch(self, blocks: np.ndarray) -> None:
+        for i, part in enumerate(self.parts):
+            mine = self.local[blocks[self.part_of[blocks] == i]]
+            if len(mine):
+                part.prefetch(mine)
+
+    def close(self) -> None:
+        for part in self.parts:
+            part.close()
+
+
 def iter_batches(stream: LogitStream, batch_size: int, num_workers: int = 0) -> Iterator[tuple[torch.Tensor, Targets]]:
     """Batches of exactly ``batch_size`` rows ``(values (B,), targets of B rows)`` (the last may be short).
 
@@ -260,15 +316,27 @@ class StreamingBatches:
     With ``views`` (kdcache.augment.ViewPlan) the stream serves every view of a row,
     (B, V, ...), and each batch keeps the view the epoch's schedule gives that sample, whose
     image is replayed from the stored parameters (or fresh parameters, without stored views).
-    Close it (or use it as a context manager) when training is done.
+    Several caches (``cache_path`` and ``rows`` as sequences) serve consecutive parts of
+    ``data`` (its first ``len(rows[0])`` samples from the first cache, ...) through one
+    ``ConcatStream``. Close it (or use it as a context manager) when training is done.
     """
 
-    def __init__(self, data: ImageData, cache_path: str | os.PathLike, rows: np.ndarray, batch_size: int, *,
+    def __init__(self, data: ImageData, cache_path: str | os.PathLike | Sequence[str | os.PathLike],
+                 rows: np.ndarray | Sequence[np.ndarray], batch_size: int, *,
                  seed: int = 0, device: torch.device | str = "cpu", num_workers: int = 0,
                  buffer_blocks: int = DEFAULT_BUFFER_BLOCKS, channels_last: bool = False,
                  rank: int = 0, world_size: int = 1, views: ViewPlan | None = None):
-        self.stream = LogitStream(cache_path, rows=rows, values=np.arange(len(data)), shuffle=True, seed=seed,
-                                  buffer_blocks=buffer_blocks, rank=rank, world_size=world_size)
+        if isinstance(cache_path, (str, os.PathLike)):
+            self.stream = LogitStream(cache_path, rows=rows, values=np.arange(len(data)), shuffle=True, seed=seed,
+                                      buffer_blocks=buffer_blocks, rank=rank, world_size=world_size)
+        else:
+            if sum(len(r) for r in rows) != len(data):
+                raise ValueError(f"the caches' rows ({[len(r) for r in rows]}) do not add up to the {len(data)} samples")
+            offsets = np.cumsum([0] + [len(r) for r in rows])
+            parts = [LogitStream(p, rows=r, values=np.arange(o, o + len(r)), shuffle=True, seed=seed,
+                                 buffer_blocks=buffer_blocks) for p, r, o in zip(cache_path, rows, offsets)]
+            self.stream = ConcatStream(parts, shuffle=True, seed=seed, buffer_blocks=buffer_blocks, rank=rank,
+                                       world_size=world_size)
         self.device = torch.device(device)
         self.images, self.labels = data.images.to(self.device), data.labels.to(self.device)
         self.mean, self.std = data.info.mean, data.info.std

@@ -74,13 +74,19 @@ class Stat:
 
 @dataclass
 class Group:
-    """All configurations of one condition trained on the same number of samples for the same epochs."""
+    """All configurations of one condition trained on the same samples (labelled and not) for the same epochs."""
 
     limit: int
     epochs: int
     baseline: Stat | None
     configs: list[Stat]  # distilled (alpha > 0), sorted by alpha then T
     condition: str = ""
+    labelled: int | None = None  # labelled training rows (None: all ``limit`` samples, as in a plain sweep)
+    unlabelled: int = 0  # rows without a label: --labels-limit's rest and transfer sets
+
+    @property
+    def num_labelled(self) -> int:
+        return self.limit if self.labelled is None else self.labelled
 
     @property
     def picked_on(self) -> str:
@@ -98,21 +104,38 @@ class Group:
         return sorted({s.alpha for s in self.configs})
 
 
-def summarize(rows: list[dict[str, Any]]) -> list[Group]:
-    """Group the table's rows by (condition, limit, epochs), then by (alpha, T) over seeds.
+def labelled_counts(rows: list[dict[str, Any]]) -> tuple[int, int]:
+    """(labelled, unlabelled) training rows of a group's runs: as a finished run recorded them, else from
+    ``labels_limit`` (a run that diverged or predates the record), else all ``limit`` samples labelled."""
+    for row in rows:
+        if row.get("num_labelled") is not None:
+            return int(row["num_labelled"]), int(row.get("num_unlabelled") or 0)
+    row = rows[0]
+    labels_limit = (row.get("options") or {}).get("labels_limit")
+    if labels_limit is not None:
+        return int(labels_limit), int(row["limit"]) - int(labels_limit)
+    return int(row["limit"]), 0
 
-    Groups keep the order in which their conditions first appear, smallest limit first.
+
+def summarize(rows: list[dict[str, Any]]) -> list[Group]:
+    """Group the table's rows by (condition, limit, labels_limit, epochs), then by (alpha, T) over seeds.
+
+    Runs that differ in their labelled count (``labels_limit``) are separate groups, and a
+    group says how many of its rows were labelled and unlabelled (transfer sets included).
+    Groups are ordered by labelled count, then by the order in which their conditions first appear.
     """
-    by_group: dict[tuple[str, int, int], dict[tuple[float, float | None], list[dict]]] = \
-        defaultdict(lambda: defaultdict(list))
+    by_group: dict[tuple, dict[tuple[float, float | None], list[dict]]] = defaultdict(lambda: defaultdict(list))
     first_seen: dict[str, int] = {}
     for row in rows:
         cond = row.get("condition", "")
         first_seen.setdefault(cond, len(first_seen))
-        by_group[(cond, row["limit"], row["epochs"])][(row["alpha"], row["temperature"])].append(row)
+        key = (cond, row["limit"], (row.get("options") or {}).get("labels_limit"), row["epochs"])
+        by_group[key][(row["alpha"], row["temperature"])].append(row)
+    counts = {key: labelled_counts([r for rs in configs.values() for r in rs]) for key, configs in by_group.items()}
     groups = []
-    for (cond, limit, epochs), configs in sorted(by_group.items(), key=lambda kv: (kv[0][1], first_seen[kv[0][0]],
-                                                                                    kv[0][2])):
+    order = sorted(by_group, key=lambda k: (counts[k][0], first_seen[k[0]], k[1], counts[k][1], k[3]))
+    for key in order:
+        (cond, limit, _, epochs), configs, (labelled, unlabelled) = key, by_group[key], counts[key]
         stats = []
         for (a, t), rs in configs.items():
             ok = [r for r in rs if r.get("test_accuracy") is not None]
@@ -120,7 +143,7 @@ def summarize(rows: list[dict[str, Any]]) -> list[Group]:
                 stats.append(Stat(a, t, [r["test_accuracy"] for r in ok], ok, failed=len(rs) - len(ok)))
         baseline = next((s for s in stats if s.temperature is None), None)
         distilled = sorted((s for s in stats if s.temperature is not None), key=lambda s: (s.alpha, s.temperature))
-        groups.append(Group(limit, epochs, baseline, distilled, cond))
+        groups.append(Group(limit, epochs, baseline, distilled, cond, labelled, unlabelled))
     return groups
 
 
@@ -174,8 +197,14 @@ def _figure_legend(fig, axes) -> None:
     fig.legend(list(entries.values()), list(entries.keys()), loc="lower center", ncol=ncol, fontsize=9, frameon=False)
 
 
+def _samples_text(g: Group) -> str:
+    """'5,000 labelled samples' or '5,000 labelled + 50,000 unlabelled samples'."""
+    extra = f" + {g.unlabelled:,} unlabelled" if g.unlabelled else ""
+    return f"{g.num_labelled:,} labelled{extra} samples"
+
+
 def _group_title(g: Group) -> str:
-    return (f"{g.condition}: " if g.condition else "") + f"{g.limit:,} labelled samples, {g.epochs} epochs"
+    return (f"{g.condition}: " if g.condition else "") + f"{_samples_text(g)}, {g.epochs} epochs"
 
 
 def plot_accuracy_vs_temperature(groups: list[Group], teacher_accuracy: float | None, path: Path) -> Path:
@@ -273,16 +302,18 @@ def format_markdown(results: dict[str, Any], groups: list[Group]) -> str:
            "training images); its test accuracy is reported." if all(g.picked_on == "validation" for g in groups)
            else "The best configuration is picked by mean test accuracy (no validation split), so it is "
                 "slightly optimistic."), "",
-        "| condition | labelled samples | epochs | teacher | baseline (alpha 0) | best distilled | config | picked on "
-        "| gain | gap closed |",
-        "|---|---:|---:|---:|---:|---:|---|---|---:|---:|",
     ]
+    transfer = any(g.unlabelled for g in groups)  # the unlabelled column only where some run had unlabelled rows
+    lines += [f"| condition | labelled samples |{' unlabelled samples |' if transfer else ''} epochs | teacher | "
+              "baseline (alpha 0) | best distilled | config | picked on | gain | gap closed |",
+              f"|---|---:|{'---:|' if transfer else ''}---:|---:|---:|---:|---|---|---:|---:|"]
     for g in groups:
         b, best = g.baseline, g.best
         gain = gap = None
         if b is not None and best is not None:
             gain, gap = best.mean - b.mean, gap_closed(b.mean, best.mean, t_acc)
-        lines.append(f"| {g.condition or '-'} | {g.limit:,} | {g.epochs} | {_pct(t_acc)} | "
+        unlabelled = f" {g.unlabelled:,} |" if transfer else ""
+        lines.append(f"| {g.condition or '-'} | {g.num_labelled:,} |{unlabelled} {g.epochs} | {_pct(t_acc)} | "
                      f"{_pct(b.mean, b.spread) if b else '-'} | {_pct(best.mean, best.spread) if best else '-'} | "
                      f"{best.label if best else '-'} | {g.picked_on if best else '-'} | "
                      f"{'-' if gain is None else f'{100 * gain:+.2f} pp'} | {'-' if gap is None else f'{100 * gap:.0f}%'} |")

@@ -18,7 +18,7 @@ RESULTS_JSON = "results.json"
 RESULTS_CSV = "results.csv"
 RESULTS_FORMAT = "kdcache-sweep"
 CSV_COLUMNS = ("key", "limit", "temperature", "alpha", "seed", "epochs", "val_accuracy", "test_accuracy", "test_loss",
-               "train_seconds", "eval_samples", "error")
+               "train_seconds", "eval_samples", "error", "condition", "num_labelled", "num_unlabelled")
 
 
 def load_results(out_dir: str | os.PathLike) -> dict[str, Any]:

@@ -123,9 +123,12 @@ class RunSpec:
 
     @property
     def key(self) -> str:
+        """condition_n{limit}[_l{labels_limit}]_T{T}_a{alpha}_s{seed}_e{epochs}: the labelled count is an axis too."""
         t = "-" if self.temperature is None else f"{self.temperature:g}"
         prefix = "".join(ch if ch.isalnum() or ch in "-." else "-" for ch in self.condition) + "_" if self.condition else ""
-        return f"{prefix}n{self.limit}_T{t}_a{self.alpha:g}_s{self.seed}_e{self.epochs}"
+        labels = self.options_dict.get("labels_limit")
+        labelled = "" if labels is None else f"_l{labels}"
+        return f"{prefix}n{self.limit}{labelled}_T{t}_a{self.alpha:g}_s{self.seed}_e{self.epochs}"
 
     def to_row(self) -> dict[str, Any]:
         return {"key": self.key, "limit": self.limit, "temperature": self.temperature, "alpha": self.alpha,
@@ -172,7 +175,10 @@ def _check_same_settings(path: Path, old: dict[str, Any], new: dict[str, Any]) -
 
 
 def _row(spec: RunSpec, r: dict[str, Any]) -> dict[str, Any]:
+    config = r["config"]
+    labelled = config.get("num_labelled", config.get("num_train_samples"))
     return {**spec.to_row(), "test_accuracy": r["test"]["accuracy"], "test_loss": r["test"]["loss"],
+            "num_labelled": labelled, "num_unlabelled": config.get("num_unlabelled", 0),
             "val_accuracy": r["val"]["accuracy"] if r.get("val") else None,
             "train_seconds": round(r["seconds"], 3), "eval_samples": r["test"]["num_samples"],
             "checkpoint": r["checkpoint"], "history": r["history"]}

@@ -19,7 +19,7 @@ import importlib
 import inspect
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -111,6 +111,48 @@ def default_dataset(spec: TeacherSpec) -> str:
     if spec.checkpoint is not None:
         return str(read_checkpoint(spec.checkpoint)["config"]["dataset"])
     return "fashion-mnist"
+
+
+def read_class_names(path: str | os.PathLike) -> tuple[str, ...]:
+    """Class names from a text file, one per line in logit column order (blank lines ignored)."""
+    try:
+        text = open(path, encoding="utf-8").read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"--class-names {path}: cannot read it ({e}); give a UTF-8 text file with one class "
+                          "name per line") from None
+    names = tuple(line.strip() for line in text.splitlines() if line.strip())
+    if len(names) < 2 or len(set(names)) != len(names):
+        raise ConfigError(f"--class-names {path} holds {len(names)} names ({len(set(names))} distinct); give at "
+                          "least 2 distinct class names, one per line, in the order of the teacher's logits")
+    return names
+
+
+def with_teacher_classes(spec: TeacherSpec, info: DatasetInfo, class_names: tuple[str, ...] | None = None
+                         ) -> DatasetInfo:
+    """``info`` with the classes the teacher predicts, for data that has none of its own (unlabelled images).
+
+    A kdcache checkpoint carries its class names; a factory teacher has only a number of
+    outputs, so its class names must be given (``class_names``, e.g. from ``--class-names``).
+    Data with classes keeps them; ``class_names``, if given, must equal them.
+    """
+    names = tuple(class_names) if class_names else None
+    if info.class_names:
+        if names is not None and names != tuple(info.class_names):
+            raise ConfigError(f"--class-names lists {len(names)} classes {list(names)[:3]}..., but {info.name} has "
+                              f"{info.num_classes} {list(info.class_names)[:3]}...; drop --class-names (labelled data "
+                              "names its own classes)")
+        return info
+    if spec.checkpoint is not None:
+        own = tuple(str(c) for c in read_checkpoint(spec.checkpoint)["config"]["class_names"])
+        if names is not None and names != own:
+            raise ConfigError(f"--class-names differs from the class names stored in {spec.checkpoint}; drop "
+                              "--class-names (a kdcache checkpoint names its classes)")
+        names = own
+    if names is None:
+        raise ConfigError(f"{info.name} images have no labels, so the cache's class names must come from the teacher: "
+                          "--teacher-factory needs --class-names FILE (one class name per line, in the order of "
+                          "the teacher's logits)")
+    return replace(info, class_names=names)
 
 
 def import_factory(target: str) -> Any:

@@ -9,7 +9,9 @@ Checks, each reported as one line (ok / FAIL / skip):
 - values: no NaN/Inf and no implausible magnitude (|z| > MAX_ABS_LOGIT) among the logits;
 - content: the content hash recomputed from every value equals the one stored at write time;
 - alignment (with data): dataset, split, classes and fingerprint match, and every row
-  matches the sample at its index by label and content id (LogitCache.align's rule);
+  matches the sample at its index by label and content id (LogitCache.align's rule); a
+  cache without labelled rows is compared with the data read unlabelled (``ignore_labels``),
+  so its rows are checked by index and content id (docs/cache-format.md, "Unlabelled rows");
 - views (with data, for a cache with views): the policy is one this kdcache can replay and
   every stored view parameter is a valid view of the data's images;
 - teacher (with a teacher): a random sample of rows is re-computed and compared to
@@ -20,7 +22,7 @@ Checks, each reported as one line (ok / FAIL / skip):
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,7 @@ from .augment import policy_from_record
 from .cache import MAX_ABS_LOGIT, LogitCache, check_readable, open_cache
 from .data import load_dataset
 from .errors import CacheError
-from .samples import ImageData, normalize, standardize, to_unit
+from .samples import UNLABELLED, ImageData, normalize, standardize, to_unit
 from .targets import TopK
 from .teacher import TeacherSpec, load_teacher
 
@@ -107,7 +109,8 @@ def verify_cache(path: str | os.PathLike, *, dataset: str | None = None, split: 
         if not intact:
             report.add("alignment", "skip", "not checked: the index datasets are damaged (see above)")
             return report
-        data = load_dataset(dataset or m.dataset, split or m.split, data_dir or "data")
+        data = load_dataset(dataset or m.dataset, split or m.split, data_dir or "data",
+                            ignore_labels=m.unlabelled)
         aligned = _check_alignment(cache, data, report)
         views_ok = _check_views(cache, data, report) if m.has_views else True
         if teacher is None:
@@ -171,8 +174,12 @@ def _check_alignment(cache: LogitCache, data: ImageData, report: VerifyReport) -
         report.add("alignment", "fail", problem)
     if problems:
         return False
-    report.add("alignment", "ok", f"all {len(idx)} rows match {info.name}/{info.split} at their index (label and "
-                                  "content id); dataset fingerprint matches")
+    unlabelled = int((cache.labels == UNLABELLED).sum())
+    labelled = len(idx) - unlabelled
+    how = ", ".join(([f"{labelled} labelled by label and content id"] if labelled else []) +
+                    ([f"{unlabelled} unlabelled by content id"] if unlabelled else []))
+    report.add("alignment", "ok", f"all {len(idx)} rows match {info.name}/{info.split} at their index ({how}); "
+                                  "dataset fingerprint matches")
     return True
 
 
@@ -209,7 +216,8 @@ def _check_teacher(cache: LogitCache, data: ImageData, spec: TeacherSpec, sample
     from .train import resolve_device
 
     m = cache.meta
-    teacher = load_teacher(spec, data.info)
+    info = data.info if data.info.class_names else replace(data.info, class_names=m.class_names)  # unlabelled images
+    teacher = load_teacher(spec, info)
     dev = resolve_device(device)
     k = min(sample, m.num_samples)
     rows = np.sort(np.random.default_rng(seed).choice(m.num_samples, size=k, replace=False))

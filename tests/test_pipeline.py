@@ -8,10 +8,16 @@ from kdcache.pipeline import format_table, run_pipeline
 
 def test_pipeline_runs_then_reuses(tmp_path, data_dir):
     kw = dict(workdir=str(tmp_path / "runs"), cache_path=str(tmp_path / "c.h5"), teacher_epochs=1, student_epochs=1,
-              limit=200, eval_limit=200, data_dir=str(data_dir), device="cpu")
+              limit=200, eval_limit=200, data_dir=str(data_dir), device="cpu", scarce_labels=50, scarce_epochs=2)
     first = run_pipeline(**kw)
     stages = [r["stage"] for r in first["rows"]]
-    assert stages == ["teacher", "dump-logits", "student, labels only (alpha 0)", "student, KD T=4 alpha=0.5"]
+    assert stages == ["teacher", "dump-logits", "student, labels only (alpha 0)", "student, KD T=4 alpha=0.5",
+                      "student, 50 labels only (alpha 0)", "student, 50 labels + 150 unlabelled, KD T=4 alpha=0.9"]
+    import torch
+    alone, mixed = (torch.load(tmp_path / "runs" / f"student-50-labels{s}.pt", weights_only=True)["config"]
+                    for s in ("", "-transfer"))
+    assert (alone["num_train_samples"], alone["epochs"], alone["alpha"]) == (50, 2, 0.0)
+    assert (mixed["num_labelled"], mixed["num_unlabelled"], mixed["request"]["labels_limit"]) == (50, 150, 50)
     assert all(not r["reused"] for r in first["rows"])
     assert all(0 <= r["test_accuracy"] <= 1 for r in first["rows"] if r["stage"] != "dump-logits")
     second = run_pipeline(**kw)
@@ -19,18 +25,29 @@ def test_pipeline_runs_then_reuses(tmp_path, data_dir):
     assert [r["test_accuracy"] for r in second["rows"]] == [r["test_accuracy"] for r in first["rows"]]
     table = format_table(second)
     assert "teacher" in table and "(reused)" in table and "%" in table
+    lines = table.splitlines()
+    assert len({line.index("%") for line in lines if "%" in line}) == 1  # one column, however long the stage names
 
 
 def test_pipeline_cli_writes_json(tmp_path, data_dir):
     out = tmp_path / "result.json"
     r = CliRunner().invoke(main, ["pipeline", "--workdir", str(tmp_path / "w"), "--cache", str(tmp_path / "c.h5"),
                                   "--teacher-epochs", "1", "--student-epochs", "1", "--limit", "128",
-                                  "--eval-limit", "100", "--data-dir", str(data_dir), "--json", str(out), "-q"])
+                                  "--eval-limit", "100", "--data-dir", str(data_dir), "--json", str(out), "-q",
+                                  "--scarce-labels", "0"])
     assert r.exit_code == 0, r.output
-    assert len(json.loads(out.read_text())["rows"]) == 4
+    assert len(json.loads(out.read_text())["rows"]) == 4  # --scarce-labels 0: the scarce-label rows are skipped
     assert r.stdout.splitlines()[0].startswith("stage")
 
 
 def test_pipeline_bad_temperature(tmp_path):
     r = CliRunner().invoke(main, ["pipeline", "--workdir", str(tmp_path), "--T", "-1"])
     assert r.exit_code == 1 and r.output.startswith("Error: temperature")
+
+
+def test_pipeline_scarce_labels_must_leave_unlabelled_images(tmp_path):
+    from conftest import assert_error
+
+    r = CliRunner().invoke(main, ["pipeline", "--workdir", str(tmp_path), "--limit", "300"])
+    assert_error(r, "--scarce-labels 5000 must be below the training samples (--limit 300)")
+    assert not (tmp_path / "teacher.pt").exists()

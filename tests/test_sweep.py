@@ -132,7 +132,9 @@ def test_grid_plan_and_keys():
 def test_runspec_conditions_and_options_make_distinct_keys():
     a = RunSpec.make(5000, 4.0, 0.9, 0, 10, "transfer", labels_limit=5000, caches=["a.h5"])
     b = RunSpec.make(5000, 4.0, 0.9, 0, 10)
-    assert a.key == "transfer_n5000_T4_a0.9_s0_e10" and b.key == "n5000_T4_a0.9_s0_e10"
+    assert a.key == "transfer_n5000_l5000_T4_a0.9_s0_e10" and b.key == "n5000_T4_a0.9_s0_e10"
+    # the labelled count is an axis: runs differing only in labels_limit get their own keys
+    assert RunSpec.make(5000, 4.0, 0.9, 0, 10, "transfer", labels_limit=1000, caches=["a.h5"]).key != a.key
     assert a.options_dict == {"caches": ["a.h5"], "labels_limit": 5000} and hash(a)  # frozen, hashable
     assert a.to_row()["options"] == {"caches": ["a.h5"], "labels_limit": 5000}
 

@@ -187,6 +187,15 @@ class CacheMeta:
     def has_views(self) -> bool:
         return self.view_policy is not None
 
+    @property
+    def unlabelled(self) -> bool:
+        """No row has a label (unlabelled images, or dumped with ``--no-labels``).
+
+        Its content ids and fingerprint hash -1 in place of every label, so its rows match the
+        data read with labels ignored (``load_dataset(..., ignore_labels=True)``), by index and content id.
+        """
+        return self.num_labelled == 0
+
 
 def _decode(v: Any) -> Any:
     if isinstance(v, bytes):
