@@ -31,7 +31,7 @@ from .loss import check_alpha, check_temperature, kd_loss
 from .models import build_model, count_parameters
 from .samples import ImageData
 from .targets import Targets, as_tensors, concat
-from .transfer import TransferSet, check_labels_limit, concat_data, mask_labels, open_transfer_sets, transfer_views
+from .transfer import TransferSet, check_unlabelled_rows, concat_data, mask_labels, open_transfer_sets, transfer_views
 from .train import cross_entropy_loss, evaluate, fit
 from .views import fresh_views, student_views
 
@@ -197,7 +197,7 @@ def train_student(out: str | os.PathLike, *, caches: Sequence[str | os.PathLike]
         raise ConfigError("alpha > 0 distils from a teacher: pass --cache (or use --alpha 0 for labels only)")
     data, _ = load_train_val(data_cfg.dataset, data_cfg.data_dir, data_cfg.limit, data_cfg.val_size, data_cfg.download)
     require_labels(data, "a student's labelled data (--dataset)")
-    check_labels_limit(labels_limit, len(data), alpha)
+    check_unlabelled_rows(labels_limit, len(data), alpha, bool(transfer))
     opened = [open_cache(p) for p in caches]
     opened_transfer: list[LogitCache] = []
     try:

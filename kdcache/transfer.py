@@ -40,8 +40,14 @@ from .errors import CacheError, ConfigError, DataError
 from .samples import UNLABELLED, ImageData
 
 
-def check_labels_limit(labels_limit: int | None, num_samples: int, alpha: float) -> None:
-    """Refuse a labelled count the training data cannot give, or no labels where cross-entropy needs some."""
+def check_unlabelled_rows(labels_limit: int | None, num_samples: int, alpha: float, transfer: bool) -> None:
+    """Refuse a labelled count the training data cannot give, no labels where cross-entropy needs some, and
+    unlabelled rows where nothing would learn from them (alpha 0)."""
+    if alpha == 0 and (transfer or (labels_limit is not None and labels_limit < num_samples)):
+        what = "--transfer rows" if transfer else \
+            f"{num_samples - labels_limit} training samples after --labels-limit {labels_limit}"
+        raise ConfigError(f"--alpha 0 learns from labels alone, so the {what} would add nothing; use --limit N for "
+                          "a labels-only student, or alpha > 0 to distil on them")
     if labels_limit is None:
         return
     if labels_limit < 0:
@@ -129,8 +135,13 @@ def open_transfer_sets(transfer: Sequence[LogitCache], data_dirs: Sequence[str],
     sets = []
     for (name, split, _, d), caches in groups.items():
         caches = _match_teachers(caches, teachers)
-        data = load_dataset(name, split, d, ignore_labels=caches[0].meta.unlabelled)
+        try:
+            data = load_dataset(name, split, d, ignore_labels=caches[0].meta.unlabelled)
+        except DataError as e:
+            raise DataError(f"transfer cache {caches[0].path}: {e} (--transfer-data-dir names the folder of the "
+                            "images the cache was made from)") from None
         _check_compatible(caches[0], data, labelled, teachers[0], data_cfg, d)
+        caches[0].align(np.empty(0, dtype=np.int64), info=data.info)  # other data (fingerprint): refused first
         data = data.take(np.sort(caches[0].indices))  # the samples this set's caches cover
         rows = [c.align(data.indices.numpy(), labels=data.labels.numpy(), sample_ids=data.sample_ids, info=data.info)
                 for c in caches]
@@ -212,9 +223,3 @@ def transfer_views(plan: ViewPlan | None, sets: Sequence[TransferSet]) -> ViewPl
                              "is corrupt, re-dump it")
         parts.append(torch.from_numpy(np.ascontiguousarray(params)))
     return replace(plan, stored=torch.cat(parts))
-
-
-def describe_rows(data: ImageData) -> str:
-    """'5,000 labelled + 50,000 unlabelled rows' (for summaries)."""
-    n, lab = len(data), data.num_labelled
-    return f"{lab:,} labelled" + (f" + {n - lab:,} unlabelled rows" if n > lab else " rows")

@@ -158,3 +158,33 @@ def test_cli_exposes_the_memory_limit():
 
     out = CliRunner().invoke(main, ["train-student", "--help"]).output
     assert "--cache-memory-limit" in out and "--cache-workers" in out
+
+
+def test_concat_stream_serves_every_row_of_every_cache_once_mixed_in_its_buffers(tmp_path):
+    """Two caches (a labelled one and a float16 transfer one) as one stream: each row once, with its own
+    logits, blocks of both in the same buffers, and the same order for any number of DataLoader workers."""
+    from kdcache.reader import ConcatStream
+
+    a, b = make_image_data(n=40, seed=0), make_image_data(n=61, seed=1, name="other")
+    pa = write_index_cache(tmp_path / "a.h5", a, chunk_rows=6)
+    pb = tmp_path / "b.h5"  # column 0 = 100 + dataset index, float16
+    logits = np.zeros((61, 10), dtype=np.float32)
+    logits[:, 0] = 100 + np.arange(61)
+    cache.write_cache(pb, logits, np.full(61, -1), np.arange(61), b.sample_ids, cache_attrs(b.info), dtype="float16",
+                      chunk_rows=5)
+
+    def make():
+        parts = [LogitStream(pa, values=np.arange(40)), LogitStream(pb, values=100 + np.arange(61))]
+        return ConcatStream(parts, buffer_blocks=4, seed=3)
+
+    stream = make()
+    assert stream.dtype == np.float32 and len(stream.blocks) == 7 + 13
+    buffers = list(stream)
+    assert all(torch.equal(t[:, 0].long(), v) for v, t in buffers)  # right logits, converted from float16
+    seen = np.concatenate([v.numpy() for v, _ in buffers])
+    assert sorted(seen.tolist()) == list(range(40)) + list(range(100, 161))
+    mixed = [((v < 100).any() and (v >= 100).any()).item() for v, _ in buffers]
+    assert sum(mixed) >= len(buffers) // 2, mixed  # most buffers hold rows of both caches
+    assert np.array_equal(epoch_rows(make(), 0, workers=0), epoch_rows(make(), 0, workers=2))
+    assert not np.array_equal(epoch_rows(make(), 0), epoch_rows(make(), 1))
+    stream.close()
