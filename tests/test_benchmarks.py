@@ -101,3 +101,34 @@ def test_bf16_error_benchmark(tmp_path, data_dir):
     teacher = make_teacher(tmp_path / "t.pt", load_dataset("fashion-mnist", "train", data_dir, limit=1), None)
     out = bf16_error(str(teacher), tmp_path / "w", data_dir=str(data_dir), limit=16, views=2, augment="shift-flip")
     assert out["rows"] == 32 and out["max_rel_dz"] < 0.1 and "| 20 |" in format_table(out)
+
+
+def test_transfer_benchmark_smoke(tmp_path, data_dir):
+    """The transfer measurement end to end on 150 images: both phases, the summary table, and the plan's size."""
+    from benchmarks.transfer import main as transfer_main
+    from kdcache.checkpoint import model_config, save_checkpoint
+    from kdcache.data import load_dataset
+    from kdcache.dump import dump_logits
+    from kdcache.models import build_model
+    from kdcache.results import load_results
+
+    import torch
+    torch.manual_seed(0)
+    info = load_dataset("fashion-mnist", "train", data_dir, limit=1).info
+    save_checkpoint(tmp_path / "t.pt", build_model("teacher-cnn", 1, 10, (28, 28)), model_config("teacher-cnn", info))
+    dump_logits(tmp_path / "t.pt", tmp_path / "c.h5", data_dir=str(data_dir), limit=300, device="cpu")
+    out = tmp_path / "sweep"
+    r = transfer_main(["--smoke", "--cache", str(tmp_path / "c.h5"), "--out", str(out), "--data-dir", str(data_dir),
+                       "--quiet"])
+    rows = load_results(out)["rows"]
+    assert len(rows) == 12 and all(row["val_accuracy"] is not None for row in rows)  # 8 to choose + 4 more seeds
+    transfer_rows = [row for row in rows if row["condition"] == "transfer"]
+    assert {(row["num_labelled"], row["num_unlabelled"]) for row in transfer_rows} == {(50, 100)}
+    kinds = [(s["condition"], s["kind"], s["seeds"]) for s in r["summary"]]
+    assert kinds == [("labels only", "cross-entropy", 2), ("labels only", "distilled", 2), ("transfer", "distilled", 2),
+                     ("no labels", "distilled", 2), ("all labels", "cross-entropy", 2), ("all labels", "distilled", 2)]
+    assert "(c) + the other training images unlabelled, distilled" in r["table"] and "50 labels: (c) − (a) =" in r["table"]
+    assert (out / "transfer.md").read_text().count("|") > 40 and (out / "report.md").exists()
+    assert "50 labelled + 100 unlabelled samples" in (out / "report.md").read_text()
+    plan = transfer_main(["--dry-run"])
+    assert plan["runs"] == 54 and 35 * 60 < plan["seconds"] < 60 * 60  # the full measurement fits in about an hour
