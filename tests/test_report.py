@@ -109,3 +109,30 @@ def test_conditions_are_separate_groups_in_order_of_appearance():
     rows = [dict(r, condition=c) for c in ("labels only", "transfer") for r in ROWS[:2]]
     groups = summarize(rows)
     assert [g.condition for g in groups] == ["labels only", "transfer"]
+
+
+def test_labelled_counts_are_an_axis_and_named_in_tables_and_titles(tmp_path):
+    """Runs that differ only in labels_limit are separate groups; tables and titles say labelled + unlabelled."""
+    def transfer(labels, t, seed, acc, **extra):
+        r = row(6000, t, 0.9, seed, acc or 0.0)
+        spec = RunSpec.make(6000, t, 0.9, seed, 2, "transfer", labels_limit=labels)
+        return {**r, **spec.to_row(), "test_accuracy": acc, "num_labelled": labels, "num_unlabelled": 6000 - labels,
+                **extra}
+
+    rows = [row(500, None, 0.0, 0, 0.70), transfer(500, 4.0, 0, 0.80), transfer(500, 2.0, 0, 0.79),
+            transfer(1000, 4.0, 0, 0.83),
+            {**transfer(1000, 2.0, 0, None), "num_labelled": None, "error": "training diverged (loss nan)"}]
+    groups = summarize(rows)
+    assert [(g.condition, g.num_labelled, g.unlabelled) for g in groups] == [("", 500, 0), ("transfer", 500, 5500),
+                                                                              ("transfer", 1000, 5000)]
+    assert len(groups[1].configs) == 2 and groups[2].best.mean == pytest.approx(0.83)  # the diverged run joins its group
+    (tmp_path / "results.json").write_text(json.dumps(results(rows)))
+    write_report(tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "| labelled samples | unlabelled samples |" in md and "| transfer | 1,000 | 5,000 | 2 |" in md
+    assert "## transfer: 500 labelled + 5,500 unlabelled samples, 2 epochs" in md
+    plain = (tmp_path / "plain")
+    plain.mkdir()
+    (plain / "results.json").write_text(json.dumps(results(ROWS)))
+    write_report(plain)
+    assert "unlabelled" not in (plain / "report.md").read_text()  # a plain sweep's table is unchanged

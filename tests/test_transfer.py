@@ -228,6 +228,9 @@ def test_every_batch_mixes_labelled_and_transfer_rows_with_their_own_targets(wor
     assert sorted(seen) == sorted(expect)  # every row exactly once
     kinds = [set((b.labels >= 0).tolist()) for b in captured]
     assert sum(k == {True, False} for k in kinds) >= len(kinds) // 2  # most batches hold both kinds of rows
+    config = checkpoint_config(world.dir / "cap.pt")
+    assert [t["teacher_sha256"] for t in config["transfer"]] == [c["teacher_sha256"] for c in config["caches"]]
+    assert config["cache_streamed"] == (how == "streamed")
 
 
 def relabelled(data, labels):
