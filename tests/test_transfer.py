@@ -309,3 +309,46 @@ def test_transfer_caches_of_other_data_teachers_or_splits_are_refused(world, tmp
                      f"holds the {split} images of fashion-mnist", hint)
     assert_error(run("train-teacher", "--dataset", "unlabelled", "--data-dir", world.folder, "--out",
                      tmp_path / "t.pt", ok=False), "has no labels")
+
+
+@pytest.mark.parametrize("how", ["memory", "streamed"])
+def test_transfer_rows_replay_their_own_stored_views(world, tmp_path, monkeypatch, how):
+    """Caches with augmentation views compose: every row, labelled or transfer, shows one of its own stored views
+    and carries that view's logits; a transfer cache without the labelled cache's views is refused."""
+    import kdcache.jobs as jobs
+    from kdcache.augment import policy_from_record
+    from kdcache.samples import standardize, to_unit
+
+    lab, unl = tmp_path / "lab-views.h5", tmp_path / "unl-views.h5"
+    views = ["--views", 2, "--augment", "shift-flip", "--view-seed", 5]
+    run("dump-logits", "--teacher", world.dir / "t1.pt", "--data-dir", world.data_dir, "--limit", 100, *views,
+        "--out", lab, "-q")
+    run("dump-logits", "--teacher", world.dir / "t1.pt", "--dataset", "unlabelled", "--data-dir", world.folder,
+        *views, "--out", unl, "-q")
+    captured = []
+    monkeypatch.setattr(jobs, "fit", lambda model, batches, *a, **k: captured.extend(batches) or [])
+    r = train_student(tmp_path / "s.pt", caches=[lab], transfer=[unl], transfer_data_dirs=[str(world.folder)],
+                      data_cfg=DataConfig(data_dir=str(world.data_dir), limit=100, eval_limit=50),
+                      cfg=replace(STUDENT_TRAIN, batch_size=32, device="cpu"), overwrite=True,
+                      cache_memory_limit_mb=0 if how == "streamed" else 2048)
+    assert r["config"]["augment"]["mode"] == "replay" and r["config"]["num_unlabelled"] == FOLDER_IMAGES
+    labelled = load_dataset("fashion-mnist", "train", world.data_dir, limit=100)
+    expect = {}
+    for data, path in ((labelled, lab), (load_dataset("unlabelled", "train", world.folder), unl)):
+        with open_cache(path) as c:
+            rows = c.rows_of(data.indices.numpy())
+            params, logits = torch.from_numpy(c.read_view_params(rows)), torch.from_numpy(c.read(rows))
+            policy = policy_from_record(c.meta.view_policy)
+        for v in range(2):
+            x = standardize(policy.apply(to_unit(data.images), params[:, v]), labelled.info.mean, labelled.info.std)
+            for i in range(len(data)):
+                expect[x[i].numpy().tobytes()] = (int(data.labels[i]), logits[i, v])
+    seen = 0
+    for batch in captured:
+        for img, label, target in zip(batch.images, batch.labels, batch.teacher_logits):
+            want_label, want_target = expect[img.numpy().tobytes()]
+            assert int(label) == want_label and torch.allclose(target, want_target, atol=1e-5)
+            seen += 1
+    assert seen == 100 + FOLDER_IMAGES
+    assert_error(student(world, "--cache", lab, "--transfer", world.unl, "--transfer-data-dir", world.folder, ok=False,
+                         limit=100), "holds full logits", "same --top-k, --views and --augment")
