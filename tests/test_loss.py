@@ -125,3 +125,88 @@ def test_rejects_bad_alpha(batch, alpha):
     s, t, y = batch
     with pytest.raises(ConfigError, match="alpha"):
         kd_loss(s, t, y, 4.0, alpha)
+
+
+# ----------------------------------------------------------------------------------------- top-k targets
+
+def reference_tail(L: float, mu: float, L2: float, n: int, zk: float, T: float) -> float:
+    """The tail's log-mass at T from its stored statistics, written out again (docs/cache-format.md)."""
+    if T == 1.0:
+        return L
+    if T == 2.0:
+        return L2
+    b, ln = 1.0 / T, math.log(n)
+    mu = min(mu, L - ln)
+    r1, r2 = L - ln - mu, L2 - ln - mu / 2
+    f = ln + mu * b + (8 * r2 - r1) * b ** 2 + (2 * r1 - 8 * r2) * b ** 3
+    tangent, near, far = ln + mu * b, ln + 2 * b * (L2 - ln), L2 + (2 * b - 1) * (L - L2)
+    lower, upper = ((max(tangent, far), near) if b <= 0.5 else (max(tangent, near), far) if b <= 1
+                    else (max(tangent, far), ln + b * zk))
+    return min(max(f, lower), upper)
+
+
+def reference_topk_kd(s, teacher, y, T, alpha):
+    """Plain-Python loss over [k kept classes, one tail bucket], both sides normalised over that support."""
+    total = 0.0
+    C, k = teacher.num_classes, teacher.k
+    for i, (srow, label) in enumerate(zip(s.tolist(), y.tolist())):
+        kept = [int(c) for c in teacher.classes[i]]
+        ce = -(srow[label] - math.log(sum(math.exp(v) for v in srow)))
+        t_top = [float(v) / T for v in teacher.logits[i]]
+        tail = reference_tail(float(teacher.tail_logsumexp[i]), float(teacher.tail_mean[i]),
+                              float(teacher.tail_logsumexp_t2[i]), C - k, float(teacher.logits[i][-1]), T)
+        zt = sum(math.exp(v) for v in t_top) + math.exp(tail)
+        p = [math.exp(v) / zt for v in t_top] + [math.exp(tail) / zt]
+        es = [math.exp(v / T) for v in srow]
+        q_all = [v / sum(es) for v in es]
+        q = [q_all[c] for c in kept] + [sum(q_all[c] for c in range(C) if c not in kept)]
+        kl = sum(pi * (math.log(pi) - math.log(qi)) for pi, qi in zip(p, q))
+        total += (1 - alpha) * ce + alpha * T * T * kl
+    return total / len(y)
+
+
+@pytest.fixture
+def topk_batch():
+    from kdcache.targets import TopK
+
+    g = torch.Generator().manual_seed(1)
+    s = torch.randn(6, 40, generator=g, dtype=torch.float64) * 3
+    z = torch.randn(6, 40, generator=g) * 4
+    z[:, 3] += 12  # a peaked teacher
+    y = torch.randint(0, 40, (6,), generator=g)
+    return s, TopK.encode(z.numpy(), 5), y
+
+
+@pytest.mark.parametrize("T", [1.0, 2.0, 4.0, 20.0])
+@pytest.mark.parametrize("alpha", [0.5, 1.0])
+def test_topk_loss_matches_reference(topk_batch, T, alpha):
+    s, teacher, y = topk_batch
+    got = kd_loss(s, teacher, y, temperature=T, alpha=alpha).item()
+    assert got == pytest.approx(reference_topk_kd(s, teacher, y, T, alpha), rel=2e-5, abs=1e-7)
+
+
+def test_topk_loss_and_gradients_at_k_equal_c_are_the_full_ones(batch):
+    from kdcache.targets import TopK
+
+    s, t, y = batch
+    teacher = TopK.encode(t.float().numpy(), 10)
+    for T in (1.0, 4.0, 20.0):
+        s1, s2 = s.clone().float().requires_grad_(True), s.clone().float().requires_grad_(True)
+        full = kd_loss(s1, t.float(), y, temperature=T, alpha=0.7)
+        top = kd_loss(s2, teacher, y, temperature=T, alpha=0.7)
+        full.backward()
+        top.backward()
+        assert top.item() == pytest.approx(full.item(), rel=1e-5)
+        torch.testing.assert_close(s2.grad, s1.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_topk_soft_gradient_moves_tail_mass_only_as_a_whole(topk_batch):
+    """The bucket loss constrains the student's tail total, never how the tail splits it."""
+    s, teacher, y = topk_batch
+    s = s.float().requires_grad_(True)
+    kd_loss(s, teacher, y, temperature=4.0, alpha=1.0).backward()
+    q = torch.softmax(s.detach() / 4.0, dim=1)
+    kept = torch.zeros_like(q, dtype=torch.bool).scatter(1, torch.as_tensor(teacher.classes).long(), True)
+    ratio = s.grad / q  # on tail classes: the same multiple of q_j throughout a row
+    for r, m in zip(ratio, kept):
+        assert (r[~m].max() - r[~m].min()).abs() < 1e-4 * r[~m].abs().max().clamp_min(1e-3)

@@ -15,7 +15,7 @@ from ..errors import CacheError
 from ..samples import DatasetInfo
 from ..targets import Targets, TopK
 from .schema import (DATASETS, FORMAT_NAME, MAX_ABS_LOGIT, REDUMP, TARGET_DATASETS, CacheMeta, check_values,
-                     content_hash, meta_from, open_h5)
+                     class_id_dtype, content_hash, meta_from, open_h5)
 
 
 def read_meta(path: str | os.PathLike) -> CacheMeta:
@@ -119,9 +119,10 @@ class LogitCache:
     def target_bytes(self, as_float32: bool = True) -> int:
         """Bytes the targets of every row take in memory (as float32 values, or as stored)."""
         m = self.meta
-        per = m.num_views * ((m.topk * (4 + 8) + 8) if m.topk else m.num_classes * 4)
+        per = m.num_views * ((m.topk * (4 + 8) + 12) if m.topk else m.num_classes * 4)
         if not as_float32:
-            per = m.num_views * ((m.topk * (np.dtype(m.logits_dtype).itemsize + 2) + 8) if m.topk
+            ids = np.dtype(class_id_dtype(m.num_classes)).itemsize
+            per = m.num_views * ((m.topk * (np.dtype(m.logits_dtype).itemsize + ids) + 12) if m.topk
                                  else m.num_classes * np.dtype(m.logits_dtype).itemsize)
         return m.num_samples * per
 
@@ -196,7 +197,15 @@ class LogitCache:
             check_values("logits" if self.kind == "logits" else "topk_logits", values, rows, self.path)
         if self.kind == "logits":
             return values
-        return TopK(values, arrays["topk_classes"], arrays["tail_logsumexp"], arrays["tail_mean"], self.num_classes)
+        classes = arrays["topk_classes"]
+        if rows is not None and classes.size and (int(classes.max()) >= self.num_classes or int(classes.min()) < 0):
+            bad = ((classes >= self.num_classes) | (classes < 0)).reshape(len(classes), -1).any(-1)
+            i = int(np.flatnonzero(bad)[0])
+            row = rows + i if isinstance(rows, (int, np.integer)) else int(rows[i])
+            raise CacheError(f"{self.path}: /topk_classes row {row} holds a class id outside 0..{self.num_classes - 1}; "
+                             f"the cache is corrupt, {REDUMP}")
+        return TopK(values, classes, arrays["tail_logsumexp"], arrays["tail_mean"], self.num_classes,
+                    arrays["tail_logsumexp_t2"])
 
     def read_view_params(self, rows: slice | np.ndarray | None = None) -> np.ndarray:
         """(n, V, P) float32 parameters of the stored views of ``rows``."""

@@ -45,11 +45,14 @@ DATASETS: dict[str, DatasetSpec] = {
     "tail_logsumexp": DatasetSpec("float32", "(N, [V])", "topk", "log Σ exp(z) over the other C - k classes "
                                                                   "(-inf when k = C)"),
     "tail_mean": DatasetSpec("float32", "(N, [V])", "topk", "mean logit of the other C - k classes (0 when k = C)"),
+    "tail_logsumexp_t2": DatasetSpec("float32", "(N, [V])", "topk", "log Σ exp(z / 2) over the other C - k classes "
+                                                                     "(-inf when k = C)"),
     "view_params": DatasetSpec("float32", "(N, V, P)", "views", "parameters of each stored view (view_policy_json "
                                                                 "names the P columns)"),
 }
 INDEX_DATASETS = ("labels", "indices", "sample_ids")
-TARGET_DATASETS = {"logits": ("logits",), "topk": ("topk_logits", "topk_classes", "tail_logsumexp", "tail_mean")}
+TARGET_DATASETS = {"logits": ("logits",),
+                   "topk": ("topk_logits", "topk_classes", "tail_logsumexp", "tail_mean", "tail_logsumexp_t2")}
 
 # Root attributes every cache carries (1.x names first), with their meaning (also in docs/cache-format.md).
 ROOT_ATTRS: dict[str, str] = {
@@ -262,7 +265,7 @@ def meta_from(f: h5py.File, path: Path, file_format: str = FORMAT_NAME) -> Cache
         want["logits"] = (n, *lead, c)
     else:
         want.update(topk_logits=(n, *lead, k), topk_classes=(n, *lead, k), tail_logsumexp=(n, *lead),
-                    tail_mean=(n, *lead))
+                    tail_mean=(n, *lead), tail_logsumexp_t2=(n, *lead))
     if policy is not None:
         want["view_params"] = (n, views, len(policy.get("param_names", ())))
     for name, shape in want.items():

@@ -69,7 +69,7 @@ class CacheWriter:
     def estimated_bytes(self) -> int:
         """About how big the finished file will be (for a free-space check before writing)."""
         per_row = 24 + int(np.prod(self.lead or (1,))) * (
-            (self.topk * (np.dtype(self.dtype).itemsize + np.dtype(class_id_dtype(self.num_classes)).itemsize) + 8)
+            (self.topk * (np.dtype(self.dtype).itemsize + np.dtype(class_id_dtype(self.num_classes)).itemsize) + 12)
             if self.topk else self.num_classes * np.dtype(self.dtype).itemsize) + 4 * self.num_views * self.param_width
         return self.num_samples * per_row + (1 << 20)  # + room for the last partial chunks and metadata
 
@@ -80,7 +80,8 @@ class CacheWriter:
             shapes["logits"] = ((n, *lead, self.num_classes), self.dtype)
         else:
             shapes.update(topk_logits=((n, *lead, k), self.dtype), topk_classes=((n, *lead, k), class_id_dtype(self.num_classes)),
-                          tail_logsumexp=((n, *lead), "float32"), tail_mean=((n, *lead), "float32"))
+                          tail_logsumexp=((n, *lead), "float32"), tail_mean=((n, *lead), "float32"),
+                          tail_logsumexp_t2=((n, *lead), "float32"))
         if self.view_policy is not None:
             shapes["view_params"] = ((n, self.num_views, self.param_width), "float32")
         return shapes
@@ -144,9 +145,12 @@ class CacheWriter:
         with np.errstate(over="ignore"):
             values = _to_numpy(targets.logits).astype(self.dtype, copy=False)
         check_values("topk_logits", values, self._next, self.path, self.dtype)
+        if targets.tail_logsumexp_t2 is None:
+            raise CacheError("internal: top-k targets without tail_logsumexp_t2; make them with TopK.encode")
         return {"topk_logits": values, "topk_classes": _to_numpy(targets.classes),
                 "tail_logsumexp": _to_numpy(targets.tail_logsumexp).astype(np.float32),
-                "tail_mean": _to_numpy(targets.tail_mean).astype(np.float32)}
+                "tail_mean": _to_numpy(targets.tail_mean).astype(np.float32),
+                "tail_logsumexp_t2": _to_numpy(targets.tail_logsumexp_t2).astype(np.float32)}
 
     def __exit__(self, exc_type, exc, tb) -> None:
         assert self._f is not None and self._tmp is not None
