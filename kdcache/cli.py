@@ -144,8 +144,13 @@ def train_teacher_cmd(out: str, arch: str, augment: str | None, overwrite: bool,
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
               help="Precision the teacher runs at; fp32 keeps cached logits exact.")
-@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
-              help="Storage dtype of the logits; float16 halves /logits (docs/cache-format.md gives its error).")
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default=None,
+              help="Storage dtype of the logit values. Default: float32 for full logits (float16 halves them), "
+                   "float16 for --top-k values (docs/cache-format.md gives both errors).")
+@click.option("--top-k", "topk", type=int, default=None, metavar="K",
+              help="Store only each row's K largest logits, their classes and the exact log-sum-exp of the rest "
+                   "(for many classes: 1,000 classes at K=10 is ~30x smaller than float16 logits). "
+                   "Students train from it at any --T; see docs/cache-format.md, Top-k caches.")
 @click.option("--views", type=click.IntRange(min=1), default=1, show_default=True,
               help="Augmented views stored per image (with --augment): each view's parameters and the teacher's logits.")
 @click.option("--augment", default=None, metavar="POLICY", help=AUGMENT_HELP)
@@ -161,7 +166,7 @@ def train_teacher_cmd(out: str, arch: str, augment: str | None, overwrite: bool,
 @click.option("--overwrite", is_flag=True, help="Replace an existing cache.")
 @quiet_option
 def dump_logits_cmd(teacher: str | None, out: str, quiet: bool, class_names_file: str | None, **kw: Any) -> None:
-    """Run the teacher once over a split and write its raw logits to an HDF5 cache.
+    """Run the teacher once over a split and write its raw logits (or their top-k) to an HDF5 cache.
 
     The teacher is a kdcache checkpoint (--teacher) or your own model
     (--teacher-factory MODULE:FUNCTION --weights FILE).
@@ -173,7 +178,8 @@ def dump_logits_cmd(teacher: str | None, out: str, quiet: bool, class_names_file
     r = dump_logits(teacher, out, progress=not quiet, class_names=names, **kw)
     views = f" x {r['views']} views" if kw.get("augment") else ""
     agreement = r["teacher_label_agreement"]
-    summary(quiet, f"cached {r['rows']}{views} x {r['num_classes']} {r['dtype']} logits in {r['seconds']:.1f}s -> "
+    what = f"top-{r['topk']} of {r['num_classes']}" if r["topk"] else f"{r['num_classes']}"
+    summary(quiet, f"cached {r['rows']}{views} x {what} {r['dtype']} logits in {r['seconds']:.1f}s -> "
                    f"{r['cache']} ({r['bytes'] / 1e6:.1f} MB, " + (
                        f"teacher agrees with labels on {agreement:.2%})" if agreement is not None
                        else "unlabelled rows)"))

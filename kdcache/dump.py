@@ -11,7 +11,7 @@ import torch
 from . import __version__
 from .augment import parse_policy, sample_views, view_record
 from .cache import CacheMeta, CacheWriter, read_meta
-from .config import DUMP_BATCH_SIZE, VIEW_SEED
+from .config import DUMP_BATCH_SIZE, LOGITS_DTYPE, TOPK_DTYPE, VIEW_SEED
 from .data import load_dataset
 from .device import resolve_device
 from .errors import CacheError, ConfigError, StorageError
@@ -34,11 +34,29 @@ def cache_attrs(teacher: Teacher, info: DatasetInfo, precision: str) -> dict[str
 
 
 def dump_request(teacher: Teacher, info: DatasetInfo, num_rows: int, precision: str, dtype: str,
-                 num_views: int = 1, view_policy: dict[str, Any] | None = None) -> dict[str, Any]:
+                 num_views: int = 1, view_policy: dict[str, Any] | None = None,
+                 topk: int | None = None) -> dict[str, Any]:
     """What determines a cache's values: reuse an existing cache only when all of it is the same."""
     return {"teacher_sha256": teacher.sha256, "teacher_arch": teacher.arch, "dataset": info.name, "split": info.split,
             "dataset_fingerprint": info.fingerprint, "num_samples": num_rows, "teacher_precision": precision,
-            "logits_dtype": dtype, "targets": "logits", "topk": 0, "num_views": num_views, "view_policy": view_policy}
+            "logits_dtype": dtype, "targets": "topk" if topk else "logits", "topk": topk or 0,
+            "num_views": num_views, "view_policy": view_policy}
+
+
+def check_topk(topk: int | None, num_classes: int | None = None) -> None:
+    """Refuse a --top-k that keeps no logit, or more logits than the teacher has classes."""
+    if topk is None:
+        return
+    if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
+        raise ConfigError(f"--top-k {topk}: keep at least 1 logit per row (or leave --top-k out to store all of them)")
+    if num_classes is not None and topk > num_classes:
+        raise ConfigError(f"--top-k {topk} is more than the {num_classes} classes of the data; use --top-k 1..{num_classes} "
+                          "(or leave it out to store every logit)")
+
+
+def storage_dtype(dtype: str | None, topk: int | None) -> str:
+    """The logits' storage dtype: as asked, else float32 for full logits and float16 for top-k (config.py says why)."""
+    return dtype if dtype is not None else (TOPK_DTYPE if topk else LOGITS_DTYPE)
 
 
 def matches_request(meta: CacheMeta, request: dict[str, Any]) -> bool:
@@ -49,17 +67,20 @@ def matches_request(meta: CacheMeta, request: dict[str, Any]) -> bool:
 def dump_logits(teacher: str | os.PathLike | None, out: str | os.PathLike, *, split: str = "train",
                 dataset: str | None = None, data_dir: str = "data", limit: int | None = None,
                 batch_size: int = DUMP_BATCH_SIZE, device: str = "auto", precision: str = "fp32",
-                dtype: str = "float32", arch: str | None = None, teacher_factory: str | None = None,
+                dtype: str | None = None, arch: str | None = None, teacher_factory: str | None = None,
                 weights: str | None = None, overwrite: bool = False, progress: bool = False,
                 reuse: bool = False, views: int = 1, augment: str | None = None, include_original: bool = False,
                 view_seed: int = VIEW_SEED, ignore_labels: bool = False,
-                class_names: tuple[str, ...] | None = None) -> dict[str, Any]:
+                class_names: tuple[str, ...] | None = None, topk: int | None = None) -> dict[str, Any]:
     """Write ``teacher``'s logits over ``split`` (first ``limit`` rows) to the cache ``out``.
 
     The teacher is a kdcache checkpoint (``teacher``), or ``teacher_factory``
     ("package.module:function") plus a ``weights`` state dict (see kdcache.teacher).
     It runs in eval mode under inference_mode, without augmentation, at ``precision``
-    (fp32 by default so the cache holds fp32-computed logits). Free disk space is checked
+    (fp32 by default so the cache holds fp32-computed logits). ``topk`` K stores each row's (each
+    view's) K largest logits, their classes and the tail's statistics instead of all C logits
+    (docs/cache-format.md, "Top-k caches"); ``dtype`` None stores float32 full logits or
+    float16 top-k values (kdcache.config). Free disk space is checked
     before anything is written; a disk that fills up anyway leaves nothing at ``out``.
     With ``reuse``, an existing cache at ``out`` made by the same request (teacher file,
     data, rows, precision, dtype) is kept and reported as reused; any other is replaced.
@@ -75,6 +96,8 @@ def dump_logits(teacher: str | os.PathLike | None, out: str | os.PathLike, *, sp
     teacher's logits on it. Each image is read and converted once for its views.
     """
     out = Path(out)
+    check_topk(topk)  # before anything is loaded; the upper bound once the data's classes are known
+    dtype = storage_dtype(dtype, topk)
     if views < 1:
         raise ConfigError(f"--views must be >= 1, got {views}")
     if views != 1 and augment is None:
@@ -89,13 +112,14 @@ def dump_logits(teacher: str | os.PathLike | None, out: str | os.PathLike, *, sp
                        weights=weights, arch=arch)
     data = load_dataset(dataset or default_dataset(spec), split, data_dir, limit, ignore_labels=ignore_labels)
     info = with_teacher_classes(spec, data.info, class_names)  # unlabelled images: the teacher's classes
+    check_topk(topk, info.num_classes)
     loaded = load_teacher(spec, info)
     dev = resolve_device(device)
     loaded.model.to(dev)
     if precision == "bf16":
         loaded.model.to(memory_format=torch.channels_last)
     record = None if policy is None else view_record(policy, include_original=include_original, seed=view_seed)
-    request = dump_request(loaded, info, len(data), precision, dtype, views, record)
+    request = dump_request(loaded, info, len(data), precision, dtype, views, record, topk)
     if reuse and out.exists():
         try:
             meta = read_meta(out)
@@ -103,9 +127,10 @@ def dump_logits(teacher: str | os.PathLike | None, out: str | os.PathLike, *, sp
             meta = None
         if meta is not None and matches_request(meta, request):
             return {"cache": str(out), "rows": meta.num_samples, "num_classes": meta.num_classes, "dtype": dtype,
-                    "seconds": None, "bytes": out.stat().st_size, "reused": True, "request": request}
+                    "topk": topk or 0, "seconds": None, "bytes": out.stat().st_size, "reused": True,
+                    "request": request}
     writer = CacheWriter(out, num_samples=len(data), num_classes=info.num_classes,
-                         attrs=cache_attrs(loaded, info, precision), dtype=dtype, overwrite=True,
+                         attrs=cache_attrs(loaded, info, precision), dtype=dtype, topk=topk or 0, overwrite=True,
                          num_views=views, view_policy=record)
     check_free_space(out, writer.estimated_bytes(), f"the cache {out}")
     t0 = time.perf_counter()
@@ -134,6 +159,6 @@ def dump_logits(teacher: str | os.PathLike | None, out: str | os.PathLike, *, sp
         raise StorageError(message) from None
     seconds = time.perf_counter() - t0
     return {"cache": str(out), "rows": len(data), "num_classes": info.num_classes, "dtype": dtype,
-            "seconds": seconds,
+            "topk": topk or 0, "seconds": seconds,
             "teacher_label_agreement": agree / (data.num_labelled * views) if data.num_labelled else None,
             "bytes": out.stat().st_size, "views": views, "reused": False, "request": request}

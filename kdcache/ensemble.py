@@ -31,10 +31,17 @@ ENSEMBLE_METHODS = ("mean-probs", "mean-logits")
 def check_members(caches: Sequence[LogitCache]) -> None:
     """Refuse caches that cannot be combined row by row: top-k, other classes or views, other samples or order."""
     first = caches[0]
-    for c in caches:
-        if c.kind != "logits":
-            raise CacheError(f"{c.path} is a top-{c.meta.topk} cache; an ensemble needs every teacher's full logits "
-                             "(top-k members keep different classes, so their mean is not exact): dump full caches")
+    topk = [c for c in caches if c.kind == "topk"]
+    if topk and len(topk) < len(caches):
+        full = next(c for c in caches if c.kind != "topk")
+        raise CacheError(f"cannot mix full cache {full.path} with top-{topk[0].meta.topk} cache {topk[0].path} in an "
+                         "ensemble: the top-k teacher's other logits are unknown, so no class's mean is exact; dump "
+                         "every teacher with all its logits (no --top-k)")
+    if topk:
+        a, b = topk[0], topk[1]
+        raise CacheError(f"cannot combine top-k caches {a.path} and {b.path} in an ensemble: each row keeps different "
+                         "classes per teacher, so the mean over a class one of them dropped is unknown; dump every "
+                         "teacher with all its logits (no --top-k)")
     for other in caches[1:]:
         a, b = first.path, other.path
         if list(other.class_names) != list(first.class_names):

@@ -3,7 +3,9 @@
 Reads the root attributes and streams the targets once, block by block, for the
 teacher's agreement with the stored labels and how soft the targets are at a few
 temperatures (mean entropy of softmax(z/T), in nats; ln C is the uniform maximum).
-Top-k rows are rebuilt over all C classes first (kdcache.targets.TopK.dense_probs);
+Top-k rows count as rebuilt over all C classes with the tail's mass spread evenly
+(kdcache.targets.TopK.dense_probs), in closed form, and the tail's mean share of the
+probability is reported at the same temperatures;
 with views, every view counts as a row.
 """
 from __future__ import annotations
@@ -32,11 +34,27 @@ def softmax_entropy(logits: np.ndarray, temperature: float) -> np.ndarray:
 
 
 def _entropy(block: Targets, temperature: float) -> np.ndarray:
-    """Entropy of each row's (rebuilt) soft targets at T, flattened over views."""
+    """Entropy of each row's (rebuilt) soft targets at T, flattened over views.
+
+    Top-k rows: the entropy of the distribution rebuilt with the tail's mass spread evenly
+    over its n classes (TopK.dense_probs), in closed form so no (rows, C) array is made:
+    H = -Σ_support P log P + P_tail · log n.
+    """
     if isinstance(block, TopK):
-        p = as_tensors(block).dense_probs(temperature).reshape(-1, block.num_classes)  # (rows*V, C) float64
-        return -(p * torch.log(p.clamp_min(1e-300))).sum(1).numpy()
+        log_p = torch.log_softmax(as_tensors(block).support_logits(temperature).double(), dim=-1)  # (..., k[+1])
+        h = -(log_p.exp() * log_p).sum(-1)
+        if block.has_tail:
+            h = h + log_p[..., -1].exp() * math.log(block.num_classes - block.k)
+        return h.reshape(-1).numpy()
     return softmax_entropy(block.reshape(-1, block.shape[-1]), temperature)
+
+
+def _tail_mass(block: TopK, temperature: float) -> np.ndarray:
+    """Probability of the classes not kept, per row (and view), at T: exact at T = 1."""
+    if not block.has_tail:
+        return np.zeros(int(np.prod(block.shape)))
+    log_p = torch.log_softmax(as_tensors(block).support_logits(temperature).double(), dim=-1)
+    return log_p[..., -1].exp().reshape(-1).numpy()
 
 
 def _top1_and_max(block: Targets) -> tuple[np.ndarray, float]:
@@ -53,7 +71,7 @@ def cache_info(path: str | os.PathLike, temperatures: tuple[float, ...] = INFO_T
         meta, a = cache.meta, cache.meta.attrs
         labels = cache.labels
         labelled = labels != UNLABELLED
-        agree, entropy_sums, max_abs = 0, np.zeros(len(temperatures)), 0.0
+        agree, entropy_sums, tail_sums, max_abs = 0, np.zeros(len(temperatures)), np.zeros(len(temperatures)), 0.0
         for rows, block in cache.blocks():
             top1, m = _top1_and_max(block)
             max_abs = max(max_abs, m)
@@ -61,6 +79,8 @@ def cache_info(path: str | os.PathLike, temperatures: tuple[float, ...] = INFO_T
             hit = top1 == (lab[:, None] if top1.ndim == 2 else lab)
             agree += int(hit[labelled[rows]].sum())
             entropy_sums += [_entropy(block, t).sum() for t in temperatures]
+            if isinstance(block, TopK):
+                tail_sums += [_tail_mass(block, t).sum() for t in temperatures]
         chunk_rows = cache.chunk_rows
     n, views = meta.num_samples, meta.num_views
     num_labelled = int(labelled.sum())
@@ -81,6 +101,8 @@ def cache_info(path: str | os.PathLike, temperatures: tuple[float, ...] = INFO_T
         "max_abs_logit": max_abs,
         "mean_entropy_nats": {f"{t:g}": float(s / (n * (views if meta.has_views else 1)))
                               for t, s in zip(temperatures, entropy_sums)},
+        "mean_tail_mass": ({f"{t:g}": float(s / (n * (views if meta.has_views else 1)))
+                            for t, s in zip(temperatures, tail_sums)} if meta.topk else None),
         "max_entropy_nats": math.log(meta.num_classes),
     }
 
@@ -118,8 +140,13 @@ def format_info(info: dict[str, Any]) -> str:
         ("inputs", f"standardised with mean {info['normalization_mean']}, std {info['normalization_std']}"),
         ("agreement", f"teacher top-1 = stored label on {agreement:.2%} of labelled rows" if agreement is not None
                       else "no labelled rows"),
-        ("softness", f"mean entropy of softmax(z/T) in nats: {entropy} (uniform: {info['max_entropy_nats']:.3f})"),
+        ("softness", f"mean entropy of softmax(z/T) in nats: {entropy} (uniform: {info['max_entropy_nats']:.3f})"
+                     + ("; top-k rows rebuilt with the tail's mass spread evenly" if info["topk"] else "")),
         ("content", f"sha256 {info['content_sha256'] or '(not stored: schema 1.0)'}"),
     ]
+    if info.get("mean_tail_mass"):
+        tail = ", ".join(f"T={t}: {100 * m:.2f}%" for t, m in info["mean_tail_mass"].items())
+        lines.insert(-1, ("tail", f"the {info['num_classes'] - info['topk']} classes not kept hold on average {tail} of "
+                                  "the probability (exact at T=1, from the tail's mean and log-sum-exp elsewhere)"))
     width = max(len(k) for k, _ in lines)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in lines)

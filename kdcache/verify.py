@@ -7,6 +7,7 @@ Checks, each reported as one line (ok / FAIL / skip):
 - checksums: every chunk of every dataset is read, so HDF5 verifies each chunk's
   fletcher32 checksum; a damaged chunk is named by its row range;
 - values: no NaN/Inf and no implausible magnitude (|z| > MAX_ABS_LOGIT) among the logits;
+  in a top-k cache every row is a valid encoding (TopK.invalid_rows);
 - content: the content hash recomputed from every value equals the one stored at write time;
 - alignment (with data): dataset, split, classes and fingerprint match, and every row
   matches the sample at its index by label and content id (LogitCache.align's rule); a
@@ -17,7 +18,10 @@ Checks, each reported as one line (ok / FAIL / skip):
 - teacher (with a teacher): a random sample of rows is re-computed and compared to
   the stored logits within a tolerance that depends on the storage dtype; for a cache with
   views the teacher re-runs on every view of those rows, replayed from the stored parameters,
-  so a changed parameter is caught (it shows the teacher another image).
+  so a changed parameter is caught (it shows the teacher another image); for a top-k
+  cache, the stored classes' logits and the tail's statistics recomputed from the teacher's
+  full row (each moves by at most the largest logit error, so the same tolerance holds), and
+  the stored classes must be the teacher's top k (ties within the tolerance pass).
 """
 from __future__ import annotations
 
@@ -34,7 +38,7 @@ from .cache import MAX_ABS_LOGIT, LogitCache, check_readable, open_cache
 from .data import load_dataset
 from .errors import CacheError
 from .samples import UNLABELLED, ImageData, normalize, standardize, to_unit
-from .targets import TopK
+from .targets import TAIL_T2, TopK
 from .teacher import TeacherSpec, load_teacher
 
 # |stored - recomputed| <= TOLERANCE * max(1, max |z| of the row). float32 leaves room for another
@@ -149,6 +153,8 @@ def _check_scan(cache: LogitCache, report: VerifyReport) -> bool:
                                      f"{scan.implausible_rows[0]}): corrupt values or a broken teacher; {REDUMP}")
     if not (scan.nonfinite_rows or scan.implausible_rows):
         report.add("values", "ok", f"every logit is finite and plausible (max |z| {scan.max_abs:.2f})")
+        if cache.kind == "topk" and not any(bad for _, bad in scan.chunks.values()):
+            _check_topk_rows(cache, report)
     stored = cache.meta.content_sha256
     if scan.content_sha256 is None:
         report.add("content", "skip", "not recomputed: some chunks are unreadable (see checksums)")
@@ -161,6 +167,27 @@ def _check_scan(cache: LogitCache, report: VerifyReport) -> bool:
     else:
         report.add("content", "ok", f"content hash recomputed from every value matches ({stored[:16]}...)")
     return not any(bad for name, (_, bad) in scan.chunks.items() if name in ("labels", "indices", "sample_ids"))
+
+
+def _check_topk_rows(cache: LogitCache, report: VerifyReport) -> None:
+    """Every top-k row against the encoding's invariants (TopK.invalid_rows), one line per kind of problem."""
+    first: dict[str, int] = {}
+    count: dict[str, int] = {}
+    try:
+        for rows, block in cache.blocks():
+            for reason, mask in block.invalid_rows().items():
+                if mask.any():
+                    first.setdefault(reason, rows.start + int(np.flatnonzero(mask)[0]))
+                    count[reason] = count.get(reason, 0) + int(mask.sum())
+    except CacheError as e:  # the reader refuses class ids out of range before we get to see them
+        report.add("values", "fail", str(e))
+        return
+    for reason, row in first.items():
+        report.add("values", "fail", f"{count[reason]} top-k row(s) hold {reason} (first: row {row}): the top-k "
+                                     f"encoding is corrupt; {REDUMP}")
+    if not first:
+        report.add("values", "ok", f"every top-{cache.meta.topk} row is a valid encoding: distinct class ids in range, "
+                                   "values descending, tail consistent with them")
 
 
 def _check_alignment(cache: LogitCache, data: ImageData, report: VerifyReport) -> bool:
@@ -206,8 +233,7 @@ def _check_views(cache: LogitCache, data: ImageData, report: VerifyReport) -> bo
 def _flatten_views(t: Any, views: int) -> Any:
     """(k, V, ...) targets -> (k * V, ...), so each view is compared as a row."""
     if isinstance(t, TopK):
-        return TopK(t.logits.reshape(-1, t.k), t.classes.reshape(-1, t.k), t.tail_logsumexp.reshape(-1),
-                    t.tail_mean.reshape(-1), t.num_classes)
+        return t.map(lambda a: a.reshape(-1, *a.shape[2:]))
     return t.reshape(len(t) * views, -1)
 
 
@@ -237,24 +263,23 @@ def _check_teacher(cache: LogitCache, data: ImageData, spec: TeacherSpec, sample
         else:
             fresh = torch.cat([model(normalize(x.to(dev), mean, std)).float().cpu()
                                for x in images.split(256)]).numpy()  # (k, C)
-    if isinstance(stored, TopK):  # compare the stored classes' logits, and the tail's log-sum-exp
-        got = np.take_along_axis(fresh, stored.classes.astype(np.int64), axis=-1)
-        ref = stored.logits.astype(np.float32)
-        if stored.k < m.num_classes:
-            mask = np.ones_like(fresh, dtype=bool)
-            np.put_along_axis(mask, stored.classes.astype(np.int64), False, axis=-1)
-            lse = np.log(np.where(mask, np.exp(fresh - fresh.max(-1, keepdims=True)), 0).sum(-1)) + fresh.max(-1)
-            got = np.concatenate([got, lse[:, None]], axis=-1)
-            ref = np.concatenate([ref, stored.tail_logsumexp[:, None].astype(np.float32)], axis=-1)
-    else:
-        got, ref = fresh, stored.astype(np.float32)
-    row_err = np.abs(got - ref).max(axis=-1)  # (k,)
     base = BF16_TOLERANCE if m.teacher_precision == "bf16" else TOLERANCE[m.logits_dtype]
-    tol = base * np.maximum(1.0, np.abs(ref).max(axis=-1))
+    tol = base * np.maximum(1.0, np.abs(fresh).max(axis=-1))  # (k,) the same rule for full and top-k rows
+    if isinstance(stored, TopK):
+        got, ref, not_top = topk_vs_logits(stored, fresh, tol)
+    else:
+        got, ref, not_top = fresh, stored.astype(np.float32), np.zeros(len(fresh), dtype=bool)
+    row_err = np.abs(got - ref).max(axis=-1)  # (k,)
     over = row_err > tol
     note = "" if teacher.sha256 == m.teacher_sha256 else " (note: the teacher file's SHA-256 differs from the one recorded)"
     v = m.num_views if m.has_views else 1
     what = f"{len(over)} views of {k} random rows" if m.has_views else f"{k} random rows"
+    if not_top.any():
+        first = int(np.flatnonzero(not_top)[0])
+        where = f"row {int(rows[first])}" + (f" view {first % v}" if m.has_views else "")
+        report.add("teacher", "fail", f"{int(not_top.sum())} of {what} store classes that are not the re-run "
+                                      f"teacher's top {m.topk} (first: {where}): the cache was not made by this "
+                                      f"teacher, or its top-k encoding is wrong{note}")
     if over.any():
         worst = int(np.argmax(row_err - tol))
         where = f"row {int(rows[worst])}" + (f" view {worst % v}" if m.has_views else "")
@@ -263,6 +288,35 @@ def _check_teacher(cache: LogitCache, data: ImageData, spec: TeacherSpec, sample
                                       f"beyond the {m.logits_dtype} tolerance (worst: {where}, max |diff| "
                                       f"{row_err[worst]:.3g} > {tol[worst]:.3g}): the logits do not come from this "
                                       f"teacher on this data, or their rows are shuffled{views}{note}")
-    else:
-        report.add("teacher", "ok", f"{what} re-computed; max |diff| {float(row_err.max()):.3g} within "
+    if not (over.any() or not_top.any()):
+        values = f"; top-{m.topk} logits, their classes and the tail's statistics match" if m.topk else ""
+        report.add("teacher", "ok", f"{what} re-computed{values}; max |diff| {float(row_err.max()):.3g} within "
                                     f"the {m.logits_dtype} tolerance ({base:g} x max(1, max |z|)){note}")
+
+
+def topk_vs_logits(stored: TopK, fresh: np.ndarray, tol: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Compare top-k rows with the full logits ``fresh`` (n, C) they should encode.
+
+    Returns (recomputed, stored) values per row, (n, k + 3): the logits of the stored
+    classes, then the tail's log-sum-exp at T = 1 and 2 and its mean over the other classes,
+    computed from ``fresh``. An error δ in every logit moves each of these by at most max |δ|,
+    so the full cache's tolerance applies unchanged. Also returns (n,) True where a stored
+    class is not among the top k of ``fresh`` by more than ``tol`` (near-ties at the k-th place pass).
+    """
+    classes = stored.classes.astype(np.int64)
+    got = np.take_along_axis(fresh, classes, axis=-1).astype(np.float64)  # (n, k)
+    ref = stored.logits.astype(np.float64)
+    kept = np.zeros(fresh.shape, dtype=bool)
+    np.put_along_axis(kept, classes, True, axis=-1)
+    not_top = np.zeros(len(fresh), dtype=bool)
+    if stored.k < stored.num_classes:
+        tail = np.where(kept, -np.inf, fresh.astype(np.float64))  # (n, C)
+        top = tail.max(-1, keepdims=True)
+        lse = top[:, 0] + np.log(np.exp(tail - top).sum(-1))
+        lse2 = top[:, 0] / TAIL_T2 + np.log(np.exp((tail - top) / TAIL_T2).sum(-1))
+        mean = np.where(kept, 0.0, fresh).sum(-1, dtype=np.float64) / (stored.num_classes - stored.k)
+        got = np.concatenate([got, lse[:, None], lse2[:, None], mean[:, None]], axis=-1)
+        ref = np.concatenate([ref, stored.tail_logsumexp[:, None], stored.tail_logsumexp_t2[:, None],
+                              stored.tail_mean[:, None]], axis=-1)
+        not_top = got[:, :stored.k].min(-1) < top[:, 0] - tol
+    return got, ref, not_top

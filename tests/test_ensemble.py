@@ -76,8 +76,10 @@ def test_topk_members_are_refused(tmp_path, fmnist):
     logits = np.random.default_rng(5).normal(0, 4, size=(len(fmnist), 10)).astype(np.float32)
     k = open_cache(write_cache(tmp_path / "k.h5", logits, fmnist.labels, fmnist.indices, fmnist.sample_ids,
                                cache_attrs(fmnist.info), topk=3))
-    with pytest.raises(CacheError, match="top-3 cache; an ensemble needs every teacher's full logits"):
+    with pytest.raises(CacheError, match="cannot mix full cache .* with top-3 cache"):
         check_members([a, k])
+    with pytest.raises(CacheError, match="cannot combine top-k caches"):
+        check_members([k, k])
 
 
 def run(*args):

@@ -30,3 +30,30 @@ def test_reuse_only_for_the_same_request(tmp_path, data_cfg):
     assert not other["reused"]  # another seed: trained again, and the file now holds that run
     assert find_reusable(tmp_path / "s.pt", other["config"]["request"]) is not None
     assert find_reusable(tmp_path / "s.pt", first["config"]["request"]) is None
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_topk_cache_with_every_class_trains_the_same_student_as_full_logits(tmp_path, data_dir, streamed):
+    """K = C through the real data path (cache file, alignment, batches, loss): the same losses and weights."""
+    import numpy as np
+    import torch
+
+    from conftest import cache_attrs
+    from kdcache.cache import write_cache
+    from kdcache.data import load_dataset
+
+    fm = load_dataset("fashion-mnist", "train", data_dir, limit=300)
+    logits = np.random.default_rng(0).normal(0, 4, (300, 10)).astype(np.float32)
+    paths = {}
+    for name, k in (("full", 0), ("topk", 10)):
+        paths[name] = write_cache(tmp_path / f"{name}.h5", logits, fm.labels, fm.indices, fm.sample_ids,
+                                  cache_attrs(fm.info), topk=k, chunk_rows=64)
+    kw = dict(temperature=4.0, alpha=0.7, data_cfg=DataConfig(data_dir=str(data_dir), limit=256, eval_limit=100),
+              cfg=TrainConfig(epochs=2, batch_size=64, device="cpu"), cache_memory_limit_mb=0 if streamed else 2048)
+    runs = {name: train_student(tmp_path / f"{name}.pt", caches=[p], **kw) for name, p in paths.items()}
+    assert runs["topk"]["config"]["cache_streamed"] == streamed
+    assert [h["train_loss"] for h in runs["topk"]["history"]] == \
+        pytest.approx([h["train_loss"] for h in runs["full"]["history"]], rel=1e-5)
+    full, top = (torch.load(tmp_path / f"{n}.pt", weights_only=True)["state_dict"] for n in ("full", "topk"))
+    for name in full:
+        torch.testing.assert_close(top[name], full[name], rtol=1e-4, atol=1e-6)
