@@ -132,3 +132,39 @@ def test_transfer_benchmark_smoke(tmp_path, data_dir):
     assert "50 labelled + 100 unlabelled samples" in (out / "report.md").read_text()
     plan = transfer_main(["--dry-run"])
     assert plan["runs"] == 54 and 35 * 60 < plan["seconds"] < 60 * 60  # the full measurement fits in about an hour
+
+
+def test_topk_benchmark_smoke(tmp_path, data_dir):
+    """Both parts end to end at a tiny scale: caches, size and KL tables, students, sweep table and report."""
+    import torch
+
+    from benchmarks.topk import main as topk_main
+    from kdcache.checkpoint import save_checkpoint
+    from kdcache.dump import dump_logits
+    from kdcache.models import build_model
+
+    info = __import__("kdcache.data", fromlist=["load_dataset"]).load_dataset("fashion-mnist", "train", data_dir,
+                                                                              limit=1).info
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "t.pt", build_model("student-cnn"), {
+        "arch": "student-cnn", "in_channels": 1, "num_classes": 10, "image_size": [28, 28], "dataset": info.name,
+        "mean": list(info.mean), "std": list(info.std), "class_names": list(info.class_names)})
+    full = dump_logits(ckpt, tmp_path / "fm.h5", limit=300, data_dir=str(data_dir))["cache"]
+    out = tmp_path / "out"
+    r = topk_main(["--out", str(out), "--smoke", "--quiet", "--fmnist-cache", full, "--data-dir", str(data_dir)])
+    syn = r["synthetic"]
+    sizes = {s["cache"]: s for s in syn["sizes"]}
+    assert sizes["top10-float16"]["target_bytes_per_row"] == 10 * (2 + 2) + 12  # float16 values, uint16 ids, 3 x float32
+    assert sizes["full-float16"]["target_bytes_per_row"] == 2000
+    kl = {(row["cache"], row["T"]): row for row in syn["kl"]}
+    assert kl[("top10-float32", 1.0)]["kl_bucket"] < 1e-12  # T = 1: the tail's mass is exact
+    assert kl[("top10-float16", 4.0)]["kl_dense"] >= kl[("top10-float16", 4.0)]["kl_bucket"]
+    assert [s["condition"] for s in syn["students"]] == ["labels only", "full float16", "top-10",
+                                                         "top-2 + 3 sampled (prototype)"]
+    assert {v["condition"] for v in syn["verdict"]} == {"top-10", "top-2 + 3 sampled (prototype)"}
+    assert (out / "synthetic" / "report.md").exists()
+    fm = r["fmnist"]
+    assert [s["condition"] for s in fm["students"]] == ["labels only", "full", "top-1", "top-3"]
+    report = (out / "fmnist" / "report.md").read_text()
+    assert "| top-3 | 200 |" in report and "validation" in report
+    assert "(b) Fashion-MNIST" in (out / "topk.md").read_text()

@@ -1,0 +1,132 @@
+"""The caches behind benchmarks.topk, and what each costs in bytes and in soft-target error (KL).
+
+Every cache is written by kdcache's own CacheWriter, as dump-logits writes it; errors are
+computed in float64 against the teacher's full float32 logits.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from kdcache import __version__
+from kdcache.cache import CacheWriter, open_cache
+from kdcache.samples import ImageData
+from kdcache.targets import TopK, as_tensors
+
+
+def cache_attrs(data: ImageData, arch: str, teacher_accuracy: float) -> dict[str, Any]:
+    info = data.info
+    return {"kdcache_version": __version__, "torch_version": str(torch.__version__), "teacher_arch": arch,
+            "teacher_sha256": "0" * 64, "teacher_precision": "fp32", "dataset": info.name, "split": info.split,
+            "dataset_num_samples": info.num_samples, "dataset_fingerprint": info.fingerprint,
+            "class_names": list(info.class_names), "normalization_mean": list(info.mean),
+            "normalization_std": list(info.std), "extra_config": {"test_accuracy": teacher_accuracy}}
+
+
+def write_caches(out: Path, data: ImageData, logits: np.ndarray, attrs: dict[str, Any],
+                 ks: Sequence[int]) -> dict[str, Path]:
+    """full float32/float16, top-K float16 for each K, top-10 float32: what dump-logits would write for each."""
+    plans = {"full-float32": (0, "float32"), "full-float16": (0, "float16")}
+    plans.update({f"top{k}-float16": (k, "float16") for k in ks})
+    plans["top10-float32"] = (10, "float32")
+    paths = {}
+    for name, (k, dtype) in plans.items():
+        path = paths[name] = out / f"{name}.h5"
+        if path.exists():
+            continue
+        with CacheWriter(path, num_samples=len(data), num_classes=logits.shape[1], attrs=attrs, dtype=dtype,
+                         topk=k) as w:
+            for s in range(0, len(data), 8192):
+                e = min(s + 8192, len(data))
+                w.write(s, logits[s:e], data.labels[s:e], data.indices[s:e], data.sample_ids[s:e])
+    return paths
+
+
+def size_table(paths: dict[str, Path]) -> list[dict[str, Any]]:
+    base = paths["full-float16"].stat().st_size
+    rows = []
+    for name, path in paths.items():
+        with open_cache(path) as c:
+            n, target = len(c), c.target_bytes(as_float32=False) / len(c)
+        size = path.stat().st_size
+        rows.append({"cache": name, "bytes_per_row": size / n, "target_bytes_per_row": target,
+                     "smaller_than_float16": base / size})
+    return rows
+
+
+def _lse(a: np.ndarray) -> np.ndarray:
+    m = a.max(-1, keepdims=True)
+    return (m + np.log(np.exp(a - m).sum(-1, keepdims=True)))[..., 0]
+
+
+def kl_table(logits: np.ndarray, paths: dict[str, Path], temperatures: Sequence[float]) -> list[dict[str, Any]]:
+    """Mean KL(p_T ‖ rebuilt) per cache and T, in float64, against the full float32 logits ``logits`` (n, C)."""
+    z = logits.astype(np.float64)
+    n, rows = len(z), []
+    for name, path in paths.items():
+        if name == "full-float32":
+            continue
+        with open_cache(path) as c:
+            stored = c.read(np.arange(n))
+        for T in temperatures:
+            log_p = z / T - _lse(z / T)[:, None]  # (n, C) the teacher's own
+            row = {"cache": name, "T": T}
+            if not isinstance(stored, TopK):
+                q = stored.astype(np.float64) / T
+                row["kl_dense"] = float((np.exp(log_p) * (log_p - (q - _lse(q)[:, None]))).sum(1).mean())
+            else:
+                row.update(_topk_kl(stored, log_p, T))
+            rows.append(row)
+    return rows
+
+
+def _topk_kl(stored: TopK, log_p: np.ndarray, T: float) -> dict[str, float]:
+    cls = stored.classes.astype(np.int64)
+    kept = np.zeros(log_p.shape, dtype=bool)
+    np.put_along_axis(kept, cls, True, axis=1)
+    p_top = np.take_along_axis(log_p, cls, axis=1)  # (n, k) log p of the kept classes
+    p_tail = np.log(np.where(kept, 0.0, np.exp(log_p)).sum(1))  # (n,) log of the tail's true mass
+
+    def bucket(t: TopK) -> np.ndarray:
+        log_q = torch.log_softmax(as_tensors(t).support_logits(T).double(), dim=-1).numpy()  # (n, k+1)
+        kl = (np.exp(p_top) * (p_top - log_q[:, :-1])).sum(1) + np.exp(p_tail) * (p_tail - log_q[:, -1])
+        return kl, log_q
+
+    kl_bucket, log_q = bucket(stored)
+    kl_quad, _ = bucket(replace(stored, tail_logsumexp_t2=None))
+    n_tail = stored.num_classes - stored.k
+    log_q_tail_each = log_q[:, -1] - math.log(n_tail)  # the tail's mass spread evenly
+    dense_tail = np.where(kept, 0.0, np.exp(log_p) * (log_p - log_q_tail_each[:, None])).sum(1)
+    kl_dense = (np.exp(p_top) * (p_top - log_q[:, :-1])).sum(1) + dense_tail
+    return {"tail_mass": float(np.exp(p_tail).mean()), "kl_bucket": float(kl_bucket.mean()),
+            "kl_bucket_without_t2": float(kl_quad.mean()), "kl_dense": float(kl_dense.mean())}
+
+
+def derive_topk_cache(src: str | Path, dst: Path, k: int, dtype: str = "float16") -> Path:
+    """The top-k cache of a full float32 cache's rows, with its attributes: what `dump-logits --top-k k` writes.
+
+    TopK.encode is a pure function of each float32 row, so this is byte for byte the dump's
+    values (tests/test_dump.py checks that equivalence) without running the teacher again.
+    """
+    if dst.exists():
+        return dst
+    with open_cache(src) as c:
+        if c.kind != "logits" or c.dtype != "float32":
+            raise SystemExit(f"{src}: need a full float32 cache to derive top-k caches from (got {c.kind} {c.dtype})")
+        a = c.meta.attrs
+        skip = {"format", "schema_version", "complete", "created_utc", "num_samples", "num_classes", "logits_dtype",
+                "targets", "topk", "num_views", "view_policy", "view_policy_json", "num_labelled", "content_sha256",
+                "config_json"}
+        attrs = {key: v for key, v in a.items() if key not in skip}
+        attrs["class_names"] = list(c.class_names)
+        if c.meta.config.get("teacher_config") is not None:
+            attrs["extra_config"] = c.meta.config["teacher_config"]
+        with CacheWriter(dst, num_samples=len(c), num_classes=c.num_classes, attrs=attrs, dtype=dtype, topk=k) as w:
+            for rows, block in c.blocks():
+                w.write(rows.start, block, c.labels[rows], c.indices[rows], c.sample_ids[rows])
+    return dst
