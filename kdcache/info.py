@@ -112,7 +112,7 @@ def format_info(info: dict[str, Any]) -> str:
     names = info["class_names"]
     shown = ", ".join(names[:10]) + (f", ... ({len(names)} in all)" if len(names) > 10 else "")
     entropy = ", ".join(f"T={t}: {h:.3f}" for t, h in info["mean_entropy_nats"].items())
-    kind = (f"top-{info['topk']} of {info['num_classes']} raw logits per row + tail log-sum-exp and mean"
+    kind = (f"top-{info['topk']} of {info['num_classes']} raw logits per row + the tail's log-sum-exp (T=1, 2) and mean"
             if info["targets"] == "topk" else "raw (not divided by T)")
     lines = [
         ("cache", f"{info['path']} ({info['bytes'] / 1e6:.2f} MB on disk)"),
@@ -147,6 +147,6 @@ def format_info(info: dict[str, Any]) -> str:
     if info.get("mean_tail_mass"):
         tail = ", ".join(f"T={t}: {100 * m:.2f}%" for t, m in info["mean_tail_mass"].items())
         lines.insert(-1, ("tail", f"the {info['num_classes'] - info['topk']} classes not kept hold on average {tail} of "
-                                  "the probability (exact at T=1, from the tail's mean and log-sum-exp elsewhere)"))
+                                  "the probability (exact at T=1 and 2, rebuilt from the tail's statistics elsewhere)"))
     width = max(len(k) for k, _ in lines)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in lines)

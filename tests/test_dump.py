@@ -176,3 +176,15 @@ def test_tail_mass_of_the_dumped_cache_is_exact_at_T1(caches):
     # exact up to the float16 rounding of the kept logits (2^-11 relative) in the normaliser
     np.testing.assert_allclose(rebuilt, (p * mask).sum(1), rtol=2 * 2.0 ** -11 * np.abs(z).max() + 1e-6)
     assert math.isclose(float(t.tail_logsumexp[0]), float(np.log(np.exp(z[0][mask[0]]).sum())), rel_tol=1e-6)
+
+
+def test_topk_cache_with_views_verifies_against_its_teacher(teacher_ckpt, data_dir, tmp_path):
+    out = tmp_path / "views.h5"
+    run_cli("dump-logits", "--teacher", teacher_ckpt, "--out", out, "--limit", 40, "--data-dir", data_dir, "--top-k", 2,
+            "--views", 2, "--augment", "shift-flip", "-q")
+    with open_cache(out) as c:
+        t = c.read()
+        assert t.logits.shape == (40, 2, 2) and t.tail_logsumexp_t2.shape == (40, 2)
+    report = verify_cache(out, data_dir=str(data_dir), teacher=TeacherSpec(checkpoint=str(teacher_ckpt)), sample=10)
+    assert report.ok, [c.line() for c in report.checks]
+    assert "20 views of 10 random rows re-computed; top-2 logits" in report.checks[-1].message
