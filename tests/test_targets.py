@@ -137,3 +137,23 @@ def test_invalid_rows_names_each_broken_invariant(logits):
     rows = {reason: np.flatnonzero(m).tolist() for reason, m in bad.invalid_rows().items()}
     assert rows == {"class id outside 0..C-1": [2], "a class kept twice": [1], "values not in descending order": [3],
                     "tail statistics not finite": [5], "tail inconsistent with the kept values": [4, 6]}
+
+
+def test_the_format_docs_reader_code_rebuilds_what_kdcache_does():
+    """docs/cache-format.md's support_probs (for readers without kdcache) against TopK.support_logits."""
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "cache-format.md").read_text()
+    code = next(b for b in re.findall(r"```python\n(.*?)```", doc, re.S) if "def support_probs" in b)
+    ns: dict = {}
+    exec(code, ns)  # noqa: S102 - our own documentation
+    g = np.random.default_rng(5)
+    z = np.concatenate([g.normal(0, 3, (20, 300)), g.gumbel(0, 2, (20, 300))]).astype(np.float32)
+    t = TopK.encode(z, 7)
+    for T in (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 20.0):
+        want = torch.softmax(t.support_logits(T).double(), dim=1).numpy()
+        for i in range(len(z)):
+            got = ns["support_probs"](t.logits[i].astype(np.float64), float(t.tail_logsumexp[i]),
+                                      float(t.tail_logsumexp_t2[i]), float(t.tail_mean[i]), 300, T)
+            np.testing.assert_allclose(got, want[i], rtol=1e-5, atol=1e-9)
