@@ -21,8 +21,9 @@ written by the same CacheWriter dump-logits uses. Tables:
     spread evenly, as TinyViT and ml-dr rebuild theirs: it adds the tail's shape, which no top-k
     keeps);
   - students (an MLP on 20,000 labelled rows, 3 seeds) from the full float16 cache, top-5 and
-    top-10 caches, labels only, and a random-sampling prototype (top-5 + 10 tail classes drawn
-    from the tail's distribution, Anshumann et al. 2025; built in memory, not a cache kind);
+    top-10 caches, labels only, and a random-sampling prototype at top-10's bytes (top-5 + 5 tail
+    classes drawn from the tail's distribution at T, Anshumann et al. 2025; built in memory, not
+    a cache kind);
     T picked per condition on a validation split; written as a sweep table, so that
     `kdcache report OUT/synthetic` renders it; the issue's target (>= 20x smaller than float16
     logits, <= 0.2 pp below the full cache's students) checked per condition.
@@ -75,7 +76,7 @@ class SyntheticPlan:
     student_limit: int = 20_000  # labelled rows the students train on
     student_train: TrainConfig = TrainConfig(epochs=15, batch_size=128, lr=0.05, device="cpu")
     student_ks: tuple[int, ...] = (5, 10)
-    sampled: tuple[int, int] | None = (5, 10)  # prototype: top-5 + 10 tail classes sampled at T (None: skip)
+    sampled: tuple[int, int] | None = (5, 5)  # prototype: top-5 + 5 sampled tail classes, top-10's bytes (None: skip)
     sampled_temperatures: tuple[float, ...] = (2.0,)  # the full cache's best T in a one-seed pilot
     temperatures: tuple[float, ...] = (1.0, 2.0, 4.0)
     alphas: tuple[float, ...] = (0.9,)
