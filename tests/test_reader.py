@@ -188,3 +188,31 @@ def test_concat_stream_serves_every_row_of_every_cache_once_mixed_in_its_buffers
     assert np.array_equal(epoch_rows(make(), 0, workers=0), epoch_rows(make(), 0, workers=2))
     assert not np.array_equal(epoch_rows(make(), 0), epoch_rows(make(), 1))
     stream.close()
+
+
+def test_concat_stream_of_topk_caches_keeps_each_rows_encoding(tmp_path):
+    """Top-k caches (float16 and float32 values) in one stream: every row once, with its own classes and tail."""
+    from kdcache.reader import ConcatStream
+    from kdcache.targets import TopK
+
+    a, b = make_image_data(n=30, seed=0), make_image_data(n=25, seed=1, name="other")
+    za = np.random.default_rng(0).normal(0, 3, (30, 10)).astype(np.float32)
+    zb = np.random.default_rng(1).normal(0, 3, (25, 10)).astype(np.float32)
+    pa, pb = tmp_path / "a.h5", tmp_path / "b.h5"
+    cache.write_cache(pa, za, a.labels, a.indices, a.sample_ids, cache_attrs(a.info), topk=3, chunk_rows=4)
+    cache.write_cache(pb, zb, np.full(25, -1), np.arange(25), b.sample_ids, cache_attrs(b.info), topk=3,
+                      dtype="float32", chunk_rows=6)
+    stream = ConcatStream([LogitStream(pa, values=np.arange(30)), LogitStream(pb, values=100 + np.arange(25))],
+                          buffer_blocks=3, seed=1)
+    want = {**{i: TopK.encode(za[i], 3) for i in range(30)}, **{100 + i: TopK.encode(zb[i], 3) for i in range(25)}}
+    seen = []
+    for values, t in stream:
+        assert isinstance(t, TopK) and t.tail_logsumexp_t2 is not None
+        for j, v in enumerate(values.tolist()):
+            ref = want[v]
+            assert np.array_equal(np.asarray(t.classes[j]), ref.classes)
+            assert np.allclose(np.asarray(t.logits[j], dtype=np.float32), ref.logits, rtol=1e-3)
+            assert float(t.tail_logsumexp_t2[j]) == float(ref.tail_logsumexp_t2)
+            seen.append(v)
+    assert sorted(seen) == list(range(30)) + list(range(100, 125))
+    stream.close()
