@@ -39,8 +39,11 @@ class TopK:
 
     Leading dimensions (rows, and views where a cache has them) are shared by all fields:
     ``logits``/``classes`` are (..., k), the tail's statistics (...). With k = C there is no
-    tail: the log-sum-exps are -inf and the mean 0. ``tail_logsumexp_t2`` may be None in a
-    TopK built by hand; its tail is then rebuilt from L and μ alone (a quadratic, less exact).
+    tail: the log-sum-exps are -inf and the mean 0. ``tail_logsumexp_t2`` is required (a
+    TopK built without it fails loudly rather than rebuilding a worse tail); pass None
+    explicitly only to rebuild the tail from L and μ alone (a quadratic, less exact: it is
+    what benchmarks.topk compares against). Use ``map``/``stack``/``concat`` to reshape, index,
+    stack or join TopKs, so that every array is carried along.
     """
 
     logits: Any  # (..., k) float
@@ -48,7 +51,7 @@ class TopK:
     tail_logsumexp: Any  # (...) float32: L = log Σ exp(z_j) over the C - k other classes
     tail_mean: Any  # (...) float32: μ, the mean of the C - k other logits
     num_classes: int
-    tail_logsumexp_t2: Any = None  # (...) float32: L₂ = log Σ exp(z_j / 2) over the other classes
+    tail_logsumexp_t2: Any  # (...) float32: L₂ = log Σ exp(z_j / 2) over the other classes, or None (see above)
 
     @property
     def k(self) -> int:
@@ -251,6 +254,19 @@ def concat(parts: Sequence[Targets]) -> Targets:
         return replace(first, **{f: _cat([getattr(p, f) for p in parts])
                                  for f in ARRAY_FIELDS if getattr(first, f) is not None})
     return _cat(parts)
+
+
+def stack(rows: Sequence[Targets]) -> Targets:
+    """Stack single rows (a DataLoader batch of per-sample targets) along a new first axis, either kind."""
+    first = rows[0]
+    if isinstance(first, TopK):
+        return replace(first, **{f: _stack([getattr(r, f) for r in rows])
+                                 for f in ARRAY_FIELDS if getattr(first, f) is not None})
+    return _stack(rows)
+
+
+def _stack(xs: Sequence[Any]) -> Any:
+    return np.stack(xs) if isinstance(xs[0], np.ndarray) else torch.stack([torch.as_tensor(x) for x in xs])
 
 
 def _cat(xs: Sequence[Any]) -> Any:

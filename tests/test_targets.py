@@ -157,3 +157,17 @@ def test_the_format_docs_reader_code_rebuilds_what_kdcache_does():
             got = ns["support_probs"](t.logits[i].astype(np.float64), float(t.tail_logsumexp[i]),
                                       float(t.tail_logsumexp_t2[i]), float(t.tail_mean[i]), 300, T)
             np.testing.assert_allclose(got, want[i], rtol=1e-5, atol=1e-9)
+
+
+def test_stack_joins_single_rows_with_every_array(logits):
+    """What a DataLoader collate needs: per-sample TopK rows back into a batch, the T=2 statistic included."""
+    from kdcache.targets import stack
+
+    t = TopK.encode(torch.from_numpy(logits), 3)
+    batch = stack([t[i] for i in (4, 0, 9)])
+    assert batch.logits.shape == (3, 3) and batch.tail_logsumexp_t2.shape == (3,)
+    for f in ("logits", "classes", "tail_logsumexp", "tail_mean", "tail_logsumexp_t2"):
+        assert torch.equal(getattr(batch, f), getattr(t, f)[[4, 0, 9]])
+    assert np.array_equal(stack([logits[1], logits[2]]), logits[1:3])
+    with pytest.raises(TypeError, match="tail_logsumexp_t2"):
+        TopK(t.logits, t.classes, t.tail_logsumexp, t.tail_mean, 12)  # built by hand without it: loud, not worse
