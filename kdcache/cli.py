@@ -41,7 +41,7 @@ def data_options(f: Callable) -> Callable:
     f = click.option("--eval-limit", type=click.IntRange(min=1), default=None,
                      help="Evaluate on only the first N test samples (quick runs).")(f)
     f = click.option("--val-size", type=click.IntRange(min=0), default=0, show_default=True,
-                     help="Hold out the last N training samples as a validation split (never trained on; "
+                     help="Hold out N training samples as a validation split (the last N; for imagefolder, each class's last in proportion; never trained on; "
                           "evaluated every epoch, for choosing configurations).")(f)
     f = click.option("--limit", type=click.IntRange(min=1), default=None,
                      help="Use only the first N training samples (after --val-size are held out).")(f)

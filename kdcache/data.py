@@ -104,18 +104,39 @@ def _load_full(name: str, split: str, root: str, download: bool, ignore_labels: 
 
 def load_train_val(name: str, root: str | os.PathLike, limit: int | None, val_size: int,
                    download: bool = False) -> tuple[ImageData, ImageData | None]:
-    """The training samples and the validation samples of a train split.
+    """The training samples and the validation samples of a train split (``validation_rows``).
 
-    Validation is the last ``val_size`` samples of the split, so it never overlaps the
-    training samples, which are the first ``limit`` of the rest (all of the rest for None).
+    The validation samples are never trained on; the training samples are the first
+    ``limit`` of the rest, in dataset order (all of the rest for None).
     """
     full = load_dataset(name, "train", root, None, download)
     if val_size == 0:
         return full.head(limit), None
     if val_size >= len(full):
         raise ConfigError(f"--val-size {val_size} leaves no training samples ({name} train has {len(full)})")
-    keep = len(full) - val_size
-    return full.take(slice(0, keep)).head(limit), full.take(slice(keep, len(full)))
+    val = validation_rows(full.labels.numpy(), val_size, stratified=name == IMAGEFOLDER)
+    train = np.setdiff1d(np.arange(len(full)), val)  # sorted: dataset order
+    return full.take(train).head(limit), full.take(val)
+
+
+def validation_rows(labels: np.ndarray, val_size: int, stratified: bool) -> np.ndarray:
+    """Which rows of a train split are held out for validation (sorted).
+
+    Built-in datasets come in the shuffled order their authors stored, so the last
+    ``val_size`` rows are a fair sample. An image folder is stored class by class, so there
+    the hold-out is ``stratified``: each class gives its last rows, in proportion to its size
+    (largest remainders round), and every class is validated.
+    """
+    n = len(labels)
+    if not stratified:
+        return np.arange(n - val_size, n)
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = val_size * counts / n
+    quota = np.floor(exact).astype(int)
+    for i in np.argsort(-(exact - quota), kind="stable")[: val_size - int(quota.sum())]:
+        quota[i] += 1
+    rows = [np.flatnonzero(labels == c)[len(np.flatnonzero(labels == c)) - q:] for c, q in zip(classes, quota) if q]
+    return np.sort(np.concatenate(rows))
 
 
 def load_dataset(

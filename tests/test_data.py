@@ -66,3 +66,22 @@ def test_validation_is_held_out_from_the_end_of_the_train_split(data_dir):
     assert none is not None and len(whole) == 55000 and whole.indices.max() == 54999  # never overlaps
     with pytest.raises(ConfigError, match="leaves no training samples"):
         load_train_val("fashion-mnist", data_dir, limit=None, val_size=60000)
+
+
+def test_validation_rows_built_in_take_the_last_rows():
+    from kdcache.data import validation_rows
+
+    labels = np.array([0, 1, 2, 0, 1, 2, 0, 1])
+    assert validation_rows(labels, 3, stratified=False).tolist() == [5, 6, 7]
+
+
+def test_validation_rows_of_a_class_ordered_folder_cover_every_class():
+    """An image folder is stored class by class: the last rows would validate on the last class only."""
+    from kdcache.data import validation_rows
+
+    labels = np.repeat([0, 1, 2], [50, 30, 20])  # class order, as ImageFolder stores it
+    rows = validation_rows(labels, 10, stratified=True)
+    assert len(rows) == 10 and np.bincount(labels[rows]).tolist() == [5, 3, 2]  # in proportion
+    assert rows.tolist() == [45, 46, 47, 48, 49, 77, 78, 79, 98, 99]  # each class's last rows, sorted
+    odd = validation_rows(labels, 7, stratified=True)  # 3.5, 2.1, 1.4 -> largest remainders: 4, 2, 1
+    assert np.bincount(labels[odd]).tolist() == [4, 2, 1]

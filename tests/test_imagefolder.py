@@ -161,3 +161,13 @@ def test_custom_teacher_bad_inputs(team, tmp_path):
     one_line_error(run("dump-logits", "--teacher-factory", "team_models_if:build", "--weights", weights,
                        "--dataset", "imagefolder", "--data-dir", tmp_path / "empty", "--out", tmp_path / "c.h5"),
                    "not found; lay the data out as ROOT/train/<class>/<image>")
+
+
+def test_validation_split_covers_every_class(tmp_path):
+    """--val-size on a folder stored class by class holds out rows of every class, not the last class."""
+    from kdcache.data import load_train_val
+
+    make_folder(tmp_path, per_class=(6, 4))  # 3 classes x 6 train images, stored class by class
+    train, val = load_train_val("imagefolder", str(tmp_path), None, 6)
+    assert sorted(val.labels.tolist()) == [0, 0, 1, 1, 2, 2] and len(train) == 12
+    assert not set(val.indices.tolist()) & set(train.indices.tolist())
