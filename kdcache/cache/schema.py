@@ -105,8 +105,15 @@ def class_id_dtype(num_classes: int) -> str:
 
 
 def chunk_rows_for(row_bytes: int, num_samples: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
-    """Rows per chunk so one chunk of the main target dataset is about ``chunk_bytes``."""
-    return int(max(1, min(num_samples, chunk_bytes // max(1, row_bytes))))
+    """Rows per chunk so one chunk of the main target dataset is at most about ``chunk_bytes``.
+
+    The rows are spread evenly over the chunks that takes: HDF5 allocates every chunk in
+    full, so a mostly empty last chunk would cost a whole chunk of disk (at 60,000 rows a
+    top-10 cache took 134 bytes a row instead of 76).
+    """
+    most = int(max(1, min(num_samples, chunk_bytes // max(1, row_bytes))))
+    chunks = -(-num_samples // most)
+    return -(-num_samples // chunks)
 
 
 def content_hash(digests: Mapping[str, str]) -> str:

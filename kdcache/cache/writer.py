@@ -91,7 +91,7 @@ class CacheWriter:
         self._tmp = temp_path_for(self.path)
         # libver earliest..v110: readable by HDF5 1.8/1.10 tools and older h5py.
         self._f = h5py.File(self._tmp, "w", libver=("earliest", "v110"))
-        index_rows = min(self.num_samples, max(self.chunk_rows, 4096))
+        index_rows = chunk_rows_for(8, self.num_samples, max(self.chunk_rows, 4096) * 8)  # >= 4096 rows, evened
         for name, (shape, dtype) in self._shapes().items():
             rows = index_rows if name in INDEX_DATASETS else self.chunk_rows
             self._f.create_dataset(name, shape=shape, dtype=dtype, chunks=(rows, *shape[1:]), fletcher32=True,
