@@ -43,11 +43,18 @@ def check_free_space(path: str | os.PathLike, needed_bytes: int, what: str) -> N
                            f"in {folder}; free some space or write elsewhere")
 
 
-def disk_full_message(e: OSError, path: str | os.PathLike, what: str) -> str | None:
-    """A one-line message for ENOSPC/EDQUOT while writing ``what`` (None for other errors)."""
-    if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(e):
-        return (f"disk full while writing {what} to {Path(path).parent} (nothing was written at {path}); "
-                "free some space or write elsewhere")
+def disk_full_message(e: BaseException, path: str | os.PathLike, what: str) -> str | None:
+    """A one-line message for ENOSPC/EDQUOT while writing ``what`` (None for other errors).
+
+    Recognises OSError's errno and HDF5's wording (its Python binding raises OSError or RuntimeError
+    whose text carries ``errno = 28`` and the system's message).
+    """
+    text = str(e)
+    if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or any(
+            s in text for s in ("No space left", "Disk quota exceeded", f"errno = {errno.ENOSPC},",
+                                f"errno = {errno.EDQUOT},")):
+        return (f"disk full while writing {what} to {Path(path).parent} (the partial file was removed; {path} is "
+                "unchanged); free some space or write elsewhere")
     return None
 
 

@@ -8,7 +8,7 @@ import h5py
 import pytest
 from click.testing import CliRunner
 
-from conftest import run_cli
+from conftest import assert_error, run_cli
 from kdcache.cli import main
 
 
@@ -89,10 +89,7 @@ def test_summary_line(artifacts, tmp_path):
 
 def bad(args, tmp_path, must_not_exist=()):
     r = CliRunner().invoke(main, [str(a) for a in args])
-    lines = r.output.strip().splitlines()
-    assert r.exit_code != 0, r.output
-    assert "Traceback" not in r.output and r.exception is None or isinstance(r.exception, SystemExit)
-    assert len(lines) == 1 and lines[0].startswith("Error:"), r.output
+    lines = assert_error(r)
     for p in must_not_exist:
         assert not p.exists()
     return lines[0]

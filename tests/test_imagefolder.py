@@ -9,6 +9,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+from conftest import assert_error
 from kdcache.cli import main
 from kdcache.data import load_dataset
 from kdcache.errors import DataError
@@ -35,9 +36,7 @@ def run(*args):
 
 
 def one_line_error(result, needle):
-    assert result.exit_code != 0 and "Traceback" not in result.output, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error:") and needle in lines[0], result.output
+    assert_error(result, needle)
 
 
 def test_shape_classes_order_ids_and_stats_come_from_the_data(tmp_path):

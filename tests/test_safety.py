@@ -1,5 +1,6 @@
 """Opening a cache or checkpoint never runs code; killing dump-logits never leaves a broken cache behind."""
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from conftest import assert_error
 from kdcache.checkpoint import save_checkpoint
 from kdcache.cli import main
 from kdcache.models import build_model
@@ -62,9 +64,7 @@ def test_malicious_checkpoint_is_refused_not_run(evil, tmp_path, monkeypatch, da
     ]
     for args in commands:
         r = run(*args)
-        assert r.exit_code != 0 and "Traceback" not in r.output, r.output
-        lines = r.output.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("Error:"), r.output
+        assert_error(r)
         assert not marker.exists(), f"{args[0]} ran the pickle"
         assert not (tmp_path / "c.h5").exists()
     r = run("dump-logits", "--teacher", path, "--out", tmp_path / "c.h5")
@@ -138,3 +138,73 @@ def test_sigkill_during_dump_leaves_no_file_and_keeps_an_existing_one(tmp_path, 
     before = existing.read_bytes()
     _kill_mid_dump(teacher, existing, data_dir, overwrite=True)
     assert existing.read_bytes() == before
+
+
+def _fast_teacher(tmp_path):
+    """A student-cnn saved as a teacher checkpoint: dumps tens of thousands of rows in a second or two."""
+    config = {"arch": "student-cnn", "in_channels": 1, "num_classes": 10, "image_size": [28, 28],
+              "dataset": "fashion-mnist", "mean": [0.286], "std": [0.353],
+              "class_names": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                              "Bag", "Ankle boot"]}
+    return save_checkpoint(tmp_path / "fast-teacher.pt", build_model("student-cnn"), config)
+
+
+def test_dump_refuses_up_front_when_free_space_is_short(tmp_path, data_dir, monkeypatch):
+    import kdcache.files
+
+    def disk_usage(path):
+        return shutil._ntuple_diskusage(1 << 30, (1 << 30) - free, free)
+
+    out = tmp_path / "c.h5"
+    out.write_bytes(b"the cache another team trusts")
+    free = 200_000  # bytes: less than 5,000 rows of logits need
+    monkeypatch.setattr(kdcache.files.shutil, "disk_usage", disk_usage)
+    r = run("dump-logits", "--teacher", _fast_teacher(tmp_path), "--out", out, "--overwrite", "--limit", 5000,
+            "--data-dir", data_dir, "--device", "cpu", "-q")
+    assert_error(r, "not enough disk space for the cache", "needs about 1.", "0.2 MB free")
+    assert out.read_bytes() == b"the cache another team trusts"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 512 KB tmpfs (needs root and mount; the up-front refusal above is tested without it)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(disk)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_disk_full_during_dump_is_one_error_line_and_leaves_nothing(tmp_path, data_dir, tiny_disk):
+    """The reported failure: on a 1 MB tmpfs (here 512 KB: the test split fills it), dump-logits segfaulted (exit 139) after ~2,700 lines of h5py tracebacks.
+
+    The up-front check is switched off, as if the space were used up by someone else after it passed.
+    """
+    from conftest import cache_attrs
+    from kdcache.cache import read_meta, write_cache
+    from kdcache.data import load_dataset
+
+    out = tiny_disk / "c.h5"
+    d = load_dataset("fashion-mnist", "train", data_dir, limit=16)
+    write_cache(out, torch.zeros(16, 10), d.labels, d.indices, d.sample_ids, cache_attrs(d.info))
+    before = out.read_bytes()
+    skip_check = ("import sys, kdcache.dump; kdcache.dump.check_free_space = lambda *a, **k: None; "
+                  "from kdcache.cli import main; main(sys.argv[1:], prog_name='kdcache')")
+    args = [sys.executable, "-c", skip_check, "dump-logits", "--teacher", str(_fast_teacher(tmp_path)),
+            "--out", str(out), "--overwrite", "--split", "test", "--data-dir", str(data_dir), "--device", "cpu", "-q"]
+    r = subprocess.run(args, env=dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1"), capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 1, (r.returncode, r.stderr[-3000:])
+    assert r.stdout == "" and r.stderr.startswith("Error: disk full while writing the cache c.h5"), r.stderr[-3000:]
+    assert len(r.stderr.splitlines()) == 1, r.stderr[-3000:]
+    assert "is unchanged" in r.stderr
+    assert sorted(p.name for p in tiny_disk.iterdir()) == ["c.h5"]  # the temp file is gone
+    assert out.read_bytes() == before and read_meta(out).num_samples == 16
+    assert shutil.disk_usage(tiny_disk).free > 400_000  # and its space is free again

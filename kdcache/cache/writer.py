@@ -11,8 +11,8 @@ from typing import Any, Mapping
 import h5py
 import numpy as np
 
-from ..errors import CacheError
-from ..files import temp_path_for
+from ..errors import CacheError, StorageError
+from ..files import disk_full_message, temp_path_for
 from ..samples import UNLABELLED
 from ..targets import Targets, TopK
 from .schema import (FORMAT_NAME, INDEX_DATASETS, LOGIT_DTYPES, PLAIN_SCHEMA_VERSION, ROOT_ATTRS, SCHEMA_VERSION,
@@ -24,7 +24,8 @@ class CacheWriter:
 
     Rows go to a hidden temp file in the target folder; on a clean exit the content hash
     and the ``complete`` marker are set and the file is renamed over ``path``. On an error
-    (or a kill) the target is untouched and the temp file removed (or left hidden).
+    (or a kill) the target is untouched and the temp file removed (or left hidden). A disk
+    that fills up is a StorageError, with the temp file removed (see ``_abandon``).
 
         with CacheWriter(path, num_samples=N, num_classes=C, attrs=meta) as w:
             w.write(0, logits, labels, indices, sample_ids)
@@ -65,6 +66,7 @@ class CacheWriter:
         self._hashes: dict[str, Any] = {}
         self._tmp: Path | None = None
         self._f: h5py.File | None = None
+        self._ds: dict[str, h5py.Dataset] = {}  # held open: chunk writes fail (and are reported) in write()
 
     def estimated_bytes(self) -> int:
         """About how big the finished file will be (for a free-space check before writing)."""
@@ -89,14 +91,20 @@ class CacheWriter:
     def __enter__(self) -> "CacheWriter":
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = temp_path_for(self.path)
-        # libver earliest..v110: readable by HDF5 1.8/1.10 tools and older h5py.
-        self._f = h5py.File(self._tmp, "w", libver=("earliest", "v110"))
-        index_rows = chunk_rows_for(8, self.num_samples, max(self.chunk_rows, 4096) * 8)  # >= 4096 rows, evened
-        for name, (shape, dtype) in self._shapes().items():
-            rows = index_rows if name in INDEX_DATASETS else self.chunk_rows
-            self._f.create_dataset(name, shape=shape, dtype=dtype, chunks=(rows, *shape[1:]), fletcher32=True,
-                                   compression=None if name in INDEX_DATASETS else self.compression)
-            self._hashes[name] = hashlib.sha256()
+        try:
+            # libver earliest..v110: readable by HDF5 1.8/1.10 tools and older h5py.
+            self._f = h5py.File(self._tmp, "w", libver=("earliest", "v110"))
+            index_rows = chunk_rows_for(8, self.num_samples, max(self.chunk_rows, 4096) * 8)  # >= 4096 rows, evened
+            for name, (shape, dtype) in self._shapes().items():
+                rows = index_rows if name in INDEX_DATASETS else self.chunk_rows
+                self._ds[name] = self._f.create_dataset(
+                    name, shape=shape, dtype=dtype, chunks=(rows, *shape[1:]), fletcher32=True,
+                    compression=None if name in INDEX_DATASETS else self.compression)
+                self._hashes[name] = hashlib.sha256()
+        except BaseException as e:
+            self._abandon()
+            self._raise_storage_error(e)
+            raise
         return self
 
     def write(self, start: int, targets: Targets, labels: Any, indices: Any, sample_ids: Any,
@@ -122,8 +130,13 @@ class CacheWriter:
                 raise CacheError(f"internal: /{name} block of shape {arrays[name].shape} does not fit rows {start}:{stop} "
                                  f"of shape {shape}")
         for name, arr in arrays.items():
-            arr = np.ascontiguousarray(arr, dtype=self._f[name].dtype)
-            self._f[name][start:stop] = arr
+            ds = self._ds[name]
+            arr = np.ascontiguousarray(arr, dtype=ds.dtype)
+            try:
+                ds[start:stop] = arr
+            except (OSError, RuntimeError) as e:
+                self._raise_storage_error(e)
+                raise
             self._hashes[name].update(arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes())
         self._labelled += int((arrays["labels"] != UNLABELLED).sum())
         self._next = stop
@@ -158,22 +171,48 @@ class CacheWriter:
             if exc_type is None:
                 if self._next != self.num_samples:
                     raise CacheError(f"internal: {self.num_samples - self._next} rows of {self.path} were never written")
-                self._write_attrs()
-                self._f.attrs["complete"] = np.int8(1)  # last: a reader trusts nothing without it
-                self._f.flush()
-            self._f.close()
-            if exc_type is None:
+                try:
+                    self._write_attrs()
+                    self._f.attrs["complete"] = np.int8(1)  # last: a reader trusts nothing without it
+                    self._f.flush()
+                    self._ds.clear()
+                    self._f.close()
+                    self._f = None
+                except (OSError, RuntimeError) as e:
+                    self._raise_storage_error(e)
+                    raise
                 with open(self._tmp, "rb") as fh:
                     os.fsync(fh.fileno())
                 os.replace(self._tmp, self.path)
         finally:
-            if self._f:  # still open: closing failed (e.g. disk full); drop the handle, then the file
-                try:
-                    self._f.close()
-                except Exception:  # noqa: BLE001 - the original error is what the caller sees
-                    pass
-            if self._tmp.exists():
-                self._tmp.unlink()
+            self._abandon()
+
+    def _abandon(self) -> None:
+        """Drop an unfinished temp file: close HDF5's handle without writing to disk, delete the file.
+
+        Closing an HDF5 file flushes its caches (the last chunks, metadata). After a disk
+        filled up that flush fails again at every open object, and once crashed the
+        interpreter at exit after thousands of lines of h5py tracebacks; so HDF5's file
+        descriptor is first pointed at an anonymous in-memory file, where the flush lands
+        harmlessly, and the temp file is deleted.
+        """
+        tmp = self._tmp
+        if self._f is not None:
+            _discard_further_writes(self._f)
+            self._ds.clear()
+            try:
+                self._f.close()
+            except Exception:  # noqa: BLE001 - the original error is what the caller sees
+                pass
+            self._f = None
+        if tmp is not None and tmp.exists():
+            tmp.unlink()
+
+    def _raise_storage_error(self, e: BaseException) -> None:
+        """Raise a one-line StorageError if ``e`` is the disk (or quota) filling up; else return."""
+        message = disk_full_message(e, self.path, f"the cache {self.path.name}") if isinstance(e, Exception) else None
+        if message is not None:
+            raise StorageError(message) from None
 
     def _write_attrs(self) -> None:
         a = self.attrs
@@ -205,6 +244,19 @@ class CacheWriter:
         missing = set(ROOT_ATTRS) - set(self._f.attrs) - {"complete"}
         if missing:
             raise CacheError(f"internal: cache attributes missing: {sorted(missing)}")
+
+
+def _discard_further_writes(f: h5py.File) -> None:
+    """Swap the descriptor under ``f`` (HDF5's default sec2 driver) for an in-memory file (or /dev/null)."""
+    try:
+        fd = f.id.get_vfd_handle()
+    except Exception:  # noqa: BLE001 - another driver: its close may fail, and is ignored
+        return
+    sink = os.memfd_create("kdcache-discarded") if hasattr(os, "memfd_create") else os.open(os.devnull, os.O_RDWR)
+    try:
+        os.dup2(sink, fd)
+    finally:
+        os.close(sink)
 
 
 def _json_default(o: Any) -> Any:
