@@ -229,8 +229,19 @@ def train_student(out: str | os.PathLike, *, caches: Sequence[str | os.PathLike]
         def batches(device: torch.device) -> BatchSource:
             return MemoryBatches(rows_data, cfg.batch_size, shuffle=True, seed=cfg.seed, device=device,
                                  teacher_logits=targets, channels_last=cfg.precision == "bf16", views=plan)
-    return _train_and_save("student", arch, rows_data, data_cfg, cfg, out, overwrite, progress,
-                           distillation_loss(temperature, alpha), request, extra, batches, reuse)
+    try:
+        return _train_and_save("student", arch, rows_data, data_cfg, cfg, out, overwrite, progress,
+                               distillation_loss(temperature, alpha), request, extra, batches, reuse)
+    except ConfigError as e:
+        if alpha > 0 and temperature > HIGH_TEMPERATURE and str(e).startswith("training diverged"):
+            raise ConfigError(f"{str(e).split(';')[0]} at T={temperature:g}: at a temperature this high the soft "
+                              "loss T²·KL is logit matching (half the mean squared difference of the centred "
+                              "logits, Hinton et al. 2015 §2.1), whose gradients grow with the student-teacher "
+                              "logit gap; use --T 20 or lower, or a much lower --lr") from None
+        raise
+
+
+HIGH_TEMPERATURE = 20.0  # the usual range of T ends here; far above it the soft loss behaves like logit matching
 
 
 def _student_targets(caches: Sequence[LogitCache], data: ImageData, cfg: TrainConfig, temperature: float,

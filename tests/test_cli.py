@@ -1,8 +1,11 @@
 """End-to-end CLI runs on a small subset, and every bad input as one clean line."""
 import json
+import math
+import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import h5py
 import pytest
@@ -13,6 +16,7 @@ from kdcache.cli import main
 
 
 run = run_cli
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +140,35 @@ def test_bad_inputs(artifacts, tmp_path):
     before = (tmp_path / "student.pt").read_bytes()
     line = bad(["train-student", "--cache", a["cache"], *common[:-3], "--out", tmp_path / "student.pt"], tmp_path)
     assert "already exists; pass --overwrite" in line and (tmp_path / "student.pt").read_bytes() == before
+
+
+def test_huge_temperature_is_named_when_training_diverges(artifacts, tmp_path):
+    """--T 1e6 ended with "training diverged (loss nan); lower --lr", as if the lr alone were to blame.
+
+    The loss is finite at any T (tests/test_loss.py); what diverges is the optimisation: at T = 1e6
+    T²·KL is logit matching, whose gradients grow with the logit gap. The message names T; with a
+    lower lr the same run trains, with a finite loss.
+    """
+    args = ("--T", "1e6", "--alpha", "0.5", "--epochs", 3, "--batch-size", 16)  # 48 steps: enough to diverge
+    r = student(artifacts, tmp_path / "hot.pt", *args, ok=False)
+    assert_error(r, "training diverged (loss nan) at T=1e+06", "logit matching", "--T 20 or lower")
+    student(artifacts, tmp_path / "hot.pt", *args, "--lr", "0.002")
+    history = json.loads((tmp_path / "hot.metrics.json").read_text())["history"]
+    assert len(history) == 3 and all(math.isfinite(h["train_loss"]) and h["train_loss"] > 0 for h in history)
+
+
+def test_progress_redirected_to_a_file_stays_a_few_lines(tmp_path, data_dir):
+    """Redirected to a file, progress bars wrote a line per batch; now a line every 30 s at most."""
+    log = tmp_path / "log.txt"
+    args = [sys.executable, "-m", "kdcache", "train-student", "--alpha", "0", "--data-dir", str(data_dir),
+            "--limit", "2048", "--batch-size", "8", "--eval-limit", "100", "--epochs", "2", "--out", str(tmp_path / "b.pt")]
+    with open(log, "w") as f:  # 512 batches and 2 evaluations, output to a file as in `kdcache ... > log 2>&1`
+        r = subprocess.run(args, stdout=f, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1"))
+    text = log.read_text()
+    assert r.returncode == 0, text
+    lines = text.splitlines()
+    assert "\r" not in text and 1 <= len(lines) <= 4, text
+    assert lines[-1].startswith("student student-cnn (T=4, alpha=0): test accuracy"), text
 
 
 def test_every_command_has_help():

@@ -210,3 +210,18 @@ def test_topk_soft_gradient_moves_tail_mass_only_as_a_whole(topk_batch):
     ratio = s.grad / q  # on tail classes: the same multiple of q_j throughout a row
     for r, m in zip(ratio, kept):
         assert (r[~m].max() - r[~m].min()).abs() < 1e-4 * r[~m].abs().max().clamp_min(1e-3)
+
+
+@pytest.mark.parametrize("T", [1e3, 1e6])
+def test_float32_soft_loss_is_accurate_at_huge_T(batch, T):
+    """At large T, T²·KL tends to logit matching: ½ · mean over classes of ((s - t) - mean(s - t))², per row.
+
+    kdcache 0.1 computed it as a difference of two nearly equal log-softmaxes in float32 and
+    was off by orders of magnitude at T = 1e6 (noise times T² = 1e12).
+    """
+    s, t, y = batch
+    d = s - t
+    limit = (0.5 * ((d - d.mean(1, keepdim=True)) ** 2).mean(1)).mean()  # float64, the T -> inf limit
+    got = kd_loss(s.float(), t.float(), y, T, 1.0)
+    assert got.dtype == torch.float32
+    assert float(got) == pytest.approx(float(limit), rel=2e-2)

@@ -216,3 +216,40 @@ def test_concat_stream_of_topk_caches_keeps_each_rows_encoding(tmp_path):
             seen.append(v)
     assert sorted(seen) == list(range(30)) + list(range(100, 125))
     stream.close()
+
+
+def open_fds() -> set[str]:
+    import os
+
+    return {os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
+            if os.path.exists(f"/proc/self/fd/{fd}")}
+
+
+def test_repeated_streamed_runs_leave_no_file_open(tmp_path, data_dir):
+    """A sweep of streamed runs leaked one descriptor of the cache per run (LogitStream's os.open was never closed)."""
+    from kdcache.config import DataConfig, TrainConfig
+    from kdcache.data import load_dataset
+    from kdcache.jobs import train_student
+
+    fm = load_dataset("fashion-mnist", "train", data_dir, limit=64)
+    path = tmp_path / "fm.h5"
+    logits = np.random.default_rng(0).standard_normal((64, 10)).astype(np.float32)
+    cache.write_cache(path, logits, fm.labels, fm.indices, fm.sample_ids, cache_attrs(fm.info), chunk_rows=8)
+    kw = dict(caches=[path], data_cfg=DataConfig(data_dir=str(data_dir), limit=64, eval_limit=50),
+              cfg=TrainConfig(epochs=1, batch_size=32, device="cpu"), cache_memory_limit_mb=0, overwrite=True)
+    train_student(tmp_path / "s.pt", **kw)  # warm-up: whatever the first run opens for good (libraries, data)
+    before = open_fds()
+    for _ in range(3):
+        assert train_student(tmp_path / "s.pt", **kw)["config"]["cache_streamed"]
+    assert sorted(f for f in open_fds() - before if "fm.h5" in f or f.startswith(str(tmp_path))) == []
+    assert not any(str(path) in f for f in open_fds())
+
+
+def test_a_stream_closes_its_handles_and_reopens_when_iterated_again(path):
+    with LogitStream(path, buffer_blocks=2) as stream:
+        assert len(epoch_rows(stream, 0)) == 103
+        assert any(str(path) in f for f in open_fds())
+    assert not any(str(path) in f for f in open_fds())
+    assert len(epoch_rows(stream, 1)) == 103  # reopened on demand
+    stream.close()
+    assert not any(str(path) in f for f in open_fds())
