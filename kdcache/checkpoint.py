@@ -3,9 +3,16 @@
 A checkpoint is a plain dict of tensors and primitive values, saved with torch.save
 and loaded with ``torch.load(weights_only=True)``, so a checkpoint from another team
 can carry weights but never executable code.
+
+A model built by a user's factory (``train-student --student-factory mod:fn``) is
+recorded as that name plus its keyword arguments. Rebuilding it means importing and
+calling ``mod:fn``, so a checkpoint alone never makes kdcache do that: whoever loads it
+must name the same factory (``load_checkpoint(..., factory=)``, ``evaluate
+--student-factory``). Otherwise a file from anywhere could name any importable callable.
 """
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
@@ -18,7 +25,7 @@ from torch import nn
 
 from .errors import CheckpointError, ConfigError
 from .files import check_output, temp_path_for
-from .models import build_model
+from .models import ModelSpec
 from .samples import DatasetInfo
 
 CHECKPOINT_FORMAT = "kdcache-checkpoint"
@@ -89,19 +96,23 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return payload
 
 
-def load_checkpoint(path: str | os.PathLike, expect_arch: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+def load_checkpoint(path: str | os.PathLike, expect_arch: str | None = None,
+                    factory: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model a checkpoint describes and load its weights (eval mode, CPU).
 
-    Raises CheckpointError if ``expect_arch`` is given and differs, or if the
-    weights do not fit the architecture the checkpoint names.
+    A checkpoint made by a factory is rebuilt only when ``factory`` names that same factory
+    (the caller's consent to import and call it); any other is refused, as is ``factory``
+    for a checkpoint of a built-in architecture. Raises CheckpointError if ``expect_arch``
+    is given and differs, or if the weights do not fit the model.
     """
     payload = read_checkpoint(path)
     config = payload["config"]
-    arch = config["arch"]
+    spec = model_spec(config, path, factory)
+    arch = spec.name
     if expect_arch is not None and arch != expect_arch:
         raise CheckpointError(f"{path} holds a {arch!r} model, but {expect_arch!r} was asked for")
     try:
-        model = build_model(arch, int(config["in_channels"]), int(config["num_classes"]), tuple(config["image_size"]))
+        model = spec.build(int(config["in_channels"]), int(config["num_classes"]), tuple(config["image_size"]))
     except ConfigError as e:
         raise CheckpointError(f"{path}: {e}") from None
     try:
@@ -112,10 +123,32 @@ def load_checkpoint(path: str | os.PathLike, expect_arch: str | None = None) -> 
     return model.eval(), config
 
 
-def model_config(arch: str, info: DatasetInfo) -> dict[str, Any]:
+def model_spec(config: dict[str, Any], path: str | os.PathLike, factory: str | None = None) -> ModelSpec:
+    """How to rebuild a checkpoint's model, refusing a recorded factory the caller did not name."""
+    recorded = config.get("factory")
+    if recorded is None:
+        if factory is not None:
+            raise CheckpointError(f"{path} holds a built-in {config['arch']!r} model, not one made by {factory}; "
+                                  "drop --student-factory")
+        return ModelSpec(arch=str(config["arch"]))
+    kwargs = config.get("factory_kwargs") or {}
+    if not isinstance(recorded, str) or not isinstance(kwargs, dict):
+        raise CheckpointError(f"{path}: unreadable factory record ({recorded!r}, {kwargs!r})")
+    if factory is None:
+        raise CheckpointError(f"{path} holds a model made by calling {recorded} with {json.dumps(kwargs)}; kdcache "
+                              f"imports and calls code only when you name it: pass --student-factory {recorded} to evaluate "
+                              "if you trust that code")
+    if factory != recorded:
+        raise CheckpointError(f"{path} holds a model made by {recorded}, not by {factory}; kdcache calls only the "
+                              f"factory you name, and only when it is the one the checkpoint records")
+    return ModelSpec(factory=recorded, kwargs=kwargs)
+
+
+def model_config(model: str | ModelSpec, info: DatasetInfo) -> dict[str, Any]:
     """What a checkpoint records about its model and the data it fits (REQUIRED_CONFIG and more)."""
+    spec = model if isinstance(model, ModelSpec) else ModelSpec(arch=model)
     return {
-        "arch": arch, "in_channels": info.in_channels, "num_classes": info.num_classes,
+        **spec.record(), "in_channels": info.in_channels, "num_classes": info.num_classes,
         "image_size": list(info.image_size), "dataset": info.name, "mean": list(info.mean), "std": list(info.std),
         "class_names": list(info.class_names), "dataset_fingerprint": info.fingerprint,
     }

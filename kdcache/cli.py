@@ -197,6 +197,12 @@ def dump_logits_cmd(teacher: str | None, out: str, quiet: bool, class_names_file
               help="How several --cache teachers are combined: mean of softmax(z/T), or mean of logits.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Checkpoint to write (.pt).")
 @click.option("--arch", default=STUDENT_ARCH, show_default=True, help="Model architecture.")
+@click.option("--student-factory", default=None, metavar="MODULE:FUNCTION",
+              help="Your own student instead of --arch: a function returning a torch.nn.Module (gets num_classes, "
+                   "in_channels, image_size if it takes them). evaluate needs it named again.")
+@click.option("--student-kwargs", default=None, metavar="JSON",
+              help="Keyword arguments for --student-factory as a JSON object, e.g. '{\"width\": 32}' "
+                   "(JSON keeps their types; the checkpoint records them).")
 @data_options
 @train_options(STUDENT_TRAIN)
 @click.option("--cache-memory-limit", "cache_memory_limit_mb", type=click.FloatRange(min=0), default=CACHE_MEMORY_LIMIT_MB,
@@ -222,7 +228,8 @@ def dump_logits_cmd(teacher: str | None, out: str, quiet: bool, class_names_file
 @click.option("--overwrite", is_flag=True, help="Replace an existing checkpoint.")
 @quiet_option
 def train_student_cmd(caches: tuple[str, ...], temperature: float, alpha: float, ensemble: str, out: str, arch: str,
-                      cache_memory_limit_mb: float, cache_workers: int, augment: str | None, allow_inconsistent: bool,
+                      student_factory: str | None, student_kwargs: str | None, cache_memory_limit_mb: float,
+                      cache_workers: int, augment: str | None, allow_inconsistent: bool,
                       cache_views: int | None, labels_limit: int | None, transfer: tuple[str, ...],
                       transfer_data_dirs: tuple[str, ...], overwrite: bool, quiet: bool, **kw: Any) -> None:
     """Train a student from images + cached teacher logits (the teacher is never loaded).
@@ -230,19 +237,22 @@ def train_student_cmd(caches: tuple[str, ...], temperature: float, alpha: float,
     A cache with augmentation views (dump-logits --views K --augment POLICY) is replayed:
     each epoch every image shows one of its stored views and learns that view's logits.
     Rows without labels (--labels-limit, --transfer) get the soft term only; an epoch is
-    one pass over every row, labelled or not.
+    one pass over every row, labelled or not. The student is --arch, or your own model:
+    --student-factory MODULE:FUNCTION [--student-kwargs JSON].
     """
     from .jobs import train_student
+    from .models import parse_kwargs
 
     cfg, data_cfg = _train_config(kw), _data_config(kw)
     r = train_student(out, caches=caches, temperature=temperature, alpha=alpha, arch=arch, data_cfg=data_cfg,
                       cfg=cfg, ensemble=ensemble, overwrite=overwrite, progress=not quiet,
                       cache_memory_limit_mb=cache_memory_limit_mb, cache_workers=cache_workers, augment=augment,
                       allow_inconsistent=allow_inconsistent, cache_views=cache_views, labels_limit=labels_limit,
-                      transfer=transfer, transfer_data_dirs=transfer_data_dirs)
+                      transfer=transfer, transfer_data_dirs=transfer_data_dirs, student_factory=student_factory,
+                      student_kwargs=parse_kwargs(student_kwargs))
     c = r["config"]
     rows = f", {c['num_labelled']} labelled + {c['num_unlabelled']} unlabelled rows" if c["num_unlabelled"] else ""
-    summary(quiet, f"student {arch} (T={temperature:g}, alpha={alpha:g}{rows}): test accuracy "
+    summary(quiet, f"student {c['arch']} (T={temperature:g}, alpha={alpha:g}{rows}): test accuracy "
                    f"{r['test']['accuracy']:.4f}, {cfg.epochs} epochs in {r['seconds']:.0f}s -> {r['checkpoint']}")
 
 
@@ -253,6 +263,9 @@ def train_student_cmd(caches: tuple[str, ...], temperature: float, alpha: float,
 @click.option("--data-dir", default="data", show_default=True, type=click.Path(file_okay=False))
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N samples.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--student-factory", default=None, metavar="MODULE:FUNCTION",
+              help="For a checkpoint made with train-student --student-factory: name that factory again "
+                   "(kdcache never imports or calls code just because a checkpoint names it).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 @quiet_option
 def evaluate_cmd(model_path: str, as_json: bool, quiet: bool, **kw: Any) -> None:

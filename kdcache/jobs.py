@@ -13,7 +13,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
@@ -28,7 +28,7 @@ from .ensemble import ENSEMBLE_METHODS, check_members, combine_logits
 from .errors import CheckpointError, ConfigError
 from .files import check_output, write_json
 from .loss import check_alpha, check_temperature, kd_loss
-from .models import build_model, count_parameters
+from .models import ModelSpec, count_parameters
 from .samples import ImageData
 from .targets import Targets, as_tensors, concat
 from .transfer import TransferSet, check_unlabelled_rows, concat_data, mask_labels, open_transfer_sets, transfer_views
@@ -61,7 +61,7 @@ def _plain(obj: Any) -> Any:
     return json.loads(json.dumps(obj, sort_keys=True))
 
 
-def _train_and_save(role: str, arch: str, train_data: ImageData, data_cfg: DataConfig, cfg: TrainConfig,
+def _train_and_save(role: str, spec: ModelSpec, train_data: ImageData, data_cfg: DataConfig, cfg: TrainConfig,
                     out: str | os.PathLike, overwrite: bool, progress: bool, loss_fn: Callable,
                     request: dict[str, Any], extra: dict[str, Any],
                     make_batches: Callable[[torch.device], BatchSource], reuse: bool = False) -> dict[str, Any]:
@@ -82,12 +82,13 @@ def _train_and_save(role: str, arch: str, train_data: ImageData, data_cfg: DataC
     val_data = _val_data(data_cfg)
     info = train_data.info
     torch.manual_seed(cfg.seed)
-    model = build_model(arch, info.in_channels, info.num_classes, info.image_size)
+    model = spec.build(info.in_channels, info.num_classes, info.image_size)
     batches = make_batches(device)
     t0 = time.perf_counter()
     try:
         history = fit(model, batches, loss_fn, cfg, eval_data=val_data if val_data is not None else test_data,
-                      eval_name="val" if val_data is not None else "test", progress=progress, desc=f"{role} {arch}")
+                      eval_name="val" if val_data is not None else "test", progress=progress,
+                      desc=f"{role} {spec.name}")
     finally:
         close = getattr(batches, "close", None)
         if close is not None:
@@ -96,7 +97,7 @@ def _train_and_save(role: str, arch: str, train_data: ImageData, data_cfg: DataC
     final = evaluate(model, test_data, device=device, precision="fp32")
     val = None if val_data is None else evaluate(model, val_data, device=device, precision="fp32")
     config = {
-        **model_config(arch, info), "role": role, "train": cfg.to_dict(), "limit": data_cfg.limit,
+        **model_config(spec, info), "role": role, "train": cfg.to_dict(), "limit": data_cfg.limit,
         "num_train_samples": len(train_data), "epochs": cfg.epochs, "seed": cfg.seed,
         "test_accuracy": final["accuracy"], "test_loss": final["loss"], "eval_limit": data_cfg.eval_limit,
         "val_size": data_cfg.val_size, "val_accuracy": None if val is None else val["accuracy"],
@@ -116,9 +117,10 @@ def _val_data(data_cfg: DataConfig) -> ImageData | None:
                           data_cfg.download)[1]
 
 
-def _request(role: str, arch: str, data: ImageData, data_cfg: DataConfig, cfg: TrainConfig, **more: Any) -> dict:
+def _request(role: str, spec: ModelSpec, data: ImageData, data_cfg: DataConfig, cfg: TrainConfig, **more: Any) -> dict:
     train = {k: v for k, v in cfg.to_dict().items() if k != "device"}  # the device does not change the result
-    return {"role": role, "arch": arch, "dataset": data.info.name, "dataset_fingerprint": data.info.fingerprint,
+    model = spec.record() if spec.factory else {"arch": spec.arch}  # (requests made before factories compare equal)
+    return {"role": role, **model, "dataset": data.info.name, "dataset_fingerprint": data.info.fingerprint,
             "limit": data_cfg.limit, "val_size": data_cfg.val_size, "eval_limit": data_cfg.eval_limit,
             "train": train, **more}
 
@@ -132,7 +134,8 @@ def train_teacher(out: str | os.PathLike, *, arch: str = TEACHER_ARCH, data_cfg:
     so the teacher learns the views it will later label (``dump-logits --augment``).
     ``reuse``: return an existing ``out`` trained with the same request instead (find_reusable).
     """
-    build_model(arch)  # unknown arch fails before any data is read
+    spec = ModelSpec(arch=arch)
+    spec.check()  # unknown arch fails before any data is read
     data, _ = load_train_val(data_cfg.dataset, data_cfg.data_dir, data_cfg.limit, data_cfg.val_size, data_cfg.download)
     require_labels(data, "a teacher's training data")
     views = fresh_views(augment, data, cfg.seed)
@@ -141,8 +144,8 @@ def train_teacher(out: str | os.PathLike, *, arch: str = TEACHER_ARCH, data_cfg:
     def batches(device: torch.device) -> BatchSource:
         return MemoryBatches(data, cfg.batch_size, shuffle=True, seed=cfg.seed, device=device,
                              channels_last=cfg.precision == "bf16", views=views)
-    return _train_and_save("teacher", arch, data, data_cfg, cfg, out, overwrite, progress, cross_entropy_loss,
-                           _request("teacher", arch, data, data_cfg, cfg, **more), dict(more), batches, reuse)
+    return _train_and_save("teacher", spec, data, data_cfg, cfg, out, overwrite, progress, cross_entropy_loss,
+                           _request("teacher", spec, data, data_cfg, cfg, **more), dict(more), batches, reuse)
 
 
 def distillation_loss(temperature: float, alpha: float) -> Callable[[torch.Tensor, Batch], torch.Tensor]:
@@ -166,7 +169,9 @@ def train_student(out: str | os.PathLike, *, caches: Sequence[str | os.PathLike]
                   progress: bool = False, cache_memory_limit_mb: float = CACHE_MEMORY_LIMIT_MB,
                   cache_workers: int = 0, reuse: bool = False, augment: str | None = None,
                   allow_inconsistent: bool = False, cache_views: int | None = None, labels_limit: int | None = None,
-                  transfer: Sequence[str | os.PathLike] = (), transfer_data_dirs: Sequence[str] = ()) -> dict[str, Any]:
+                  transfer: Sequence[str | os.PathLike] = (), transfer_data_dirs: Sequence[str] = (),
+                  student_factory: str | None = None, student_kwargs: Mapping[str, Any] | None = None
+                  ) -> dict[str, Any]:
     """Train a student from images + cached teacher targets. Never loads or runs a teacher.
 
     Every cache is checked against the training samples (LogitCache.align: dataset, split,
@@ -187,10 +192,19 @@ def train_student(out: str | os.PathLike, *, caches: Sequence[str | os.PathLike]
     read from ``transfer_data_dirs``: none = ``data_cfg.data_dir``, one for all, or one per
     cache). The soft term covers every row, cross-entropy the labelled ones; an epoch is one
     pass over all rows.
+
+    The student is ``arch`` (a built-in architecture), or your own: ``student_factory``
+    ("package.module:function", importable from the current folder or PYTHONPATH) called with
+    ``student_kwargs`` (JSON values) plus whichever of num_classes, in_channels, image_size it
+    takes. The checkpoint records both; loading it needs the same factory named again
+    (kdcache.checkpoint.load_checkpoint).
     """
     check_temperature(temperature)
     check_alpha(alpha)
-    build_model(arch)
+    if student_factory is not None and arch != STUDENT_ARCH:
+        raise ConfigError(f"name the student once: --arch {arch} or --student-factory {student_factory}")
+    spec = ModelSpec(arch=arch, factory=student_factory, kwargs=student_kwargs or {})
+    spec.check()
     if ensemble not in ENSEMBLE_METHODS:
         raise ConfigError(f"unknown ensemble method {ensemble!r}; choose one of: {', '.join(ENSEMBLE_METHODS)}")
     if alpha > 0 and not caches:
@@ -218,7 +232,7 @@ def train_student(out: str | os.PathLike, *, caches: Sequence[str | os.PathLike]
     unlabelled_rows = {} if labels_limit is None else {"labels_limit": labels_limit}  # likewise
     if transfer:
         unlabelled_rows["transfer"] = [r["content_sha256"] for r in transfer_records]
-    request = _request("student", arch, data, data_cfg, cfg, temperature=temperature if alpha > 0 else None,
+    request = _request("student", spec, data, data_cfg, cfg, temperature=temperature if alpha > 0 else None,
                        alpha=alpha, caches=[r["content_sha256"] for r in records] if alpha > 0 else [],
                        ensemble=ensemble if len(caches) > 1 else None, **more, **unlabelled_rows)
     extra = {"temperature": temperature, "alpha": alpha, "caches": records,
@@ -230,7 +244,7 @@ def train_student(out: str | os.PathLike, *, caches: Sequence[str | os.PathLike]
             return MemoryBatches(rows_data, cfg.batch_size, shuffle=True, seed=cfg.seed, device=device,
                                  teacher_logits=targets, channels_last=cfg.precision == "bf16", views=plan)
     try:
-        return _train_and_save("student", arch, rows_data, data_cfg, cfg, out, overwrite, progress,
+        return _train_and_save("student", spec, rows_data, data_cfg, cfg, out, overwrite, progress,
                                distillation_loss(temperature, alpha), request, extra, batches, reuse)
     except ConfigError as e:
         if alpha > 0 and temperature > HIGH_TEMPERATURE and str(e).startswith("training diverged"):
@@ -287,9 +301,14 @@ def _student_targets(caches: Sequence[LogitCache], data: ImageData, cfg: TrainCo
 
 def evaluate_checkpoint(path: str | os.PathLike, *, split: str = "test", dataset: str | None = None,
                         data_dir: str = "data", limit: int | None = None, device: str = "auto",
-                        batch_size: int = 1000, progress: bool = False) -> dict[str, Any]:
-    """Accuracy, loss and per-class accuracy of a checkpoint on a dataset split."""
-    model, config = load_checkpoint(path)
+                        batch_size: int = 1000, progress: bool = False,
+                        student_factory: str | None = None) -> dict[str, Any]:
+    """Accuracy, loss and per-class accuracy of a checkpoint on a dataset split.
+
+    ``student_factory`` must name the factory of a checkpoint trained with one (your
+    consent to import and call it; a checkpoint alone never makes kdcache run code).
+    """
+    model, config = load_checkpoint(path, factory=student_factory)
     data = require_labels(load_dataset(dataset or config["dataset"], split, data_dir, limit), "evaluated on")
     check_model_fits_data(config, data.info, path)
     metrics = evaluate(model, data, batch_size=batch_size, device=resolve_device(device), progress=progress)

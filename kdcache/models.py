@@ -1,4 +1,4 @@
-"""Teacher and student networks, built by name.
+"""Networks: kdcache's teacher and student, built by name, or your own, built by a factory.
 
 The defaults come from the design that started the project (1x28x28 inputs, 10 classes):
 a 4-conv BatchNorm teacher (322,506 parameters) and a one-conv student (37,570).
@@ -6,11 +6,19 @@ a 4-conv BatchNorm teacher (322,506 parameters) and a one-conv student (37,570).
 followed by max-pooling, so a shift of a few pixels moves its features by a fraction of a
 pooled cell, where the one-conv student's linear layer sees every pixel position apart.
 All take the input shape and class count as arguments so the same code serves
-custom image datasets.
+custom image datasets. A team's own model is named ``package.module:function`` (a
+*factory*) plus keyword arguments (``ModelSpec``); kdcache imports and calls a factory
+only when the user names it, never because a file says so (see kdcache.checkpoint).
 """
 from __future__ import annotations
 
-from typing import Callable
+import importlib
+import inspect
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -115,3 +123,132 @@ def build_model(
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+FACTORY_ARGS = ("num_classes", "in_channels", "image_size")  # offered to a factory that takes them
+
+
+def import_factory(target: str, option: str = "--teacher-factory") -> Callable[..., Any]:
+    """Resolve ``package.module:function`` to the callable (``option`` names the flag in messages)."""
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"{option} {target!r} must look like package.module:function")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # like `python -m`: a module in the current folder is found
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ConfigError(f"{option}: cannot import {module_name!r} ({e}); run from the folder that "
+                          "holds it or add it to PYTHONPATH") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ConfigError(f"{option}: {module_name} has no function {attr!r}")
+    return fn
+
+
+def build_from_factory(target: str, *, num_classes: int, in_channels: int, image_size: tuple[int, int],
+                       kwargs: Mapping[str, Any] | None = None, option: str = "--teacher-factory") -> nn.Module:
+    """Call the factory with ``kwargs`` plus whichever of num_classes, in_channels, image_size it accepts.
+
+    ``kwargs`` win over the offered values. Anything the factory raises becomes one ConfigError line.
+    """
+    fn = import_factory(target, option)
+    offered = {"num_classes": num_classes, "in_channels": in_channels, "image_size": tuple(image_size)}
+    try:
+        params = inspect.signature(fn).parameters
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        args = {k: v for k, v in offered.items() if takes_any or k in params}
+    except (TypeError, ValueError):  # builtins without a signature
+        args = {}
+    args.update(kwargs or {})
+    try:
+        model = fn(**args)
+    except Exception as e:  # the user's code: any failure is a bad --...-factory or keyword argument
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ConfigError(f"{option} {target} failed with arguments {json.dumps(args, default=str)} "
+                          f"({type(e).__name__}: {first})") from None
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"{option} {target} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def check_output_shape(model: nn.Module, num_classes: int, in_channels: int, image_size: tuple[int, int],
+                       name: str) -> None:
+    """Refuse a model that fails on, or does not return (B, num_classes) logits for, the data's inputs."""
+    was_training = model.training
+    model.eval()  # BatchNorm and dropout would change state or refuse a batch this small in train mode
+    x = torch.zeros(2, in_channels, *image_size)
+    with torch.inference_mode():
+        try:
+            out = model(x)
+        except Exception as e:  # the team's model: any failure is a mismatch with the data
+            raise ConfigError(f"model from {name} fails on {in_channels}x{list(image_size)} inputs "
+                              f"({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+    model.train(was_training)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ConfigError(f"model from {name} returns {shape} for a batch of 2, expected (2, {num_classes}) "
+                          f"logits for the data's {num_classes} classes")
+
+
+def parse_kwargs(text: str | None, option: str = "--student-kwargs") -> dict[str, Any]:
+    """``'{"width": 32}'`` -> {"width": 32}: a JSON object of keyword arguments ({} for None or empty)."""
+    if text is None or not text.strip():
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise ConfigError(f"{option} {text!r} is not JSON ({e}); write an object, e.g. {option} '{{\"width\": 32}}'") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{option} must be a JSON object of keyword arguments, e.g. '{{\"width\": 32}}', got {text!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model to build: a registered ``arch``, or ``factory`` ("package.module:function") with ``kwargs``.
+
+    ``kwargs`` must be JSON values: checkpoints record them (and load them without
+    unpickling), and a run is reused only when they are the same.
+    """
+
+    arch: str = "student-cnn"
+    factory: str | None = None
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    option: str = "--student-factory"  # the flag that names the factory, for messages
+
+    def __post_init__(self) -> None:
+        if self.kwargs and self.factory is None:
+            raise ConfigError(f"keyword arguments {dict(self.kwargs)} are for {self.option}; "
+                              f"built-in architectures take none")
+        try:
+            plain = json.loads(json.dumps(dict(self.kwargs)))
+        except (TypeError, ValueError):
+            raise ConfigError(f"{self.option} keyword arguments must be JSON values (numbers, strings, lists, "
+                              f"objects), got {dict(self.kwargs)!r}") from None
+        object.__setattr__(self, "kwargs", plain)
+
+    @property
+    def name(self) -> str:
+        """What checkpoints and summaries call the model: the arch, or ``factory:package.module:function``."""
+        return f"factory:{self.factory}" if self.factory else self.arch
+
+    def check(self) -> None:
+        """Fail early on an unknown arch or an unimportable factory (before any data is read)."""
+        if self.factory is None:
+            build_model(self.arch)
+        else:
+            import_factory(self.factory, self.option)
+
+    def build(self, in_channels: int, num_classes: int, image_size: tuple[int, int]) -> nn.Module:
+        """The model for inputs of this shape: registered archs get kdcache's init, factories their own."""
+        if self.factory is None:
+            return build_model(self.arch, in_channels, num_classes, image_size)
+        model = build_from_factory(self.factory, num_classes=num_classes, in_channels=in_channels,
+                                   image_size=image_size, kwargs=self.kwargs, option=self.option)
+        check_output_shape(model, num_classes, in_channels, image_size, self.factory)
+        return model
+
+    def record(self) -> dict[str, Any]:
+        """What a checkpoint stores to rebuild the model (with the user's consent, for a factory)."""
+        return {"arch": self.name, "factory": self.factory, "factory_kwargs": dict(self.kwargs) if self.factory else None}

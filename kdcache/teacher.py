@@ -15,10 +15,7 @@ train split's statistics), the same preprocessing the student gets.
 from __future__ import annotations
 
 import contextlib
-import importlib
-import inspect
 import os
-import sys
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -35,10 +32,8 @@ from .checkpoint import (
 from .device import autocast, strict_fp32
 from .errors import CheckpointError, ConfigError
 from .files import sha256_file
+from .models import build_from_factory, check_output_shape
 from .samples import DatasetInfo, standardize, to_unit
-
-FACTORY_ARGS = ("num_classes", "in_channels", "image_size")
-
 
 @dataclass(frozen=True)
 class TeacherSpec:
@@ -155,39 +150,6 @@ def with_teacher_classes(spec: TeacherSpec, info: DatasetInfo, class_names: tupl
     return replace(info, class_names=names)
 
 
-def import_factory(target: str) -> Any:
-    """Resolve ``package.module:function`` to the callable."""
-    module_name, sep, attr = target.partition(":")
-    if not sep or not module_name or not attr:
-        raise ConfigError(f"--teacher-factory {target!r} must look like package.module:function")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # like `python -m`: a module in the current folder is found
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ConfigError(f"--teacher-factory: cannot import {module_name!r} ({e}); run from the folder that "
-                          "holds it or add it to PYTHONPATH") from None
-    fn = getattr(module, attr, None)
-    if not callable(fn):
-        raise ConfigError(f"--teacher-factory: {module_name} has no function {attr!r}")
-    return fn
-
-
-def _build_from_factory(target: str, info: DatasetInfo) -> nn.Module:
-    fn = import_factory(target)
-    offered = {"num_classes": info.num_classes, "in_channels": info.in_channels, "image_size": tuple(info.image_size)}
-    try:
-        params = inspect.signature(fn).parameters
-        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-        kwargs = {k: v for k, v in offered.items() if takes_any or k in params}
-    except (TypeError, ValueError):  # builtins without a signature
-        kwargs = {}
-    model = fn(**kwargs)
-    if not isinstance(model, nn.Module):
-        raise ConfigError(f"--teacher-factory {target} returned {type(model).__name__}, not a torch.nn.Module")
-    return model
-
-
 def _state_dict_from(payload: Any, path: str) -> dict[str, torch.Tensor]:
     if isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):
         payload = payload["state_dict"]
@@ -207,7 +169,8 @@ def load_teacher(spec: TeacherSpec, info: DatasetInfo) -> Teacher:
                        config={k: v for k, v in config.items() if k != "class_names"})
     assert spec.factory is not None and spec.weights is not None
     state = _state_dict_from(load_weights_only(spec.weights), spec.weights)
-    model = _build_from_factory(spec.factory, info)
+    model = build_from_factory(spec.factory, num_classes=info.num_classes, in_channels=info.in_channels,
+                               image_size=tuple(info.image_size))
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
@@ -215,22 +178,8 @@ def load_teacher(spec: TeacherSpec, info: DatasetInfo) -> Teacher:
         raise CheckpointError(f"{spec.weights}: weights do not fit the model from {spec.factory} ({detail[:240]}); "
                               "pass the state dict of the model this factory builds") from None
     model.eval()
-    _check_output_shape(model, info, spec.factory)
+    check_output_shape(model, info.num_classes, info.in_channels, tuple(info.image_size), f"--teacher-factory {spec.factory}")
     config = {"factory": spec.factory, "weights": os.path.basename(spec.weights), "dataset": info.name,
               "mean": list(info.mean), "std": list(info.std)}
     return Teacher(model=model, arch=f"factory:{spec.factory}", sha256=sha256_file(spec.weights),
                    mean=tuple(info.mean), std=tuple(info.std), config=config)
-
-
-def _check_output_shape(model: nn.Module, info: DatasetInfo, name: str) -> None:
-    x = torch.zeros(2, info.in_channels, *info.image_size)
-    with torch.inference_mode():
-        try:
-            out = model(x)
-        except Exception as e:  # the team's model: any failure is a mismatch with the data
-            raise ConfigError(f"teacher from {name} fails on {info.in_channels}x{list(info.image_size)} inputs "
-                              f"({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, info.num_classes):
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ConfigError(f"teacher from {name} returns {shape} for a batch of 2, expected (2, {info.num_classes}) "
-                          f"logits for the {info.num_classes} classes of {info.name}")

@@ -67,3 +67,73 @@ def test_garbage_is_a_checkpoint_error(tmp_path, content):
 def test_missing_file(tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
         read_checkpoint(tmp_path / "nope.pt")
+
+
+EVIL_MODULE = """
+import pathlib
+pathlib.Path("IMPORTED").write_text("module code ran")
+
+def make(**kwargs):
+    pathlib.Path("CALLED").write_text(repr(kwargs))
+    raise SystemExit("never reached in a test that passes")
+"""
+
+GOOD_MODULE = """
+from torch import nn
+
+def build(num_classes, width=4):
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, width), nn.ReLU(), nn.Linear(width, num_classes))
+"""
+
+
+@pytest.fixture
+def modules(tmp_path, monkeypatch):
+    import sys
+
+    (tmp_path / "evil_factory_mod.py").write_text(EVIL_MODULE)
+    (tmp_path / "good_factory_mod.py").write_text(GOOD_MODULE)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    for name in ("evil_factory_mod", "good_factory_mod"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    return tmp_path
+
+
+def factory_checkpoint(path, factory, kwargs, model=None):
+    from kdcache.models import ModelSpec
+
+    model = model if model is not None else torch.nn.Linear(2, 2)
+    return save_checkpoint(path, model, dict(CONFIG, **ModelSpec(factory=factory, kwargs=kwargs).record()))
+
+
+def test_a_factory_checkpoint_is_rebuilt_only_with_its_factory_named(modules):
+    from kdcache.models import ModelSpec
+
+    spec = ModelSpec(factory="good_factory_mod:build", kwargs={"width": 6})
+    model = spec.build(1, 10, (28, 28))
+    p = factory_checkpoint(modules / "s.pt", spec.factory, {"width": 6}, model)
+    with pytest.raises(CheckpointError, match="pass --student-factory good_factory_mod:build to evaluate if you trust"):
+        load_checkpoint(p)
+    loaded, config = load_checkpoint(p, factory="good_factory_mod:build")
+    assert config["factory_kwargs"] == {"width": 6} and loaded[1].out_features == 6
+    x = torch.randn(3, 1, 28, 28)
+    assert torch.equal(loaded(x), model.eval()(x))
+    plain = save_checkpoint(modules / "plain.pt", build_model("student-cnn"), CONFIG)
+    with pytest.raises(CheckpointError, match="built-in 'student-cnn' model, not one made by good_factory_mod:build"):
+        load_checkpoint(plain, factory="good_factory_mod:build")
+
+
+def test_a_checkpoint_naming_another_callable_is_refused_and_nothing_runs(modules):
+    """A checkpoint is data: one naming any importable callable must not make kdcache import or call it."""
+    import sys
+
+    evil = factory_checkpoint(modules / "evil.pt", "evil_factory_mod:make", {"cmd": "rm -rf ~"})
+    for consent in (None, "good_factory_mod:build"):  # not named at all / the user named another factory
+        with pytest.raises(CheckpointError) as e:
+            load_checkpoint(evil, factory=consent)
+        assert "evil_factory_mod:make" in str(e.value)
+    system = factory_checkpoint(modules / "system.pt", "os:system", {"command": "touch PWNED"})
+    with pytest.raises(CheckpointError, match="made by os:system, not by good_factory_mod:build"):
+        load_checkpoint(system, factory="good_factory_mod:build")
+    assert "evil_factory_mod" not in sys.modules
+    assert not (modules / "IMPORTED").exists() and not (modules / "CALLED").exists() and not (modules / "PWNED").exists()

@@ -1,6 +1,8 @@
 """The jobs: a validation split set aside for choosing configurations, and reuse only by the same request."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from kdcache.config import DataConfig, TrainConfig
@@ -57,3 +59,78 @@ def test_topk_cache_with_every_class_trains_the_same_student_as_full_logits(tmp_
     full, top = (torch.load(tmp_path / f"{n}.pt", weights_only=True)["state_dict"] for n in ("full", "topk"))
     for name in full:
         torch.testing.assert_close(top[name], full[name], rtol=1e-4, atol=1e-6)
+
+
+STUDENTS = """
+from torch import nn
+
+def build(num_classes, in_channels, width=4):
+    return nn.Sequential(nn.Conv2d(in_channels, width, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+                         nn.Linear(4 * width, num_classes))
+"""
+
+
+@pytest.fixture
+def own_student(tmp_path, monkeypatch, data_dir):
+    """A module with a student factory in the current folder, and a cache of the first 256 training samples."""
+    import sys
+
+    import numpy as np
+
+    from conftest import cache_attrs
+    from kdcache.cache import write_cache
+    from kdcache.data import load_dataset
+
+    (tmp_path / "my_students.py").write_text(STUDENTS)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.delitem(sys.modules, "my_students", raising=False)
+    d = load_dataset("fashion-mnist", "train", data_dir, limit=256)
+    logits = np.random.default_rng(0).normal(0, 3, (256, 10)).astype(np.float32)
+    return write_cache(tmp_path / "c.h5", logits, d.labels, d.indices, d.sample_ids, cache_attrs(d.info))
+
+
+def test_own_student_trains_saves_and_evaluates_only_when_named_again(own_student, tmp_path, data_dir):
+    from conftest import assert_error, run_cli
+
+    common = ["--data-dir", data_dir, "--limit", 256, "--eval-limit", 100, "--epochs", 1, "-q"]
+    run_cli("train-student", "--cache", own_student, "--student-factory", "my_students:build",
+            "--student-kwargs", '{"width": 6}', "--out", tmp_path / "s.pt", *common)
+    config = json.loads((tmp_path / "s.metrics.json").read_text())["config"]
+    assert config["arch"] == "factory:my_students:build" and config["factory_kwargs"] == {"width": 6}
+    assert config["request"]["factory_kwargs"] == {"width": 6}
+
+    evaluate = ["evaluate", "--model", tmp_path / "s.pt", "--data-dir", data_dir, "--limit", 100]
+    assert_error(run_cli(*evaluate, ok=False), "made by calling my_students:build",
+                 "pass --student-factory my_students:build")
+    assert_error(run_cli(*evaluate, "--student-factory", "os:system", ok=False), "made by my_students:build, not by os:system")
+    metrics = json.loads(run_cli(*evaluate, "--student-factory", "my_students:build", "--json").output)
+    assert metrics["accuracy"] == config["test_accuracy"] and metrics["arch"] == "factory:my_students:build"
+    # used as a teacher, the checkpoint is refused the same way (no code runs for dump-logits either)
+    assert_error(run_cli("dump-logits", "--teacher", tmp_path / "s.pt", "--data-dir", data_dir, "--limit", 10,
+                         "--out", tmp_path / "t.h5", ok=False), "kdcache imports and calls code only when you name it")
+
+    assert_error(run_cli("train-student", "--cache", own_student, "--student-factory", "my_students:build",
+                         "--student-kwargs", "width=6", "--out", tmp_path / "x.pt", *common, ok=False), "is not JSON")
+    assert_error(run_cli("train-student", "--cache", own_student, "--student-factory", "my_students:build",
+                         "--arch", "teacher-cnn", "--out", tmp_path / "x.pt", *common, ok=False), "name the student once")
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_own_student_in_the_library_and_in_sweeps(own_student, tmp_path, data_dir):
+    from kdcache.sweep import RunSpec, run_sweep
+
+    data_cfg = DataConfig(data_dir=str(data_dir), limit=256, eval_limit=100)
+    cfg = TrainConfig(epochs=1, device="cpu")
+    kw = dict(caches=[own_student], data_cfg=data_cfg, cfg=cfg, student_factory="my_students:build")
+    first = train_student(tmp_path / "s.pt", student_kwargs={"width": 4}, **kw)
+    assert train_student(tmp_path / "s.pt", student_kwargs={"width": 4}, reuse=True, **kw)["reused"]
+    wider = train_student(tmp_path / "s.pt", student_kwargs={"width": 8}, reuse=True, **kw)
+    assert not wider["reused"] and wider["parameters"] > first["parameters"]  # other kwargs: trained again
+
+    specs = [RunSpec.make(256, 4.0, 0.5, 0, 1, condition=f"width {w}", student_factory="my_students:build",
+                          student_kwargs={"width": w}) for w in (2, 4)]
+    r = run_sweep(tmp_path / "sweep", own_student, specs, data_cfg=data_cfg, cfg=cfg, report=False)
+    assert r["ran"] == 2
+    rows = json.loads((tmp_path / "sweep" / "results.json").read_text())["rows"]
+    assert [row["options"]["student_kwargs"] for row in rows] == [{"width": 2}, {"width": 4}]
