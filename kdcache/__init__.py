@@ -6,11 +6,21 @@ alpha from the HDF5 cache, without the teacher: with kdcache's own loop
 
     import kdcache
     with kdcache.open_cache("fmnist-train.h5") as cache:
-        print(cache)                                   # rows, classes, teacher, views, top-k
+        print(cache)                                    # rows, classes, teacher, views, top-k
     train = kdcache.CachedDataset(torchvision_dataset, "fmnist-train.h5")   # (image, label, teacher_logits)
-    loss = kdcache.kd_loss(student_logits, teacher_logits, labels, temperature=4.0, alpha=0.5)
+    loader = DataLoader(train, batch_size=128, shuffle=True, num_workers=2, collate_fn=kdcache.collate)
+    loss = kdcache.kd_loss(student(images), teacher_logits, labels, temperature=4.0, alpha=0.5)
 
-Names are imported on first use, so ``import kdcache`` (and the CLI) start fast.
+The cache: ``open_cache``/``LogitCache`` (read, align), ``CacheWriter``/``write_cache``.
+Your loop: ``CachedDataset`` (in memory), ``StreamedCachedDataset`` (larger than memory),
+``collate``, ``kd_loss``/``soft_loss``, ``TopK``, ``UNLABELLED``. kdcache's loop (what the
+CLI runs): ``train_teacher``, ``dump_logits``, ``train_student`` (also your own model:
+``student_factory=``), ``evaluate_checkpoint``, ``load_checkpoint``, ``verify_cache``,
+``cache_info``, ``run_sweep``/``RunSpec``. Errors: every one a user can cause is a
+``KDCacheError`` with a one-line message.
+
+Names are imported on first use, so ``import kdcache`` (and the CLI) start fast: it
+imports neither torch nor the HDF5 library.
 """
 from __future__ import annotations
 
@@ -22,11 +32,13 @@ __version__ = "0.2.0"
 # public name -> module that defines it
 _EXPORTS = {
     "open_cache": "cache", "LogitCache": "cache", "CacheMeta": "cache", "CacheWriter": "cache", "write_cache": "cache",
+    "CachedDataset": "dataset", "StreamedCachedDataset": "dataset", "collate": "dataset",
     "kd_loss": "loss", "soft_loss": "loss",
     "TopK": "targets", "UNLABELLED": "samples",
     "TrainConfig": "config", "DataConfig": "config",
     "load_dataset": "data", "ImageData": "samples", "DatasetInfo": "samples",
-    "train_teacher": "jobs", "train_student": "jobs", "evaluate_checkpoint": "jobs",
+    "train_teacher": "jobs", "train_student": "jobs", "evaluate_checkpoint": "jobs", "load_checkpoint": "checkpoint",
+    "ModelSpec": "models", "run_sweep": "sweep", "RunSpec": "sweep",
     "dump_logits": "dump", "verify_cache": "verify", "cache_info": "info",
     "KDCacheError": "errors", "CacheError": "errors", "CheckpointError": "errors", "ConfigError": "errors",
     "DataError": "errors", "StorageError": "errors",

@@ -64,3 +64,19 @@ def test_only_the_cli_imports_click():
     users = sorted(module_name(p) for p in PKG.rglob("*.py")
                    if any(line.strip().startswith(("import click", "from click")) for line in p.read_text().splitlines()))
     assert users == ["kdcache.cli"], users
+
+
+def test_the_public_api_is_lazy_and_documented():
+    """`import kdcache` loads neither torch nor h5py (the CLI starts fast); every exported callable has a docstring."""
+    import subprocess
+    import sys
+
+    code = ("import sys, kdcache; assert 'torch' not in sys.modules and 'h5py' not in sys.modules, 'eager'; "
+            "missing = [n for n in kdcache.__all__ if callable(getattr(kdcache, n)) and not "
+            "(getattr(kdcache, n).__doc__ or '').strip()]; assert not missing, missing; "
+            "print(sorted(kdcache.__all__))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PKG.parent)
+    assert r.returncode == 0, r.stderr
+    for name in ("open_cache", "LogitCache", "CachedDataset", "StreamedCachedDataset", "collate", "kd_loss", "TopK",
+                 "train_student", "evaluate_checkpoint", "dump_logits", "KDCacheError", "CacheError"):
+        assert repr(name) in r.stdout, name

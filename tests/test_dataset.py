@@ -1,0 +1,264 @@
+"""The Dataset wrappers: any map-style dataset + a cache -> (image, label, teacher targets), checked once."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+from conftest import cache_attrs
+from kdcache.cache import CacheWriter, write_cache
+from kdcache.data import load_dataset
+from kdcache.dataset import CachedDataset, StreamedCachedDataset, collate
+from kdcache.errors import CacheError, ConfigError
+from kdcache.loss import kd_loss
+from kdcache.samples import UNLABELLED, sample_ids_for
+from kdcache.targets import TopK
+
+N = 200  # cache rows: the first N training samples
+
+
+@pytest.fixture(scope="module")
+def fmnist(data_dir):
+    """torchvision's own FashionMNIST (ToTensor), exactly as a user would build it."""
+    import torchvision
+    from torchvision import transforms
+
+    return torchvision.datasets.FashionMNIST(str(data_dir), train=True, transform=transforms.ToTensor())
+
+
+def index_logits(indices, classes=10):
+    """Logits that name their sample: column 0 = dataset index, column 1 = index % 7."""
+    z = np.zeros((len(indices), classes), dtype=np.float32)
+    z[:, 0] = indices
+    z[:, 1] = np.asarray(indices) % 7
+    return z
+
+
+@pytest.fixture(scope="module")
+def kd(data_dir):
+    return load_dataset("fashion-mnist", "train", data_dir, limit=N)
+
+
+@pytest.fixture(scope="module")
+def cache_path(tmp_path_factory, kd):
+    path = tmp_path_factory.mktemp("ds") / "c.h5"
+    return write_cache(path, index_logits(np.arange(N)), kd.labels, kd.indices, kd.sample_ids, cache_attrs(kd.info),
+                       chunk_rows=16)
+
+
+def test_items_pair_each_image_with_its_own_targets(fmnist, cache_path):
+    ds = CachedDataset(fmnist, cache_path, indices=range(N))
+    assert len(ds) == N
+    image, label, targets = ds[37]
+    ref_image, ref_label = fmnist[37]
+    assert torch.equal(image, ref_image) and label == ref_label
+    assert targets.dtype == torch.float32 and targets.shape == (10,) and targets[0] == 37 and targets[1] == 37 % 7
+    # a torchvision MNIST-style dataset gets kdcache's full check: content ids and the split's fingerprint
+    assert set(ds.alignment.checked) >= {"index", "label", "content id", "fingerprint", "class names"}
+    text = repr(ds)
+    assert text.startswith("CachedDataset\n    Number of datapoints: 200") and "Dataset: FashionMNIST" in text
+    assert "teacher teacher-cnn" in text and "Checked: index, label" in text
+
+
+def test_dataloader_workers_and_default_collate(fmnist, cache_path):
+    import os
+    import pickle
+
+    ds = CachedDataset(fmnist, cache_path, indices=range(N))
+    # nothing HDF5 is left open to cross the workers' fork, and the wrapper pickles (spawn start method)
+    assert not any(os.readlink(f"/proc/self/fd/{fd}") == str(cache_path) for fd in os.listdir("/proc/self/fd")
+                   if os.path.exists(f"/proc/self/fd/{fd}"))
+    assert torch.equal(pickle.loads(pickle.dumps(ds))[7][2], ds[7][2])
+    loader = DataLoader(ds, batch_size=32, shuffle=True, num_workers=2, generator=torch.Generator().manual_seed(0))
+    seen = []
+    for images, labels, targets in loader:
+        idx = targets[:, 0].long()
+        assert torch.equal(labels, fmnist.targets[idx])
+        assert torch.equal(images, torch.stack([fmnist[int(i)][0] for i in idx]))  # each image met its targets
+        seen.append(idx)
+    assert sorted(torch.cat(seen).tolist()) == list(range(N))
+
+
+def test_subsets_and_indices_map_to_the_split(fmnist, cache_path):
+    sub = Subset(Subset(fmnist, list(range(100, 150))), [5, 3, 9])  # split samples 105, 103, 109
+    ds = CachedDataset(sub, cache_path)
+    assert [int(ds[i][2][0]) for i in range(3)] == [105, 103, 109]
+    assert "through Subset" in repr(ds)
+    ds = CachedDataset(fmnist, cache_path, indices=[7, 2])
+    assert [int(ds[i][2][0]) for i in range(2)] == [7, 2] and ds[0][1] == int(fmnist.targets[7])
+
+
+def test_distributed_sampler_splits_the_items(fmnist, cache_path):
+    ds = CachedDataset(fmnist, cache_path, indices=range(N))
+    parts = []
+    for rank in range(2):
+        sampler = DistributedSampler(ds, num_replicas=2, rank=rank, shuffle=True, seed=3)
+        parts.append([int(t[0]) for _, _, targets in DataLoader(ds, batch_size=50, sampler=sampler)
+                      for t in targets])
+    assert len(parts[0]) == len(parts[1]) == N // 2
+    assert sorted(parts[0] + parts[1]) == list(range(N)) and not set(parts[0]) & set(parts[1])
+
+
+def test_misaligned_data_is_refused_with_one_line(fmnist, cache_path, data_dir, tmp_path, kd):
+    cases = []
+    # not every sample is in the cache
+    cases.append((lambda: CachedDataset(fmnist, cache_path), "are not in it (first missing dataset index 200)"))
+    # the cache of another split
+    test = load_dataset("fashion-mnist", "test", data_dir, limit=N)
+    other = write_cache(tmp_path / "test.h5", index_logits(np.arange(N)), test.labels, test.indices, test.sample_ids,
+                        cache_attrs(test.info))
+    cases.append((lambda: CachedDataset(fmnist, other, indices=range(N)), "made from fashion-mnist/test"))
+
+    class Relabelled(torch.utils.data.Dataset):  # the user's own dataset, one label changed
+        targets = fmnist.targets[:N].clone()
+        targets[11] = (targets[11] + 1) % 10
+
+        def __len__(self):
+            return N
+
+        def __getitem__(self, i):
+            return fmnist[i][0], int(self.targets[i])
+    cases.append((lambda: CachedDataset(Relabelled(), cache_path), "1 of 200 rows disagree with the data sample "
+                                                                    "at their index (1 by label"))
+
+    class Edited(torch.utils.data.Dataset):  # MNIST-style arrays, one pixel changed: caught by content id
+        data = fmnist.data[:N].clone()
+        data[12, 3, 3] ^= 1
+        targets = fmnist.targets[:N]
+
+        def __len__(self):
+            return N
+
+        def __getitem__(self, i):
+            return self.data[i], int(self.targets[i])
+    cases.append((lambda: CachedDataset(Edited(), cache_path), "(0 by label, 1 by content id; first: dataset index 12)"))
+
+    class OtherClasses(Relabelled):
+        targets = fmnist.targets[:N]
+        classes = [f"k{i}" for i in range(10)]
+    cases.append((lambda: CachedDataset(OtherClasses(), cache_path), "the cache is for another label set"))
+    for make, needle in cases:
+        with pytest.raises(CacheError) as e:
+            make()
+        assert needle in str(e.value) and "\n" not in str(e.value), str(e.value)
+    assert len(CachedDataset(Edited(), cache_path, check_content=False)) == N  # checks can be switched off
+
+
+def test_datasets_without_targets_labels_or_labels_at_all(fmnist, cache_path):
+    class Plain(torch.utils.data.Dataset):  # no .targets: labels are read once
+        def __init__(self):
+            self.reads = 0
+
+        def __len__(self):
+            return 50
+
+        def __getitem__(self, i):
+            self.reads += 1
+            return fmnist[i]
+    plain = Plain()
+    ds = CachedDataset(plain, cache_path)
+    assert plain.reads == 50 and "label" in ds.alignment.checked
+    plain = Plain()
+    CachedDataset(plain, cache_path, labels=fmnist.targets[:50].tolist())
+    assert plain.reads == 0  # labels given: nothing read
+    with pytest.raises(CacheError, match="disagree"):
+        CachedDataset(Plain(), cache_path, labels=[0] * 50)
+
+    class Images(torch.utils.data.Dataset):  # images only: nothing to compare, the cache's labels come out
+        def __len__(self):
+            return 20
+
+        def __getitem__(self, i):
+            return fmnist[i][0]
+    ds = CachedDataset(Images(), cache_path)
+    assert ds.alignment.checked == ("index",) and ds[4][1] == int(fmnist.targets[4])
+
+
+def test_unlabelled_rows_come_out_as_minus_one(fmnist, tmp_path, kd):
+    labels = kd.labels.numpy().copy()
+    labels[::3] = UNLABELLED  # a transfer set: every third row has no label
+    ids = sample_ids_for(kd.images.numpy(), labels)  # an unlabelled row's id hashes -1
+    path = write_cache(tmp_path / "u.h5", index_logits(np.arange(N)), labels, kd.indices, ids, cache_attrs(kd.info))
+    ds = CachedDataset(fmnist, path, indices=range(N))
+    assert "content id" in ds.alignment.checked and "fingerprint" not in ds.alignment.checked
+    assert ds[0][1] == UNLABELLED and ds[1][1] == int(fmnist.targets[1]) and ds[3][1] == UNLABELLED
+    images, y, t = next(iter(DataLoader(ds, batch_size=12)))
+    assert (y == UNLABELLED).sum() == 4
+    loss = kd_loss(torch.zeros(12, 10, requires_grad=True), t, y, 4.0, 0.5)
+    assert torch.isfinite(loss)
+    assert "Unlabelled rows: 67" in repr(ds)
+
+
+def test_topk_rows_collate_and_train(fmnist, tmp_path, kd, cache_path):
+    z = np.random.default_rng(0).normal(0, 4, (N, 10)).astype(np.float32)
+    path = write_cache(tmp_path / "k.h5", z, kd.labels, kd.indices, kd.sample_ids, cache_attrs(kd.info), topk=3)
+    ds = CachedDataset(fmnist, path, indices=range(N))
+    row = ds[5][2]
+    assert isinstance(row, TopK) and row.logits.shape == (3,) and row.classes.dtype == torch.int64
+    assert torch.equal(row.classes, torch.from_numpy(np.argsort(-z[5])[:3]))
+    images, labels, targets = next(iter(DataLoader(ds, batch_size=16, collate_fn=collate, num_workers=1)))
+    assert isinstance(targets, TopK) and targets.logits.shape == (16, 3) and targets.tail_mean.shape == (16,)
+    assert images.shape == (16, 1, 28, 28) and labels.dtype == torch.int64
+    student = torch.zeros(16, 10, requires_grad=True)
+    kd_loss(student, targets, labels, 4.0, 0.5).backward()
+    assert student.grad.abs().sum() > 0
+    # dense caches: collate is default_collate
+    dense = CachedDataset(fmnist, cache_path, indices=range(4))
+    images, labels, targets = collate([dense[0], dense[1]])
+    assert targets.shape == (2, 10) and labels.tolist() == fmnist.targets[:2].tolist() and images.shape == (2, 1, 28, 28)
+
+
+def test_a_multi_view_cache_is_refused_until_views_are_replayed(fmnist, tmp_path, kd):
+    path = tmp_path / "v.h5"
+    policy = {"name": "flip", "version": 1, "param_names": ["flip"]}
+    with CacheWriter(path, num_samples=N, num_classes=10, attrs=cache_attrs(kd.info), num_views=2,
+                     view_policy=policy) as w:
+        w.write(0, np.zeros((N, 2, 10), np.float32), kd.labels, kd.indices, kd.sample_ids,
+                view_params=np.zeros((N, 2, 1), np.float32))
+    for cls in (CachedDataset, StreamedCachedDataset):
+        with pytest.raises(ConfigError) as e:
+            cls(fmnist, path, indices=range(N))
+        assert "stores 2 augmentation views per sample (flip)" in str(e.value)
+        assert "does not replay augmentation views" in str(e.value) and "`kdcache train-student`" in str(e.value)
+
+
+def test_memory_limit_points_to_the_streamed_dataset(fmnist, cache_path):
+    with pytest.raises(ConfigError, match="use kdcache.StreamedCachedDataset"):
+        CachedDataset(fmnist, cache_path, indices=range(N), memory_limit_mb=0.001)
+
+
+def streamed_epoch(ds, epoch, workers=0, batch_size=16):
+    ds.set_epoch(epoch)
+    out = []
+    for images, labels, targets in DataLoader(ds, batch_size=batch_size, num_workers=workers):
+        idx = targets[:, 0].long()
+        assert torch.equal(labels, ds.base.targets[idx])
+        assert torch.equal(images, torch.stack([ds.base[int(i)][0] for i in idx]))
+        out += idx.tolist()
+    return out
+
+
+def test_streamed_epochs_cover_every_sample_once_in_workers_and_ranks(fmnist, cache_path):
+    with StreamedCachedDataset(fmnist, cache_path, indices=range(N), buffer_blocks=2, seed=1) as ds:
+        assert len(ds) == N and "Checked: index, label" in repr(ds)
+        first = streamed_epoch(ds, 0)
+        assert sorted(first) == list(range(N)) and first != list(range(N))  # all, once, shuffled
+        assert streamed_epoch(ds, 0) == first and streamed_epoch(ds, 1) != first  # seeded by epoch
+        assert sorted(streamed_epoch(ds, 0, workers=2)) == list(range(N))
+    parts = []
+    for rank in range(2):
+        with StreamedCachedDataset(fmnist, cache_path, indices=range(N), rank=rank, world_size=2) as ds:
+            parts.append(streamed_epoch(ds, 0))
+            assert len(ds) == len(parts[-1])
+    assert sorted(parts[0] + parts[1]) == list(range(N))
+    assert abs(len(parts[0]) - len(parts[1])) < 2 * 16  # ranks get whole blocks: at most one more (16 rows each)
+
+
+def test_streamed_topk_and_subsets(fmnist, tmp_path, kd):
+    z = index_logits(np.arange(N))
+    path = write_cache(tmp_path / "k.h5", z, kd.labels, kd.indices, kd.sample_ids, cache_attrs(kd.info), topk=2)
+    with StreamedCachedDataset(Subset(fmnist, range(40, 60)), path) as ds:
+        batches = list(DataLoader(ds, batch_size=8, collate_fn=collate))
+    assert all(isinstance(t, TopK) for _, _, t in batches)
+    assert sorted(int(v) for _, _, t in batches for v in t.logits[:, 0]) == list(range(40, 60))
