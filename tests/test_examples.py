@@ -1,11 +1,7 @@
-"""The example and the README's snippet run, so neither can rot; the example trains what train-student trains."""
+"""The README's snippet runs, so it cannot rot (examples/own_training_loop.py runs in test_benchmarks.py, against train-student)."""
 from __future__ import annotations
 
-import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +9,7 @@ import pytest
 
 from conftest import cache_attrs
 from kdcache.cache import write_cache
-from kdcache.config import DataConfig, TrainConfig
 from kdcache.data import load_dataset
-from kdcache.jobs import train_student
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,26 +22,6 @@ def cache_5k(tmp_path_factory, data_dir):
     logits = (d.images.reshape(len(d), -1).numpy().astype(np.float32) / 255.0 - 0.3) @ w * 40
     folder = tmp_path_factory.mktemp("example")
     return write_cache(folder / "fmnist-train.h5", logits, d.labels, d.indices, d.sample_ids, cache_attrs(d.info))
-
-
-def test_own_training_loop_matches_train_student(cache_5k, data_dir, tmp_path):
-    """Same student, init, optimiser, schedule, data order and seed: the same test accuracy (the issue asks <= 0.3 pp)."""
-    settings = {"limit": 512, "epochs": 2, "eval_limit": 500, "seed": 3}
-    out = tmp_path / "own.json"
-    args = [sys.executable, str(REPO / "examples" / "own_training_loop.py"), "--cache", str(cache_5k), "--data-dir",
-            str(data_dir), "--json", str(out), "--T", "4", "--alpha", "0.5",
-            *(x for k, v in settings.items() for x in (f"--{k.replace('_', '-')}", str(v)))]
-    r = subprocess.run(args, capture_output=True, text=True, timeout=300,
-                       env=dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1"))
-    assert r.returncode == 0, r.stderr[-3000:]
-    own = json.loads(out.read_text())
-    assert r.stdout.startswith(f"own loop: test accuracy {own['test_accuracy']:.4f} (512 training samples, 2 epochs)")
-    assert own["train_samples"] == 512 and own["test_samples"] == 500
-
-    kd = train_student(tmp_path / "s.pt", caches=[cache_5k], temperature=4.0, alpha=0.5,
-                       data_cfg=DataConfig(data_dir=str(data_dir), limit=512, eval_limit=500),
-                       cfg=TrainConfig(epochs=2, seed=3, lr=0.02, device="cpu"))
-    assert abs(own["test_accuracy"] - kd["test"]["accuracy"]) <= 0.003, (own, kd["test"]["accuracy"])
 
 
 def readme_section(title: str) -> str:
