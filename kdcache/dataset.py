@@ -151,6 +151,24 @@ def align_dataset(cache: LogitCache, dataset: Any, idx: np.ndarray, *, labels: S
     return Alignment(idx, rows, cache_labels, tuple(checked))
 
 
+class SharedEpoch:
+    """An epoch number that DataLoader workers see change, persistent workers included.
+
+    Each worker holds its own copy of the dataset, made when its iterator started; a plain
+    attribute set later in the main process never reaches a persistent worker. A tensor in
+    shared memory does (under fork and spawn alike), so ``set_epoch`` works either way.
+    """
+
+    def __init__(self) -> None:
+        self._value = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    def set(self, epoch: int) -> None:
+        self._value.fill_(int(epoch))
+
+    def get(self) -> int:
+        return int(self._value)
+
+
 def _refuse_views(cache: LogitCache, what: str) -> None:
     m = cache.meta
     if m.has_views:
@@ -203,14 +221,21 @@ class CachedDataset(Dataset):
                                            check_content=check_content)
             self.targets: Targets = to_float(as_tensors(cache.read(self.alignment.rows)))  # (n, C) or TopK
         self.labels = self.alignment.labels
-        self.epoch = 0
+        self._epoch = SharedEpoch()
 
     def __len__(self) -> int:
         return len(self.alignment.rows)
 
     def set_epoch(self, epoch: int) -> None:
-        """The epoch about to start (picks each sample's stored view, once views are replayed; call every epoch)."""
-        self.epoch = int(epoch)
+        """The epoch about to start (picks each sample's stored view, once views are replayed; call every epoch).
+
+        Reaches DataLoader workers, persistent ones too (SharedEpoch).
+        """
+        self._epoch.set(epoch)
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch.get()
 
     def __getitem__(self, i: int) -> tuple[Any, Any, Targets]:
         image, label = _split_item(self.base[int(self.alignment.dataset_indices[i])])
@@ -296,16 +321,19 @@ class StreamedCachedDataset(IterableDataset):
         self.stream = LogitStream(self.cache_path, rows=self.alignment.rows, values=np.arange(len(idx)),
                                   shuffle=shuffle, seed=seed, buffer_blocks=buffer_blocks or DEFAULT_BUFFER_BLOCKS,
                                   rank=rank, world_size=world_size)
+        self._epoch = SharedEpoch()
 
     def __len__(self) -> int:
         """Samples this rank serves this epoch."""
+        self.stream.set_epoch(self._epoch.get())
         return self.stream.num_rank_rows()
 
     def set_epoch(self, epoch: int) -> None:
-        """Use the order of ``epoch`` (call before iterating, on every rank)."""
-        self.stream.set_epoch(epoch)
+        """Use the order of ``epoch`` (call before iterating, on every rank; reaches persistent workers too)."""
+        self._epoch.set(epoch)
 
     def __iter__(self) -> Iterator[tuple[Any, Any, Targets]]:
+        self.stream.set_epoch(self._epoch.get())  # this process's copy of the stream (a worker's, in a DataLoader)
         for items, targets in self.stream:  # in a worker: this worker's buffers only
             targets = to_float(targets)
             for k, i in enumerate(items.tolist()):

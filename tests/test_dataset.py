@@ -262,3 +262,41 @@ def test_streamed_topk_and_subsets(fmnist, tmp_path, kd):
         batches = list(DataLoader(ds, batch_size=8, collate_fn=collate))
     assert all(isinstance(t, TopK) for _, _, t in batches)
     assert sorted(int(v) for _, _, t in batches for v in t.logits[:, 0]) == list(range(40, 60))
+
+
+def test_torchvision_imagefolder_over_a_cache_of_kdcache_imagefolder(tmp_path):
+    """kdcache's imagefolder rows are torchvision ImageFolder's samples in the same order: index, label, classes check."""
+    import torchvision
+    from torchvision import transforms
+
+    from test_imagefolder import make_folder
+
+    root = make_folder(tmp_path / "imgs")
+    kd = load_dataset("imagefolder", "train", root)
+    path = write_cache(tmp_path / "if.h5", index_logits(np.arange(len(kd)), classes=3), kd.labels, kd.indices,
+                       kd.sample_ids, cache_attrs(kd.info))
+    folder = torchvision.datasets.ImageFolder(str(root / "train"), transform=transforms.ToTensor())
+    ds = CachedDataset(folder, path)
+    assert ds.alignment.checked == ("index", "label", "class names")
+    for i in (0, 7, 17):
+        image, label, targets = ds[i]
+        assert int(targets[0]) == i and label == folder.targets[i] and image.shape == (3, 12, 12)
+        assert torch.equal((image * 255).round().to(torch.uint8), kd.images[i])  # the very pixels kdcache cached
+
+
+def test_set_epoch_reaches_persistent_workers(fmnist, cache_path):
+    class Probe(CachedDataset):  # what a worker's copy believes the epoch is
+        def targets_of(self, i, view):
+            return torch.tensor(self.epoch)
+
+    probe = Probe(fmnist, cache_path, indices=range(32))
+    loader = DataLoader(probe, batch_size=16, num_workers=2, persistent_workers=True)
+    for epoch in (0, 3, 4):
+        probe.set_epoch(epoch)
+        assert [t.tolist() for _, _, t in loader] == [[epoch] * 16] * 2
+    with StreamedCachedDataset(fmnist, cache_path, indices=range(N), buffer_blocks=2) as ds:
+        orders = {e: streamed_epoch(ds, e) for e in (0, 1)}
+        loader = DataLoader(ds, batch_size=16, num_workers=1, persistent_workers=True)
+        for e in (0, 1, 0):
+            ds.set_epoch(e)
+            assert [int(v) for _, _, t in loader for v in t[:, 0]] == orders[e]
