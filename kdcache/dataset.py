@@ -143,8 +143,12 @@ def align_dataset(cache: LogitCache, dataset: Any, idx: np.ndarray, *, labels: S
         with_marker[cache_labels == UNLABELLED] = UNLABELLED  # an unlabelled row's id hashes -1, not the label
         ids = sample_ids_for(images[idx], with_marker)
         checked.append("content id")
-        if cache.meta.num_labelled in (None, cache.meta.num_samples):  # the fingerprint covers labels: all must be known
-            info = builtin_info(dataset, images, all_labels)
+        # The fingerprint covers the whole split's labels: all known (a labelled dump), or all -1 (a --no-labels
+        # dump: docs/cache-format.md, "Alignment rule"); a cache with some rows unlabelled has no such rule.
+        num_labelled = cache.meta.num_labelled
+        if num_labelled in (None, cache.meta.num_samples, 0):
+            fingerprint_labels = np.full_like(all_labels, UNLABELLED) if num_labelled == 0 else all_labels
+            info = builtin_info(dataset, images, fingerprint_labels)
             if info is not None:
                 checked += ["dataset and split", "fingerprint"]
     rows = cache.align(idx, labels=compare, sample_ids=ids, info=info)

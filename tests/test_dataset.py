@@ -300,3 +300,20 @@ def test_set_epoch_reaches_persistent_workers(fmnist, cache_path):
         for e in (0, 1, 0):
             ds.set_epoch(e)
             assert [int(v) for _, _, t in loader for v in t[:, 0]] == orders[e]
+
+
+def test_a_no_labels_cache_is_checked_by_ids_and_fingerprint_with_labels_ignored(fmnist, tmp_path, data_dir):
+    """dump-logits --no-labels: every row -1, ids and fingerprint computed with -1 (docs/cache-format.md)."""
+    bare = load_dataset("fashion-mnist", "train", data_dir, limit=N, ignore_labels=True)
+    assert bare.num_labelled == 0
+    path = write_cache(tmp_path / "nl.h5", index_logits(np.arange(N)), bare.labels, bare.indices, bare.sample_ids,
+                       cache_attrs(bare.info))
+    ds = CachedDataset(fmnist, path, indices=range(N))
+    assert {"content id", "fingerprint"} <= set(ds.alignment.checked)
+    assert {ds[i][1] for i in range(10)} == {UNLABELLED}  # the cache holds no labels, so none come out
+    fmnist.data[3, 0, 0] ^= 1  # one pixel of the split changed: its fingerprint (and that row's id) no longer match
+    try:
+        with pytest.raises(CacheError, match="was made from different fashion-mnist/train data"):
+            CachedDataset(fmnist, path, indices=range(N))
+    finally:
+        fmnist.data[3, 0, 0] ^= 1
