@@ -32,14 +32,14 @@ def test_pipeline_runs_then_reuses(tmp_path, data_dir):
 
     # `pipeline --T 8 --alpha 0.9` after a default run reused the T=4, alpha=0.5 student because its file existed.
     third = run_pipeline(**kw, temperature=8.0, alpha=0.9)
-    assert [(r["stage"], r["reused"]) for r in third["rows"]] == [
+    assert [(r["stage"], r["reused"]) for r in third["rows"][:4]] == [
         ("teacher", True), ("dump-logits", True), ("student, labels only (alpha 0)", True),
         ("student, KD T=8 alpha=0.9", False)]
     config = torch.load(tmp_path / "runs" / "student-distilled.pt", weights_only=True)["config"]
     assert (config["temperature"], config["alpha"]) == (8.0, 0.9)
     # and a change to what the stages are made from (here the student's epochs) retrains the students only
     fourth = run_pipeline(**{**kw, "student_epochs": 2}, temperature=8.0, alpha=0.9)
-    assert [r["reused"] for r in fourth["rows"]] == [True, True, False, False]
+    assert [r["reused"] for r in fourth["rows"][:4]] == [True, True, False, False]
 
 
 def test_pipeline_cli_writes_json(tmp_path, data_dir):
