@@ -33,7 +33,7 @@ from .data import BUILTIN
 from .errors import CacheError, ConfigError
 from .reader import DEFAULT_BUFFER_BLOCKS, LogitStream
 from .samples import UNLABELLED, DatasetInfo, fingerprint_for, sample_ids_for
-from .targets import TopK, Targets, as_tensors, to_float
+from .targets import TopK, Targets, as_tensors, stack, to_float
 
 TRAIN_STUDENT_REPLAYS_VIEWS = ("does not replay augmentation views yet; train from it with `kdcache train-student`, "
                                "which applies each epoch's stored view to the image")
@@ -282,8 +282,7 @@ def collate(batch: Sequence[Any]) -> Any:
     """A DataLoader ``collate_fn`` that stacks ``TopK`` rows (top-k caches) and defers everything else to default_collate."""
     first = batch[0]
     if isinstance(first, TopK):
-        return TopK(*(torch.stack([getattr(t, f) for t in batch]) for f in ("logits", "classes", "tail_logsumexp",
-                                                                            "tail_mean")), first.num_classes)
+        return stack(batch)
     if isinstance(first, (tuple, list)):
         columns = [collate(list(column)) for column in zip(*batch)]
         return type(first)(*columns) if hasattr(first, "_fields") else type(first)(columns)  # namedtuples too

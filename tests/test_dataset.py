@@ -199,6 +199,7 @@ def test_topk_rows_collate_and_train(fmnist, tmp_path, kd, cache_path):
     assert torch.equal(row.classes, torch.from_numpy(np.argsort(-z[5])[:3]))
     images, labels, targets = next(iter(DataLoader(ds, batch_size=16, collate_fn=collate, num_workers=1)))
     assert isinstance(targets, TopK) and targets.logits.shape == (16, 3) and targets.tail_mean.shape == (16,)
+    assert targets.tail_logsumexp_t2.shape == (16,)  # every field of the rows, stacked (kdcache.targets.stack)
     assert images.shape == (16, 1, 28, 28) and labels.dtype == torch.int64
     student = torch.zeros(16, 10, requires_grad=True)
     kd_loss(student, targets, labels, 4.0, 0.5).backward()
