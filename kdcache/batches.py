@@ -13,13 +13,13 @@ Without one, the code path is the plain one, unchanged.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Iterator, Protocol
 
 import torch
 
 from .augment import ViewPlan
+from .dist import rank_batch_size, rank_slices, rank_steps
 from .samples import ImageData, batch_order, normalize, standardize, to_unit
 from .targets import Targets, as_tensors, to_float
 
@@ -53,11 +53,13 @@ class MemoryBatches:
     ``data`` and is sliced with the same indices, so each image meets its own targets.
     With ``views`` replaying stored views, ``teacher_logits`` holds every view, (N, V, C),
     and each epoch's batches carry the targets of the view their images show.
+    ``rank``/``world_size`` (DDP): ``batch_size`` is the global batch; every rank draws the
+    same seeded order and takes its slice of each global batch (kdcache.dist.rank_slices).
     """
 
     def __init__(self, data: ImageData, batch_size: int, *, shuffle: bool = True, seed: int = 0,
                  device: torch.device | str = "cpu", teacher_logits: Targets | None = None,
-                 channels_last: bool = False, views: ViewPlan | None = None):
+                 channels_last: bool = False, views: ViewPlan | None = None, rank: int = 0, world_size: int = 1):
         if teacher_logits is not None and len(teacher_logits) != len(data):
             raise ValueError(f"teacher_logits rows {len(teacher_logits)} != data rows {len(data)}")
         self.device = torch.device(device)
@@ -69,19 +71,26 @@ class MemoryBatches:
         self.generator = torch.Generator().manual_seed(seed)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.views, self.epoch = views, 0
+        self.rank, self.world_size = rank, world_size
+        rank_batch_size(batch_size, rank, world_size)  # a global batch smaller than the ranks is refused
 
     def set_epoch(self, epoch: int) -> None:
         """Serve ``epoch``'s views next (they are a pure function of seed and epoch; the order is not)."""
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return math.ceil(len(self.labels) / self.batch_size)
+        return rank_steps(len(self.labels), self.batch_size, self.world_size)
+
+    def _order(self) -> Iterator[torch.Tensor]:
+        """This epoch's batches of sample positions: this rank's slice of each global batch."""
+        order = batch_order(len(self.labels), self.batch_size, self.shuffle, self.generator)
+        return rank_slices(order, self.rank, self.world_size)
 
     def __iter__(self) -> Iterator[Batch]:
         if self.views is not None:
             yield from self._iter_views()
             return
-        for idx in batch_order(len(self.labels), self.batch_size, self.shuffle, self.generator):
+        for idx in self._order():
             idx = idx.to(self.device)
             x = normalize(self.images[idx], self.mean, self.std).contiguous(memory_format=self.memory_format)
             t = None if self.teacher_logits is None else self.teacher_logits[idx]
@@ -96,7 +105,7 @@ class MemoryBatches:
         targets = self.teacher_logits
         if targets is not None and views is not None:
             targets = pick_views(targets, views.to(self.device))  # (N, C): the targets of each row's view
-        for idx in batch_order(n, self.batch_size, self.shuffle, self.generator):
+        for idx in self._order():
             idx = idx.to(self.device)
             x = view_images(self.images[idx], params[idx], plan, self.mean, self.std)
             yield Batch(x.contiguous(memory_format=self.memory_format), self.labels[idx],

@@ -20,16 +20,61 @@ DATASET_HELP = ("fashion-mnist, mnist, imagefolder (your images: --data-dir ROOT
                 "ROOT/test/<class>/*), or unlabelled (every image under --data-dir ROOT, no labels: a transfer set)")
 
 
+DIST_COMMANDS = ("dump-logits", "train-teacher", "train-student")  # the commands torchrun can run on several ranks
+
+
 class KDCacheGroup(click.Group):
-    """Maps KDCacheError (and file-system errors) to `Error: <one line>` and exit 1, never a traceback."""
+    """Maps KDCacheError (and file-system errors) to `Error: <one line>` and exit 1, never a traceback.
+
+    Under torchrun (WORLD_SIZE > 1) the command runs as one rank of the job (kdcache.dist):
+    a failure on any rank ends every rank with exit status 1 and one `Error: rank R: ...`
+    line for the whole job.
+    """
 
     def invoke(self, ctx: click.Context) -> Any:
+        from .dist import launched
+
+        if launched():
+            return self._invoke_as_rank(ctx)
         try:
             return super().invoke(ctx)
         except KDCacheError as e:
             raise click.ClickException(str(e)) from None
         except OSError as e:  # permission denied, disk full, ... on an output path
-            raise click.ClickException(f"{e.strerror or e}: {e.filename or ''}".rstrip(": ")) from None
+            raise click.ClickException(_os_error(e)) from None
+
+    def _invoke_as_rank(self, ctx: click.Context) -> Any:
+        from .dist import RankFailed, Terminated, launch
+
+        try:
+            with launch(report=lambda line: click.echo(f"Error: {line}", err=True)):
+                try:
+                    return super().invoke(ctx)
+                except click.exceptions.Exit as e:  # --help: every rank printed it
+                    if e.exit_code:
+                        raise KDCacheError(f"exit status {e.exit_code}") from None
+                    return None
+                except click.ClickException as e:  # a usage error: the same on every rank
+                    raise KDCacheError(e.format_message()) from None
+                except OSError as e:
+                    raise KDCacheError(_os_error(e)) from None
+        except RankFailed:  # reported once for the job already
+            raise click.exceptions.Exit(1) from None
+        except Terminated:  # torchrun stopped this worker because another one failed
+            raise click.exceptions.Exit(143) from None
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
+        from .dist import launched
+
+        name, cmd, rest = super().resolve_command(ctx, args)
+        if launched() and name not in DIST_COMMANDS:
+            raise KDCacheError(f"`kdcache {name}` runs in one process: run it without torchrun (torchrun runs "
+                               f"{', '.join(DIST_COMMANDS)})")
+        return name, cmd, rest
+
+
+def _os_error(e: OSError) -> str:
+    return f"{e.strerror or e}: {e.filename or ''}".rstrip(": ")
 
 
 def quiet_option(f: Callable) -> Callable:
@@ -97,7 +142,9 @@ def teacher_factory_options(f: Callable) -> Callable:
 
 
 def summary(quiet: bool, text: str) -> None:
-    if not quiet:
+    from .dist import current
+
+    if not quiet and current().is_main:  # under torchrun, rank 0 speaks for the job
         click.echo(text)
 
 
@@ -121,7 +168,11 @@ def main() -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing checkpoint.")
 @quiet_option
 def train_teacher_cmd(out: str, arch: str, augment: str | None, overwrite: bool, quiet: bool, **kw: Any) -> None:
-    """Train the teacher on hard labels; writes a checkpoint and <out>.metrics.json."""
+    """Train the teacher on hard labels; writes a checkpoint and <out>.metrics.json.
+
+    Data-parallel with `torchrun --nproc_per_node N -m kdcache train-teacher ...` (DDP;
+    --batch-size stays the global batch, so the same flags give the same optimisation).
+    """
     from .jobs import train_teacher
 
     cfg, data_cfg = _train_config(kw), _data_config(kw)
@@ -164,13 +215,20 @@ def train_teacher_cmd(out: str, arch: str, augment: str | None, overwrite: bool,
 @click.option("--class-names", "class_names_file", default=None, type=click.Path(dir_okay=False),
               help="Text file, one class name per line in logit order: the classes of a --teacher-factory teacher "
                    "over unlabelled images (a kdcache checkpoint names its own).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing cache.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing cache (and, under torchrun, discard shards left by a different dump).")
 @quiet_option
 def dump_logits_cmd(teacher: str | None, out: str, quiet: bool, class_names_file: str | None, **kw: Any) -> None:
     """Run the teacher once over a split and write its raw logits (or their top-k) to an HDF5 cache.
 
     The teacher is a kdcache checkpoint (--teacher) or your own model
     (--teacher-factory MODULE:FUNCTION --weights FILE).
+
+    \b
+    On several processes or machines, with the same flags:
+      torchrun --nproc_per_node N [--nnodes M --node_rank I --master_addr HOST] -m kdcache dump-logits ...
+    Each rank writes its rows to a hidden shard next to --out; rank 0 assembles the one
+    cache. Re-running the same command after a failure keeps every finished, valid shard.
     """
     from .dump import dump_logits
     from .teacher import read_class_names
@@ -180,10 +238,12 @@ def dump_logits_cmd(teacher: str | None, out: str, quiet: bool, class_names_file
     views = f" x {r['views']} views" if kw.get("augment") else ""
     agreement = r["teacher_label_agreement"]
     what = f"top-{r['topk']} of {r['num_classes']}" if r["topk"] else f"{r['num_classes']}"
+    ranks = (f"; {r['world_size']} ranks: {r['shards_written']} shard(s) written, {r['shards_reused']} reused, "
+             f"assembled in {r['assemble_seconds']:.1f}s") if "world_size" in r else ""
     summary(quiet, f"cached {r['rows']}{views} x {what} {r['dtype']} logits in {r['seconds']:.1f}s -> "
                    f"{r['cache']} ({r['bytes'] / 1e6:.1f} MB, " + (
-                       f"teacher agrees with labels on {agreement:.2%})" if agreement is not None
-                       else "unlabelled rows)"))
+                       f"teacher agrees with labels on {agreement:.2%}" if agreement is not None
+                       else "unlabelled rows") + f"{ranks})")
 
 
 @main.command("train-student")
@@ -239,6 +299,9 @@ def train_student_cmd(caches: tuple[str, ...], temperature: float, alpha: float,
     Rows without labels (--labels-limit, --transfer) get the soft term only; an epoch is
     one pass over every row, labelled or not. The student is --arch, or your own model:
     --student-factory MODULE:FUNCTION [--student-kwargs JSON].
+
+    Data-parallel with `torchrun --nproc_per_node N -m kdcache train-student ...` (DDP;
+    --batch-size stays the global batch, so the same flags give the same optimisation).
     """
     from .jobs import train_student
     from .models import parse_kwargs

@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from . import __version__
+from . import __version__, dist
 from .batches import Batch, BatchSource, MemoryBatches
 from .cache import LogitCache, open_cache
 from .checkpoint import check_model_fits_data, load_checkpoint, model_config, read_checkpoint, save_checkpoint
@@ -77,7 +77,8 @@ def _train_and_save(role: str, spec: ModelSpec, train_data: ImageData, data_cfg:
         overwrite = True
     out = check_output(out, overwrite)
     metrics_out = check_output(metrics_path_for(out), overwrite)
-    device = resolve_device(cfg.device)
+    ctx = dist.current()
+    device = ctx.local_device(resolve_device(cfg.device))
     test_data = load_dataset(data_cfg.dataset, "test", data_cfg.data_dir, data_cfg.eval_limit, data_cfg.download)
     val_data = _val_data(data_cfg)
     info = train_data.info
@@ -94,22 +95,27 @@ def _train_and_save(role: str, spec: ModelSpec, train_data: ImageData, data_cfg:
         if close is not None:
             close()
     seconds = time.perf_counter() - t0
-    final = evaluate(model, test_data, device=device, precision="fp32")
-    val = None if val_data is None else evaluate(model, val_data, device=device, precision="fp32")
-    config = {
-        **model_config(spec, info), "role": role, "train": cfg.to_dict(), "limit": data_cfg.limit,
-        "num_train_samples": len(train_data), "epochs": cfg.epochs, "seed": cfg.seed,
-        "test_accuracy": final["accuracy"], "test_loss": final["loss"], "eval_limit": data_cfg.eval_limit,
-        "val_size": data_cfg.val_size, "val_accuracy": None if val is None else val["accuracy"],
-        "train_seconds": seconds, "kdcache_version": __version__, "torch_version": str(torch.__version__),
-        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **extra,
-        "request": request,
-    }
-    save_checkpoint(out, model.cpu(), config, overwrite=True)
-    result = {"checkpoint": str(out), "metrics": str(metrics_out), "config": config, "history": history,
-              "test": final, "val": val, "parameters": count_parameters(model), "seconds": seconds, "reused": False}
-    write_json(metrics_out, result)
-    return result
+    result = None
+    if ctx.is_main:  # under torchrun, rank 0 evaluates once and writes; the others wait at the check below
+        final = evaluate(model, test_data, device=device, precision="fp32")
+        val = None if val_data is None else evaluate(model, val_data, device=device, precision="fp32")
+        config = {
+            **model_config(spec, info), "role": role, "train": cfg.to_dict(), "limit": data_cfg.limit,
+            "num_train_samples": len(train_data), "epochs": cfg.epochs, "seed": cfg.seed,
+            "test_accuracy": final["accuracy"], "test_loss": final["loss"], "eval_limit": data_cfg.eval_limit,
+            "val_size": data_cfg.val_size, "val_accuracy": None if val is None else val["accuracy"],
+            "train_seconds": seconds, "world_size": ctx.world_size, "kdcache_version": __version__,
+            "torch_version": str(torch.__version__),
+            "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **extra,
+            "request": request,
+        }
+        save_checkpoint(out, model.cpu(), config, overwrite=True)
+        result = {"checkpoint": str(out), "metrics": str(metrics_out), "config": config, "history": history,
+                  "test": final, "val": val, "parameters": count_parameters(model), "seconds": seconds,
+                  "reused": False}
+        write_json(metrics_out, result)
+    ctx.check()  # rank 0's evaluation and files (or everyone hears why not)
+    return ctx.broadcast(result)
 
 
 def _val_data(data_cfg: DataConfig) -> ImageData | None:
@@ -142,8 +148,10 @@ def train_teacher(out: str | os.PathLike, *, arch: str = TEACHER_ARCH, data_cfg:
     more = {} if views is None else {"augment": views.policy.describe()}  # absent, not None: old requests still match
 
     def batches(device: torch.device) -> BatchSource:
+        ctx = dist.current()
         return MemoryBatches(data, cfg.batch_size, shuffle=True, seed=cfg.seed, device=device,
-                             channels_last=cfg.precision == "bf16", views=views)
+                             channels_last=cfg.precision == "bf16", views=views, rank=ctx.rank,
+                             world_size=ctx.world_size)
     return _train_and_save("teacher", spec, data, data_cfg, cfg, out, overwrite, progress, cross_entropy_loss,
                            _request("teacher", spec, data, data_cfg, cfg, **more), dict(more), batches, reuse)
 
@@ -241,8 +249,10 @@ def train_student(out: str | os.PathLike, *, caches: Sequence[str | os.PathLike]
              "num_labelled": rows_data.num_labelled, "num_unlabelled": len(rows_data) - rows_data.num_labelled}
     if batches is None:
         def batches(device: torch.device) -> BatchSource:
+            ctx = dist.current()
             return MemoryBatches(rows_data, cfg.batch_size, shuffle=True, seed=cfg.seed, device=device,
-                                 teacher_logits=targets, channels_last=cfg.precision == "bf16", views=plan)
+                                 teacher_logits=targets, channels_last=cfg.precision == "bf16", views=plan,
+                                 rank=ctx.rank, world_size=ctx.world_size)
     try:
         return _train_and_save("student", spec, rows_data, data_cfg, cfg, out, overwrite, progress,
                                distillation_loss(temperature, alpha), request, extra, batches, reuse)
@@ -287,9 +297,11 @@ def _student_targets(caches: Sequence[LogitCache], data: ImageData, cfg: TrainCo
         paths, source_rows = [cs[0].path for cs, _ in sources], [rs[0] for _, rs in sources]
         if len(paths) == 1:
             paths, source_rows = paths[0], source_rows[0]
+        ctx = dist.current()
         return None, lambda device: StreamingBatches(rows_data, paths, source_rows, cfg.batch_size, seed=cfg.seed,
                                                      device=device, num_workers=workers,
-                                                     channels_last=cfg.precision == "bf16", views=views[0]), views
+                                                     channels_last=cfg.precision == "bf16", views=views[0],
+                                                     rank=ctx.rank, world_size=ctx.world_size), views
     # per teacher: its targets of every row, in rows_data's order
     members = [as_tensors(concat([cs[e].read(rs[e]) for cs, rs in sources])) for e in range(len(caches))]
     if views[1] is not None and views[1]["mode"] == "replay":

@@ -17,7 +17,7 @@ DataLoader worker processes (each opens its own cache handle lazily, in its own
 process; the order does not depend on how many) and takes a ``rank``/``world_size``
 partition (disjoint sets of blocks, together all of them) for distributed training;
 ranks' shares differ by at most one block, so a distributed loop must still even out
-its step counts (drop or pad, as DistributedSampler does). ``iter_batches`` cuts its
+its step counts (StreamingBatches gives every rank the same number of full batches). ``iter_batches`` cuts its
 buffers into batches of exactly ``batch_size`` rows; ``StreamingBatches`` (a train.fit
 batch source) pairs them with the in-memory images of the same samples. ``ConcatStream``
 is one such stream over several caches (a labelled cache and transfer caches, see
@@ -26,6 +26,7 @@ buffer, and every batch, mixes rows of all of them.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from typing import Iterator, Sequence
@@ -37,6 +38,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from .augment import ViewPlan
 from .batches import Batch, pick_views, view_images
 from .cache import LogitCache
+from .config import STREAM_MIN_BLOCKS_PER_RANK
+from .dist import rank_batch_size
 from .errors import CacheError, ConfigError
 from .samples import ImageData, normalize
 from .targets import Targets, as_numpy, as_tensors, concat, to_float
@@ -57,6 +60,8 @@ class LogitStream(IterableDataset):
         buffer_blocks: blocks pooled and shuffled together (memory: this many chunks).
         block_rows: rows per block (default: the cache's chunk rows, so a block is one chunk).
         rank, world_size: serve only this rank's share of the blocks (disjoint, together all).
+        min_blocks: with the default ``block_rows``, use blocks smaller than a chunk when the
+            rows would otherwise make fewer blocks than this (so ranks' shares stay even).
         rdcc_nbytes: HDF5 chunk cache size per handle (0: none; whole-chunk reads do not need one).
 
     Use as a context manager (or call ``close``) to release the file handle.
@@ -64,7 +69,8 @@ class LogitStream(IterableDataset):
 
     def __init__(self, path: str | os.PathLike, *, rows: np.ndarray | None = None, values: np.ndarray | None = None,
                  shuffle: bool = True, seed: int = 0, buffer_blocks: int = DEFAULT_BUFFER_BLOCKS,
-                 block_rows: int | None = None, rank: int = 0, world_size: int = 1, rdcc_nbytes: int = 0):
+                 block_rows: int | None = None, rank: int = 0, world_size: int = 1, rdcc_nbytes: int = 0,
+                 min_blocks: int = 1):
         if not 0 <= rank < world_size:
             raise ConfigError(f"rank must be in 0..world_size-1, got rank {rank} of {world_size}")
         if buffer_blocks < 1:
@@ -72,7 +78,9 @@ class LogitStream(IterableDataset):
         self.path = os.fspath(path)
         with LogitCache(self.path) as c:  # closed before any fork; workers reopen
             self.num_rows, self.kind = len(c), c.kind
-            self.block_rows = int(block_rows or c.chunk_rows)
+            wanted = self.num_rows if rows is None else len(rows)
+            small = max(1, wanted // min_blocks) if min_blocks > 1 else c.chunk_rows
+            self.block_rows = int(block_rows or min(c.chunk_rows, small))
             self.full_shape = c.read_span(0, 1).shape[1:] if c.kind == "logits" else None  # ([V,] C)
             self.dtype = np.dtype(c.dtype)
         rows = np.arange(self.num_rows, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
@@ -114,6 +122,14 @@ class LogitStream(IterableDataset):
         """Rows this rank serves this epoch (differs between ranks by at most one block)."""
         b = self.rank_blocks()
         return int((self.block_stops[b] - self.block_starts[b]).sum())
+
+    def min_rank_rows(self) -> int:
+        """The fewest rows any rank can get in any epoch: its whole-block share made of the smallest blocks.
+
+        What a distributed loop can serve on every rank, every epoch, without padding.
+        """
+        sizes = np.sort(self.block_stops - self.block_starts)
+        return int(sizes[:len(sizes) // self.world_size].sum())
 
     # -- reading ----------------------------------------------------------------------------------
 
@@ -319,6 +335,12 @@ class StreamingBatches:
     Several caches (``cache_path`` and ``rows`` as sequences) serve consecutive parts of
     ``data`` (its first ``len(rows[0])`` samples from the first cache, ...) through one
     ``ConcatStream``. Close it (or use it as a context manager) when training is done.
+
+    ``rank``/``world_size`` (DDP): ``batch_size`` is the global batch, this rank reads its
+    share of the blocks in batches of its share of the global batch, and every rank takes
+    the same number of full steps each epoch, as many as the smallest possible share allows
+    (``LogitStream.min_rank_rows``; the blocks are cut small enough that this drops at most
+    ~1/64 of a share, different rows each epoch). One process reads every row, every epoch.
     """
 
     def __init__(self, data: ImageData, cache_path: str | os.PathLike | Sequence[str | os.PathLike],
@@ -326,27 +348,44 @@ class StreamingBatches:
                  seed: int = 0, device: torch.device | str = "cpu", num_workers: int = 0,
                  buffer_blocks: int = DEFAULT_BUFFER_BLOCKS, channels_last: bool = False,
                  rank: int = 0, world_size: int = 1, views: ViewPlan | None = None):
+        min_blocks = STREAM_MIN_BLOCKS_PER_RANK * world_size if world_size > 1 else 1
         if isinstance(cache_path, (str, os.PathLike)):
             self.stream = LogitStream(cache_path, rows=rows, values=np.arange(len(data)), shuffle=True, seed=seed,
-                                      buffer_blocks=buffer_blocks, rank=rank, world_size=world_size)
+                                      buffer_blocks=buffer_blocks, rank=rank, world_size=world_size,
+                                      min_blocks=min_blocks)
         else:
             if sum(len(r) for r in rows) != len(data):
                 raise ValueError(f"the caches' rows ({[len(r) for r in rows]}) do not add up to the {len(data)} samples")
             offsets = np.cumsum([0] + [len(r) for r in rows])
             parts = [LogitStream(p, rows=r, values=np.arange(o, o + len(r)), shuffle=True, seed=seed,
-                                 buffer_blocks=buffer_blocks) for p, r, o in zip(cache_path, rows, offsets)]
+                                 buffer_blocks=buffer_blocks, min_blocks=min_blocks)
+                     for p, r, o in zip(cache_path, rows, offsets)]
             self.stream = ConcatStream(parts, shuffle=True, seed=seed, buffer_blocks=buffer_blocks, rank=rank,
                                        world_size=world_size)
         self.device = torch.device(device)
         self.images, self.labels = data.images.to(self.device), data.labels.to(self.device)
         self.mean, self.std = data.info.mean, data.info.std
-        self.batch_size, self.num_workers = batch_size, num_workers
+        self.batch_size = rank_batch_size(batch_size, rank, world_size)
+        self.num_workers = num_workers
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.epoch = 0
         self.views = views
+        self.steps: int | None = None  # every rank's step count, when there are several ranks
+        if world_size > 1:
+            self.steps = self.stream.min_rank_rows() // rank_batch_size(batch_size, 0, world_size)
+            if self.steps == 0:
+                raise ConfigError(f"{len(data)} streamed rows over {world_size} ranks leave no full batch of "
+                                  f"{batch_size // world_size} per rank; use fewer ranks or a smaller --batch-size")
 
     def __len__(self) -> int:
+        if self.steps is not None:
+            return self.steps
         return math.ceil(self.stream.num_rank_rows() / self.batch_size)
+
+    def _batches(self) -> Iterator[tuple[torch.Tensor, Targets]]:
+        """This epoch's (positions, targets) batches; with several ranks, the same number on each."""
+        batches = iter_batches(self.stream, self.batch_size, self.num_workers)
+        return batches if self.steps is None else itertools.islice(batches, self.steps)
 
     def __iter__(self) -> Iterator[Batch]:
         epoch = self.epoch
@@ -355,7 +394,7 @@ class StreamingBatches:
         if self.views is not None:
             yield from self._iter_views(epoch)
             return
-        for pos, targets in iter_batches(self.stream, self.batch_size, self.num_workers):
+        for pos, targets in self._batches():
             pos = pos.to(self.device)
             x = normalize(self.images[pos], self.mean, self.std).contiguous(memory_format=self.memory_format)
             yield Batch(x, self.labels[pos], to_float(targets).to(self.device))
@@ -366,7 +405,7 @@ class StreamingBatches:
         views, params = plan.for_epoch(epoch, len(self.labels))  # (N,) or None, (N, P), by position in data
         params = params.to(self.device)
         views = None if views is None else views.to(self.device)
-        for pos, targets in iter_batches(self.stream, self.batch_size, self.num_workers):
+        for pos, targets in self._batches():
             pos = pos.to(self.device)
             t = to_float(targets).to(self.device)
             if views is not None:

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import dist
 from .batches import Batch, BatchSource, MemoryBatches
 from .config import TrainConfig
 from .device import autocast, resolve_device
@@ -71,7 +72,9 @@ def train_one_epoch(model: nn.Module, batches: Iterable[Batch], loss_fn: LossFn,
     loss_value = float(total_loss) / max(seen, 1)
     if not math.isfinite(loss_value):
         raise ConfigError(f"training diverged (loss {loss_value}); lower --lr")
-    return {"loss": loss_value, "accuracy": float(correct) / max(int(labelled), 1)}
+    return {"loss": loss_value, "accuracy": float(correct) / max(int(labelled), 1),
+            "loss_sum": float(total_loss), "samples": seen, "correct": int(correct),
+            "labelled": int(labelled)}  # sums, for reducing over ranks
 
 
 @torch.inference_mode()
@@ -105,22 +108,35 @@ def fit(model: nn.Module, batches: BatchSource, loss_fn: LossFn, cfg: TrainConfi
 
     ``eval_name`` prefixes the evaluation's keys (``test_accuracy``, or ``val_accuracy`` when
     the per-epoch evaluation is on a validation split). ``on_epoch(row)`` is called after each epoch.
+
+    Under torchrun (kdcache.dist) the model trains as DistributedDataParallel on every rank's
+    ``batches`` (its share of each global batch); train loss and accuracy are summed over
+    ranks, the evaluation runs once, on rank 0, and every rank returns rank 0's history.
     """
-    device = resolve_device(cfg.device)
+    ctx = dist.current()
+    device = ctx.local_device(resolve_device(cfg.device))
     model.to(device)
     if cfg.precision == "bf16":
         model.to(memory_format=torch.channels_last)
     optimizer, scheduler = build_optimizer(model, cfg, len(batches))
+    ctx.check()  # every rank has its data, cache and model before DDP's first collective
+    net = ctx.wrap(model, device)
     history = []
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
-        train = train_one_epoch(model, batches, loss_fn, optimizer, scheduler, device, cfg.precision,
-                                progress=progress, desc=f"{desc} epoch {epoch}/{cfg.epochs}")
-        row = {"epoch": epoch, "train_loss": train["loss"], "train_accuracy": train["accuracy"],
+        with ctx.steps():
+            train = train_one_epoch(net, ctx.checked(batches), loss_fn, optimizer, scheduler, device, cfg.precision,
+                                    progress=progress and ctx.is_main, desc=f"{desc} epoch {epoch}/{cfg.epochs}")
+        ctx.check()
+        loss_sum, seen, correct, labelled = ctx.sum([train["loss_sum"], train["samples"], train["correct"],
+                                                     train["labelled"]])
+        row = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(labelled, 1),
                "train_seconds": time.perf_counter() - t0}
-        if eval_data is not None:
+        if eval_data is not None and ctx.is_main:  # the plain model: no DDP collectives while the others wait
             ev = evaluate(model, eval_data, device=device, precision=cfg.precision)
             row.update({f"{eval_name}_loss": ev["loss"], f"{eval_name}_accuracy": ev["accuracy"]})
+        ctx.check()
+        row = ctx.broadcast(row)
         history.append(row)
         if on_epoch is not None:
             on_epoch(row)

@@ -78,3 +78,124 @@ def run_cli(*args, ok: bool = True):
     if ok:
         assert result.exit_code == 0, result.output
     return result
+
+
+# -- torchrun jobs (tests of kdcache.dist and kdcache.shards) -------------------------------------------
+
+TEST_TEACHER = '''"""A small deterministic teacher for kdcache's distributed tests, with test-only failure switches.
+
+KDT_FAIL_RANK=r: rank r's forward raises after two batches.
+KDT_KILL_RANK=r: rank r's forward waits until the file KDT_KILL_AFTER exists (another rank's
+finished shard), then SIGKILLs its own process: a deterministic "killed mid-dump".
+"""
+import os
+import signal
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+class Tiny(nn.Module):
+    def __init__(self, num_classes=10, in_channels=1):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 8, 3, padding=1)
+        self.fc = nn.Linear(8 * 7 * 7, num_classes)
+        self.calls = 0
+
+    def forward(self, x):
+        if x.shape[0] > 2:  # not load_teacher's shape probe
+            self.calls += 1
+            rank = os.environ.get("RANK", "0")
+            if os.environ.get("KDT_FAIL_RANK") == rank and self.calls > 2:
+                raise RuntimeError("teacher exploded on purpose")
+            if os.environ.get("KDT_KILL_RANK") == rank and self.calls > 2:
+                deadline = time.time() + 60
+                while not Path(os.environ["KDT_KILL_AFTER"]).exists() and time.time() < deadline:
+                    time.sleep(0.05)
+                os.kill(os.getpid(), signal.SIGKILL)
+        x = torch.nn.functional.max_pool2d(torch.relu(self.conv(x)), 4)
+        return self.fc(x.flatten(1))
+
+
+def build(num_classes, in_channels):
+    return Tiny(num_classes, in_channels)
+'''
+
+
+@pytest.fixture
+def test_teacher(tmp_path, monkeypatch) -> dict:
+    """A factory teacher module in tmp_path (importable here and by torchrun's ranks) and two weight files."""
+    import importlib
+
+    folder = tmp_path / "teacher_module"
+    folder.mkdir()
+    (folder / "kdcache_test_teacher.py").write_text(TEST_TEACHER)
+    monkeypatch.syspath_prepend(str(folder))
+    import sys
+
+    sys.modules.pop("kdcache_test_teacher", None)
+    module = importlib.import_module("kdcache_test_teacher")
+    weights = {}
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        weights[seed] = folder / f"weights{seed}.pt"
+        torch.save(module.build(10, 1).state_dict(), weights[seed])
+    return {"folder": folder, "factory": "kdcache_test_teacher:build", "weights": weights[0], "other_weights": weights[1]}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(*args, nproc: int = 2, node: tuple[int, int, int] | None = None, env: dict | None = None,
+             pythonpath: tuple = (), timeout: float = 180, background: bool = False, script: str | None = None):
+    """``torchrun ... -m kdcache ARGS`` (or ``SCRIPT ARGS``) from the repo root, so the ranks import this
+    checkout, with 1 torch thread per rank.
+
+    ``node=(nnodes, node_rank, port)`` joins a static rendezvous on 127.0.0.1 instead of --standalone.
+    Returns the CompletedProcess (text), or the Popen with ``background``.
+    """
+    import os
+    import subprocess
+    import sys
+
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc)]
+    if node is None:
+        launcher += ["--standalone"]
+    else:
+        nnodes, rank, port = node
+        launcher += ["--nnodes", str(nnodes), "--node_rank", str(rank), "--master_addr", "127.0.0.1",
+                     "--master_port", str(port)]
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {}),
+                "PYTHONPATH": os.pathsep.join([*map(str, pythonpath), str(REPO)])}
+    cmd = [str(c) for c in [*launcher, *([script] if script else ["-m", "kdcache"]), *args]]
+    # its own session, so a job that hangs can be stopped with all of its ranks (finish_job)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    return proc if background else finish_job(proc, timeout)
+
+
+def finish_job(proc, timeout: float = 180):
+    """Wait for a torchrun job; on timeout kill its whole process group (launcher and ranks) and fail."""
+    import os
+    import signal
+    import subprocess
+
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"torchrun job hung for {timeout}s and was killed:\n{err[-3000:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def error_lines(proc) -> list[str]:
+    """The `Error:` lines a job printed (torchrun's own summary follows them on stderr)."""
+    return [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("Error:")]

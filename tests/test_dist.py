@@ -1,0 +1,193 @@
+"""kdcache.dist: the rank context, partitions of an epoch, the failure protocol, and DDP training under torchrun."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import cache_attrs, error_lines, make_image_data, run_cli, torchrun
+from kdcache.batches import MemoryBatches
+from kdcache.cache import write_cache
+from kdcache.config import STUDENT_TRAIN, DataConfig
+from kdcache.dist import (SINGLE, DistContext, current, describe, launched, rank_batch_size, rank_slices,
+                          rank_steps)
+from kdcache.errors import CacheError, ConfigError
+from kdcache.reader import StreamingBatches
+
+# -- the context ---------------------------------------------------------------------------------------
+
+
+def test_context_from_torchrun_environment():
+    env = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "GROUP_RANK": "1"}
+    ctx = DistContext.from_env(env)
+    assert (ctx.rank, ctx.world_size, ctx.local_rank, ctx.node_rank) == (3, 4, 1, 1)
+    assert ctx.distributed and not ctx.is_main and launched(env)
+    assert DistContext.from_env({}) == SINGLE and not launched({}) and not launched({"WORLD_SIZE": "1"})
+    with pytest.raises(ConfigError, match="outside 0..WORLD_SIZE-1"):
+        DistContext.from_env({"RANK": "2", "WORLD_SIZE": "2"})
+    assert ctx.local_device(torch.device("cuda")) == torch.device("cuda", 1)  # one GPU per rank
+    assert ctx.local_device(torch.device("cpu")) == torch.device("cpu")
+
+
+def test_one_process_context_is_a_no_op():
+    ctx = current()
+    assert ctx is SINGLE and ctx.is_main and not ctx.distributed
+    ctx.check()
+    with pytest.raises(CacheError, match="boom"):
+        ctx.check(CacheError("boom"))  # one process: the error is simply raised
+    assert ctx.sum([1, 2.5]) == [1.0, 2.5] and ctx.broadcast({"a": 1}) == {"a": 1}
+    model, batches = torch.nn.Linear(2, 2), [1, 2]
+    assert ctx.wrap(model, torch.device("cpu")) is model and ctx.checked(batches) is batches
+
+
+def test_describe_gives_one_line():
+    assert describe(CacheError("x.h5 is\n  corrupt")) == "x.h5 is corrupt"
+    assert describe(RuntimeError("CUDA out of memory\nmore")) == "RuntimeError: CUDA out of memory"
+
+
+# -- partitions ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n,batch,world", [(11, 5, 2), (10, 4, 2), (13, 6, 3), (7, 7, 1), (9, 4, 4), (5, 2, 2)])
+def test_rank_slices_split_each_global_batch_and_agree_on_the_step_count(n, batch, world):
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    per_rank = [list(rank_slices(order.split(batch), r, world)) for r in range(world)]
+    steps = rank_steps(n, batch, world)
+    assert all(len(p) == steps for p in per_rank)
+    for step, global_batch in enumerate(order.split(batch)[:steps]):
+        parts = [p[step] for p in per_rank]
+        assert torch.equal(torch.cat(parts), global_batch)  # the ranks' slices make up the one-process batch
+        assert max(map(len, parts)) - min(map(len, parts)) <= 1 and min(map(len, parts)) >= 1
+    dropped = n - sum(len(b) for p in per_rank for b in p)
+    assert dropped == (n % batch if 0 < n % batch < world else 0)  # only a last batch smaller than the ranks
+
+
+def test_a_global_batch_smaller_than_the_ranks_is_refused():
+    assert [rank_batch_size(10, r, 4) for r in range(4)] == [3, 3, 2, 2]
+    with pytest.raises(ConfigError, match="global batch, split over 4 ranks"):
+        rank_batch_size(3, 0, 4)
+
+
+def test_memory_batches_of_two_ranks_make_up_the_one_process_batches():
+    data = make_image_data(n=50)
+    logits = torch.randn(50, 10)
+    one = list(MemoryBatches(data, 16, seed=3, teacher_logits=logits))
+    ranks = [MemoryBatches(data, 16, seed=3, teacher_logits=logits, rank=r, world_size=2) for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == len(one) == 4  # 16+16+16+2: the last (2 rows) still splits
+    for b, b0, b1 in zip(one, *ranks):
+        assert torch.equal(torch.cat([b0.images, b1.images]), b.images)
+        assert torch.equal(torch.cat([b0.teacher_logits, b1.teacher_logits]), b.teacher_logits)
+
+
+def test_streamed_ranks_take_disjoint_shares_with_equal_step_counts(tmp_path):
+    from kdcache.samples import normalize
+
+    n = 3000
+    data = make_image_data(n=n)
+    z = np.random.default_rng(0).normal(size=(n, 10)).astype(np.float32)
+    path = write_cache(tmp_path / "c.h5", z, data.labels, data.indices, data.sample_ids, cache_attrs(data.info))
+    row_of = {z[i].tobytes(): i for i in range(n)}
+    ranks = [StreamingBatches(data, path, np.arange(n), 64, seed=1, rank=r, world_size=2) for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) > 0
+    for _ in range(2):  # epochs
+        served = []
+        for src in ranks:
+            batches = list(src)
+            assert len(batches) == len(src) and all(len(b.labels) == 32 for b in batches)  # 64 over 2 ranks
+            for b in batches:
+                rows = [row_of[t.numpy().tobytes()] for t in b.teacher_logits]
+                assert torch.equal(b.labels, data.labels[rows])  # each image meets its own targets
+                assert torch.equal(b.images, normalize(data.images[rows], data.info.mean, data.info.std))
+                served += rows
+        assert len(set(served)) == len(served) == 2 * len(ranks[0]) * 32  # no row twice in an epoch
+        assert len(served) >= n * (1 - 1 / 64) - 2 * 32  # evening out drops little: blocks are 1/64 of a share
+    for src in ranks:
+        src.close()
+
+
+# -- the failure protocol, under torchrun ----------------------------------------------------------------
+
+PROTOCOL = '''
+import sys
+
+import torch
+import torch.distributed as tdist
+
+from kdcache import dist
+
+mode = sys.argv[1]
+try:
+    with dist.launch(report=lambda line: print("Error: " + line, file=sys.stderr, flush=True)) as ctx:
+        if mode == "steps":  # rank 1 fails while rank 0 is inside a collective it will never join
+            with ctx.steps():
+                if ctx.rank == 1:
+                    raise ValueError("bad step on purpose")
+                tdist.all_reduce(torch.zeros(1000))
+        elif mode == "checked":  # rank 1's batch source fails at its third batch, inside the steps region
+            def source():
+                for i in range(5):
+                    if ctx.rank == 1 and i == 2:
+                        raise ValueError("block 2 is damaged")
+                    yield i
+            with ctx.steps():
+                for i in ctx.checked(source()):
+                    tdist.all_reduce(torch.zeros(10))
+        assert ctx.sum([ctx.rank]) == [1.0] and ctx.broadcast(ctx.rank) == 0
+        print(f"rank {ctx.rank} done", flush=True)
+except dist.RankFailed:
+    sys.exit(1)
+'''
+
+
+@pytest.mark.parametrize("mode,reason", [("steps", "rank 1: ValueError: bad step on purpose"),
+                                         ("checked", "rank 1: ValueError: block 2 is damaged")])
+def test_a_failing_rank_ends_the_job_with_one_line_naming_it(tmp_path, mode, reason):
+    script = tmp_path / "protocol.py"
+    script.write_text(PROTOCOL)
+    job = torchrun(mode, script=str(script), timeout=120)
+    assert job.returncode != 0
+    assert error_lines(job) == [f"Error: {reason}"], job.stderr  # one line, whichever path reported it
+    assert "done" not in job.stdout
+
+
+# -- DDP training end to end -------------------------------------------------------------------------------
+
+
+def test_ddp_teacher_and_student_train_like_one_process_and_their_checkpoints_load(tmp_path, data_dir):
+    from kdcache.checkpoint import read_checkpoint
+    from kdcache.dump import dump_logits
+    from kdcache.jobs import train_student
+
+    teacher = tmp_path / "teacher.pt"
+    common = ["--data-dir", data_dir, "--limit", 256, "--eval-limit", 100, "--device", "cpu", "--batch-size", 64]
+    job = torchrun("train-teacher", *common, "--epochs", 1, "--out", teacher)
+    assert job.returncode == 0, job.stderr
+    assert job.stdout.count("teacher teacher-cnn: test accuracy") == 1  # rank 0 speaks for the job
+    payload = read_checkpoint(teacher)
+    assert payload["config"]["world_size"] == 2 and not any(k.startswith("module.") for k in payload["state_dict"])
+    assert json.loads(teacher.with_name("teacher.metrics.json").read_text())["checkpoint"] == str(teacher)
+    run_cli("evaluate", "--model", teacher, "--data-dir", data_dir, "--limit", 100, "--device", "cpu", "-q")
+    cache = tmp_path / "c.h5"
+    dump_logits(teacher, cache, data_dir=str(data_dir), limit=256, device="cpu")
+    run_cli("verify", cache, "--data-dir", data_dir, "--teacher", teacher, "--sample", 64, "-q")
+
+    student = tmp_path / "student.pt"
+    job = torchrun("train-student", "--cache", cache, *common, "--epochs", 2, "--out", student)
+    assert job.returncode == 0, job.stderr
+    run_cli("evaluate", "--model", student, "--data-dir", data_dir, "--limit", 100, "--device", "cpu", "-q")
+    ddp = read_checkpoint(student)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:  # the same flags in one process: the same optimisation (student-cnn has no BatchNorm)
+        one = train_student(tmp_path / "one.pt", caches=[cache], data_cfg=DataConfig(data_dir=str(data_dir), limit=256,
+                            eval_limit=100), cfg=replace(STUDENT_TRAIN, epochs=2, batch_size=64, device="cpu"))
+    finally:
+        torch.set_num_threads(threads)
+    ref = read_checkpoint(one["checkpoint"])
+    for k, v in ref["state_dict"].items():
+        torch.testing.assert_close(ddp["state_dict"][k], v, atol=1e-5, rtol=1e-4)
+    assert ddp["config"]["test_accuracy"] == pytest.approx(ref["config"]["test_accuracy"], abs=0.011)
+    assert ddp["config"]["request"] == ref["config"]["request"]  # the same request: reusable either way
