@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from . import __version__
+from . import __version__, dist
 from .augment import parse_policy, sample_views, view_record
 from .cache import CacheMeta, CacheWriter, read_meta
 from .config import DUMP_BATCH_SIZE, LOGITS_DTYPE, TOPK_DTYPE, VIEW_SEED
@@ -18,6 +18,7 @@ from .errors import CacheError, ConfigError, StorageError
 from .files import check_free_space, disk_full_message
 from .progress import track
 from .samples import DatasetInfo
+from .shards import dump_sharded
 from .teacher import Teacher, TeacherSpec, default_dataset, load_teacher, with_teacher_classes
 
 
@@ -94,6 +95,16 @@ def dump_logits(teacher: str | os.PathLike | None, out: str | os.PathLike, *, sp
     (view 0 the un-augmented image with ``include_original``): each view's parameters, a pure
     function of (``view_seed``, view, dataset index) (kdcache.augment.sample_views), and the
     teacher's logits on it. Each image is read and converted once for its views.
+
+    Under torchrun (``kdcache.dist.launch``), each rank runs the teacher on its own
+    contiguous whole batches of rows and writes a shard; rank 0 assembles ``out`` and every
+    rank returns the same summary, with ``world_size``, ``shards_reused``/``shards_written``
+    and the assembly time added (kdcache.shards: resuming, stale shards, ``overwrite``).
+    Because each rank's batches are exactly the one-process dump's batches (same
+    ``batch_size``) and view parameters depend on the dataset index only, the assembled
+    values are bit-identical to a one-process dump on the same kind of device with the same
+    kernels (same CPU type, torch build and threads per process); across different hardware
+    they agree within verify's tolerance.
     """
     out = Path(out)
     check_topk(topk)  # before anything is loaded; the upper bound once the data's classes are known
@@ -114,7 +125,8 @@ def dump_logits(teacher: str | os.PathLike | None, out: str | os.PathLike, *, sp
     info = with_teacher_classes(spec, data.info, class_names)  # unlabelled images: the teacher's classes
     check_topk(topk, info.num_classes)
     loaded = load_teacher(spec, info)
-    dev = resolve_device(device)
+    ctx = dist.current()
+    dev = ctx.local_device(resolve_device(device))
     loaded.model.to(dev)
     if precision == "bf16":
         loaded.model.to(memory_format=torch.channels_last)
@@ -129,36 +141,49 @@ def dump_logits(teacher: str | os.PathLike | None, out: str | os.PathLike, *, sp
             return {"cache": str(out), "rows": meta.num_samples, "num_classes": meta.num_classes, "dtype": dtype,
                     "topk": topk or 0, "seconds": None, "bytes": out.stat().st_size, "reused": True,
                     "request": request}
-    writer = CacheWriter(out, num_samples=len(data), num_classes=info.num_classes,
-                         attrs=cache_attrs(loaded, info, precision), dtype=dtype, topk=topk or 0, overwrite=True,
-                         num_views=views, view_policy=record)
-    check_free_space(out, writer.estimated_bytes(), f"the cache {out}")
+    writer_opts = dict(num_classes=info.num_classes, attrs=cache_attrs(loaded, info, precision), dtype=dtype,
+                       topk=topk or 0, num_views=views, view_policy=record)
+
+    def write_rows(writer: CacheWriter, rows: range) -> int:
+        """Dataset rows ``rows`` at writer rows 0.., batches from ``rows.start``: a function of the range only."""
+        agree = 0
+        batches = range(rows.start, rows.stop, batch_size)
+        for start in track(batches, desc=f"dump {info.name}/{split}", enabled=progress and ctx.is_main):
+            stop = min(start + batch_size, rows.stop)
+            params = None
+            if policy is None:
+                logits = loaded.logits(data.images[start:stop], dev, precision)  # (B, C) float32
+            else:
+                params = sample_views(policy, data.indices[start:stop].numpy(), views, view_seed,
+                                      info.image_size, include_original)  # (B, V, P)
+                logits = loaded.view_logits(data.images[start:stop], torch.from_numpy(params), policy, dev,
+                                            precision)  # (B, V, C) float32
+            writer.write(start - rows.start, logits, data.labels[start:stop], data.indices[start:stop],
+                         data.sample_ids[start:stop], view_params=params)
+            hit = logits.argmax(-1) == data.labels[start:stop].view(-1, *([1] * (logits.ndim - 2)))
+            agree += int(hit.sum())
+        return agree
+
     t0 = time.perf_counter()
-    agree = 0
-    starts = range(0, len(data), batch_size)
+    sharded: dict[str, Any] = {}
     try:
-        with writer:
-            for start in track(starts, desc=f"dump {info.name}/{split}", enabled=progress):
-                stop = min(start + batch_size, len(data))
-                params = None
-                if policy is None:
-                    logits = loaded.logits(data.images[start:stop], dev, precision)  # (B, C) float32
-                else:
-                    params = sample_views(policy, data.indices[start:stop].numpy(), views, view_seed,
-                                          info.image_size, include_original)  # (B, V, P)
-                    logits = loaded.view_logits(data.images[start:stop], torch.from_numpy(params), policy, dev,
-                                                precision)  # (B, V, C) float32
-                writer.write(start, logits, data.labels[start:stop], data.indices[start:stop],
-                             data.sample_ids[start:stop], view_params=params)
-                hit = logits.argmax(-1) == data.labels[start:stop].view(-1, *([1] * (logits.ndim - 2)))
-                agree += int(hit.sum())
+        if ctx.distributed:
+            sharded = dump_sharded(out, ctx, num_rows=len(data), batch_size=batch_size, request=request,
+                                   device_type=dev.type, writer_opts=writer_opts, write_rows=write_rows,
+                                   overwrite=overwrite)
+            agree = sharded.pop("agree")
+        else:
+            writer = CacheWriter(out, num_samples=len(data), overwrite=True, **writer_opts)
+            check_free_space(out, writer.estimated_bytes(), f"the cache {out}")
+            with writer:
+                agree = write_rows(writer, range(len(data)))
     except OSError as e:
         message = disk_full_message(e, out, "the cache")
         if message is None:
             raise
         raise StorageError(message) from None
-    seconds = time.perf_counter() - t0
+    seconds = sharded.pop("seconds", None) or time.perf_counter() - t0  # sharded: from when every rank was ready
     return {"cache": str(out), "rows": len(data), "num_classes": info.num_classes, "dtype": dtype,
             "topk": topk or 0, "seconds": seconds,
             "teacher_label_agreement": agree / (data.num_labelled * views) if data.num_labelled else None,
-            "bytes": out.stat().st_size, "views": views, "reused": False, "request": request}
+            "bytes": out.stat().st_size, "views": views, "reused": False, "request": request, **sharded}

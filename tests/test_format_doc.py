@@ -116,3 +116,11 @@ def test_hdf5_command_line_tools_read_the_layout(written):
     header = subprocess.run(["h5dump", "-H", str(written)], capture_output=True, text=True, check=True).stdout
     for name in ROOT_ATTRS:
         assert f'ATTRIBUTE "{name}"' in header
+
+
+def test_every_shard_attribute_is_documented(doc):
+    from kdcache.shards import SHARD_ATTRS
+
+    rows = table_rows(doc, "shard attribute")
+    assert set(rows) == set(SHARD_ATTRS)
+    assert "`kdcache-shard`" in doc and ".OUT.shard-R-of-W.h5" in doc
