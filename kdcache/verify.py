@@ -52,6 +52,16 @@ BF16_TOLERANCE = 5e-2
 REDUMP = "re-create it with dump-logits, or fetch it again"
 
 
+def tolerance_for(logits_dtype: str, teacher_precision: str) -> float:
+    """The relative tolerance (x max(1, max |z|) of a row) for logits stored as ``logits_dtype``."""
+    return BF16_TOLERANCE if teacher_precision == "bf16" else TOLERANCE[logits_dtype]
+
+
+def tolerance_bound(reference: np.ndarray, base: float) -> np.ndarray:
+    """Per row of ``reference`` logits (n, C): the largest allowed |difference|, ``base * max(1, max |z|)``."""
+    return base * np.maximum(1.0, np.abs(reference.astype(np.float32)).max(axis=-1))
+
+
 @dataclass(frozen=True)
 class Check:
     name: str  # schema | checksums | values | content | alignment | teacher
@@ -263,8 +273,8 @@ def _check_teacher(cache: LogitCache, data: ImageData, spec: TeacherSpec, sample
         else:
             fresh = torch.cat([model(normalize(x.to(dev), mean, std)).float().cpu()
                                for x in images.split(256)]).numpy()  # (k, C)
-    base = BF16_TOLERANCE if m.teacher_precision == "bf16" else TOLERANCE[m.logits_dtype]
-    tol = base * np.maximum(1.0, np.abs(fresh).max(axis=-1))  # (k,) the same rule for full and top-k rows
+    base = tolerance_for(m.logits_dtype, m.teacher_precision)
+    tol = tolerance_bound(fresh, base)  # (k,) the same rule for full and top-k rows
     if isinstance(stored, TopK):
         got, ref, not_top = topk_vs_logits(stored, fresh, tol)
     else:

@@ -196,3 +196,56 @@ def test_own_training_loop_example_matches_train_student(tmp_path, data_dir):
     own = json.loads((tmp_path / "own-loop-runs" / "own-loop-s0.json").read_text())
     assert own["train_samples"] == 512 and own["test_samples"] == 500 and own["epochs"] == 1
     assert own_loop_main(["--smoke", "--data-dir", str(data_dir), "--out", str(out)])["rows"] == r["rows"]  # reused
+
+
+def test_dist_benchmark_runs_in_smoke_mode(tmp_path, data_dir):
+    """1 rank vs a 2-rank torchrun job, each dumping and training at a tiny scale (no timing asserts)."""
+    from benchmarks.dist import format_table, main as dist_main
+
+    out = tmp_path / "dist.json"
+    result = dist_main(["--smoke", "--workdir", str(tmp_path / "work"), "--out", str(out), "--data-dir",
+                        str(data_dir), "--quiet"])
+    assert json.loads(out.read_text())["rows"][0]["speedup"] == result["rows"][0]["speedup"]
+    dump, epoch, accuracy = result["rows"]
+    assert dump["rows"] == 1000 and dump["speedup"] > 0 and 0 < dump["assembly_share"] < 1
+    assert dump["bit_identical"]  # the 2-rank cache holds the 1-rank cache's values, bit for bit
+    assert epoch["samples"] == 1000 and epoch["speedup"] > 0
+    assert abs(accuracy["diff_pp"]) < 2 and 0 < accuracy["one_rank_accuracy"] <= 1
+    table = format_table(result)
+    assert "rows/s" in table and "samples/s" in table and "pp" in table
+
+
+def test_gpu_check_comparison_applies_verifys_tolerance(tmp_path, image_data):
+    import numpy as np
+
+    from conftest import cache_attrs
+    from benchmarks.gpu_check import compare_caches
+    from kdcache.cache import write_cache
+    from kdcache.verify import TOLERANCE
+
+    d = image_data
+    ref = np.random.default_rng(0).normal(0, 8, size=(len(d), 10)).astype(np.float32)
+    bound = TOLERANCE["float32"] * np.maximum(1, np.abs(ref).max(1))  # per row
+
+    def cache(name, z):
+        return write_cache(tmp_path / name, z, d.labels, d.indices, d.sample_ids, cache_attrs(d.info))
+
+    cpu = cache("cpu.h5", ref)
+    near = ref.copy()
+    near[:, 3] += 0.9 * bound  # TF32-sized differences: inside
+    r = compare_caches(cache("near.h5", near), cpu)
+    assert r["ok"] and r["rows_over"] == 0 and 0.85 < r["max_diff_over_bound"] < 0.91
+    far = ref.copy()
+    far[5, 0] += 1.5 * bound[5]  # one row outside
+    r = compare_caches(cache("far.h5", far), cpu)
+    assert not r["ok"] and r["rows_over"] == 1 and r["worst_row"] == 5
+
+
+def test_gpu_check_runs_end_to_end_on_cpu(tmp_path, data_dir, capsys):
+    from benchmarks.gpu_check import main as gpu_main
+
+    r = gpu_main(["--device", "cpu", "--data-dir", str(data_dir), "--workdir", str(tmp_path), "--train-rows", "64",
+                  "--batch-size", "16", "--warmup", "1", "--compare-rows", "64", "--out", str(tmp_path / "gpu.json")])
+    assert r["comparison"]["ok"] and r["comparison"]["max_abs_diff"] == 0.0  # the same device twice: identical
+    assert r["teacher_epoch"]["fp32_s"] > 0 and r["teacher_epoch"]["bf16_s"] > 0
+    assert "within tolerance" in capsys.readouterr().out
