@@ -14,12 +14,12 @@ Without one, the code path is the plain one, unchanged.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Protocol
+from typing import Iterable, Iterator, Protocol
 
 import torch
 
 from .augment import ViewPlan
-from .dist import rank_batch_size, rank_slices, rank_steps
+from .errors import ConfigError
 from .samples import ImageData, batch_order, normalize, standardize, to_unit
 from .targets import Targets, as_tensors, to_float
 
@@ -54,7 +54,7 @@ class MemoryBatches:
     With ``views`` replaying stored views, ``teacher_logits`` holds every view, (N, V, C),
     and each epoch's batches carry the targets of the view their images show.
     ``rank``/``world_size`` (DDP): ``batch_size`` is the global batch; every rank draws the
-    same seeded order and takes its slice of each global batch (kdcache.dist.rank_slices).
+    same seeded order and takes its slice of each global batch (``rank_slices``).
     """
 
     def __init__(self, data: ImageData, batch_size: int, *, shuffle: bool = True, seed: int = 0,
@@ -110,3 +110,36 @@ class MemoryBatches:
             x = view_images(self.images[idx], params[idx], plan, self.mean, self.std)
             yield Batch(x.contiguous(memory_format=self.memory_format), self.labels[idx],
                         None if targets is None else targets[idx])
+
+
+# -- DDP: a rank's part of each epoch (pure functions of rank and world size; kdcache.dist runs the ranks) --
+
+
+def rank_slices(batches: Iterable[torch.Tensor], rank: int, world_size: int) -> Iterator[torch.Tensor]:
+    """This rank's part of each global batch of sample positions (sizes differ by at most one).
+
+    Every rank walks the same global batches (same seeded order) and takes slice ``rank``
+    of each, so one step of W ranks covers exactly the one-process batch. A last global
+    batch with fewer samples than ranks is dropped (a rank cannot take an empty step);
+    those samples are in a fresh place of the next epoch's order.
+    """
+    for idx in batches:
+        if world_size == 1:
+            yield idx
+        elif len(idx) >= world_size:
+            yield idx.tensor_split(world_size)[rank]
+
+
+def rank_steps(num_samples: int, batch_size: int, world_size: int) -> int:
+    """Steps per epoch of ``rank_slices`` over ``num_samples`` in global batches of ``batch_size``."""
+    full, last = divmod(num_samples, batch_size)
+    return full + (1 if last >= world_size or (world_size == 1 and last) else 0)
+
+
+def rank_batch_size(batch_size: int, rank: int, world_size: int) -> int:
+    """Rank ``rank``'s share of a global batch (the first ``batch_size % world_size`` ranks take one more)."""
+    if batch_size < world_size:
+        raise ConfigError(f"--batch-size {batch_size} is the global batch, split over {world_size} ranks: use at "
+                          f"least {world_size}")
+    return batch_size // world_size + (1 if rank < batch_size % world_size else 0)
+

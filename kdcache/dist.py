@@ -6,7 +6,9 @@ GROUP_RANK, MASTER_ADDR/PORT), joins the process group (gloo on CPU; on a CUDA m
 ``cpu:gloo,cuda:nccl``, each rank on GPU ``LOCAL_RANK``) and makes ``current()`` return
 this rank's ``DistContext``. That small object is all the rest of kdcache sees: dump.py
 asks it for its rank to pick a range of rows, train.py wraps the model in
-DistributedDataParallel through it and reduces metrics with it. Without torchrun (or with
+DistributedDataParallel through it and reduces metrics with it, and the batch sources take
+``rank``/``world_size`` to serve their part of each epoch (batches.rank_slices,
+reader.StreamingBatches). Without torchrun (or with
 WORLD_SIZE 1) ``current()`` is ``SINGLE`` and every method is a no-op, so one-process runs
 are unchanged. The pattern is torchvision's references (``init_distributed_mode``,
 ``save_on_master``): read the environment once, let the rest not care.
@@ -42,7 +44,7 @@ import re
 import signal
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -372,36 +374,3 @@ class _Checked:
             if status == _END:
                 return
             yield item
-
-
-# -- partitions: pure functions of (rank, world size), usable without a process group -------------------
-
-
-def rank_slices(batches: Iterable[torch.Tensor], rank: int, world_size: int) -> Iterator[torch.Tensor]:
-    """This rank's part of each global batch of sample positions (sizes differ by at most one).
-
-    Every rank walks the same global batches (same seeded order) and takes slice ``rank``
-    of each, so one step of W ranks covers exactly the one-process batch. A last global
-    batch with fewer samples than ranks is dropped (a rank cannot take an empty step);
-    those samples are in a fresh place of the next epoch's order.
-    """
-    for idx in batches:
-        if world_size == 1:
-            yield idx
-        elif len(idx) >= world_size:
-            yield idx.tensor_split(world_size)[rank]
-
-
-def rank_steps(num_samples: int, batch_size: int, world_size: int) -> int:
-    """Steps per epoch of ``rank_slices`` over ``num_samples`` in global batches of ``batch_size``."""
-    full, last = divmod(num_samples, batch_size)
-    return full + (1 if last >= world_size or (world_size == 1 and last) else 0)
-
-
-def rank_batch_size(batch_size: int, rank: int, world_size: int) -> int:
-    """Rank ``rank``'s share of a global batch (the first ``batch_size % world_size`` ranks take one more)."""
-    if batch_size < world_size:
-        raise ConfigError(f"--batch-size {batch_size} is the global batch, split over {world_size} ranks: use at "
-                          f"least {world_size}")
-    return batch_size // world_size + (1 if rank < batch_size % world_size else 0)
-

@@ -36,10 +36,9 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .augment import ViewPlan
-from .batches import Batch, pick_views, view_images
+from .batches import Batch, pick_views, rank_batch_size, view_images
 from .cache import LogitCache
 from .config import STREAM_MIN_BLOCKS_PER_RANK
-from .dist import rank_batch_size
 from .errors import CacheError, ConfigError
 from .samples import ImageData, normalize
 from .targets import Targets, as_numpy, as_tensors, concat, to_float

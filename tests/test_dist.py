@@ -9,11 +9,10 @@ import pytest
 import torch
 
 from conftest import cache_attrs, error_lines, make_image_data, run_cli, torchrun
-from kdcache.batches import MemoryBatches
+from kdcache.batches import MemoryBatches, rank_batch_size, rank_slices, rank_steps
 from kdcache.cache import write_cache
 from kdcache.config import STUDENT_TRAIN, DataConfig
-from kdcache.dist import (SINGLE, DistContext, current, describe, launched, rank_batch_size, rank_slices,
-                          rank_steps)
+from kdcache.dist import SINGLE, DistContext, current, describe, launched
 from kdcache.errors import CacheError, ConfigError
 from kdcache.reader import StreamingBatches
 
