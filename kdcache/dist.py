@@ -268,7 +268,8 @@ class _Session:
             if cuda:
                 if ctx.local_rank >= torch.cuda.device_count():
                     raise ConfigError(f"LOCAL_RANK {ctx.local_rank} but this node has {torch.cuda.device_count()} "
-                                      "GPU(s): run at most one process per GPU (--nproc_per_node)")
+                                      "GPU(s): run at most one process per GPU (--nproc_per_node), or hide the GPUs "
+                                      "(CUDA_VISIBLE_DEVICES=) to run more ranks on the CPU")
                 torch.cuda.set_device(ctx.local_rank)
             backend = "cpu:gloo,cuda:nccl" if cuda else "gloo"
             dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=self.timeout,
