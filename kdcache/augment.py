@@ -27,6 +27,7 @@ Policies (``POLICIES``; ``parse_policy("shift-flip:pad=4")`` changes a setting):
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar, Mapping, Sequence
 
@@ -47,7 +48,7 @@ def _rng(*key: int) -> np.random.Generator:
 
 
 @dataclass(frozen=True)
-class ViewPolicy:
+class ViewPolicy(ABC):
     """Base class: settings are the dataclass fields; subclasses set NAME, VERSION, PARAM_NAMES."""
 
     NAME: ClassVar[str] = ""
@@ -66,21 +67,21 @@ class ViewPolicy:
     def __str__(self) -> str:
         return f"{self.NAME} v{self.VERSION} " + ", ".join(f"{k}={v:g}" for k, v in self.settings.items())
 
+    @abstractmethod
     def sample(self, rng: np.random.Generator, n: int, image_size: Sequence[int]) -> np.ndarray:
         """(n, P) float32 random parameters."""
-        raise NotImplementedError
 
+    @abstractmethod
     def identity(self, n: int, image_size: Sequence[int]) -> np.ndarray:
         """(n, P) float32 parameters whose view is the un-augmented image (exactly)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def apply(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         """Views (B, C, H, W) of float ``images`` (B, C, H, W) with one row of ``params`` (B, P) each."""
-        raise NotImplementedError
 
+    @abstractmethod
     def problem(self, params: np.ndarray, image_size: Sequence[int]) -> str | None:
         """Why ``params`` (..., P) cannot be views of ``image_size`` images (first bad one), or None."""
-        raise NotImplementedError
 
 
 def _flat(params: np.ndarray, width: int) -> np.ndarray | None:
