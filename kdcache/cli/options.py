@@ -1,0 +1,77 @@
+"""Options several commands share; they map onto kdcache.config's dataclasses and take their defaults."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import click
+
+from ..config import DEVICES, OPTIMIZERS, PRECISIONS, SCHEDULES, DataConfig, TrainConfig
+
+AUGMENT_HELP = ("Augmentation policy: shift-flip (pad-and-crop shift + horizontal flip, small images) or crop-flip "
+                "(random-resized crop + flip); settings as NAME:key=value,..., e.g. shift-flip:pad=4.")
+DATASET_HELP = ("fashion-mnist, mnist, imagefolder (your images: --data-dir ROOT with ROOT/train/<class>/* and "
+                "ROOT/test/<class>/*), or unlabelled (every image under --data-dir ROOT, no labels: a transfer set)")
+
+
+
+def quiet_option(f: Callable) -> Callable:
+    return click.option("--quiet", "-q", is_flag=True, help="No progress bars or summary line.")(f)
+
+
+def data_options(f: Callable) -> Callable:
+    f = click.option("--download", is_flag=True, help="Download the dataset with torchvision if missing (needs internet).")(f)
+    f = click.option("--eval-limit", type=click.IntRange(min=1), default=None,
+                     help="Evaluate on only the first N test samples (quick runs).")(f)
+    f = click.option("--val-size", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="Hold out N training samples as a validation split, never trained on and evaluated "
+                          "every epoch, for choosing configurations (the last N; for imagefolder, the last of "
+                          "each class in proportion).")(f)
+    f = click.option("--limit", type=click.IntRange(min=1), default=None,
+                     help="Use only the first N training samples (after --val-size are held out).")(f)
+    f = click.option("--data-dir", default="data", show_default=True, type=click.Path(file_okay=False),
+                     help="Folder that holds the datasets.")(f)
+    return click.option("--dataset", default="fashion-mnist", show_default=True, help=DATASET_HELP)(f)
+
+
+def train_options(defaults: TrainConfig) -> Callable:
+    """Options that map onto TrainConfig fields, with the role's defaults (kdcache.config)."""
+    def deco(f: Callable) -> Callable:
+        d = defaults
+        opts = [
+            click.option("--epochs", type=click.IntRange(min=1), default=d.epochs, show_default=True),
+            click.option("--batch-size", type=click.IntRange(min=1), default=d.batch_size, show_default=True,
+                         help="Global batch size (split across ranks under torchrun)."),
+            click.option("--lr", type=float, default=d.lr, show_default=True, help="Peak learning rate."),
+            click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=d.optimizer, show_default=True),
+            click.option("--schedule", type=click.Choice(SCHEDULES), default=d.schedule, show_default=True),
+            click.option("--weight-decay", type=float, default=d.weight_decay, show_default=True),
+            click.option("--seed", type=int, default=d.seed, show_default=True),
+            click.option("--device", type=click.Choice(DEVICES), default=d.device, show_default=True),
+            click.option("--precision", type=click.Choice(PRECISIONS), default=d.precision,
+                         show_default=True, help="bf16 = autocast + channels_last (much faster on CPUs with AVX-512 bf16)."),
+        ]
+        for opt in reversed(opts):
+            f = opt(f)
+        return f
+    return deco
+
+
+def train_config(kw: dict[str, Any]) -> TrainConfig:
+    """Pop the TrainConfig fields out of a command's keyword arguments."""
+    keys = ("epochs", "batch_size", "lr", "optimizer", "schedule", "weight_decay", "seed", "device", "precision")
+    return TrainConfig(**{k: kw.pop(k) for k in keys})
+
+
+def data_config(kw: dict[str, Any]) -> DataConfig:
+    """Pop the DataConfig fields out of a command's keyword arguments."""
+    return DataConfig(dataset=kw.pop("dataset"), data_dir=kw.pop("data_dir"), limit=kw.pop("limit"),
+                      eval_limit=kw.pop("eval_limit"), download=kw.pop("download"), val_size=kw.pop("val_size"))
+
+
+def teacher_factory_options(f: Callable) -> Callable:
+    """A team's own teacher: --teacher-factory package.module:function + --weights state_dict.pt."""
+    f = click.option("--weights", default=None, type=click.Path(dir_okay=False),
+                     help="State dict for --teacher-factory (torch.save(model.state_dict()); loaded weights_only).")(f)
+    return click.option("--teacher-factory", default=None, metavar="MODULE:FUNCTION",
+                        help="Your own teacher: a function returning a torch.nn.Module (gets num_classes, "
+                             "in_channels, image_size if it takes them). Use with --weights.")(f)
