@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .augment import ViewPlan, parse_policy, policy_from_record
+from .augment import ViewPlan, ViewPolicy, parse_policy, policy_from_record
 from .cache import LogitCache
 from .errors import CacheError, ConfigError
 from .samples import ImageData
@@ -29,6 +29,23 @@ def fresh_views(augment: str | None, data: ImageData, seed: int) -> ViewPlan | N
     if augment is None:
         return None
     return ViewPlan(parse_policy(augment), tuple(data.info.image_size), seed)
+
+
+def views_in_use(cache: LogitCache, cache_views: int | None, flag: str) -> int:
+    """K': the first ``cache_views`` of the cache's K stored views (all K for None); ``flag`` names the setting."""
+    stored = cache.meta.num_views
+    used = stored if cache_views is None else int(cache_views)
+    if not 1 <= used <= stored:
+        raise ConfigError(f"{flag}{cache_views}: {cache.path} stores {stored} views per image; use 1..{stored}")
+    return used
+
+
+def check_view_params(policy: ViewPolicy, params: np.ndarray, image_size: Sequence[int], where: Any) -> None:
+    """CacheError when stored parameters (..., P) cannot be views of ``image_size`` images (a corrupt cache)."""
+    problem = policy.problem(params, image_size)
+    if problem:
+        raise CacheError(f"{where}: /view_params cannot be views of {image_size[0]}x{image_size[1]} images: "
+                         f"{problem}; the cache is corrupt, re-dump it")
 
 
 def student_views(caches: Sequence[LogitCache], rows: Sequence[np.ndarray], data: ImageData, *,
@@ -51,15 +68,9 @@ def student_views(caches: Sequence[LogitCache], rows: Sequence[np.ndarray], data
             raise ConfigError(f"--augment {augment} differs from the views stored in {cache.path} ({policy}); a cache "
                               "with views replays its own views: drop --augment, or dump views with that policy")
         params = cache.read_view_params(r)  # (N, V, P)
-        problem = policy.problem(params, data.info.image_size)
-        if problem:
-            raise CacheError(f"{cache.path}: /view_params cannot be views of {data.info.image_size[0]}x"
-                             f"{data.info.image_size[1]} images: {problem}; the cache is corrupt, re-dump it")
+        check_view_params(policy, params, data.info.image_size, cache.path)
         stored = cache.meta.num_views
-        used = stored if cache_views is None else int(cache_views)
-        if not 1 <= used <= stored:
-            raise ConfigError(f"--cache-views {cache_views}: {cache.path} stores {stored} views per image; "
-                              f"use 1..{stored}")
+        used = views_in_use(cache, cache_views, "--cache-views ")
         plan = ViewPlan(policy, tuple(data.info.image_size), seed, torch.from_numpy(np.ascontiguousarray(params[:, :used])))
         return plan, {"mode": "replay", "policy": cache.meta.view_policy, "views": used, "stored_views": stored,
                       "schedule": SCHEDULE}
@@ -80,3 +91,4 @@ def student_views(caches: Sequence[LogitCache], rows: Sequence[np.ndarray], data
                 f"`kdcache dump-logits --views K --augment {name}`, or pass --allow-inconsistent to measure that mode")
         return plan, {"mode": "inconsistent", "policy": plan.policy.describe()}
     return plan, {"mode": "fresh", "policy": plan.policy.describe()}
+
