@@ -16,6 +16,15 @@ Item ``i`` is ``(image, label, teacher_targets)``: the dataset's image and label
 -1, where the cache row has no label, so kd_loss leaves it out of the cross-entropy) and the
 row's raw teacher logits (float32, (C,)) or, from a top-k cache, a ``TopK`` row, which
 ``collate`` stacks (pass it as the DataLoader's ``collate_fn``).
+
+A cache with augmentation views (``dump-logits --views K --augment POLICY``) is replayed as
+``train-student`` replays it (kdcache.views.StoredViews): in epoch ``e`` (``set_epoch``) item
+``i`` shows its view ``view_schedule(e, n, K, seed)[i]``, each view once per K epochs, rebuilt
+from the stored parameters, and its targets are that view's. Views are applied to the base
+dataset's image, which must then be a float tensor (C, H, W) in [0, 1] (``ToTensor()``);
+normalisation goes in the wrapper's ``transform``, which runs after the view. They are built
+a batch at a time (a DataLoader fetches a batch with one ``__getitems__`` call): one policy
+call per image would cost more than reading the image.
 """
 from __future__ import annotations
 
@@ -34,9 +43,9 @@ from .errors import CacheError, ConfigError
 from .reader import DEFAULT_BUFFER_BLOCKS, LogitStream
 from .samples import UNLABELLED, DatasetInfo, fingerprint_for, sample_ids_for
 from .targets import TopK, Targets, as_tensors, stack, to_float
+from .views import StoredViews, keep_views
 
-TRAIN_STUDENT_REPLAYS_VIEWS = ("does not replay augmentation views yet; train from it with `kdcache train-student`, "
-                               "which applies each epoch's stored view to the image")
+VIEW_BATCH = 64  # items whose views StreamedCachedDataset builds in one call (a policy's apply costs ~ per call)
 
 
 @dataclass(frozen=True)
@@ -173,11 +182,14 @@ class SharedEpoch:
         return int(self._value)
 
 
-def _refuse_views(cache: LogitCache, what: str) -> None:
-    m = cache.meta
-    if m.has_views:
-        raise ConfigError(f"{cache.path} stores {m.num_views} augmentation views per sample "
-                          f"({m.view_policy['name']}); {what} {TRAIN_STUDENT_REPLAYS_VIEWS}")
+def stored_views(cache: LogitCache, alignment: Alignment, base: Any, cache_views: int | None,
+                 seed: int) -> StoredViews | None:
+    """The cache's views of the aligned rows (None without views), checked on the first item's image up front,
+    so a dataset that breaks the image contract is refused here, not in a DataLoader worker."""
+    views = StoredViews.from_cache(cache, alignment.rows, cache_views=cache_views, seed=seed)
+    if views is not None and len(alignment.rows):
+        views.apply([_split_item(base[int(alignment.dataset_indices[0])])[0]], [0], [0])  # the checks every item gets
+    return views
 
 
 def _split_item(item: Any) -> tuple[Any, Any]:
@@ -185,6 +197,17 @@ def _split_item(item: Any) -> tuple[Any, Any]:
     if isinstance(item, (tuple, list)):
         return item[0], (item[1] if len(item) > 1 else None)
     return item, None
+
+
+def _finish(ds: "CachedDataset | StreamedCachedDataset", i: int, image: Any, label: Any) -> tuple[Any, Any]:
+    """Item ``i``'s image and label as served: the cache's label (-1) where the row has none, then the transforms."""
+    if label is None or ds.labels[i] == UNLABELLED:
+        label = int(ds.labels[i])
+    if ds.transform is not None:
+        image = ds.transform(image)
+    if ds.target_transform is not None:
+        label = ds.target_transform(label)
+    return image, label
 
 
 class CachedDataset(Dataset):
@@ -201,29 +224,41 @@ class CachedDataset(Dataset):
             (otherwise they are read from the dataset once, which loads every image).
         check_labels, check_content: turn those checks off (see ``align_dataset``).
         memory_limit_mb: refuse targets bigger than this (as float32); use StreamedCachedDataset.
+        cache_views: a cache with views: use only the first K' of its K views (train-student's
+            ``--cache-views``).
+        seed: a cache with views: the seed of the view schedule. With train-student's ``--seed``,
+            item ``i`` shows in each epoch the view that run shows its row ``i`` (the same sample
+            when the items are the split's samples in order, e.g. ``indices=range(n)``).
 
     The alignment is checked once, here, with LogitCache.align's rule and one-line errors
-    (CacheError); the file is closed before this returns. Multi-view caches are refused for now.
+    (CacheError); the file is closed before this returns. With views, call ``set_epoch`` every
+    epoch, and give ``dataset`` images as ToTensor() does (float (C, H, W) in [0, 1]; checked
+    on the first item here and on every item it serves): the view is built on that image, then
+    ``transform`` (e.g. Normalize) runs on the view.
     """
 
     def __init__(self, dataset: Any, cache_path: str | os.PathLike, *, indices: Sequence[int] | None = None,
                  transform: Callable | None = None, target_transform: Callable | None = None,
                  labels: Sequence[int] | None = None, check_labels: bool = True, check_content: bool = True,
-                 memory_limit_mb: float = CACHE_MEMORY_LIMIT_MB):
+                 memory_limit_mb: float = CACHE_MEMORY_LIMIT_MB, cache_views: int | None = None, seed: int = 0):
         self.dataset = dataset
         self.transform, self.target_transform = transform, target_transform
         self.base, idx = unwrap(dataset, indices)
         with open_cache(cache_path) as cache:
-            _refuse_views(cache, "CachedDataset")
             self.cache_path, self.cache_summary = cache.path, repr(cache)
-            need_mb = len(idx) * cache.target_bytes() / max(len(cache), 1) / 2**20
+            used = cache.meta.num_views if cache_views is None else min(max(int(cache_views), 1), cache.meta.num_views)
+            need_mb = len(idx) * cache.target_bytes() * used / cache.meta.num_views / max(len(cache), 1) / 2**20
             if need_mb > memory_limit_mb:
                 raise ConfigError(f"the targets of {len(idx)} samples need {need_mb:.0f} MB in memory, over "
                                   f"memory_limit_mb={memory_limit_mb:g}; use kdcache.StreamedCachedDataset, which "
                                   "streams them from disk, or raise the limit")
             self.alignment = align_dataset(cache, self.base, idx, labels=labels, check_labels=check_labels,
                                            check_content=check_content)
-            self.targets: Targets = to_float(as_tensors(cache.read(self.alignment.rows)))  # (n, C) or TopK
+            self.views = stored_views(cache, self.alignment, self.base, cache_views, seed)
+            targets = cache.read(self.alignment.rows)  # (n, [V,] C) or TopK
+            if self.views is not None:
+                targets = keep_views(targets, self.views.num_views)  # (n, K', ...)
+            self.targets: Targets = to_float(as_tensors(targets))
         self.labels = self.alignment.labels
         self._epoch = SharedEpoch()
 
@@ -231,7 +266,7 @@ class CachedDataset(Dataset):
         return len(self.alignment.rows)
 
     def set_epoch(self, epoch: int) -> None:
-        """The epoch about to start (picks each sample's stored view, once views are replayed; call every epoch).
+        """The epoch about to start: it picks each item's stored view (a cache with views; call it every epoch).
 
         Reaches DataLoader workers, persistent ones too (SharedEpoch).
         """
@@ -242,29 +277,32 @@ class CachedDataset(Dataset):
         return self._epoch.get()
 
     def __getitem__(self, i: int) -> tuple[Any, Any, Targets]:
-        image, label = _split_item(self.base[int(self.alignment.dataset_indices[i])])
-        if label is None or self.labels[i] == UNLABELLED:  # the cache's label: -1 where the row has none
-            label = int(self.labels[i])
-        view = self.view_of(i)
-        if view is not None:
-            image = self.apply_view(image, i, view)
-        if self.transform is not None:
-            image = self.transform(image)
-        if self.target_transform is not None:
-            label = self.target_transform(label)
-        return image, label, self.targets_of(i, view)
+        return self.__getitems__([i])[0]
 
-    # The three steps an item takes; augmentation-view replay (kdcache.augment) fills in the first two.
+    def __getitems__(self, items: Sequence[int]) -> list[tuple[Any, Any, Targets]]:
+        """Several items at once: a DataLoader fetches each batch with one call, so views are built batch by batch."""
+        items = [int(i) for i in items]
+        samples = [_split_item(self.base[int(self.alignment.dataset_indices[i])]) for i in items]
+        images = [image for image, _ in samples]
+        views = [self.view_of(i) for i in items]
+        if self.views is not None:
+            images = self.apply_views(images, items, views)
+        return [(*_finish(self, i, image, label), self.targets_of(i, view))
+                for i, image, (_, label), view in zip(items, images, samples, views)]
+
+    # The three steps an item takes (a subclass can change one, e.g. to pick views its own way).
     def view_of(self, i: int) -> int | None:
         """This epoch's stored view of item ``i`` (None: the cache has no views)."""
-        return None
+        return None if self.views is None else int(self.views.schedule(self.epoch)[i])
 
-    def apply_view(self, image: Any, i: int, view: int) -> Any:
-        raise NotImplementedError
+    def apply_views(self, images: list[Any], items: list[int], views: list[Any]) -> list[Any]:
+        """Each item's stored view of its image (float (C, H, W) tensors in [0, 1]), built in one batched call."""
+        assert self.views is not None
+        return list(self.views.apply(images, items, views).unbind(0))
 
     def targets_of(self, i: int, view: int | None) -> Targets:
         """The teacher's targets for item ``i`` (of that view): (C,) float32 logits or a TopK row."""
-        return self.targets[i]
+        return self.targets[i] if view is None else self.targets[i, view]
 
     def __repr__(self) -> str:
         lines = [f"Number of datapoints: {len(self)}", f"Dataset: {type(self.base).__name__}"
@@ -272,10 +310,17 @@ class CachedDataset(Dataset):
                  f"Cache: {self.cache_summary}", f"Checked: {', '.join(self.alignment.checked)}"]
         if int((self.labels == UNLABELLED).sum()):
             lines.append(f"Unlabelled rows: {int((self.labels == UNLABELLED).sum())} (label -1)")
+        if self.views is not None:
+            lines.append(_views_line(self.views))
         for name in ("transform", "target_transform"):
             if getattr(self, name) is not None:
                 lines.append(f"{name}: {getattr(self, name)!r}".replace("\n", "\n    "))
         return "\n    ".join([type(self).__name__, *lines])
+
+
+def _views_line(views: StoredViews) -> str:
+    return (f"Views: {views.num_views} per item replayed ({views.policy}), each once per {views.num_views} epochs, "
+            f"seed {views.seed}")
 
 
 def collate(batch: Sequence[Any]) -> Any:
@@ -298,15 +343,17 @@ class StreamedCachedDataset(IterableDataset):
     DataLoader worker reads its own buffers and opens the cache lazily, in its own process; each
     rank (``rank``/``world_size``, from torch.distributed when it is initialised) its own blocks.
     Ranks' shares differ by at most one block, so a distributed loop must even out its steps.
-    Call ``set_epoch`` before each epoch for a fresh order (every rank with the same ``seed``).
-    Arguments as CachedDataset; alignment is checked once, up front.
+    Call ``set_epoch`` before each epoch for a fresh order (every rank with the same ``seed``)
+    and, with a cache with views, that epoch's views (``seed`` is also the view schedule's, as
+    train-student's ``--seed`` is both). Arguments as CachedDataset; alignment is checked once,
+    up front.
     """
 
     def __init__(self, dataset: Any, cache_path: str | os.PathLike, *, indices: Sequence[int] | None = None,
                  transform: Callable | None = None, target_transform: Callable | None = None,
                  labels: Sequence[int] | None = None, check_labels: bool = True, check_content: bool = True,
                  shuffle: bool = True, seed: int = 0, buffer_blocks: int | None = None, rank: int | None = None,
-                 world_size: int | None = None):
+                 world_size: int | None = None, cache_views: int | None = None):
         self.dataset = dataset
         self.transform, self.target_transform = transform, target_transform
         self.base, idx = unwrap(dataset, indices)
@@ -315,10 +362,10 @@ class StreamedCachedDataset(IterableDataset):
             rank = (torch.distributed.get_rank() if dist else 0) if rank is None else rank
             world_size = (torch.distributed.get_world_size() if dist else 1) if world_size is None else world_size
         with open_cache(cache_path) as cache:
-            _refuse_views(cache, "StreamedCachedDataset")
             self.cache_path, self.cache_summary = cache.path, repr(cache)
             self.alignment = align_dataset(cache, self.base, idx, labels=labels, check_labels=check_labels,
                                            check_content=check_content)
+            self.views = stored_views(cache, self.alignment, self.base, cache_views, seed)
         self.labels = self.alignment.labels
         # the stream yields each row with its item number, so every image meets its own targets
         self.stream = LogitStream(self.cache_path, rows=self.alignment.rows, values=np.arange(len(idx)),
@@ -336,18 +383,22 @@ class StreamedCachedDataset(IterableDataset):
         self._epoch.set(epoch)
 
     def __iter__(self) -> Iterator[tuple[Any, Any, Targets]]:
-        self.stream.set_epoch(self._epoch.get())  # this process's copy of the stream (a worker's, in a DataLoader)
+        epoch = self._epoch.get()
+        self.stream.set_epoch(epoch)  # this process's copy of the stream (a worker's, in a DataLoader)
+        schedule = None if self.views is None else self.views.schedule(epoch)  # (n,) each item's view
         for items, targets in self.stream:  # in a worker: this worker's buffers only
-            targets = to_float(targets)
-            for k, i in enumerate(items.tolist()):
-                image, label = _split_item(self.base[int(self.alignment.dataset_indices[i])])
-                if label is None or self.labels[i] == UNLABELLED:
-                    label = int(self.labels[i])
-                if self.transform is not None:
-                    image = self.transform(image)
-                if self.target_transform is not None:
-                    label = self.target_transform(label)
-                yield image, label, targets[k]
+            targets = to_float(targets)  # (b, [V,] C) or TopK
+            for s in range(0, len(items), VIEW_BATCH):
+                group = items[s:s + VIEW_BATCH].tolist()
+                samples = [_split_item(self.base[int(self.alignment.dataset_indices[i])]) for i in group]
+                images = [image for image, _ in samples]
+                if schedule is not None:  # this epoch's view of each item, built for the group at once
+                    assert self.views is not None
+                    views = schedule[group]
+                    images = list(self.views.apply(images, group, views).unbind(0))
+                for k, (i, image, (_, label)) in enumerate(zip(group, images, samples)):
+                    row_targets = targets[s + k] if schedule is None else targets[s + k, int(views[k])]
+                    yield (*_finish(self, i, image, label), row_targets)
 
     def close(self) -> None:
         """Release this process's cache handle (also done when the stream is garbage-collected)."""
@@ -365,4 +416,5 @@ class StreamedCachedDataset(IterableDataset):
                               f"(this rank: {len(self)}, rank {s.rank} of {s.world_size})",
                               f"Dataset: {type(self.base).__name__}", f"Cache: {self.cache_summary}",
                               f"Checked: {', '.join(self.alignment.checked)}",
-                              f"Order: {'shuffled blocks of ' + str(s.block_rows) + ' rows, seed ' + str(s.seed) if s.shuffle else 'file order'}"])
+                              f"Order: {'shuffled blocks of ' + str(s.block_rows) + ' rows, seed ' + str(s.seed) if s.shuffle else 'file order'}",
+                              *([_views_line(self.views)] if self.views is not None else [])])

@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from conftest import cache_attrs
-from kdcache.cache import CacheWriter, write_cache
+from kdcache.cache import write_cache
 from kdcache.data import load_dataset
 from kdcache.dataset import CachedDataset, StreamedCachedDataset, collate
 from kdcache.errors import CacheError, ConfigError
@@ -210,20 +210,6 @@ def test_topk_rows_collate_and_train(fmnist, tmp_path, kd, cache_path):
     assert targets.shape == (2, 10) and labels.tolist() == fmnist.targets[:2].tolist() and images.shape == (2, 1, 28, 28)
 
 
-def test_a_multi_view_cache_is_refused_until_views_are_replayed(fmnist, tmp_path, kd):
-    path = tmp_path / "v.h5"
-    policy = {"name": "flip", "version": 1, "param_names": ["flip"]}
-    with CacheWriter(path, num_samples=N, num_classes=10, attrs=cache_attrs(kd.info), num_views=2,
-                     view_policy=policy) as w:
-        w.write(0, np.zeros((N, 2, 10), np.float32), kd.labels, kd.indices, kd.sample_ids,
-                view_params=np.zeros((N, 2, 1), np.float32))
-    for cls in (CachedDataset, StreamedCachedDataset):
-        with pytest.raises(ConfigError) as e:
-            cls(fmnist, path, indices=range(N))
-        assert "stores 2 augmentation views per sample (flip)" in str(e.value)
-        assert "does not replay augmentation views" in str(e.value) and "`kdcache train-student`" in str(e.value)
-
-
 def test_memory_limit_points_to_the_streamed_dataset(fmnist, cache_path):
     with pytest.raises(ConfigError, match="use kdcache.StreamedCachedDataset"):
         CachedDataset(fmnist, cache_path, indices=range(N), memory_limit_mb=0.001)
@@ -318,3 +304,236 @@ def test_a_no_labels_cache_is_checked_by_ids_and_fingerprint_with_labels_ignored
             CachedDataset(fmnist, path, indices=range(N))
     finally:
         fmnist.data[3, 0, 0] ^= 1
+
+
+# ------------------------------------------------------------------------------------------- augmentation views
+
+NV, V = 64, 3  # rows and views of the dumped view caches
+
+
+@pytest.fixture(scope="module")
+def teacher_ckpt(tmp_path_factory, kd):
+    """An untrained student-cnn saved as a checkpoint: a fast stand-in teacher (as in test_views)."""
+    from kdcache.checkpoint import save_checkpoint
+    from kdcache.models import build_model
+
+    info = kd.info
+    torch.manual_seed(0)
+    config = {"arch": "student-cnn", "in_channels": 1, "num_classes": 10, "image_size": [28, 28],
+              "dataset": info.name, "mean": list(info.mean), "std": list(info.std), "class_names": list(info.class_names)}
+    return save_checkpoint(tmp_path_factory.mktemp("teacher") / "t.pt", build_model("student-cnn"), config)
+
+
+@pytest.fixture(scope="module", params=["shift-flip", "crop-flip"])
+def dumped_views(request, tmp_path_factory, teacher_ckpt, data_dir):
+    """`dump-logits --views 3 --augment POLICY --include-original` over the first NV training images."""
+    from conftest import run_cli
+
+    out = tmp_path_factory.mktemp("views") / "v.h5"
+    run_cli("dump-logits", "--teacher", teacher_ckpt, "--out", out, "--limit", NV, "--data-dir", data_dir, "--views", V,
+            "--augment", request.param, "--include-original", "--view-seed", 2, "-q")
+    return out
+
+
+def marked_views(path, kd, *, views=V, topk=0, unlabelled=False, policy="shift-flip"):
+    """A cache with views whose logits name their (row, view): z[i, v, 0] = 100 + i, z[i, v, 1] = 50 + v."""
+    from kdcache.augment import parse_policy, sample_views, view_record
+
+    z = np.random.default_rng(0).normal(size=(len(kd), views, 10)).astype(np.float32)
+    z[:, :, 0] = np.arange(len(kd))[:, None] + 100
+    z[:, :, 1] = np.arange(views)[None, :] + 50
+    labels, ids = kd.labels.numpy(), kd.sample_ids
+    if unlabelled:  # a transfer set's rows: no labels, ids hash -1
+        labels = labels.copy()
+        labels[::4] = UNLABELLED
+        ids = sample_ids_for(kd.images.numpy(), labels)
+    policy = parse_policy(policy)
+    params = sample_views(policy, kd.indices.numpy(), views, 1, (28, 28))
+    return write_cache(path, z, labels, kd.indices, ids, cache_attrs(kd.info), topk=topk, num_views=views,
+                       view_policy=view_record(policy, include_original=False, seed=1), view_params=params,
+                       chunk_rows=16)
+
+
+def row_and_view(targets):
+    """The (row, view) the marked cache's targets name (dense rows or TopK rows, whose top two are the markers)."""
+    t = targets.logits if isinstance(targets, TopK) else targets
+    return (t[..., 0] - 100).round().long(), (t[..., 1] - 50).round().long()
+
+
+def by_hand(policy_name, image, params):
+    """A stored view replayed with torchvision's functional ops (test_augment's slow per-image reference)."""
+    from test_augment import reference_view
+
+    from kdcache.augment import parse_policy
+
+    return reference_view(parse_policy(policy_name), image, params)
+
+
+def test_items_are_the_replayed_view_and_its_stored_logits(fmnist, dumped_views, teacher_ckpt):
+    """Through DataLoader workers: each image is its scheduled stored view, rebuilt by hand from /view_params, its
+    targets that view's stored logits, and the teacher run on the (normalised) image gives those logits again."""
+    from torchvision import transforms
+
+    from kdcache.augment import view_schedule
+    from kdcache.cache import open_cache
+    from kdcache.checkpoint import load_checkpoint
+
+    with open_cache(dumped_views) as c:
+        params, stored, policy = c.read_view_params(), torch.from_numpy(c.read()), c.meta.view_policy
+    teacher, config = load_checkpoint(teacher_ckpt)
+    ds = CachedDataset(fmnist, dumped_views, indices=range(NV), seed=7,
+                       transform=transforms.Normalize(config["mean"], config["std"]))
+    assert f"Views: 3 per item replayed ({policy['name']} v1" in repr(ds)
+    loader = DataLoader(ds, batch_size=16, num_workers=2, persistent_workers=True)
+    for epoch in (0, 4):
+        ds.set_epoch(epoch)
+        views = view_schedule(epoch, NV, V, 7)
+        images, labels, targets = (torch.cat(column) for column in zip(*loader))  # items 0..NV-1 in order
+        assert torch.equal(targets, stored[torch.arange(NV), views])
+        assert torch.equal(labels, fmnist.targets[:NV])
+        for i in range(NV):
+            want = by_hand(policy["name"], fmnist[i][0], params[i, views[i]])
+            torch.testing.assert_close(images[i], (want - config["mean"][0]) / config["std"][0], rtol=0, atol=1e-5)
+        with torch.inference_mode():
+            again = teacher.eval()(images)
+        tol = 5e-3 * targets.abs().amax(-1).clamp_min(1.0)  # verify's float32 rule
+        assert ((again - targets).abs().amax(-1) <= tol).all()
+    assert (views != 0).any() and (views == 0).any()  # augmented views and the original both served
+
+
+def test_each_item_shows_each_view_once_per_k_epochs_in_persistent_workers(fmnist, tmp_path, kd):
+    path = marked_views(tmp_path / "m.h5", kd, unlabelled=True)  # a transfer set: labels -1 as without views
+    ds = CachedDataset(fmnist, path, indices=range(N), seed=3)
+    loader = DataLoader(ds, batch_size=32, shuffle=True, num_workers=2, persistent_workers=True,
+                        generator=torch.Generator().manual_seed(0))
+    seen = np.zeros((N, V), dtype=int)
+    for epoch in range(2 * V):
+        ds.set_epoch(epoch)
+        for images, labels, targets in loader:
+            row, view = row_and_view(targets)
+            seen[row.numpy(), view.numpy()] += 1
+            want = kd.labels[row].clone()
+            want[row % 4 == 0] = UNLABELLED
+            assert torch.equal(labels, want)
+    assert (seen == 2).all()  # every row, every view, once per V epochs
+
+
+def test_the_view_of_an_item_is_the_one_train_student_gives_its_row(fmnist, tmp_path, kd):
+    """With the same seed and --cache-views, item i at epoch e is MemoryBatches' row i at epoch e: view, image (after
+    the wrapper's Normalize) and targets, bit for bit."""
+    from torchvision import transforms
+
+    from kdcache.batches import MemoryBatches
+    from kdcache.cache import open_cache
+    from kdcache.targets import as_tensors
+    from kdcache.views import student_views
+
+    path = marked_views(tmp_path / "m.h5", kd)
+    with open_cache(path) as c:  # what train_student builds for this cache (jobs._student_targets)
+        rows = c.align(kd.indices.numpy(), labels=kd.labels.numpy(), sample_ids=kd.sample_ids, info=kd.info)
+        plan, record = student_views([c], [rows], kd, augment=None, alpha=0.5, cache_views=2, seed=5)
+        targets = as_tensors(c.read(rows))[:, :record["views"]]
+    memory = MemoryBatches(kd, N, shuffle=False, seed=5, teacher_logits=targets, views=plan)
+    ds = CachedDataset(fmnist, path, indices=range(N), cache_views=2, seed=5,
+                       transform=transforms.Normalize(kd.info.mean, kd.info.std))
+    loader = DataLoader(ds, batch_size=N, num_workers=2, persistent_workers=True)
+    for epoch in range(4):
+        memory.set_epoch(epoch)
+        ds.set_epoch(epoch)
+        (batch,), (images, labels, t) = list(memory), next(iter(loader))
+        assert set(row_and_view(t)[1].tolist()) == {0, 1}  # only the first K' = 2 of 3 views
+        assert torch.equal(t, batch.teacher_logits) and torch.equal(images, batch.images)
+        assert torch.equal(labels, batch.labels)
+        assert all(torch.equal(ds[i][0], images[i]) for i in (0, 77))  # one item alone: the same view as in a batch
+    other = CachedDataset(fmnist, path, indices=range(N), cache_views=2, seed=6)  # another seed, other views
+    other.set_epoch(3)
+    assert any(not torch.equal(other[i][2], ds[i][2]) for i in range(N))
+
+
+def test_top_k_caches_with_views_give_that_views_top_k_row(fmnist, tmp_path, kd):
+    from kdcache.cache import open_cache
+    from kdcache.targets import as_tensors
+
+    path = marked_views(tmp_path / "k.h5", kd, topk=3)
+    with open_cache(path) as c:
+        stored = as_tensors(c.read())  # TopK (N, V, 3)
+    ds = CachedDataset(fmnist, path, indices=range(N))
+    ds.set_epoch(1)
+    _, _, t = next(iter(DataLoader(ds, batch_size=40, shuffle=True, collate_fn=collate, num_workers=2)))
+    assert isinstance(t, TopK) and t.logits.shape == (40, 3) and t.tail_logsumexp_t2.shape == (40,)
+    row, view = row_and_view(t)
+    assert torch.equal(view, torch.from_numpy(ds.views.schedule(1))[row])
+    want = stored[(row, view)]
+    for field in ("logits", "classes", "tail_logsumexp", "tail_mean", "tail_logsumexp_t2"):
+        assert torch.equal(getattr(t, field), getattr(want, field).to(getattr(t, field).dtype)), field
+
+
+def test_images_that_are_not_float_tensors_in_0_1_are_refused_with_one_line(data_dir, tmp_path, kd, fmnist,
+                                                                             cache_path):
+    import torchvision
+    from torchvision import transforms
+
+    path = marked_views(tmp_path / "m.h5", kd)
+    cases = [
+        (transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.286,), (0.353,))]),
+         "item 0's image has values in [-0.81, 2.02], not [0, 1] (normalised?)"),
+        (None, "item 0's image is a PIL.Image.Image"),
+        (transforms.PILToTensor(), "item 0's image is a torch.uint8 tensor of shape (1, 28, 28)"),
+    ]
+    for tf, needle in cases:
+        base = torchvision.datasets.FashionMNIST(str(data_dir), train=True, transform=tf)
+        for cls in (CachedDataset, StreamedCachedDataset):
+            with pytest.raises(ConfigError) as e:
+                cls(base, path, indices=range(N))
+            message = str(e.value)
+            assert needle in message and "\n" not in message, message
+            assert "ToTensor()" in message and "transform=, which runs after the view" in message
+
+    class Mixed(torch.utils.data.Dataset):  # fine at first, one item later breaks the contract
+        targets = fmnist.targets[:N]
+
+        def __len__(self):
+            return N
+
+        def __getitem__(self, i):
+            image, label = fmnist[i]
+            return (image * 2 if i == 9 else image[:, :27] if i == 11 else image), label
+    ds = CachedDataset(Mixed(), path)
+    with pytest.raises(ConfigError, match=r"item 9's image has values in \[0, 2\]"):
+        ds[9]
+    with pytest.raises(ConfigError, match="item 11's image is 27x28, earlier ones 28x28"):
+        ds[11]
+    crops = marked_views(tmp_path / "c.h5", kd, policy="crop-flip")  # boxes in 28x28 images do not fit 20x20 ones
+    small = torchvision.datasets.FashionMNIST(str(data_dir), transform=transforms.Compose([transforms.Resize(20),
+                                                                                           transforms.ToTensor()]))
+    with pytest.raises(CacheError, match="cannot be views of 20x20 images: .*give the images the size the teacher saw"):
+        CachedDataset(small, crops, indices=range(N))
+    with pytest.raises(ConfigError, match=r"cache_views=4: .* stores 3 views per image; use 1..3"):
+        CachedDataset(fmnist, path, indices=range(N), cache_views=4)
+    with pytest.raises(ConfigError, match="stores one view per image"):
+        CachedDataset(fmnist, cache_path, indices=range(N), cache_views=2)
+    # a single-view cache keeps taking any image: nothing is applied to it
+    assert isinstance(CachedDataset(torchvision.datasets.FashionMNIST(str(data_dir)), cache_path, indices=range(4))[0][0],
+                      __import__("PIL.Image").Image.Image)
+
+
+def test_streamed_views_serve_each_item_its_scheduled_view(fmnist, tmp_path, kd):
+    from kdcache.augment import view_schedule
+    from kdcache.cache import open_cache
+
+    path = marked_views(tmp_path / "m.h5", kd)
+    with open_cache(path) as c:
+        params = c.read_view_params()
+    with StreamedCachedDataset(fmnist, path, indices=range(N), buffer_blocks=2, seed=4, cache_views=2) as ds:
+        assert "Views: 2 per item replayed (shift-flip v1" in repr(ds)
+        ds.set_epoch(1)
+        views = view_schedule(1, N, 2, 4)
+        seen = []
+        for images, labels, targets in DataLoader(ds, batch_size=16, num_workers=2):
+            row, view = row_and_view(targets)
+            assert torch.equal(view, torch.from_numpy(views)[row])
+            assert torch.equal(labels, fmnist.targets[row])
+            for k, i in enumerate(row.tolist()):
+                assert torch.equal(images[k], by_hand("shift-flip", fmnist[i][0], params[i, views[i]]))
+            seen += row.tolist()
+    assert sorted(seen) == list(range(N))
