@@ -1,6 +1,8 @@
 """Sharded dumps: row ranges, shard validation (valid / stale / damaged), assembly, and torchrun end to end."""
 from __future__ import annotations
 
+import json
+
 import h5py  # the test corrupts a chunk on purpose; kdcache itself reads HDF5 only in kdcache.cache
 import numpy as np
 import pytest
@@ -121,8 +123,7 @@ def test_assemble_equals_a_one_process_write_for_every_cache_kind(shard_data, ki
                       **kw)
     with open_cache(out) as a, open_cache(ref) as b:
         assert a.meta.content_sha256 == b.meta.content_sha256  # every stored value identical, in order
-        assert {k: v for k, v in a.meta.attrs.items() if k != "created_utc"} == \
-            {k: v for k, v in b.meta.attrs.items() if k != "created_utc"}
+        assert _attrs(a.meta.attrs) == _attrs(b.meta.attrs)  # two writes a second apart differ only in the time
     assert result["labelled"] == 40 and 0 <= result["agree"] <= 40
 
 
@@ -152,8 +153,6 @@ def _one_process_dump(test_teacher, out, data_dir, limit, batch_size, **kw):
 
 def _attrs(attrs: dict) -> dict:
     """Attributes without the write time (also inside config_json)."""
-    import json
-
     config = {k: v for k, v in json.loads(attrs["config_json"]).items() if k != "created_utc"}
     return {**{k: v for k, v in attrs.items() if k != "created_utc"}, "config_json": config}
 
