@@ -30,8 +30,15 @@ EXAMPLE = REPO / "examples" / "own_training_loop.py"
 
 def own_loop(cache: str, data_dir: str, seed: int, epochs: int, limit: int | None, eval_limit: int | None,
              out: Path) -> dict[str, Any]:
-    """Run the example in its own process (as a user would) unless ``out`` already holds this run."""
-    settings = {"epochs": epochs, "seed": seed, "T": 4.0, "alpha": 0.5, "train_samples": limit, "cache": cache}
+    """Run the example in its own process (as a user would) unless ``out`` already holds this run.
+
+    "This run" is every setting the result depends on: the cache's content (not only its path), the
+    training and test samples, epochs, seed, T and alpha.
+    """
+    from kdcache.cache import read_meta
+
+    settings = {"epochs": epochs, "seed": seed, "T": 4.0, "alpha": 0.5, "train_samples": limit, "cache": cache,
+                "cache_content_sha256": read_meta(cache).content_sha256, "eval_limit": eval_limit}
     if out.exists():
         old = json.loads(out.read_text())
         if {k: old.get(k) for k in settings} == settings:
@@ -45,7 +52,7 @@ def own_loop(cache: str, data_dir: str, seed: int, epochs: int, limit: int | Non
     if r.returncode != 0:
         raise RuntimeError(f"{EXAMPLE.name} failed:\n{r.stderr[-3000:]}")
     result = json.loads(out.read_text())
-    result.update(cache=cache, train_samples=limit)  # what the reuse check above compares
+    result.update(settings)  # what the reuse check above compares
     out.write_text(json.dumps(result, indent=2) + "\n")
     return result
 

@@ -198,6 +198,48 @@ def test_own_training_loop_example_matches_train_student(tmp_path, data_dir):
     assert own_loop_main(["--smoke", "--data-dir", str(data_dir), "--out", str(out)])["rows"] == r["rows"]  # reused
 
 
+def test_own_loop_reuses_a_run_only_for_the_same_test_samples_and_cache_content(tmp_path, image_data, monkeypatch):
+    """A result measured on 500 test images (the smoke run) or on another cache's values is no full run's result."""
+    import subprocess
+    import types
+
+    import numpy as np
+
+    import benchmarks.own_loop as own_loop_module
+    from conftest import cache_attrs
+    from kdcache.cache import write_cache
+
+    d = image_data
+    cache = tmp_path / "c.h5"
+
+    def dump(seed):
+        z = np.random.default_rng(seed).normal(size=(len(d), 10)).astype(np.float32)
+        return str(write_cache(cache, z, d.labels, d.indices, d.sample_ids, cache_attrs(d.info), overwrite=True))
+
+    runs = []
+
+    def fake_example(args, **kw):  # stands in for `python examples/own_training_loop.py ... --json OUT`
+        runs.append(args)
+        value = lambda flag: args[args.index(flag) + 1]  # noqa: E731
+        Path(value("--json")).write_text(json.dumps({"test_accuracy": 0.5, "epochs": int(value("--epochs")),  # as the
+                                                     "seed": int(value("--seed")), "T": 4.0, "alpha": 0.5,  # example
+                                                     "train_samples": 64, "test_samples": 7}))
+        return types.SimpleNamespace(returncode=0, stderr="")
+
+    monkeypatch.setattr(subprocess, "run", fake_example)
+    out = tmp_path / "own.json"
+    run = lambda eval_limit: own_loop_module.own_loop(dump(0) if not runs else str(cache), "data", 0, 1, 64,  # noqa: E731
+                                                      eval_limit, out)
+    run(500)
+    run(500)
+    assert len(runs) == 1  # the same run again: reused
+    run(None)
+    assert len(runs) == 2  # all test images this time: measured again
+    dump(1)  # other values at the same path
+    run(None)
+    assert len(runs) == 3
+
+
 def test_dist_benchmark_runs_in_smoke_mode(tmp_path, data_dir):
     """1 rank vs a 2-rank torchrun job, each dumping and training at a tiny scale (no timing asserts)."""
     from benchmarks.dist import format_table, main as dist_main
