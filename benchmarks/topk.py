@@ -38,6 +38,7 @@ Everything is resumable (finished runs are skipped) and uses one torch thread by
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 from dataclasses import asdict, dataclass, replace
@@ -52,7 +53,7 @@ from benchmarks.topk_task import TaskConfig, logits_of, make_task, mlp
 from kdcache.batches import MemoryBatches
 from kdcache.cache import open_cache
 from kdcache.config import STUDENT_TRAIN, DataConfig, TrainConfig
-from kdcache.files import write_json
+from kdcache.files import sha256_file, write_json
 from kdcache.jobs import distillation_loss
 from kdcache.report import summarize, write_report
 from kdcache.results import RESULTS_FORMAT, RESULTS_JSON, load_results, save_results
@@ -98,8 +99,14 @@ def _teacher(plan: SyntheticPlan, train: ImageData, val: ImageData, test: ImageD
              ) -> tuple[torch.nn.Module, dict[str, Any]]:
     path = out / "teacher.pt"
     model = mlp(plan.teacher_hidden, plan.task.classes)
+    made_by = teacher_plan(plan)
     if path.exists():
         saved = torch.load(path, weights_only=True)
+        # another task, split or teacher is not this benchmark's teacher (a file from before plans were recorded
+        # is taken if its weights fit)
+        if saved.get("plan", made_by) != made_by or not _fits(model, saved["state_dict"]):
+            raise SystemExit(f"{path} was trained for another plan ({saved.get('plan')}, now {made_by}); "
+                             "use a new --out")
         model.load_state_dict(saved["state_dict"])
         return model, saved["summary"]
     torch.manual_seed(0)
@@ -108,8 +115,19 @@ def _teacher(plan: SyntheticPlan, train: ImageData, val: ImageData, test: ImageD
     summary = {"arch": "mlp-" + "-".join(map(str, (64, *plan.teacher_hidden, plan.task.classes))),
                "train_seconds": time.perf_counter() - t0, "test_accuracy": evaluate(model, test)["accuracy"],
                "val_accuracy": evaluate(model, val)["accuracy"], "train_rows": len(train)}
-    torch.save({"state_dict": model.state_dict(), "summary": summary}, path)
+    torch.save({"state_dict": model.state_dict(), "summary": summary, "plan": made_by}, path)
     return model, summary
+
+
+def _fits(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> bool:
+    own = model.state_dict()
+    return own.keys() == state.keys() and all(own[k].shape == state[k].shape for k in own)
+
+
+def teacher_plan(plan: SyntheticPlan) -> dict[str, Any]:
+    """What the synthetic teacher depends on (plain JSON values): its task, split, network and training."""
+    return json.loads(json.dumps({"task": asdict(plan.task), "val_size": plan.val_size,
+                                  "teacher_hidden": plan.teacher_hidden, "teacher_train": plan.teacher_train.to_dict()}))
 
 
 def _student_run(plan: SyntheticPlan, data: ImageData, val: ImageData, test: ImageData, targets: Any,
@@ -135,8 +153,8 @@ def run_synthetic(out: Path, plan: SyntheticPlan, progress: bool = True) -> dict
     train, val = full.take(slice(0, keep)), full.take(slice(keep, len(full)))
     teacher, summary = _teacher(plan, train, val, test, out)
     logits = logits_of(teacher, full)  # (N, C): every row of the train split, as dump-logits would cover it
-    paths = write_caches(out, full, logits, cache_attrs(full, summary["arch"], summary["test_accuracy"]),
-                         sorted(set(plan.kl_ks) | set(plan.student_ks)))
+    attrs = cache_attrs(full, summary["arch"], summary["test_accuracy"], sha256_file(out / "teacher.pt"))
+    paths = write_caches(out, full, logits, attrs, sorted(set(plan.kl_ks) | set(plan.student_ks)))
     sizes = size_table(paths)
     kl = kl_table(logits[:plan.kl_rows], paths, plan.kl_temperatures)
     p = torch.softmax(torch.from_numpy(logits[:plan.kl_rows]).double(), 1)
@@ -155,13 +173,20 @@ def _synthetic_students(out: Path, plan: SyntheticPlan, full: ImageData, data: I
     """Every (condition, T, alpha, seed) student, saved after each run as a sweep table (resumable)."""
     out.mkdir(parents=True, exist_ok=True)
     cfg = plan.student_train
-    settings = {"cache_content_sha256": None, "arch": "mlp-" + "-".join(map(str, (64, *plan.student_hidden,
-                                                                                  plan.task.classes))),
+    with open_cache(paths["full-float16"]) as c:  # identifies the teacher's logits every condition derives from
+        content = c.meta.content_sha256
+    settings = {"cache_content_sha256": content, "arch": "mlp-" + "-".join(map(str, (64, *plan.student_hidden,
+                                                                                     plan.task.classes))),
                 "dataset": full.info.name, "eval_limit": None, "val_size": plan.val_size,
                 "train": {k: v for k, v in cfg.to_dict().items() if k not in ("epochs", "seed", "device")}}
     results = load_results(out) if (out / RESULTS_JSON).exists() else \
         {"format": RESULTS_FORMAT, "version": 1, "cache": str(paths["full-float16"]), "settings": settings,
          "teacher": teacher, "rows": []}
+    if results["settings"].get("cache_content_sha256") is None:  # a table from before the hash was recorded
+        results["settings"]["cache_content_sha256"] = content
+    if json.loads(json.dumps(results["settings"])) != json.loads(json.dumps(settings)):
+        raise SystemExit(f"{out / RESULTS_JSON} holds runs made with other settings ({results['settings']}, now "
+                         f"{settings}); use a new --out")
     done = {r["key"] for r in results["rows"]}
     conditions = [("full float16", "full-float16")] + [(f"top-{k}", f"top{k}-float16") for k in plan.student_ks]
     if plan.sampled:

@@ -15,14 +15,15 @@ import torch
 
 from kdcache import __version__
 from kdcache.cache import CacheWriter, open_cache
+from kdcache.errors import CacheError
 from kdcache.samples import ImageData
 from kdcache.targets import TopK, as_tensors
 
 
-def cache_attrs(data: ImageData, arch: str, teacher_accuracy: float) -> dict[str, Any]:
+def cache_attrs(data: ImageData, arch: str, teacher_accuracy: float, teacher_sha256: str = "0" * 64) -> dict[str, Any]:
     info = data.info
     return {"kdcache_version": __version__, "torch_version": str(torch.__version__), "teacher_arch": arch,
-            "teacher_sha256": "0" * 64, "teacher_precision": "fp32", "dataset": info.name, "split": info.split,
+            "teacher_sha256": teacher_sha256, "teacher_precision": "fp32", "dataset": info.name, "split": info.split,
             "dataset_num_samples": info.num_samples, "dataset_fingerprint": info.fingerprint,
             "class_names": list(info.class_names), "normalization_mean": list(info.mean),
             "normalization_std": list(info.std), "extra_config": {"test_accuracy": teacher_accuracy}}
@@ -30,21 +31,39 @@ def cache_attrs(data: ImageData, arch: str, teacher_accuracy: float) -> dict[str
 
 def write_caches(out: Path, data: ImageData, logits: np.ndarray, attrs: dict[str, Any],
                  ks: Sequence[int]) -> dict[str, Path]:
-    """full float32/float16, top-K float16 for each K, top-10 float32: what dump-logits would write for each."""
+    """full float32/float16, top-K float16 for each K, top-10 float32: what dump-logits would write for each.
+
+    A cache already at its path is kept only when it is this one (``same_source``: the teacher of
+    ``attrs`` over the same rows of the same data, same k and dtype); any other is written again.
+    """
     plans = {"full-float32": (0, "float32"), "full-float16": (0, "float16")}
     plans.update({f"top{k}-float16": (k, "float16") for k in ks})
     plans["top10-float32"] = (10, "float32")
     paths = {}
     for name, (k, dtype) in plans.items():
         path = paths[name] = out / f"{name}.h5"
-        if path.exists():
+        if path.exists() and same_source(path, attrs, data.indices.numpy(), k, dtype):
             continue
         with CacheWriter(path, num_samples=len(data), num_classes=logits.shape[1], attrs=attrs, dtype=dtype,
-                         topk=k) as w:
+                         topk=k, overwrite=True) as w:
             for s in range(0, len(data), 8192):
                 e = min(s + 8192, len(data))
                 w.write(s, logits[s:e], data.labels[s:e], data.indices[s:e], data.sample_ids[s:e])
     return paths
+
+
+def same_source(path: Path, attrs: dict[str, Any], indices: np.ndarray, k: int, dtype: str) -> bool:
+    """Whether the cache at ``path`` holds the rows ``indices`` of the teacher and data ``attrs`` name, as top-``k``
+    (0: full logits) ``dtype`` values: what a benchmark may reuse instead of writing it again."""
+    try:
+        with open_cache(path) as c:
+            m = c.meta
+            return ((m.teacher_sha256, m.teacher_precision, m.dataset, m.split, m.dataset_fingerprint, m.topk,
+                     m.logits_dtype) == (attrs["teacher_sha256"], attrs["teacher_precision"], attrs["dataset"],
+                                         attrs["split"], attrs["dataset_fingerprint"], k, dtype)
+                    and np.array_equal(c.indices, indices))
+    except CacheError:  # unreadable or unfinished: write it again
+        return False
 
 
 INDEX_BYTES = 24  # /labels, /indices, /sample_ids: 8 bytes each per row, in every cache
@@ -122,13 +141,15 @@ def derive_topk_cache(src: str | Path, dst: Path, k: int, dtype: str = "float16"
 
     TopK.encode is a pure function of each float32 row, so this is byte for byte the dump's
     values (tests/test_dump.py checks that equivalence) without running the teacher again.
+    A ``dst`` derived earlier is kept only when it comes from the same teacher, data and rows
+    as ``src`` (``same_source``): after ``src`` is dumped again by another teacher, it is derived again.
     """
-    if dst.exists():
-        return dst
     with open_cache(src) as c:
         if c.kind != "logits" or c.dtype != "float32":
             raise SystemExit(f"{src}: need a full float32 cache to derive top-k caches from (got {c.kind} {c.dtype})")
         a = c.meta.attrs
+        if dst.exists() and same_source(dst, a, c.indices, k, dtype):
+            return dst
         skip = {"format", "schema_version", "complete", "created_utc", "num_samples", "num_classes", "logits_dtype",
                 "targets", "topk", "num_views", "view_policy", "view_policy_json", "num_labelled", "content_sha256",
                 "config_json"}
@@ -136,7 +157,8 @@ def derive_topk_cache(src: str | Path, dst: Path, k: int, dtype: str = "float16"
         attrs["class_names"] = list(c.class_names)
         if c.meta.config.get("teacher_config") is not None:
             attrs["extra_config"] = c.meta.config["teacher_config"]
-        with CacheWriter(dst, num_samples=len(c), num_classes=c.num_classes, attrs=attrs, dtype=dtype, topk=k) as w:
+        with CacheWriter(dst, num_samples=len(c), num_classes=c.num_classes, attrs=attrs, dtype=dtype, topk=k,
+                         overwrite=True) as w:
             for rows, block in c.blocks():
                 w.write(rows.start, block, c.labels[rows], c.indices[rows], c.sample_ids[rows])
     return dst

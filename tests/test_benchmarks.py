@@ -170,6 +170,40 @@ def test_topk_benchmark_smoke(tmp_path, data_dir):
     assert "(b) Fashion-MNIST" in (out / "topk.md").read_text()
 
 
+def test_topk_benchmark_reuses_a_teacher_or_cache_only_when_it_is_the_one_asked_for(tmp_path, image_data):
+    """A top-k cache derived from an older dump, or a teacher trained for another plan, is not this run's."""
+    from dataclasses import replace
+
+    import numpy as np
+    import pytest
+
+    from benchmarks.topk import SMOKE_SYNTHETIC, _teacher
+    from benchmarks.topk_caches import derive_topk_cache
+    from benchmarks.topk_task import make_task
+    from conftest import cache_attrs
+    from kdcache.cache import open_cache, write_cache
+    from kdcache.targets import TopK
+
+    d, src, dst = image_data, tmp_path / "full.h5", tmp_path / "top3.h5"
+    for teacher in ("1", "2"):  # the full cache dumped again, by another teacher
+        z = np.random.default_rng(int(teacher)).normal(0, 4, size=(len(d), 10)).astype(np.float32)
+        write_cache(src, z, d.labels, d.indices, d.sample_ids, cache_attrs(d.info, teacher_sha256=teacher * 64),
+                    overwrite=True)
+        derive_topk_cache(src, dst, 3)
+        with open_cache(dst) as c:
+            assert c.meta.teacher_sha256 == teacher * 64
+            np.testing.assert_array_equal(c.read().classes, TopK.encode(z, 3).classes)
+
+    full, test = make_task(SMOKE_SYNTHETIC.task)
+    train, val = full.take(slice(0, len(full) - 500)), full.take(slice(len(full) - 500, len(full)))
+    _teacher(SMOKE_SYNTHETIC, train, val, test, tmp_path)
+    _teacher(SMOKE_SYNTHETIC, train, val, test, tmp_path)  # the same plan: reused
+    for other in (replace(SMOKE_SYNTHETIC, teacher_hidden=(16,)),
+                  replace(SMOKE_SYNTHETIC, teacher_train=replace(SMOKE_SYNTHETIC.teacher_train, lr=0.2))):
+        with pytest.raises(SystemExit, match="trained for another plan"):
+            _teacher(other, train, val, test, tmp_path)
+
+
 def test_wrapper_benchmark_smoke(tmp_path, data_dir):
     from benchmarks.wrapper import main as wrapper_main
 
