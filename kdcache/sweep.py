@@ -179,9 +179,31 @@ def _row(spec: RunSpec, r: dict[str, Any]) -> dict[str, Any]:
     labelled = config.get("num_labelled", config.get("num_train_samples"))
     return {**spec.to_row(), "test_accuracy": r["test"]["accuracy"], "test_loss": r["test"]["loss"],
             "num_labelled": labelled, "num_unlabelled": config.get("num_unlabelled", 0),
+            "cache_contents": [c["content_sha256"] for c in config.get("caches", []) + config.get("transfer", [])],
             "val_accuracy": r["val"]["accuracy"] if r.get("val") else None,
             "train_seconds": round(r["seconds"], 3), "eval_samples": r["test"]["num_samples"],
             "checkpoint": r["checkpoint"], "history": r["history"]}
+
+
+def _check_option_caches(path: Path, specs: Sequence[RunSpec], finished: dict[str, dict[str, Any]]) -> None:
+    """Refuse to resume a run whose own caches (``caches``/``transfer`` options) now hold other values.
+
+    The sweep's settings identify the sweep's cache by content; a run's option caches are named by
+    path, so a cache dumped again at the same path would otherwise mix old and new runs in one table.
+    """
+    contents: dict[str, str | None] = {}
+    for s in specs:
+        options, recorded = s.options_dict, finished[s.key].get("cache_contents")
+        paths = [str(p) for p in options.get("caches", []) + options.get("transfer", [])]
+        if recorded is None or not paths:  # the sweep's own cache (checked by the settings), or an older table
+            continue
+        for p in paths:
+            if p not in contents:
+                with open_cache(p) as c:
+                    contents[p] = cache_record(c)["content_sha256"]
+        if any(contents[p] not in recorded for p in paths):  # (transfer caches are recorded in teacher order)
+            raise ConfigError(f"{path} holds run {s.key} trained from other values of {', '.join(paths)} (dumped "
+                              "again since); use a new --out")
 
 
 def _time_left(seconds: float, done_cost: float, left_cost: float) -> str:
@@ -229,6 +251,7 @@ def run_sweep(out_dir: str | os.PathLike, cache: str | os.PathLike, grid: SweepG
         if s.key in finished and finished[s.key].get("options", {}) != s.options_dict:
             raise ConfigError(f"{out / RESULTS_JSON} holds run {s.key} made with other options "
                               f"({finished[s.key].get('options')}); use a new --out")
+    _check_option_caches(out / RESULTS_JSON, [s for s in specs if s.key in finished], finished)
     todo = [s for s in specs if s.key not in done]
     eval_n = data_cfg.eval_limit or 10_000
     left_cost = sum(s.cost(eval_n) for s in todo)

@@ -7,6 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import run_cli
+from kdcache.cache import read_meta
 from kdcache.cli import main
 from kdcache.errors import ConfigError
 from kdcache.results import load_results
@@ -158,3 +159,24 @@ def test_explicit_runs_with_options_and_a_validation_split(cache, data_dir, tmp_
         other = [specs[0], RunSpec.make(200, 4.0, 0.9, 0, 1, "ensemble", caches=[str(cache)])]
         run_sweep(tmp_path / "x", cache, other, data_cfg=data_cfg, cfg=TrainConfig(epochs=1, batch_size=64),
                   report=False)
+
+
+def test_resume_refuses_runs_whose_option_caches_were_dumped_again(cache, data_dir, tmp_path):
+    """A run's own --cache (a RunSpec option) is named by path: dumped again there, its old rows are not resumed."""
+    import shutil
+
+    from kdcache.config import DataConfig, TrainConfig
+    from kdcache.sweep import run_sweep
+
+    mine = tmp_path / "mine.h5"
+    shutil.copy(cache, mine)
+    specs = [RunSpec.make(200, 4.0, 0.9, 0, 1, "own cache", caches=[str(mine)])]
+    kw = dict(data_cfg=DataConfig(data_dir=str(data_dir), eval_limit=100), cfg=TrainConfig(epochs=1, batch_size=64),
+              report=False)
+    run_sweep(tmp_path / "x", cache, specs, **kw)
+    assert load_results(tmp_path / "x")["rows"][0]["cache_contents"] == [read_meta(mine).content_sha256]
+    assert run_sweep(tmp_path / "x", cache, specs, **kw)["ran"] == 0  # the same values: resumed
+    run("dump-logits", "--teacher", cache.parent / "teacher.pt", "--data-dir", data_dir, "--limit", 300,
+        "--dtype", "float16", "--out", mine, "--overwrite", "-q")  # other values, same path
+    with pytest.raises(ConfigError, match="trained from other values of"):
+        run_sweep(tmp_path / "x", cache, specs, **kw)
