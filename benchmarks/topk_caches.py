@@ -72,9 +72,9 @@ INDEX_BYTES = 24  # /labels, /indices, /sample_ids: 8 bytes each per row, in eve
 def size_table(paths: dict[str, Path], base: str = "full-float16") -> list[dict[str, Any]]:
     """Bytes per row: of the soft targets, of a row at scale (targets + index columns), and of this file.
 
-    The file's bytes per row also hold HDF5's overhead, mostly the last chunk of each dataset,
-    which HDF5 allocates in full (up to ~1 MiB per dataset): it vanishes at ImageNet scale but
-    not at 60,000 rows, so ratios are taken at scale.
+    The file's bytes per row also hold HDF5's overhead: its metadata, and the unused rows of each
+    dataset's last chunk, which HDF5 allocates in full (kdcache spreads the rows evenly over the
+    chunks, so that is a few rows per chunk); ratios are taken at scale, where neither shows.
     """
     rows = []
     for name, path in paths.items():
