@@ -35,9 +35,11 @@ import torch
 
 from .augment import policy_from_record
 from .cache import MAX_ABS_LOGIT, LogitCache, check_readable, open_cache
+from .cache.schema import REDUMP
 from .data import load_dataset
+from .device import resolve_device
 from .errors import CacheError
-from .samples import UNLABELLED, ImageData, normalize, standardize, to_unit
+from .samples import UNLABELLED, ImageData
 from .targets import TAIL_T2, TopK
 from .teacher import TeacherSpec, load_teacher
 
@@ -49,7 +51,6 @@ from .teacher import TeacherSpec, load_teacher
 # that. Logits from another teacher, row or view differ by O(max |z|).
 TOLERANCE = {"float32": 5e-3, "float16": 6e-3}
 BF16_TOLERANCE = 5e-2
-REDUMP = "re-create it with dump-logits, or fetch it again"
 
 
 def tolerance_for(logits_dtype: str, teacher_precision: str) -> float:
@@ -249,8 +250,6 @@ def _flatten_views(t: Any, views: int) -> Any:
 
 def _check_teacher(cache: LogitCache, data: ImageData, spec: TeacherSpec, sample: int, seed: int, device: str,
                    report: VerifyReport) -> None:
-    from .train import resolve_device
-
     m = cache.meta
     info = data.info if data.info.class_names else replace(data.info, class_names=m.class_names)  # unlabelled images
     teacher = load_teacher(spec, info)
@@ -259,20 +258,16 @@ def _check_teacher(cache: LogitCache, data: ImageData, spec: TeacherSpec, sample
     rows = np.sort(np.random.default_rng(seed).choice(m.num_samples, size=k, replace=False))
     stored = cache.read(rows)
     images = data.images[torch.from_numpy(cache.indices[rows])]
-    model = teacher.model.to(dev).eval()
-    mean, std = m.normalization_mean, m.normalization_std
-    with torch.inference_mode():
-        if m.has_views:  # every view of each row, replayed from its stored parameters
-            policy = policy_from_record(m.view_policy)
-            params = torch.from_numpy(cache.read_view_params(rows))  # (k, V, P)
-            fresh = torch.cat([torch.stack([model(standardize(policy.apply(to_unit(x.to(dev)), p[:, v].to(dev)), mean,
-                                                              std)).float().cpu() for v in range(m.num_views)], 1)
-                               for x, p in zip(images.split(256), params.split(256))]).numpy()  # (k, V, C)
-            fresh, stored = fresh.reshape(-1, fresh.shape[-1]), _flatten_views(stored, m.num_views)
-            rows = np.repeat(rows, m.num_views)  # the row of each compared view
-        else:
-            fresh = torch.cat([model(normalize(x.to(dev), mean, std)).float().cpu()
-                               for x in images.split(256)]).numpy()  # (k, C)
+    teacher.model.to(dev)  # re-run as dump-logits runs it (Teacher.logits: fp32 with TF32 off on CUDA)
+    if m.has_views:  # every view of each row, replayed from its stored parameters
+        policy = policy_from_record(m.view_policy)
+        params = torch.from_numpy(cache.read_view_params(rows))  # (k, V, P)
+        fresh = torch.cat([teacher.view_logits(x, p, policy, dev)
+                           for x, p in zip(images.split(256), params.split(256))]).numpy()  # (k, V, C)
+        fresh, stored = fresh.reshape(-1, fresh.shape[-1]), _flatten_views(stored, m.num_views)
+        rows = np.repeat(rows, m.num_views)  # the row of each compared view
+    else:
+        fresh = torch.cat([teacher.logits(x, dev) for x in images.split(256)]).numpy()  # (k, C)
     base = tolerance_for(m.logits_dtype, m.teacher_precision)
     tol = tolerance_bound(fresh, base)  # (k,) the same rule for full and top-k rows
     if isinstance(stored, TopK):
