@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError, DataError
+from .imagefolder import IMAGEFOLDER, UNLABELLED_FOLDER  # a team's own images (read lazily: PIL only when used)
 from .samples import UNLABELLED, DatasetInfo, ImageData, fingerprint_for, sample_ids_for
 
 SPLITS = ("train", "test")
@@ -40,8 +41,6 @@ BUILTIN: dict[str, DatasetSpec] = {
     "fashion-mnist": DatasetSpec("FashionMNIST", "FashionMNIST", (0.2860,), (0.3530,)),
     "mnist": DatasetSpec("MNIST", "MNIST", (0.1307,), (0.3081,)),
 }
-IMAGEFOLDER = "imagefolder"
-UNLABELLED_FOLDER = "unlabelled"  # every image under --data-dir, no labels (kdcache.imagefolder)
 
 
 def dataset_names() -> list[str]:

@@ -30,8 +30,8 @@ import torch
 from .samples import UNLABELLED, DatasetInfo, ImageData, fingerprint_for, sample_ids_for
 from .errors import DataError
 
-IMAGEFOLDER = "imagefolder"
-UNLABELLED_FOLDER = "unlabelled"
+IMAGEFOLDER = "imagefolder"  # --dataset names (kdcache.data lists them with the built-in datasets)
+UNLABELLED_FOLDER = "unlabelled"  # every image under --data-dir, no labels
 LAYOUT_HINT = "lay the data out as ROOT/train/<class>/<image> and ROOT/test/<class>/<image>"
 UNLABELLED_HINT = "put the images anywhere under ROOT (no class folders needed)"
 
