@@ -153,7 +153,7 @@ def build_from_factory(target: str, *, num_classes: int, in_channels: int, image
     ``kwargs`` win over the offered values. Anything the factory raises becomes one ConfigError line.
     """
     fn = import_factory(target, option)
-    offered = {"num_classes": num_classes, "in_channels": in_channels, "image_size": tuple(image_size)}
+    offered = dict(zip(FACTORY_ARGS, (num_classes, in_channels, tuple(image_size))))
     try:
         params = inspect.signature(fn).parameters
         takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())

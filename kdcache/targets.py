@@ -275,6 +275,3 @@ def _cat(xs: Sequence[Any]) -> Any:
         return np.concatenate(xs)
     return torch.cat(list(xs))
 
-
-def num_rows(t: Targets) -> int:
-    return len(t)
