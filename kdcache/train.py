@@ -19,7 +19,7 @@ from .config import TrainConfig
 from .device import autocast, resolve_device
 from .errors import ConfigError
 from .progress import track
-from .samples import ImageData
+from .samples import UNLABELLED, ImageData
 
 LossFn = Callable[[torch.Tensor, Batch], torch.Tensor]
 
@@ -67,7 +67,7 @@ def train_one_epoch(model: nn.Module, batches: Iterable[Batch], loss_fn: LossFn,
         n = batch.labels.shape[0]
         total_loss += loss.detach() * n
         correct += (outputs.detach().argmax(1) == batch.labels).sum()  # UNLABELLED (-1) never matches
-        labelled += (batch.labels >= 0).sum()
+        labelled += (batch.labels != UNLABELLED).sum()
         seen += n
     loss_value = float(total_loss) / max(seen, 1)
     if not math.isfinite(loss_value):
