@@ -3,14 +3,17 @@
 - ``accuracy_vs_T.png``: test accuracy against T (log axis), one line per alpha with the
   spread over seeds, the labels-only baseline and the teacher as horizontal lines, one
   panel per number of labelled samples.
-- ``training_curves.png``: test accuracy and test loss per epoch of the best distilled
-  configuration and of the baseline (mean over seeds, band = spread).
+- ``training_curves.png``: accuracy and loss per epoch (on the validation split when the runs
+  have one, else on the test split) of the best distilled configuration and of the baseline
+  (mean over seeds, band = spread).
 - ``report.md``: the tables behind both, and the fraction of the baseline-to-teacher gap
   that distillation closed.
 
 "Spread" is the sample standard deviation over seeds (0 with one seed). The best
-configuration is chosen by mean test accuracy: there is no separate validation split, so
-its number is slightly optimistic, by the usual max-over-noisy-means amount.
+configuration is chosen by mean accuracy on the validation split when every run of a group
+has one (``--val-size``), and its test accuracy is reported; without one it is chosen by mean
+test accuracy, so its number is slightly optimistic, by the usual max-over-noisy-means amount
+(the report says which).
 """
 from __future__ import annotations
 
