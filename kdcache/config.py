@@ -54,6 +54,8 @@ PIPELINE_TEACHER = replace(TEACHER_TRAIN, epochs=3)  # the main job's ~10-minute
 PIPELINE_SCARCE_LABELS = 5000
 PIPELINE_SCARCE_EPOCHS = 15
 PIPELINE_SCARCE_ALPHA = 0.9  # the 5,000-label sweep's best alphas were 0.9 and 1 (T = 4)
+PIPELINE_WORKDIR = "runs/pipeline"  # the main job's checkpoints and metrics
+PIPELINE_CACHE = "data/caches/fmnist-train.h5"  # the main job's cache (the benchmarks read it too)
 
 TEACHER_ARCH = "teacher-cnn"
 STUDENT_ARCH = "student-cnn"

@@ -11,7 +11,7 @@ import torch
 from . import __version__, dist
 from .augment import parse_policy, sample_views, view_record
 from .cache import CacheMeta, CacheWriter, read_meta
-from .config import DUMP_BATCH_SIZE, LOGITS_DTYPE, TOPK_DTYPE, VIEW_SEED
+from .config import DEFAULT_DATA_DIR, DUMP_BATCH_SIZE, LOGITS_DTYPE, TOPK_DTYPE, VIEW_SEED
 from .data import load_dataset
 from .device import resolve_device
 from .errors import CacheError, ConfigError, StorageError
@@ -66,7 +66,7 @@ def matches_request(meta: CacheMeta, request: dict[str, Any]) -> bool:
 
 
 def dump_logits(teacher: str | os.PathLike | None, out: str | os.PathLike, *, split: str = "train",
-                dataset: str | None = None, data_dir: str = "data", limit: int | None = None,
+                dataset: str | None = None, data_dir: str = DEFAULT_DATA_DIR, limit: int | None = None,
                 batch_size: int = DUMP_BATCH_SIZE, device: str = "auto", precision: str = "fp32",
                 dtype: str | None = None, arch: str | None = None, teacher_factory: str | None = None,
                 weights: str | None = None, overwrite: bool = False, progress: bool = False,

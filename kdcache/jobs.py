@@ -21,7 +21,8 @@ from . import __version__, dist
 from .batches import Batch, BatchSource, MemoryBatches
 from .cache import LogitCache, open_cache
 from .checkpoint import check_model_fits_data, load_checkpoint, model_config, read_checkpoint, save_checkpoint
-from .config import CACHE_MEMORY_LIMIT_MB, STUDENT_ARCH, STUDENT_TRAIN, TEACHER_ARCH, TEACHER_TRAIN, DataConfig, TrainConfig
+from .config import (CACHE_MEMORY_LIMIT_MB, DEFAULT_DATA_DIR, STUDENT_ARCH, STUDENT_TRAIN, TEACHER_ARCH, TEACHER_TRAIN,
+                     DataConfig, TrainConfig)
 from .data import load_dataset, load_train_val, require_labels
 from .device import resolve_device
 from .ensemble import ENSEMBLE_METHODS, check_members, combine_logits
@@ -312,7 +313,7 @@ def _student_targets(caches: Sequence[LogitCache], data: ImageData, cfg: TrainCo
 
 
 def evaluate_checkpoint(path: str | os.PathLike, *, split: str = "test", dataset: str | None = None,
-                        data_dir: str = "data", limit: int | None = None, device: str = "auto",
+                        data_dir: str = DEFAULT_DATA_DIR, limit: int | None = None, device: str = "auto",
                         batch_size: int = 1000, progress: bool = False,
                         student_factory: str | None = None) -> dict[str, Any]:
     """Accuracy, loss and per-class accuracy of a checkpoint on a dataset split.

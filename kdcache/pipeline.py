@@ -14,8 +14,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .config import (DEFAULT_ALPHA, DEFAULT_TEMPERATURE, PIPELINE_SCARCE_ALPHA, PIPELINE_SCARCE_EPOCHS,
-                     PIPELINE_SCARCE_LABELS, PIPELINE_TEACHER, STUDENT_TRAIN, DataConfig)
+from .config import (DEFAULT_ALPHA, DEFAULT_DATA_DIR, DEFAULT_TEMPERATURE, PIPELINE_CACHE, PIPELINE_SCARCE_ALPHA,
+                     PIPELINE_SCARCE_EPOCHS, PIPELINE_SCARCE_LABELS, PIPELINE_TEACHER, PIPELINE_WORKDIR, STUDENT_TRAIN,
+                     DataConfig)
 from .errors import ConfigError
 from .dump import dump_logits
 from .files import write_json
@@ -23,10 +24,10 @@ from .jobs import train_student, train_teacher
 from .loss import check_alpha, check_temperature
 
 
-def run_pipeline(*, workdir: str = "runs/pipeline", cache_path: str = "data/caches/fmnist-train.h5",
+def run_pipeline(*, workdir: str = PIPELINE_WORKDIR, cache_path: str = PIPELINE_CACHE,
                  teacher_epochs: int = PIPELINE_TEACHER.epochs, student_epochs: int = STUDENT_TRAIN.epochs,
                  temperature: float = DEFAULT_TEMPERATURE, alpha: float = DEFAULT_ALPHA, limit: int | None = None,
-                 eval_limit: int | None = None, data_dir: str = "data", device: str = "auto", seed: int = 0,
+                 eval_limit: int | None = None, data_dir: str = DEFAULT_DATA_DIR, device: str = "auto", seed: int = 0,
                  fresh: bool = False, progress: bool = False, scarce_labels: int = PIPELINE_SCARCE_LABELS,
                  scarce_epochs: int = PIPELINE_SCARCE_EPOCHS, scarce_alpha: float = PIPELINE_SCARCE_ALPHA
                  ) -> dict[str, Any]:

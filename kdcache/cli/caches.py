@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from ..config import DUMP_BATCH_SIZE, VIEW_SEED
+from ..config import DEFAULT_DATA_DIR, DUMP_BATCH_SIZE, VIEW_SEED
 from .group import main, summary
 from .options import AUGMENT_HELP, DATASET_HELP, quiet_option, teacher_factory_options
 
@@ -18,7 +18,7 @@ from .options import AUGMENT_HELP, DATASET_HELP, quiet_option, teacher_factory_o
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Cache file to write (.h5).")
 @click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True)
 @click.option("--dataset", default=None, help="Dataset (default: the teacher's). " + DATASET_HELP)
-@click.option("--data-dir", default="data", show_default=True, type=click.Path(file_okay=False))
+@click.option("--data-dir", default=DEFAULT_DATA_DIR, show_default=True, type=click.Path(file_okay=False))
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N samples of the split.")
 @click.option("--arch", default=None, help="Refuse a teacher checkpoint of any other architecture.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=DUMP_BATCH_SIZE, show_default=True)

@@ -5,16 +5,17 @@ from typing import Any
 
 import click
 
-from ..config import (DEFAULT_ALPHA, DEFAULT_TEMPERATURE, PIPELINE_SCARCE_ALPHA, PIPELINE_SCARCE_EPOCHS,
-                      PIPELINE_SCARCE_LABELS, PIPELINE_TEACHER, STUDENT_ARCH, STUDENT_TRAIN)
+from ..config import (DEFAULT_ALPHA, DEFAULT_DATA_DIR, DEFAULT_DATASET, DEFAULT_TEMPERATURE, PIPELINE_CACHE,
+                      PIPELINE_SCARCE_ALPHA, PIPELINE_SCARCE_EPOCHS, PIPELINE_SCARCE_LABELS, PIPELINE_TEACHER,
+                      PIPELINE_WORKDIR, STUDENT_ARCH, STUDENT_TRAIN)
 from .group import main, summary
 from .options import DATASET_HELP, quiet_option, train_config, train_options
 
 
 @main.command("pipeline")
-@click.option("--workdir", default="runs/pipeline", show_default=True, type=click.Path(file_okay=False),
+@click.option("--workdir", default=PIPELINE_WORKDIR, show_default=True, type=click.Path(file_okay=False),
               help="Where checkpoints and metrics go.")
-@click.option("--cache", "cache_path", default="data/caches/fmnist-train.h5", show_default=True,
+@click.option("--cache", "cache_path", default=PIPELINE_CACHE, show_default=True,
               type=click.Path(dir_okay=False))
 @click.option("--teacher-epochs", type=click.IntRange(min=1), default=PIPELINE_TEACHER.epochs, show_default=True)
 @click.option("--student-epochs", type=click.IntRange(min=1), default=STUDENT_TRAIN.epochs, show_default=True)
@@ -22,7 +23,7 @@ from .options import DATASET_HELP, quiet_option, train_config, train_options
 @click.option("--alpha", type=float, default=DEFAULT_ALPHA, show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="First N training samples (quick runs).")
 @click.option("--eval-limit", type=click.IntRange(min=1), default=None, help="First N test samples (quick runs).")
-@click.option("--data-dir", default="data", show_default=True, type=click.Path(file_okay=False))
+@click.option("--data-dir", default=DEFAULT_DATA_DIR, show_default=True, type=click.Path(file_okay=False))
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--scarce-labels", type=click.IntRange(min=0), default=PIPELINE_SCARCE_LABELS, show_default=True,
@@ -59,8 +60,8 @@ def pipeline_cmd(quiet: bool, json_out: str | None, **kw: Any) -> None:
               "(first N), e.g. 5000,60000. Default: every row of the cache.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Sweep folder (table, checkpoints, report).")
 @click.option("--arch", default=STUDENT_ARCH, show_default=True, help="Student architecture.")
-@click.option("--dataset", default="fashion-mnist", show_default=True, help=DATASET_HELP)
-@click.option("--data-dir", default="data", show_default=True, type=click.Path(file_okay=False))
+@click.option("--dataset", default=DEFAULT_DATASET, show_default=True, help=DATASET_HELP)
+@click.option("--data-dir", default=DEFAULT_DATA_DIR, show_default=True, type=click.Path(file_okay=False))
 @click.option("--eval-limit", type=click.IntRange(min=1), default=None,
               help="Evaluate on only the first N test samples (quick runs).")
 @click.option("--val-size", type=click.IntRange(min=0), default=0, show_default=True,

@@ -5,7 +5,8 @@ from typing import Any, Callable
 
 import click
 
-from ..config import DEVICES, OPTIMIZERS, PRECISIONS, SCHEDULES, DataConfig, TrainConfig
+from ..config import (DEFAULT_DATA_DIR, DEFAULT_DATASET, DEVICES, OPTIMIZERS, PRECISIONS, SCHEDULES, DataConfig,
+                      TrainConfig)
 
 AUGMENT_HELP = ("Augmentation policy: shift-flip (pad-and-crop shift + horizontal flip, small images) or crop-flip "
                 "(random-resized crop + flip); settings as NAME:key=value,..., e.g. shift-flip:pad=4.")
@@ -28,9 +29,9 @@ def data_options(f: Callable) -> Callable:
                           "each class in proportion).")(f)
     f = click.option("--limit", type=click.IntRange(min=1), default=None,
                      help="Use only the first N training samples (after --val-size are held out).")(f)
-    f = click.option("--data-dir", default="data", show_default=True, type=click.Path(file_okay=False),
+    f = click.option("--data-dir", default=DEFAULT_DATA_DIR, show_default=True, type=click.Path(file_okay=False),
                      help="Folder that holds the datasets.")(f)
-    return click.option("--dataset", default="fashion-mnist", show_default=True, help=DATASET_HELP)(f)
+    return click.option("--dataset", default=DEFAULT_DATASET, show_default=True, help=DATASET_HELP)(f)
 
 
 def train_options(defaults: TrainConfig) -> Callable:

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from ..config import (CACHE_MEMORY_LIMIT_MB, DEFAULT_ALPHA, DEFAULT_TEMPERATURE, STUDENT_ARCH, STUDENT_TRAIN,
+from ..config import (CACHE_MEMORY_LIMIT_MB, DEFAULT_ALPHA, DEFAULT_DATA_DIR, DEFAULT_TEMPERATURE, STUDENT_ARCH, STUDENT_TRAIN,
                       TEACHER_ARCH, TEACHER_TRAIN)
 from .group import main, summary
 from .options import AUGMENT_HELP, data_config, data_options, quiet_option, train_config, train_options
@@ -113,7 +113,7 @@ def train_student_cmd(caches: tuple[str, ...], temperature: float, alpha: float,
 @click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False), help="Checkpoint.")
 @click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
 @click.option("--dataset", default=None, help="Dataset (default: the checkpoint's).")
-@click.option("--data-dir", default="data", show_default=True, type=click.Path(file_okay=False))
+@click.option("--data-dir", default=DEFAULT_DATA_DIR, show_default=True, type=click.Path(file_okay=False))
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N samples.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--student-factory", default=None, metavar="MODULE:FUNCTION",
