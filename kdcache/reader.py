@@ -80,7 +80,9 @@ class LogitStream(IterableDataset):
             wanted = self.num_rows if rows is None else len(rows)
             small = max(1, wanted // min_blocks) if min_blocks > 1 else c.chunk_rows
             self.block_rows = int(block_rows or min(c.chunk_rows, small))
-            self.full_shape = c.read_span(0, 1).shape[1:] if c.kind == "logits" else None  # ([V,] C)
+            first = c.read_span(0, 1)
+            self.full_shape = first.shape[1:] if c.kind == "logits" else None  # ([V,] C)
+            self.row_shape = tuple(first.shape[1:] if c.kind == "logits" else first.logits.shape[1:])  # ([V,] C or k)
             self.dtype = np.dtype(c.dtype)
         rows = np.arange(self.num_rows, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
         values = rows if values is None else np.asarray(values, dtype=np.int64)
@@ -258,11 +260,11 @@ class ConcatStream(LogitStream):
             raise ConfigError(f"buffer_blocks must be >= 1, got {buffer_blocks}")
         first = parts[0]
         for p in parts[1:]:
-            if (p.kind, p.full_shape) != (first.kind, first.full_shape):
+            if (p.kind, p.row_shape) != (first.kind, first.row_shape):  # top-k: the same k (and views) too
                 raise CacheError(f"{p.path} and {first.path} hold different kinds of targets ({p.kind} "
-                                 f"{p.full_shape} vs {first.kind} {first.full_shape}); one stream needs one kind")
+                                 f"{p.row_shape} vs {first.kind} {first.row_shape}); one stream needs one kind")
         self.parts = list(parts)
-        self.path, self.kind, self.full_shape = first.path, first.kind, first.full_shape
+        self.path, self.kind, self.full_shape, self.row_shape = first.path, first.kind, first.full_shape, first.row_shape
         self.dtype = np.result_type(*[p.dtype for p in parts])
         self.part_of = np.concatenate([np.full(len(p.blocks), i, dtype=np.int64) for i, p in enumerate(parts)])
         self.local = np.concatenate([np.arange(len(p.blocks), dtype=np.int64) for p in parts])

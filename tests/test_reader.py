@@ -216,6 +216,10 @@ def test_concat_stream_of_topk_caches_keeps_each_rows_encoding(tmp_path):
             seen.append(v)
     assert sorted(seen) == list(range(30)) + list(range(100, 125))
     stream.close()
+    pc = tmp_path / "c.h5"  # another k: its rows cannot share a buffer, refused up front (not a numpy error mid-epoch)
+    cache.write_cache(pc, zb, np.full(25, -1), np.arange(25), b.sample_ids, cache_attrs(b.info), topk=2)
+    with pytest.raises(CacheError, match="hold different kinds of targets"):
+        ConcatStream([LogitStream(pa), LogitStream(pc)])
 
 
 def open_fds() -> set[str]:
