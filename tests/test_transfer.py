@@ -140,6 +140,9 @@ def test_no_labels_dump_of_a_labelled_split_verifies_against_it(world, tmp_path)
         assert np.array_equal(c.read(slice(0, 30)), labelled.read(slice(0, 30)))  # the same teacher outputs
     v = run("verify", out, "--data-dir", world.data_dir)  # the data is read unlabelled to compare
     assert "30 unlabelled by content id" in v.output
+    # as a student's --cache, with the labelled split: said plainly (not "made from different data, re-dump it")
+    assert_error(student(world, "--cache", out, limit=30, ok=False), f"{out} holds no labels (dumped with --no-labels)",
+                 "--labels-limit N")
 
 
 FACTORY = textwrap.dedent('''

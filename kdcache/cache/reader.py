@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 
 from ..errors import CacheError
-from ..samples import DatasetInfo
+from ..samples import UNLABELLED, DatasetInfo
 from ..targets import Targets, TopK
 from .schema import (DATASETS, FORMAT_NAME, MAX_ABS_LOGIT, REDUMP, TARGET_DATASETS, CacheMeta, check_values,
                      class_id_dtype, content_hash, meta_from, open_h5)
@@ -264,6 +264,11 @@ class LogitCache:
             if info.class_names and list(m.class_names) != list(info.class_names):
                 return None, [f"{p} has {m.num_classes} classes {list(m.class_names)[:4]}..., the data has "
                               f"{info.num_classes} {list(info.class_names)[:4]}...; the cache is for another label set"]
+            if m.dataset_fingerprint != info.fingerprint and m.num_labelled == 0 and labels is not None \
+                    and (np.asarray(labels) != UNLABELLED).any():  # ids and fingerprint hash -1, the data its labels
+                return None, [f"{p} holds no labels (dumped with --no-labels), so its rows cannot be matched with "
+                              f"labelled {info.name}/{info.split} data; dump the split with its labels (train-student "
+                              "--labels-limit N then keeps the labels of the first N samples only)"]
             if m.dataset_fingerprint != info.fingerprint:
                 problems.append(f"{p} was made from different {info.name}/{info.split} data (dataset fingerprint "
                                 f"{m.dataset_fingerprint[:12]}... != {info.fingerprint[:12]}...); re-dump the cache "
