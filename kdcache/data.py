@@ -91,8 +91,9 @@ def _load_full(name: str, split: str, root: str, download: bool, ignore_labels: 
     labels = ds.targets.numpy().astype(np.int64)
     if ignore_labels:
         labels = np.full(len(labels), UNLABELLED, dtype=np.int64)
-    info = DatasetInfo(
-        name=name, split=split, num_samples=len(labels), class_names=tuple(str(c) for c in ds.classes),
+    info = DatasetInfo(  # read unlabelled, it has no classes of its own: a cache of it takes the teacher's
+        name=name, split=split, num_samples=len(labels),
+        class_names=() if ignore_labels else tuple(str(c) for c in ds.classes),
         in_channels=images.shape[1], image_size=(images.shape[2], images.shape[3]), mean=spec.mean, std=spec.std,
         fingerprint=fingerprint_for(images, labels),
     )

@@ -100,14 +100,16 @@ def mnist_style(dataset: Any) -> np.ndarray | None:
     return array[:, None]
 
 
-def builtin_info(dataset: Any, images: np.ndarray, labels: np.ndarray) -> DatasetInfo | None:
-    """The DatasetInfo kdcache would give a torchvision built-in dataset (name, split, classes, fingerprint)."""
+def builtin_info(dataset: Any, images: np.ndarray, labels: np.ndarray, classes: bool = True) -> DatasetInfo | None:
+    """The DatasetInfo kdcache would give a torchvision built-in dataset (name, split, classes, fingerprint);
+    without ``classes`` as kdcache reads it with labels ignored (no class names)."""
     name = next((n for n, spec in BUILTIN.items() if spec.torchvision_class == type(dataset).__name__), None)
     if name is None or not isinstance(getattr(dataset, "train", None), bool):
         return None
     spec = BUILTIN[name]
     return DatasetInfo(name=name, split="train" if dataset.train else "test", num_samples=len(labels),
-                       class_names=tuple(str(c) for c in getattr(dataset, "classes", ())), in_channels=images.shape[1],
+                       class_names=tuple(str(c) for c in getattr(dataset, "classes", ())) if classes else (),
+                       in_channels=images.shape[1],
                        image_size=tuple(images.shape[2:]), mean=spec.mean, std=spec.std,
                        fingerprint=fingerprint_for(images, labels))
 
@@ -119,7 +121,8 @@ def align_dataset(cache: LogitCache, dataset: Any, idx: np.ndarray, *, labels: S
     - every dataset: each sample's dataset index is in the cache, once (coverage);
     - with labels (``labels=``, else ``dataset.targets``, else read from the dataset once): every
       labelled cache row's label equals the sample's (rows the cache holds as unlabelled are skipped);
-    - with ``dataset.classes``: the class names, in order;
+    - with ``dataset.classes``: the class names, in order (not for a cache without labels: its
+      classes are the teacher's, which images read unlabelled need not share);
     - torchvision MNIST-style datasets (``.data`` uint8 (N, H, W) + ``.targets``: MNIST, FashionMNIST):
       each row's content id (kdcache's own sample ids) and, for a built-in dataset, its name, split
       and the fingerprint of the whole split.
@@ -138,7 +141,7 @@ def align_dataset(cache: LogitCache, dataset: Any, idx: np.ndarray, *, labels: S
         # rows the cache holds as unlabelled (-1) carry no label to compare: the sample's own label is hidden
         compare = np.where(cache_labels == UNLABELLED, UNLABELLED, data_labels)
         checked.append("label")
-    classes = getattr(dataset, "classes", None)
+    classes = None if cache.meta.unlabelled else getattr(dataset, "classes", None)
     if classes is not None and len(classes) and list(map(str, classes)) != list(cache.class_names):
         raise CacheError(f"{cache.path} has classes {list(cache.class_names)[:4]}..., the dataset "
                          f"{list(map(str, classes))[:4]}...; the cache is for another label set")
@@ -157,7 +160,7 @@ def align_dataset(cache: LogitCache, dataset: Any, idx: np.ndarray, *, labels: S
         num_labelled = cache.meta.num_labelled
         if num_labelled in (None, cache.meta.num_samples, 0):
             fingerprint_labels = np.full_like(all_labels, UNLABELLED) if num_labelled == 0 else all_labels
-            info = builtin_info(dataset, images, fingerprint_labels)
+            info = builtin_info(dataset, images, fingerprint_labels, classes=num_labelled != 0)
             if info is not None:
                 checked += ["dataset and split", "fingerprint"]
     rows = cache.align(idx, labels=compare, sample_ids=ids, info=info)

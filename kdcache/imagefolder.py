@@ -107,7 +107,8 @@ def _pixel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ..
 def load_imagefolder(root: str, split: str, ignore_labels: bool = False) -> ImageData:
     """Load ROOT/split into memory (see the module docstring for layout, ids and statistics).
 
-    ``ignore_labels``: every label UNLABELLED, ids and fingerprint hashed with it (the classes stay known).
+    ``ignore_labels``: every label UNLABELLED, ids and fingerprint hashed with it, and no class names (a
+    cache of the images takes the teacher's classes, which may be another label set entirely).
     """
     images, labels, relpaths, classes = _read_split(root, split)
     if ignore_labels:
@@ -119,7 +120,7 @@ def load_imagefolder(root: str, split: str, ignore_labels: bool = False) -> Imag
                         f"{stats_images.shape[1:]}; use one size and colour mode in both splits")
     mean, std = _pixel_stats(stats_images)
     info = DatasetInfo(
-        name=IMAGEFOLDER, split=split, num_samples=len(labels), class_names=classes,
+        name=IMAGEFOLDER, split=split, num_samples=len(labels), class_names=() if ignore_labels else classes,
         in_channels=images.shape[1], image_size=(images.shape[2], images.shape[3]), mean=mean, std=std,
         fingerprint=fingerprint_for(images, labels, relpaths),
     )

@@ -293,8 +293,9 @@ def test_a_no_labels_cache_is_checked_by_ids_and_fingerprint_with_labels_ignored
     """dump-logits --no-labels: every row -1, ids and fingerprint computed with -1 (docs/cache-format.md)."""
     bare = load_dataset("fashion-mnist", "train", data_dir, limit=N, ignore_labels=True)
     assert bare.num_labelled == 0
+    teacher_classes = [str(c) for c in fmnist.classes]  # data read unlabelled has none; the teacher names them
     path = write_cache(tmp_path / "nl.h5", index_logits(np.arange(N)), bare.labels, bare.indices, bare.sample_ids,
-                       cache_attrs(bare.info))
+                       cache_attrs(bare.info, class_names=teacher_classes))
     ds = CachedDataset(fmnist, path, indices=range(N))
     assert {"content id", "fingerprint"} <= set(ds.alignment.checked)
     assert {ds[i][1] for i in range(10)} == {UNLABELLED}  # the cache holds no labels, so none come out

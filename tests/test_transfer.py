@@ -100,7 +100,7 @@ def test_ignoring_labels_hides_them_from_ids_and_fingerprint(data_dir):
     full = load_dataset("fashion-mnist", "train", data_dir, limit=50)
     blind = load_dataset("fashion-mnist", "train", data_dir, limit=50, ignore_labels=True)
     assert (blind.labels == UNLABELLED).all() and torch.equal(blind.images, full.images)
-    assert blind.info.class_names == full.info.class_names  # the classes are known, the labels are not
+    assert blind.info.class_names == () and full.info.class_names  # read unlabelled, it has no classes of its own
     assert np.array_equal(blind.sample_ids, sample_ids_for(full.images.numpy(), np.full(50, -1)))
     assert blind.info.fingerprint != full.info.fingerprint and not (blind.sample_ids == full.sample_ids).any()
 
@@ -192,6 +192,25 @@ def test_student_trains_on_labelled_and_transfer_rows_and_records_them(world):
     student(world, "--cache", world.lab, "--labels-limit", 50, "-q")
     config = checkpoint_config(world.dir / "s.pt")
     assert (config["num_labelled"], config["num_unlabelled"], config["request"]["labels_limit"]) == (50, 150, 50)
+
+
+def test_a_labelled_dataset_of_other_classes_is_a_transfer_set_with_no_labels(world, tmp_path):
+    """--no-labels drops a dataset's labels and classes: its images become a transfer set for a teacher of
+    another label set (say MNIST digits under a Fashion-MNIST teacher), which names the cache's classes."""
+    images = load_dataset("fashion-mnist", "train", world.data_dir).images[-20:]
+    for i, img in enumerate(images):  # a labelled folder whose 2 classes are not the teacher's 10
+        d = tmp_path / "other" / "train" / ("left" if i % 2 else "right")
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img[0].numpy()).save(d / f"{i:02d}.png")
+    out = tmp_path / "other.h5"
+    run("dump-logits", "--teacher", world.dir / "t1.pt", "--dataset", "imagefolder", "--data-dir", tmp_path / "other",
+        "--no-labels", "--out", out, "-q")
+    with open_cache(out) as c:
+        assert c.meta.num_labelled == 0 and c.class_names == load_dataset("fashion-mnist", "test",
+                                                                          world.data_dir).info.class_names
+    run("verify", out, "--dataset", "imagefolder", "--data-dir", tmp_path / "other", "-q")
+    r = student(world, "--cache", world.lab, "--transfer", out, "--transfer-data-dir", tmp_path / "other")
+    assert "200 labelled + 20 unlabelled rows" in r.output.splitlines()[-1]
 
 
 @pytest.mark.parametrize("how", ["memory", "streamed", "ensemble"])
