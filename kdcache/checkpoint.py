@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError, ConfigError
-from .files import check_output, temp_path_for
+from .files import check_output, replace_durably, temp_path_for
 from .models import ModelSpec
 from .samples import DatasetInfo
 
@@ -47,7 +47,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, config: Mapping[s
     tmp = temp_path_for(p)
     try:
         torch.save(payload, tmp)
-        os.replace(tmp, p)
+        replace_durably(tmp, p)
     finally:
         if tmp.exists():
             tmp.unlink()

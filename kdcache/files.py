@@ -62,13 +62,32 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB" if n < 1e9 else f"{n / 1e9:.2f} GB"
 
 
+def replace_durably(tmp: Path, path: Path) -> None:
+    """Rename a finished temp file over ``path``, its bytes and then the rename flushed to disk.
+
+    fsync before the rename, so a crash cannot leave the new name on an empty file; fsync of
+    the folder after it, so the rename itself survives a crash.
+    """
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    try:
+        fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:  # a folder that cannot be opened (some platforms): the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path_for(p)
     try:
         tmp.write_text(text)
-        os.replace(tmp, p)
+        replace_durably(tmp, p)
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -30,7 +30,7 @@ from .errors import CheckpointError, ConfigError
 from .files import check_output, write_json
 from .loss import check_alpha, check_temperature, kd_loss
 from .models import ModelSpec, count_parameters
-from .samples import ImageData
+from .samples import UNLABELLED, ImageData
 from .targets import Targets, as_tensors, concat
 from .transfer import TransferSet, check_unlabelled_rows, concat_data, mask_labels, open_transfer_sets, transfer_views
 from .train import cross_entropy_loss, evaluate, fit
@@ -125,11 +125,14 @@ def _val_data(data_cfg: DataConfig) -> ImageData | None:
 
 
 def _request(role: str, spec: ModelSpec, data: ImageData, data_cfg: DataConfig, cfg: TrainConfig, **more: Any) -> dict:
+    """What determines a run's result. Keys that only some runs have are absent, not None, elsewhere, so
+    requests stored before such a key existed still compare equal."""
     train = {k: v for k, v in cfg.to_dict().items() if k != "device"}  # the device does not change the result
     model = spec.record() if spec.factory else {"arch": spec.arch}  # (requests made before factories compare equal)
+    ranks = dist.current().world_size
     return {"role": role, **model, "dataset": data.info.name, "dataset_fingerprint": data.info.fingerprint,
             "limit": data_cfg.limit, "val_size": data_cfg.val_size, "eval_limit": data_cfg.eval_limit,
-            "train": train, **more}
+            "train": train, **({"world_size": ranks} if ranks > 1 else {}), **more}
 
 
 def train_teacher(out: str | os.PathLike, *, arch: str = TEACHER_ARCH, data_cfg: DataConfig = DataConfig(),
@@ -158,9 +161,19 @@ def train_teacher(out: str | os.PathLike, *, arch: str = TEACHER_ARCH, data_cfg:
 
 
 def distillation_loss(temperature: float, alpha: float) -> Callable[[torch.Tensor, Batch], torch.Tensor]:
-    """A LossFn that distils from ``batch.teacher_logits`` (cached) with kd_loss."""
+    """A LossFn that distils from ``batch.teacher_logits`` (cached) with kd_loss.
+
+    Under torchrun it averages over the global batch (kd_loss's ``counts``, one small
+    all-reduce a step), so ranks holding different numbers of labelled rows still give
+    exactly one process's gradient.
+    """
     def loss_fn(outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
-        return kd_loss(outputs, batch.teacher_logits, batch.labels, temperature, alpha)
+        ctx = dist.current()
+        counts = None
+        if ctx.distributed:
+            rows, labelled = ctx.sum([len(batch.labels), int((batch.labels != UNLABELLED).sum())])
+            counts = (rows / ctx.world_size, labelled / ctx.world_size)
+        return kd_loss(outputs, batch.teacher_logits, batch.labels, temperature, alpha, counts=counts)
     return loss_fn
 
 
@@ -243,7 +256,8 @@ def train_student(out: str | os.PathLike, *, caches: Sequence[str | os.PathLike]
         unlabelled_rows["transfer"] = [r["content_sha256"] for r in transfer_records]
     request = _request("student", spec, data, data_cfg, cfg, temperature=temperature if alpha > 0 else None,
                        alpha=alpha, caches=[r["content_sha256"] for r in records] if alpha > 0 else [],
-                       ensemble=ensemble if len(caches) > 1 else None, **more, **unlabelled_rows)
+                       ensemble=ensemble if len(caches) > 1 else None, **more, **unlabelled_rows,
+                       **({"cache_streamed": True} if batches is not None else {}))  # another order, another run
     extra = {"temperature": temperature, "alpha": alpha, "caches": records,
              "ensemble": ensemble if len(caches) > 1 else None, "cache_streamed": batches is not None, **more,
              "labels_limit": labels_limit, "transfer": transfer_info,

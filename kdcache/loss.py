@@ -65,21 +65,34 @@ def student_support_logits(student_logits: torch.Tensor, teacher: TopK, temperat
     return torch.cat([top, tail], dim=1)
 
 
-def soft_loss(student_logits: torch.Tensor, teacher: Targets, temperature: float) -> torch.Tensor:
-    """T² · KL(teacher ‖ student) at temperature T, averaged over the batch (full or top-k targets)."""
+def soft_loss(student_logits: torch.Tensor, teacher: Targets, temperature: float,
+              rows: float | None = None) -> torch.Tensor:
+    """T² · KL(teacher ‖ student) at temperature T, averaged over the batch (full or top-k targets).
+
+    ``rows``: divide the sum over this batch by ``rows`` instead of its length (see kd_loss's ``counts``).
+    """
     T = temperature
     teacher = to_float(teacher)
     if isinstance(teacher, TopK):
         kl = kl_from_logits(teacher.support_logits(T), student_support_logits(student_logits, teacher, T))
     else:
         kl = kl_from_logits(teacher / T, student_logits.float() / T)
-    return kl.mean() * (T * T)
+    return (kl.mean() if rows is None else kl.sum() / rows) * (T * T)
 
 
-def hard_loss(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
-    """Cross-entropy averaged over the labelled rows; None when no row has a label."""
+def hard_loss(student_logits: torch.Tensor, labels: torch.Tensor, labelled_rows: float | None = None
+              ) -> torch.Tensor | None:
+    """Cross-entropy averaged over the labelled rows; None when no row has a label.
+
+    ``labelled_rows``: divide the sum over this batch's labelled rows by it instead of their
+    number (see kd_loss's ``counts``); then a batch without labelled rows gives a zero term.
+    """
     labelled = labels != UNLABELLED
     n = int(labelled.sum())
+    if labelled_rows is not None:
+        if labelled_rows <= 0:
+            return None
+        return F.cross_entropy(student_logits[labelled].float(), labels[labelled], reduction="sum") / labelled_rows
     if n == 0:
         return None
     if n == labels.shape[0]:
@@ -93,6 +106,8 @@ def kd_loss(
     labels: torch.Tensor,
     temperature: float = 4.0,
     alpha: float = 0.5,
+    *,
+    counts: tuple[float, float] | None = None,
 ) -> torch.Tensor:
     """(1 - alpha) · CE(s, y) + alpha · T² · KL(softmax(t/T) ‖ softmax(s/T)), mean over the batch.
 
@@ -103,6 +118,10 @@ def kd_loss(
         labels: (B,) int64 class indices; UNLABELLED (-1) rows get no cross-entropy.
         temperature: T > 0 used to soften both distributions.
         alpha: weight of the soft term in [0, 1]; 0 is plain cross-entropy.
+        counts: (rows, labelled rows) to average over instead of this batch's own. Data-parallel
+            training passes the whole global batch's counts divided by the number of ranks, so
+            that DDP's mean of the ranks' gradients is exactly one process's gradient even when
+            ranks hold different numbers of labelled rows.
 
     Example::
 
@@ -110,7 +129,8 @@ def kd_loss(
     """
     check_temperature(temperature)
     check_alpha(alpha)
-    hard = hard_loss(student_logits, labels) if alpha < 1.0 else None
+    rows, labelled_rows = counts if counts is not None else (None, None)
+    hard = hard_loss(student_logits, labels, labelled_rows) if alpha < 1.0 else None
     if alpha == 0.0:
         if hard is None:
             raise ConfigError("alpha 0 trains on labels alone, but no row of this batch has a label")
@@ -119,7 +139,7 @@ def kd_loss(
         raise ConfigError("alpha > 0 needs teacher logits")
     if isinstance(teacher_logits, torch.Tensor):
         teacher_logits = teacher_logits.detach()
-    soft = soft_loss(student_logits, teacher_logits, temperature)
+    soft = soft_loss(student_logits, teacher_logits, temperature, rows)
     if hard is None:
         return alpha * soft if alpha < 1.0 else soft
     return (1.0 - alpha) * hard + alpha * soft

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .files import temp_path_for, write_text_atomic
+from .files import replace_durably, temp_path_for, write_text_atomic
 from .results import load_results
 
 ACCURACY_FIGURE = "accuracy_vs_T.png"
@@ -181,7 +181,7 @@ def _save(plt, fig, path: Path) -> None:
     tmp = temp_path_for(path)
     try:
         fig.savefig(tmp, dpi=110, format="png")
-        os.replace(tmp, path)
+        replace_durably(tmp, path)
     finally:
         plt.close(fig)
         if tmp.exists():

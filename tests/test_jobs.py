@@ -134,3 +134,21 @@ def test_own_student_in_the_library_and_in_sweeps(own_student, tmp_path, data_di
     assert r["ran"] == 2
     rows = json.loads((tmp_path / "sweep" / "results.json").read_text())["rows"]
     assert [row["options"]["student_kwargs"] for row in rows] == [{"width": 2}, {"width": 4}]
+
+
+def test_a_streamed_run_is_not_reused_for_an_in_memory_one(tmp_path, data_cfg):
+    """Streaming serves another order of batches, so it is another run: reuse must not hand one for the other."""
+    from kdcache.dump import dump_logits
+    from kdcache.checkpoint import model_config, save_checkpoint
+    from kdcache.data import load_dataset
+    from kdcache.models import build_model
+
+    info = load_dataset("fashion-mnist", "train", data_cfg.data_dir, limit=1).info
+    teacher = save_checkpoint(tmp_path / "t.pt", build_model("student-cnn"), model_config("student-cnn", info))
+    dump_logits(teacher, tmp_path / "c.h5", data_dir=data_cfg.data_dir, limit=256, device="cpu")
+    kw = dict(caches=[tmp_path / "c.h5"], data_cfg=data_cfg, cfg=TrainConfig(epochs=1, device="cpu"), reuse=True)
+    in_memory = train_student(tmp_path / "s.pt", **kw)
+    streamed = train_student(tmp_path / "s.pt", cache_memory_limit_mb=0, **kw)
+    assert not in_memory["reused"] and not streamed["reused"]
+    assert streamed["config"]["request"]["cache_streamed"] and "cache_streamed" not in in_memory["config"]["request"]
+    assert train_student(tmp_path / "s.pt", cache_memory_limit_mb=0, **kw)["reused"]

@@ -225,3 +225,28 @@ def test_float32_soft_loss_is_accurate_at_huge_T(batch, T):
     got = kd_loss(s.float(), t.float(), y, T, 1.0)
     assert got.dtype == torch.float32
     assert float(got) == pytest.approx(float(limit), rel=2e-2)
+
+
+def test_counts_make_data_parallel_ranks_average_like_one_process():
+    """Two ranks with different numbers of labelled rows: averaging their gradients (what DDP does) gives
+    exactly one process's gradient when each averages over the global batch's counts (kd_loss's counts)."""
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(8, 10, generator=g), torch.randn(8, 10, generator=g) * 3
+    labels = torch.tensor([1, 2, -1, -1, 3, -1, -1, -1])  # rank 0 holds rows 0-3 (2 labelled), rank 1 rows 4-7 (1)
+    whole = s.clone().requires_grad_()
+    kd_loss(whole, t, labels, 4.0, 0.5).backward()
+    counts = (8 / 2, 3 / 2)  # global rows and labelled rows, each divided by the 2 ranks
+    grads = []
+    for rows in (slice(0, 4), slice(4, 8)):
+        part = s[rows].clone().requires_grad_()
+        kd_loss(part, t[rows], labels[rows], 4.0, 0.5, counts=counts).backward()
+        grads.append(part.grad)
+    torch.testing.assert_close(torch.cat(grads) / 2, whole.grad, rtol=1e-5, atol=1e-7)
+    local = []  # without counts each rank averages over its own rows: rank 1's one label weighs twice as much
+    for rows in (slice(0, 4), slice(4, 8)):
+        part = s[rows].clone().requires_grad_()
+        kd_loss(part, t[rows], labels[rows], 4.0, 0.5).backward()
+        local.append(part.grad)
+    assert not torch.allclose(torch.cat(local) / 2, whole.grad, rtol=1e-3)
+    only_soft = s[2:4].clone().requires_grad_()  # a rank whose rows are all unlabelled still takes its step
+    assert torch.isfinite(kd_loss(only_soft, t[2:4], labels[2:4], 4.0, 0.5, counts=counts))

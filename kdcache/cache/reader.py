@@ -176,8 +176,14 @@ class LogitCache:
         arrays = {name: self._read(name, sel) for name in TARGET_DATASETS[self.kind]}
         if order is not None:
             arrays = {k: v[order] for k, v in arrays.items()}
-        numbers = np.arange(self.meta.num_samples)[sel if isinstance(sel, slice) else np.asarray(sel)]
-        return self._targets(arrays, views, (numbers if order is None else numbers[order]) if check else None)
+        if not check:
+            return self._targets(arrays, views, None)
+        if isinstance(sel, slice):  # the row numbers, for naming a bad row (no N-long array per read)
+            start, stop, step = sel.indices(self.meta.num_samples)
+            numbers = np.arange(start, stop, step)
+        else:
+            numbers = np.asarray(sel)
+        return self._targets(arrays, views, numbers if order is None else numbers[order])
 
     def read_span(self, start: int, stop: int, out: np.ndarray | None = None) -> Targets:
         """Rows ``start:stop`` in one read per dataset (``out``: a buffer for full logits, saves a copy)."""

@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 
 from ..errors import CacheError, StorageError
-from ..files import disk_full_message, temp_path_for
+from ..files import disk_full_message, replace_durably, temp_path_for
 from ..samples import UNLABELLED
 from ..targets import Targets, TopK
 from .schema import (FORMAT_NAME, INDEX_DATASETS, LOGIT_DTYPES, PLAIN_SCHEMA_VERSION, ROOT_ATTRS, SCHEMA_VERSION,
@@ -181,9 +181,7 @@ class CacheWriter:
                 except (OSError, RuntimeError) as e:
                     self._raise_storage_error(e)
                     raise
-                with open(self._tmp, "rb") as fh:
-                    os.fsync(fh.fileno())
-                os.replace(self._tmp, self.path)
+                replace_durably(self._tmp, self.path)
         finally:
             self._abandon()
 
