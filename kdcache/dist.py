@@ -8,7 +8,7 @@ this rank's ``DistContext``. That small object is all the rest of kdcache sees: 
 asks it for its rank to pick a range of rows, train.py wraps the model in
 DistributedDataParallel through it and reduces metrics with it, and the batch sources take
 ``rank``/``world_size`` to serve their part of each epoch (batches.rank_slices,
-reader.StreamingBatches). Without torchrun (or with
+streaming.StreamingBatches). Without torchrun (or with
 WORLD_SIZE 1) ``current()`` is ``SINGLE`` and every method is a no-op, so one-process runs
 are unchanged. The pattern is torchvision's references (``init_distributed_mode``,
 ``save_on_master``): read the environment once, let the rest not care.

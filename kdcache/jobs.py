@@ -307,7 +307,7 @@ def _student_targets(caches: Sequence[LogitCache], data: ImageData, cfg: TrainCo
         if len(caches) > 1:
             raise ConfigError(f"the ensemble's caches need {need_mb:.0f} MB in memory, over --cache-memory-limit "
                               f"{limit_mb:g}; streaming serves one cache only: raise the limit or use one cache")
-        from .reader import StreamingBatches
+        from .streaming import StreamingBatches
 
         paths, source_rows = [cs[0].path for cs, _ in sources], [rs[0] for _, rs in sources]
         if len(paths) == 1:

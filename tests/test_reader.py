@@ -8,7 +8,8 @@ import torch
 from conftest import cache_attrs, make_image_data
 from kdcache import cache
 from kdcache.errors import CacheError
-from kdcache.reader import LogitStream, StreamingBatches, iter_batches
+from kdcache.reader import LogitStream, iter_batches
+from kdcache.streaming import StreamingBatches
 
 
 def write_index_cache(path, data, chunk_rows=7, order=None):

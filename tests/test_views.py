@@ -19,7 +19,7 @@ from kdcache.config import DataConfig, TrainConfig
 from kdcache.data import load_dataset
 from kdcache.jobs import distillation_loss, train_student, train_teacher
 from kdcache.models import build_model
-from kdcache.reader import StreamingBatches
+from kdcache.streaming import StreamingBatches
 from kdcache.samples import ImageData, batch_order, normalize, standardize, to_unit
 from kdcache.targets import TopK, as_tensors
 from kdcache.train import fit
