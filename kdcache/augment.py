@@ -269,13 +269,13 @@ def parse_policy(spec: str | ViewPolicy) -> ViewPolicy:
     settings: dict[str, float] = {}
     for item in filter(None, (s.strip() for s in rest.split(","))):
         key, eq, value = item.partition("=")
+        if not eq or key not in names:
+            raise ConfigError(f"--augment {spec!r}: {key!r} is not a setting of {name}; its settings are "
+                              f"{', '.join(f'{k}=' for k in sorted(names))} (numbers)")
         try:
-            if not eq or key not in names:
-                raise ValueError
             settings[key] = float(value)
         except ValueError:
-            raise ConfigError(f"--augment {spec!r}: {item!r} is not a setting of {name}; its settings are "
-                              f"{', '.join(f'{k}=' for k in sorted(names))} (numbers)") from None
+            raise ConfigError(f"--augment {spec!r}: {key}={value!r} is not a number; give e.g. {key}=2") from None
     return cls(**settings)
 
 

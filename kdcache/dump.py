@@ -139,8 +139,8 @@ def dump_logits(teacher: str | os.PathLike | None, out: str | os.PathLike, *, sp
             meta = None
         if meta is not None and matches_request(meta, request):
             return {"cache": str(out), "rows": meta.num_samples, "num_classes": meta.num_classes, "dtype": dtype,
-                    "topk": topk or 0, "seconds": None, "bytes": out.stat().st_size, "reused": True,
-                    "request": request}
+                    "topk": topk or 0, "seconds": None, "teacher_label_agreement": None, "bytes": out.stat().st_size,
+                    "views": views, "reused": True, "request": request}
     writer_opts = dict(num_classes=info.num_classes, attrs=cache_attrs(loaded, info, precision), dtype=dtype,
                        topk=topk or 0, num_views=views, view_policy=record)
 

@@ -130,9 +130,9 @@ def format_info(info: dict[str, Any]) -> str:
     ]
     if info["view_policy"]:
         pol = info["view_policy"]
-        settings = ", ".join(f"{k}={v}" for k, v in (pol.get("settings") or {}).items())
+        settings = ", ".join(f"{k}={v:g}" for k, v in (pol.get("settings") or {}).items())
         lines.append(("views", f"{info['num_views']} per sample, policy {pol.get('name')} v{pol.get('version')} "
-                               f"({settings}), parameters {', '.join(pol.get('param_names', []))}, seed "
+                               f"{settings}, parameters {', '.join(pol.get('param_names', []))}, seed "
                                f"{pol.get('seed')}" + (", view 0 un-augmented" if pol.get("include_original")
                                                        else "")))
     agreement = info["teacher_label_agreement"]

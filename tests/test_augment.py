@@ -171,3 +171,14 @@ def test_view_plan_replays_stored_views_or_draws_fresh_ones():
     none, p1 = fresh.for_epoch(1, 50)
     assert none is None and torch.equal(p1, fresh.for_epoch(1, 50)[1]) and not torch.equal(p1, fresh.for_epoch(2, 50)[1])
     assert math.isclose(float(p1[:, 2].float().mean()), 0.5, abs_tol=0.2)
+
+
+def test_bad_settings_say_which_part_is_wrong():
+    from kdcache.augment import parse_policy
+    from kdcache.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="'size' is not a setting of shift-flip; its settings are flip=, pad="):
+        parse_policy("shift-flip:size=3")
+    with pytest.raises(ConfigError, match="pad='x' is not a number; give e.g. pad=2"):
+        parse_policy("shift-flip:pad=x")
+    assert parse_policy("shift-flip:pad=4").settings["pad"] == 4

@@ -32,7 +32,7 @@ def train_teacher_cmd(out: str, arch: str, augment: str | None, overwrite: bool,
     cfg, data_cfg = train_config(kw), data_config(kw)
     r = train_teacher(out, arch=arch, data_cfg=data_cfg, cfg=cfg, overwrite=overwrite, progress=not quiet,
                       augment=augment)
-    summary(quiet, f"teacher {arch}: test accuracy {r['test']['accuracy']:.4f}, {cfg.epochs} epochs in "
+    summary(quiet, f"teacher {arch}: test accuracy {r['test']['accuracy']:.4f}, {_epochs(cfg.epochs)} in "
                    f"{r['seconds']:.0f}s -> {r['checkpoint']} (metrics {r['metrics']})")
 
 
@@ -106,7 +106,7 @@ def train_student_cmd(caches: tuple[str, ...], temperature: float, alpha: float,
     c = r["config"]
     rows = f", {c['num_labelled']} labelled + {c['num_unlabelled']} unlabelled rows" if c["num_unlabelled"] else ""
     summary(quiet, f"student {c['arch']} (T={temperature:g}, alpha={alpha:g}{rows}): test accuracy "
-                   f"{r['test']['accuracy']:.4f}, {cfg.epochs} epochs in {r['seconds']:.0f}s -> {r['checkpoint']}")
+                   f"{r['test']['accuracy']:.4f}, {_epochs(cfg.epochs)} in {r['seconds']:.0f}s -> {r['checkpoint']}")
 
 
 @main.command("evaluate")
@@ -135,3 +135,7 @@ def evaluate_cmd(model_path: str, as_json: bool, quiet: bool, **kw: Any) -> None
             click.echo(f"  {name:<{width}}  {acc:.4f}" if acc is not None else f"  {name:<{width}}  -")
     summary(quiet, f"{r['arch']} on {r['dataset']}/{r['split']} ({r['num_samples']} samples): "
                    f"accuracy {r['accuracy']:.4f}, loss {r['loss']:.4f}")
+
+
+def _epochs(n: int) -> str:
+    return f"{n} epoch" + ("" if n == 1 else "s")
