@@ -8,7 +8,7 @@
     .venv/bin/python -m benchmarks.views prepare --out runs/views                  # teacher + 2 caches, ~25 min
     .venv/bin/python -m benchmarks.views plan --out runs/views                     # the run list and its time
     .venv/bin/python -m benchmarks.views accuracy --out runs/views --student student-cnn --threads 1 &
-    .venv/bin/python -m benchmarks.views accuracy --out runs/views --student student-convpool --threads 1 &
+    .venv/bin/python -m benchmarks.views accuracy --out runs/views --student student-convpool --threads 1 --limits 5000 &
     wait; .venv/bin/python -m benchmarks.views table --out runs/views              # -> runs/views/table.md
 
 Accuracy design (Fashion-MNIST, validation = the last 5,000 training images, never trained on):
@@ -74,7 +74,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         return {"smoke": True, "val_size": 64, "eval_limit": 50, "train_rows": 128, "limits": [64], "seeds": [0], "views": 2,
                 "view_counts": [1, 2], "teacher_epochs": 1, "epochs": {64: 1}, "temperatures": {64: [4.0]},
                 "alphas": [0.9], "policy": args.policy, "precision": "fp32", "lr": STUDENT_TRAIN.lr}
-    return {"val_size": 5000, "eval_limit": None, "train_rows": 55_000, "limits": [5000, 55_000],
+    return {"val_size": 5000, "eval_limit": None, "train_rows": 55_000, "limits": sorted(args.limits),
             "seeds": list(range(args.seeds)), "views": args.views, "view_counts": sorted({1, 4, args.views}),
             "teacher_epochs": args.teacher_epochs, "epochs": {5000: args.epochs_small, 55_000: args.epochs_large},
             "temperatures": {5000: args.T_small, 55_000: args.T_large}, "alphas": args.alpha, "policy": args.policy,
@@ -321,6 +321,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--student", choices=STUDENTS, default="student-cnn", help="accuracy: the sweep to run")
     ap.add_argument("--views", type=int, default=16, help="Views per image in the view cache (K = 1, 4 and this).")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--limits", type=int, nargs="+", choices=(5000, 55_000), default=[5000, 55_000],
+                    help="Labelled-image counts to sweep (e.g. only 5000 for the slower student).")
     ap.add_argument("--T-small", type=float, nargs="+", default=[2.0, 4.0], help="Temperatures at 5,000 images.")
     ap.add_argument("--T-large", type=float, nargs="+", default=[4.0], help="Temperatures at 55,000 images.")
     ap.add_argument("--alpha", type=float, nargs="+", default=[0.9])
