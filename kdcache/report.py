@@ -86,6 +86,7 @@ class Group:
     condition: str = ""
     labelled: int | None = None  # labelled training rows (None: all ``limit`` samples, as in a plain sweep)
     unlabelled: int = 0  # rows without a label: --labels-limit's rest and transfer sets
+    baseline_of: str | None = None  # the condition whose baseline this group shares (None: its own)
 
     @property
     def num_labelled(self) -> int:
@@ -147,6 +148,18 @@ def summarize(rows: list[dict[str, Any]]) -> list[Group]:
         baseline = next((s for s in stats if s.temperature is None), None)
         distilled = sorted((s for s in stats if s.temperature is not None), key=lambda s: (s.alpha, s.temperature))
         groups.append(Group(limit, epochs, baseline, distilled, cond, labelled, unlabelled))
+    return _shared_baselines(groups)
+
+
+def _shared_baselines(groups: list[Group]) -> list[Group]:
+    """A group without alpha-0 runs (a transfer set's distilled runs) is compared with the labels-only baseline
+    trained on the same labelled samples alone, when the table has exactly one such baseline."""
+    own = [g for g in groups if g.baseline is not None and g.unlabelled == 0]
+    for g in groups:
+        if g.baseline is None:
+            same = [o for o in own if o.num_labelled == g.num_labelled]
+            if len(same) == 1:
+                g.baseline, g.baseline_of = same[0].baseline, same[0].condition or "baseline"
     return groups
 
 
@@ -317,13 +330,16 @@ def format_markdown(results: dict[str, Any], groups: list[Group]) -> str:
             gain, gap = best.mean - b.mean, gap_closed(b.mean, best.mean, t_acc)
         unlabelled = f" {g.unlabelled:,} |" if transfer else ""
         lines.append(f"| {g.condition or '-'} | {g.num_labelled:,} |{unlabelled} {g.epochs} | {_pct(t_acc)} | "
-                     f"{_pct(b.mean, b.spread) if b else '-'} | {_pct(best.mean, best.spread) if best else '-'} | "
+                     f"{_pct(b.mean, b.spread) + (f' ({g.baseline_of})' if g.baseline_of else '') if b else '-'} | "
+                     f"{_pct(best.mean, best.spread) if best else '-'} | "
                      f"{best.label if best else '-'} | {g.picked_on if best else '-'} | "
                      f"{'-' if gain is None else f'{100 * gain:+.2f} pp'} | {'-' if gap is None else f'{100 * gap:.0f}%'} |")
     lines += ["", f"![test accuracy vs T]({ACCURACY_FIGURE})", "", f"![training curves]({CURVES_FIGURE})", ""]
     for g in groups:
-        lines += [f"## {_group_title(g)}", "", "| alpha | T | seeds | validation accuracy | test accuracy | vs baseline |",
-                  "|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"## {_group_title(g)}", ""]
+        if g.baseline_of:
+            lines += [f"Baseline (alpha 0): the {g.baseline_of} runs, on the {g.num_labelled:,} labelled samples alone.", ""]
+        lines += ["| alpha | T | seeds | validation accuracy | test accuracy | vs baseline |", "|---:|---:|---:|---:|---:|---:|"]
         for s in ([g.baseline] if g.baseline else []) + g.configs:
             delta = "-" if g.baseline is None or s is g.baseline else f"{100 * (s.mean - g.baseline.mean):+.2f} pp"
             t = "-" if s.temperature is None else f"{s.temperature:g}"

@@ -62,6 +62,9 @@ class SweepGrid:
     seeds: tuple[int, ...] = (0,)
     limits: tuple[int, ...] = ()  # first N labelled training samples; () = every row of the cache
     baseline: bool = True
+    # transfer sets: per N, the baseline trains on the first N samples alone ("labels only") and each
+    # distilled run on all ``limits`` samples of which only the first N keep their labels ("transfer")
+    labels_limits: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         for name, values in (("--T", self.temperatures), ("--alpha", self.alphas), ("--seeds", self.seeds)):
@@ -79,10 +82,16 @@ class SweepGrid:
                 raise ConfigError(f"--alpha: {e}") from None
         if any(not isinstance(n, int) or n < 1 for n in self.limits):
             raise ConfigError(f"--limit: every limit must be a whole number >= 1, got {list(self.limits)}")
+        if any(not isinstance(n, int) or n < 1 for n in self.labels_limits):
+            raise ConfigError(f"--labels-limit: every count must be a whole number >= 1, got {list(self.labels_limits)}")
+        if self.labels_limits and len(self.limits) > 1:
+            raise ConfigError("--labels-limit takes at most one --limit (the samples its transfer runs train on)")
 
     def runs(self, limits: Sequence[int], epochs: int) -> list["RunSpec"]:
         """Every run, smallest limit first; per seed the baseline, then each (alpha, T)."""
         specs = []
+        if self.labels_limits:
+            return self._transfer_runs(limits[0], epochs)
         for limit in limits:
             for seed in self.seeds:
                 if self.baseline or 0 in self.alphas:
@@ -90,6 +99,24 @@ class SweepGrid:
                 for alpha in self.alphas:
                     if alpha > 0:
                         specs.extend(RunSpec(limit, float(t), float(alpha), seed, epochs) for t in self.temperatures)
+        return specs
+
+    def _transfer_runs(self, limit: int, epochs: int) -> list["RunSpec"]:
+        """Per labelled count N (smallest first) and seed: CE on the first N, then each (alpha, T) on all
+        ``limit`` rows with only the first N labelled."""
+        too_many = [n for n in self.labels_limits if n > limit]
+        if too_many:
+            raise ConfigError(f"--labels-limit {too_many[0]} is more than the {limit} training rows; "
+                              f"use counts <= {limit}")
+        specs = []
+        for n in sorted(self.labels_limits):
+            for seed in self.seeds:
+                if self.baseline or 0 in self.alphas:
+                    specs.append(RunSpec.make(n, None, 0.0, seed, epochs, "labels only"))
+                for alpha in self.alphas:
+                    if alpha > 0:
+                        specs.extend(RunSpec.make(limit, float(t), float(alpha), seed, epochs, "transfer",
+                                                  labels_limit=n) for t in self.temperatures)
         return specs
 
 

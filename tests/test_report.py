@@ -136,3 +136,20 @@ def test_labelled_counts_are_an_axis_and_named_in_tables_and_titles(tmp_path):
     (plain / "results.json").write_text(json.dumps(results(ROWS)))
     write_report(plain)
     assert "unlabelled" not in (plain / "report.md").read_text()  # a plain sweep's table is unchanged
+
+
+def test_a_transfer_group_is_compared_with_the_labels_only_baseline_of_its_labelled_count(tmp_path):
+    def transfer(labels, acc):
+        spec = RunSpec.make(6000, 4.0, 0.9, 0, 2, "transfer", labels_limit=labels)
+        return {**row(6000, 4.0, 0.9, 0, acc), **spec.to_row(), "num_labelled": labels, "num_unlabelled": 6000 - labels}
+
+    base = [dict(row(n, None, 0.0, 0, acc), condition="labels only") for n, acc in ((500, 0.70), (1000, 0.75))]
+    groups = summarize([*base, transfer(500, 0.80), transfer(1000, 0.83)])
+    shared = {g.num_labelled: g for g in groups if g.condition == "transfer"}
+    assert shared[500].baseline.mean == pytest.approx(0.70) and shared[1000].baseline.mean == pytest.approx(0.75)
+    assert shared[500].baseline_of == "labels only" and groups[0].baseline_of is None
+    (tmp_path / "results.json").write_text(json.dumps(results([*base, transfer(500, 0.80), transfer(1000, 0.83)])))
+    write_report(tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "| transfer | 500 | 5,500 | 2 | 90.00% | 70.00% (labels only) | 80.00% |" in md and "+10.00 pp" in md
+    assert summarize([transfer(500, 0.80)])[0].baseline is None  # no baseline of that labelled count: none

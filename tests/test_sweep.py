@@ -99,6 +99,8 @@ def test_resume_with_other_settings_is_refused(finished, cache, data_dir):
     ("--limit", "100,abc", "--limit: 'abc' is not a whole number"),
     ("--limit", "0", "--limit: every limit must be a whole number >= 1"),
     ("--limit", "100000", "--limit 100000 is more than the 300 training rows"),
+    ("--labels-limit", "0", "--labels-limit: every count must be a whole number >= 1"),
+    ("--labels-limit", "400", "--labels-limit 400 is more than the 300 training rows"),
 ])
 def test_bad_lists_are_refused_before_anything_is_written(cache, data_dir, tmp_path, option, value, message):
     out = tmp_path / "bad"
@@ -128,6 +130,30 @@ def test_grid_plan_and_keys():
     assert runs[0] == RunSpec(100, None, 0.0, 0, 3) and runs[0].key == "n100_T-_a0_s0_e3"
     assert runs[1].key == "n100_T1_a0.5_s0_e3"
     assert len({r.key for r in runs}) == len(runs)
+
+
+def test_transfer_grid_plan():
+    """--labels-limit: per N and seed, CE on the first N alone, then every (alpha, T) on all rows with N labelled."""
+    grid = SweepGrid(temperatures=(2.0, 4.0), alphas=(0.9,), seeds=(0,), labels_limits=(5000, 1000))
+    runs = grid.runs((55_000,), epochs=10)
+    assert [r.key for r in runs] == [
+        "labels-only_n1000_T-_a0_s0_e10", "transfer_n55000_l1000_T2_a0.9_s0_e10", "transfer_n55000_l1000_T4_a0.9_s0_e10",
+        "labels-only_n5000_T-_a0_s0_e10", "transfer_n55000_l5000_T2_a0.9_s0_e10", "transfer_n55000_l5000_T4_a0.9_s0_e10"]
+    assert runs[1].options_dict == {"labels_limit": 1000} and runs[0].options_dict == {}
+    with pytest.raises(ConfigError, match="at most one --limit"):
+        SweepGrid(temperatures=(4.0,), alphas=(0.9,), limits=(100, 200), labels_limits=(50,))
+
+
+def test_transfer_sweep_through_the_cli(cache, data_dir, tmp_path):
+    out = tmp_path / "t"
+    run("sweep", "--cache", cache, "--data-dir", data_dir, "--T", "4", "--alpha", "0.9", "--seeds", 1, "--limit", 200,
+        "--labels-limit", 50, "--epochs", 1, "--eval-limit", 100, "--batch-size", 64, "--out", out, "-q")
+    rows = load_results(out)["rows"]
+    assert [(r["condition"], r["limit"], r["options"]) for r in rows] == [
+        ("labels only", 50, {}), ("transfer", 200, {"labels_limit": 50})]
+    assert (rows[0]["num_labelled"], rows[1]["num_labelled"], rows[1]["num_unlabelled"]) == (50, 50, 150)
+    md = (out / "report.md").read_text()
+    assert "transfer" in md and "labels only" in md
 
 
 def test_runspec_conditions_and_options_make_distinct_keys():

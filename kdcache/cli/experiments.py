@@ -58,6 +58,10 @@ def pipeline_cmd(quiet: bool, json_out: str | None, **kw: Any) -> None:
               help="Seeds per configuration: --seed, --seed+1, ..., --seed+N-1.")
 @click.option("--limit", "limits", default=None, help="Comma-separated numbers of labelled training samples "
               "(first N), e.g. 5000,60000. Default: every row of the cache.")
+@click.option("--labels-limit", "labels_limits", default=None,
+              help="Comma-separated labelled counts N, e.g. 1000,5000 (a transfer-set sweep): per N, the baseline "
+                   "trains on the first N samples alone and each (T, alpha) on every sample (or --limit) with only "
+                   "the first N labelled.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Sweep folder (table, checkpoints, report).")
 @click.option("--arch", default=STUDENT_ARCH, show_default=True, help="Student architecture.")
 @click.option("--dataset", default=DEFAULT_DATASET, show_default=True, help=DATASET_HELP)
@@ -71,7 +75,8 @@ def pipeline_cmd(quiet: bool, json_out: str | None, **kw: Any) -> None:
               help="CPU threads for torch (default: torch's choice; 1 is fastest on cores shared with other jobs).")
 @click.option("--no-report", is_flag=True, help="Do not write the report at the end.")
 @quiet_option
-def sweep_cmd(cache: str, temperatures: str, alphas: str, seeds: int, limits: str | None, out: str, arch: str,
+def sweep_cmd(cache: str, temperatures: str, alphas: str, seeds: int, limits: str | None, labels_limits: str | None,
+              out: str, arch: str,
               dataset: str, data_dir: str, eval_limit: int | None, val_size: int, threads: int | None, no_report: bool,
               quiet: bool,
               **kw: Any) -> None:
@@ -86,7 +91,8 @@ def sweep_cmd(cache: str, temperatures: str, alphas: str, seeds: int, limits: st
     first = kw["seed"]  # --seed is the first of the --seeds seeds
     grid = SweepGrid(temperatures=parse_numbers(temperatures, "--T"), alphas=parse_numbers(alphas, "--alpha"),
                      seeds=tuple(range(first, first + seeds)),
-                     limits=parse_numbers(limits, "--limit", int) if limits else ())
+                     limits=parse_numbers(limits, "--limit", int) if limits else (),
+                     labels_limits=parse_numbers(labels_limits, "--labels-limit", int) if labels_limits else ())
     cfg = train_config(kw)
     data_cfg = DataConfig(dataset=dataset, data_dir=data_dir, eval_limit=eval_limit, val_size=val_size)
     r = run_sweep(out, cache, grid, arch=arch, data_cfg=data_cfg, cfg=cfg, progress=not quiet, report=not no_report,
