@@ -325,3 +325,11 @@ def test_gpu_check_runs_end_to_end_on_cpu(tmp_path, data_dir, capsys):
     assert r["comparison"]["ok"] and r["comparison"]["max_abs_diff"] == 0.0  # the same device twice: identical
     assert r["teacher_epoch"]["fp32_s"] > 0 and r["teacher_epoch"]["bf16_s"] > 0
     assert "within tolerance" in capsys.readouterr().out
+
+
+def test_student_step_benchmark_times_both_batch_sizes(capsys):
+    from benchmarks import student_step
+
+    r = student_step.main(["--batch-size", "32", "--steps", "3", "--repeats", "1"])
+    assert set(r) == {32, 16} and all(v > 0 for v in r.values())
+    assert "ms per step at batch 32" in capsys.readouterr().out
