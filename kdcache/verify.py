@@ -47,8 +47,9 @@ from .teacher import TeacherSpec, load_teacher
 # machine's kernels: a GPU runs fp32 convolutions in TF32 by default, which moved the main job's
 # teacher-cnn logits by up to 1.3e-3 x max|z| (emulated on CPU, 2,000 rows), so 5e-3 is ~4x that;
 # float16 adds its rounding (2^-11 relative); a teacher that ran at bf16 (8-bit mantissa) moved
-# teacher-cnn's logits by up to 2.0e-2 x max|z| (8,000 views, benchmarks.bf16_error), so 5e-2 is 2.5x
-# that. Logits from another teacher, row or view differ by O(max |z|).
+# teacher-cnn's logits by up to 3.1e-2 x max|z| (99.9th percentile 1.6e-2; 8,000 views of the views
+# study's teacher, benchmarks.bf16_error), so 5e-2 is 1.6x the largest and 3x the 99.9th percentile
+# of what verify's sampled rows meet. Logits from another teacher, row or view differ by O(max |z|).
 TOLERANCE = {"float32": 5e-3, "float16": 6e-3}
 BF16_TOLERANCE = 5e-2
 

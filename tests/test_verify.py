@@ -118,6 +118,19 @@ def test_verify_float16_cache_within_its_tolerance(tmp_path, teacher_ckpt, data_
     assert "float16 tolerance" in report.checks[-1].message
 
 
+def test_verify_bf16_dump_within_its_tolerance_and_not_the_fp32_one(tmp_path, teacher_ckpt, data_dir):
+    """A bf16 dump passes the re-run (an fp32 teacher) under its own, wider tolerance, which the cache records."""
+    from kdcache.verify import BF16_TOLERANCE, TOLERANCE, tolerance_for
+
+    out = tmp_path / "b.h5"
+    assert run("dump-logits", "--teacher", teacher_ckpt, "--out", out, "--limit", N, "--data-dir", data_dir,
+               "--precision", "bf16", "-q").exit_code == 0
+    report = verify_cache(out, data_dir=str(data_dir), teacher=_spec(teacher_ckpt), sample=N)
+    assert report.ok, [c.line() for c in report.checks]
+    assert tolerance_for("float32", "bf16") == BF16_TOLERANCE > 5 * TOLERANCE["float32"]
+    assert tolerance_for("float32", "fp32") == TOLERANCE["float32"]
+
+
 def _spec(ckpt):
     from kdcache.teacher import TeacherSpec
 
