@@ -270,6 +270,7 @@ def _check_teacher(cache: LogitCache, data: ImageData, spec: TeacherSpec, sample
     else:
         fresh = torch.cat([teacher.logits(x, dev) for x in images.split(256)]).numpy()  # (k, C)
     base = tolerance_for(m.logits_dtype, m.teacher_precision)
+    kind = "bf16 teacher" if m.teacher_precision == "bf16" else m.logits_dtype  # which tolerance applies
     tol = tolerance_bound(fresh, base)  # (k,) the same rule for full and top-k rows
     if isinstance(stored, TopK):
         got, ref, not_top = topk_vs_logits(stored, fresh, tol)
@@ -291,13 +292,13 @@ def _check_teacher(cache: LogitCache, data: ImageData, spec: TeacherSpec, sample
         where = f"row {int(rows[worst])}" + (f" view {worst % v}" if m.has_views else "")
         views = ", or the stored view parameters were changed" if m.has_views else ""
         report.add("teacher", "fail", f"{int(over.sum())} of {what} differ from the re-run teacher "
-                                      f"beyond the {m.logits_dtype} tolerance (worst: {where}, max |diff| "
+                                      f"beyond the {kind} tolerance (worst: {where}, max |diff| "
                                       f"{row_err[worst]:.3g} > {tol[worst]:.3g}): the logits do not come from this "
                                       f"teacher on this data, or their rows are shuffled{views}{note}")
     if not (over.any() or not_top.any()):
         values = f"; top-{m.topk} logits, their classes and the tail's statistics match" if m.topk else ""
         report.add("teacher", "ok", f"{what} re-computed{values}; max |diff| {float(row_err.max()):.3g} within "
-                                    f"the {m.logits_dtype} tolerance ({base:g} x max(1, max |z|)){note}")
+                                    f"the {kind} tolerance ({base:g} x max(1, max |z|)){note}")
 
 
 def topk_vs_logits(stored: TopK, fresh: np.ndarray, tol: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

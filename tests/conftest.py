@@ -34,6 +34,22 @@ def make_image_data(n: int = 64, classes: int = 10, seed: int = 0, name: str = "
                      indices=torch.arange(n), sample_ids=sample_ids_for(images, labels), info=info)
 
 
+@pytest.fixture(scope="module")
+def teacher_ckpt(tmp_path_factory, data_dir) -> Path:
+    """An untrained student-cnn saved as a kdcache Fashion-MNIST checkpoint: a fast stand-in teacher."""
+    import torch
+
+    from kdcache.checkpoint import save_checkpoint
+    from kdcache.data import load_dataset
+    from kdcache.models import build_model
+
+    info = load_dataset("fashion-mnist", "train", data_dir, limit=1).info
+    torch.manual_seed(0)
+    config = {"arch": "student-cnn", "in_channels": 1, "num_classes": 10, "image_size": [28, 28],
+              "dataset": info.name, "mean": list(info.mean), "std": list(info.std), "class_names": list(info.class_names)}
+    return save_checkpoint(tmp_path_factory.mktemp("teacher") / "t.pt", build_model("student-cnn"), config)
+
+
 @pytest.fixture
 def image_data() -> ImageData:
     return make_image_data()

@@ -312,19 +312,6 @@ def test_a_no_labels_cache_is_checked_by_ids_and_fingerprint_with_labels_ignored
 NV, V = 64, 3  # rows and views of the dumped view caches
 
 
-@pytest.fixture(scope="module")
-def teacher_ckpt(tmp_path_factory, kd):
-    """An untrained student-cnn saved as a checkpoint: a fast stand-in teacher (as in test_views)."""
-    from kdcache.checkpoint import save_checkpoint
-    from kdcache.models import build_model
-
-    info = kd.info
-    torch.manual_seed(0)
-    config = {"arch": "student-cnn", "in_channels": 1, "num_classes": 10, "image_size": [28, 28],
-              "dataset": info.name, "mean": list(info.mean), "std": list(info.std), "class_names": list(info.class_names)}
-    return save_checkpoint(tmp_path_factory.mktemp("teacher") / "t.pt", build_model("student-cnn"), config)
-
-
 @pytest.fixture(scope="module", params=["shift-flip", "crop-flip"])
 def dumped_views(request, tmp_path_factory, teacher_ckpt, data_dir):
     """`dump-logits --views 3 --augment POLICY --include-original` over the first NV training images."""

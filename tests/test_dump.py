@@ -12,25 +12,11 @@ import torch
 
 from conftest import assert_error, run_cli
 from kdcache.cache import open_cache
-from kdcache.checkpoint import save_checkpoint
-from kdcache.data import load_dataset
-from kdcache.models import build_model
 from kdcache.targets import TopK
 from kdcache.teacher import TeacherSpec
 from kdcache.verify import verify_cache
 
 N = 200
-
-
-@pytest.fixture(scope="module")
-def teacher_ckpt(tmp_path_factory, data_dir):
-    """An untrained student-cnn saved as a kdcache checkpoint: a fast stand-in teacher."""
-    info = load_dataset("fashion-mnist", "train", data_dir, limit=1).info
-    torch.manual_seed(0)
-    model = build_model("student-cnn")
-    config = {"arch": "student-cnn", "in_channels": 1, "num_classes": 10, "image_size": [28, 28],
-              "dataset": info.name, "mean": list(info.mean), "std": list(info.std), "class_names": list(info.class_names)}
-    return save_checkpoint(tmp_path_factory.mktemp("teacher") / "t.pt", model, config)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from conftest import assert_error, cache_attrs, make_image_data, run_cli
 from kdcache.augment import ShiftFlip, ViewPlan, parse_policy, sample_views, view_record, view_schedule
 from kdcache.batches import Batch, MemoryBatches
 from kdcache.cache import SCHEMA_VERSION, open_cache, write_cache
-from kdcache.checkpoint import read_checkpoint, save_checkpoint
+from kdcache.checkpoint import read_checkpoint
 from kdcache.config import DataConfig, TrainConfig
 from kdcache.data import load_dataset
 from kdcache.jobs import distillation_loss, train_student, train_teacher
@@ -32,16 +32,6 @@ N, V = 64, 3
 @pytest.fixture(scope="module")
 def fmnist(data_dir):
     return load_dataset("fashion-mnist", "train", data_dir, limit=N)
-
-
-@pytest.fixture(scope="module")
-def teacher_ckpt(tmp_path_factory, fmnist):
-    """An untrained student-cnn saved as a checkpoint: a fast stand-in teacher."""
-    info = fmnist.info
-    torch.manual_seed(0)
-    config = {"arch": "student-cnn", "in_channels": 1, "num_classes": 10, "image_size": [28, 28],
-              "dataset": info.name, "mean": list(info.mean), "std": list(info.std), "class_names": list(info.class_names)}
-    return save_checkpoint(tmp_path_factory.mktemp("teacher") / "t.pt", build_model("student-cnn"), config)
 
 
 def dump_views(out, teacher, data_dir, *extra):
