@@ -338,8 +338,10 @@ def format_markdown(results: dict[str, Any], groups: list[Group]) -> str:
     for g in groups:
         lines += [f"## {_group_title(g)}", ""]
         if g.baseline_of:
-            lines += [f"Baseline (alpha 0): the {g.baseline_of} runs, on the {g.num_labelled:,} labelled samples alone.", ""]
-        lines += ["| alpha | T | seeds | validation accuracy | test accuracy | vs baseline |", "|---:|---:|---:|---:|---:|---:|"]
+            lines += [f"Baseline (alpha 0): the {g.baseline_of} runs, on the {g.num_labelled:,} labelled samples "
+                      "alone.", ""]
+        lines += ["| alpha | T | seeds | validation accuracy | test accuracy | vs baseline |",
+                  "|---:|---:|---:|---:|---:|---:|"]
         for s in ([g.baseline] if g.baseline else []) + g.configs:
             delta = "-" if g.baseline is None or s is g.baseline else f"{100 * (s.mean - g.baseline.mean):+.2f} pp"
             t = "-" if s.temperature is None else f"{s.temperature:g}"

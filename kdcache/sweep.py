@@ -83,7 +83,8 @@ class SweepGrid:
         if any(not isinstance(n, int) or n < 1 for n in self.limits):
             raise ConfigError(f"--limit: every limit must be a whole number >= 1, got {list(self.limits)}")
         if any(not isinstance(n, int) or n < 1 for n in self.labels_limits):
-            raise ConfigError(f"--labels-limit: every count must be a whole number >= 1, got {list(self.labels_limits)}")
+            raise ConfigError("--labels-limit: every count must be a whole number >= 1, "
+                              f"got {list(self.labels_limits)}")
         if self.labels_limits and len(self.limits) > 1:
             raise ConfigError("--labels-limit takes at most one --limit (the samples its transfer runs train on)")
 
