@@ -25,7 +25,7 @@ def train_teacher_cmd(out: str, arch: str, augment: str | None, overwrite: bool,
     """Train the teacher on hard labels; writes a checkpoint and <out>.metrics.json.
 
     Data-parallel with `torchrun --nproc_per_node N -m kdcache train-teacher ...` (DDP;
-    --batch-size stays the global batch, so the same flags give the same optimisation).
+    --batch-size stays the global batch; BatchNorm sees each rank's share of it).
     """
     from ..jobs import train_teacher
 
