@@ -153,3 +153,14 @@ def test_a_transfer_group_is_compared_with_the_labels_only_baseline_of_its_label
     md = (tmp_path / "report.md").read_text()
     assert "| transfer | 500 | 5,500 | 2 | 90.00% | 70.00% (labels only) | 80.00% |" in md and "+10.00 pp" in md
     assert summarize([transfer(500, 0.80)])[0].baseline is None  # no baseline of that labelled count: none
+
+
+def test_best_is_picked_over_the_seeds_every_configuration_has():
+    """Picked on seed 0, then seeds 1-2 of the winner: a one-seed rival must not win on its single lucky seed."""
+    def r(t, seed, val, acc):
+        return {**row(500, t, 0.9, seed, acc), "val_accuracy": val}
+
+    rows = [r(4.0, 0, 0.90, 0.88), r(4.0, 1, 0.85, 0.86), r(4.0, 2, 0.86, 0.87), r(2.0, 0, 0.89, 0.89)]
+    (g,) = summarize(rows)
+    assert g.picked_on == "validation" and g.best.temperature == 4.0  # seed 0: 0.90 > 0.89 (all-seed mean: 0.87)
+    assert len(g.best.values) == 3
