@@ -333,3 +333,12 @@ def test_student_step_benchmark_times_both_batch_sizes(capsys):
     r = student_step.main(["--batch-size", "32", "--steps", "3", "--repeats", "1"])
     assert set(r) == {32, 16} and all(v > 0 for v in r.values())
     assert "ms per step at batch 32" in capsys.readouterr().out
+
+
+def test_ddp_step_benchmark_runs_under_torchrun():
+    from conftest import REPO, torchrun
+
+    job = torchrun("--steps", 2, script=str(REPO / "benchmarks" / "ddp_step.py"), timeout=120)
+    assert job.returncode == 0, job.stderr[-2000:]
+    line = next(x for x in job.stdout.splitlines() if x.startswith("2 rank(s), 64 rows per rank:"))
+    assert "DDP only" in line and "+ status check + row counts" in line
