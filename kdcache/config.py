@@ -49,7 +49,7 @@ class TrainConfig:
 # bf16: 3.2x faster per teacher step than fp32 on this CPU (benchmarks.precision)
 TEACHER_TRAIN = TrainConfig(epochs=5, batch_size=128, lr=0.05, precision="bf16")
 STUDENT_TRAIN = TrainConfig(epochs=10, batch_size=128, lr=0.02, precision="fp32")  # lr 0.05 diverged with KD on 5k
-PIPELINE_TEACHER = replace(TEACHER_TRAIN, epochs=3)  # the main job's ~10-minute budget
+PIPELINE_TEACHER = replace(TEACHER_TRAIN, epochs=3)  # the main job: ~12 min on 2 cores, 331 s the teacher
 # The main job's scarce-label rows: a student on the first N labels alone (15 epochs, as in benchmarks.transfer),
 # and one on the same labels plus every other training image as unlabelled rows.
 PIPELINE_SCARCE_LABELS = 5000
