@@ -125,7 +125,26 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-FACTORY_ARGS = ("num_classes", "in_channels", "image_size")  # offered to a factory that takes them
+FACTORY_ARGS = ("num_classes", "in_channels", "image_size")  # offered to a factory that names them
+
+
+def _offered_args(fn: Callable[..., Any], offered: Mapping[str, Any]) -> dict[str, Any]:
+    """The automatic arguments ``fn`` takes: those its signature names as keywords.
+
+    A bare ``**kwargs`` does not count for in_channels and image_size: builders such as
+    ``torchvision.models:resnet18`` forward it to a class that takes neither. It does for
+    num_classes, which every classifier builder forwards (ResNet, MobileNetV3, ...), so such
+    a builder fits the data's classes unasked.
+    """
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # builtins without a signature
+        return {}
+    named = {name for name, p in params.items()
+             if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        named.add("num_classes")
+    return {k: v for k, v in offered.items() if k in named}
 
 
 def import_factory(target: str, option: str = "--teacher-factory") -> Callable[..., Any]:
@@ -148,28 +167,34 @@ def import_factory(target: str, option: str = "--teacher-factory") -> Callable[.
 
 def build_from_factory(target: str, *, num_classes: int, in_channels: int, image_size: tuple[int, int],
                        kwargs: Mapping[str, Any] | None = None, option: str = "--teacher-factory") -> nn.Module:
-    """Call the factory with ``kwargs`` plus whichever of num_classes, in_channels, image_size it accepts.
+    """Call the factory with ``kwargs`` plus whichever of num_classes, in_channels, image_size it takes.
 
-    ``kwargs`` win over the offered values. Anything the factory raises becomes one ConfigError line.
+    ``kwargs`` win over the automatic values; a ``kwargs`` value of None (JSON null) means
+    "leave it out", so the factory's own default applies (e.g. ``{"num_classes": null}``).
+    Anything the factory raises becomes one ConfigError line.
     """
     fn = import_factory(target, option)
     offered = dict(zip(FACTORY_ARGS, (num_classes, in_channels, tuple(image_size))))
-    try:
-        params = inspect.signature(fn).parameters
-        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-        args = {k: v for k, v in offered.items() if takes_any or k in params}
-    except (TypeError, ValueError):  # builtins without a signature
-        args = {}
-    args.update(kwargs or {})
+    args = {**_offered_args(fn, offered), **(kwargs or {})}
+    args = {k: v for k, v in args.items() if v is not None}
     try:
         model = fn(**args)
     except Exception as e:  # the user's code: any failure is a bad --...-factory or keyword argument
         first = (str(e).strip().splitlines() or [""])[0][:200]
+        unwanted = [k for k in args if k in FACTORY_ARGS and k not in (kwargs or {}) and f"'{k}'" in first]
+        hint = (f"; add {{\"{unwanted[0]}\": null}} to its keyword arguments to leave {unwanted[0]} out"
+                if isinstance(e, TypeError) and unwanted else "")
         raise ConfigError(f"{option} {target} failed with arguments {json.dumps(args, default=str)} "
-                          f"({type(e).__name__}: {first})") from None
+                          f"({type(e).__name__}: {first}){hint}") from None
     if not isinstance(model, nn.Module):
         raise ConfigError(f"{option} {target} returned {type(model).__name__}, not a torch.nn.Module")
     return model
+
+
+def _first_conv_channels(model: nn.Module) -> int | None:
+    """The input channels of the model's first convolution, or None: names a channel mismatch plainly."""
+    conv = next((m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)), None)
+    return None if conv is None else int(conv.in_channels)
 
 
 def check_output_shape(model: nn.Module, num_classes: int, in_channels: int, image_size: tuple[int, int],
@@ -182,6 +207,12 @@ def check_output_shape(model: nn.Module, num_classes: int, in_channels: int, ima
         try:
             out = model(x)
         except Exception as e:  # the team's model: any failure is a mismatch with the data
+            expects = _first_conv_channels(model)
+            if expects is not None and expects != in_channels:
+                raise ConfigError(f"model from {name} expects {expects}-channel inputs, but the data has {in_channels} "
+                                  f"channel(s); build the model for {in_channels} channel(s) (a factory argument such as "
+                                  f"in_channels, or a wrapper that adapts the input) or use {expects}-channel "
+                                  "images") from None
             raise ConfigError(f"model from {name} fails on {in_channels}x{list(image_size)} inputs "
                               f"({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
     model.train(was_training)

@@ -109,3 +109,90 @@ def test_kwargs_are_json_and_only_for_factories():
         ModelSpec(arch="student-cnn", kwargs={"width": 3})
     with pytest.raises(ConfigError, match="must be JSON values"):
         ModelSpec(factory="m:f", kwargs={"width": object()})
+
+
+KWARGS_FACTORY_MODULE = """
+from torch import nn
+
+def only_kwargs(**kwargs):
+    # like torchvision's builders: forwards **kwargs to a class that takes num_classes only
+    return Net(**kwargs)
+
+class Net(nn.Sequential):
+    def __init__(self, num_classes=10):
+        super().__init__(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes))
+
+def seen(num_classes, in_channels, **kwargs):
+    seen.calls.append(dict(kwargs, num_classes=num_classes, in_channels=in_channels))
+    return nn.Sequential(nn.Conv2d(in_channels, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes))
+
+seen.calls = []
+"""
+
+
+@pytest.fixture
+def kwargs_factories(tmp_path, monkeypatch):
+    import sys
+
+    (tmp_path / "team_kwargs_factories_m.py").write_text(KWARGS_FACTORY_MODULE)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.delitem(sys.modules, "team_kwargs_factories_m", raising=False)
+    return "team_kwargs_factories_m"
+
+
+@pytest.mark.parametrize("builder", ["resnet18", "mobilenet_v3_small"])
+def test_torchvision_builders_work_as_factories_unchanged(builder):
+    """Their **kwargs reach a class without in_channels/image_size; num_classes still comes from the data."""
+    from kdcache.models import ModelSpec
+
+    for option in ("--student-factory", "--teacher-factory"):
+        torch.manual_seed(0)
+        model = ModelSpec(factory=f"torchvision.models:{builder}", option=option).build(3, 5, (32, 32))
+        assert model.eval()(torch.zeros(2, 3, 32, 32)).shape == (2, 5)
+
+
+def test_teacher_factory_path_builds_a_torchvision_model():
+    from kdcache.models import build_from_factory
+
+    model = build_from_factory("torchvision.models:resnet18", num_classes=5, in_channels=3, image_size=(32, 32))
+    assert model.fc.out_features == 5 and model.conv1.in_channels == 3
+
+
+def test_only_explicitly_named_automatic_args_are_passed_and_null_leaves_one_out(kwargs_factories):
+    import sys
+
+    from kdcache.models import ModelSpec
+
+    model = ModelSpec(factory=f"{kwargs_factories}:only_kwargs").build(3, 5, (32, 32))
+    assert model[-1].out_features == 5  # num_classes through **kwargs, in_channels/image_size not
+    model = ModelSpec(factory=f"{kwargs_factories}:only_kwargs", kwargs={"num_classes": None})
+    with pytest.raises(ConfigError, match=r"returns \(2, 10\) for a batch of 2, expected \(2, 5\)"):
+        model.build(3, 5, (32, 32))  # null: the factory's default of 10 applies
+    ModelSpec(factory=f"{kwargs_factories}:seen", kwargs={"width": 2}).build(1, 5, (32, 32))
+    calls = sys.modules[kwargs_factories].seen.calls
+    assert calls == [{"width": 2, "num_classes": 5, "in_channels": 1}]  # named: passed; image_size is not named
+    ModelSpec(factory=f"{kwargs_factories}:seen", kwargs={"in_channels": 1}).build(1, 5, (32, 32))
+    assert calls[-1]["in_channels"] == 1  # the user's value wins (and equals the data's here)
+
+
+def test_a_factory_that_refuses_an_automatic_arg_says_how_to_leave_it_out(kwargs_factories, tmp_path):
+    (tmp_path / "team_no_classes_m.py").write_text(
+        "from torch import nn\n\ndef build(**kwargs):\n    return nn.Linear(2, 2, **kwargs)\n")
+    from kdcache.models import ModelSpec
+
+    with pytest.raises(ConfigError) as e:
+        ModelSpec(factory="team_no_classes_m:build").build(1, 5, (28, 28))
+    assert "unexpected keyword argument 'num_classes'" in str(e.value)
+    assert str(e.value).endswith('add {"num_classes": null} to its keyword arguments to leave num_classes out')
+
+
+def test_a_channel_mismatch_is_one_line_that_says_what_to_do():
+    from kdcache.models import ModelSpec
+
+    with pytest.raises(ConfigError) as e:
+        ModelSpec(factory="torchvision.models:resnet18").build(1, 5, (32, 32))
+    message = str(e.value)
+    assert "\n" not in message
+    assert message.startswith("model from torchvision.models:resnet18 expects 3-channel inputs, but the data has 1 channel(s)")
+    assert "build the model for 1 channel(s)" in message and "use 3-channel images" in message
