@@ -137,3 +137,23 @@ def test_a_checkpoint_naming_another_callable_is_refused_and_nothing_runs(module
         load_checkpoint(system, factory="good_factory_mod:build")
     assert "evil_factory_mod" not in sys.modules
     assert not (modules / "IMPORTED").exists() and not (modules / "CALLED").exists() and not (modules / "PWNED").exists()
+
+
+def test_a_torchvision_factory_checkpoint_rebuilds_the_same_model(tmp_path):
+    """The record (factory + kwargs) is enough to rebuild resnet18 for the data it was trained on."""
+    from kdcache.checkpoint import model_config
+    from kdcache.models import ModelSpec
+    from kdcache.samples import DatasetInfo
+
+    info = DatasetInfo(name="tiny-rgb", split="train", num_samples=8, class_names=tuple("abcde"), in_channels=3,
+                       image_size=(32, 32), mean=(0.5,) * 3, std=(0.25,) * 3, fingerprint="0" * 64)
+    spec = ModelSpec(factory="torchvision.models:resnet18", kwargs={"zero_init_residual": True})
+    torch.manual_seed(0)
+    model = spec.build(info.in_channels, info.num_classes, info.image_size)
+    p = save_checkpoint(tmp_path / "r.pt", model, model_config(spec, info))
+    loaded, config = load_checkpoint(p, factory="torchvision.models:resnet18")
+    assert config["factory"] == "torchvision.models:resnet18"
+    assert config["factory_kwargs"] == {"zero_init_residual": True} and config["num_classes"] == 5
+    x = torch.randn(4, 3, 32, 32)
+    out = loaded(x)
+    assert out.shape == (4, 5) and torch.equal(out, model.eval()(x))
