@@ -298,3 +298,37 @@ def test_align_refuses_repeated_indices(tmp_path, image_data):
     p = write_cache(tmp_path / "dup.h5", logits_for(len(d)), d.labels, idx, d.sample_ids, cache_attrs(d.info))
     with pytest.raises(CacheError, match="repeats dataset indices"):
         align_to_data(p, d.head(3))
+
+
+def test_str_subclass_attributes_are_stored_as_plain_strings(tmp_path, image_data):
+    """torch.__version__ is a TorchVersion (a str subclass) that h5py could not store."""
+    d = image_data
+    assert type(torch.__version__) is not str
+    attrs = cache_attrs(d.info, torch_version=torch.__version__, dataset=np.str_(d.info.name))
+    path = write_cache(tmp_path / "c.h5", logits_for(len(d)), d.labels, d.indices, d.sample_ids, attrs)
+    with open_cache(path) as c:
+        assert c.meta.attrs["torch_version"] == str(torch.__version__)
+        assert type(c.meta.attrs["torch_version"]) is str and c.meta.dataset == d.info.name
+        assert c.meta.config["torch_version"] == str(torch.__version__)
+    with h5py.File(path, "r") as f:
+        assert h5py.check_string_dtype(f.attrs.get_id("torch_version").dtype) is not None
+
+
+def test_missing_or_mistyped_attributes_are_the_callers_config_error(tmp_path, image_data):
+    from kdcache.errors import ConfigError
+
+    d = image_data
+    attrs = cache_attrs(d.info)
+    del attrs["torch_version"]
+    with pytest.raises(ConfigError) as e:
+        write_cache(tmp_path / "c.h5", logits_for(len(d)), d.labels, d.indices, d.sample_ids, attrs)
+    message = str(e.value)
+    assert message.startswith("cache attrs lack torch_version (version of torch that ran the teacher: a string)")
+    assert "internal" not in message and "\n" not in message
+    with pytest.raises(ConfigError, match=r"dataset_num_samples must be an integer .* got str '64'"):
+        write_cache(tmp_path / "c.h5", logits_for(len(d)), d.labels, d.indices, d.sample_ids,
+                    cache_attrs(d.info, dataset_num_samples="64"))
+    with pytest.raises(ConfigError, match="class_names has 3 names for 10 classes"):
+        write_cache(tmp_path / "c.h5", logits_for(len(d)), d.labels, d.indices, d.sample_ids,
+                    cache_attrs(d.info, class_names=["a", "b", "c"]))
+    assert list(tmp_path.iterdir()) == []  # refused before anything was written

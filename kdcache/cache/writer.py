@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import numbers
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -11,7 +12,7 @@ from typing import Any, Mapping
 import h5py
 import numpy as np
 
-from ..errors import CacheError, StorageError
+from ..errors import CacheError, ConfigError, StorageError
 from ..files import disk_full_message, replace_durably, temp_path_for
 from ..samples import UNLABELLED
 from ..targets import Targets, TopK
@@ -61,7 +62,7 @@ class CacheWriter:
         row_bytes = int(np.prod(self.lead or (1,))) * (topk or num_classes) * np.dtype(dtype).itemsize
         self.chunk_rows = chunk_rows or chunk_rows_for(row_bytes, num_samples)
         self.compression = compression  # None (default, see docs/cache-format.md) or "gzip" for measurements
-        self.attrs, self.file_format = dict(attrs), file_format
+        self.attrs, self.file_format = caller_attrs(attrs, num_classes), file_format
         self._next, self._labelled = 0, 0
         self._hashes: dict[str, Any] = {}
         self._tmp: Path | None = None
@@ -227,8 +228,6 @@ class CacheWriter:
             "content_sha256": content_hash({k: h.hexdigest() for k, h in self._hashes.items()}),
             **{k: v for k, v in a.items() if k != "extra_config"},
         }
-        if len(root["class_names"]) != self.num_classes:
-            raise CacheError(f"{len(root['class_names'])} class names for {self.num_classes} classes")
         config = dict(root, **({"teacher_config": a["extra_config"]} if "extra_config" in a else {}))
         for key, value in root.items():
             if key == "class_names":
@@ -242,6 +241,58 @@ class CacheWriter:
         missing = set(ROOT_ATTRS) - set(self._f.attrs) - {"complete"}
         if missing:
             raise CacheError(f"internal: cache attributes missing: {sorted(missing)}")
+
+
+# The root attributes the caller gives (the writer adds the rest): what each must be, and a test for it.
+_STRING = ("a string", lambda v: isinstance(v, str))
+_NUMBERS = ("a number or a list of numbers, one per channel",
+            lambda v: _is_number(v) or (isinstance(v, (list, tuple, np.ndarray)) and len(v) > 0
+                                        and all(_is_number(x) for x in np.asarray(v).ravel())))
+CALLER_ATTRS: dict[str, tuple[str, Any]] = {
+    "kdcache_version": _STRING, "torch_version": _STRING, "teacher_arch": _STRING, "teacher_sha256": _STRING,
+    "teacher_precision": _STRING, "dataset": _STRING, "split": _STRING, "dataset_fingerprint": _STRING,
+    "dataset_num_samples": ("an integer", lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool)),
+    "class_names": ("a list of class-name strings", lambda v: isinstance(v, (list, tuple, np.ndarray))
+                    and all(isinstance(x, str) for x in v)),
+    "normalization_mean": _NUMBERS, "normalization_std": _NUMBERS,
+}
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (numbers.Real, np.number)) and not isinstance(v, (bool, np.bool_))
+
+
+def _plain(value: Any) -> Any:
+    """A str subclass (torch.__version__'s TorchVersion, numpy's str_) as a plain str, which h5py stores as
+    UTF-8; h5py turns a subclass into a numpy unicode array it cannot store."""
+    return str.__str__(value) if isinstance(value, str) else value
+
+
+def caller_attrs(attrs: Mapping[str, Any], num_classes: int) -> dict[str, Any]:
+    """Check the caller's root attributes before any row is written: a missing or mistyped one is the
+    caller's mistake (a ConfigError naming it), not a corrupt cache. Strings come back as plain str."""
+    missing = [k for k in CALLER_ATTRS if k not in attrs]
+    if missing:
+        what = "; ".join(f"{k} ({ROOT_ATTRS[k]}: {CALLER_ATTRS[k][0]})" for k in missing)
+        raise ConfigError(f"cache attrs lack {what}; add {'it' if len(missing) == 1 else 'them'} "
+                          "(see docs/cache-format.md, 'Root attributes')")
+    out: dict[str, Any] = {}
+    for key, value in attrs.items():
+        expected, ok = CALLER_ATTRS.get(key, (None, None))
+        if ok is not None and not ok(value):
+            raise ConfigError(f"cache attribute {key} must be {expected} ({ROOT_ATTRS[key]}), "
+                              f"got {type(value).__name__} {value!r:.60}")
+        if key == "extra_config" and not isinstance(value, Mapping):
+            raise ConfigError(f"cache attribute extra_config must be a dict (the teacher's config), "
+                              f"got {type(value).__name__}")
+        if not isinstance(value, (str, numbers.Number, np.generic, np.ndarray, list, tuple, Mapping)):
+            raise ConfigError(f"cache attribute {key} is {type(value).__name__} {value!r:.60}; give a string, a number "
+                              "or a JSON-able list or dict")
+        out[key] = [_plain(x) for x in value] if key == "class_names" else _plain(value)
+    if len(out["class_names"]) != num_classes:
+        raise ConfigError(f"cache attribute class_names has {len(out['class_names'])} names for {num_classes} "
+                          "classes; give one name per logit column")
+    return out
 
 
 def _discard_further_writes(f: h5py.File) -> None:
@@ -267,7 +318,11 @@ def _json_default(o: Any) -> Any:
 
 def write_cache(path: str | os.PathLike, logits: Targets, labels: Any, indices: Any, sample_ids: Any,
                 attrs: Mapping[str, Any], dtype: str = "float32", overwrite: bool = False, **kw: Any) -> Path:
-    """Write a whole cache at once (see CacheWriter; ``kw``: topk, num_views, view_policy, view_params). Returns the path."""
+    """Write a whole cache at once (see CacheWriter; ``kw``: topk, num_views, view_policy, view_params). Returns the path.
+
+    ``attrs`` holds the root attributes only the caller knows (CALLER_ATTRS; docs/cache-format.md), plus
+    optionally ``extra_config`` (a dict, stored as config_json's teacher_config).
+    """
     view_params = kw.pop("view_params", None)
     n = len(logits)
     c = logits.num_classes if isinstance(logits, TopK) else _to_numpy(logits).shape[-1]
