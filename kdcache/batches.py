@@ -2,9 +2,10 @@
 
 A batch is images (normalised, on the device), labels (UNLABELLED = -1 where a sample
 has none) and, when distilling, the teacher's soft targets for exactly those images
-(kdcache.targets: full logits or top-k). ``MemoryBatches`` slices everything from
-in-memory tensors with one index per batch; kdcache.reader streams the targets of
-caches bigger than memory instead.
+(kdcache.targets: full logits or top-k). ``MemoryBatches`` draws one index batch per
+step, reads those images through kdcache.loader (a DataLoader: sliced from memory, or
+decoded from files in workers) and slices labels and targets with the same index;
+kdcache.streaming streams the targets of caches bigger than memory instead.
 
 With a ``ViewPlan`` (kdcache.augment) a source augments its images: it replays the
 cache's stored views (each epoch every row shows one of its views, and the batch carries
@@ -20,6 +21,7 @@ import torch
 
 from .augment import ViewPlan
 from .errors import ConfigError
+from .loader import image_batches
 from .samples import ImageData, batch_order, normalize, standardize, to_unit
 from .targets import Targets, as_tensors, to_float
 
@@ -59,11 +61,12 @@ class MemoryBatches:
 
     def __init__(self, data: ImageData, batch_size: int, *, shuffle: bool = True, seed: int = 0,
                  device: torch.device | str = "cpu", teacher_logits: Targets | None = None,
-                 channels_last: bool = False, views: ViewPlan | None = None, rank: int = 0, world_size: int = 1):
+                 channels_last: bool = False, views: ViewPlan | None = None, rank: int = 0, world_size: int = 1,
+                 workers: int | None = None):
         if teacher_logits is not None and len(teacher_logits) != len(data):
             raise ValueError(f"teacher_logits rows {len(teacher_logits)} != data rows {len(data)}")
         self.device = torch.device(device)
-        self.images = data.images.to(self.device)
+        self.images, self.workers = data.images, workers  # read through kdcache.loader, batch by batch
         self.labels = data.labels.to(self.device)
         self.teacher_logits = None if teacher_logits is None else to_float(as_tensors(teacher_logits)).to(self.device)
         self.mean, self.std = data.info.mean, data.info.std
@@ -90,9 +93,10 @@ class MemoryBatches:
         if self.views is not None:
             yield from self._iter_views()
             return
-        for idx in self._order():
+        order = list(self._order())
+        for idx, pixels in zip(order, image_batches(self.images, order, workers=self.workers, device=self.device)):
             idx = idx.to(self.device)
-            x = normalize(self.images[idx], self.mean, self.std).contiguous(memory_format=self.memory_format)
+            x = normalize(pixels, self.mean, self.std).contiguous(memory_format=self.memory_format)
             t = None if self.teacher_logits is None else self.teacher_logits[idx]
             yield Batch(x, self.labels[idx], t)
 
@@ -105,9 +109,10 @@ class MemoryBatches:
         targets = self.teacher_logits
         if targets is not None and views is not None:
             targets = pick_views(targets, views.to(self.device))  # (N, C): the targets of each row's view
-        for idx in self._order():
+        order = list(self._order())
+        for idx, pixels in zip(order, image_batches(self.images, order, workers=self.workers, device=self.device)):
             idx = idx.to(self.device)
-            x = view_images(self.images[idx], params[idx], plan, self.mean, self.std)
+            x = view_images(pixels, params[idx], plan, self.mean, self.std)
             yield Batch(x.contiguous(memory_format=self.memory_format), self.labels[idx],
                         None if targets is None else targets[idx])
 

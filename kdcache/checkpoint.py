@@ -151,6 +151,7 @@ def model_config(model: str | ModelSpec, info: DatasetInfo) -> dict[str, Any]:
         **spec.record(), "in_channels": info.in_channels, "num_classes": info.num_classes,
         "image_size": list(info.image_size), "dataset": info.name, "mean": list(info.mean), "std": list(info.std),
         "class_names": list(info.class_names), "dataset_fingerprint": info.fingerprint,
+        "input_transform": info.transform,  # image files: how they became inputs (None for in-memory datasets)
     }
 
 

@@ -85,16 +85,21 @@ STREAM_MIN_BLOCKS_PER_RANK = 64
 class DataConfig:
     """Where the training data comes from."""
 
-    dataset: str = DEFAULT_DATASET
+    dataset: str | None = DEFAULT_DATASET  # None: the cache's (train-student)
     data_dir: str = DEFAULT_DATA_DIR
     limit: int | None = None  # first N training samples (after the validation samples are set aside)
     eval_limit: int | None = None  # first N test samples (quick runs)
     download: bool = False
     val_size: int = 0  # the last N samples of the train split: never trained on, for choosing configurations
+    image_size: int | None = None  # image folders: side of the square input (None: the checkpoint's/cache's, or 64)
+    workers: int | None = None  # DataLoader workers (None: one per available CPU for image files, 0 in memory)
+    skip_unreadable: bool = False  # image folders: leave out files that do not decode (recorded), not fail
 
     def __post_init__(self) -> None:
         if self.val_size < 0:
             raise ConfigError(f"--val-size must be >= 0, got {self.val_size}")
+        if self.workers is not None and self.workers < 0:
+            raise ConfigError(f"--workers must be >= 0, got {self.workers}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,10 +1,11 @@
-"""Datasets by name, held in memory as uint8 tensors and served as whole batches.
+"""Datasets by name: built-in ones in memory as uint8 tensors, image folders as files decoded on demand.
 
-Fashion-MNIST is 47 MB of uint8 pixels: holding it as one tensor and slicing
-batches from it is ~100x cheaper than decoding one PIL image at a time through a
-DataLoader, and it makes the cached-KD data path as cheap as the plain one.
+Fashion-MNIST is 47 MB of uint8 pixels: holding it as one tensor and slicing whole
+batches from it (kdcache.loader, ``__getitems__``) is ~100x cheaper than decoding one
+PIL image at a time, and it makes the cached-KD data path as cheap as the plain one.
+A folder of photos is listed and hashed, never held (kdcache.imagefolder).
 ``load_dataset`` is the one entry point: built-in torchvision datasets, or a team's
-own images (kdcache.imagefolder: labelled ``imagefolder`` or ``unlabelled`` images).
+own images (labelled ``imagefolder`` or ``unlabelled`` images).
 
 ``ignore_labels=True`` reads a split as if nobody had labelled it: every label is
 UNLABELLED (-1) and the content ids and fingerprint are computed with -1, so a cache
@@ -15,12 +16,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import torch
 
 from .errors import ConfigError, DataError
 from .imagefolder import IMAGEFOLDER, UNLABELLED_FOLDER  # a team's own images (read lazily: PIL only when used)
+from .images import InputTransform
 from .samples import UNLABELLED, DatasetInfo, ImageData, fingerprint_for, sample_ids_for
 
 SPLITS = ("train", "test")
@@ -62,18 +65,24 @@ def check_split(split: str) -> str:
     return split
 
 
-@lru_cache(maxsize=6)
-def _load_full(name: str, split: str, root: str, download: bool, ignore_labels: bool = False) -> ImageData:
+def _load_full(name: str, split: str, root: str, download: bool, ignore_labels: bool = False,
+               image_size: "int | InputTransform | None" = None, workers: int | None = None, skip_unreadable: bool = False) -> ImageData:
     spec = check_dataset_name(name)
     check_split(split)
-    if name == UNLABELLED_FOLDER:
-        from .imagefolder import load_unlabelled
+    if spec is None:  # image files: listed and hashed here, decoded batch by batch when read
+        from .imagefolder import load_imagefolder, load_unlabelled
 
-        return load_unlabelled(root, split)
-    if spec is None:
-        from .imagefolder import load_imagefolder  # PIL and torchvision only when needed
+        size = image_size  # an int, a recorded InputTransform, or None: 64
+        if name == UNLABELLED_FOLDER:
+            return load_unlabelled(root, split, image_size=size, workers=workers, skip_unreadable=skip_unreadable)
+        return load_imagefolder(root, split, ignore_labels, image_size=size, workers=workers,
+                                skip_unreadable=skip_unreadable)
+    return _load_builtin(name, spec, split, root, download, ignore_labels, image_size)
 
-        return load_imagefolder(root, split, ignore_labels)
+
+@lru_cache(maxsize=4)  # 47 MB a split: read and hashed once per process, not once per job of a sweep
+def _load_builtin(name: str, spec: DatasetSpec, split: str, root: str, download: bool, ignore_labels: bool,
+                  image_size: int | None) -> ImageData:
     import torchvision.datasets as tvd  # slow import, only when data is needed
 
     cls = getattr(tvd, spec.torchvision_class)
@@ -88,6 +97,10 @@ def _load_full(name: str, split: str, root: str, download: bool, ignore_labels: 
     images = ds.data.numpy()
     if images.ndim == 3:
         images = images[:, None]  # (N, 1, H, W)
+    side = image_size.size if isinstance(image_size, InputTransform) else image_size
+    if side is not None and (side, side) != images.shape[2:]:
+        raise ConfigError(f"--image-size {side}: {name} images are {images.shape[3]}x{images.shape[2]} and "
+                          "are used as they are; --image-size applies to image folders (imagefolder, unlabelled)")
     labels = ds.targets.numpy().astype(np.int64)
     if ignore_labels:
         labels = np.full(len(labels), UNLABELLED, dtype=np.int64)
@@ -103,13 +116,13 @@ def _load_full(name: str, split: str, root: str, download: bool, ignore_labels: 
 
 
 def load_train_val(name: str, root: str | os.PathLike, limit: int | None, val_size: int,
-                   download: bool = False) -> tuple[ImageData, ImageData | None]:
+                   download: bool = False, **read: Any) -> tuple[ImageData, ImageData | None]:
     """The training samples and the validation samples of a train split (``validation_rows``).
 
     The validation samples are never trained on; the training samples are the first
     ``limit`` of the rest, in dataset order (all of the rest for None).
     """
-    full = load_dataset(name, "train", root, None, download)
+    full = load_dataset(name, "train", root, None, download, **read)
     if val_size == 0:
         return full.head(limit), None
     if val_size >= len(full):
@@ -141,14 +154,24 @@ def validation_rows(labels: np.ndarray, val_size: int, stratified: bool) -> np.n
 
 def load_dataset(
     name: str = "fashion-mnist", split: str = "train", root: str | os.PathLike = "data",
-    limit: int | None = None, download: bool = False, ignore_labels: bool = False,
+    limit: int | None = None, download: bool = False, ignore_labels: bool = False, *,
+    image_size: int | InputTransform | None = None, workers: int | None = None, skip_unreadable: bool = False,
 ) -> ImageData:
-    """Load a split into memory (cached per process); ``limit`` keeps its first N samples.
+    """A split: built-in datasets in memory (cached per process), image folders as lazily decoded files.
 
-    ``ignore_labels``: read it as unlabelled (see the module docstring).
+    ``limit`` keeps the first N samples; ``ignore_labels`` reads it as unlabelled (see the
+    module docstring). Image folders only: ``image_size`` (default 64) is the side of the
+    square input (kdcache.images.InputTransform), ``workers`` the processes that hash the
+    files, ``skip_unreadable`` leaves out files that do not decode (recorded in ``info.skipped``).
     Example: ``load_dataset("fashion-mnist", "test", limit=1000)``
     """
-    return _load_full(name, split, os.fspath(root), download, ignore_labels).head(limit)
+    return _load_full(name, split, os.fspath(root), download, ignore_labels, image_size, workers,
+                      skip_unreadable).head(limit)
+
+
+def read_options(data_cfg: Any) -> dict[str, Any]:
+    """The image-reading settings of a DataConfig, as load_dataset's keyword arguments."""
+    return {"image_size": data_cfg.image_size, "workers": data_cfg.workers, "skip_unreadable": data_cfg.skip_unreadable}
 
 
 def require_labels(data: ImageData, role: str) -> ImageData:

@@ -13,13 +13,15 @@ from .augment import parse_policy, sample_views, view_record
 from .cache import CacheMeta, CacheWriter, read_meta
 from .config import DEFAULT_DATA_DIR, DUMP_BATCH_SIZE, LOGITS_DTYPE, TOPK_DTYPE, VIEW_SEED
 from .data import load_dataset
+from .imagefolder import IMAGEFOLDER, UNLABELLED_FOLDER
 from .device import resolve_device
 from .errors import CacheError, ConfigError, StorageError
 from .files import check_free_space, disk_full_message
+from .loader import image_batches
 from .progress import track
 from .samples import DatasetInfo
 from .shards import dump_sharded
-from .teacher import Teacher, TeacherSpec, default_dataset, load_teacher, with_teacher_classes
+from .teacher import Teacher, TeacherSpec, default_dataset, default_transform, load_teacher, with_teacher_classes
 
 
 def cache_attrs(teacher: Teacher, info: DatasetInfo, precision: str) -> dict[str, Any]:
@@ -30,6 +32,7 @@ def cache_attrs(teacher: Teacher, info: DatasetInfo, precision: str) -> dict[str
         "dataset": info.name, "split": info.split, "dataset_num_samples": info.num_samples,
         "dataset_fingerprint": info.fingerprint, "class_names": list(info.class_names),
         "normalization_mean": list(teacher.mean), "normalization_std": list(teacher.std),
+        "input_transform": info.transform or "", "skipped_files": list(info.skipped) if info.skipped else "",
         "extra_config": teacher.config,
     }
 
@@ -72,7 +75,8 @@ def dump_logits(teacher: str | os.PathLike | None, out: str | os.PathLike, *, sp
                 weights: str | None = None, overwrite: bool = False, progress: bool = False,
                 reuse: bool = False, views: int = 1, augment: str | None = None, include_original: bool = False,
                 view_seed: int = VIEW_SEED, ignore_labels: bool = False,
-                class_names: tuple[str, ...] | None = None, topk: int | None = None) -> dict[str, Any]:
+                class_names: tuple[str, ...] | None = None, topk: int | None = None, image_size: int | None = None,
+                workers: int | None = None, skip_unreadable: bool = False) -> dict[str, Any]:
     """Write ``teacher``'s logits over ``split`` (first ``limit`` rows) to the cache ``out``.
 
     The teacher is a kdcache checkpoint (``teacher``), or ``teacher_factory``
@@ -121,7 +125,11 @@ def dump_logits(teacher: str | os.PathLike | None, out: str | os.PathLike, *, sp
         raise CacheError(f"{out} already exists; pass --overwrite to replace it")
     spec = TeacherSpec(checkpoint=None if teacher is None else str(teacher), factory=teacher_factory,
                        weights=weights, arch=arch)
-    data = load_dataset(dataset or default_dataset(spec), split, data_dir, limit, ignore_labels=ignore_labels)
+    name = dataset or default_dataset(spec)
+    if image_size is None and name in (IMAGEFOLDER, UNLABELLED_FOLDER):
+        image_size = default_transform(spec)  # the teacher's own input transform
+    data = load_dataset(name, split, data_dir, limit, ignore_labels=ignore_labels, image_size=image_size,
+                        workers=workers, skip_unreadable=skip_unreadable)
     info = with_teacher_classes(spec, data.info, class_names)  # unlabelled images: the teacher's classes
     check_topk(topk, info.num_classes)
     loaded = load_teacher(spec, info)
@@ -147,17 +155,19 @@ def dump_logits(teacher: str | os.PathLike | None, out: str | os.PathLike, *, sp
     def write_rows(writer: CacheWriter, rows: range) -> int:
         """Dataset rows ``rows`` at writer rows 0.., batches from ``rows.start``: a function of the range only."""
         agree = 0
-        batches = range(rows.start, rows.stop, batch_size)
-        for start in track(batches, desc=f"dump {info.name}/{split}", enabled=progress and ctx.is_main):
-            stop = min(start + batch_size, rows.stop)
+        starts = range(rows.start, rows.stop, batch_size)
+        spans = [torch.arange(start, min(start + batch_size, rows.stop)) for start in starts]
+        pixels = image_batches(data.images, spans, workers=workers)  # decoded in workers for image files
+        for span, images in track(zip(spans, pixels), total=len(spans), desc=f"dump {info.name}/{split}",
+                                  enabled=progress and ctx.is_main):
+            start, stop = int(span[0]), int(span[-1]) + 1
             params = None
             if policy is None:
-                logits = loaded.logits(data.images[start:stop], dev, precision)  # (B, C) float32
+                logits = loaded.logits(images, dev, precision)  # (B, C) float32
             else:
                 params = sample_views(policy, data.indices[start:stop].numpy(), views, view_seed,
                                       info.image_size, include_original)  # (B, V, P)
-                logits = loaded.view_logits(data.images[start:stop], torch.from_numpy(params), policy, dev,
-                                            precision)  # (B, V, C) float32
+                logits = loaded.view_logits(images, torch.from_numpy(params), policy, dev, precision)  # (B, V, C)
             writer.write(start - rows.start, logits, data.labels[start:stop], data.indices[start:stop],
                          data.sample_ids[start:stop], view_params=params)
             hit = logits.argmax(-1) == data.labels[start:stop].view(-1, *([1] * (logits.ndim - 2)))

@@ -1,39 +1,49 @@
-"""A team's own images: a torchvision ``ImageFolder`` tree, or a folder of unlabelled images, held in memory.
+"""A team's own images, as they are: a torchvision ``ImageFolder`` tree, or a folder of unlabelled images.
 
 Layout (``--dataset imagefolder --data-dir ROOT``)::
 
-    ROOT/train/<class name>/<any/sub/path>.png|jpg|...
+    ROOT/train/<class name>/<any/sub/path>.jpg|png|...
     ROOT/test/<class name>/...
 
 Unlabelled images (``--dataset unlabelled --data-dir ROOT``, a transfer set): every image
-under ROOT, at any depth, with no class folders; one split, ``train``, in sorted order of
-the relative paths; every label is UNLABELLED (-1), and ids and fingerprint hash -1 in its
-place (kdcache.samples). Size and channel rules are those of ``imagefolder``; mean/std are
-these images' own statistics (a student normalises them with its labelled data's instead).
+under ROOT, at any depth, with no class folders; one split, ``train``, in sorted order of the
+relative paths; every label is UNLABELLED (-1).
 
-Classes are the sorted union of the class folders of both splits, so a label means
-the same class in train and test. Samples are ordered as ImageFolder orders them
-(class, then sorted relative path): the same files give the same order on every
-machine. Each sample's id hashes its relative path, pixels and label; the split's
-fingerprint hashes all of them in order. Image size, channels (1 if every image is
-greyscale, else 3) and classes come from the data; mean/std are per-channel pixel
-statistics of the train split (of this split when there is no train folder).
+Images may have any size and mode (RGB, greyscale, palette, CMYK, RGBA, 16-bit; JPEG, PNG and
+whatever else PIL reads). Loading a split reads no pixels: it lists the files and hashes their
+bytes (in DataLoader workers); the pixels are decoded batch by batch when a job reads them
+(kdcache.images.FileImages, at ``--image-size``), so memory does not grow with the folder.
+
+Classes are the sorted union of the class folders of both splits, so a label means the same
+class in train and test. Samples are ordered as ImageFolder orders them (class, then sorted
+relative path): the same files give the same order on every machine, wherever the folder lies.
+A sample's id hashes its relative path, the file's bytes and its label; the split's fingerprint
+hashes all of them in order: a copy of the folder elsewhere aligns with a cache made from the
+original, a file added, removed or changed does not (kdcache.dataset_align names which).
+Inputs are standardised with ImageNet's mean/std, the convention of the torchvision and timm
+models such folders usually meet (``IMAGENET_MEAN``).
 """
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset
 
-from .samples import UNLABELLED, DatasetInfo, ImageData, fingerprint_for, sample_ids_for
 from .errors import DataError
+from .images import FileImages, InputTransform, as_transform, file_digest
+from .loader import resolve_workers
+from .samples import UNLABELLED, DatasetInfo, ImageData, fingerprint_for, sample_ids_for
 
 IMAGEFOLDER = "imagefolder"  # --dataset names (kdcache.data lists them with the built-in datasets)
 UNLABELLED_FOLDER = "unlabelled"  # every image under --data-dir, no labels
 LAYOUT_HINT = "lay the data out as ROOT/train/<class>/<image> and ROOT/test/<class>/<image>"
 UNLABELLED_HINT = "put the images anywhere under ROOT (no class folders needed)"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_IMAGE_SIZE = 64  # trains on a CPU in minutes; torchvision's ImageNet models want --image-size 224
 
 
 def class_names_in(root: Path) -> tuple[str, ...]:
@@ -44,89 +54,6 @@ def class_names_in(root: Path) -> tuple[str, ...]:
         if d.is_dir():
             names.update(p.name for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
     return tuple(sorted(names))
-
-
-@lru_cache(maxsize=4)
-def _read_split(root: str, split: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...], tuple[str, ...]]:
-    """(images (N, C, H, W) uint8, labels (N,) int64, relative paths, class names) of ROOT/split."""
-    from torchvision.datasets import ImageFolder
-
-    base, split_dir = Path(root), Path(root) / split
-    if not split_dir.is_dir():
-        raise DataError(f"imagefolder: {split_dir} not found; {LAYOUT_HINT}")
-    classes = class_names_in(base)
-    to_idx = {c: i for i, c in enumerate(classes)}
-
-    class _UnionFolder(ImageFolder):  # same class indices in every split
-        def find_classes(self, directory):  # noqa: ANN001 (torchvision's signature)
-            return list(classes), to_idx
-
-    try:
-        folder = _UnionFolder(str(split_dir), allow_empty=True)
-    except (FileNotFoundError, OSError) as e:
-        raise DataError(f"imagefolder: no images under {split_dir} ({e}); {LAYOUT_HINT}") from None
-    if not folder.samples:
-        raise DataError(f"imagefolder: no images under {split_dir}; {LAYOUT_HINT}")
-    pixels, relpaths = _read_images([Path(path) for path, _ in folder.samples], split_dir)
-    labels = [label for _, label in folder.samples]
-    return pixels, np.asarray(labels, dtype=np.int64), relpaths, classes
-
-
-def _read_images(paths: list[Path], base: Path) -> tuple[np.ndarray, tuple[str, ...]]:
-    """(images (N, C, H, W) uint8, paths relative to ``base``): one size, greyscale only if every image is."""
-    from PIL import Image
-
-    pixels, relpaths = [], []
-    for path in paths:
-        try:
-            with Image.open(path) as im:
-                im = im.convert("L") if im.mode in ("L", "1", "I;16", "I") else im.convert("RGB")
-                arr = np.asarray(im, dtype=np.uint8)
-        except OSError as e:
-            raise DataError(f"cannot read image {path} ({e}); remove or fix it") from None
-        pixels.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))  # (C, H, W)
-        relpaths.append(path.relative_to(base).as_posix())
-    if any(p.shape[0] == 3 for p in pixels):  # any colour image: all become RGB
-        pixels = [np.repeat(p, 3, axis=0) if p.shape[0] == 1 else p for p in pixels]
-    size = pixels[0].shape[1:]
-    for p, rel in zip(pixels, relpaths):
-        if p.shape[1:] != size:
-            raise DataError(f"{base / rel} is {p.shape[2]}x{p.shape[1]}, the first image is "
-                            f"{size[1]}x{size[0]}; resize all images to one size first")
-    return np.stack(pixels), tuple(relpaths)
-
-
-def _pixel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    x = images.astype(np.float64) / 255.0  # (N, C, H, W)
-    mean = x.mean(axis=(0, 2, 3))
-    std = x.std(axis=(0, 2, 3))
-    std = np.where(std > 1e-6, std, 0.5)  # constant images: fall back to 0.5
-    return tuple(round(float(m), 6) for m in mean), tuple(round(float(s), 6) for s in std)
-
-
-def load_imagefolder(root: str, split: str, ignore_labels: bool = False) -> ImageData:
-    """Load ROOT/split into memory (see the module docstring for layout, ids and statistics).
-
-    ``ignore_labels``: every label UNLABELLED, ids and fingerprint hashed with it, and no class names (a
-    cache of the images takes the teacher's classes, which may be another label set entirely).
-    """
-    images, labels, relpaths, classes = _read_split(root, split)
-    if ignore_labels:
-        labels = np.full(len(labels), UNLABELLED, dtype=np.int64)
-    stats_split = "train" if (Path(root) / "train").is_dir() else split
-    stats_images = images if stats_split == split else _read_split(root, stats_split)[0]
-    if stats_images.shape[1:] != images.shape[1:]:
-        raise DataError(f"imagefolder: {split} images are {images.shape[1:]} (C, H, W) but train images are "
-                        f"{stats_images.shape[1:]}; use one size and colour mode in both splits")
-    mean, std = _pixel_stats(stats_images)
-    info = DatasetInfo(
-        name=IMAGEFOLDER, split=split, num_samples=len(labels), class_names=() if ignore_labels else classes,
-        in_channels=images.shape[1], image_size=(images.shape[2], images.shape[3]), mean=mean, std=std,
-        fingerprint=fingerprint_for(images, labels, relpaths),
-    )
-    return ImageData(images=torch.from_numpy(images), labels=torch.from_numpy(labels),
-                     indices=torch.arange(len(labels), dtype=torch.int64),
-                     sample_ids=sample_ids_for(images, labels, relpaths), info=info)
 
 
 def image_files_under(root: Path) -> list[Path]:
@@ -143,7 +70,111 @@ def image_files_under(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 
-def load_unlabelled(root: str, split: str = "train") -> ImageData:
+def _labelled_files(split_dir: Path, classes: tuple[str, ...]) -> tuple[list[Path], list[int]]:
+    """(paths, labels) of ROOT/split in ImageFolder order; an empty class folder is refused."""
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        d = split_dir / name
+        if not d.is_dir():
+            continue  # a class the other split has: fine
+        found = image_files_under(d)
+        if not found:
+            raise DataError(f"imagefolder: class folder {d} holds no images; add images or remove the folder")
+        paths += found
+        labels += [label] * len(found)
+    return paths, labels
+
+
+class _Digests(Dataset):
+    """File digests, computed in DataLoader workers (reading a folder is I/O- and hash-bound)."""
+
+    def __init__(self, paths: Sequence[Path], check_decode: bool):
+        self.paths, self.check_decode = list(paths), check_decode
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitems__(self, rows: list[int]) -> list[bytes | str]:
+        out: list[bytes | str] = []
+        for i in rows:
+            try:
+                out.append(file_digest(self.paths[i], self.check_decode))
+            except DataError as e:
+                out.append(str(e))  # an unreadable file: its error, as a value (skipped or reported by the caller)
+        return out
+
+
+def _identity(batch: list) -> list:
+    return batch
+
+
+def hash_files(paths: Sequence[Path], *, workers: int | None = None, skip_unreadable: bool = False
+               ) -> tuple[np.ndarray, list[int]]:
+    """(digests (N, 16) uint8 of the readable files, positions of the unreadable ones).
+
+    Without ``skip_unreadable`` the first unreadable file is a DataError naming it; with it,
+    every file is also decoded once, so a truncated image is found here, not mid-training.
+    """
+    loader = DataLoader(_Digests(paths, skip_unreadable), batch_size=256, num_workers=resolve_workers(workers, paths),
+                        collate_fn=_identity)
+    digests, bad = [], []
+    for batch in loader:
+        for d in batch:
+            if isinstance(d, str):
+                if not skip_unreadable:
+                    raise DataError(d)
+                bad.append(len(digests) + len(bad))
+            else:
+                digests.append(np.frombuffer(d, dtype=np.uint8))
+    return (np.stack(digests) if digests else np.zeros((0, 16), np.uint8)), bad
+
+
+def _folder_data(name: str, split: str, base: Path, paths: list[Path], labels: list[int],
+                 classes: tuple[str, ...], image_size: int | InputTransform | None, workers: int | None,
+                 skip_unreadable: bool) -> ImageData:
+    digests, bad = hash_files(paths, workers=workers, skip_unreadable=skip_unreadable)
+    relpaths = [p.relative_to(base).as_posix() for p in paths]
+    skipped = tuple(relpaths[i] for i in bad)
+    if bad:
+        keep = np.setdiff1d(np.arange(len(paths)), bad)
+        relpaths, labels = [relpaths[i] for i in keep], [labels[i] for i in keep]
+    if not relpaths:
+        raise DataError(f"{name}: none of the {len(paths)} files under {base} could be read as an image")
+    lab = np.asarray(labels, dtype=np.int64)
+    transform = as_transform(image_size, DEFAULT_IMAGE_SIZE)
+    info = DatasetInfo(
+        name=name, split=split, num_samples=len(lab), class_names=classes, in_channels=transform.channels,
+        image_size=(transform.size, transform.size), mean=IMAGENET_MEAN, std=IMAGENET_STD,
+        fingerprint=fingerprint_for(digests, lab, relpaths), transform=transform.record(), skipped=skipped,
+    )
+    return ImageData(images=FileImages(base, relpaths, transform), labels=torch.from_numpy(lab),
+                     indices=torch.arange(len(lab), dtype=torch.int64),
+                     sample_ids=sample_ids_for(digests, lab, relpaths), info=info, keys=tuple(relpaths))
+
+
+def load_imagefolder(root: str, split: str, ignore_labels: bool = False, *, image_size: int | InputTransform | None = None,
+                     workers: int | None = None, skip_unreadable: bool = False) -> ImageData:
+    """ROOT/split as an ImageData whose pixels are decoded on demand (see the module docstring).
+
+    ``ignore_labels``: every label UNLABELLED, ids and fingerprint hashed with it, and no class names (a
+    cache of the images takes the teacher's classes, which may be another label set entirely).
+    """
+    base, split_dir = Path(root), Path(root) / split
+    if not split_dir.is_dir():
+        raise DataError(f"imagefolder: {split_dir} not found; {LAYOUT_HINT}")
+    classes = class_names_in(base)
+    if not classes:
+        raise DataError(f"imagefolder: no class folders under {split_dir}; {LAYOUT_HINT}")
+    paths, labels = _labelled_files(split_dir, classes)
+    if not paths:
+        raise DataError(f"imagefolder: no images under {split_dir}; {LAYOUT_HINT}")
+    if ignore_labels:
+        labels, classes = [UNLABELLED] * len(labels), ()
+    return _folder_data(IMAGEFOLDER, split, split_dir, paths, labels, classes, image_size, workers, skip_unreadable)
+
+
+def load_unlabelled(root: str, split: str = "train", *, image_size: int | InputTransform | None = None,
+                    workers: int | None = None, skip_unreadable: bool = False) -> ImageData:
     """Every image under ROOT as the ``train`` split of an unlabelled dataset (see the module docstring)."""
     base = Path(root)
     if split != "train":
@@ -154,14 +185,5 @@ def load_unlabelled(root: str, split: str = "train") -> ImageData:
     paths = image_files_under(base)
     if not paths:
         raise DataError(f"unlabelled: no images under {base}; {UNLABELLED_HINT}")
-    images, relpaths = _read_images(paths, base)
-    labels = np.full(len(relpaths), UNLABELLED, dtype=np.int64)
-    mean, std = _pixel_stats(images)
-    info = DatasetInfo(
-        name=UNLABELLED_FOLDER, split="train", num_samples=len(labels), class_names=(),
-        in_channels=images.shape[1], image_size=(images.shape[2], images.shape[3]), mean=mean, std=std,
-        fingerprint=fingerprint_for(images, labels, relpaths),
-    )
-    return ImageData(images=torch.from_numpy(images), labels=torch.from_numpy(labels),
-                     indices=torch.arange(len(labels), dtype=torch.int64),
-                     sample_ids=sample_ids_for(images, labels, relpaths), info=info)
+    return _folder_data(UNLABELLED_FOLDER, "train", base, paths, [UNLABELLED] * len(paths), (), image_size,
+                        workers, skip_unreadable)

@@ -97,6 +97,7 @@ def cache_info(path: str | os.PathLike, temperatures: tuple[float, ...] = INFO_T
         "topk": meta.topk, "num_views": views, "view_policy": meta.view_policy, "chunk_rows": chunk_rows,
         "content_sha256": meta.content_sha256,
         "normalization_mean": list(meta.normalization_mean), "normalization_std": list(meta.normalization_std),
+        "input_transform": meta.input_transform, "skipped_files": meta.skipped_files,
         "teacher_label_agreement": agree / (num_labelled * (views if meta.has_views else 1)) if num_labelled else None,
         "max_abs_logit": max_abs,
         "mean_entropy_nats": {f"{t:g}": float(s / (n * (views if meta.has_views else 1)))
@@ -136,6 +137,14 @@ def format_info(info: dict[str, Any]) -> str:
                                f"{pol.get('seed')}" + (", view 0 un-augmented" if pol.get("include_original")
                                                        else "")))
     agreement = info["teacher_label_agreement"]
+    tf = info.get("input_transform")
+    if tf:
+        lines.append(("transform", f"image files decoded as {tf['mode']}, shorter side resized to {tf['resize']} "
+                                   f"({tf['interpolation']}, antialiased), centre crop {tf['size']}x{tf['size']}"))
+    if info.get("skipped_files"):
+        skipped = info["skipped_files"]
+        lines.append(("skipped", f"{len(skipped)} unreadable file(s) left out: {', '.join(skipped[:3])}"
+                                 + (", ..." if len(skipped) > 3 else "")))
     lines += [
         ("inputs", f"standardised with mean {info['normalization_mean']}, std {info['normalization_std']}"),
         ("agreement", f"teacher top-1 = stored label on {agreement:.2%} of labelled rows" if agreement is not None

@@ -12,6 +12,7 @@ import datetime as _dt
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -19,21 +20,22 @@ import torch
 
 from . import __version__, dist
 from .batches import Batch, BatchSource, MemoryBatches
-from .cache import LogitCache, open_cache
+from .cache import LogitCache, open_cache, read_meta
 from .checkpoint import check_model_fits_data, load_checkpoint, model_config, read_checkpoint, save_checkpoint
-from .config import (CACHE_MEMORY_LIMIT_MB, DEFAULT_DATA_DIR, STUDENT_ARCH, STUDENT_TRAIN, TEACHER_ARCH, TEACHER_TRAIN,
+from .config import (CACHE_MEMORY_LIMIT_MB, DEFAULT_DATA_DIR, DEFAULT_DATASET, STUDENT_ARCH, STUDENT_TRAIN, TEACHER_ARCH, TEACHER_TRAIN,
                      DataConfig, TrainConfig)
-from .data import load_dataset, load_train_val, require_labels
+from .data import load_dataset, load_train_val, read_options, require_labels
 from .device import resolve_device
 from .ensemble import ENSEMBLE_METHODS, check_members, combine_logits
 from .errors import CheckpointError, ConfigError
 from .files import check_output, write_json
+from .images import InputTransform
 from .loss import check_alpha, check_temperature, kd_loss
 from .models import ModelSpec, count_parameters
 from .samples import UNLABELLED, ImageData
 from .targets import Targets, as_tensors, concat
 from .transfer import TransferSet, check_unlabelled_rows, concat_data, mask_labels, open_transfer_sets, transfer_views
-from .train import cross_entropy_loss, evaluate, fit
+from .train import Diverged, cross_entropy_loss, evaluate, fit
 from .views import fresh_views, student_views
 
 
@@ -80,7 +82,8 @@ def _train_and_save(role: str, spec: ModelSpec, train_data: ImageData, data_cfg:
     metrics_out = check_output(metrics_path_for(out), overwrite)
     ctx = dist.current()
     device = ctx.local_device(resolve_device(cfg.device))
-    test_data = load_dataset(data_cfg.dataset, "test", data_cfg.data_dir, data_cfg.eval_limit, data_cfg.download)
+    test_data = load_dataset(data_cfg.dataset, "test", data_cfg.data_dir, data_cfg.eval_limit, data_cfg.download,
+                             **read_options(data_cfg))
     val_data = _val_data(data_cfg)
     info = train_data.info
     torch.manual_seed(cfg.seed)
@@ -113,15 +116,30 @@ def _train_and_save(role: str, spec: ModelSpec, train_data: ImageData, data_cfg:
         save_checkpoint(out, model.cpu(), config, overwrite=True)
         result = {"checkpoint": str(out), "metrics": str(metrics_out), "config": config, "history": history,
                   "test": final, "val": val, "parameters": count_parameters(model), "seconds": seconds,
-                  "reused": False}
+                  "reused": False, "warnings": chance_warnings(final["accuracy"], test_data)}
         write_json(metrics_out, result)
     ctx.check()  # rank 0's evaluation and files (or everyone hears why not)
     return ctx.broadcast(result)
 
 
+CHANCE_MARGIN = 0.01  # test accuracy within this of the majority class's share counts as chance
+
+
+def chance_warnings(accuracy: float, test_data: ImageData) -> list[str]:
+    """A warning when a trained model scores no better than always answering the commonest test class."""
+    labels = test_data.labels[test_data.labels != UNLABELLED]
+    if len(labels) == 0:
+        return []
+    majority = float(torch.bincount(labels).max()) / len(labels)
+    if accuracy > majority + CHANCE_MARGIN:
+        return []
+    return [f"test accuracy {accuracy:.2%} is at chance (always answering the commonest class scores {majority:.2%}): "
+            "the model learned nothing; check the data and labels, train longer, or change --lr"]
+
+
 def _val_data(data_cfg: DataConfig) -> ImageData | None:
     return load_train_val(data_cfg.dataset, data_cfg.data_dir, data_cfg.limit, data_cfg.val_size,
-                          data_cfg.download)[1]
+                          data_cfg.download, **read_options(data_cfg))[1]
 
 
 def _request(role: str, spec: ModelSpec, data: ImageData, data_cfg: DataConfig, cfg: TrainConfig, **more: Any) -> dict:
@@ -135,6 +153,20 @@ def _request(role: str, spec: ModelSpec, data: ImageData, data_cfg: DataConfig, 
             "train": train, **({"world_size": ranks} if ranks > 1 else {}), **more}
 
 
+def data_from_cache(data_cfg: DataConfig, caches: Sequence[str | os.PathLike]) -> DataConfig:
+    """``data_cfg`` with what it leaves open taken from the first cache: its dataset and input size.
+
+    A student trains on the data its teacher labelled; asking for it again (``--dataset``)
+    is only needed to override, and a different dataset is then refused by the alignment.
+    """
+    if not caches or (data_cfg.dataset is not None and data_cfg.image_size is not None):
+        return replace(data_cfg, dataset=data_cfg.dataset or DEFAULT_DATASET)
+    meta = read_meta(caches[0])
+    transform = meta.input_transform
+    return replace(data_cfg, dataset=data_cfg.dataset or meta.dataset,
+                   image_size=data_cfg.image_size or InputTransform.from_record(transform))
+
+
 def train_teacher(out: str | os.PathLike, *, arch: str = TEACHER_ARCH, data_cfg: DataConfig = DataConfig(),
                   cfg: TrainConfig = TEACHER_TRAIN, overwrite: bool = False, progress: bool = False,
                   reuse: bool = False, augment: str | None = None) -> dict[str, Any]:
@@ -146,7 +178,8 @@ def train_teacher(out: str | os.PathLike, *, arch: str = TEACHER_ARCH, data_cfg:
     """
     spec = ModelSpec(arch=arch)
     spec.check()  # unknown arch fails before any data is read
-    data, _ = load_train_val(data_cfg.dataset, data_cfg.data_dir, data_cfg.limit, data_cfg.val_size, data_cfg.download)
+    data, _ = load_train_val(data_cfg.dataset, data_cfg.data_dir, data_cfg.limit, data_cfg.val_size, data_cfg.download,
+                             **read_options(data_cfg))
     require_labels(data, "a teacher's training data")
     views = fresh_views(augment, data, cfg.seed)
     more = {} if views is None else {"augment": views.policy.describe()}  # absent, not None: old requests still match
@@ -231,7 +264,9 @@ def train_student(out: str | os.PathLike, *, caches: Sequence[str | os.PathLike]
         raise ConfigError(f"unknown ensemble method {ensemble!r}; choose one of: {', '.join(ENSEMBLE_METHODS)}")
     if alpha > 0 and not caches:
         raise ConfigError("alpha > 0 distils from a teacher: pass --cache (or use --alpha 0 for labels only)")
-    data, _ = load_train_val(data_cfg.dataset, data_cfg.data_dir, data_cfg.limit, data_cfg.val_size, data_cfg.download)
+    data_cfg = data_from_cache(data_cfg, caches)
+    data, _ = load_train_val(data_cfg.dataset, data_cfg.data_dir, data_cfg.limit, data_cfg.val_size, data_cfg.download,
+                             **read_options(data_cfg))
     require_labels(data, "a student's labelled data (--dataset)")
     check_unlabelled_rows(labels_limit, len(data), alpha, bool(transfer))
     opened = [open_cache(p) for p in caches]
@@ -267,12 +302,12 @@ def train_student(out: str | os.PathLike, *, caches: Sequence[str | os.PathLike]
             ctx = dist.current()
             return MemoryBatches(rows_data, cfg.batch_size, shuffle=True, seed=cfg.seed, device=device,
                                  teacher_logits=targets, channels_last=cfg.precision == "bf16", views=plan,
-                                 rank=ctx.rank, world_size=ctx.world_size)
+                                 rank=ctx.rank, world_size=ctx.world_size, workers=data_cfg.workers)
     try:
         return _train_and_save("student", spec, rows_data, data_cfg, cfg, out, overwrite, progress,
                                distillation_loss(temperature, alpha), request, extra, batches, reuse)
-    except ConfigError as e:
-        if alpha > 0 and temperature > HIGH_TEMPERATURE and str(e).startswith("training diverged"):
+    except Diverged as e:
+        if alpha > 0 and temperature > HIGH_TEMPERATURE:
             raise ConfigError(f"{str(e).split(';')[0]} at T={temperature:g}: at a temperature this high the soft "
                               "loss T²·KL is logit matching (half the mean squared difference of the centred "
                               "logits, Hinton et al. 2015 §2.1), whose gradients grow with the student-teacher "
@@ -329,14 +364,18 @@ def _student_targets(caches: Sequence[LogitCache], data: ImageData, cfg: TrainCo
 def evaluate_checkpoint(path: str | os.PathLike, *, split: str = "test", dataset: str | None = None,
                         data_dir: str = DEFAULT_DATA_DIR, limit: int | None = None, device: str = "auto",
                         batch_size: int = 1000, progress: bool = False,
-                        student_factory: str | None = None) -> dict[str, Any]:
+                        student_factory: str | None = None, workers: int | None = None) -> dict[str, Any]:
     """Accuracy, loss and per-class accuracy of a checkpoint on a dataset split.
 
     ``student_factory`` must name the factory of a checkpoint trained with one (your
     consent to import and call it; a checkpoint alone never makes kdcache run code).
     """
     model, config = load_checkpoint(path, factory=student_factory)
-    data = require_labels(load_dataset(dataset or config["dataset"], split, data_dir, limit), "evaluated on")
+    transform = config.get("input_transform")
+    data = require_labels(load_dataset(dataset or config["dataset"], split, data_dir, limit,
+                                       image_size=InputTransform.from_record(transform), workers=workers),
+                          "evaluated on")
     check_model_fits_data(config, data.info, path)
-    metrics = evaluate(model, data, batch_size=batch_size, device=resolve_device(device), progress=progress)
+    metrics = evaluate(model, data, batch_size=batch_size, device=resolve_device(device), progress=progress,
+                       workers=workers)
     return {"checkpoint": str(path), "arch": config["arch"], "dataset": data.info.name, "split": split, **metrics}

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field, replace
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from .errors import ConfigError
+from .images import subset
 
 UNLABELLED = -1  # the label of a sample nobody labelled (cache rows, batches, datasets)
 
@@ -31,7 +32,9 @@ class DatasetInfo:
     image_size: tuple[int, int]
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    fingerprint: str  # sha256 over the whole split's pixels and labels
+    fingerprint: str  # sha256 over the whole split's pixels (files: relative paths and bytes) and labels
+    transform: dict | None = field(default=None, hash=False)  # image files: kdcache.images.InputTransform.record()
+    skipped: tuple[str, ...] = ()  # image files left out as unreadable (--skip-unreadable), relative paths
 
     @property
     def num_classes(self) -> int:
@@ -40,13 +43,19 @@ class DatasetInfo:
 
 @dataclass(frozen=True)
 class ImageData:
-    """A split (or part of it) in memory. ``labels`` holds UNLABELLED where a sample has no label."""
+    """A split (or part of it). ``labels`` holds UNLABELLED where a sample has no label.
 
-    images: torch.Tensor  # (N, C, H, W) uint8
+    ``images`` is a uint8 tensor (N, C, H, W) in memory, or a lazy source indexed the same
+    way (kdcache.images: image files decoded on demand); read batches of it through
+    kdcache.loader.image_batches.
+    """
+
+    images: Any  # (N, C, H, W) uint8: a tensor, or a kdcache.images source
     labels: torch.Tensor  # (N,) int64
     indices: torch.Tensor  # (N,) int64, position in the full split
     sample_ids: np.ndarray = field(repr=False)  # (N,) uint64 content ids
     info: DatasetInfo = field(repr=False)
+    keys: tuple[str, ...] | None = field(default=None, repr=False)  # image files: each sample's relative path
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -62,9 +71,10 @@ class ImageData:
     def take(self, rows: slice | np.ndarray | torch.Tensor) -> "ImageData":
         """The samples at ``rows`` (a slice or an index array), same info."""
         idx = rows if isinstance(rows, slice) else torch.as_tensor(np.asarray(rows), dtype=torch.int64)
-        ids = self.sample_ids[rows] if isinstance(rows, slice) else self.sample_ids[np.asarray(rows)]
-        return replace(self, images=self.images[idx], labels=self.labels[idx], indices=self.indices[idx],
-                       sample_ids=ids)
+        pos = rows if isinstance(rows, slice) else np.asarray(rows)
+        keys = None if self.keys is None else tuple(np.asarray(self.keys, dtype=object)[pos])
+        return replace(self, images=subset(self.images, rows), labels=self.labels[idx], indices=self.indices[idx],
+                       sample_ids=self.sample_ids[pos], keys=keys)
 
     @property
     def num_labelled(self) -> int:

@@ -1,4 +1,4 @@
-"""A train.fit batch source over a cache bigger than memory: targets streamed, images from memory.
+"""A train.fit batch source over a cache bigger than memory: targets streamed, images read alongside.
 
 kdcache.reader streams a cache's targets in block-shuffled order (every row once per epoch,
 read at near-sequential speed); ``StreamingBatches`` pairs each streamed row with its image
@@ -7,6 +7,7 @@ trains from such a cache exactly as from one held in memory.
 """
 from __future__ import annotations
 
+import collections
 import itertools
 import math
 import os
@@ -19,13 +20,14 @@ from .augment import ViewPlan
 from .batches import Batch, pick_views, rank_batch_size, view_images
 from .config import STREAM_MIN_BLOCKS_PER_RANK
 from .errors import ConfigError
+from .loader import image_batches
 from .reader import DEFAULT_BUFFER_BLOCKS, ConcatStream, LogitStream, iter_batches
 from .samples import ImageData, normalize
 from .targets import Targets, to_float
 
 
 class StreamingBatches:
-    """A train.fit batch source: targets streamed from the cache, images gathered from memory.
+    """A train.fit batch source: targets streamed from the cache, images read for the same rows (kdcache.loader).
 
     ``rows[i]`` is the cache row of sample ``i`` of ``data`` (LogitCache.align). Each
     epoch is a fresh shuffled order (``seed``, epoch number); each sample meets its own
@@ -48,7 +50,7 @@ class StreamingBatches:
                  rows: np.ndarray | Sequence[np.ndarray], batch_size: int, *,
                  seed: int = 0, device: torch.device | str = "cpu", num_workers: int = 0,
                  buffer_blocks: int = DEFAULT_BUFFER_BLOCKS, channels_last: bool = False,
-                 rank: int = 0, world_size: int = 1, views: ViewPlan | None = None):
+                 rank: int = 0, world_size: int = 1, views: ViewPlan | None = None, workers: int | None = None):
         min_blocks = STREAM_MIN_BLOCKS_PER_RANK * world_size if world_size > 1 else 1
         if isinstance(cache_path, (str, os.PathLike)):
             self.stream = LogitStream(cache_path, rows=rows, values=np.arange(len(data)), shuffle=True, seed=seed,
@@ -64,7 +66,8 @@ class StreamingBatches:
             self.stream = ConcatStream(parts, shuffle=True, seed=seed, buffer_blocks=buffer_blocks, rank=rank,
                                        world_size=world_size)
         self.device = torch.device(device)
-        self.images, self.labels = data.images.to(self.device), data.labels.to(self.device)
+        self.images, self.labels = data.images, data.labels.to(self.device)
+        self.workers = workers  # image readers (kdcache.loader); num_workers reads the cache
         self.mean, self.std = data.info.mean, data.info.std
         self.batch_size = rank_batch_size(batch_size, rank, world_size)
         self.num_workers = num_workers
@@ -83,10 +86,23 @@ class StreamingBatches:
             return self.steps
         return math.ceil(self.stream.num_rank_rows() / self.batch_size)
 
-    def _batches(self) -> Iterator[tuple[torch.Tensor, Targets]]:
-        """This epoch's (positions, targets) batches; with several ranks, the same number on each."""
+    def _batches(self) -> Iterator[tuple[torch.Tensor, Targets, torch.Tensor]]:
+        """This epoch's (positions, targets, uint8 images) batches; with several ranks, the same number on each.
+
+        The positions the stream produces are the image loader's batch sampler; the loader
+        yields in order, a few batches behind, so each batch's targets wait in a FIFO for its images.
+        """
         batches = iter_batches(self.stream, self.batch_size, self.num_workers)
-        return batches if self.steps is None else itertools.islice(batches, self.steps)
+        batches = batches if self.steps is None else itertools.islice(batches, self.steps)
+        pending: collections.deque = collections.deque()
+
+        def positions() -> Iterator[torch.Tensor]:
+            for pos, targets in batches:
+                pending.append((pos, targets))
+                yield pos
+        for pixels in image_batches(self.images, positions(), workers=self.workers, device=self.device):
+            pos, targets = pending.popleft()
+            yield pos, targets, pixels
 
     def __iter__(self) -> Iterator[Batch]:
         epoch = self.epoch
@@ -95,9 +111,9 @@ class StreamingBatches:
         if self.views is not None:
             yield from self._iter_views(epoch)
             return
-        for pos, targets in self._batches():
+        for pos, targets, pixels in self._batches():
             pos = pos.to(self.device)
-            x = normalize(self.images[pos], self.mean, self.std).contiguous(memory_format=self.memory_format)
+            x = normalize(pixels, self.mean, self.std).contiguous(memory_format=self.memory_format)
             yield Batch(x, self.labels[pos], to_float(targets).to(self.device))
 
     def _iter_views(self, epoch: int) -> Iterator[Batch]:
@@ -106,12 +122,12 @@ class StreamingBatches:
         views, params = plan.for_epoch(epoch, len(self.labels))  # (N,) or None, (N, P), by position in data
         params = params.to(self.device)
         views = None if views is None else views.to(self.device)
-        for pos, targets in self._batches():
+        for pos, targets, pixels in self._batches():
             pos = pos.to(self.device)
             t = to_float(targets).to(self.device)
             if views is not None:
                 t = pick_views(t, views[pos])  # (B, V, C) -> the view each sample shows this epoch
-            x = view_images(self.images[pos], params[pos], plan, self.mean, self.std)
+            x = view_images(pixels, params[pos], plan, self.mean, self.std)
             yield Batch(x.contiguous(memory_format=self.memory_format), self.labels[pos], t)
 
     def close(self) -> None:

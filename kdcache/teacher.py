@@ -32,6 +32,7 @@ from .checkpoint import (
 from .device import autocast, strict_fp32
 from .errors import CheckpointError, ConfigError
 from .files import sha256_file
+from .images import InputTransform
 from .models import build_from_factory, check_output_shape
 from .samples import DatasetInfo, standardize, to_unit
 
@@ -99,6 +100,21 @@ class Teacher:
         params = params.to(device)
         return torch.stack([self.logits(policy.apply(x, params[:, v]), device, precision)
                             for v in range(params.shape[1])], dim=1)
+
+
+def default_transform(spec: TeacherSpec) -> InputTransform | None:
+    """How image files become a checkpoint teacher's input: the transform it was trained with, or, for a teacher
+    of an in-memory dataset (Fashion-MNIST), its input size and channels with images of that size unchanged.
+    None for a factory teacher (the data's default)."""
+    if spec.checkpoint is None:
+        return None
+    config = read_checkpoint(spec.checkpoint)["config"]
+    if config.get("input_transform"):
+        return InputTransform.from_record(config["input_transform"])
+    h, w = config["image_size"]
+    if h != w:
+        return None
+    return InputTransform(int(h), crop_fraction=1.0, mode="L" if int(config["in_channels"]) == 1 else "RGB")
 
 
 def default_dataset(spec: TeacherSpec) -> str:

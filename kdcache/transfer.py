@@ -31,6 +31,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .images import InputTransform
+from .images import concat as concat_images
 from .augment import ViewPlan
 from .cache import LogitCache
 from .config import DataConfig
@@ -81,9 +83,12 @@ def concat_data(parts: Sequence[ImageData]) -> ImageData:
     """
     if len(parts) == 1:
         return parts[0]
-    return replace(parts[0], images=torch.cat([p.images for p in parts]), labels=torch.cat([p.labels for p in parts]),
-                   indices=torch.cat([p.indices for p in parts]),
-                   sample_ids=np.concatenate([p.sample_ids for p in parts]))
+    keys = None
+    if any(p.keys is not None for p in parts):  # image files: each row's path, others by dataset index
+        keys = tuple(k for p in parts for k in (p.keys or [f"#{int(i)}" for i in p.indices]))
+    return replace(parts[0], images=concat_images([p.images for p in parts]),
+                   labels=torch.cat([p.labels for p in parts]), indices=torch.cat([p.indices for p in parts]),
+                   sample_ids=np.concatenate([p.sample_ids for p in parts]), keys=keys)
 
 
 @dataclass
@@ -136,7 +141,8 @@ def open_transfer_sets(transfer: Sequence[LogitCache], data_dirs: Sequence[str],
     for (name, split, _, d), caches in groups.items():
         caches = _match_teachers(caches, teachers)
         try:
-            data = load_dataset(name, split, d, ignore_labels=caches[0].meta.unlabelled)
+            data = load_dataset(name, split, d, ignore_labels=caches[0].meta.unlabelled,  # read as the teacher did
+                                image_size=InputTransform.from_record(caches[0].meta.input_transform))
         except DataError as e:
             raise DataError(f"transfer cache {caches[0].path}: {e} (--transfer-data-dir names the folder of the "
                             "images the cache was made from)") from None
@@ -178,7 +184,7 @@ def _check_compatible(cache: LogitCache, data: ImageData, labelled: ImageData, t
     if (m.targets, m.topk, m.num_views, _policy(m)) != (t.targets, t.topk, t.num_views, _policy(t)):
         raise CacheError(f"transfer cache {p} holds {_kind(m)}, the --cache {teacher.path} {_kind(t)}; dump both with "
                          "the same --top-k, --views and --augment")
-    if tuple(data.images.shape[1:]) != tuple(labelled.images.shape[1:]):
+    if tuple(data.images.shape[1:]) != tuple(labelled.images.shape[1:]):  # (C, H, W), without reading pixels
         raise DataError(f"transfer images {m.dataset}/{m.split} in {data_dir} are {tuple(data.images.shape[1:])} (C, H, "
                         f"W), the labelled images {tuple(labelled.images.shape[1:])}; use images of the same size and "
                         "colour mode")

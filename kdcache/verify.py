@@ -39,6 +39,7 @@ from .cache.schema import REDUMP
 from .data import load_dataset
 from .device import resolve_device
 from .errors import CacheError
+from .images import InputTransform
 from .samples import UNLABELLED, ImageData
 from .targets import TAIL_T2, TopK
 from .teacher import TeacherSpec, load_teacher
@@ -125,8 +126,9 @@ def verify_cache(path: str | os.PathLike, *, dataset: str | None = None, split: 
         if not intact:
             report.add("alignment", "skip", "not checked: the index datasets are damaged (see above)")
             return report
+        transform = m.input_transform
         data = load_dataset(dataset or m.dataset, split or m.split, data_dir or "data",
-                            ignore_labels=m.unlabelled)
+                            ignore_labels=m.unlabelled, image_size=InputTransform.from_record(transform))
         aligned = _check_alignment(cache, data, report)
         views_ok = _check_views(cache, data, report) if m.has_views else True
         if teacher is None:

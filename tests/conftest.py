@@ -215,3 +215,41 @@ def finish_job(proc, timeout: float = 180):
 def error_lines(proc) -> list[str]:
     """The `Error:` lines a job printed (torchrun's own summary follows them on stderr)."""
     return [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("Error:")]
+
+
+MODES = ("RGB", "L", "P", "RGBA", "CMYK", "I;16")  # what a folder of photos and scans holds
+
+
+def save_image(path: Path, g: np.random.Generator, size: tuple[int, int], mode: str, level: float) -> None:
+    """One learnable image (its brightness says its class) of ``size`` (w, h) in ``mode``, as PNG or JPEG."""
+    from PIL import Image
+
+    w, h = size
+    rgb = np.clip(g.normal(level, 30, size=(h, w, 3)), 0, 255).astype(np.uint8)
+    im = Image.fromarray(rgb, "RGB")
+    if mode == "I;16":
+        im = Image.fromarray((rgb.mean(axis=2) * 257).astype(np.uint16))
+    elif mode == "P":
+        im = im.quantize(16)
+    elif mode != "RGB":
+        im = im.convert(mode)
+    if mode in ("RGB", "L", "CMYK") and path.suffix != ".png":
+        im.save(path.with_suffix(".jpg"), quality=90)
+    else:
+        im.save(path.with_suffix(".png"))
+
+
+def make_photo_folder(root: Path, classes=("ant", "bee", "cat"), per_class=(6, 2), seed: int = 0,
+                      unlabelled: bool = False) -> Path:
+    """An ImageFolder (or, ``unlabelled``, a plain tree) of JPEGs and PNGs of every size and mode, made here."""
+    g = np.random.default_rng(seed)
+    splits = [("", per_class[0] * len(classes))] if unlabelled else list(zip(("train", "test"), per_class))
+    for split, n in splits:
+        for k, cls in enumerate(["misc"] if unlabelled else classes):
+            d = root / split / cls / "sub"
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                size = (int(g.integers(20, 90)), int(g.integers(20, 90)))
+                mode = MODES[(i + k) % len(MODES)]
+                save_image(d / f"img{i:02d}.jpg", g, size, mode, 50 + 70 * (k % 3))
+    return root

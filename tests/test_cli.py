@@ -151,7 +151,7 @@ def test_huge_temperature_is_named_when_training_diverges(artifacts, tmp_path):
     """
     args = ("--T", "1e6", "--alpha", "0.5", "--epochs", 3, "--batch-size", 16)  # 48 steps: enough to diverge
     r = student(artifacts, tmp_path / "hot.pt", *args, ok=False)
-    assert_error(r, "training diverged (loss nan) at T=1e+06", "logit matching", "--T 20 or lower")
+    assert_error(r, "training diverged (loss ", "at T=1e+06", "logit matching", "--T 20 or lower")
     student(artifacts, tmp_path / "hot.pt", *args, "--lr", "0.002")
     history = json.loads((tmp_path / "hot.metrics.json").read_text())["history"]
     assert len(history) == 3 and all(math.isfinite(h["train_loss"]) and h["train_loss"] > 0 for h in history)

@@ -259,15 +259,17 @@ def test_torchvision_imagefolder_over_a_cache_of_kdcache_imagefolder(tmp_path):
     from test_imagefolder import make_folder
 
     root = make_folder(tmp_path / "imgs")
-    kd = load_dataset("imagefolder", "train", root)
+    kd = load_dataset("imagefolder", "train", root, image_size=16)
     path = write_cache(tmp_path / "if.h5", index_logits(np.arange(len(kd)), classes=3), kd.labels, kd.indices,
                        kd.sample_ids, cache_attrs(kd.info))
-    folder = torchvision.datasets.ImageFolder(str(root / "train"), transform=transforms.ToTensor())
+    # torchvision's reference evaluation transform at 16: kdcache's input transform is exactly this
+    tf = transforms.Compose([transforms.Resize(18), transforms.CenterCrop(16), transforms.ToTensor()])
+    folder = torchvision.datasets.ImageFolder(str(root / "train"), transform=tf)
     ds = CachedDataset(folder, path)
     assert ds.alignment.checked == ("index", "label", "class names")
-    for i in (0, 7, 17):
+    for i in (0, 11, 16):  # RGB JPEGs (other modes: kdcache scales 16-bit and keeps palette transparency)
         image, label, targets = ds[i]
-        assert int(targets[0]) == i and label == folder.targets[i] and image.shape == (3, 12, 12)
+        assert int(targets[0]) == i and label == folder.targets[i] and image.shape == (3, 16, 16)
         assert torch.equal((image * 255).round().to(torch.uint8), kd.images[i])  # the very pixels kdcache cached
 
 

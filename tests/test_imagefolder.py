@@ -1,5 +1,6 @@
 """A team's own data and teacher: a tiny ImageFolder made here, and a custom model from a factory."""
 import json
+import shutil
 import sys
 import textwrap
 
@@ -9,26 +10,20 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from conftest import assert_error
+from conftest import assert_error, make_photo_folder
 from kdcache.cli import main
 from kdcache.data import load_dataset
-from kdcache.errors import DataError
+from kdcache.errors import ConfigError, DataError
+from kdcache.imagefolder import IMAGENET_MEAN, IMAGENET_STD
+from kdcache.images import FileImages
 
 CLASSES = ("ant", "bee", "cat")
-SIZE = 12  # teacher-cnn needs a multiple of 4
+SIZE = 16  # --image-size of these tests (teacher-cnn needs a multiple of 4)
 
 
-def make_folder(root, per_class=(6, 2), mode="RGB", seed=0):
-    g = np.random.default_rng(seed)
-    for split, n in zip(("train", "test"), per_class):
-        for k, cls in enumerate(CLASSES):
-            d = root / split / cls / "sub"
-            d.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                shape = (SIZE, SIZE, 3) if mode == "RGB" else (SIZE, SIZE)
-                pixels = np.clip(g.normal(60 + 60 * k, 30, size=shape), 0, 255).astype(np.uint8)  # learnable
-                Image.fromarray(pixels, mode=mode).save(d / f"img{i:02d}.png")
-    return root
+def make_folder(root, per_class=(6, 2), seed=0):
+    """JPEGs and PNGs of 20..90 px sides in RGB, L, P, RGBA, CMYK and 16-bit modes (conftest.make_photo_folder)."""
+    return make_photo_folder(root, CLASSES, per_class, seed)
 
 
 def run(*args):
@@ -39,49 +34,69 @@ def one_line_error(result, needle):
     assert_error(result, needle)
 
 
-def test_shape_classes_order_ids_and_stats_come_from_the_data(tmp_path):
+def test_files_of_any_size_and_mode_load_lazily_at_image_size(tmp_path):
     root = make_folder(tmp_path / "imgs")
-    d = load_dataset("imagefolder", "train", root)
+    d = load_dataset("imagefolder", "train", root, image_size=SIZE, workers=0)
     info = d.info
     assert info.class_names == CLASSES and info.in_channels == 3 and info.image_size == (SIZE, SIZE)
+    assert isinstance(d.images, FileImages) and d.images.shape == (18, 3, SIZE, SIZE)  # nothing decoded yet
     assert len(d) == 18 and d.labels.tolist() == [0] * 6 + [1] * 6 + [2] * 6  # class, then sorted path
-    pixels = d.images.double() / 255
-    assert info.mean == pytest.approx(tuple(pixels.mean(dim=(0, 2, 3)).tolist()), abs=1e-6)
-    assert info.std == pytest.approx(tuple(pixels.std(dim=(0, 2, 3), unbiased=False).tolist()), abs=1e-6)
+    assert d.keys[0] == "ant/sub/img00.jpg" and {k.rsplit(".", 1)[1] for k in d.keys} == {"jpg", "png"}
+    assert info.transform == {"kind": "resize-center-crop", "size": SIZE, "resize": 18, "interpolation": "bilinear",
+                              "antialias": True, "mode": "RGB"}
+    assert (info.mean, info.std) == (IMAGENET_MEAN, IMAGENET_STD)
+    pixels = d.images[torch.arange(18)]
+    assert pixels.dtype == torch.uint8 and pixels.shape == (18, 3, SIZE, SIZE)
+    # brightness still tells the classes apart after every mode's conversion: the data is learnable
+    means = [float(pixels[d.labels == k].float().mean()) for k in range(3)]
+    assert means[0] + 40 < means[1] and means[1] + 40 < means[2]
     assert len(set(d.sample_ids.tolist())) == 18
-    test = load_dataset("imagefolder", "test", root)
-    assert test.info.mean == info.mean and test.info.class_names == CLASSES  # train statistics for both splits
+    sub = d.take(np.array([5, 1]))
+    assert sub.keys == (d.keys[5], d.keys[1]) and torch.equal(sub.images[[0, 1]], pixels[[5, 1]])
 
 
-def test_ids_are_stable_and_follow_path_and_content(tmp_path):
+def test_ids_follow_relative_path_and_bytes_not_location(tmp_path):
     a = make_folder(tmp_path / "a")
-    b = make_folder(tmp_path / "b")  # same files written again: same order, ids and fingerprint
-    da, db = load_dataset("imagefolder", "train", a), load_dataset("imagefolder", "train", b)
+    shutil.copytree(a, tmp_path / "elsewhere" / "b")  # a copy in another place: same rows
+    da = load_dataset("imagefolder", "train", a, image_size=SIZE)
+    db = load_dataset("imagefolder", "train", tmp_path / "elsewhere" / "b", image_size=SIZE)
     assert np.array_equal(da.sample_ids, db.sample_ids) and da.info.fingerprint == db.info.fingerprint
-    (b / "train" / "ant" / "sub" / "img00.png").rename(b / "train" / "ant" / "sub" / "img99.png")
-    c = make_folder(tmp_path / "c")
-    (c / "train" / "bee" / "sub" / "img03.png").write_bytes((c / "train" / "bee" / "sub" / "img04.png").read_bytes())
-    from kdcache.imagefolder import _read_split
-    _read_split.cache_clear()
-    from kdcache.data import _load_full
-    _load_full.cache_clear()
-    moved = load_dataset("imagefolder", "train", b)
-    edited = load_dataset("imagefolder", "train", c)
-    assert moved.info.fingerprint != da.info.fingerprint and edited.info.fingerprint != da.info.fingerprint
-    assert set(moved.sample_ids.tolist()) ^ set(da.sample_ids.tolist())  # the renamed file has a new id
-    changed = np.flatnonzero(edited.sample_ids != da.sample_ids)
-    assert changed.tolist() == [9]  # bee (6..11), img03 -> only that row differs
+    b = tmp_path / "elsewhere" / "b" / "train" / "bee" / "sub"
+    first = sorted(b.iterdir())[3]
+    first.write_bytes(first.read_bytes() + b"\0")  # a changed file: only its row's id changes
+    edited = load_dataset("imagefolder", "train", tmp_path / "elsewhere" / "b", image_size=SIZE)
+    assert np.flatnonzero(edited.sample_ids != da.sample_ids).tolist() == [9]  # bee (6..11), its 4th file
+    assert edited.info.fingerprint != da.info.fingerprint
 
 
-def test_greyscale_and_bad_layouts(tmp_path):
-    grey = load_dataset("imagefolder", "train", make_folder(tmp_path / "g", mode="L"))
-    assert grey.info.in_channels == 1 and grey.images.shape == (18, 1, SIZE, SIZE)
+def test_bad_layouts_and_sizes(tmp_path):
     with pytest.raises(DataError, match="ROOT/train/<class>/<image>"):
         load_dataset("imagefolder", "train", tmp_path / "nothing-here")
-    odd = make_folder(tmp_path / "odd")
-    Image.fromarray(np.zeros((5, 7, 3), dtype=np.uint8)).save(odd / "train" / "cat" / "sub" / "zz.png")
-    with pytest.raises(DataError, match="resize all images to one size"):
-        load_dataset("imagefolder", "train", odd)
+    root = make_folder(tmp_path / "imgs")
+    (root / "train" / "dog").mkdir()
+    with pytest.raises(DataError, match="dog holds no images"):
+        load_dataset("imagefolder", "train", root)
+    (root / "train" / "dog").rmdir()
+    for bad in (0, 4, 5000):
+        with pytest.raises(ConfigError, match=f"--image-size {bad}: give the side"):
+            load_dataset("imagefolder", "train", root, image_size=bad)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="unlabelled: no images under"):
+        load_dataset("unlabelled", "train", tmp_path / "empty")
+
+
+def test_unreadable_files_are_named_or_skipped_and_recorded(tmp_path):
+    root = make_folder(tmp_path / "imgs")
+    bad = root / "train" / "bee" / "sub" / "zz-truncated.jpg"
+    good = next((root / "train" / "bee" / "sub").glob("*.jpg"))
+    bad.write_bytes(good.read_bytes()[:200])  # a JPEG cut short: its header reads, its pixels do not
+    (root / "train" / "cat" / "sub" / "notes.png").write_text("not an image")
+    d = load_dataset("imagefolder", "train", root, image_size=SIZE)  # listing and hashing read no pixels
+    with pytest.raises(DataError, match="cannot read image .*zz-truncated.jpg"):
+        d.images[torch.arange(len(d))]
+    kept = load_dataset("imagefolder", "train", root, image_size=SIZE, skip_unreadable=True)
+    assert len(kept) == 18 and kept.info.skipped == ("bee/sub/zz-truncated.jpg", "cat/sub/notes.png")
+    assert kept.images[torch.arange(18)].shape == (18, 3, SIZE, SIZE)
 
 
 FACTORY = textwrap.dedent('''
@@ -111,17 +126,18 @@ def team(tmp_path, monkeypatch):
 
 def test_custom_teacher_dump_verify_train_evaluate(team, tmp_path):
     root, weights = team
-    common = ["--dataset", "imagefolder", "--data-dir", root]
+    common = ["--dataset", "imagefolder", "--data-dir", root, "--image-size", SIZE]
     r = run("dump-logits", "--teacher-factory", "team_models_if:build", "--weights", weights, *common,
             "--out", tmp_path / "c.h5", "-q")
     assert r.exit_code == 0, r.output
     info = json.loads(run("info", tmp_path / "c.h5", "--json").output)
     assert info["teacher_arch"] == "factory:team_models_if:build" and info["dataset"] == "imagefolder"
     assert info["class_names"] == list(CLASSES) and info["num_samples"] == 18
-    v = run("verify", tmp_path / "c.h5", *common, "--teacher-factory", "team_models_if:build", "--weights", weights)
+    v = run("verify", tmp_path / "c.h5", *common[:4], "--teacher-factory", "team_models_if:build", "--weights", weights)
     assert v.exit_code == 0 and "ok    teacher:" in v.output and "ok    alignment:" in v.output, v.output
-    s = run("train-student", "--cache", tmp_path / "c.h5", *common, "--epochs", 1, "--batch-size", 6,
-            "--out", tmp_path / "s.pt", "-q")
+    assert info["input_transform"]["size"] == SIZE
+    s = run("train-student", "--cache", tmp_path / "c.h5", "--data-dir", root, "--epochs", 1, "--batch-size", 6,
+            "--out", tmp_path / "s.pt", "-q")  # dataset and input size come from the cache
     assert s.exit_code == 0, s.output
     e = run("evaluate", "--model", tmp_path / "s.pt", "--data-dir", root, "--json")
     assert e.exit_code == 0 and json.loads(e.output)["num_samples"] == 6, e.output
@@ -129,19 +145,19 @@ def test_custom_teacher_dump_verify_train_evaluate(team, tmp_path):
 
 def test_kdcache_teacher_on_imagefolder(team, tmp_path):
     root, _ = team
-    common = ["--dataset", "imagefolder", "--data-dir", root]
+    common = ["--dataset", "imagefolder", "--data-dir", root, "--image-size", SIZE]
     t = run("train-teacher", *common, "--epochs", 1, "--batch-size", 6, "--precision", "fp32",
             "--out", tmp_path / "t.pt", "-q")
     assert t.exit_code == 0, t.output
     d = run("dump-logits", "--teacher", tmp_path / "t.pt", "--data-dir", root, "--out", tmp_path / "c.h5", "-q")
-    assert d.exit_code == 0, d.output  # dataset defaults to the teacher's (imagefolder)
+    assert d.exit_code == 0, d.output  # dataset and input size default to the teacher's (imagefolder, 16)
     v = run("verify", tmp_path / "c.h5", "--data-dir", root, "--teacher", tmp_path / "t.pt", "-q")
     assert v.exit_code == 0 and v.output == "", v.output
 
 
 def test_custom_teacher_bad_inputs(team, tmp_path):
     root, weights = team
-    common = ["--dataset", "imagefolder", "--data-dir", root, "--out", tmp_path / "c.h5", "-q"]
+    common = ["--dataset", "imagefolder", "--data-dir", root, "--image-size", SIZE, "--out", tmp_path / "c.h5", "-q"]
     (tmp_path / "notes.pt").write_text("not a torch file")
     torch.save({"layer.weight": torch.zeros(2, 2)}, tmp_path / "other.pt")
     cases = [
@@ -167,6 +183,6 @@ def test_validation_split_covers_every_class(tmp_path):
     from kdcache.data import load_train_val
 
     make_folder(tmp_path, per_class=(6, 4))  # 3 classes x 6 train images, stored class by class
-    train, val = load_train_val("imagefolder", str(tmp_path), None, 6)
+    train, val = load_train_val("imagefolder", str(tmp_path), None, 6, image_size=SIZE)
     assert sorted(val.labels.tolist()) == [0, 0, 1, 1, 2, 2] and len(train) == 12
     assert not set(val.indices.tolist()) & set(train.indices.tolist())

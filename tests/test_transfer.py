@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from conftest import assert_error, cache_attrs, make_image_data, run_cli
+from kdcache.images import InputTransform, file_digest
 from kdcache.cache import open_cache, write_cache
 from kdcache.checkpoint import model_config, save_checkpoint
 from kdcache.config import STUDENT_TRAIN, DataConfig
@@ -76,15 +77,18 @@ def checkpoint_config(path):
 
 
 def test_unlabelled_folder_is_every_image_in_sorted_path_order(world, tmp_path):
-    d = load_dataset("unlabelled", "train", world.folder)
+    as_fmnist = InputTransform(28, crop_fraction=1.0, mode="L")  # how a Fashion-MNIST teacher reads files
+    d = load_dataset("unlabelled", "train", world.folder, image_size=as_fmnist)
     assert len(d) == FOLDER_IMAGES and d.info.class_names == () and d.num_labelled == 0
     assert (d.labels == UNLABELLED).all() and d.info.image_size == (28, 28) and d.info.in_channels == 1
     rel = sorted(p.relative_to(world.folder).as_posix() for p in world.folder.rglob("*.png") if ".hidden" not in str(p))
     images = np.stack([np.asarray(Image.open(world.folder / r))[None] for r in rel])
-    assert np.array_equal(d.images.numpy(), images)  # sorted by relative path, hidden and non-image files skipped
+    assert d.keys == tuple(rel)  # sorted by relative path, hidden and non-image files skipped
+    assert np.array_equal(d.images[torch.arange(len(d))].numpy(), images)  # 28x28 files at 28: pixels unchanged
+    digests = np.stack([np.frombuffer(file_digest(world.folder / r), np.uint8) for r in rel])
     minus = np.full(FOLDER_IMAGES, -1)
-    assert np.array_equal(d.sample_ids, sample_ids_for(images, minus, rel))  # path + pixels + -1
-    assert d.info.fingerprint == fingerprint_for(images, minus, rel)
+    assert np.array_equal(d.sample_ids, sample_ids_for(digests, minus, rel))  # path + the file's bytes + -1
+    assert d.info.fingerprint == fingerprint_for(digests, minus, rel)
     with pytest.raises(DataError, match="one split, train"):
         load_dataset("unlabelled", "test", world.folder)
     with pytest.raises(DataError, match="not found; put the images anywhere under ROOT"):
@@ -157,9 +161,9 @@ def test_factory_teacher_over_unlabelled_images_needs_class_names(world, tmp_pat
     (tmp_path / "transfer_team_models.py").write_text(FACTORY)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", list(sys.path))
-    torch.save(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 3)).state_dict(), tmp_path / "w.pt")
+    torch.save(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 28 * 28, 3)).state_dict(), tmp_path / "w.pt")
     common = ["--teacher-factory", "transfer_team_models:build", "--weights", tmp_path / "w.pt", "--dataset",
-              "unlabelled", "--data-dir", world.folder, "--out", tmp_path / "c.h5", "-q"]
+              "unlabelled", "--data-dir", world.folder, "--image-size", 28, "--out", tmp_path / "c.h5", "-q"]
     assert_error(run("dump-logits", *common, ok=False), "--teacher-factory needs --class-names FILE")
     (tmp_path / "names.txt").write_text("ant\nbee, honey\n\ncat\n")
     (tmp_path / "dup.txt").write_text("ant\nant\n")
@@ -229,10 +233,11 @@ def test_every_batch_mixes_labelled_and_transfer_rows_with_their_own_targets(wor
                   cfg=replace(STUDENT_TRAIN, batch_size=32, device="cpu"), overwrite=True,
                   cache_memory_limit_mb=0 if how == "streamed" else 2048, temperature=2.0)
     labelled = load_dataset("fashion-mnist", "train", world.data_dir, limit=200)
-    unl = load_dataset("unlabelled", "train", world.folder)
+    unl = load_dataset("unlabelled", "train", world.folder, image_size=InputTransform(28, crop_fraction=1.0, mode="L"))
     expect = {}
     for data, paths in ((labelled, [world.lab, world.lab2]), (unl, [world.unl, world.unl2])):
-        x = normalize(data.images, labelled.info.mean, labelled.info.std)  # the labelled data's mean/std for all
+        pixels = data.images[torch.arange(len(data))]
+        x = normalize(pixels, labelled.info.mean, labelled.info.std)  # the labelled data's mean/std for all
         members = []
         for path in paths if how == "ensemble" else paths[:1]:
             with open_cache(path) as c:
@@ -356,13 +361,15 @@ def test_transfer_rows_replay_their_own_stored_views(world, tmp_path, monkeypatc
     assert r["config"]["augment"]["mode"] == "replay" and r["config"]["num_unlabelled"] == FOLDER_IMAGES
     labelled = load_dataset("fashion-mnist", "train", world.data_dir, limit=100)
     expect = {}
-    for data, path in ((labelled, lab), (load_dataset("unlabelled", "train", world.folder), unl)):
+    as_fmnist = InputTransform(28, crop_fraction=1.0, mode="L")
+    for data, path in ((labelled, lab), (load_dataset("unlabelled", "train", world.folder, image_size=as_fmnist), unl)):
         with open_cache(path) as c:
             rows = c.rows_of(data.indices.numpy())
             params, logits = torch.from_numpy(c.read_view_params(rows)), torch.from_numpy(c.read(rows))
             policy = policy_from_record(c.meta.view_policy)
         for v in range(2):
-            x = standardize(policy.apply(to_unit(data.images), params[:, v]), labelled.info.mean, labelled.info.std)
+            x = standardize(policy.apply(to_unit(data.images[torch.arange(len(data))]), params[:, v]),
+                            labelled.info.mean, labelled.info.std)
             for i in range(len(data)):
                 expect[x[i].numpy().tobytes()] = (int(data.labels[i]), logits[i, v])
     seen = 0

@@ -85,6 +85,11 @@ ROOT_ATTRS: dict[str, str] = {
     "num_labelled": "rows with a label (the others hold -1)",
     "content_sha256": "SHA-256 of the stored values (see 'Content hash')",
 }
+# Optional attributes (absent where they do not apply, and from files written before they existed).
+OPTIONAL_ATTRS: dict[str, str] = {
+    "input_transform": "'' or JSON: how image files became the teacher's input (resize, centre crop, size, mode)",
+    "skipped_files": "'' or JSON list of the relative paths left out as unreadable (--skip-unreadable)",
+}
 _V1_DEFAULTS = {"targets": "logits", "topk": 0, "num_views": 1, "view_policy": "", "view_policy_json": "",
                 "num_labelled": None, "content_sha256": None}
 
@@ -194,6 +199,17 @@ class CacheMeta:
         return json.loads(self.attrs["config_json"])
 
     @property
+    def input_transform(self) -> dict[str, Any] | None:
+        """How image files became the teacher's input (kdcache.images.InputTransform.record), or None."""
+        text = self.attrs.get("input_transform") or ""
+        return json.loads(text) if text else None
+
+    @property
+    def skipped_files(self) -> list[str]:
+        text = self.attrs.get("skipped_files") or ""
+        return json.loads(text) if text else []
+
+    @property
     def has_views(self) -> bool:
         return self.view_policy is not None
 
@@ -252,6 +268,8 @@ def meta_from(f: h5py.File, path: Path, file_format: str = FORMAT_NAME) -> Cache
         raise CacheError(f"{path} lacks attribute(s) {', '.join(missing)}; re-create it with dump-logits")
     for k, v in _V1_DEFAULTS.items():
         attrs.setdefault(k, v)
+    for k in OPTIONAL_ATTRS:
+        attrs.setdefault(k, "")
     n, c = int(attrs["num_samples"]), int(attrs["num_classes"])
     kind, k, views = str(attrs["targets"]), int(attrs["topk"]), int(attrs["num_views"])
     try:

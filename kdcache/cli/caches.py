@@ -9,7 +9,7 @@ import click
 
 from ..config import DEFAULT_DATA_DIR, DUMP_BATCH_SIZE, VIEW_SEED
 from .group import main, summary
-from .options import AUGMENT_HELP, DATASET_HELP, quiet_option, teacher_factory_options
+from .options import AUGMENT_HELP, DATASET_HELP, quiet_option, read_options, teacher_factory_options
 
 
 @main.command("dump-logits")
@@ -45,6 +45,7 @@ from .options import AUGMENT_HELP, DATASET_HELP, quiet_option, teacher_factory_o
 @click.option("--class-names", "class_names_file", default=None, type=click.Path(dir_okay=False),
               help="Text file, one class name per line in logit order: the classes of a --teacher-factory teacher "
                    "over unlabelled images (a kdcache checkpoint names its own).")
+@read_options
 @click.option("--overwrite", is_flag=True,
               help="Replace an existing cache (and, under torchrun, discard shards left by a different dump).")
 @quiet_option

@@ -19,7 +19,21 @@ def quiet_option(f: Callable) -> Callable:
     return click.option("--quiet", "-q", is_flag=True, help="No progress bars or summary line.")(f)
 
 
+def read_options(f: Callable) -> Callable:
+    """How image files are read: the input size, DataLoader workers, unreadable files (kdcache.images)."""
+    f = click.option("--skip-unreadable", is_flag=True,
+                     help="Image folders: leave out files that do not decode (truncated, not an image), recording "
+                          "them, instead of stopping at the first.")(f)
+    f = click.option("--workers", type=click.IntRange(min=0), default=None,
+                     help="DataLoader worker processes that decode images (default: one per available CPU, up to 8, "
+                          "for image folders; 0 for in-memory datasets).")(f)
+    return click.option("--image-size", type=int, default=None,
+                        help="Image folders: side of the square input in pixels (shorter side resized to S/0.875, "
+                             "centre crop S). Default: the teacher's or cache's, else 64.")(f)
+
+
 def data_options(f: Callable) -> Callable:
+    f = read_options(f)
     f = click.option("--download", is_flag=True, help="Download the dataset with torchvision if missing (needs internet).")(f)
     f = click.option("--eval-limit", type=click.IntRange(min=1), default=None,
                      help="Evaluate on only the first N test samples (quick runs).")(f)
@@ -31,7 +45,8 @@ def data_options(f: Callable) -> Callable:
                      help="Use only the first N training samples (after --val-size are held out).")(f)
     f = click.option("--data-dir", default=DEFAULT_DATA_DIR, show_default=True, type=click.Path(file_okay=False),
                      help="Folder that holds the datasets.")(f)
-    return click.option("--dataset", default=DEFAULT_DATASET, show_default=True, help=DATASET_HELP)(f)
+    return click.option("--dataset", default=None,
+                        help=f"Default: {DEFAULT_DATASET} (train-student: the cache's). " + DATASET_HELP)(f)
 
 
 def train_options(defaults: TrainConfig) -> Callable:
@@ -63,10 +78,16 @@ def train_config(kw: dict[str, Any]) -> TrainConfig:
     return TrainConfig(**{k: kw.pop(k) for k in keys})
 
 
-def data_config(kw: dict[str, Any]) -> DataConfig:
-    """Pop the DataConfig fields out of a command's keyword arguments."""
-    return DataConfig(dataset=kw.pop("dataset"), data_dir=kw.pop("data_dir"), limit=kw.pop("limit"),
-                      eval_limit=kw.pop("eval_limit"), download=kw.pop("download"), val_size=kw.pop("val_size"))
+def data_config(kw: dict[str, Any], from_cache: bool = False) -> DataConfig:
+    """Pop the DataConfig fields out of a command's keyword arguments.
+
+    ``from_cache``: leave an unnamed dataset open (None), for the job to take from its cache.
+    """
+    dataset = kw.pop("dataset")
+    return DataConfig(dataset=dataset if dataset is not None or from_cache else DEFAULT_DATASET,
+                      data_dir=kw.pop("data_dir"), limit=kw.pop("limit"), eval_limit=kw.pop("eval_limit"),
+                      download=kw.pop("download"), val_size=kw.pop("val_size"), image_size=kw.pop("image_size"),
+                      workers=kw.pop("workers"), skip_unreadable=kw.pop("skip_unreadable"))
 
 
 def teacher_factory_options(f: Callable) -> Callable:

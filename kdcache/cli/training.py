@@ -32,6 +32,7 @@ def train_teacher_cmd(out: str, arch: str, augment: str | None, overwrite: bool,
     cfg, data_cfg = train_config(kw), data_config(kw)
     r = train_teacher(out, arch=arch, data_cfg=data_cfg, cfg=cfg, overwrite=overwrite, progress=not quiet,
                       augment=augment)
+    warn(quiet, r)
     summary(quiet, f"teacher {arch}: test accuracy {r['test']['accuracy']:.4f}, {_epochs(cfg.epochs)} in "
                    f"{r['seconds']:.0f}s -> {r['checkpoint']} (metrics {r['metrics']})")
 
@@ -96,13 +97,14 @@ def train_student_cmd(caches: tuple[str, ...], temperature: float, alpha: float,
     from ..jobs import train_student
     from ..models import parse_kwargs
 
-    cfg, data_cfg = train_config(kw), data_config(kw)
+    cfg, data_cfg = train_config(kw), data_config(kw, from_cache=True)
     r = train_student(out, caches=caches, temperature=temperature, alpha=alpha, arch=arch, data_cfg=data_cfg,
                       cfg=cfg, ensemble=ensemble, overwrite=overwrite, progress=not quiet,
                       cache_memory_limit_mb=cache_memory_limit_mb, cache_workers=cache_workers, augment=augment,
                       allow_inconsistent=allow_inconsistent, cache_views=cache_views, labels_limit=labels_limit,
                       transfer=transfer, transfer_data_dirs=transfer_data_dirs, student_factory=student_factory,
                       student_kwargs=parse_kwargs(student_kwargs))
+    warn(quiet, r)
     c = r["config"]
     rows = f", {c['num_labelled']} labelled + {c['num_unlabelled']} unlabelled rows" if c["num_unlabelled"] else ""
     summary(quiet, f"student {c['arch']} (T={temperature:g}, alpha={alpha:g}{rows}): test accuracy "
@@ -116,6 +118,8 @@ def train_student_cmd(caches: tuple[str, ...], temperature: float, alpha: float,
 @click.option("--data-dir", default=DEFAULT_DATA_DIR, show_default=True, type=click.Path(file_okay=False))
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N samples.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="DataLoader workers that decode images (default: one per available CPU for image folders).")
 @click.option("--student-factory", default=None, metavar="MODULE:FUNCTION",
               help="For a checkpoint made with train-student --student-factory: name that factory again "
                    "(kdcache never imports or calls code just because a checkpoint names it).")
@@ -135,6 +139,13 @@ def evaluate_cmd(model_path: str, as_json: bool, quiet: bool, **kw: Any) -> None
             click.echo(f"  {name:<{width}}  {acc:.4f}" if acc is not None else f"  {name:<{width}}  -")
     summary(quiet, f"{r['arch']} on {r['dataset']}/{r['split']} ({r['num_samples']} samples): "
                    f"accuracy {r['accuracy']:.4f}, loss {r['loss']:.4f}")
+
+
+def warn(quiet: bool, result: dict[str, Any]) -> None:
+    """Print a job's warnings (a model at chance), one line each, unless --quiet."""
+    if not quiet:
+        for w in result.get("warnings") or []:
+            click.echo(f"warning: {w}", err=True)
 
 
 def _epochs(n: int) -> str:
