@@ -12,6 +12,7 @@ import datetime as _dt
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -24,7 +25,7 @@ from .checkpoint import check_model_fits_data, load_checkpoint, model_config, re
 from .config import (CACHE_MEMORY_LIMIT_MB, DEFAULT_DATA_DIR, STUDENT_ARCH, STUDENT_TRAIN, TEACHER_ARCH, TEACHER_TRAIN,
                      DataConfig, TrainConfig)
 from .data import load_dataset, load_train_val, require_labels
-from .device import resolve_device
+from .device import resolve_device, resolve_precision
 from .ensemble import ENSEMBLE_METHODS, check_members, combine_logits
 from .errors import CheckpointError, ConfigError
 from .files import check_output, write_json
@@ -124,6 +125,12 @@ def _val_data(data_cfg: DataConfig) -> ImageData | None:
                           data_cfg.download)[1]
 
 
+def resolve_train_config(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with its precision resolved for its device ("auto" -> fp32 or bf16), so requests, checkpoints and
+    sweep tables record what ran, and "auto" on two kinds of hardware never looks like one setting."""
+    return replace(cfg, precision=resolve_precision(cfg.precision, resolve_device(cfg.device)))
+
+
 def _request(role: str, spec: ModelSpec, data: ImageData, data_cfg: DataConfig, cfg: TrainConfig, **more: Any) -> dict:
     """What determines a run's result. Keys that only some runs have are absent, not None, elsewhere, so
     requests stored before such a key existed still compare equal."""
@@ -146,6 +153,7 @@ def train_teacher(out: str | os.PathLike, *, arch: str = TEACHER_ARCH, data_cfg:
     """
     spec = ModelSpec(arch=arch)
     spec.check()  # unknown arch fails before any data is read
+    cfg = resolve_train_config(cfg)
     data, _ = load_train_val(data_cfg.dataset, data_cfg.data_dir, data_cfg.limit, data_cfg.val_size, data_cfg.download)
     require_labels(data, "a teacher's training data")
     views = fresh_views(augment, data, cfg.seed)
@@ -223,6 +231,7 @@ def train_student(out: str | os.PathLike, *, caches: Sequence[str | os.PathLike]
     """
     check_temperature(temperature)
     check_alpha(alpha)
+    cfg = resolve_train_config(cfg)
     if student_factory is not None and arch != STUDENT_ARCH:
         raise ConfigError(f"name the student once: --arch {arch} or --student-factory {student_factory}")
     spec = ModelSpec(arch=arch, factory=student_factory, kwargs=student_kwargs or {})
