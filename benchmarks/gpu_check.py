@@ -2,7 +2,7 @@
 
     bash scripts/gpu-check.sh [--out runs/gpu-check.json]        # < 5 minutes on one GPU (mostly the CPU dump)
 
-1. trains teacher-cnn for one epoch on the GPU (bf16, the train-teacher default) to get a
+1. trains teacher-cnn for one epoch on the GPU (bf16: what train-teacher's --precision auto picks on a GPU with bf16) to get a
    teacher with realistic logits, timing that epoch and one at fp32 (same data, batch 128),
    after a short warm-up of each;
 2. dumps the first --compare-rows training images with that teacher on the GPU (fp32, which

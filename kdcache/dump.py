@@ -11,10 +11,10 @@ import torch
 from . import __version__, dist
 from .augment import parse_policy, sample_views, view_record
 from .cache import CacheMeta, CacheWriter, read_meta
-from .config import DEFAULT_DATA_DIR, DUMP_BATCH_SIZE, LOGITS_DTYPE, TOPK_DTYPE, VIEW_SEED
+from .config import DEFAULT_DATA_DIR, DUMP_BATCH_SIZE, DUMP_PRECISION, LOGITS_DTYPE, TOPK_DTYPE, VIEW_SEED
 from .data import load_dataset
 from .imagefolder import IMAGEFOLDER, UNLABELLED_FOLDER
-from .device import resolve_device
+from .device import resolve_device, resolve_precision
 from .errors import CacheError, ConfigError, StorageError
 from .files import check_free_space, disk_full_message
 from .loader import image_batches
@@ -70,7 +70,7 @@ def matches_request(meta: CacheMeta, request: dict[str, Any]) -> bool:
 
 def dump_logits(teacher: str | os.PathLike | None, out: str | os.PathLike, *, split: str = "train",
                 dataset: str | None = None, data_dir: str = DEFAULT_DATA_DIR, limit: int | None = None,
-                batch_size: int = DUMP_BATCH_SIZE, device: str = "auto", precision: str = "fp32",
+                batch_size: int = DUMP_BATCH_SIZE, device: str = "auto", precision: str = DUMP_PRECISION,
                 dtype: str | None = None, arch: str | None = None, teacher_factory: str | None = None,
                 weights: str | None = None, overwrite: bool = False, progress: bool = False,
                 reuse: bool = False, views: int = 1, augment: str | None = None, include_original: bool = False,
@@ -82,7 +82,8 @@ def dump_logits(teacher: str | os.PathLike | None, out: str | os.PathLike, *, sp
     The teacher is a kdcache checkpoint (``teacher``), or ``teacher_factory``
     ("package.module:function") plus a ``weights`` state dict (see kdcache.teacher).
     It runs in eval mode under inference_mode, without augmentation, at ``precision``
-    (fp32 by default so the cache holds fp32-computed logits). ``topk`` K stores each row's (each
+    (fp32 by default so the cache holds fp32-computed logits; auto: bf16 where native, see
+    kdcache.device.resolve_precision; the cache records the resolved one). ``topk`` K stores each row's (each
     view's) K largest logits, their classes and the tail's statistics instead of all C logits
     (docs/cache-format.md, "Top-k caches"); ``dtype`` None stores float32 full logits or
     float16 top-k values (kdcache.config). Free disk space is checked
@@ -113,6 +114,7 @@ def dump_logits(teacher: str | os.PathLike | None, out: str | os.PathLike, *, sp
     out = Path(out)
     check_topk(topk)  # before anything is loaded; the upper bound once the data's classes are known
     dtype = storage_dtype(dtype, topk)
+    precision = resolve_precision(precision, resolve_device(device))  # the cache records fp32 or bf16, never auto
     if views < 1:
         raise ConfigError(f"--views must be >= 1, got {views}")
     if views != 1 and augment is None:

@@ -22,14 +22,14 @@ from . import __version__, dist
 from .batches import Batch, BatchSource, MemoryBatches
 from .cache import LogitCache, open_cache, read_meta
 from .checkpoint import check_model_fits_data, load_checkpoint, model_config, read_checkpoint, save_checkpoint
-from .config import (CACHE_MEMORY_LIMIT_MB, DEFAULT_DATA_DIR, DEFAULT_DATASET, STUDENT_ARCH, STUDENT_TRAIN, TEACHER_ARCH, TEACHER_TRAIN,
+from .config import (CACHE_MEMORY_LIMIT_MB, default_lr, DEFAULT_DATA_DIR, DEFAULT_DATASET, STUDENT_ARCH, STUDENT_TRAIN, TEACHER_ARCH, TEACHER_TRAIN,
                      DataConfig, TrainConfig)
 from .data import load_dataset, load_train_val, read_options, require_labels
-from .device import resolve_device
+from .device import resolve_device, resolve_precision
 from .ensemble import ENSEMBLE_METHODS, check_members, combine_logits
 from .errors import CheckpointError, ConfigError
 from .files import check_output, write_json
-from .images import InputTransform
+from .images import InputTransform, is_lazy
 from .loss import check_alpha, check_temperature, kd_loss
 from .models import ModelSpec, count_parameters
 from .samples import UNLABELLED, ImageData
@@ -142,6 +142,14 @@ def _val_data(data_cfg: DataConfig) -> ImageData | None:
                           data_cfg.download, **read_options(data_cfg))[1]
 
 
+def resolve_train_config(cfg: TrainConfig, role_default: TrainConfig, image_files: bool) -> TrainConfig:
+    """``cfg`` with what it leaves open resolved, so requests, checkpoints and sweep tables record what ran:
+    precision for its device ("auto" -> fp32 or bf16: "auto" on two kinds of hardware is not one setting), and
+    a learning rate of None -> the role's default for this data (kdcache.config.default_lr)."""
+    lr = cfg.lr if cfg.lr is not None else default_lr(float(role_default.lr), image_files)
+    return replace(cfg, precision=resolve_precision(cfg.precision, resolve_device(cfg.device)), lr=lr)
+
+
 def _request(role: str, spec: ModelSpec, data: ImageData, data_cfg: DataConfig, cfg: TrainConfig, **more: Any) -> dict:
     """What determines a run's result. Keys that only some runs have are absent, not None, elsewhere, so
     requests stored before such a key existed still compare equal."""
@@ -181,6 +189,7 @@ def train_teacher(out: str | os.PathLike, *, arch: str = TEACHER_ARCH, data_cfg:
     data, _ = load_train_val(data_cfg.dataset, data_cfg.data_dir, data_cfg.limit, data_cfg.val_size, data_cfg.download,
                              **read_options(data_cfg))
     require_labels(data, "a teacher's training data")
+    cfg = resolve_train_config(cfg, TEACHER_TRAIN, is_lazy(data.images))
     views = fresh_views(augment, data, cfg.seed)
     more = {} if views is None else {"augment": views.policy.describe()}  # absent, not None: old requests still match
 
@@ -268,6 +277,7 @@ def train_student(out: str | os.PathLike, *, caches: Sequence[str | os.PathLike]
     data, _ = load_train_val(data_cfg.dataset, data_cfg.data_dir, data_cfg.limit, data_cfg.val_size, data_cfg.download,
                              **read_options(data_cfg))
     require_labels(data, "a student's labelled data (--dataset)")
+    cfg = resolve_train_config(cfg, STUDENT_TRAIN, is_lazy(data.images))
     check_unlabelled_rows(labels_limit, len(data), alpha, bool(transfer))
     opened = [open_cache(p) for p in caches]
     opened_transfer: list[LogitCache] = []

@@ -24,7 +24,8 @@ import torch
 from .cache import open_cache, read_meta
 from .config import STUDENT_ARCH, STUDENT_TRAIN, DataConfig, TrainConfig
 from .errors import ConfigError
-from .jobs import cache_record, train_student
+from .imagefolder import IMAGEFOLDER, UNLABELLED_FOLDER
+from .jobs import cache_record, resolve_train_config, train_student
 from .loss import check_alpha, check_temperature
 from .progress import counter
 from .report import write_report
@@ -263,6 +264,8 @@ def run_sweep(out_dir: str | os.PathLike, cache: str | os.PathLike, grid: SweepG
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a folder")
+    # the table records fp32 or bf16 (a resume on other hardware is checked) and the learning rate that ran
+    cfg = resolve_train_config(cfg, STUDENT_TRAIN, data_cfg.dataset in (IMAGEFOLDER, UNLABELLED_FOLDER))
     settings = sweep_settings(cache, arch, data_cfg, cfg)
     if (out / RESULTS_JSON).exists():
         results = load_results(out)

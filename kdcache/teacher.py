@@ -29,7 +29,7 @@ from .checkpoint import (
     load_weights_only,
     read_checkpoint,
 )
-from .device import autocast, strict_fp32
+from .device import autocast, resolve_precision, strict_fp32
 from .errors import CheckpointError, ConfigError
 from .files import sha256_file
 from .images import InputTransform
@@ -79,6 +79,7 @@ class Teacher:
         standardised with the teacher's own mean/std, exactly as in its training; fp32 runs
         with TF32 off on CUDA, so cached logits are true fp32.
         """
+        precision = resolve_precision(precision, device)
         x = images.to(device)
         x = to_unit(x) if x.dtype == torch.uint8 else x.float()
         x = standardize(x, self.mean, self.std)

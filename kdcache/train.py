@@ -16,7 +16,7 @@ from torch import nn
 from . import dist
 from .batches import Batch, BatchSource, MemoryBatches
 from .config import TrainConfig
-from .device import autocast, resolve_device
+from .device import autocast, resolve_device, resolve_precision
 from .errors import ConfigError
 from .progress import track
 from .samples import UNLABELLED, ImageData
@@ -119,6 +119,7 @@ def evaluate(model: nn.Module, data: ImageData, *, batch_size: int = 1000, devic
              precision: str = "fp32", progress: bool = False, workers: int | None = None) -> dict:
     """Accuracy, mean cross-entropy and per-class accuracy of ``model`` on ``data``."""
     device = torch.device(device)
+    precision = resolve_precision(precision, device)
     model.eval().to(device)
     batches = MemoryBatches(data, batch_size, shuffle=False, device=device, channels_last=precision == "bf16",
                             workers=workers)
@@ -153,8 +154,9 @@ def fit(model: nn.Module, batches: BatchSource, loss_fn: LossFn, cfg: TrainConfi
     """
     ctx = dist.current()
     device = ctx.local_device(resolve_device(cfg.device))
+    precision = resolve_precision(cfg.precision, device)
     model.to(device)
-    if cfg.precision == "bf16":
+    if precision == "bf16":
         model.to(memory_format=torch.channels_last)
     optimizer, scheduler = build_optimizer(model, cfg, len(batches))
     ctx.check()  # every rank has its data, cache and model before DDP's first collective
@@ -164,7 +166,7 @@ def fit(model: nn.Module, batches: BatchSource, loss_fn: LossFn, cfg: TrainConfi
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
         with ctx.steps():
-            train = train_one_epoch(net, ctx.checked(batches), loss_fn, optimizer, scheduler, device, cfg.precision,
+            train = train_one_epoch(net, ctx.checked(batches), loss_fn, optimizer, scheduler, device, precision,
                                     progress=progress and ctx.is_main, desc=f"{desc} epoch {epoch}/{cfg.epochs}",
                                     watch=watch)
         ctx.check()
@@ -173,7 +175,7 @@ def fit(model: nn.Module, batches: BatchSource, loss_fn: LossFn, cfg: TrainConfi
         row = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(labelled, 1),
                "train_seconds": time.perf_counter() - t0}
         if eval_data is not None and ctx.is_main:  # the plain model: no DDP collectives while the others wait
-            ev = evaluate(model, eval_data, device=device, precision=cfg.precision)
+            ev = evaluate(model, eval_data, device=device, precision=precision)
             row.update({f"{eval_name}_loss": ev["loss"], f"{eval_name}_accuracy": ev["accuracy"]})
         ctx.check()
         row = ctx.broadcast(row)

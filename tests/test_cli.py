@@ -180,3 +180,30 @@ def test_every_command_has_help():
 def test_python_dash_m():
     r = subprocess.run([sys.executable, "-m", "kdcache", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "train-student" in r.stdout
+
+
+def test_summary_line_names_the_resolved_precision(artifacts, tmp_path, monkeypatch):
+    """train-teacher (auto by default) says what auto chose and why; --quiet says nothing."""
+    from kdcache import device
+
+    common = ["--data-dir", artifacts["data_dir"], "--limit", 64, "--eval-limit", 50, "--epochs", 1]
+    monkeypatch.setattr(device, "bf16_native", lambda d: False)
+    r = run("train-teacher", *common, "--out", tmp_path / "t.pt")
+    line = r.stdout.strip().splitlines()[-1]
+    assert line.startswith("teacher teacher-cnn: test accuracy") and \
+        "1 epoch at fp32 (auto: this CPU has no native bf16) in " in line, line
+    assert run("train-teacher", *common, "--out", tmp_path / "t.pt", "--overwrite", "-q").output == ""
+    r = run("train-student", "--alpha", 0, *common, "--precision", "auto", "--out", tmp_path / "s.pt")
+    assert "1 epoch at fp32 (auto: this CPU has no native bf16) in " in r.stdout.strip().splitlines()[-1]
+    monkeypatch.setattr(device, "bf16_native", lambda d: True)
+    r = run("train-student", "--alpha", 0, *common, "--precision", "auto", "--out", tmp_path / "s.pt", "--overwrite")
+    assert "1 epoch at bf16 (auto: this CPU runs bf16 natively) in " in r.stdout.strip().splitlines()[-1]
+    r = run("dump-logits", "--teacher", tmp_path / "t.pt", "--data-dir", artifacts["data_dir"], "--limit", 50,
+            "--out", tmp_path / "c.h5")
+    assert "logits, teacher at fp32, in " in r.stdout  # dump-logits: fp32 unless asked otherwise
+
+
+def test_precision_help_says_what_auto_means():
+    for cmd in ("train-teacher", "train-student", "dump-logits", "sweep"):
+        text = " ".join(run(cmd, "--help").output.split())
+        assert "[auto|fp32|bf16]" in text and "only where the hardware runs bf16 natively" in text, cmd

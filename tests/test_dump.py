@@ -174,3 +174,20 @@ def test_topk_cache_with_views_verifies_against_its_teacher(teacher_ckpt, data_d
     report = verify_cache(out, data_dir=str(data_dir), teacher=TeacherSpec(checkpoint=str(teacher_ckpt)), sample=10)
     assert report.ok, [c.line() for c in report.checks]
     assert "20 views of 10 random rows re-computed; top-2 logits" in report.checks[-1].message
+
+
+@pytest.mark.parametrize("native, expect", [(False, "fp32"), (True, "bf16")])
+def test_dump_records_the_resolved_precision(tmp_path, teacher_ckpt, data_dir, monkeypatch, native, expect):
+    """--precision auto runs bf16 only where native; the cache and its reuse request say which, never auto."""
+    from kdcache import device
+    from kdcache.cache import read_meta
+    from kdcache.dump import dump_logits
+
+    monkeypatch.setattr(device, "bf16_native", lambda d: native)
+    r = dump_logits(teacher_ckpt, tmp_path / "c.h5", data_dir=data_dir, limit=50, device="cpu", precision="auto")
+    assert r["request"]["teacher_precision"] == expect and read_meta(tmp_path / "c.h5").teacher_precision == expect
+    again = dump_logits(teacher_ckpt, tmp_path / "c.h5", data_dir=data_dir, limit=50, device="cpu", precision=expect,
+                        reuse=True)
+    assert again["reused"]  # auto and the value it resolved to are one request
+    assert dump_logits(teacher_ckpt, tmp_path / "d.h5", data_dir=data_dir, limit=50,
+                       device="cpu")["request"]["teacher_precision"] == "fp32"  # the default: fp32 everywhere

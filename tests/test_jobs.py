@@ -152,3 +152,42 @@ def test_a_streamed_run_is_not_reused_for_an_in_memory_one(tmp_path, data_cfg):
     assert not in_memory["reused"] and not streamed["reused"]
     assert streamed["config"]["request"]["cache_streamed"] and "cache_streamed" not in in_memory["config"]["request"]
     assert train_student(tmp_path / "s.pt", cache_memory_limit_mb=0, **kw)["reused"]
+
+
+@pytest.mark.parametrize("native, expect", [(False, "fp32"), (True, "bf16")])
+def test_auto_precision_is_recorded_resolved_never_auto(tmp_path, data_cfg, monkeypatch, native, expect):
+    """Checkpoint, request and metrics say what ran, so auto on this machine reuses an explicit run of the same."""
+    import torch
+
+    from kdcache import device
+
+    monkeypatch.setattr(device, "bf16_native", lambda d: native)
+    r = train_student(tmp_path / "s.pt", alpha=0.0, data_cfg=data_cfg,
+                      cfg=TrainConfig(epochs=1, device="cpu", precision="auto"))
+    stored = torch.load(tmp_path / "s.pt", weights_only=True)["config"]
+    assert stored["train"]["precision"] == stored["request"]["train"]["precision"] == expect
+    assert r["config"]["train"]["precision"] == expect
+    assert json.loads((tmp_path / "s.metrics.json").read_text())["config"]["request"]["train"]["precision"] == expect
+    same = train_student(tmp_path / "s.pt", alpha=0.0, data_cfg=data_cfg,
+                         cfg=TrainConfig(epochs=1, device="cpu", precision=expect), reuse=True)
+    assert same["reused"] and same["test"] == r["test"]
+    other = "bf16" if expect == "fp32" else "fp32"
+    assert find_reusable(tmp_path / "s.pt", {**r["config"]["request"],
+                                             "train": {**r["config"]["request"]["train"], "precision": other}}) is None
+
+
+def test_teacher_default_precision_is_resolved_for_this_cpu(tmp_path, data_cfg):
+    """TEACHER_TRAIN's auto, with the real detector: the checkpoint records what this CPU resolves it to."""
+    import torch
+    from dataclasses import replace
+
+    from kdcache.config import TEACHER_TRAIN
+    from kdcache.device import resolve_precision
+    from kdcache.jobs import train_teacher
+
+    assert TEACHER_TRAIN.precision == "auto"
+    expect = resolve_precision("auto", torch.device("cpu"))
+    assert expect in ("fp32", "bf16")
+    train_teacher(tmp_path / "t.pt", data_cfg=data_cfg, cfg=replace(TEACHER_TRAIN, epochs=1, device="cpu"))
+    stored = torch.load(tmp_path / "t.pt", weights_only=True)["config"]
+    assert stored["train"]["precision"] == stored["request"]["train"]["precision"] == expect

@@ -50,6 +50,7 @@ def test_tiny_sweep_writes_table_and_report(finished):
         assert 0.0 <= r["test_accuracy"] <= 1.0 and r["test_loss"] > 0 and r["train_seconds"] > 0
         assert len(r["history"]) == 1 and "test_accuracy" in r["history"][0]
     assert results["teacher"]["test_accuracy"] is not None  # read from the cache's attributes
+    assert results["settings"]["train"]["precision"] == "fp32"  # the student default, recorded resolved
     with open(finished / "results.csv") as f:
         table = list(csv.DictReader(f))
     assert [t["key"] for t in table] == [r["key"] for r in rows]
@@ -207,3 +208,20 @@ def test_resume_refuses_runs_whose_option_caches_were_dumped_again(cache, data_d
         "--dtype", "float16", "--out", mine, "--overwrite", "-q")  # other values, same path
     with pytest.raises(ConfigError, match="trained from other values of"):
         run_sweep(tmp_path / "x", cache, specs, **kw)
+
+
+def test_sweep_records_auto_precision_resolved(cache, data_dir, tmp_path, monkeypatch):
+    """A table made with auto records what ran: resumable with that value, refused where auto means the other."""
+    from kdcache import device
+    from kdcache.config import DataConfig, TrainConfig
+    from kdcache.sweep import run_sweep
+
+    specs = [RunSpec.make(200, None, 0.0, 0, 1, "plain")]
+    kw = dict(data_cfg=DataConfig(data_dir=str(data_dir), eval_limit=100), report=False)
+    monkeypatch.setattr(device, "bf16_native", lambda d: False)
+    assert run_sweep(tmp_path / "x", cache, specs, cfg=TrainConfig(epochs=1, precision="auto"), **kw)["ran"] == 1
+    assert load_results(tmp_path / "x")["settings"]["train"]["precision"] == "fp32"
+    assert run_sweep(tmp_path / "x", cache, specs, cfg=TrainConfig(epochs=1, precision="fp32"), **kw)["ran"] == 0
+    monkeypatch.setattr(device, "bf16_native", lambda d: True)  # the same command on a bf16-native machine
+    with pytest.raises(ConfigError, match=r"different train \(was \[\{.*'precision': 'fp32'.*now \[\{.*'bf16'"):
+        run_sweep(tmp_path / "x", cache, specs, cfg=TrainConfig(epochs=1, precision="auto"), **kw)

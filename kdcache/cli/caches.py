@@ -7,9 +7,10 @@ from typing import Any
 
 import click
 
-from ..config import DEFAULT_DATA_DIR, DUMP_BATCH_SIZE, VIEW_SEED
+from ..config import DEFAULT_DATA_DIR, DUMP_BATCH_SIZE, DUMP_PRECISION, PRECISIONS, VIEW_SEED
 from .group import main, summary
-from .options import AUGMENT_HELP, DATASET_HELP, quiet_option, read_options, teacher_factory_options
+from .options import (AUGMENT_HELP, DATASET_HELP, PRECISION_HELP, precision_note, quiet_option, read_options,
+                      teacher_factory_options)
 
 
 @main.command("dump-logits")
@@ -23,8 +24,8 @@ from .options import AUGMENT_HELP, DATASET_HELP, quiet_option, read_options, tea
 @click.option("--arch", default=None, help="Refuse a teacher checkpoint of any other architecture.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=DUMP_BATCH_SIZE, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
-              help="Precision the teacher runs at; fp32 keeps cached logits exact.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=DUMP_PRECISION, show_default=True,
+              help="Precision the teacher runs at; fp32 keeps cached logits exact. " + PRECISION_HELP)
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default=None,
               help="Storage dtype of the logit values. Default: float32 for full logits (float16 halves them), "
                    "float16 for --top-k values (docs/cache-format.md gives both errors).")
@@ -71,7 +72,8 @@ def dump_logits_cmd(teacher: str | None, out: str, quiet: bool, class_names_file
     what = f"top-{r['topk']} of {r['num_classes']}" if r["topk"] else f"{r['num_classes']}"
     ranks = (f"; {r['world_size']} ranks: {r['shards_written']} shard(s) written, {r['shards_reused']} reused, "
              f"assembled in {r['assemble_seconds']:.1f}s") if "world_size" in r else ""
-    summary(quiet, f"cached {r['rows']}{views} x {what} {r['dtype']} logits in {r['seconds']:.1f}s -> "
+    summary(quiet, f"cached {r['rows']}{views} x {what} {r['dtype']} logits, teacher at "
+                   f"{precision_note(kw['precision'], kw['device'])}, in {r['seconds']:.1f}s -> "
                    f"{r['cache']} ({r['bytes'] / 1e6:.1f} MB, " + (
                        f"teacher agrees with labels on {agreement:.2%}" if agreement is not None
                        else "unlabelled rows") + f"{ranks})")

@@ -5,11 +5,11 @@ from typing import Any
 
 import click
 
-from ..config import (DEFAULT_ALPHA, DEFAULT_DATA_DIR, DEFAULT_DATASET, DEFAULT_TEMPERATURE, PIPELINE_CACHE,
-                      PIPELINE_SCARCE_ALPHA, PIPELINE_SCARCE_EPOCHS, PIPELINE_SCARCE_LABELS, PIPELINE_TEACHER,
+from ..config import (DEFAULT_ALPHA, DEFAULT_DATA_DIR, DEFAULT_DATASET, DEFAULT_TEMPERATURE, DUMP_PRECISION,
+                      PIPELINE_CACHE, PIPELINE_SCARCE_ALPHA, PIPELINE_SCARCE_EPOCHS, PIPELINE_SCARCE_LABELS, PIPELINE_TEACHER,
                       PIPELINE_WORKDIR, STUDENT_ARCH, STUDENT_TRAIN)
 from .group import main, summary
-from .options import DATASET_HELP, quiet_option, train_config, train_options
+from .options import DATASET_HELP, precision_note, quiet_option, train_config, train_options
 
 
 @main.command("pipeline")
@@ -39,6 +39,7 @@ from .options import DATASET_HELP, quiet_option, train_config, train_options
 def pipeline_cmd(quiet: bool, json_out: str | None, **kw: Any) -> None:
     """The main job: teacher -> cache -> baseline and distilled students, then the scarce-label case
     (N labels alone vs the same N labels + the rest of the cache as unlabelled rows), with a results table."""
+    from ..device import describe_precision, resolve_device, resolve_precision
     from ..files import write_json
     from ..pipeline import format_table, run_pipeline
 
@@ -46,6 +47,10 @@ def pipeline_cmd(quiet: bool, json_out: str | None, **kw: Any) -> None:
     if json_out:
         write_json(json_out, r)
     click.echo(format_table(r))
+    dev = resolve_device(kw["device"])
+    summary(quiet, f"precision: teacher {describe_precision(PIPELINE_TEACHER.precision, dev)}, students "
+                   f"{resolve_precision(STUDENT_TRAIN.precision, dev)}, "
+                   f"dump-logits {resolve_precision(DUMP_PRECISION, dev)}")
 
 
 @main.command("sweep")
@@ -97,8 +102,9 @@ def sweep_cmd(cache: str, temperatures: str, alphas: str, seeds: int, limits: st
     data_cfg = DataConfig(dataset=dataset, data_dir=data_dir, eval_limit=eval_limit, val_size=val_size)
     r = run_sweep(out, cache, grid, arch=arch, data_cfg=data_cfg, cfg=cfg, progress=not quiet, report=not no_report,
                   threads=threads)
-    summary(quiet, f"sweep: {r['ran']} runs trained, {r['skipped']} already done, {r['total']} in all, "
-                   f"in {r['seconds']:.0f}s -> {r['table']}" + (f", report {r['report']['markdown']}" if "report" in r else ""))
+    summary(quiet, f"sweep: {r['ran']} runs trained, {r['skipped']} already done, {r['total']} in all, at "
+                   f"{precision_note(cfg.precision, cfg.device)}, in {r['seconds']:.0f}s -> {r['table']}"
+                   + (f", report {r['report']['markdown']}" if "report" in r else ""))
 
 
 @main.command("report")

@@ -9,7 +9,7 @@ import click
 from ..config import (CACHE_MEMORY_LIMIT_MB, DEFAULT_ALPHA, DEFAULT_DATA_DIR, DEFAULT_TEMPERATURE, STUDENT_ARCH, STUDENT_TRAIN,
                       TEACHER_ARCH, TEACHER_TRAIN)
 from .group import main, summary
-from .options import AUGMENT_HELP, data_config, data_options, quiet_option, train_config, train_options
+from .options import AUGMENT_HELP, data_config, data_options, precision_note, quiet_option, train_config, train_options
 
 
 @main.command("train-teacher")
@@ -33,8 +33,9 @@ def train_teacher_cmd(out: str, arch: str, augment: str | None, overwrite: bool,
     r = train_teacher(out, arch=arch, data_cfg=data_cfg, cfg=cfg, overwrite=overwrite, progress=not quiet,
                       augment=augment)
     warn(quiet, r)
-    summary(quiet, f"teacher {arch}: test accuracy {r['test']['accuracy']:.4f}, {_epochs(cfg.epochs)} in "
-                   f"{r['seconds']:.0f}s -> {r['checkpoint']} (metrics {r['metrics']})")
+    summary(quiet, f"teacher {arch}: test accuracy {r['test']['accuracy']:.4f}, {_epochs(cfg.epochs)} at "
+                   f"{precision_note(cfg.precision, cfg.device)} in {r['seconds']:.0f}s -> {r['checkpoint']} "
+                   f"(metrics {r['metrics']})")
 
 
 @main.command("train-student")
@@ -108,7 +109,8 @@ def train_student_cmd(caches: tuple[str, ...], temperature: float, alpha: float,
     c = r["config"]
     rows = f", {c['num_labelled']} labelled + {c['num_unlabelled']} unlabelled rows" if c["num_unlabelled"] else ""
     summary(quiet, f"student {c['arch']} (T={temperature:g}, alpha={alpha:g}{rows}): test accuracy "
-                   f"{r['test']['accuracy']:.4f}, {_epochs(cfg.epochs)} in {r['seconds']:.0f}s -> {r['checkpoint']}")
+                   f"{r['test']['accuracy']:.4f}, {_epochs(cfg.epochs)} at {precision_note(cfg.precision, cfg.device)} "
+                   f"in {r['seconds']:.0f}s -> {r['checkpoint']}")
 
 
 @main.command("evaluate")
