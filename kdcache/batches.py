@@ -36,6 +36,7 @@ class Batch:
 class BatchSource(Protocol):
     def __iter__(self) -> Iterator[Batch]: ...
     def __len__(self) -> int: ...
+    def set_epoch(self, epoch: int) -> None: ...
 
 
 def pick_views(targets: Targets, views: torch.Tensor) -> Targets:
@@ -70,23 +71,34 @@ class MemoryBatches:
         self.labels = data.labels.to(self.device)
         self.teacher_logits = None if teacher_logits is None else to_float(as_tensors(teacher_logits)).to(self.device)
         self.mean, self.std = data.info.mean, data.info.std
-        self.batch_size, self.shuffle = batch_size, shuffle
-        self.generator = torch.Generator().manual_seed(seed)
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.views, self.epoch = views, 0
         self.rank, self.world_size = rank, world_size
         rank_batch_size(batch_size, rank, world_size)  # a global batch smaller than the ranks is refused
 
     def set_epoch(self, epoch: int) -> None:
-        """Serve ``epoch``'s views next (they are a pure function of seed and epoch; the order is not)."""
+        """Serve epoch ``epoch`` (0-based) next: its order and views are a pure function of seed and epoch.
+
+        The loop calls it before every epoch (as torchvision's references call
+        ``sampler.set_epoch``); iterating again without it serves the same epoch again.
+        """
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return rank_steps(len(self.labels), self.batch_size, self.world_size)
 
     def _order(self) -> Iterator[torch.Tensor]:
-        """This epoch's batches of sample positions: this rank's slice of each global batch."""
-        order = batch_order(len(self.labels), self.batch_size, self.shuffle, self.generator)
+        """This epoch's batches of sample positions: this rank's slice of each global batch.
+
+        Epoch e's permutation is the e-th drawn from a generator seeded with ``seed``: the orders
+        of one uninterrupted run, yet any epoch can be served on its own (a resumed run).
+        """
+        n, generator = len(self.labels), torch.Generator().manual_seed(self.seed)
+        if self.shuffle:
+            for _ in range(self.epoch):
+                torch.randperm(n, generator=generator)
+        order = batch_order(n, self.batch_size, self.shuffle, generator)
         return rank_slices(order, self.rank, self.world_size)
 
     def __iter__(self) -> Iterator[Batch]:
@@ -104,7 +116,6 @@ class MemoryBatches:
         plan, n = self.views, len(self.labels)
         assert plan is not None
         views, params = plan.for_epoch(self.epoch, n)  # (N,) or None, (N, P): this epoch's view of every row
-        self.epoch += 1
         params = params.to(self.device)
         targets = self.teacher_logits
         if targets is not None and views is not None:

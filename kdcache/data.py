@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -80,7 +79,6 @@ def _load_full(name: str, split: str, root: str, download: bool, ignore_labels: 
     return _load_builtin(name, spec, split, root, download, ignore_labels, image_size)
 
 
-@lru_cache(maxsize=4)  # 47 MB a split: read and hashed once per process, not once per job of a sweep
 def _load_builtin(name: str, spec: DatasetSpec, split: str, root: str, download: bool, ignore_labels: bool,
                   image_size: int | None) -> ImageData:
     import torchvision.datasets as tvd  # slow import, only when data is needed
@@ -157,7 +155,8 @@ def load_dataset(
     limit: int | None = None, download: bool = False, ignore_labels: bool = False, *,
     image_size: int | InputTransform | None = None, workers: int | None = None, skip_unreadable: bool = False,
 ) -> ImageData:
-    """A split: built-in datasets in memory (cached per process), image folders as lazily decoded files.
+    """A split: built-in datasets in memory (read afresh, ~0.35 s for Fashion-MNIST's 60,000), image folders as
+    lazily decoded files. Nothing is cached between calls: a split lives as long as the job that holds it.
 
     ``limit`` keeps the first N samples; ``ignore_labels`` reads it as unlabelled (see the
     module docstring). Image folders only: ``image_size`` (default 64) is the side of the

@@ -81,6 +81,10 @@ class StreamingBatches:
                 raise ConfigError(f"{len(data)} streamed rows over {world_size} ranks leave no full batch of "
                                   f"{batch_size // world_size} per rank; use fewer ranks or a smaller --batch-size")
 
+    def set_epoch(self, epoch: int) -> None:
+        """Serve epoch ``epoch`` (0-based) next: its block order and views are a pure function of seed and epoch."""
+        self.epoch = int(epoch)
+
     def __len__(self) -> int:
         if self.steps is not None:
             return self.steps
@@ -107,7 +111,6 @@ class StreamingBatches:
     def __iter__(self) -> Iterator[Batch]:
         epoch = self.epoch
         self.stream.set_epoch(epoch)
-        self.epoch += 1
         if self.views is not None:
             yield from self._iter_views(epoch)
             return

@@ -165,6 +165,7 @@ def fit(model: nn.Module, batches: BatchSource, loss_fn: LossFn, cfg: TrainConfi
     watch = DivergenceWatch()
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
+        batches.set_epoch(epoch - 1)  # the order and views of this epoch, explicitly (no hidden counters)
         with ctx.steps():
             train = train_one_epoch(net, ctx.checked(batches), loss_fn, optimizer, scheduler, device, precision,
                                     progress=progress and ctx.is_main, desc=f"{desc} epoch {epoch}/{cfg.epochs}",

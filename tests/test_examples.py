@@ -47,3 +47,33 @@ def test_readme_snippet_runs(cache_5k, data_dir, tmp_path, monkeypatch, capsys):
     loss = namespace["loss"]
     assert loss.ndim == 0 and np.isfinite(float(loss.detach()))
     assert len(namespace["data"]) == 5000
+
+
+def script_commands(path: Path) -> list[str]:
+    """The kdcache command lines of an example script, as a reader types them (`$KD` -> `kdcache`, comments dropped)."""
+    lines = [line.split("  #")[0].strip() for line in path.read_text().splitlines() if line.startswith("$KD ")]
+    return [line.replace("$KD ", "kdcache ", 1) for line in lines]
+
+
+def test_own_folder_walkthrough_runs_and_is_the_readme(tmp_path):
+    """examples/own_folder.sh runs on a folder of mixed photos made here, and the README shows exactly its commands."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import make_photo_folder
+
+    script = REPO / "examples" / "own_folder.sh"
+    section = readme_section("Your own images")
+    for command in script_commands(script):
+        assert command in section, f"README's 'Your own images' lacks: {command}"
+    root = make_photo_folder(tmp_path / "photos", per_class=(8, 3))
+    env = dict(os.environ, EPOCHS="1", KDCACHE=f"{sys.executable} -m kdcache", PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    r = subprocess.run(["bash", str(script), str(root), str(tmp_path / "work")], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = r.stdout + r.stderr
+    assert "transform  image files decoded as RGB, shorter side resized to 73 (bilinear, antialiased), centre crop " \
+           "64x64" in out
+    assert "ok    alignment:" in out and "ok    teacher:" in out
+    assert (tmp_path / "work" / "student.pt").is_file() and "imagefolder/test (9 samples)" in out

@@ -35,8 +35,13 @@ def test_memory_batches_cover_epoch_and_keep_logits_with_images(image_data):
         seen.append(b.labels)
     assert sorted(torch.cat(seen).tolist()) == sorted(d.labels.tolist())
     first = [b.labels.tolist() for b in batches]
+    assert [b.labels.tolist() for b in batches] == first  # the same epoch again, until set_epoch moves on
+    batches.set_epoch(1)
     second = [b.labels.tolist() for b in batches]
     assert first != second  # a fresh permutation each epoch
+    generator = torch.Generator().manual_seed(3)  # epoch e's order: the e-th permutation of one seeded generator
+    torch.randperm(len(d), generator=generator)
+    assert torch.cat([b.labels for b in batches]).tolist() == d.labels[torch.randperm(len(d), generator=generator)].tolist()
 
 
 def test_same_seed_same_order(image_data):

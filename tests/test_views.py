@@ -154,6 +154,7 @@ def test_each_epoch_every_image_shows_one_stored_view_with_that_views_targets(tm
     seen = np.zeros((50, V), dtype=int)
     with stream:
         for epoch in range(2 * V):
+            batches.set_epoch(epoch)  # as train.fit does before every epoch
             for batch in batches:
                 row = (batch.teacher_logits[:, 0] - 100).round().long()
                 view = (batch.teacher_logits[:, 1] - 50).round().long()
@@ -186,6 +187,7 @@ def test_top_k_views_serve_the_chosen_views_top_k(tmp_path):
     with stream:
         for source in (memory, stream):
             for epoch in range(V):
+                source.set_epoch(epoch)
                 for batch in source:
                     t = batch.teacher_logits
                     assert isinstance(t, TopK) and t.logits.shape == (len(batch.labels), 3)
@@ -291,6 +293,9 @@ class MainMemoryBatches:
 
     def __len__(self):
         return math.ceil(len(self.labels) / self.batch_size)
+
+    def set_epoch(self, epoch):
+        pass  # it drew the next permutation on each pass; MemoryBatches serves epoch e as the e-th of those
 
     def __iter__(self):
         for idx in batch_order(len(self.labels), self.batch_size, self.shuffle, self.generator):
