@@ -251,3 +251,20 @@ def module_teacher(module: nn.Module, info: DatasetInfo) -> Teacher:
     check_output_shape(module, info.num_classes, info.in_channels, tuple(info.image_size), arch)
     return Teacher(model=module.eval(), arch=arch, sha256=state_sha256(module), mean=tuple(info.mean),
                    std=tuple(info.std), config={})
+
+
+def dataset_from_factory(target: str, option: str = "--dataset-factory") -> Any:
+    """The map-style Dataset that ``package.module:function`` returns; anything it raises, or returns that is
+    no map-style Dataset, is one ConfigError line."""
+    from .models import import_factory
+
+    fn = import_factory(target, option)
+    try:
+        dataset = fn()
+    except Exception as e:  # the team's code: any failure is one line
+        first = (str(e).splitlines() or [""])[0][:200]
+        raise ConfigError(f"{option} {target} failed ({type(e).__name__}: {first})") from None
+    if not is_dataset(dataset):
+        raise ConfigError(f"{option} {target} returned a {type(dataset).__name__}, not a map-style Dataset (one with "
+                          "__len__ and __getitem__, e.g. torchvision.datasets.ImageFolder)")
+    return dataset
