@@ -47,3 +47,20 @@ def test_readme_snippet_runs(cache_5k, data_dir, tmp_path, monkeypatch, capsys):
     loss = namespace["loss"]
     assert loss.ndim == 0 and np.isfinite(float(loss.detach()))
     assert len(namespace["data"]) == 5000
+
+
+def test_imagefolder_own_model_example_runs(tmp_path):
+    """examples/imagefolder_own_model.py, run as a user runs it, on a small generated folder of photos."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import make_photo_folder
+
+    root = make_photo_folder(tmp_path / "photos", per_class=(4, 1))
+    out = tmp_path / "cache.h5"
+    proc = subprocess.run([sys.executable, str(REPO / "examples" / "imagefolder_own_model.py"), str(root / "train"),
+                           "--out", str(out), "--size", "32"], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)})  # this checkout's kdcache
+    assert proc.returncode == 0, proc.stderr
+    assert "cached 12 x 3 teacher logits" in proc.stdout and out.exists()
