@@ -17,6 +17,7 @@ from .imagefolder import IMAGEFOLDER, UNLABELLED_FOLDER
 from .device import resolve_device, resolve_precision
 from .errors import CacheError, ConfigError, StorageError
 from .files import check_free_space, disk_full_message
+from .foreign import check_inputs, dataset_data, is_dataset, module_teacher
 from .loader import image_batches
 from .progress import track
 from .samples import DatasetInfo
@@ -68,15 +69,16 @@ def matches_request(meta: CacheMeta, request: dict[str, Any]) -> bool:
     return have == request
 
 
-def dump_logits(teacher: str | os.PathLike | None, out: str | os.PathLike, *, split: str = "train",
-                dataset: str | None = None, data_dir: str = DEFAULT_DATA_DIR, limit: int | None = None,
+def dump_logits(teacher: "str | os.PathLike | torch.nn.Module | None", out: str | os.PathLike, *, split: str = "train",
+                dataset: "str | torch.utils.data.Dataset | None" = None, data_dir: str = DEFAULT_DATA_DIR, limit: int | None = None,
                 batch_size: int = DUMP_BATCH_SIZE, device: str = "auto", precision: str = DUMP_PRECISION,
                 dtype: str | None = None, arch: str | None = None, teacher_factory: str | None = None,
                 weights: str | None = None, overwrite: bool = False, progress: bool = False,
                 reuse: bool = False, views: int = 1, augment: str | None = None, include_original: bool = False,
                 view_seed: int = VIEW_SEED, ignore_labels: bool = False,
                 class_names: tuple[str, ...] | None = None, topk: int | None = None, image_size: int | None = None,
-                workers: int | None = None, skip_unreadable: bool = False) -> dict[str, Any]:
+                workers: int | None = None, skip_unreadable: bool = False,
+                normalize: tuple[tuple[float, ...], tuple[float, ...]] | None = None) -> dict[str, Any]:
     """Write ``teacher``'s logits over ``split`` (first ``limit`` rows) to the cache ``out``.
 
     The teacher is a kdcache checkpoint (``teacher``), or ``teacher_factory``
@@ -95,6 +97,15 @@ def dump_logits(teacher: str | os.PathLike | None, out: str | os.PathLike, *, sp
     labels (``unlabelled`` images, or ``ignore_labels``) takes its class names from the teacher:
     a kdcache checkpoint's, or ``class_names`` for a factory teacher.
     Returns a summary (path, rows, seconds, teacher top-1 agreement with the labels: None without labels).
+
+    Your own model and data (kdcache.foreign): ``teacher`` may be any ``torch.nn.Module`` (run in eval
+    mode; the cache records ``module:<class>`` and a SHA-256 of its state dict) and ``dataset`` any
+    map-style ``torch.utils.data.Dataset`` of ``(image, label[, ...])`` items, e.g. torchvision's
+    ``ImageFolder(root, transform=Compose([Resize(S), CenterCrop(S), PILToTensor()]))``: images are
+    (C, H, W) tensors of one shape or PIL images. uint8 images are standardised with ``normalize=(mean,
+    std)`` (default ImageNet's, or 0.5/0.5 for one channel); float images (ToTensor()+Normalize) reach the
+    teacher exactly as the dataset returns them. Class names come from ``dataset.classes`` or
+    ``class_names``; an ImageFolder gets the same row ids as ``--dataset imagefolder`` on that folder.
 
     With ``augment`` (a kdcache.augment policy) it stores ``views`` augmented views per image
     (view 0 the un-augmented image with ``include_original``): each view's parameters, a pure
@@ -125,16 +136,22 @@ def dump_logits(teacher: str | os.PathLike | None, out: str | os.PathLike, *, sp
     policy = None if augment is None else parse_policy(augment)
     if out.exists() and not (overwrite or reuse):  # fail before the slow part; CacheWriter checks again
         raise CacheError(f"{out} already exists; pass --overwrite to replace it")
-    spec = TeacherSpec(checkpoint=None if teacher is None else str(teacher), factory=teacher_factory,
-                       weights=weights, arch=arch)
-    name = dataset or default_dataset(spec)
-    if image_size is None and name in (IMAGEFOLDER, UNLABELLED_FOLDER):
-        image_size = default_transform(spec)  # the teacher's own input transform
-    data = load_dataset(name, split, data_dir, limit, ignore_labels=ignore_labels, image_size=image_size,
-                        workers=workers, skip_unreadable=skip_unreadable)
+    check_inputs(teacher, dataset)  # a module and a Dataset object are kdcache.foreign's; anything else: one line
+    module = teacher if isinstance(teacher, torch.nn.Module) else None
+    spec = None if module is not None else TeacherSpec(checkpoint=None if teacher is None else str(teacher),
+                                                       factory=teacher_factory, weights=weights, arch=arch)
+    if is_dataset(dataset):
+        data = dataset_data(dataset, split=split, class_names=class_names, normalize=normalize,
+                            ignore_labels=ignore_labels, workers=workers).head(limit)
+    else:
+        name = dataset or default_dataset(spec)
+        if image_size is None and name in (IMAGEFOLDER, UNLABELLED_FOLDER):
+            image_size = default_transform(spec)  # the teacher's own input transform
+        data = load_dataset(name, split, data_dir, limit, ignore_labels=ignore_labels, image_size=image_size,
+                            workers=workers, skip_unreadable=skip_unreadable)
     info = with_teacher_classes(spec, data.info, class_names)  # unlabelled images: the teacher's classes
     check_topk(topk, info.num_classes)
-    loaded = load_teacher(spec, info)
+    loaded = module_teacher(module, info) if module is not None else load_teacher(spec, info)
     ctx = dist.current()
     dev = ctx.local_device(resolve_device(device))
     loaded.model.to(dev)

@@ -118,9 +118,9 @@ def default_transform(spec: TeacherSpec) -> InputTransform | None:
     return InputTransform(int(h), crop_fraction=1.0, mode="L" if int(config["in_channels"]) == 1 else "RGB")
 
 
-def default_dataset(spec: TeacherSpec) -> str:
+def default_dataset(spec: TeacherSpec | None) -> str:
     """The dataset a teacher was trained on (checkpoint), else fashion-mnist."""
-    if spec.checkpoint is not None:
+    if spec is not None and spec.checkpoint is not None:
         return str(read_checkpoint(spec.checkpoint)["config"]["dataset"])
     return "fashion-mnist"
 
@@ -139,11 +139,11 @@ def read_class_names(path: str | os.PathLike) -> tuple[str, ...]:
     return names
 
 
-def with_teacher_classes(spec: TeacherSpec, info: DatasetInfo, class_names: tuple[str, ...] | None = None
+def with_teacher_classes(spec: TeacherSpec | None, info: DatasetInfo, class_names: tuple[str, ...] | None = None
                          ) -> DatasetInfo:
     """``info`` with the classes the teacher predicts, for data that has none of its own (unlabelled images).
 
-    A kdcache checkpoint carries its class names; a factory teacher has only a number of
+    A kdcache checkpoint carries its class names; a factory teacher (or an nn.Module: spec None) has only a number of
     outputs, so its class names must be given (``class_names``, e.g. from ``--class-names``).
     Data with classes keeps them; ``class_names``, if given, must equal them.
     """
@@ -154,7 +154,7 @@ def with_teacher_classes(spec: TeacherSpec, info: DatasetInfo, class_names: tupl
                               f"{info.num_classes} {list(info.class_names)[:3]}...; drop --class-names (labelled data "
                               "names its own classes)")
         return info
-    if spec.checkpoint is not None:
+    if spec is not None and spec.checkpoint is not None:
         own = tuple(str(c) for c in read_checkpoint(spec.checkpoint)["config"]["class_names"])
         if names is not None and names != own:
             raise ConfigError(f"--class-names differs from the class names stored in {spec.checkpoint}; drop "

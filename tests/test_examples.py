@@ -57,6 +57,10 @@ def script_commands(path: Path) -> list[str]:
 
 def test_own_folder_walkthrough_runs_and_is_the_readme(tmp_path):
     """examples/own_folder.sh runs on a folder of mixed photos made here, and the README shows exactly its commands."""
+
+
+def test_imagefolder_own_model_example_runs(tmp_path):
+    """examples/imagefolder_own_model.py, run as a user runs it, on a small generated folder of photos."""
     import os
     import subprocess
     import sys
@@ -77,3 +81,12 @@ def test_own_folder_walkthrough_runs_and_is_the_readme(tmp_path):
            "64x64" in out
     assert "ok    alignment:" in out and "ok    teacher:" in out
     assert (tmp_path / "work" / "student.pt").is_file() and "imagefolder/test (9 samples)" in out
+
+
+    root = make_photo_folder(tmp_path / "photos", per_class=(4, 1))
+    out = tmp_path / "cache.h5"
+    proc = subprocess.run([sys.executable, str(REPO / "examples" / "imagefolder_own_model.py"), str(root / "train"),
+                           "--out", str(out), "--size", "32"], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)})  # this checkout's kdcache
+    assert proc.returncode == 0, proc.stderr
+    assert "cached 12 x 3 teacher logits" in proc.stdout and out.exists()

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from ..errors import ConfigError
 from ..config import DEFAULT_DATA_DIR, DUMP_BATCH_SIZE, DUMP_PRECISION, PRECISIONS, VIEW_SEED
 from .group import main, summary
 from .options import (AUGMENT_HELP, DATASET_HELP, PRECISION_HELP, precision_note, quiet_option, read_options,
@@ -19,6 +20,9 @@ from .options import (AUGMENT_HELP, DATASET_HELP, PRECISION_HELP, precision_note
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Cache file to write (.h5).")
 @click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True)
 @click.option("--dataset", default=None, help="Dataset (default: the teacher's). " + DATASET_HELP)
+@click.option("--dataset-factory", default=None, metavar="MODULE:FUNCTION",
+              help="Your own data: a function returning a map-style torch Dataset of (image, label) items, e.g. a "
+                   "torchvision ImageFolder with transform Resize+CenterCrop+PILToTensor (instead of --dataset).")
 @click.option("--data-dir", default=DEFAULT_DATA_DIR, show_default=True, type=click.Path(file_okay=False))
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N samples of the split.")
 @click.option("--arch", default=None, help="Refuse a teacher checkpoint of any other architecture.")
@@ -50,7 +54,8 @@ from .options import (AUGMENT_HELP, DATASET_HELP, PRECISION_HELP, precision_note
 @click.option("--overwrite", is_flag=True,
               help="Replace an existing cache (and, under torchrun, discard shards left by a different dump).")
 @quiet_option
-def dump_logits_cmd(teacher: str | None, out: str, quiet: bool, class_names_file: str | None, **kw: Any) -> None:
+def dump_logits_cmd(teacher: str | None, out: str, quiet: bool, class_names_file: str | None,
+                    dataset_factory: str | None, **kw: Any) -> None:
     """Run the teacher once over a split and write its raw logits (or their top-k) to an HDF5 cache.
 
     The teacher is a kdcache checkpoint (--teacher) or your own model
@@ -66,6 +71,12 @@ def dump_logits_cmd(teacher: str | None, out: str, quiet: bool, class_names_file
     from ..teacher import read_class_names
 
     names = read_class_names(class_names_file) if class_names_file else None
+    if dataset_factory is not None:
+        from ..foreign import dataset_from_factory
+
+        if kw["dataset"] is not None:
+            raise ConfigError("name the data once: --dataset NAME or --dataset-factory MODULE:FUNCTION")
+        kw["dataset"] = dataset_from_factory(dataset_factory)
     r = dump_logits(teacher, out, progress=not quiet, class_names=names, **kw)
     views = f" x {r['views']} views" if kw.get("augment") else ""
     agreement = r["teacher_label_agreement"]

@@ -1,0 +1,153 @@
+"""dump_logits with a user's own nn.Module and map-style Dataset (kdcache.foreign)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+from torchvision.datasets import ImageFolder
+from torchvision.transforms import CenterCrop, Compose, Normalize, PILToTensor, Resize, ToTensor
+
+import kdcache
+from conftest import assert_error, make_photo_folder, run_cli
+from kdcache.data import load_dataset
+from kdcache.errors import ConfigError, DataError, KDCacheError
+from kdcache.imagefolder import IMAGENET_MEAN, IMAGENET_STD
+from kdcache.samples import normalize
+
+
+def small_model(classes: int = 3, channels: int = 3) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(channels, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+                         nn.Linear(16, classes))
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return make_photo_folder(tmp_path_factory.mktemp("photos"))
+
+
+def image_folder(root, *tail):
+    return ImageFolder(str(root / "train"), transform=Compose([Resize(18), CenterCrop(16), *tail]))
+
+
+def test_imagefolder_and_module_teacher(folder, tmp_path):
+    ds = image_folder(folder, PILToTensor())
+    model = small_model()
+    out = tmp_path / "c.h5"
+    r = kdcache.dump_logits(model, out, dataset=ds, workers=0)
+    assert r["rows"] == len(ds) == 18 and r["num_classes"] == 3
+    ref = load_dataset("imagefolder", "train", folder, image_size=16, workers=0)
+    with kdcache.open_cache(out) as cache:
+        logits = cache.read()
+        assert list(cache.labels) == ds.targets
+        assert np.array_equal(cache.sample_ids, ref.sample_ids)
+        assert cache.meta.dataset_fingerprint == ref.info.fingerprint
+        assert cache.meta.teacher_arch == "module:torch.nn.modules.container.Sequential"
+        assert list(cache.class_names) == ds.classes
+    rows = [0, 7, 17]
+    images = torch.stack([ds[i][0] for i in rows])
+    with torch.no_grad():
+        expect = model(normalize(images, IMAGENET_MEAN, IMAGENET_STD))
+    assert torch.allclose(torch.from_numpy(np.asarray(logits[rows], np.float32)), expect, atol=1e-5)
+
+
+def test_float_images_are_used_as_returned(folder, tmp_path):
+    ds = image_folder(folder, ToTensor(), Normalize((0.4, 0.5, 0.6), (0.2, 0.3, 0.25)))
+    model = small_model()
+    out = tmp_path / "f.h5"
+    kdcache.dump_logits(model, out, dataset=ds, workers=0)
+    with kdcache.open_cache(out) as cache:
+        logits = np.asarray(cache.read(), np.float32)
+        assert list(cache.meta.normalization_mean) == [0.0] * 3 and list(cache.meta.normalization_std) == [1.0] * 3
+    with torch.no_grad():
+        expect = model(torch.stack([ds[i][0] for i in (1, 5)]))
+    assert torch.allclose(torch.from_numpy(logits[[1, 5]]), expect, atol=1e-5)
+
+
+class Items(Dataset):
+    """A plain Dataset: no .targets, no .samples; ``bad`` breaks the item contract."""
+
+    classes = ["a", "b"]
+
+    def __init__(self, bad: str | None = None):
+        self.bad = bad
+
+    def __len__(self) -> int:
+        return 6
+
+    def __getitem__(self, i: int):
+        side = 9 if self.bad == "shapes" and i == 4 else 8
+        image = torch.full((3, side, side), i * 10, dtype=torch.uint8)
+        if self.bad == "items":
+            return image
+        if self.bad == "labels":
+            return image, "cat"
+        return image, i % 2, "extra"
+
+
+def test_plain_dataset_ids_from_items(tmp_path):
+    model = small_model(2)
+    a = kdcache.dump_logits(model, tmp_path / "a.h5", dataset=Items(), workers=0)
+    b = kdcache.dump_logits(model, tmp_path / "b.h5", dataset=Items(), workers=2)
+    assert a["rows"] == 6
+    with kdcache.open_cache(tmp_path / "a.h5") as ca, kdcache.open_cache(tmp_path / "b.h5") as cb:
+        assert list(ca.labels) == [0, 1] * 3
+        assert np.array_equal(ca.sample_ids, cb.sample_ids) and len(set(ca.sample_ids.tolist())) == 6
+        assert ca.meta.dataset.startswith("dataset:") and ca.meta.dataset.endswith("Items")
+
+
+@pytest.mark.parametrize("teacher, dataset, kind, needle", [
+    ("no-such-teacher.pt", "fashion-mnist", KDCacheError, "not found"),
+    (3, "fashion-mnist", ConfigError, "got a int"),
+    ("MODEL", 5, ConfigError, "dataset: got a int"),
+    ("MODEL", Items("items"), ConfigError, "not (image, label)"),
+    ("MODEL", Items("labels"), ConfigError, "not (image, label)"),
+    ("MODEL", Items("shapes"), DataError, "(3, 9, 9) differs from item 0's (3, 8, 8)"),
+])
+def test_bad_inputs_are_one_line(tmp_path, teacher, dataset, kind, needle):
+    out = tmp_path / "x.h5"
+    with pytest.raises(kind) as e:
+        kdcache.dump_logits(small_model(2) if teacher == "MODEL" else teacher, out, dataset=dataset, workers=0)
+    assert needle in str(e.value) and "\n" not in str(e.value) and "Sequential(" not in str(e.value)
+    assert not out.exists()
+
+
+FACTORIES = '''
+import torch
+from torch import nn
+from torchvision.datasets import ImageFolder
+from torchvision.transforms import CenterCrop, Compose, PILToTensor, Resize
+
+def folder():
+    return ImageFolder(ROOT, transform=Compose([Resize(18), CenterCrop(16), PILToTensor()]))
+
+def broken():
+    raise RuntimeError("no such folder\\nsecond line")
+
+def listless():
+    return object()
+
+def teacher(num_classes):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, num_classes))
+'''
+
+
+def test_cli_dataset_factory(folder, tmp_path, monkeypatch):
+    (tmp_path / "myfactories.py").write_text(f"ROOT = {str(folder / 'train')!r}\n" + FACTORIES)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    import myfactories
+
+    torch.save(myfactories.teacher(3).state_dict(), tmp_path / "w.pt")
+    common = ("dump-logits", "--teacher-factory", "myfactories:teacher", "--weights", "w.pt", "--workers", "0", "-q")
+    run_cli(*common, "--dataset-factory", "myfactories:folder", "--out", "ok.h5")
+    with kdcache.open_cache(tmp_path / "ok.h5") as cache:
+        assert len(cache) == 18
+    assert_error(run_cli(*common, "--dataset-factory", "myfactories:broken", "--out", "b.h5", ok=False),
+                 "myfactories:broken", "no such folder")
+    assert_error(run_cli(*common, "--dataset-factory", "myfactories:listless", "--out", "l.h5", ok=False),
+                 "not a map-style Dataset")
+    assert not (tmp_path / "b.h5").exists() and not (tmp_path / "l.h5").exists()
