@@ -339,7 +339,8 @@ def _student_targets(caches: Sequence[LogitCache], data: ImageData, cfg: TrainCo
     rows_data = data if rows_data is None else rows_data
     if len(caches) > 1:
         check_members(caches)
-    rows = [c.align(data.indices.numpy(), labels=data.labels.numpy(), sample_ids=data.sample_ids, info=data.info)
+    rows = [c.align(data.indices.numpy(), labels=data.labels.numpy(), sample_ids=data.sample_ids, info=data.info,
+                    keys=data.keys)
             for c in caches]
     plan, record = student_views(caches, rows, data, augment=augment, alpha=alpha,
                                  allow_inconsistent=allow_inconsistent, cache_views=cache_views, seed=cfg.seed)

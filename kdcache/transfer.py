@@ -149,7 +149,8 @@ def open_transfer_sets(transfer: Sequence[LogitCache], data_dirs: Sequence[str],
         _check_compatible(caches[0], data, labelled, teachers[0], data_cfg, d)
         caches[0].align(np.empty(0, dtype=np.int64), info=data.info)  # other data (fingerprint): refused first
         data = data.take(np.sort(caches[0].indices))  # the samples this set's caches cover
-        rows = [c.align(data.indices.numpy(), labels=data.labels.numpy(), sample_ids=data.sample_ids, info=data.info)
+        rows = [c.align(data.indices.numpy(), labels=data.labels.numpy(), sample_ids=data.sample_ids, info=data.info,
+                        keys=data.keys)
                 for c in caches]
         sets.append(TransferSet(data, caches, rows, d))
     return sets

@@ -210,7 +210,11 @@ def _check_alignment(cache: LogitCache, data: ImageData, report: VerifyReport) -
     in_range = (idx >= 0) & (idx < len(data)) if len(data) == info.num_samples else np.zeros(len(idx), bool)
     labels = data.labels.numpy()[np.where(in_range, idx, 0)]
     ids = data.sample_ids[np.where(in_range, idx, 0)]
-    _, problems = cache.alignment_problems(idx, labels=labels, sample_ids=ids, info=info)
+    if data.keys is not None and cache.meta.dataset_fingerprint != info.fingerprint:  # files: name the changed ones
+        _, problems = cache.alignment_problems(data.indices.numpy(), sample_ids=data.sample_ids, info=info,
+                                               keys=data.keys)
+    else:
+        _, problems = cache.alignment_problems(idx, labels=labels, sample_ids=ids, info=info)
     for problem in problems:
         report.add("alignment", "fail", problem)
     if problems:

@@ -57,10 +57,6 @@ def script_commands(path: Path) -> list[str]:
 
 def test_own_folder_walkthrough_runs_and_is_the_readme(tmp_path):
     """examples/own_folder.sh runs on a folder of mixed photos made here, and the README shows exactly its commands."""
-
-
-def test_imagefolder_own_model_example_runs(tmp_path):
-    """examples/imagefolder_own_model.py, run as a user runs it, on a small generated folder of photos."""
     import os
     import subprocess
     import sys
@@ -82,6 +78,14 @@ def test_imagefolder_own_model_example_runs(tmp_path):
     assert "ok    alignment:" in out and "ok    teacher:" in out
     assert (tmp_path / "work" / "student.pt").is_file() and "imagefolder/test (9 samples)" in out
 
+
+def test_imagefolder_own_model_example_runs(tmp_path):
+    """examples/imagefolder_own_model.py, run as a user runs it, on a small generated folder of photos."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import make_photo_folder
 
     root = make_photo_folder(tmp_path / "photos", per_class=(4, 1))
     out = tmp_path / "cache.h5"

@@ -186,3 +186,39 @@ def test_validation_split_covers_every_class(tmp_path):
     train, val = load_train_val("imagefolder", str(tmp_path), None, 6, image_size=SIZE)
     assert sorted(val.labels.tolist()) == [0, 0, 1, 1, 2, 2] and len(train) == 12
     assert not set(val.indices.tolist()) & set(train.indices.tolist())
+
+
+def test_a_folder_changed_since_the_dump_is_named_in_one_line(team, tmp_path):
+    root, weights = team
+    cache = tmp_path / "c.h5"
+    run("dump-logits", "--teacher-factory", "team_models_if:build", "--weights", weights, "--dataset", "imagefolder",
+        "--data-dir", root, "--image-size", SIZE, "--out", cache, "-q")
+    bee = root / "train" / "bee" / "sub"
+    edited = sorted(bee.iterdir())[2]
+    edited.write_bytes(edited.read_bytes() + b"\0")  # changed
+    shutil.copy(sorted(bee.iterdir())[0], bee / "zz-new.png")  # added
+    (root / "train" / "cat" / "sub" / sorted(p.name for p in (root / "train" / "cat" / "sub").iterdir())[0]).unlink()
+    want = ("the images changed since the dump: 2 file(s) added or changed (first: bee/sub/" + edited.name +
+            ", bee/sub/zz-new.png); 2 row(s) of the cache have no such file any more")
+    one_line_error(run("train-student", "--cache", cache, "--data-dir", root, "--epochs", 1, "--out", tmp_path / "s.pt"),
+                   want)
+    v = run("verify", cache, "--data-dir", root)
+    assert v.exit_code == 1 and want in v.output, v.output
+    assert not (tmp_path / "s.pt").exists()
+
+
+def test_image_size_and_unreadable_files_are_one_line_cli_errors(team, tmp_path):
+    root, weights = team
+    dump = ["dump-logits", "--teacher-factory", "team_models_if:build", "--weights", weights, "--dataset",
+            "imagefolder", "--data-dir", root, "--out", tmp_path / "c.h5"]
+    for size in (0, 5000):
+        one_line_error(run(*dump, "--image-size", size), f"--image-size {size}: give the side of the square input")
+    bad = root / "train" / "ant" / "sub" / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    one_line_error(run(*dump, "--image-size", SIZE), "cannot read image")
+    assert not (tmp_path / "c.h5").exists()
+    r = run(*dump, "--image-size", SIZE, "--skip-unreadable", "-q")
+    assert r.exit_code == 0, r.output
+    info = json.loads(run("info", tmp_path / "c.h5", "--json").output)
+    assert info["skipped_files"] == ["ant/sub/broken.jpg"] and info["num_samples"] == 18
+    assert "skipped    1 unreadable file(s) left out: ant/sub/broken.jpg" in run("info", tmp_path / "c.h5").output

@@ -135,3 +135,30 @@ def test_strict_fp32_turns_tf32_off_and_restores():
     with strict_fp32():
         assert torch.backends.cudnn.allow_tf32 is False and torch.backends.cuda.matmul.allow_tf32 is False
     assert torch.backends.cudnn.allow_tf32 == before
+
+
+def test_divergence_watch_stops_a_blow_up_not_a_noisy_run():
+    from kdcache.train import DIVERGENCE_FACTOR, Diverged, DivergenceWatch
+
+    healthy = DivergenceWatch()
+    for loss in [2.3, 2.5, 2.2, 2.4, 2.3, 4.0, 1.0, 0.1, 0.0, 20.0]:  # noisy, but never 10x the start (2.34)
+        healthy.step(loss)
+    blowing = DivergenceWatch()
+    for loss in [1.1, 1.0, 1.2, 1.1, 1.1, 5.0]:
+        blowing.step(loss)
+    with pytest.raises(Diverged, match=r"training diverged \(loss 12, 11x its 1.1 at the start\); lower --lr"):
+        blowing.step(12.0)
+    assert DIVERGENCE_FACTOR == 10.0
+    with pytest.raises(Diverged, match=r"training diverged \(loss nan\)"):
+        DivergenceWatch().step(float("nan"))
+
+
+def test_a_run_that_blows_up_stops_with_one_line(image_data):
+    """On a folder of photos the default lr once took the teacher's loss from 31 to 136 and exited 0 at chance."""
+    from kdcache.train import Diverged
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(epochs=2, batch_size=8, lr=50.0, schedule="constant", device="cpu", precision="fp32")
+    with pytest.raises(Diverged) as e:
+        fit(build_model("student-cnn"), MemoryBatches(image_data, 8), cross_entropy_loss, cfg)
+    assert str(e.value).startswith("training diverged (loss ") and "lower --lr" in str(e.value)

@@ -243,24 +243,26 @@ class LogitCache:
     # -- alignment: the one rule ---------------------------------------------------------------------
 
     def align(self, indices: Sequence[int] | np.ndarray, *, labels: np.ndarray | None = None,
-              sample_ids: np.ndarray | None = None, info: DatasetInfo | None = None) -> np.ndarray:
+              sample_ids: np.ndarray | None = None, info: DatasetInfo | None = None,
+              keys: Sequence[str] | None = None) -> np.ndarray:
         """The cache row of each sample, given each sample's dataset index (and label, content id, dataset identity).
 
         Refuses, with the reason and the fix, a cache of another dataset, split, class set or
         data version (``info``), an /indices column with values outside the split or repeats,
         any sample the cache does not cover, and rows whose label or content id differ from the
         sample's (a reordered, relabelled or edited dataset). ``labels``/``sample_ids`` are
-        compared where given.
+        compared where given. ``keys`` (image files: each sample's relative path) name the files
+        that changed when the data is not the data the cache was made from.
         """
-        rows, problems = self.alignment_problems(indices, labels=labels, sample_ids=sample_ids, info=info)
+        rows, problems = self.alignment_problems(indices, labels=labels, sample_ids=sample_ids, info=info, keys=keys)
         if problems:
             raise CacheError(problems[0])
         assert rows is not None
         return rows
 
     def alignment_problems(self, indices: Sequence[int] | np.ndarray, *, labels: np.ndarray | None = None,
-                           sample_ids: np.ndarray | None = None, info: DatasetInfo | None = None
-                           ) -> tuple[np.ndarray | None, list[str]]:
+                           sample_ids: np.ndarray | None = None, info: DatasetInfo | None = None,
+                           keys: Sequence[str] | None = None) -> tuple[np.ndarray | None, list[str]]:
         """Like ``align``, but returns ``(rows or None, every problem found)`` instead of raising the first."""
         m, p, problems = self.meta, self.path, []
         if info is not None:
@@ -275,6 +277,8 @@ class LogitCache:
                 return None, [f"{p} holds no labels (dumped with --no-labels), so its rows cannot be matched with "
                               f"labelled {info.name}/{info.split} data; dump the split with its labels (train-student "
                               "--labels-limit N then keeps the labels of the first N samples only)"]
+            if m.dataset_fingerprint != info.fingerprint and keys is not None and sample_ids is not None:
+                return None, [self._changed_files(np.asarray(sample_ids), keys, len(indices) == info.num_samples)]
             if m.dataset_fingerprint != info.fingerprint:
                 problems.append(f"{p} was made from different {info.name}/{info.split} data (dataset fingerprint "
                                 f"{m.dataset_fingerprint[:12]}... != {info.fingerprint[:12]}...); re-dump the cache "
@@ -293,6 +297,18 @@ class LogitCache:
                             f"({int(bad_label.sum())} by label, {int(bad_id.sum())} by content id; first: dataset index "
                             f"{int(want[first])}): rows shuffled or data changed; re-dump the cache on this data")
         return (None if problems else rows), problems
+
+    def _changed_files(self, sample_ids: np.ndarray, keys: Sequence[str], whole_split: bool) -> str:
+        """One line naming the files that differ from the cache's rows (ids hash path, bytes and label)."""
+        new = np.flatnonzero(~np.isin(sample_ids, self.sample_ids))
+        first = ", ".join(keys[i] for i in new[:3]) + (", ..." if len(new) > 3 else "")
+        gone = int((~np.isin(self.sample_ids, sample_ids)).sum()) if whole_split else 0
+        what = [f"{len(new)} file(s) added or changed (first: {first})"] if len(new) else []
+        what += [f"{gone} row(s) of the cache have no such file any more (removed, renamed or changed)"] if gone else []
+        if not what:
+            what = ["the files are the same but their order or labels differ"]
+        return (f"{self.path}: the images changed since the dump: {'; '.join(what)}; re-dump the cache on these "
+                "images, or use the images it was made from")
 
     def _positions(self, want: np.ndarray, split_size: int) -> tuple[np.ndarray | None, list[str]]:
         idx, p = self.indices, self.path
