@@ -119,8 +119,8 @@ def _rgb(image: Any) -> Any:
     return image.convert("RGB")
 
 
-def open_image(path: Path) -> Any:
-    """A decoded PIL image, or DataError naming the file (truncated, not an image, too big)."""
+def open_image(path: Path, transform: "InputTransform | None" = None) -> Any:
+    """A decoded PIL image (or ``transform`` of it, decoded once, never copied), or DataError naming the file."""
     from PIL import Image
 
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS
@@ -128,6 +128,8 @@ def open_image(path: Path) -> Any:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
+                if transform is not None:
+                    return transform(im)
                 im.load()
                 return im.copy()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -172,7 +174,7 @@ class FileImages:
 
     def decode(self, i: int) -> np.ndarray:
         """Row ``i`` as (3, S, S) uint8."""
-        return self.transform(open_image(self.root / self.relpaths[i]))
+        return open_image(self.root / self.relpaths[i], self.transform)
 
     def subset(self, rows: Any) -> "FileImages":
         return FileImages(self.root, [self.relpaths[int(i)] for i in _positions(rows, len(self))], self.transform)

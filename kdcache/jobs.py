@@ -100,9 +100,10 @@ def _train_and_save(role: str, spec: ModelSpec, train_data: ImageData, data_cfg:
             close()
     seconds = time.perf_counter() - t0
     result = None
-    if ctx.is_main:  # under torchrun, rank 0 evaluates once and writes; the others wait at the check below
-        final = evaluate(model, test_data, device=device, precision="fp32")
-        val = None if val_data is None else evaluate(model, val_data, device=device, precision="fp32")
+    final = evaluate(model, test_data, device=device, precision="fp32", workers=data_cfg.workers)  # sharded on ranks
+    val = None if val_data is None else evaluate(model, val_data, device=device, precision="fp32",
+                                                 workers=data_cfg.workers)
+    if ctx.is_main:  # under torchrun rank 0 writes; the others wait at the check below
         config = {
             **model_config(spec, info), "role": role, "train": cfg.to_dict(), "limit": data_cfg.limit,
             "num_train_samples": len(train_data), "epochs": cfg.epochs, "seed": cfg.seed,

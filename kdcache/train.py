@@ -9,6 +9,7 @@ import math
 import time
 from typing import Callable, Iterable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -114,12 +115,41 @@ def train_one_epoch(model: nn.Module, batches: Iterable[Batch], loss_fn: LossFn,
             "labelled": int(labelled)}  # sums, for reducing over ranks
 
 
-@torch.inference_mode()
 def evaluate(model: nn.Module, data: ImageData, *, batch_size: int = 1000, device: torch.device | str = "cpu",
              precision: str = "fp32", progress: bool = False, workers: int | None = None) -> dict:
-    """Accuracy, mean cross-entropy and per-class accuracy of ``model`` on ``data``."""
+    """Accuracy, mean cross-entropy and per-class accuracy of ``model`` on ``data``.
+
+    Under torchrun every rank must call it: each evaluates a contiguous shard of the rows
+    (as torchvision's reference ``evaluate`` does with a DistributedSampler) and the sums are
+    reduced, so N ranks take ~1/N of the time and every rank returns the same metrics.
+    """
+    ctx = dist.current()
     device = torch.device(device)
     precision = resolve_precision(precision, device)
+    k = data.info.num_classes
+    mine = data
+    if ctx.distributed:
+        shards = np.array_split(np.arange(len(data)), ctx.world_size)
+        mine = data.take(shards[ctx.rank])
+    sums, error = np.zeros(1 + 2 * k), None
+    try:
+        sums = _evaluate_sums(model, mine, batch_size, device, precision, progress and ctx.is_main, workers)
+    except Exception as e:  # noqa: BLE001 - reported on every rank by ctx.check, raised here when alone
+        error = e
+    ctx.check(error)
+    sums = np.asarray(ctx.sum(sums.tolist()))
+    total_loss, hits, counts = float(sums[0]), sums[1:1 + k].astype(np.int64), sums[1 + k:].astype(np.int64)
+    n = int(counts.sum())
+    per_class = {name: (int(h) / int(c) if int(c) else None)
+                 for name, h, c in zip(data.info.class_names, hits.tolist(), counts.tolist())}
+    return {"accuracy": int(hits.sum()) / n, "loss": total_loss / n, "num_samples": n,
+            "per_class_accuracy": per_class}
+
+
+@torch.inference_mode()
+def _evaluate_sums(model: nn.Module, data: ImageData, batch_size: int, device: torch.device, precision: str,
+                   progress: bool, workers: int | None) -> np.ndarray:
+    """[summed cross-entropy, hits per class (k), samples per class (k)] over ``data``."""
     model.eval().to(device)
     batches = MemoryBatches(data, batch_size, shuffle=False, device=device, channels_last=precision == "bf16",
                             workers=workers)
@@ -133,11 +163,7 @@ def evaluate(model: nn.Module, data: ImageData, *, batch_size: int = 1000, devic
         total_loss += float(F.cross_entropy(outputs.float(), batch.labels, reduction="sum"))
         counts += torch.bincount(batch.labels, minlength=k)
         hits += torch.bincount(batch.labels[outputs.argmax(1) == batch.labels], minlength=k)
-    n = int(counts.sum())
-    per_class = {name: (int(h) / int(c) if int(c) else None)
-                 for name, h, c in zip(data.info.class_names, hits.tolist(), counts.tolist())}
-    return {"accuracy": int(hits.sum()) / n, "loss": total_loss / n, "num_samples": n,
-            "per_class_accuracy": per_class}
+    return np.concatenate([[total_loss], hits.cpu().numpy(), counts.cpu().numpy()]).astype(np.float64)
 
 
 def fit(model: nn.Module, batches: BatchSource, loss_fn: LossFn, cfg: TrainConfig, *,
@@ -150,7 +176,7 @@ def fit(model: nn.Module, batches: BatchSource, loss_fn: LossFn, cfg: TrainConfi
 
     Under torchrun (kdcache.dist) the model trains as DistributedDataParallel on every rank's
     ``batches`` (its share of each global batch); train loss and accuracy are summed over
-    ranks, the evaluation runs once, on rank 0, and every rank returns rank 0's history.
+    ranks, every rank evaluates a shard of ``eval_data`` (``evaluate``), and every rank returns rank 0's history.
     """
     ctx = dist.current()
     device = ctx.local_device(resolve_device(cfg.device))
@@ -175,7 +201,7 @@ def fit(model: nn.Module, batches: BatchSource, loss_fn: LossFn, cfg: TrainConfi
                                                      train["labelled"]])
         row = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(labelled, 1),
                "train_seconds": time.perf_counter() - t0}
-        if eval_data is not None and ctx.is_main:  # the plain model: no DDP collectives while the others wait
+        if eval_data is not None:  # every rank a shard, with the plain model (no DDP collectives in its forward)
             ev = evaluate(model, eval_data, device=device, precision=precision)
             row.update({f"{eval_name}_loss": ev["loss"], f"{eval_name}_accuracy": ev["accuracy"]})
         ctx.check()

@@ -168,7 +168,12 @@ def test_ddp_teacher_and_student_train_like_one_process_and_their_checkpoints_lo
     payload = read_checkpoint(teacher)
     assert payload["config"]["world_size"] == 2 and not any(k.startswith("module.") for k in payload["state_dict"])
     assert json.loads(teacher.with_name("teacher.metrics.json").read_text())["checkpoint"] == str(teacher)
-    run_cli("evaluate", "--model", teacher, "--data-dir", data_dir, "--limit", 100, "--device", "cpu", "-q")
+    single = json.loads(run_cli("evaluate", "--model", teacher, "--data-dir", data_dir, "--limit", 100, "--device",
+                                "cpu", "--json").output)
+    sharded = json.loads(teacher.with_name("teacher.metrics.json").read_text())["test"]  # each rank 50 of the 100
+    assert sharded["num_samples"] == single["num_samples"] == 100
+    assert sharded["accuracy"] == single["accuracy"] and sharded["per_class_accuracy"] == single["per_class_accuracy"]
+    assert abs(sharded["loss"] - single["loss"]) < 1e-5
     cache = tmp_path / "c.h5"
     dump_logits(teacher, cache, data_dir=str(data_dir), limit=256, device="cpu")
     run_cli("verify", cache, "--data-dir", data_dir, "--teacher", teacher, "--sample", 64, "-q")

@@ -122,7 +122,7 @@ def test_unlabelled_cache_dumps_and_verifies_by_content_id(world, tmp_path):
     v = run("verify", world.unl, "--dataset", "unlabelled", "--data-dir", world.folder, "--teacher", world.dir / "t1.pt")
     assert "all 40 rows match unlabelled/train at their index (40 unlabelled by content id)" in v.output
     assert "ok    teacher:" in v.output
-    # one edited image: caught by content id row by row (and by the fingerprint)
+    # one edited image: caught by its content id (path + bytes), and named
     import shutil
     edited = shutil.copytree(world.folder, tmp_path / "edited")
     png = sorted(edited.rglob("a/part0/*.png"))[0]
@@ -130,7 +130,9 @@ def test_unlabelled_cache_dumps_and_verifies_by_content_id(world, tmp_path):
     pixels[0, 0] ^= 1
     Image.fromarray(pixels).save(png)
     bad = run("verify", world.unl, "--dataset", "unlabelled", "--data-dir", edited, ok=False)
-    assert bad.exit_code == 1 and "1 of 40 rows disagree" in bad.output and "0 by label, 1 by content id" in bad.output
+    rel = png.relative_to(edited).as_posix()
+    assert bad.exit_code == 1 and f"the images changed since the dump: 1 file(s) added or changed (first: {rel}); 1 " \
+        "row(s) of the cache have no such file any more" in bad.output, bad.output
 
 
 def test_no_labels_dump_of_a_labelled_split_verifies_against_it(world, tmp_path):
