@@ -342,3 +342,22 @@ def test_ddp_step_benchmark_runs_under_torchrun():
     assert job.returncode == 0, job.stderr[-2000:]
     line = next(x for x in job.stdout.splitlines() if x.startswith("2 rank(s), 64 rows per rank:"))
     assert "DDP only" in line and "+ status check + row counts" in line
+
+
+def test_folder_benchmark_smoke(tmp_path):
+    """benchmarks.folder --smoke: every row and field present with plausible values (no timing thresholds)."""
+    from benchmarks.folder import format_table, main as folder_main
+
+    out = tmp_path / "folder.json"
+    result = folder_main(["--smoke", "--work", str(tmp_path / "work"), "--out", str(out), "--quiet"])
+    assert json.loads(out.read_text()) == result
+    assert result["cpu"] and result["cpu"] != "unknown" and result["torch"] == str(__import__("torch").__version__)
+    assert (result["images"], result["repeats"]) == (60, 1)
+    assert result["image_size"] > 0 and result["workers"] >= 0 and result["batch_size"] > 0
+    dump, student, rss = result["rows"]
+    for r in (dump, student):
+        assert r["a_seconds"] > 0 and r["b_seconds"] > 0 and r["ratio"] > 0 and isinstance(r["met"], bool)
+    assert dump["hash_seconds"] > 0 and 0 < dump["dump_loop_seconds"] < dump["a_seconds"] and dump["ratio_loop_only"] > 0
+    assert rss["a_rss_mb"] > 0 and rss["b_rss_mb"] > 0 and isinstance(rss["met"], bool)
+    assert rss["a_runs"][0]["rows"] == 10 and rss["b_runs"][0]["rows"] == 60  # a quarter of each class, then all
+    assert "dump-logits" in format_table(result)
