@@ -17,6 +17,7 @@ from torch.utils.data import Subset
 
 from .cache import LogitCache
 from .data import BUILTIN
+from .imagefolder import folder_files, hash_files
 from .errors import CacheError, ConfigError
 from .samples import UNLABELLED, DatasetInfo, fingerprint_for, sample_ids_for
 
@@ -96,6 +97,8 @@ def align_dataset(cache: LogitCache, dataset: Any, idx: np.ndarray, *, labels: S
       labelled cache row's label equals the sample's (rows the cache holds as unlabelled are skipped);
     - with ``dataset.classes``: the class names, in order (not for a cache without labels: its
       classes are the teacher's, which images read unlabelled need not share);
+    - ImageFolder-like datasets (``.samples`` paths + ``.root``): each row's content id, from the file's
+      relative path, bytes and label, so another set of images in the same layout is refused;
     - torchvision MNIST-style datasets (``.data`` uint8 (N, H, W) + ``.targets``: MNIST, FashionMNIST):
       each row's content id (kdcache's own sample ids) and, for a built-in dataset, its name, split
       and the fingerprint of the whole split.
@@ -122,6 +125,12 @@ def align_dataset(cache: LogitCache, dataset: Any, idx: np.ndarray, *, labels: S
         checked.append("class names")
     ids, info = None, None
     images = mnist_style(dataset) if check_content else None
+    files = folder_files(dataset) if check_content and images is None else None
+    if files is not None and data_labels is not None:  # an ImageFolder: rows are files (relative path + bytes)
+        paths, keys = files
+        digests, _ = hash_files([paths[i] for i in idx])
+        ids = sample_ids_for(digests, compare, [keys[i] for i in idx])
+        checked.append("content id")
     if images is not None:
         all_labels = dataset_labels(dataset, np.arange(len(images)))
         with_marker = all_labels[idx].copy()

@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .errors import ConfigError, DataError
-from .imagefolder import IMAGENET_MEAN, IMAGENET_STD, hash_files
+from .imagefolder import IMAGENET_MEAN, IMAGENET_STD, folder_files, hash_files
 from .images import _positions
 from .loader import resolve_workers
 from .samples import UNLABELLED, DatasetInfo, ImageData, fingerprint_for, sample_ids_for
@@ -172,18 +172,6 @@ def _targets(dataset: Any, n: int) -> np.ndarray | None:
     return labels.astype(np.int64)
 
 
-def _folder_files(dataset: Any) -> tuple[list[Path], list[str]] | None:
-    """(paths, relative paths) of an ImageFolder-like dataset (``.samples`` (path, class) and ``.root``), else None."""
-    samples, root = getattr(dataset, "samples", None), getattr(dataset, "root", None)
-    if not isinstance(samples, list) or root is None or len(samples) != len(dataset):
-        return None
-    try:
-        paths = [Path(p) for p, _ in samples]
-        return paths, [p.relative_to(root).as_posix() for p in paths]
-    except (TypeError, ValueError):
-        return None
-
-
 def dataset_data(dataset: Any, *, split: str = "train", class_names: Sequence[str] | None = None,
                  normalize: tuple[Sequence[float], Sequence[float]] | None = None, ignore_labels: bool = False,
                  workers: int | None = None) -> ImageData:
@@ -193,7 +181,7 @@ def dataset_data(dataset: Any, *, split: str = "train", class_names: Sequence[st
         raise DataError(f"dataset: the {type(dataset).__name__} has no items")
     first = _image_of(dataset[0], 0)
     shape = tuple(first.shape)
-    folder = _folder_files(dataset)
+    folder = folder_files(dataset)
     labels = _targets(dataset, n)
     if folder is not None:
         if labels is None:

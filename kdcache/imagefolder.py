@@ -26,7 +26,7 @@ models such folders usually meet (``IMAGENET_MEAN``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -187,3 +187,18 @@ def load_unlabelled(root: str, split: str = "train", *, image_size: int | InputT
         raise DataError(f"unlabelled: no images under {base}; {UNLABELLED_HINT}")
     return _folder_data(UNLABELLED_FOLDER, "train", base, paths, [UNLABELLED] * len(paths), (), image_size,
                         workers, skip_unreadable)
+
+
+def folder_files(dataset: Any) -> tuple[list[Path], list[str]] | None:
+    """(paths, relative paths) of an ImageFolder-like dataset (``.samples`` (path, class) and ``.root``), else None.
+
+    Such a dataset's rows are files: kdcache identifies them by relative path and bytes, as its own folders.
+    """
+    samples, root = getattr(dataset, "samples", None), getattr(dataset, "root", None)
+    if not isinstance(samples, list) or root is None or len(samples) != len(dataset):
+        return None
+    try:
+        paths = [Path(p) for p, _ in samples]
+        return paths, [p.relative_to(root).as_posix() for p in paths]
+    except (TypeError, ValueError):
+        return None

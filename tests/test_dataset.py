@@ -266,11 +266,14 @@ def test_torchvision_imagefolder_over_a_cache_of_kdcache_imagefolder(tmp_path):
     tf = transforms.Compose([transforms.Resize(18), transforms.CenterCrop(16), transforms.ToTensor()])
     folder = torchvision.datasets.ImageFolder(str(root / "train"), transform=tf)
     ds = CachedDataset(folder, path)
-    assert ds.alignment.checked == ("index", "label", "class names")
+    assert ds.alignment.checked == ("index", "label", "class names", "content id")
     for i in (0, 11, 16):  # RGB JPEGs (other modes: kdcache scales 16-bit and keeps palette transparency)
         image, label, targets = ds[i]
         assert int(targets[0]) == i and label == folder.targets[i] and image.shape == (3, 16, 16)
         assert torch.equal((image * 255).round().to(torch.uint8), kd.images[i])  # the very pixels kdcache cached
+    other = make_folder(tmp_path / "other", seed=1)  # the same layout and names, other images: refused
+    with pytest.raises(CacheError, match=r"18 of 18 rows disagree .* 18 by content id"):
+        CachedDataset(torchvision.datasets.ImageFolder(str(other / "train"), transform=tf), path)
 
 
 def test_set_epoch_reaches_persistent_workers(fmnist, cache_path):
