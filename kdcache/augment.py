@@ -19,10 +19,15 @@ Policies (``POLICIES``; ``parse_policy("shift-flip:pad=4")`` changes a setting):
 
 - ``shift-flip`` (v1, for small grayscale images): translate by (dy, dx) in [-pad, pad]
   with zero fill (torchvision ``RandomCrop(size, padding=pad)``), then flip horizontally.
-- ``crop-flip`` (v1, for ImageFolder-sized images): a random-resized-crop box (torchvision's
+- ``crop-flip`` (v2, for ImageFolder-sized images): a random-resized-crop box (torchvision's
   ``get_params`` distribution: scale, log-uniform ratio, 10 attempts, centre-crop fallback),
+  stored as fractions of the image (top/H, left/W, height/H, width/W, as FKD stores crops),
   resized bilinearly back to the input size (``resized_crop(..., antialias=False)``), then
-  flipped horizontally.
+  flipped horizontally. Its views replay at any resolution (a student at another
+  ``--image-size``); caches of v1 (absolute pixel boxes) still replay at the teacher's size.
+
+A policy with ``RELATIVE`` parameters replays at any image size; the others only at the
+size the views were drawn for (``check_replay_size``).
 """
 from __future__ import annotations
 
@@ -54,6 +59,7 @@ class ViewPolicy(ABC):
     NAME: ClassVar[str] = ""
     VERSION: ClassVar[int] = 1
     PARAM_NAMES: ClassVar[tuple[str, ...]] = ()
+    RELATIVE: ClassVar[bool] = False  # parameters are fractions of the image: a view replays at any image size
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -147,16 +153,25 @@ class ShiftFlip(ViewPolicy):
 
 @dataclass(frozen=True)
 class CropFlip(ViewPolicy):
-    """A random-resized-crop box (top, left, height, width), resized bilinearly to the input size, then flipped.
+    """A random-resized-crop box, stored relative to the image, resized bilinearly to the input size, then flipped.
 
-    Boxes follow torchvision ``RandomResizedCrop.get_params``: area fraction uniform in
-    [scale_min, scale_max], aspect ratio log-uniform in [ratio_min, ratio_max], up to 10
-    attempts, then a centre crop. The view equals ``resized_crop(img, top, left, height,
-    width, [H, W], antialias=False)`` (bilinear, align_corners=False) then ``hflip``.
+    Parameters (v2): ``top``/H, ``left``/W, ``height``/H, ``width``/W as float32 fractions in
+    [0, 1], and ``flip`` (0/1), so the same view replays on the same image at any resolution
+    (FKD stores its crops the same way). Boxes follow torchvision
+    ``RandomResizedCrop.get_params`` in pixels of the image size given to ``sample`` (area
+    fraction uniform in [scale_min, scale_max], aspect ratio log-uniform in [ratio_min,
+    ratio_max], up to 10 attempts, then a centre crop), then are divided by H and W.
+    ``apply`` multiplies them back by the batch's own H and W and rounds to whole pixels
+    (a box at least 1 pixel and inside the image), so at the size the views were drawn for
+    it rebuilds exactly the pixel box drawn. The view of an H×W batch equals
+    ``resized_crop(img, top, left, height, width, [H, W], antialias=False)`` (bilinear,
+    align_corners=False) then ``hflip``, with that pixel box.
     """
 
     NAME: ClassVar[str] = "crop-flip"
+    VERSION: ClassVar[int] = 2
     PARAM_NAMES: ClassVar[tuple[str, ...]] = ("top", "left", "height", "width", "flip")
+    RELATIVE: ClassVar[bool] = True
     scale_min: float = 0.08
     scale_max: float = 1.0
     ratio_min: float = 3 / 4
@@ -172,7 +187,8 @@ class CropFlip(ViewPolicy):
         for k, v in self.settings.items():
             object.__setattr__(self, k, float(v))
 
-    def sample(self, rng: np.random.Generator, n: int, image_size: Sequence[int]) -> np.ndarray:
+    def _pixel_boxes(self, rng: np.random.Generator, n: int, image_size: Sequence[int]) -> np.ndarray:
+        """(n, 5) float64: top, left, height, width in whole pixels of ``image_size``, and flip."""
         height, width = int(image_size[0]), int(image_size[1])
         area = height * width
         target = area * rng.uniform(self.scale_min, self.scale_max, size=(n, self.ATTEMPTS))
@@ -198,15 +214,34 @@ class CropFlip(ViewPolicy):
         top = np.where(found, np.floor(u[:, 0] * (height - h + 1)), (height - h) // 2)
         left = np.where(found, np.floor(u[:, 1] * (width - w + 1)), (width - w) // 2)
         flip = rng.random(n) < self.flip
-        return np.column_stack([top, left, h, w, flip]).astype(np.float32)
+        return np.column_stack([top, left, h, w, flip]).astype(np.float64)
+
+    def sample(self, rng: np.random.Generator, n: int, image_size: Sequence[int]) -> np.ndarray:
+        box = self._pixel_boxes(rng, n, image_size)
+        scale = np.array([image_size[0], image_size[1], image_size[0], image_size[1], 1], dtype=np.float64)
+        return (box / scale).astype(np.float32)
 
     def identity(self, n: int, image_size: Sequence[int]) -> np.ndarray:
-        row = np.array([0, 0, image_size[0], image_size[1], 0], dtype=np.float32)
-        return np.tile(row, (n, 1))
+        return np.tile(np.array([0, 0, 1, 1, 0], dtype=np.float32), (n, 1))
+
+    def pixel_boxes(self, params: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """(B, 5) int64 top, left, height, width, flip in pixels of an ``h``×``w`` image.
+
+        Fractions times the image's size (in float64, so a float32 fraction of a box drawn
+        at this size gives its pixels back exactly), rounded; then kept at least 1 pixel and
+        inside the image (a no-op at the size the box was drawn for).
+        """
+        size = torch.tensor([h, w, h, w, 1], dtype=torch.float64, device=params.device)
+        p = (params.double() * size).round().long()
+        height = p[:, 2].clamp(1, h)
+        width = p[:, 3].clamp(1, w)
+        top = torch.minimum(p[:, 0].clamp_min(0), h - height)
+        left = torch.minimum(p[:, 1].clamp_min(0), w - width)
+        return torch.stack([top, left, height, width, p[:, 4]], 1)
 
     def apply(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         b, c, h, w = images.shape
-        p = params.to(images.device).round().long()  # (B, 5)
+        p = self.pixel_boxes(params.to(images.device), h, w)  # (B, 5)
         flip = p[:, 4] > 0
         # Columns first, then rows: the same arithmetic as torch's bilinear kernel,
         # out = hλ0 (wλ0 x00 + wλ1 x01) + hλ1 (wλ0 x10 + wλ1 x11).
@@ -218,6 +253,40 @@ class CropFlip(ViewPolicy):
         y0 = cols.gather(2, r0[:, None, :, None].expand(b, c, h, w))
         y1 = cols.gather(2, r1[:, None, :, None].expand(b, c, h, w))
         return (1 - rl)[:, None, :, None] * y0 + rl[:, None, :, None] * y1
+
+    def problem(self, params: np.ndarray, image_size: Sequence[int]) -> str | None:
+        p = _flat(params, 5)
+        if p is None:
+            return f"crop-flip parameters need 5 columns (top, left, height, width, flip), got shape {np.shape(params)}"
+        eps = 1e-6  # float32 fractions of a box that ends at the image's edge may sum to 1 + 1 ulp
+        with np.errstate(invalid="ignore"):
+            bad = (~np.isfinite(p).all(1) | (p[:, :4] < 0).any(1) | (p[:, :4] > 1).any(1)
+                   | (p[:, 2] <= 0) | (p[:, 3] <= 0) | (p[:, 0] + p[:, 2] > 1 + eps) | (p[:, 1] + p[:, 3] > 1 + eps)
+                   | ~np.isin(p[:, 4], (0, 1)))
+        return _first_bad(bad, p, "a crop box that is not fractions inside the image (top, left, height, width in "
+                                  "[0, 1], height and width > 0, top + height and left + width <= 1) or a flip that "
+                                  "is not 0/1")
+
+
+@dataclass(frozen=True)
+class CropFlipV1(CropFlip):
+    """crop-flip v1, kept to replay caches written before v2: absolute pixel boxes of the teacher's input.
+
+    ``top``, ``left``, ``height``, ``width`` are whole pixels of the image the views were drawn
+    for, so they replay only at that size (``RELATIVE`` is False). New caches store v2.
+    """
+
+    VERSION: ClassVar[int] = 1
+    RELATIVE: ClassVar[bool] = False
+
+    def sample(self, rng: np.random.Generator, n: int, image_size: Sequence[int]) -> np.ndarray:
+        return self._pixel_boxes(rng, n, image_size).astype(np.float32)
+
+    def identity(self, n: int, image_size: Sequence[int]) -> np.ndarray:
+        return np.tile(np.array([0, 0, image_size[0], image_size[1], 0], dtype=np.float32), (n, 1))
+
+    def pixel_boxes(self, params: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        return params.round().long()
 
     def problem(self, params: np.ndarray, image_size: Sequence[int]) -> str | None:
         p = _flat(params, 5)
@@ -250,6 +319,8 @@ def _source_index(start: torch.Tensor, length: torch.Tensor, out_size: int, flip
 
 
 POLICIES: dict[str, type[ViewPolicy]] = {"shift-flip": ShiftFlip, "crop-flip": CropFlip}
+# Older versions a cache may still store, replayed as they were written (not offered to --augment).
+LEGACY: dict[tuple[str, int], type[ViewPolicy]] = {("crop-flip", 1): CropFlipV1}
 
 
 def policy_names() -> list[str]:
@@ -283,8 +354,11 @@ def policy_from_record(record: Mapping[str, Any], where: str = "the cache") -> V
     """The policy a cache's ``view_policy_json`` names (CacheError for an unknown name or a newer version)."""
     name, version = record.get("name"), record.get("version")
     cls = POLICIES.get(str(name))
-    if cls is None or version != cls.VERSION:
-        known = ", ".join(f"{n} v{c.VERSION}" for n, c in sorted(POLICIES.items()))
+    if cls is not None and version != cls.VERSION:
+        cls = LEGACY.get((str(name), version)) if isinstance(version, int) else None
+    if cls is None:
+        known = ", ".join(sorted([f"{n} v{c.VERSION}" for n, c in POLICIES.items()]
+                                 + [f"{n} v{v}" for n, v in LEGACY]))
         raise CacheError(f"{where} stores views of augmentation policy {name!r} version {version}, which this kdcache "
                          f"cannot replay (it knows {known}); upgrade kdcache")
     try:
@@ -295,6 +369,21 @@ def policy_from_record(record: Mapping[str, Any], where: str = "the cache") -> V
         raise CacheError(f"{where}: view parameters are named {record.get('param_names')}, but {name} v{version} "
                          f"has {list(cls.PARAM_NAMES)}; the cache is corrupt")
     return policy
+
+
+def check_replay_size(policy: ViewPolicy, drawn: Sequence[int] | None, size: Sequence[int], where: Any) -> None:
+    """ConfigError (one line) when views drawn for ``drawn``-sized images cannot replay on ``size`` images.
+
+    A ``RELATIVE`` policy replays at any size; the others only at the size their views were
+    drawn for (``drawn`` None: not recorded, nothing to compare).
+    """
+    if policy.RELATIVE or drawn is None or tuple(int(v) for v in drawn) == tuple(int(v) for v in size):
+        return
+    fix = ("use crop-flip (its boxes are fractions of the image) for images read at another --image-size"
+           if isinstance(policy, ShiftFlip) else "re-dump the cache with this kdcache (crop-flip v2 stores boxes "
+           "relative to the image), or use the teacher's --image-size")
+    raise ConfigError(f"{where} stores {policy.NAME} v{policy.VERSION} views drawn for {drawn[0]}x{drawn[1]} images, "
+                      f"which do not replay on {size[0]}x{size[1]} images (its parameters are pixels); {fix}")
 
 
 def view_record(policy: ViewPolicy, *, include_original: bool, seed: int) -> dict[str, Any]:

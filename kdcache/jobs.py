@@ -167,6 +167,10 @@ def data_from_cache(data_cfg: DataConfig, caches: Sequence[str | os.PathLike]) -
 
     A student trains on the data its teacher labelled; asking for it again (``--dataset``)
     is only needed to override, and a different dataset is then refused by the alignment.
+    ``--image-size`` given keeps the student's own input size: image folders align by file
+    (relative path, bytes, label), not pixels, so the same files read at another size align,
+    and crop-flip views (fractions of the image) replay at that size; the checkpoint records
+    the student's input transform.
     """
     if not caches or (data_cfg.dataset is not None and data_cfg.image_size is not None):
         return replace(data_cfg, dataset=data_cfg.dataset or DEFAULT_DATASET)

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .augment import ViewPlan, ViewPolicy, parse_policy, policy_from_record, view_schedule
+from .augment import ViewPlan, ViewPolicy, check_replay_size, parse_policy, policy_from_record, view_schedule
 from .cache import LogitCache
 from .errors import CacheError, ConfigError
 from .samples import ImageData
@@ -42,6 +42,21 @@ def views_in_use(cache: LogitCache, cache_views: int | None, flag: str) -> int:
     if not 1 <= used <= stored:
         raise ConfigError(f"{flag}{cache_views}: {cache.path} stores {stored} views per image; use 1..{stored}")
     return used
+
+
+def drawn_size(cache: LogitCache) -> tuple[int, int] | None:
+    """The image size the cache's views were drawn for (the teacher's input), or None where it is not recorded.
+
+    Image folders: the input transform's size; otherwise the teacher's recorded ``image_size``.
+    """
+    transform = cache.meta.input_transform
+    if transform:
+        return int(transform["size"]), int(transform["size"])
+    try:
+        size = cache.meta.config.get("teacher_config", {}).get("image_size")
+        return (int(size[0]), int(size[1])) if size is not None and len(size) == 2 else None
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None
 
 
 def check_view_params(policy: ViewPolicy, params: np.ndarray, image_size: Sequence[int], where: Any,
@@ -72,6 +87,7 @@ def student_views(caches: Sequence[LogitCache], rows: Sequence[np.ndarray], data
         if augment is not None and parse_policy(augment).describe() != policy.describe():
             raise ConfigError(f"--augment {augment} differs from the views stored in {cache.path} ({policy}); a cache "
                               "with views replays its own views: drop --augment, or dump views with that policy")
+        check_replay_size(policy, drawn_size(cache), data.info.image_size, cache.path)
         params = cache.read_view_params(r)  # (N, V, P)
         check_view_params(policy, params, data.info.image_size, cache.path)
         stored = cache.meta.num_views
@@ -112,8 +128,10 @@ class StoredViews:
     stored logits are its output on this very image.
     """
 
-    def __init__(self, policy: ViewPolicy, params: torch.Tensor, seed: int, where: str):
+    def __init__(self, policy: ViewPolicy, params: torch.Tensor, seed: int, where: str,
+                 drawn: tuple[int, int] | None = None):
         self.policy, self.params, self.seed, self.where = policy, params, int(seed), where  # params (n, K', P)
+        self.drawn = drawn  # the image size the views were drawn for, where the cache records it
         self.image_size: tuple[int, int] | None = None  # of the first image checked; every image must match
         self._schedule: tuple[int, np.ndarray] | None = None  # (epoch, (n,) view of every item)
 
@@ -129,7 +147,7 @@ class StoredViews:
         policy = policy_from_record(cache.meta.view_policy, where=str(cache.path))
         used = views_in_use(cache, cache_views, "cache_views=")
         params = cache.read_view_params(rows)[:, :used]  # (n, K', P)
-        return cls(policy, torch.from_numpy(np.ascontiguousarray(params)), seed, str(cache.path))
+        return cls(policy, torch.from_numpy(np.ascontiguousarray(params)), seed, str(cache.path), drawn_size(cache))
 
     @property
     def num_views(self) -> int:
@@ -167,6 +185,7 @@ class StoredViews:
             raise ConfigError(f"{self.where} stores augmentation views: item {item}'s image is {got}; {IMAGE_CONTRACT}")
         size = (int(image.shape[1]), int(image.shape[2]))
         if self.image_size is None:  # the first image: the stored parameters must be views of its size
+            check_replay_size(self.policy, self.drawn, size, self.where)
             check_view_params(self.policy, self.params.numpy(), size, self.where,
                               "give the images the size the teacher saw (or re-dump a corrupt cache)")
             self.image_size = size

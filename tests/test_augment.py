@@ -8,17 +8,19 @@ import torch
 import torchvision.transforms as T
 import torchvision.transforms.v2.functional as TF
 
-from kdcache.augment import (POLICIES, CropFlip, ShiftFlip, ViewPlan, parse_policy, policy_from_record, sample_views,
-                             view_record, view_schedule)
+from kdcache.augment import (POLICIES, CropFlip, CropFlipV1, ShiftFlip, ViewPlan, check_replay_size, parse_policy,
+                             policy_from_record, sample_views, view_record, view_schedule)
 from kdcache.errors import CacheError, ConfigError
 
-POLICY_SPECS = ["shift-flip", "shift-flip:pad=4,flip=1", "crop-flip", "crop-flip:scale_min=0.5,ratio_min=0.5"]
+POLICY_SPECS = ["shift-flip", "shift-flip:pad=4,flip=1", "crop-flip", "crop-flip:scale_min=0.5,ratio_min=0.5", CropFlipV1()]
 
 
 def reference_view(policy, image: torch.Tensor, params: np.ndarray) -> torch.Tensor:
     """The slow per-image reference: torchvision's functional ops, one image at a time."""
-    p = [int(v) for v in params]
     h, w = image.shape[-2:]
+    if isinstance(policy, CropFlip) and policy.RELATIVE:  # fractions of the image -> whole pixels of this image
+        params = np.asarray(params, np.float64) * np.array([h, w, h, w, 1])
+    p = [int(round(float(v))) for v in params]
     if isinstance(policy, ShiftFlip):
         out = TF.crop(TF.pad(image, [policy.pad] * 4, fill=0), policy.pad + p[0], policy.pad + p[1], h, w)
     else:
@@ -63,8 +65,10 @@ def test_crop_flip_boxes_follow_torchvision_get_params():
     policy = CropFlip()
     size = (28, 40)
     p = policy.sample(np.random.default_rng(0), 4000, size)
+    assert policy.problem(p, size) is None and p.dtype == np.float32 and (p[:, :4] >= 0).all() and (p[:, :4] <= 1).all()
+    p = np.round(p.astype(np.float64) * [28, 40, 28, 40, 1])  # fractions -> the pixel box drawn (exactly)
+    assert np.array_equal(p, CropFlipV1().sample(np.random.default_rng(0), 4000, size))  # the same boxes as v1 drew
     top, left, h, w, flip = p.T
-    assert policy.problem(p, size) is None
     assert (top >= 0).all() and (left >= 0).all() and (top + h <= 28).all() and (left + w <= 40).all()
     assert (p == np.round(p)).all() and set(np.unique(flip)) == {0, 1}
     area = h * w / (28 * 40)
@@ -82,7 +86,7 @@ def test_crop_flip_falls_back_to_a_centre_crop():
     policy = CropFlip(scale_min=1.0, scale_max=1.0, ratio_min=3.0, ratio_max=3.0, flip=0.0)  # never fits 10x10
     p = policy.sample(np.random.default_rng(0), 5, (10, 10))
     # torchvision: in_ratio 1 < 3, so w = 10, h = round(10 / 3) = 3, centred
-    assert (p == np.array([3, 0, 3, 10, 0], dtype=np.float32)).all()
+    assert (p == np.array([0.3, 0, 0.3, 1, 0], dtype=np.float32)).all()
 
 
 @pytest.mark.parametrize("spec", POLICY_SPECS)
@@ -98,9 +102,16 @@ def test_problem_names_bad_parameters():
     assert "outside [-2, 2]" in s.problem(np.array([[3, 0, 0]], np.float32), (28, 28))
     assert s.problem(np.array([[0, 0, 0.5]], np.float32), (28, 28)) is not None  # flip must be 0/1
     assert s.problem(np.zeros((2, 4)), (28, 28)).startswith("shift-flip parameters need 3 columns")
-    assert "outside the 28x28 image" in c.problem(np.array([[20, 0, 10, 5, 0]], np.float32), (28, 28))
-    assert c.problem(np.array([[0, 0, 0, 5, 0]], np.float32), (28, 28)) is not None  # empty box
-    assert c.problem(np.array([[0.5, 0, 5, 5, 0]], np.float32), (28, 28)) is not None  # not whole pixels
+    assert "not fractions inside the image" in c.problem(np.array([[0.7, 0, 0.4, 0.2, 0]], np.float32), (28, 28))
+    assert c.problem(np.array([[0, 0, 0, 0.5, 0]], np.float32), (28, 28)) is not None  # empty box
+    assert c.problem(np.array([[0, 0, 5, 5, 0]], np.float32), (28, 28)) is not None  # pixels, not fractions
+    assert c.problem(np.array([[0, 0, 0.5, 0.5, 0.5]], np.float32), (28, 28)) is not None  # flip must be 0/1
+    assert c.problem(np.array([[np.nan, 0, 0.5, 0.5, 0]], np.float32), (28, 28)) is not None
+    assert c.problem(np.array([[0.3, 0.25, 0.7, 0.75, 1]], np.float32), (28, 28)) is None  # ends at the edges
+    v1 = CropFlipV1()
+    assert "outside the 28x28 image" in v1.problem(np.array([[20, 0, 10, 5, 0]], np.float32), (28, 28))
+    assert v1.problem(np.array([[0, 0, 0, 5, 0]], np.float32), (28, 28)) is not None  # empty box
+    assert v1.problem(np.array([[0.5, 0, 5, 5, 0]], np.float32), (28, 28)) is not None  # not whole pixels
 
 
 def test_parse_policy_settings_and_refusals():
@@ -125,6 +136,15 @@ def test_record_round_trip_and_unknown_versions():
     newer = {**view_record(ShiftFlip(), include_original=False, seed=0), "version": 2}
     with pytest.raises(CacheError, match="version 2, which this kdcache cannot replay.*upgrade kdcache"):
         policy_from_record(newer)
+    newer = {**view_record(CropFlip(), include_original=False, seed=0), "version": 3}
+    with pytest.raises(CacheError, match="version 3, which this kdcache cannot replay") as e:
+        policy_from_record(newer)
+    assert "\n" not in str(e.value) and "crop-flip v1, crop-flip v2" in str(e.value)
+    # a cache written before v2 (absolute pixel boxes) still replays, as it was written
+    old = {**view_record(CropFlip(scale_min=0.5), include_original=False, seed=0), "version": 1}
+    legacy = policy_from_record(old)
+    assert type(legacy) is CropFlipV1 and legacy.scale_min == 0.5 and legacy.VERSION == 1 and not legacy.RELATIVE
+    assert view_record(legacy, include_original=False, seed=0) == old
     with pytest.raises(CacheError, match="cannot replay"):
         policy_from_record({"name": "warp", "version": 1})
 
@@ -182,3 +202,55 @@ def test_bad_settings_say_which_part_is_wrong():
     with pytest.raises(ConfigError, match="pad='x' is not a number; give e.g. pad=2"):
         parse_policy("shift-flip:pad=x")
     assert parse_policy("shift-flip:pad=4").settings["pad"] == 4
+
+
+def test_crop_flip_v2_replays_v1_pixel_boxes_bit_for_bit():
+    """At the size the views were drawn for, a v2 (fractional) view is the very image v1's pixel box gave."""
+    size = (32, 40)
+    images = torch.rand(64, 3, *size)
+    v1, v2 = CropFlipV1(), CropFlip()
+    boxes = v1.sample(np.random.default_rng(3), 64, size)
+    fractions = v2.sample(np.random.default_rng(3), 64, size)
+    old = v1.apply(images, torch.from_numpy(boxes))
+    assert torch.equal(v2.apply(images, torch.from_numpy(fractions)), old)  # bit-identical
+    ref = torch.stack([reference_view(v1, images[i], boxes[i]) for i in range(64)])
+    torch.testing.assert_close(old, ref, rtol=0, atol=1e-5)
+
+
+def test_crop_flip_view_covers_the_same_region_at_any_size():
+    """The same stored view at S and at 2S shows the same part of the image."""
+    s = 32
+    big = torch.zeros(1, 3, 2 * s, 2 * s)
+    big[:, 0, 16:40, 24:56] = 1.0  # a red block, aligned to even pixels so both sizes hold it exactly
+    big[:, 1, 40:, :20] = 1.0  # a green block
+    small = torch.nn.functional.avg_pool2d(big, 2)  # the same image at S
+    policy = CropFlip(scale_min=0.2)
+    params = torch.from_numpy(policy.sample(np.random.default_rng(0), 16, (s, s)))
+    at_s = policy.apply(small.expand(16, -1, -1, -1), params)
+    at_2s = policy.apply(big.expand(16, -1, -1, -1), params)
+    assert at_2s.shape[-1] == 2 * s
+    down = torch.nn.functional.avg_pool2d(at_2s, 2)
+    assert (down - at_s).abs().mean() < 0.03, (down - at_s).abs().mean()
+    # and the red block's share of each view agrees
+    torch.testing.assert_close(down[:, 0].mean((1, 2)), at_s[:, 0].mean((1, 2)), rtol=0, atol=0.03)
+    assert torch.equal(policy.pixel_boxes(params, 2 * s, 2 * s)[:, :4], 2 * policy.pixel_boxes(params, s, s)[:, :4])
+
+
+def test_a_box_is_kept_inside_any_image():
+    policy = CropFlip()
+    params = torch.tensor([[1.5 / 9, 0.0, 7.5 / 9, 0.01, 1.0]])  # half-pixel ends; a box under one pixel wide at 9x9
+    top, left, h, w, flip = policy.pixel_boxes(params, 9, 9)[0].tolist()
+    assert 0 <= top and top + h <= 9 and w == 1 and flip == 1
+    out = policy.apply(torch.rand(1, 1, 9, 9), params)
+    assert out.shape == (1, 1, 9, 9) and torch.isfinite(out).all()
+
+
+def test_pixel_views_refuse_another_size_in_one_line():
+    check_replay_size(CropFlip(), (64, 64), (32, 32), "c.h5")  # fractions: any size
+    check_replay_size(ShiftFlip(), (28, 28), (28, 28), "c.h5")
+    check_replay_size(ShiftFlip(), None, (32, 32), "c.h5")  # size not recorded: nothing to compare
+    with pytest.raises(ConfigError, match="use crop-flip .* for images read at another --image-size") as e:
+        check_replay_size(ShiftFlip(), (64, 64), (32, 32), "c.h5")
+    assert "\n" not in str(e.value) and "64x64" in str(e.value) and "32x32" in str(e.value)
+    with pytest.raises(ConfigError, match="re-dump the cache"):
+        check_replay_size(CropFlipV1(), (64, 64), (32, 32), "c.h5")

@@ -376,7 +376,7 @@ def test_items_are_the_replayed_view_and_its_stored_logits(fmnist, dumped_views,
     teacher, config = load_checkpoint(teacher_ckpt)
     ds = CachedDataset(fmnist, dumped_views, indices=range(NV), seed=7,
                        transform=transforms.Normalize(config["mean"], config["std"]))
-    assert f"Views: 3 per item replayed ({policy['name']} v1" in repr(ds)
+    assert f"Views: 3 per item replayed ({policy['name']} v{policy['version']}" in repr(ds)
     loader = DataLoader(ds, batch_size=16, num_workers=2, persistent_workers=True)
     for epoch in (0, 4):
         ds.set_epoch(epoch)
@@ -496,11 +496,14 @@ def test_images_that_are_not_float_tensors_in_0_1_are_refused_with_one_line(data
         ds[9]
     with pytest.raises(ConfigError, match="item 11's image is 27x28, earlier ones 28x28"):
         ds[11]
-    crops = marked_views(tmp_path / "c.h5", kd, policy="crop-flip")  # boxes in 28x28 images do not fit 20x20 ones
     small = torchvision.datasets.FashionMNIST(str(data_dir), transform=transforms.Compose([transforms.Resize(20),
                                                                                            transforms.ToTensor()]))
+    crops = marked_views(tmp_path / "c.h5", kd, policy="crop-flip")  # boxes relative to the image: any size replays
+    assert CachedDataset(small, crops, indices=range(N))[0][0].shape == (1, 20, 20)
+    from kdcache.augment import CropFlipV1
+    old = marked_views(tmp_path / "v1.h5", kd, policy=CropFlipV1())  # v1 pixel boxes in 28x28 images do not fit 20x20
     with pytest.raises(CacheError, match="cannot be views of 20x20 images: .*give the images the size the teacher saw"):
-        CachedDataset(small, crops, indices=range(N))
+        CachedDataset(small, old, indices=range(N))
     with pytest.raises(ConfigError, match=r"cache_views=4: .* stores 3 views per image; use 1..3"):
         CachedDataset(fmnist, path, indices=range(N), cache_views=4)
     with pytest.raises(ConfigError, match="stores one view per image"):

@@ -222,3 +222,42 @@ def test_image_size_and_unreadable_files_are_one_line_cli_errors(team, tmp_path)
     info = json.loads(run("info", tmp_path / "c.h5", "--json").output)
     assert info["skipped_files"] == ["ant/sub/broken.jpg"] and info["num_samples"] == 18
     assert "skipped    1 unreadable file(s) left out: ant/sub/broken.jpg" in run("info", tmp_path / "c.h5").output
+
+
+@pytest.mark.parametrize("views", [0, 2])
+def test_a_student_at_another_image_size_than_its_teacher(tmp_path, views):
+    """A cache dumped at 32 px trains a student read at 16 px: plain, or replaying crop-flip views (fractions)."""
+    from kdcache.checkpoint import load_checkpoint
+
+    root = make_folder(tmp_path / "data", per_class=(4, 1))
+    t = run("train-teacher", "--dataset", "imagefolder", "--data-dir", root, "--image-size", 32, "--epochs", 1,
+            "--batch-size", 6, "--precision", "fp32", "--out", tmp_path / "t.pt", "-q")
+    assert t.exit_code == 0, t.output
+    more = ["--views", views, "--augment", "crop-flip"] if views else []
+    d = run("dump-logits", "--teacher", tmp_path / "t.pt", "--data-dir", root, "--out", tmp_path / "c.h5", *more, "-q")
+    assert d.exit_code == 0, d.output
+    s = run("train-student", "--cache", tmp_path / "c.h5", "--data-dir", root, "--image-size", 16, "--epochs", 1,
+            "--batch-size", 6, "--precision", "fp32", "--out", tmp_path / "s.pt", "-q")
+    assert s.exit_code == 0, s.output  # the alignment hashes files and labels, not pixels: any input size aligns
+    _, config = load_checkpoint(tmp_path / "s.pt")
+    assert config["image_size"] == [16, 16] and config["input_transform"]["size"] == 16  # the student's own
+    if views:  # the teacher's crop-flip views, replayed at 16 px
+        assert config["augment"]["mode"] == "replay" and config["augment"]["policy"]["version"] == 2, config["augment"]
+    else:
+        assert "augment" not in config or not config["augment"]
+    e = run("evaluate", "--model", tmp_path / "s.pt", "--data-dir", root, "--json")
+    assert e.exit_code == 0 and json.loads(e.output)["num_samples"] == 3, e.output
+
+
+def test_pixel_views_at_another_image_size_are_a_one_line_error(tmp_path):
+    """shift-flip's pixel shifts replay only at the teacher's size: the refusal says to use crop-flip."""
+    root = make_folder(tmp_path / "data", per_class=(4, 1))
+    t = run("train-teacher", "--dataset", "imagefolder", "--data-dir", root, "--image-size", 32, "--epochs", 1,
+            "--batch-size", 6, "--precision", "fp32", "--out", tmp_path / "t.pt", "-q")
+    assert t.exit_code == 0, t.output
+    d = run("dump-logits", "--teacher", tmp_path / "t.pt", "--data-dir", root, "--out", tmp_path / "c.h5",
+            "--views", 2, "--augment", "shift-flip", "-q")
+    assert d.exit_code == 0, d.output
+    s = run("train-student", "--cache", tmp_path / "c.h5", "--data-dir", root, "--image-size", 16, "--epochs", 1,
+            "--batch-size", 6, "--precision", "fp32", "--out", tmp_path / "s.pt", "-q")
+    one_line_error(s, "use crop-flip (its boxes are fractions of the image) for images read at another --image-size")

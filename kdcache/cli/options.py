@@ -31,7 +31,8 @@ def read_options(f: Callable) -> Callable:
                           "for image folders; 0 for in-memory datasets).")(f)
     return click.option("--image-size", type=int, default=None,
                         help="Image folders: side of the square input in pixels (shorter side resized to S/0.875, "
-                             "centre crop S). Default: the teacher's or cache's, else 64.")(f)
+                             "centre crop S). Default: the teacher's or cache's, else 64. A student may "
+                             "use another size than its cache (crop-flip views replay at any size).")(f)
 
 
 def data_options(f: Callable) -> Callable:
