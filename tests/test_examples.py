@@ -93,4 +93,11 @@ def test_imagefolder_own_model_example_runs(tmp_path):
                            "--out", str(out), "--size", "32"], capture_output=True, text=True, timeout=120,
                           cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)})  # this checkout's kdcache
     assert proc.returncode == 0, proc.stderr
-    assert "cached 12 x 3 teacher logits" in proc.stdout and out.exists()
+    assert "cached 12 x 3 teacher logits (4 views each)" in proc.stdout and out.exists()
+    import kdcache
+
+    with kdcache.open_cache(out) as cache:  # random-resized crops of each image, stored as fractions of it
+        policy = cache.meta.view_policy
+        assert cache.meta.num_views == 4 and (policy["name"], policy["version"]) == ("crop-flip", 2)
+        boxes = cache.read_view_params()[..., :4]
+        assert (boxes > 0).any() and (boxes <= 1).all() and (boxes >= 0).all()
