@@ -69,12 +69,17 @@ def test_fit_learns_a_separable_task():
     assert ev["accuracy"] == 1.0 and set(ev["per_class_accuracy"]) == {"c0", "c1"}
 
 
-def test_bf16_training_runs():
+def test_bf16_training_follows_fp32():
+    """bf16 autocast + channels_last trains the same model as fp32 does, to bf16's precision (not just 'finite')."""
     d = make_image_data(n=32)
-    model = build_model("teacher-cnn")
-    history = fit(model, MemoryBatches(d, 16, channels_last=True), cross_entropy_loss,
-                  TrainConfig(epochs=1, batch_size=16, device="cpu", precision="bf16"))
-    assert np.isfinite(history[0]["train_loss"])
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        model = build_model("teacher-cnn")
+        history = fit(model, MemoryBatches(d, 16, channels_last=precision == "bf16"), cross_entropy_loss,
+                      TrainConfig(epochs=1, batch_size=16, device="cpu", precision=precision))
+        losses[precision] = history[0]["train_loss"]
+    assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.05)
 
 
 @pytest.mark.parametrize("kw", [dict(epochs=0), dict(lr=-1.0), dict(optimizer="rmsprop"), dict(precision="fp8")])
