@@ -150,6 +150,21 @@ class DistContext:
                                                                  device=torch.device("cpu")))
         return box[0]
 
+    def sync_buffers(self, model: nn.Module) -> None:
+        """Rank 0's buffers (BatchNorm running statistics) on every rank, in place.
+
+        DDP broadcasts them before each forward, but the last training step updates every
+        rank's own copy; an evaluation sharded over ranks must score rank 0's model, the one saved.
+        """
+        if not self.distributed:
+            return
+        import torch.distributed as dist
+
+        for buf in model.buffers():
+            cpu = buf.detach().to("cpu", copy=True)
+            _session().collective(lambda cpu=cpu: dist.broadcast(cpu, src=0, group=_session().control))
+            buf.data.copy_(cpu)
+
     def checked(self, batches: Any) -> Any:
         """``batches`` with a collective point before each item: all ranks have their next batch, or all stop.
 

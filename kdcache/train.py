@@ -129,6 +129,7 @@ def evaluate(model: nn.Module, data: ImageData, *, batch_size: int = 1000, devic
     k = data.info.num_classes
     mine = data
     if ctx.distributed:
+        ctx.sync_buffers(model)  # rank 0's BatchNorm statistics: the model that is saved
         shards = np.array_split(np.arange(len(data)), ctx.world_size)
         mine = data.take(shards[ctx.rank])
     sums, error = np.zeros(1 + 2 * k), None
