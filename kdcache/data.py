@@ -22,7 +22,7 @@ import torch
 
 from .errors import ConfigError, DataError
 from .imagefolder import IMAGEFOLDER, UNLABELLED_FOLDER  # a team's own images (read lazily: PIL only when used)
-from .images import InputTransform
+from .images import InputTransform, check_image_size
 from .samples import UNLABELLED, DatasetInfo, ImageData, fingerprint_for, sample_ids_for
 
 SPLITS = ("train", "test")
@@ -69,6 +69,8 @@ def _load_full(name: str, split: str, root: str, download: bool, ignore_labels: 
     spec = check_dataset_name(name)
     check_split(split)
     if spec is None:  # image files: listed and hashed here, decoded batch by batch when read
+        if image_size is not None and not isinstance(image_size, InputTransform):
+            check_image_size(image_size)  # before the folder is listed and hashed
         from .imagefolder import load_imagefolder, load_unlabelled
 
         size = image_size  # an int, a recorded InputTransform, or None: 64
@@ -88,10 +90,10 @@ def _load_builtin(name: str, spec: DatasetSpec, split: str, root: str, download:
         ds = cls(root=root, train=(split == "train"), download=download)
     except RuntimeError as e:  # torchvision: "Dataset not found. You can use download=True ..."
         raw = os.path.join(root, spec.folder, "raw")
-        raise DataError(
-            f"{name} {split} split not found under {raw} ({e}); run scripts/get-data.sh, or pass --download "
-            "on a machine with internet"
-        ) from None
+        folder = os.path.isdir(os.path.join(root, "train")) or os.path.isdir(os.path.join(root, "test"))
+        hint = ("; this folder looks like your own images (ROOT/train/<class>/...): pass --dataset imagefolder"
+                if folder else "; run scripts/get-data.sh, or pass --download on a machine with internet")
+        raise DataError(f"{name} {split} split not found under {raw} ({str(e).splitlines()[0]}){hint}") from None
     images = ds.data.numpy()
     if images.ndim == 3:
         images = images[:, None]  # (N, 1, H, W)

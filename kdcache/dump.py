@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 import time
 from pathlib import Path
 from typing import Any
@@ -152,6 +153,8 @@ def dump_logits(teacher: "str | os.PathLike | torch.nn.Module | None", out: str 
     info = with_teacher_classes(spec, data.info, class_names)  # unlabelled images: the teacher's classes
     check_topk(topk, info.num_classes)
     loaded = module_teacher(module, info) if module is not None else load_teacher(spec, info)
+    if is_dataset(dataset) and data.images.dtype.is_floating_point:  # the user's transform standardised them:
+        loaded = replace(loaded, mean=info.mean, std=info.std)  # as they are (0/1), whatever the teacher's own
     ctx = dist.current()
     dev = ctx.local_device(resolve_device(device))
     loaded.model.to(dev)

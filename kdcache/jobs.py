@@ -117,7 +117,7 @@ def _train_and_save(role: str, spec: ModelSpec, train_data: ImageData, data_cfg:
         save_checkpoint(out, model.cpu(), config, overwrite=True)
         result = {"checkpoint": str(out), "metrics": str(metrics_out), "config": config, "history": history,
                   "test": final, "val": val, "parameters": count_parameters(model), "seconds": seconds,
-                  "reused": False, "warnings": chance_warnings(final["accuracy"], test_data)}
+                  "reused": False, "warnings": chance_warnings(final["accuracy"], test_data) + loss_warnings(history)}
         write_json(metrics_out, result)
     ctx.check()  # rank 0's evaluation and files (or everyone hears why not)
     return ctx.broadcast(result)
@@ -136,6 +136,15 @@ def chance_warnings(accuracy: float, test_data: ImageData) -> list[str]:
         return []
     return [f"test accuracy {accuracy:.2%} is at chance (always answering the commonest class scores {majority:.2%}): "
             "the model learned nothing; check the data and labels, train longer, or change --lr"]
+
+
+def loss_warnings(history: list[dict]) -> list[str]:
+    """A warning when the training loss ended higher than it started: too high a learning rate, not yet a blow-up."""
+    first, last = history[0]["train_loss"], history[-1]["train_loss"]
+    if len(history) < 2 or last <= first:
+        return []
+    return [f"the training loss rose from {first:.4g} (epoch 1) to {last:.4g} (epoch {len(history)}): the learning "
+            "rate is probably too high; lower --lr"]
 
 
 def _val_data(data_cfg: DataConfig) -> ImageData | None:
@@ -172,12 +181,13 @@ def data_from_cache(data_cfg: DataConfig, caches: Sequence[str | os.PathLike]) -
     and crop-flip views (fractions of the image) replay at that size; the checkpoint records
     the student's input transform.
     """
-    if not caches or (data_cfg.dataset is not None and data_cfg.image_size is not None):
+    if not caches:
         return replace(data_cfg, dataset=data_cfg.dataset or DEFAULT_DATASET)
     meta = read_meta(caches[0])
     transform = meta.input_transform
     return replace(data_cfg, dataset=data_cfg.dataset or meta.dataset,
-                   image_size=data_cfg.image_size or InputTransform.from_record(transform))
+                   image_size=data_cfg.image_size or InputTransform.from_record(transform),
+                   skip_unreadable=data_cfg.skip_unreadable or bool(meta.skipped_files))  # as the dump read them
 
 
 def train_teacher(out: str | os.PathLike, *, arch: str = TEACHER_ARCH, data_cfg: DataConfig = DataConfig(),

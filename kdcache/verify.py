@@ -128,7 +128,8 @@ def verify_cache(path: str | os.PathLike, *, dataset: str | None = None, split: 
             return report
         transform = m.input_transform
         data = load_dataset(dataset or m.dataset, split or m.split, data_dir or "data",
-                            ignore_labels=m.unlabelled, image_size=InputTransform.from_record(transform))
+                            ignore_labels=m.unlabelled, image_size=InputTransform.from_record(transform),
+                            skip_unreadable=bool(m.skipped_files))  # the files the dump read, as it read them
         aligned = _check_alignment(cache, data, report)
         views_ok = _check_views(cache, data, report) if m.has_views else True
         if teacher is None:

@@ -151,3 +151,30 @@ def test_cli_dataset_factory(folder, tmp_path, monkeypatch):
     assert_error(run_cli(*common, "--dataset-factory", "myfactories:listless", "--out", "l.h5", ok=False),
                  "not a map-style Dataset")
     assert not (tmp_path / "b.h5").exists() and not (tmp_path / "l.h5").exists()
+
+
+def test_a_checkpoint_teacher_gets_float_images_as_the_dataset_returns_them(teacher_ckpt, tmp_path):
+    """`dump-logits --teacher CKPT --dataset-factory` standardised float images a second time, with the
+    checkpoint's mean/std (a new user's ToTensor()+Normalize factory: 45% agreement instead of 66%)."""
+    from kdcache.checkpoint import load_checkpoint
+
+    names = torch.load(teacher_ckpt, weights_only=True)["config"]["class_names"]
+
+    class Floats(Dataset):
+        classes = names  # the teacher's (Fashion-MNIST's)
+
+        def __init__(self):
+            self.x = torch.randn(12, 1, 28, 28, generator=torch.Generator().manual_seed(0))  # already standardised
+
+        def __len__(self):
+            return 12
+
+        def __getitem__(self, i):
+            return self.x[i], i % 10
+
+    data = Floats()
+    kdcache.dump_logits(teacher_ckpt, tmp_path / "c.h5", dataset=data, class_names=Floats.classes)
+    model, _ = load_checkpoint(teacher_ckpt)
+    with kdcache.open_cache(tmp_path / "c.h5") as cache, torch.inference_mode():
+        assert cache.meta.normalization_mean == (0.0,) and cache.meta.normalization_std == (1.0,)
+        assert np.allclose(cache.read(), model.eval()(data.x).numpy(), atol=1e-5)

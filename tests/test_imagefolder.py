@@ -222,6 +222,12 @@ def test_image_size_and_unreadable_files_are_one_line_cli_errors(team, tmp_path)
     info = json.loads(run("info", tmp_path / "c.h5", "--json").output)
     assert info["skipped_files"] == ["ant/sub/broken.jpg"] and info["num_samples"] == 18
     assert "skipped    1 unreadable file(s) left out: ant/sub/broken.jpg" in run("info", tmp_path / "c.h5").output
+    # later jobs read the folder as the dump did, without being told (a new user's verify failed: 'changed')
+    v = run("verify", tmp_path / "c.h5", "--data-dir", root)
+    assert v.exit_code == 0 and "ok    alignment: all 18 rows match" in v.output, v.output
+    s = run("train-student", "--cache", tmp_path / "c.h5", "--data-dir", root, "--epochs", 1, "--batch-size", 6,
+            "--out", tmp_path / "s.pt", "-q")
+    assert s.exit_code == 0, s.output
 
 
 @pytest.mark.parametrize("views", [0, 2])

@@ -191,3 +191,17 @@ def test_teacher_default_precision_is_resolved_for_this_cpu(tmp_path, data_cfg):
     train_teacher(tmp_path / "t.pt", data_cfg=data_cfg, cfg=replace(TEACHER_TRAIN, epochs=1, device="cpu"))
     stored = torch.load(tmp_path / "t.pt", weights_only=True)["config"]
     assert stored["train"]["precision"] == stored["request"]["train"]["precision"] == expect
+
+
+def test_a_run_that_learned_nothing_or_got_worse_says_so():
+    from conftest import make_image_data
+    from kdcache.jobs import chance_warnings, loss_warnings
+
+    test = make_image_data(n=100, classes=4)
+    majority = float(test.labels.bincount().max()) / 100
+    assert chance_warnings(majority + 0.2, test) == []
+    (w,) = chance_warnings(majority, test)
+    assert w.startswith(f"test accuracy {majority:.2%} is at chance (always answering the commonest class scores")
+    assert loss_warnings([{"train_loss": 2.0}, {"train_loss": 0.5}]) == []
+    (w,) = loss_warnings([{"train_loss": 1.44}, {"train_loss": 9.0}])
+    assert w.startswith("the training loss rose from 1.44 (epoch 1) to 9 (epoch 2)") and "lower --lr" in w

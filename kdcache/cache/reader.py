@@ -323,7 +323,9 @@ class LogitCache:
             return None, [f"{p}: /indices repeats dataset indices ({dup} duplicate(s)), so some rows are ambiguous; "
                           f"the cache is corrupt; {REDUMP}"]
         if len(want) and (want.min() < 0 or want.max() >= split_size):
-            return None, [f"asked for dataset indices outside 0..{split_size - 1}"]
+            return None, [f"{p} covers a split of {split_size} samples, but dataset indices up to {int(want.max())} "
+                          f"were asked for: the dataset has more items than the cache's split (another split, or "
+                          "other data?)"]
         rows = pos[want]
         if (rows < 0).any():
             n_missing = int((rows < 0).sum())
