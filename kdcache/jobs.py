@@ -140,9 +140,9 @@ def chance_warnings(accuracy: float, test_data: ImageData) -> list[str]:
 
 def loss_warnings(history: list[dict]) -> list[str]:
     """A warning when the training loss ended higher than it started: too high a learning rate, not yet a blow-up."""
-    first, last = history[0]["train_loss"], history[-1]["train_loss"]
-    if len(history) < 2 or last <= first:
+    if len(history) < 2 or history[-1]["train_loss"] <= history[0]["train_loss"]:
         return []
+    first, last = history[0]["train_loss"], history[-1]["train_loss"]
     return [f"the training loss rose from {first:.4g} (epoch 1) to {last:.4g} (epoch {len(history)}): the learning "
             "rate is probably too high; lower --lr"]
 
