@@ -151,3 +151,44 @@ def test_sigterm_during_dump_logits_removes_its_temp_file(tmp_path, data_dir, te
     lines = (stdout + err).strip().splitlines()
     assert lines == ["Error: stopped (SIGTERM)"], lines
     assert list(tmp_path.iterdir()) == []  # no temp file, nothing at --out
+
+
+def test_a_torchrun_job_killed_after_an_epoch_resumes_to_the_same_weights(tmp_path, data_dir):
+    """Under torchrun rank 0 writes the state and every rank loads it: the job ends where an unbroken one does."""
+    from conftest import finish_job, torchrun
+
+    command = ["train-student", "--data-dir", data_dir, "--limit", 2048, "--eval-limit", 100, "--epochs", 3,
+               "--batch-size", 32, "--alpha", 0, "-q"]
+    whole, out = tmp_path / "whole.pt", tmp_path / "k" / "m.pt"
+    r = torchrun(*command, "--out", whole)
+    assert r.returncode == 0, r.stderr[-3000:]
+    state = out.with_name(".m.pt.resume.pt")
+    job = torchrun(*command, "--out", out, background=True)
+    wait_for(job, state.exists, timeout=120)
+    ranks = children(job.pid)  # torchrun starts each rank in a session of its own: kill them by id
+    assert len(ranks) == 2, ranks
+    for pid in ranks:
+        os.kill(pid, signal.SIGKILL)  # no cleanup
+    os.killpg(job.pid, signal.SIGKILL)
+    job.communicate()
+    left = torch.load(state, weights_only=True)
+    assert 1 <= left["epoch"] < 3 and not out.exists()
+    r = torchrun(*command, "--out", out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert not state.exists()
+    history = json.loads(out.with_name("m.metrics.json").read_text())["history"]
+    assert history[:left["epoch"]] == left["history"]  # resumed, not started over
+    assert_same_weights(out, whole)
+
+
+def children(pid: int) -> list[int]:
+    """The ids of ``pid``'s child processes (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
