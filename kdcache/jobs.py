@@ -102,49 +102,50 @@ def _train_and_save(role: str, spec: ModelSpec, train_data: ImageData, data_cfg:
     torch.manual_seed(cfg.seed)
     model = spec.build(info.in_channels, info.num_classes, info.image_size)
     batches = make_batches(device)
-    saved: list[int] = []  # the epochs whose state is on disk
+    saved: list[int] = [] if state is None else [int(state["epoch"])]  # the epochs whose state is on disk
 
     def save_state(s: dict) -> None:
         save_resume_state(state_path, {**s, "request": request})
         saved.append(s["epoch"])
-    t0 = time.perf_counter()
-    try:
-        history = fit(model, batches, loss_fn, cfg, eval_data=val_data if val_data is not None else test_data,
-                      eval_name="val" if val_data is not None else "test", progress=progress,
-                      desc=f"{role} {spec.name}", resume=state,
-                      save_state=save_state)
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (the CLI's handler): the last epoch's state stays
-        done = saved[-1] if saved else (state or {}).get("epoch")
-        if ctx.is_main and done and state_path.exists():
-            raise Interrupted(f"{_epochs(done)} of {cfg.epochs} saved in {state_path}; run the same command "
+    try:  # Ctrl-C or SIGTERM (the CLI's handler) keeps the last epoch's state: say so
+        t0 = time.perf_counter()
+        try:
+            history = fit(model, batches, loss_fn, cfg, eval_data=val_data if val_data is not None else test_data,
+                          eval_name="val" if val_data is not None else "test", progress=progress,
+                          desc=f"{role} {spec.name}", resume=state,
+                          save_state=save_state)
+        finally:
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()
+        seconds = time.perf_counter() - t0
+        result = None
+        # sharded on ranks
+        final = evaluate(model, test_data, device=device, precision="fp32", workers=data_cfg.workers)
+        val = None if val_data is None else evaluate(model, val_data, device=device, precision="fp32",
+                                                     workers=data_cfg.workers)
+        if ctx.is_main:  # under torchrun rank 0 writes; the others wait at the check below
+            config = {
+                **model_config(spec, info), "role": role, "train": cfg.to_dict(), "limit": data_cfg.limit,
+                "num_train_samples": len(train_data), "epochs": cfg.epochs, "seed": cfg.seed,
+                "test_accuracy": final["accuracy"], "test_loss": final["loss"], "eval_limit": data_cfg.eval_limit,
+                "val_size": data_cfg.val_size, "val_accuracy": None if val is None else val["accuracy"],
+                "train_seconds": seconds, "world_size": ctx.world_size, "kdcache_version": __version__,
+                "torch_version": str(torch.__version__),
+                "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **extra,
+                "request": request,
+            }
+            save_checkpoint(out, model.cpu(), config, overwrite=True)
+            result = {"checkpoint": str(out), "metrics": str(metrics_out), "config": config, "history": history,
+                      "test": final, "val": val, "parameters": count_parameters(model), "seconds": seconds,
+                      "reused": False, "warnings": chance_warnings(final["accuracy"], test_data)}
+            write_json(metrics_out, result)
+            state_path.unlink(missing_ok=True)  # the run is done: nothing to resume
+    except KeyboardInterrupt as e:
+        if ctx.is_main and saved and not isinstance(e, Interrupted) and state_path.exists():
+            raise Interrupted(f"{_epochs(saved[-1])} of {cfg.epochs} saved in {state_path}; run the same command "
                               "again to resume") from None
         raise
-    finally:
-        close = getattr(batches, "close", None)
-        if close is not None:
-            close()
-    seconds = time.perf_counter() - t0
-    result = None
-    final = evaluate(model, test_data, device=device, precision="fp32", workers=data_cfg.workers)  # sharded on ranks
-    val = None if val_data is None else evaluate(model, val_data, device=device, precision="fp32",
-                                                 workers=data_cfg.workers)
-    if ctx.is_main:  # under torchrun rank 0 writes; the others wait at the check below
-        config = {
-            **model_config(spec, info), "role": role, "train": cfg.to_dict(), "limit": data_cfg.limit,
-            "num_train_samples": len(train_data), "epochs": cfg.epochs, "seed": cfg.seed,
-            "test_accuracy": final["accuracy"], "test_loss": final["loss"], "eval_limit": data_cfg.eval_limit,
-            "val_size": data_cfg.val_size, "val_accuracy": None if val is None else val["accuracy"],
-            "train_seconds": seconds, "world_size": ctx.world_size, "kdcache_version": __version__,
-            "torch_version": str(torch.__version__),
-            "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **extra,
-            "request": request,
-        }
-        save_checkpoint(out, model.cpu(), config, overwrite=True)
-        result = {"checkpoint": str(out), "metrics": str(metrics_out), "config": config, "history": history,
-                  "test": final, "val": val, "parameters": count_parameters(model), "seconds": seconds,
-                  "reused": False, "warnings": chance_warnings(final["accuracy"], test_data)}
-        write_json(metrics_out, result)
-        state_path.unlink(missing_ok=True)  # the run is done: nothing to resume
     ctx.check()  # rank 0's evaluation and files (or everyone hears why not)
     return ctx.broadcast(result)
 

@@ -192,3 +192,20 @@ def children(pid: int) -> list[int]:
         if int(fields[1]) == pid:
             found.append(int(stat.parent.name))
     return found
+
+
+def test_sigterm_after_the_last_epoch_still_points_at_the_state(tmp_path, data_dir, monkeypatch):
+    """Stopped during the final evaluation (every epoch saved): the message still says how to go on."""
+    import kdcache.jobs as jobs
+
+    def stopped(*a, **k):
+        raise KeyboardInterrupt()
+    monkeypatch.setattr(jobs, "evaluate", stopped)
+    out = tmp_path / "s.pt"
+    r = run_cli(*student_command(data_dir), "--epochs", 1, "--out", out, ok=False)
+    assert r.exit_code == 130, (r.exit_code, r.output)
+    assert r.output.strip().splitlines() == [f"Error: stopped (Ctrl-C); 1 epoch of 1 saved in {tmp_path / '.s.pt.resume.pt'}; "
+                                             "run the same command again to resume"]
+    monkeypatch.undo()
+    run_cli(*student_command(data_dir), "--epochs", 1, "--resume", "--out", out)  # nothing left to train: saves
+    assert out.exists() and not (tmp_path / ".s.pt.resume.pt").exists()
