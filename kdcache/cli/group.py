@@ -7,7 +7,9 @@ ended it (128 + the signal's number).
 """
 from __future__ import annotations
 
+import _thread
 import signal
+import sys
 import threading
 from typing import Any
 
@@ -34,6 +36,7 @@ class KDCacheGroup(click.Group):
         stop = _Stop()
         main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there only
         old_term = signal.signal(signal.SIGTERM, stop.on_sigterm) if main_thread else None
+        old_hook, sys.unraisablehook = sys.unraisablehook, stop.unraisable(sys.unraisablehook)
         try:
             return super().invoke(ctx)
         except KDCacheError as e:
@@ -46,6 +49,7 @@ class KDCacheGroup(click.Group):
             click.echo(f"Error: stopped ({how}){hint}", err=True)
             raise click.exceptions.Exit(128 + int(stop.signal or signal.SIGINT)) from None
         finally:
+            sys.unraisablehook = old_hook
             if main_thread:
                 signal.signal(signal.SIGTERM, old_term)
 
@@ -84,11 +88,29 @@ class _Stop:
 
     def __init__(self) -> None:
         self.signal: int | None = None
+        self.again = False
 
     def on_sigterm(self, signum: int, frame: Any) -> None:
-        if self.signal is None:
-            self.signal = signum
+        if self.signal is None or self.again:
+            self.signal, self.again = signum, False
             raise KeyboardInterrupt()
+
+    def unraisable(self, old_hook: Any) -> Any:
+        """A sys.unraisablehook that delivers again an interrupt Python swallowed.
+
+        A signal handler's exception raised while a weakref callback or ``__del__`` runs is only
+        printed ("Exception ignored in ..."), and the command would go on as if never stopped:
+        measured with dump-logits. Re-raise it in the main thread at its next step instead.
+        """
+        def hook(info: Any) -> None:
+            if info.exc_type is None or not issubclass(info.exc_type, KeyboardInterrupt):
+                return old_hook(info)
+            if self.signal is not None:  # ours (SIGTERM)
+                self.again = True
+                _thread.interrupt_main(self.signal)
+            else:  # Ctrl-C: Python's own handler raises KeyboardInterrupt
+                _thread.interrupt_main()
+        return hook
 
 
 def _os_error(e: OSError) -> str:
