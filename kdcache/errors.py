@@ -26,3 +26,7 @@ class CheckpointError(KDCacheError):
 
 class StorageError(KDCacheError):
     """An output cannot be written: not enough disk space, or the disk filled up while writing."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped a job that saved what it had done; the message says how to go on."""

@@ -27,11 +27,12 @@ from .config import (CACHE_MEMORY_LIMIT_MB, default_lr, DEFAULT_DATA_DIR, DEFAUL
 from .data import load_dataset, load_train_val, read_options, require_labels
 from .device import resolve_device, resolve_precision
 from .ensemble import ENSEMBLE_METHODS, check_members, combine_logits
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, Interrupted
 from .files import check_output, write_json
 from .images import InputTransform, is_lazy
 from .loss import check_alpha, check_temperature, kd_loss
 from .models import ModelSpec, count_parameters
+from .resume import check_request, load_resume_state, resume_path_for, save_resume_state
 from .samples import UNLABELLED, ImageData
 from .targets import Targets, as_tensors, concat
 from .transfer import TransferSet, check_unlabelled_rows, concat_data, mask_labels, open_transfer_sets, transfer_views
@@ -67,12 +68,20 @@ def _plain(obj: Any) -> Any:
 def _train_and_save(role: str, spec: ModelSpec, train_data: ImageData, data_cfg: DataConfig, cfg: TrainConfig,
                     out: str | os.PathLike, overwrite: bool, progress: bool, loss_fn: Callable,
                     request: dict[str, Any], extra: dict[str, Any],
-                    make_batches: Callable[[torch.device], BatchSource], reuse: bool = False) -> dict[str, Any]:
+                    make_batches: Callable[[torch.device], BatchSource], reuse: bool = False,
+                    resume: bool = False) -> dict[str, Any]:
     """Shared by train_teacher / train_student: build, fit, evaluate on test, save checkpoint + metrics.
 
     With ``reuse``, an existing ``out`` made by the same ``request`` is returned instead
     (its metrics, with ``"reused": True``); one made by another request is retrained.
+
+    After every epoch rank 0 saves a resume state next to ``out`` (kdcache.resume); one made by
+    the same ``request`` is continued from (``resume``: it must exist), one made by another is
+    refused naming what differs (discarded with ``reuse``), and ``overwrite`` discards it.
     """
+    start_over = overwrite and not reuse  # the user's --overwrite, not reuse's "retrain"
+    if resume and start_over:
+        raise ConfigError("--resume continues a run and --overwrite starts over: pass one of them")
     if reuse:
         found = find_reusable(out, request)
         if found is not None:
@@ -81,6 +90,10 @@ def _train_and_save(role: str, spec: ModelSpec, train_data: ImageData, data_cfg:
     out = check_output(out, overwrite)
     metrics_out = check_output(metrics_path_for(out), overwrite)
     ctx = dist.current()
+    state_path = resume_path_for(out)
+    state = None if start_over else _resume_state(state_path, request, resume, refuse_other=not reuse)
+    if start_over and ctx.is_main:
+        state_path.unlink(missing_ok=True)
     device = ctx.local_device(resolve_device(cfg.device))
     test_data = load_dataset(data_cfg.dataset, "test", data_cfg.data_dir, data_cfg.eval_limit, data_cfg.download,
                              **read_options(data_cfg))
@@ -89,38 +102,78 @@ def _train_and_save(role: str, spec: ModelSpec, train_data: ImageData, data_cfg:
     torch.manual_seed(cfg.seed)
     model = spec.build(info.in_channels, info.num_classes, info.image_size)
     batches = make_batches(device)
-    t0 = time.perf_counter()
-    try:
-        history = fit(model, batches, loss_fn, cfg, eval_data=val_data if val_data is not None else test_data,
-                      eval_name="val" if val_data is not None else "test", progress=progress,
-                      desc=f"{role} {spec.name}")
-    finally:
-        close = getattr(batches, "close", None)
-        if close is not None:
-            close()
-    seconds = time.perf_counter() - t0
-    result = None
-    final = evaluate(model, test_data, device=device, precision="fp32", workers=data_cfg.workers)  # sharded on ranks
-    val = None if val_data is None else evaluate(model, val_data, device=device, precision="fp32",
-                                                 workers=data_cfg.workers)
-    if ctx.is_main:  # under torchrun rank 0 writes; the others wait at the check below
-        config = {
-            **model_config(spec, info), "role": role, "train": cfg.to_dict(), "limit": data_cfg.limit,
-            "num_train_samples": len(train_data), "epochs": cfg.epochs, "seed": cfg.seed,
-            "test_accuracy": final["accuracy"], "test_loss": final["loss"], "eval_limit": data_cfg.eval_limit,
-            "val_size": data_cfg.val_size, "val_accuracy": None if val is None else val["accuracy"],
-            "train_seconds": seconds, "world_size": ctx.world_size, "kdcache_version": __version__,
-            "torch_version": str(torch.__version__),
-            "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **extra,
-            "request": request,
-        }
-        save_checkpoint(out, model.cpu(), config, overwrite=True)
-        result = {"checkpoint": str(out), "metrics": str(metrics_out), "config": config, "history": history,
-                  "test": final, "val": val, "parameters": count_parameters(model), "seconds": seconds,
-                  "reused": False, "warnings": chance_warnings(final["accuracy"], test_data) + loss_warnings(history)}
-        write_json(metrics_out, result)
+    saved: list[int] = [] if state is None else [int(state["epoch"])]  # the epochs whose state is on disk
+
+    def save_state(s: dict) -> None:
+        save_resume_state(state_path, {**s, "request": request})
+        saved.append(s["epoch"])
+    try:  # Ctrl-C or SIGTERM (the CLI's handler) keeps the last epoch's state: say so
+        t0 = time.perf_counter()
+        try:
+            history = fit(model, batches, loss_fn, cfg, eval_data=val_data if val_data is not None else test_data,
+                          eval_name="val" if val_data is not None else "test", progress=progress,
+                          desc=f"{role} {spec.name}", resume=state,
+                          save_state=save_state)
+        finally:
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()
+        seconds = time.perf_counter() - t0
+        result = None
+        # sharded on ranks
+        final = evaluate(model, test_data, device=device, precision="fp32", workers=data_cfg.workers)
+        val = None if val_data is None else evaluate(model, val_data, device=device, precision="fp32",
+                                                     workers=data_cfg.workers)
+        if ctx.is_main:  # under torchrun rank 0 writes; the others wait at the check below
+            config = {
+                **model_config(spec, info), "role": role, "train": cfg.to_dict(), "limit": data_cfg.limit,
+                "num_train_samples": len(train_data), "epochs": cfg.epochs, "seed": cfg.seed,
+                "test_accuracy": final["accuracy"], "test_loss": final["loss"], "eval_limit": data_cfg.eval_limit,
+                "val_size": data_cfg.val_size, "val_accuracy": None if val is None else val["accuracy"],
+                "train_seconds": seconds, "world_size": ctx.world_size, "kdcache_version": __version__,
+                "torch_version": str(torch.__version__),
+                "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **extra,
+                "request": request,
+            }
+            save_checkpoint(out, model.cpu(), config, overwrite=True)
+            result = {"checkpoint": str(out), "metrics": str(metrics_out), "config": config, "history": history,
+                      "test": final, "val": val, "parameters": count_parameters(model), "seconds": seconds,
+                      "reused": False,
+                      "warnings": chance_warnings(final["accuracy"], test_data) + loss_warnings(history)}
+            write_json(metrics_out, result)
+            state_path.unlink(missing_ok=True)  # the run is done: nothing to resume
+    except KeyboardInterrupt as e:
+        if ctx.is_main and saved and not isinstance(e, Interrupted) and state_path.exists():
+            raise Interrupted(f"{_epochs(saved[-1])} of {cfg.epochs} saved in {state_path}; run the same command "
+                              "again to resume") from None
+        raise
     ctx.check()  # rank 0's evaluation and files (or everyone hears why not)
     return ctx.broadcast(result)
+
+
+def _resume_state(path: Path, request: dict[str, Any], required: bool, refuse_other: bool) -> dict | None:
+    """The resume state at ``path`` made by ``request``; None if there is none (an error when ``required``).
+
+    One made by another request is refused naming what differs, or ignored (to be replaced) when not
+    ``refuse_other``.
+    """
+    if not path.exists():
+        if required:
+            raise ConfigError(f"--resume: there is no resume state at {path} (no epoch of this run finished, or it "
+                              "completed); drop --resume to start the run")
+        return None
+    state = load_resume_state(path)
+    try:
+        check_request(path, state["request"], request)
+    except ConfigError:
+        if refuse_other:
+            raise
+        return None
+    return state
+
+
+def _epochs(n: int) -> str:
+    return f"{n} epoch" + ("" if n == 1 else "s")
 
 
 CHANCE_MARGIN = 0.01  # test accuracy within this of the majority class's share counts as chance
@@ -192,12 +245,13 @@ def data_from_cache(data_cfg: DataConfig, caches: Sequence[str | os.PathLike]) -
 
 def train_teacher(out: str | os.PathLike, *, arch: str = TEACHER_ARCH, data_cfg: DataConfig = DataConfig(),
                   cfg: TrainConfig = TEACHER_TRAIN, overwrite: bool = False, progress: bool = False,
-                  reuse: bool = False, augment: str | None = None) -> dict[str, Any]:
+                  reuse: bool = False, augment: str | None = None, resume: bool = False) -> dict[str, Any]:
     """Train ``arch`` with cross-entropy on hard labels; writes ``out`` and its metrics JSON.
 
     ``augment`` (a kdcache.augment policy, e.g. "shift-flip") draws fresh views every epoch,
     so the teacher learns the views it will later label (``dump-logits --augment``).
     ``reuse``: return an existing ``out`` trained with the same request instead (find_reusable).
+    A stopped run continues from its resume state (``_train_and_save``; ``resume``: there must be one).
     """
     spec = ModelSpec(arch=arch)
     spec.check()  # unknown arch fails before any data is read
@@ -214,7 +268,8 @@ def train_teacher(out: str | os.PathLike, *, arch: str = TEACHER_ARCH, data_cfg:
                              channels_last=cfg.precision == "bf16", views=views, rank=ctx.rank,
                              world_size=ctx.world_size)
     return _train_and_save("teacher", spec, data, data_cfg, cfg, out, overwrite, progress, cross_entropy_loss,
-                           _request("teacher", spec, data, data_cfg, cfg, **more), dict(more), batches, reuse)
+                           _request("teacher", spec, data, data_cfg, cfg, **more), dict(more), batches, reuse,
+                           resume)
 
 
 def distillation_loss(temperature: float, alpha: float) -> Callable[[torch.Tensor, Batch], torch.Tensor]:
@@ -249,8 +304,8 @@ def train_student(out: str | os.PathLike, *, caches: Sequence[str | os.PathLike]
                   cache_workers: int = 0, reuse: bool = False, augment: str | None = None,
                   allow_inconsistent: bool = False, cache_views: int | None = None, labels_limit: int | None = None,
                   transfer: Sequence[str | os.PathLike] = (), transfer_data_dirs: Sequence[str] = (),
-                  student_factory: str | None = None, student_kwargs: Mapping[str, Any] | None = None
-                  ) -> dict[str, Any]:
+                  student_factory: str | None = None, student_kwargs: Mapping[str, Any] | None = None,
+                  resume: bool = False) -> dict[str, Any]:
     """Train a student from images + cached teacher targets. Never loads or runs a teacher.
 
     Every cache is checked against the training samples (LogitCache.align: dataset, split,
@@ -330,7 +385,7 @@ def train_student(out: str | os.PathLike, *, caches: Sequence[str | os.PathLike]
                                  rank=ctx.rank, world_size=ctx.world_size, workers=data_cfg.workers)
     try:
         return _train_and_save("student", spec, rows_data, data_cfg, cfg, out, overwrite, progress,
-                               distillation_loss(temperature, alpha), request, extra, batches, reuse)
+                               distillation_loss(temperature, alpha), request, extra, batches, reuse, resume)
     except Diverged as e:
         if alpha > 0 and temperature > HIGH_TEMPERATURE:
             raise ConfigError(f"{str(e).split(';')[0]} at T={temperature:g}: at a temperature this high the soft "

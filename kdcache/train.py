@@ -172,7 +172,8 @@ def _evaluate_sums(model: nn.Module, data: ImageData, batch_size: int, device: t
 
 def fit(model: nn.Module, batches: BatchSource, loss_fn: LossFn, cfg: TrainConfig, *,
         eval_data: ImageData | None = None, progress: bool = False, desc: str = "train",
-        on_epoch: Callable[[dict], None] | None = None, eval_name: str = "test") -> list[dict]:
+        on_epoch: Callable[[dict], None] | None = None, eval_name: str = "test",
+        resume: dict | None = None, save_state: Callable[[dict], None] | None = None) -> list[dict]:
     """Train for ``cfg.epochs``; returns one metrics dict per epoch (train and, if given, eval).
 
     ``eval_name`` prefixes the evaluation's keys (``test_accuracy``, or ``val_accuracy`` when
@@ -181,6 +182,11 @@ def fit(model: nn.Module, batches: BatchSource, loss_fn: LossFn, cfg: TrainConfi
     Under torchrun (kdcache.dist) the model trains as DistributedDataParallel on every rank's
     ``batches`` (its share of each global batch); train loss and accuracy are summed over
     ranks, every rank evaluates a shard of ``eval_data`` (``evaluate``), and every rank returns rank 0's history.
+
+    ``save_state(state)`` (rank 0) gets, after every epoch, what continuing needs (``resume_state``:
+    tensors and plain values); ``resume`` (such a state, on every rank) continues after its epoch. The
+    batches' order and views are pure functions of (seed, epoch) and the RNG state is restored, so a
+    resumed run ends with the weights of one never stopped.
     """
     ctx = dist.current()
     device = ctx.local_device(resolve_device(cfg.device))
@@ -189,11 +195,20 @@ def fit(model: nn.Module, batches: BatchSource, loss_fn: LossFn, cfg: TrainConfi
     if precision == "bf16":
         model.to(memory_format=torch.channels_last)
     optimizer, scheduler = build_optimizer(model, cfg, len(batches))
+    history: list[dict] = []
+    watch = DivergenceWatch()
+    if resume is not None:  # before DDP's wrap, which broadcasts rank 0's weights
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        history, watch.first = [dict(r) for r in resume["history"]], [float(x) for x in resume["watch"]]
     ctx.check()  # every rank has its data, cache and model before DDP's first collective
     net = ctx.wrap(model, device)
-    history = []
-    watch = DivergenceWatch()
-    for epoch in range(1, cfg.epochs + 1):
+    if resume is not None:  # last: nothing between here and the next epoch may draw from it
+        torch.set_rng_state(resume["rng"])
+        if device.type == "cuda" and resume.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(resume["cuda_rng"], device)
+    for epoch in range(len(history) + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
         batches.set_epoch(epoch - 1)  # the order and views of this epoch, explicitly (no hidden counters)
         with ctx.steps():
@@ -213,4 +228,22 @@ def fit(model: nn.Module, batches: BatchSource, loss_fn: LossFn, cfg: TrainConfi
         history.append(row)
         if on_epoch is not None:
             on_epoch(row)
+        if save_state is not None:
+            error = None
+            if ctx.is_main:  # rank 0 writes; every rank hears if it could not
+                try:
+                    save_state(resume_state(model, optimizer, scheduler, history, watch, device))
+                except Exception as e:  # noqa: BLE001 - reported on every rank by ctx.check
+                    error = e
+            ctx.check(error)
     return history
+
+
+def resume_state(model: nn.Module, optimizer, scheduler, history: list[dict], watch: DivergenceWatch,
+                 device: torch.device) -> dict:
+    """What continuing after ``history[-1]`` needs, as tensors and plain values (``fit(resume=)``)."""
+    return {"epoch": len(history), "history": [dict(r) for r in history], "watch": list(watch.first),
+            "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}

@@ -21,3 +21,50 @@ def test_check_output(tmp_path):
     assert check_output(p, overwrite=True) == p
     with pytest.raises(ConfigError, match="directory"):
         check_output(tmp_path, overwrite=True)
+
+
+WRITER = r'''
+import os, sys, time
+from pathlib import Path
+import kdcache.files as files
+
+target, ready = Path(sys.argv[1]), Path(sys.argv[2])
+real_fsync = os.fsync
+
+def stalled_fsync(fd):  # the new bytes are all in the temp file, not yet renamed over the target
+    ready.write_text("written")
+    time.sleep(60)
+
+files.os.fsync = stalled_fsync
+files.write_text_atomic(target, "new " * (4 << 20))
+'''
+
+
+def test_a_writer_killed_mid_way_leaves_the_old_file_intact(tmp_path):
+    """SIGKILL (no cleanup runs) while a 16 MB replacement is being written: the target keeps its old bytes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from kdcache.files import write_json
+
+    target, ready = tmp_path / "m.json", tmp_path.parent / f"{tmp_path.name}.ready"
+    write_json(target, {"old": True})
+    old = target.read_bytes()
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(target), str(ready)], cwd=repo,
+                            env=dict(os.environ, PYTHONPATH=str(repo)))
+    deadline = time.time() + 60
+    while not ready.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert ready.exists(), proc.returncode
+    tmp, = tmp_path.glob(".m.json.tmp-*")
+    assert tmp.stat().st_size == 16 << 20  # the replacement was written: only the rename was missing
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert target.read_bytes() == old
+    assert json.loads(target.read_text()) == {"old": True}
+    ready.unlink()

@@ -1,11 +1,21 @@
-"""The `kdcache` command group: every KDCacheError becomes one `Error: ...` line and exit status 1."""
+"""The `kdcache` command group: every KDCacheError becomes one `Error: ...` line and exit status 1.
+
+SIGTERM (Slurm, Kubernetes, spot preemption) is handled like Ctrl-C: it raises KeyboardInterrupt
+in the main thread, so temp files are removed and resume states kept, and the command exits with
+one `Error: stopped (...)` line and status 143 (SIGTERM) or 130 (Ctrl-C), as if the signal had
+ended it (128 + the signal's number).
+"""
 from __future__ import annotations
 
+import _thread
+import signal
+import sys
+import threading
 from typing import Any
 
 import click
 
-from ..errors import KDCacheError
+from ..errors import Interrupted, KDCacheError
 
 DIST_COMMANDS = ("dump-logits", "train-teacher", "train-student")  # the commands torchrun can run on several ranks
 
@@ -22,13 +32,26 @@ class KDCacheGroup(click.Group):
         from ..dist import launched
 
         if launched():
-            return self._invoke_as_rank(ctx)
+            return self._invoke_as_rank(ctx)  # kdcache.dist handles SIGTERM there (torchrun's stop)
+        stop = _Stop()
+        main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there only
+        old_term = signal.signal(signal.SIGTERM, stop.on_sigterm) if main_thread else None
+        old_hook, sys.unraisablehook = sys.unraisablehook, stop.unraisable(sys.unraisablehook)
         try:
             return super().invoke(ctx)
         except KDCacheError as e:
             raise click.ClickException(str(e)) from None
         except OSError as e:  # permission denied, disk full, ... on an output path
             raise click.ClickException(_os_error(e)) from None
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM through stop.on_sigterm; cleanup has run
+            how = "SIGTERM" if stop.signal == signal.SIGTERM else "Ctrl-C"
+            hint = f"; {e}" if isinstance(e, Interrupted) and str(e) else ""
+            click.echo(f"Error: stopped ({how}){hint}", err=True)
+            raise click.exceptions.Exit(128 + int(stop.signal or signal.SIGINT)) from None
+        finally:
+            sys.unraisablehook = old_hook
+            if main_thread:
+                signal.signal(signal.SIGTERM, old_term)
 
     def _invoke_as_rank(self, ctx: click.Context) -> Any:
         from ..dist import RankFailed, Terminated, launch
@@ -60,6 +83,36 @@ class KDCacheGroup(click.Group):
         return name, cmd, rest
 
 
+class _Stop:
+    """A SIGTERM handler that raises KeyboardInterrupt once (a second SIGTERM during cleanup is ignored)."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self.again = False
+
+    def on_sigterm(self, signum: int, frame: Any) -> None:
+        if self.signal is None or self.again:
+            self.signal, self.again = signum, False
+            raise KeyboardInterrupt()
+
+    def unraisable(self, old_hook: Any) -> Any:
+        """A sys.unraisablehook that delivers again an interrupt Python swallowed.
+
+        A signal handler's exception raised while a weakref callback or ``__del__`` runs is only
+        printed ("Exception ignored in ..."), and the command would go on as if never stopped:
+        measured with dump-logits. Re-raise it in the main thread at its next step instead.
+        """
+        def hook(info: Any) -> None:
+            if info.exc_type is None or not issubclass(info.exc_type, KeyboardInterrupt):
+                return old_hook(info)
+            if self.signal is not None:  # ours (SIGTERM)
+                self.again = True
+                _thread.interrupt_main(self.signal)
+            else:  # Ctrl-C: Python's own handler raises KeyboardInterrupt
+                _thread.interrupt_main()
+        return hook
+
+
 def _os_error(e: OSError) -> str:
     return f"{e.strerror or e}: {e.filename or ''}".rstrip(": ")
 
@@ -78,4 +131,7 @@ def main() -> None:
 
     Train a teacher, dump its raw logits once, then train students at any
     temperature and alpha from the cache, without the teacher.
+
+    Ctrl-C and SIGTERM stop any command cleanly (no partial files; training keeps its
+    resume state) with exit status 130 (Ctrl-C) or 143 (SIGTERM).
     """

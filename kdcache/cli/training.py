@@ -19,19 +19,27 @@ from .options import AUGMENT_HELP, data_config, data_options, precision_note, qu
 @train_options(TEACHER_TRAIN)
 @click.option("--augment", default=None, metavar="POLICY",
               help=AUGMENT_HELP + " Fresh views every epoch, so the teacher learns the views it will label.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing checkpoint.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing checkpoint and discard a resume state.")
+@click.option("--resume", is_flag=True,
+              help="Continue a stopped run from its resume state (.<out name>.resume.pt, saved after every epoch); "
+                   "an error if there is none. Without it a state made by the same request is continued anyway.")
 @quiet_option
-def train_teacher_cmd(out: str, arch: str, augment: str | None, overwrite: bool, quiet: bool, **kw: Any) -> None:
+def train_teacher_cmd(out: str, arch: str, augment: str | None, overwrite: bool, resume: bool, quiet: bool,
+                      **kw: Any) -> None:
     """Train the teacher on hard labels; writes a checkpoint and <out>.metrics.json.
 
     Data-parallel with `torchrun --nproc_per_node N -m kdcache train-teacher ...` (DDP;
     --batch-size stays the global batch; BatchNorm sees each rank's share of it).
+
+    After every epoch it saves a resume state next to --out (hidden, .<name>.resume.pt;
+    deleted when the checkpoint is written): the same command run again continues from the
+    last finished epoch, to the same weights. Ctrl-C or SIGTERM stop it with status 130 or 143.
     """
     from ..jobs import train_teacher
 
     cfg, data_cfg = train_config(kw), data_config(kw)
     r = train_teacher(out, arch=arch, data_cfg=data_cfg, cfg=cfg, overwrite=overwrite, progress=not quiet,
-                      augment=augment)
+                      augment=augment, resume=resume)
     warn(quiet, r)
     summary(quiet, f"teacher {arch}: test accuracy {r['test']['accuracy']:.4f}, {_epochs(cfg.epochs)} at "
                    f"{precision_note(cfg.precision, cfg.device)} in {r['seconds']:.0f}s -> {r['checkpoint']} "
@@ -77,13 +85,17 @@ def train_teacher_cmd(out: str, arch: str, augment: str | None, overwrite: bool,
 @click.option("--transfer-data-dir", "transfer_data_dirs", multiple=True, type=click.Path(file_okay=False),
               help="Where the --transfer images are (the dataset and split come from the cache); one for all, or "
                    "one per --transfer. Default: --data-dir.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing checkpoint.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing checkpoint and discard a resume state.")
+@click.option("--resume", is_flag=True,
+              help="Continue a stopped run from its resume state (.<out name>.resume.pt, saved after every epoch); "
+                   "an error if there is none. Without it a state made by the same request is continued anyway.")
 @quiet_option
 def train_student_cmd(caches: tuple[str, ...], temperature: float, alpha: float, ensemble: str, out: str, arch: str,
                       student_factory: str | None, student_kwargs: str | None, cache_memory_limit_mb: float,
                       cache_workers: int, augment: str | None, allow_inconsistent: bool,
                       cache_views: int | None, labels_limit: int | None, transfer: tuple[str, ...],
-                      transfer_data_dirs: tuple[str, ...], overwrite: bool, quiet: bool, **kw: Any) -> None:
+                      transfer_data_dirs: tuple[str, ...], overwrite: bool, resume: bool, quiet: bool,
+                      **kw: Any) -> None:
     """Train a student from images + cached teacher logits (the teacher is never loaded).
 
     A cache with augmentation views (dump-logits --views K --augment POLICY) is replayed:
@@ -94,6 +106,10 @@ def train_student_cmd(caches: tuple[str, ...], temperature: float, alpha: float,
 
     Data-parallel with `torchrun --nproc_per_node N -m kdcache train-student ...` (DDP;
     --batch-size stays the global batch, so the same flags give the same optimisation).
+
+    After every epoch it saves a resume state next to --out (hidden, .<name>.resume.pt;
+    deleted when the checkpoint is written): the same command run again continues from the
+    last finished epoch, to the same weights. Ctrl-C or SIGTERM stop it with status 130 or 143.
     """
     from ..jobs import train_student
     from ..models import parse_kwargs
@@ -104,7 +120,7 @@ def train_student_cmd(caches: tuple[str, ...], temperature: float, alpha: float,
                       cache_memory_limit_mb=cache_memory_limit_mb, cache_workers=cache_workers, augment=augment,
                       allow_inconsistent=allow_inconsistent, cache_views=cache_views, labels_limit=labels_limit,
                       transfer=transfer, transfer_data_dirs=transfer_data_dirs, student_factory=student_factory,
-                      student_kwargs=parse_kwargs(student_kwargs))
+                      student_kwargs=parse_kwargs(student_kwargs), resume=resume)
     warn(quiet, r)
     c = r["config"]
     rows = f", {c['num_labelled']} labelled + {c['num_unlabelled']} unlabelled rows" if c["num_unlabelled"] else ""
