@@ -30,7 +30,7 @@ from .ensemble import ENSEMBLE_METHODS, check_members, combine_logits
 from .errors import CheckpointError, ConfigError
 from .files import check_output, write_json
 from .images import InputTransform, is_lazy
-from .loss import check_alpha, check_temperature, kd_loss
+from .loss import DEFAULT_TOPK_REBUILD, check_alpha, check_temperature, kd_loss
 from .models import ModelSpec, count_parameters
 from .samples import UNLABELLED, ImageData
 from .targets import Targets, as_tensors, concat
@@ -203,8 +203,9 @@ def train_teacher(out: str | os.PathLike, *, arch: str = TEACHER_ARCH, data_cfg:
                            _request("teacher", spec, data, data_cfg, cfg, **more), dict(more), batches, reuse)
 
 
-def distillation_loss(temperature: float, alpha: float) -> Callable[[torch.Tensor, Batch], torch.Tensor]:
-    """A LossFn that distils from ``batch.teacher_logits`` (cached) with kd_loss.
+def distillation_loss(temperature: float, alpha: float, topk_rebuild: str = DEFAULT_TOPK_REBUILD
+                      ) -> Callable[[torch.Tensor, Batch], torch.Tensor]:
+    """A LossFn that distils from ``batch.teacher_logits`` (cached) with kd_loss (``topk_rebuild``: see kd_loss).
 
     Under torchrun it averages over the global batch (kd_loss's ``counts``, one small
     all-reduce a step), so ranks holding different numbers of labelled rows still give
@@ -216,7 +217,8 @@ def distillation_loss(temperature: float, alpha: float) -> Callable[[torch.Tenso
         if ctx.distributed:
             rows, labelled = ctx.sum([len(batch.labels), int((batch.labels != UNLABELLED).sum())])
             counts = (rows / ctx.world_size, labelled / ctx.world_size)
-        return kd_loss(outputs, batch.teacher_logits, batch.labels, temperature, alpha, counts=counts)
+        return kd_loss(outputs, batch.teacher_logits, batch.labels, temperature, alpha, counts=counts,
+                       topk_rebuild=topk_rebuild)
     return loss_fn
 
 
