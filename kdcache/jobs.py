@@ -30,7 +30,7 @@ from .ensemble import ENSEMBLE_METHODS, check_members, combine_logits
 from .errors import CheckpointError, ConfigError
 from .files import check_output, write_json
 from .images import InputTransform, is_lazy
-from .loss import DEFAULT_TOPK_REBUILD, check_alpha, check_temperature, kd_loss
+from .loss import DEFAULT_TOPK_REBUILD, check_alpha, check_temperature, check_topk_rebuild, kd_loss
 from .models import ModelSpec, count_parameters
 from .samples import UNLABELLED, ImageData
 from .targets import Targets, as_tensors, concat
@@ -237,8 +237,8 @@ def train_student(out: str | os.PathLike, *, caches: Sequence[str | os.PathLike]
                   cache_workers: int = 0, reuse: bool = False, augment: str | None = None,
                   allow_inconsistent: bool = False, cache_views: int | None = None, labels_limit: int | None = None,
                   transfer: Sequence[str | os.PathLike] = (), transfer_data_dirs: Sequence[str] = (),
-                  student_factory: str | None = None, student_kwargs: Mapping[str, Any] | None = None
-                  ) -> dict[str, Any]:
+                  student_factory: str | None = None, student_kwargs: Mapping[str, Any] | None = None,
+                  topk_rebuild: str = DEFAULT_TOPK_REBUILD) -> dict[str, Any]:
     """Train a student from images + cached teacher targets. Never loads or runs a teacher.
 
     Every cache is checked against the training samples (LogitCache.align: dataset, split,
@@ -265,9 +265,13 @@ def train_student(out: str | os.PathLike, *, caches: Sequence[str | os.PathLike]
     ``student_kwargs`` (JSON values) plus whichever of num_classes, in_channels, image_size it
     takes. The checkpoint records both; loading it needs the same factory named again
     (kdcache.checkpoint.load_checkpoint).
+
+    ``topk_rebuild``: how a top-k cache's rows are rebuilt into soft targets (kd_loss); recorded
+    in the request and the checkpoint when a cache is top-k.
     """
     check_temperature(temperature)
     check_alpha(alpha)
+    check_topk_rebuild(topk_rebuild)
     if student_factory is not None and arch != STUDENT_ARCH:
         raise ConfigError(f"name the student once: --arch {arch} or --student-factory {student_factory}")
     spec = ModelSpec(arch=arch, factory=student_factory, kwargs=student_kwargs or {})
@@ -287,6 +291,7 @@ def train_student(out: str | os.PathLike, *, caches: Sequence[str | os.PathLike]
     try:
         opened_transfer.extend(open_cache(p) for p in transfer)
         records = [cache_record(c) for c in opened]
+        topk = alpha > 0 and any(c.meta.topk for c in opened)
         transfer_records = [cache_record(c) for c in opened_transfer]
         sets = open_transfer_sets(opened_transfer, transfer_data_dirs, data, opened, data_cfg)
         rows_data = concat_data([mask_labels(data, labels_limit)] + [s.data for s in sets])
@@ -299,6 +304,8 @@ def train_student(out: str | os.PathLike, *, caches: Sequence[str | os.PathLike]
             c.close()
     plan, view_record = views
     more = {} if view_record is None else {"augment": view_record}  # absent, not None: old requests still match
+    if topk:  # a top-k run trained by another rebuild is another run (and old top-k runs were "bucket" ones)
+        more["topk_rebuild"] = topk_rebuild
     unlabelled_rows = {} if labels_limit is None else {"labels_limit": labels_limit}  # likewise
     if transfer:
         unlabelled_rows["transfer"] = [r["content_sha256"] for r in transfer_records]
@@ -318,7 +325,7 @@ def train_student(out: str | os.PathLike, *, caches: Sequence[str | os.PathLike]
                                  rank=ctx.rank, world_size=ctx.world_size, workers=data_cfg.workers)
     try:
         return _train_and_save("student", spec, rows_data, data_cfg, cfg, out, overwrite, progress,
-                               distillation_loss(temperature, alpha), request, extra, batches, reuse)
+                               distillation_loss(temperature, alpha, topk_rebuild), request, extra, batches, reuse)
     except Diverged as e:
         if alpha > 0 and temperature > HIGH_TEMPERATURE:
             raise ConfigError(f"{str(e).split(';')[0]} at T={temperature:g}: at a temperature this high the soft "
