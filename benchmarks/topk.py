@@ -55,6 +55,7 @@ from kdcache.cache import open_cache
 from kdcache.config import STUDENT_TRAIN, DataConfig, TrainConfig
 from kdcache.files import sha256_file, write_json
 from kdcache.jobs import distillation_loss
+from kdcache.loss import DEFAULT_TOPK_REBUILD
 from kdcache.report import summarize, write_report
 from kdcache.results import RESULTS_FORMAT, RESULTS_JSON, load_results, save_results
 from kdcache.samples import ImageData
@@ -131,12 +132,13 @@ def teacher_plan(plan: SyntheticPlan) -> dict[str, Any]:
 
 
 def _student_run(plan: SyntheticPlan, data: ImageData, val: ImageData, test: ImageData, targets: Any,
-                 T: float | None, alpha: float, seed: int) -> dict[str, Any]:
+                 T: float | None, alpha: float, seed: int, topk_rebuild: str = DEFAULT_TOPK_REBUILD,
+                 loss_fn: Any = None) -> dict[str, Any]:
     cfg = replace(plan.student_train, seed=seed)
     torch.manual_seed(seed)
     model = mlp(plan.student_hidden, plan.task.classes)
     batches = MemoryBatches(data, cfg.batch_size, seed=seed, teacher_logits=targets)
-    loss = distillation_loss(T or 1.0, alpha) if alpha > 0 else cross_entropy_loss
+    loss = loss_fn or (distillation_loss(T or 1.0, alpha, topk_rebuild) if alpha > 0 else cross_entropy_loss)
     t0 = time.perf_counter()
     history = fit(model, batches, loss, cfg, eval_data=val, eval_name="val")
     seconds = time.perf_counter() - t0
