@@ -7,7 +7,7 @@
   meaning whatever fraction of a batch is labelled; a batch without labelled rows has
   only the soft term.
 - Top-k targets (kdcache.targets.TopK), rebuilt at T in one of two ways (``topk_rebuild``):
-  "spread": the teacher's distribution over all C classes, the k kept classes exact and the
+  "spread" (the default): the teacher's distribution over all C classes, the k kept classes exact and the
   tail's mass at T spread evenly over the other C - k (as TinyViT and ml-dr rebuild theirs),
   then the full-C KL against the student; "bucket": KL over the k stored classes plus one
   bucket for the other C - k, teacher and student both normalised over that support (the
@@ -30,7 +30,7 @@ from .targets import Targets, TopK, to_float
 
 SMALL_DIFF = 1.0  # rows whose max |d| is below this use the cancellation-free form
 TOPK_REBUILDS = ("spread", "bucket")  # how kd_loss rebuilds soft targets from top-k rows (module docstring)
-DEFAULT_TOPK_REBUILD = "bucket"
+DEFAULT_TOPK_REBUILD = "spread"  # measured best at the full cache's best T (docs/cache-format.md)
 
 
 def check_topk_rebuild(rebuild: str) -> str:

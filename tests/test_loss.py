@@ -181,7 +181,7 @@ def topk_batch():
 @pytest.mark.parametrize("alpha", [0.5, 1.0])
 def test_topk_loss_matches_reference(topk_batch, T, alpha):
     s, teacher, y = topk_batch
-    got = kd_loss(s, teacher, y, temperature=T, alpha=alpha).item()
+    got = kd_loss(s, teacher, y, temperature=T, alpha=alpha, topk_rebuild="bucket").item()
     assert got == pytest.approx(reference_topk_kd(s, teacher, y, T, alpha), rel=2e-5, abs=1e-7)
 
 
@@ -193,7 +193,7 @@ def test_topk_loss_and_gradients_at_k_equal_c_are_the_full_ones(batch):
     for T in (1.0, 4.0, 20.0):
         s1, s2 = s.clone().float().requires_grad_(True), s.clone().float().requires_grad_(True)
         full = kd_loss(s1, t.float(), y, temperature=T, alpha=0.7)
-        top = kd_loss(s2, teacher, y, temperature=T, alpha=0.7)
+        top = kd_loss(s2, teacher, y, temperature=T, alpha=0.7, topk_rebuild="bucket")
         full.backward()
         top.backward()
         assert top.item() == pytest.approx(full.item(), rel=1e-5)
@@ -204,7 +204,7 @@ def test_topk_soft_gradient_moves_tail_mass_only_as_a_whole(topk_batch):
     """The bucket loss constrains the student's tail total, never how the tail splits it."""
     s, teacher, y = topk_batch
     s = s.float().requires_grad_(True)
-    kd_loss(s, teacher, y, temperature=4.0, alpha=1.0).backward()
+    kd_loss(s, teacher, y, temperature=4.0, alpha=1.0, topk_rebuild="bucket").backward()
     q = torch.softmax(s.detach() / 4.0, dim=1)
     kept = torch.zeros_like(q, dtype=torch.bool).scatter(1, torch.as_tensor(teacher.classes).long(), True)
     ratio = s.grad / q  # on tail classes: the same multiple of q_j throughout a row
@@ -373,6 +373,11 @@ def test_spread_large_T_tends_to_matching_the_tail_mean(topk_batch):
     limit = (0.5 * ((d - d.mean(1, keepdim=True)) ** 2).mean(1)).mean()
     got = kd_loss(s.float(), teacher, y, 1e6, 1.0, topk_rebuild="spread")
     assert float(got) == pytest.approx(float(limit), rel=2e-2)
+
+
+def test_spread_is_the_default(topk_batch):
+    s, teacher, y = topk_batch
+    assert kd_loss(s, teacher, y, 2.0, 0.9).item() == kd_loss(s, teacher, y, 2.0, 0.9, topk_rebuild="spread").item()
 
 
 def test_rejects_unknown_topk_rebuild(topk_batch):
