@@ -14,7 +14,7 @@ float32 cache and top-K caches (K = 5, 10, 20, 50, 100, float16 values; K = 10 a
 written by the same CacheWriter dump-logits uses. Tables:
   - bytes per row (whole file / rows) and the ratio to the float16 full cache;
   - the error of the rebuilt teacher distribution, in float64 against the full float32 logits,
-    at T = 1, 2, 4, 20: mean KL(p_T ‖ bucket) (what the loss trains on: the k kept classes + one
+    at T = 1, 2, 4, 20: mean KL(p_T ‖ bucket) (what the bucket loss trains on: the k kept classes + one
     tail bucket; only the tail-mass approximation shows here, 0 at T = 1 and 2 but for float16
     rounding), the same without the stored T = 2 sum (the quadratic fallback, for comparison),
     and mean KL(p_T ‖ dense) (the distribution rebuilt over all C classes with the tail's mass
@@ -334,7 +334,7 @@ def format_tables(result: dict[str, Any]) -> str:
         lines += [f"| {r['cache']} | {r['target_bytes_per_row']:.0f} | {r['bytes_per_row']:.0f} | "
                   f"{r['smaller_than_full']:.1f}x | {r['file_bytes_per_row']:.1f} |" for r in syn["sizes"]]
         temps = sorted({r["T"] for r in syn["kl"]})
-        lines += ["", "Mean KL(p_T ‖ rebuilt), nats. bucket = what the loss trains on (k classes + tail bucket); "
+        lines += ["", "Mean KL(p_T ‖ rebuilt), nats. bucket = what the bucket loss trains on (k classes + tail bucket); "
                       "no T=2 sum = the same from L and the mean alone; dense = tail spread evenly over its classes.", "",
                   "| cache | " + " | ".join(f"T={T:g} tail mass | bucket | no T=2 sum | dense" for T in temps) + " |",
                   "|---|" + "---:|" * (4 * len(temps))]

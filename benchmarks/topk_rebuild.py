@@ -143,7 +143,7 @@ def run(out: Path, plan: SyntheticPlan, conditions: Sequence[str], worker: int, 
 
 
 def summarize(out: Path, plan: SyntheticPlan, result_path: Path | None) -> dict[str, Any]:
-    runs = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))]
+    runs = [r for r in (json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))) if "condition" in r]
     table = []
     for cond, _, _ in CONDITIONS:
         mine = [r for r in runs if r["condition"] == cond]
