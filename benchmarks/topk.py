@@ -14,7 +14,7 @@ float32 cache and top-K caches (K = 5, 10, 20, 50, 100, float16 values; K = 10 a
 written by the same CacheWriter dump-logits uses. Tables:
   - bytes per row (whole file / rows) and the ratio to the float16 full cache;
   - the error of the rebuilt teacher distribution, in float64 against the full float32 logits,
-    at T = 1, 2, 4, 20: mean KL(p_T ‖ bucket) (what the loss trains on: the k kept classes + one
+    at T = 1, 2, 4, 20: mean KL(p_T ‖ bucket) (what the bucket loss trains on: the k kept classes + one
     tail bucket; only the tail-mass approximation shows here, 0 at T = 1 and 2 but for float16
     rounding), the same without the stored T = 2 sum (the quadratic fallback, for comparison),
     and mean KL(p_T ‖ dense) (the distribution rebuilt over all C classes with the tail's mass
@@ -55,6 +55,7 @@ from kdcache.cache import open_cache
 from kdcache.config import STUDENT_TRAIN, DataConfig, TrainConfig
 from kdcache.files import sha256_file, write_json
 from kdcache.jobs import distillation_loss
+from kdcache.loss import DEFAULT_TOPK_REBUILD
 from kdcache.report import summarize, write_report
 from kdcache.results import RESULTS_FORMAT, RESULTS_JSON, load_results, save_results
 from kdcache.samples import ImageData
@@ -131,12 +132,13 @@ def teacher_plan(plan: SyntheticPlan) -> dict[str, Any]:
 
 
 def _student_run(plan: SyntheticPlan, data: ImageData, val: ImageData, test: ImageData, targets: Any,
-                 T: float | None, alpha: float, seed: int) -> dict[str, Any]:
+                 T: float | None, alpha: float, seed: int, topk_rebuild: str = DEFAULT_TOPK_REBUILD,
+                 loss_fn: Any = None) -> dict[str, Any]:
     cfg = replace(plan.student_train, seed=seed)
     torch.manual_seed(seed)
     model = mlp(plan.student_hidden, plan.task.classes)
     batches = MemoryBatches(data, cfg.batch_size, seed=seed, teacher_logits=targets)
-    loss = distillation_loss(T or 1.0, alpha) if alpha > 0 else cross_entropy_loss
+    loss = loss_fn or (distillation_loss(T or 1.0, alpha, topk_rebuild) if alpha > 0 else cross_entropy_loss)
     t0 = time.perf_counter()
     history = fit(model, batches, loss, cfg, eval_data=val, eval_name="val")
     seconds = time.perf_counter() - t0
@@ -332,7 +334,7 @@ def format_tables(result: dict[str, Any]) -> str:
         lines += [f"| {r['cache']} | {r['target_bytes_per_row']:.0f} | {r['bytes_per_row']:.0f} | "
                   f"{r['smaller_than_full']:.1f}x | {r['file_bytes_per_row']:.1f} |" for r in syn["sizes"]]
         temps = sorted({r["T"] for r in syn["kl"]})
-        lines += ["", "Mean KL(p_T ‖ rebuilt), nats. bucket = what the loss trains on (k classes + tail bucket); "
+        lines += ["", "Mean KL(p_T ‖ rebuilt), nats. bucket = what the bucket loss trains on (k classes + tail bucket); "
                       "no T=2 sum = the same from L and the mean alone; dense = tail spread evenly over its classes.", "",
                   "| cache | " + " | ".join(f"T={T:g} tail mass | bucket | no T=2 sum | dense" for T in temps) + " |",
                   "|---|" + "---:|" * (4 * len(temps))]

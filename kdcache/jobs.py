@@ -30,7 +30,7 @@ from .ensemble import ENSEMBLE_METHODS, check_members, combine_logits
 from .errors import CheckpointError, ConfigError, Interrupted
 from .files import check_output, write_json
 from .images import InputTransform, is_lazy
-from .loss import check_alpha, check_temperature, kd_loss
+from .loss import DEFAULT_TOPK_REBUILD, check_alpha, check_temperature, check_topk_rebuild, kd_loss
 from .models import ModelSpec, count_parameters
 from .resume import check_request, load_resume_state, resume_path_for, save_resume_state
 from .samples import UNLABELLED, ImageData
@@ -272,8 +272,9 @@ def train_teacher(out: str | os.PathLike, *, arch: str = TEACHER_ARCH, data_cfg:
                            resume)
 
 
-def distillation_loss(temperature: float, alpha: float) -> Callable[[torch.Tensor, Batch], torch.Tensor]:
-    """A LossFn that distils from ``batch.teacher_logits`` (cached) with kd_loss.
+def distillation_loss(temperature: float, alpha: float, topk_rebuild: str = DEFAULT_TOPK_REBUILD
+                      ) -> Callable[[torch.Tensor, Batch], torch.Tensor]:
+    """A LossFn that distils from ``batch.teacher_logits`` (cached) with kd_loss (``topk_rebuild``: see kd_loss).
 
     Under torchrun it averages over the global batch (kd_loss's ``counts``, one small
     all-reduce a step), so ranks holding different numbers of labelled rows still give
@@ -285,7 +286,8 @@ def distillation_loss(temperature: float, alpha: float) -> Callable[[torch.Tenso
         if ctx.distributed:
             rows, labelled = ctx.sum([len(batch.labels), int((batch.labels != UNLABELLED).sum())])
             counts = (rows / ctx.world_size, labelled / ctx.world_size)
-        return kd_loss(outputs, batch.teacher_logits, batch.labels, temperature, alpha, counts=counts)
+        return kd_loss(outputs, batch.teacher_logits, batch.labels, temperature, alpha, counts=counts,
+                       topk_rebuild=topk_rebuild)
     return loss_fn
 
 
@@ -305,7 +307,7 @@ def train_student(out: str | os.PathLike, *, caches: Sequence[str | os.PathLike]
                   allow_inconsistent: bool = False, cache_views: int | None = None, labels_limit: int | None = None,
                   transfer: Sequence[str | os.PathLike] = (), transfer_data_dirs: Sequence[str] = (),
                   student_factory: str | None = None, student_kwargs: Mapping[str, Any] | None = None,
-                  resume: bool = False) -> dict[str, Any]:
+                  resume: bool = False, topk_rebuild: str = DEFAULT_TOPK_REBUILD) -> dict[str, Any]:
     """Train a student from images + cached teacher targets. Never loads or runs a teacher.
 
     Every cache is checked against the training samples (LogitCache.align: dataset, split,
@@ -332,9 +334,13 @@ def train_student(out: str | os.PathLike, *, caches: Sequence[str | os.PathLike]
     ``student_kwargs`` (JSON values) plus whichever of num_classes, in_channels, image_size it
     takes. The checkpoint records both; loading it needs the same factory named again
     (kdcache.checkpoint.load_checkpoint).
+
+    ``topk_rebuild``: how a top-k cache's rows are rebuilt into soft targets (kd_loss); recorded
+    in the request and the checkpoint when a cache is top-k.
     """
     check_temperature(temperature)
     check_alpha(alpha)
+    check_topk_rebuild(topk_rebuild)
     if student_factory is not None and arch != STUDENT_ARCH:
         raise ConfigError(f"name the student once: --arch {arch} or --student-factory {student_factory}")
     spec = ModelSpec(arch=arch, factory=student_factory, kwargs=student_kwargs or {})
@@ -354,6 +360,7 @@ def train_student(out: str | os.PathLike, *, caches: Sequence[str | os.PathLike]
     try:
         opened_transfer.extend(open_cache(p) for p in transfer)
         records = [cache_record(c) for c in opened]
+        topk = alpha > 0 and any(c.meta.topk for c in opened)
         transfer_records = [cache_record(c) for c in opened_transfer]
         sets = open_transfer_sets(opened_transfer, transfer_data_dirs, data, opened, data_cfg)
         rows_data = concat_data([mask_labels(data, labels_limit)] + [s.data for s in sets])
@@ -366,6 +373,8 @@ def train_student(out: str | os.PathLike, *, caches: Sequence[str | os.PathLike]
             c.close()
     plan, view_record = views
     more = {} if view_record is None else {"augment": view_record}  # absent, not None: old requests still match
+    if topk:  # a top-k run trained by another rebuild is another run (and old top-k runs were "bucket" ones)
+        more["topk_rebuild"] = topk_rebuild
     unlabelled_rows = {} if labels_limit is None else {"labels_limit": labels_limit}  # likewise
     if transfer:
         unlabelled_rows["transfer"] = [r["content_sha256"] for r in transfer_records]
@@ -385,7 +394,8 @@ def train_student(out: str | os.PathLike, *, caches: Sequence[str | os.PathLike]
                                  rank=ctx.rank, world_size=ctx.world_size, workers=data_cfg.workers)
     try:
         return _train_and_save("student", spec, rows_data, data_cfg, cfg, out, overwrite, progress,
-                               distillation_loss(temperature, alpha), request, extra, batches, reuse, resume)
+                               distillation_loss(temperature, alpha, topk_rebuild), request, extra, batches, reuse,
+                               resume)
     except Diverged as e:
         if alpha > 0 and temperature > HIGH_TEMPERATURE:
             raise ConfigError(f"{str(e).split(';')[0]} at T={temperature:g}: at a temperature this high the soft "

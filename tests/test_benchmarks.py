@@ -170,6 +170,34 @@ def test_topk_benchmark_smoke(tmp_path, data_dir):
     assert "(b) Fashion-MNIST" in (out / "topk.md").read_text()
 
 
+def test_topk_rebuild_benchmark_smoke(tmp_path):
+    """benchmarks.topk_rebuild end to end at a tiny scale: teacher and caches, runs split over two workers
+    (resumable), and the summary: every condition, T picked on validation, mean ± std."""
+    import json
+
+    from benchmarks.topk_rebuild import main
+
+    out = tmp_path / "out"
+    common = ["--out", str(out), "--smoke", "--epochs", "1", "--rows", "600", "--T", "2", "4", "--seeds", "0", "1",
+              "--conditions", "labels only", "top-10 bucket", "top-10 spread", "top-10 shaped (experimental)"]
+    main(["prepare", *common])
+    for w in ("0", "1"):
+        main(["run", *common, "--worker", w, "--workers", "2"])
+    before = sorted(p.name for p in (out / "runs").iterdir())
+    assert len(before) == 2 + 3 * 2 * 2
+    main(["run", *common])  # resumable: nothing left to run
+    assert sorted(p.name for p in (out / "runs").iterdir()) == before
+    main(["summarize", *common, "--result", str(tmp_path / "r.json")])
+    r = json.loads((tmp_path / "r.json").read_text())
+    rows = {s["condition"]: s for s in r["students"]}
+    assert list(rows) == ["labels only", "top-10 bucket", "top-10 spread", "top-10 shaped (experimental)"]
+    assert rows["labels only"]["picked_T"] == "None" and rows["top-10 spread"]["picked_T"] in ("2.0", "4.0")
+    assert all(s["seeds"] == 2 and s["test_std"] >= 0 for s in rows.values())
+    assert {row["cache"] for row in r["prepared"]["kl_5000_rows"]} == {"full-float16", "top5-float16",
+                                                                        "top10-float16"}
+    assert "| top-10 spread |" in (out / "rebuild.md").read_text()
+
+
 def test_topk_benchmark_reuses_a_teacher_or_cache_only_when_it_is_the_one_asked_for(tmp_path, image_data):
     """A top-k cache derived from an older dump, or a teacher trained for another plan, is not this run's."""
     from dataclasses import replace

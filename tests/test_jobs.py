@@ -61,6 +61,31 @@ def test_topk_cache_with_every_class_trains_the_same_student_as_full_logits(tmp_
         torch.testing.assert_close(top[name], full[name], rtol=1e-4, atol=1e-6)
 
 
+def test_topk_rebuild_is_part_of_a_topk_students_request(tmp_path, data_dir):
+    """Students from a top-k cache trained with another rebuild are other runs: never reused for each other."""
+    import numpy as np
+
+    from conftest import cache_attrs
+    from kdcache.cache import write_cache
+    from kdcache.data import load_dataset
+    from kdcache.errors import ConfigError
+
+    fm = load_dataset("fashion-mnist", "train", data_dir, limit=128)
+    logits = np.random.default_rng(0).normal(0, 4, (128, 10)).astype(np.float32)
+    path = write_cache(tmp_path / "top3.h5", logits, fm.labels, fm.indices, fm.sample_ids, cache_attrs(fm.info),
+                       topk=3, chunk_rows=64)
+    kw = dict(caches=[path], temperature=2.0, alpha=0.9, reuse=True,
+              data_cfg=DataConfig(data_dir=str(data_dir), limit=128, eval_limit=64),
+              cfg=TrainConfig(epochs=1, batch_size=64, device="cpu"))
+    spread = train_student(tmp_path / "s.pt", topk_rebuild="spread", **kw)
+    assert spread["config"]["request"]["topk_rebuild"] == "spread" and spread["config"]["topk_rebuild"] == "spread"
+    bucket = train_student(tmp_path / "s.pt", topk_rebuild="bucket", **kw)
+    assert not bucket["reused"] and bucket["config"]["request"]["topk_rebuild"] == "bucket"
+    assert bucket["history"][0]["train_loss"] != spread["history"][0]["train_loss"]
+    with pytest.raises(ConfigError, match="topk_rebuild"):
+        train_student(tmp_path / "x.pt", topk_rebuild="even", **kw)
+
+
 STUDENTS = """
 from torch import nn
 

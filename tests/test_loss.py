@@ -181,7 +181,7 @@ def topk_batch():
 @pytest.mark.parametrize("alpha", [0.5, 1.0])
 def test_topk_loss_matches_reference(topk_batch, T, alpha):
     s, teacher, y = topk_batch
-    got = kd_loss(s, teacher, y, temperature=T, alpha=alpha).item()
+    got = kd_loss(s, teacher, y, temperature=T, alpha=alpha, topk_rebuild="bucket").item()
     assert got == pytest.approx(reference_topk_kd(s, teacher, y, T, alpha), rel=2e-5, abs=1e-7)
 
 
@@ -193,7 +193,7 @@ def test_topk_loss_and_gradients_at_k_equal_c_are_the_full_ones(batch):
     for T in (1.0, 4.0, 20.0):
         s1, s2 = s.clone().float().requires_grad_(True), s.clone().float().requires_grad_(True)
         full = kd_loss(s1, t.float(), y, temperature=T, alpha=0.7)
-        top = kd_loss(s2, teacher, y, temperature=T, alpha=0.7)
+        top = kd_loss(s2, teacher, y, temperature=T, alpha=0.7, topk_rebuild="bucket")
         full.backward()
         top.backward()
         assert top.item() == pytest.approx(full.item(), rel=1e-5)
@@ -204,7 +204,7 @@ def test_topk_soft_gradient_moves_tail_mass_only_as_a_whole(topk_batch):
     """The bucket loss constrains the student's tail total, never how the tail splits it."""
     s, teacher, y = topk_batch
     s = s.float().requires_grad_(True)
-    kd_loss(s, teacher, y, temperature=4.0, alpha=1.0).backward()
+    kd_loss(s, teacher, y, temperature=4.0, alpha=1.0, topk_rebuild="bucket").backward()
     q = torch.softmax(s.detach() / 4.0, dim=1)
     kept = torch.zeros_like(q, dtype=torch.bool).scatter(1, torch.as_tensor(teacher.classes).long(), True)
     ratio = s.grad / q  # on tail classes: the same multiple of q_j throughout a row
@@ -250,3 +250,137 @@ def test_counts_make_data_parallel_ranks_average_like_one_process():
     assert not torch.allclose(torch.cat(local) / 2, whole.grad, rtol=1e-3)
     only_soft = s[2:4].clone().requires_grad_()  # a rank whose rows are all unlabelled still takes its step
     assert torch.isfinite(kd_loss(only_soft, t[2:4], labels[2:4], 4.0, 0.5, counts=counts))
+
+
+# ----------------------------------------------------------------------- top-k: the "spread" rebuild
+
+
+def reference_spread_kd(s, teacher, y, T, alpha):
+    """Plain-Python loss over all C classes: kept classes exact, the tail's mass at T spread evenly over the other
+    C - k, full-C KL against softmax(s/T)."""
+    total = 0.0
+    C, k = teacher.num_classes, teacher.k
+    for i, (srow, label) in enumerate(zip(s.tolist(), y.tolist())):
+        kept = [int(c) for c in teacher.classes[i]]
+        ce = -(srow[label] - math.log(sum(math.exp(v) for v in srow)))
+        t_top = [float(v) / T for v in teacher.logits[i]]
+        tail = reference_tail(float(teacher.tail_logsumexp[i]), float(teacher.tail_mean[i]),
+                              float(teacher.tail_logsumexp_t2[i]), C - k, float(teacher.logits[i][-1]), T)
+        zt = sum(math.exp(v) for v in t_top) + math.exp(tail)
+        p = [math.exp(tail) / zt / (C - k)] * C  # every class a tail class, then the kept ones overwritten
+        for c, v in zip(kept, t_top):
+            p[c] = math.exp(v) / zt
+        es = [math.exp(v / T) for v in srow]
+        q = [v / sum(es) for v in es]
+        kl = sum(pi * (math.log(pi) - math.log(qi)) for pi, qi in zip(p, q))
+        total += (1 - alpha) * ce + alpha * T * T * kl
+    return total / len(y)
+
+
+def test_spread_exact_value_on_a_hand_made_row():
+    """Teacher p = (0.5, 0.3, 0.15, 0.05) at T = 1, top-2: the rebuilt target is (0.5, 0.3, 0.1, 0.1); a uniform
+    student q = 1/4 gives KL = 0.5 ln 2 + 0.3 ln 1.2 + 0.2 ln 0.4."""
+    from kdcache.targets import TopK
+
+    z = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()
+    teacher = TopK.encode(z, 2)
+    s, y = torch.zeros(1, 4), torch.zeros(1, dtype=torch.long)
+    want = 0.5 * math.log(2) + 0.3 * math.log(1.2) + 0.2 * math.log(0.4)
+    assert kd_loss(s, teacher, y, 1.0, 1.0, topk_rebuild="spread").item() == pytest.approx(want, rel=1e-6)
+    # the bucket loss sees (0.5, 0.3, 0.2) against (0.25, 0.25, 0.5): the tail's shape is not in it
+    bucket = 0.5 * math.log(2) + 0.3 * math.log(1.2) + 0.2 * math.log(0.4)
+    assert kd_loss(s, teacher, y, 1.0, 1.0, topk_rebuild="bucket").item() == pytest.approx(bucket, rel=1e-6)
+    # a student whose tail is uneven, q = (1/4, 1/4, 3/8, 1/8), its total unchanged: bucket is blind to it
+    s2 = torch.tensor([[0.0, 0.0, math.log(1.5), math.log(0.5)]])
+    q = torch.softmax(s2, 1)[0].tolist()
+    want2 = 0.5 * math.log(0.5 / q[0]) + 0.3 * math.log(0.3 / q[1]) + 0.1 * math.log(0.1 / q[2]) + \
+        0.1 * math.log(0.1 / q[3])
+    assert kd_loss(s2, teacher, y, 1.0, 1.0, topk_rebuild="spread").item() == pytest.approx(want2, rel=1e-6)
+    assert kd_loss(s2, teacher, y, 1.0, 1.0, topk_rebuild="bucket").item() == pytest.approx(bucket, rel=1e-6)
+
+
+@pytest.mark.parametrize("T", [1.0, 2.0, 4.0, 20.0])
+@pytest.mark.parametrize("alpha", [0.5, 1.0])
+def test_spread_loss_matches_dense_reference(topk_batch, T, alpha):
+    s, teacher, y = topk_batch
+    got = kd_loss(s, teacher, y, temperature=T, alpha=alpha, topk_rebuild="spread").item()
+    assert got == pytest.approx(reference_spread_kd(s, teacher, y, T, alpha), rel=2e-5, abs=1e-7)
+
+
+def test_spread_matches_dense_probs(topk_batch):
+    """The loss's target is TopK.dense_probs: KL(dense_probs ‖ q), computed in float64 by hand."""
+    from kdcache.loss import spread_logits
+
+    s, teacher, y = topk_batch
+    for T in (1.0, 3.0):
+        p = teacher.dense_probs(T)
+        torch.testing.assert_close(torch.softmax(spread_logits(teacher, T).double(), -1), p, rtol=1e-5, atol=1e-9)
+        q = torch.log_softmax(s / T, 1)
+        want = (p * (p.log() - q)).sum(1).mean() * T * T
+        got = kd_loss(s, teacher, y, T, 1.0, topk_rebuild="spread")
+        assert got.item() == pytest.approx(want.item(), rel=1e-5)
+
+
+def test_spread_at_k_equal_c_is_the_full_loss_and_gradient(batch):
+    from kdcache.targets import TopK
+
+    s, t, y = batch
+    teacher = TopK.encode(t.float().numpy(), 10)
+    for T in (1.0, 4.0, 20.0, 1e6):
+        s1, s2 = s.clone().float().requires_grad_(True), s.clone().float().requires_grad_(True)
+        full = kd_loss(s1, t.float(), y, temperature=T, alpha=0.7)
+        top = kd_loss(s2, teacher, y, temperature=T, alpha=0.7, topk_rebuild="spread")
+        full.backward()
+        top.backward()
+        assert top.item() == full.item()
+        torch.testing.assert_close(s2.grad, s1.grad, rtol=0, atol=0)
+
+
+def test_spread_is_bucket_plus_the_tail_shape_term(topk_batch):
+    """spread = bucket + P_tail · (log mean_tail q - mean_tail log q) >= bucket (Jensen): what the spread adds is a
+    penalty on how unevenly the student spreads its own tail, weighted by the teacher's tail mass."""
+    s, teacher, y = topk_batch
+    t = teacher.float()
+    kept = torch.zeros(s.shape, dtype=torch.bool).scatter(1, t.classes, True)
+    for T in (1.0, 2.0, 4.0):
+        p_tail = torch.softmax(t.support_logits(T).double(), -1)[:, -1]
+        log_q = torch.log_softmax(s / T, 1).masked_fill(kept, math.nan)
+        n = teacher.num_classes - teacher.k
+        shape = torch.logsumexp(log_q.nan_to_num(-math.inf), 1) - math.log(n) - log_q.nansum(1) / n
+        extra = (p_tail * shape).mean() * T * T
+        spread = kd_loss(s, teacher, y, T, 1.0, topk_rebuild="spread").item()
+        bucket = kd_loss(s, teacher, y, T, 1.0, topk_rebuild="bucket").item()
+        assert spread >= bucket
+        assert spread - bucket == pytest.approx(extra.item(), rel=1e-4)
+
+
+@pytest.mark.parametrize("T", [1e-3, 0.3, 7.0, 1e3, 1e6])
+def test_spread_finite_at_any_T_with_a_gradient(topk_batch, T):
+    s, teacher, y = topk_batch
+    s = (s.float() * 10).requires_grad_(True)
+    loss = kd_loss(s, teacher, y, T, 0.9, topk_rebuild="spread")
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(s.grad).all()
+
+
+def test_spread_large_T_tends_to_matching_the_tail_mean(topk_batch):
+    """As T -> inf the spread target's tail logits tend to μ/T each: T²·KL -> logit matching against the kept
+    logits and, on every tail class, the tail's mean logit."""
+    s, teacher, y = topk_batch
+    t = teacher.float()
+    target = t.tail_mean[:, None].expand(-1, s.shape[1]).scatter(1, t.classes, t.logits).double()
+    d = s - target
+    limit = (0.5 * ((d - d.mean(1, keepdim=True)) ** 2).mean(1)).mean()
+    got = kd_loss(s.float(), teacher, y, 1e6, 1.0, topk_rebuild="spread")
+    assert float(got) == pytest.approx(float(limit), rel=2e-2)
+
+
+def test_spread_is_the_default(topk_batch):
+    s, teacher, y = topk_batch
+    assert kd_loss(s, teacher, y, 2.0, 0.9).item() == kd_loss(s, teacher, y, 2.0, 0.9, topk_rebuild="spread").item()
+
+
+def test_rejects_unknown_topk_rebuild(topk_batch):
+    s, teacher, y = topk_batch
+    with pytest.raises(ConfigError, match="topk_rebuild"):
+        kd_loss(s, teacher, y, 2.0, 0.5, topk_rebuild="uniform")

@@ -8,6 +8,7 @@ import click
 
 from ..config import (CACHE_MEMORY_LIMIT_MB, DEFAULT_ALPHA, DEFAULT_DATA_DIR, DEFAULT_TEMPERATURE, STUDENT_ARCH, STUDENT_TRAIN,
                       TEACHER_ARCH, TEACHER_TRAIN)
+from ..loss import DEFAULT_TOPK_REBUILD, TOPK_REBUILDS
 from .group import main, summary
 from .options import AUGMENT_HELP, data_config, data_options, precision_note, quiet_option, train_config, train_options
 
@@ -53,6 +54,9 @@ def train_teacher_cmd(out: str, arch: str, augment: str | None, overwrite: bool,
               help="Softmax temperature T > 0 for the soft targets.")
 @click.option("--alpha", type=float, default=DEFAULT_ALPHA, show_default=True,
               help="Weight of the soft loss in [0, 1]; 0 = hard labels only.")
+@click.option("--topk-rebuild", type=click.Choice(list(TOPK_REBUILDS)), default=DEFAULT_TOPK_REBUILD, show_default=True,
+              help="How a top-k cache's rows become soft targets: spread (the tail's mass spread evenly over the "
+                   "other classes, full-C KL) or bucket (KL over the k classes + one tail bucket).")
 @click.option("--ensemble", type=click.Choice(["mean-probs", "mean-logits"]), default="mean-probs", show_default=True,
               help="How several --cache teachers are combined: mean of softmax(z/T), or mean of logits.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Checkpoint to write (.pt).")
@@ -95,6 +99,7 @@ def train_student_cmd(caches: tuple[str, ...], temperature: float, alpha: float,
                       cache_workers: int, augment: str | None, allow_inconsistent: bool,
                       cache_views: int | None, labels_limit: int | None, transfer: tuple[str, ...],
                       transfer_data_dirs: tuple[str, ...], overwrite: bool, resume: bool, quiet: bool,
+                      topk_rebuild: str,
                       **kw: Any) -> None:
     """Train a student from images + cached teacher logits (the teacher is never loaded).
 
@@ -120,7 +125,7 @@ def train_student_cmd(caches: tuple[str, ...], temperature: float, alpha: float,
                       cache_memory_limit_mb=cache_memory_limit_mb, cache_workers=cache_workers, augment=augment,
                       allow_inconsistent=allow_inconsistent, cache_views=cache_views, labels_limit=labels_limit,
                       transfer=transfer, transfer_data_dirs=transfer_data_dirs, student_factory=student_factory,
-                      student_kwargs=parse_kwargs(student_kwargs), resume=resume)
+                      student_kwargs=parse_kwargs(student_kwargs), resume=resume, topk_rebuild=topk_rebuild)
     warn(quiet, r)
     c = r["config"]
     rows = f", {c['num_labelled']} labelled + {c['num_unlabelled']} unlabelled rows" if c["num_unlabelled"] else ""
