@@ -32,7 +32,8 @@ from .files import check_output, write_json
 from .images import InputTransform, is_lazy
 from .loss import DEFAULT_TOPK_REBUILD, check_alpha, check_temperature, check_topk_rebuild, kd_loss
 from .models import ModelSpec, count_parameters
-from .resume import check_request, load_resume_state, resume_path_for, save_resume_state
+from .health import chance_warnings, loss_warnings
+from .resume import matching_state, resume_path_for, save_resume_state
 from .samples import UNLABELLED, ImageData
 from .targets import Targets, as_tensors, concat
 from .transfer import TransferSet, check_unlabelled_rows, concat_data, mask_labels, open_transfer_sets, transfer_views
@@ -91,7 +92,7 @@ def _train_and_save(role: str, spec: ModelSpec, train_data: ImageData, data_cfg:
     metrics_out = check_output(metrics_path_for(out), overwrite)
     ctx = dist.current()
     state_path = resume_path_for(out)
-    state = None if start_over else _resume_state(state_path, request, resume, refuse_other=not reuse)
+    state = None if start_over else matching_state(state_path, request, resume, refuse_other=not reuse)
     if start_over and ctx.is_main:
         state_path.unlink(missing_ok=True)
     device = ctx.local_device(resolve_device(cfg.device))
@@ -151,53 +152,8 @@ def _train_and_save(role: str, spec: ModelSpec, train_data: ImageData, data_cfg:
     return ctx.broadcast(result)
 
 
-def _resume_state(path: Path, request: dict[str, Any], required: bool, refuse_other: bool) -> dict | None:
-    """The resume state at ``path`` made by ``request``; None if there is none (an error when ``required``).
-
-    One made by another request is refused naming what differs, or ignored (to be replaced) when not
-    ``refuse_other``.
-    """
-    if not path.exists():
-        if required:
-            raise ConfigError(f"--resume: there is no resume state at {path} (no epoch of this run finished, or it "
-                              "completed); drop --resume to start the run")
-        return None
-    state = load_resume_state(path)
-    try:
-        check_request(path, state["request"], request)
-    except ConfigError:
-        if refuse_other:
-            raise
-        return None
-    return state
-
-
 def _epochs(n: int) -> str:
     return f"{n} epoch" + ("" if n == 1 else "s")
-
-
-CHANCE_MARGIN = 0.01  # test accuracy within this of the majority class's share counts as chance
-
-
-def chance_warnings(accuracy: float, test_data: ImageData) -> list[str]:
-    """A warning when a trained model scores no better than always answering the commonest test class."""
-    labels = test_data.labels[test_data.labels != UNLABELLED]
-    if len(labels) == 0:
-        return []
-    majority = float(torch.bincount(labels).max()) / len(labels)
-    if accuracy > majority + CHANCE_MARGIN:
-        return []
-    return [f"test accuracy {accuracy:.2%} is at chance (always answering the commonest class scores {majority:.2%}): "
-            "the model learned nothing; check the data and labels, train longer, or change --lr"]
-
-
-def loss_warnings(history: list[dict]) -> list[str]:
-    """A warning when the training loss ended higher than it started: too high a learning rate, not yet a blow-up."""
-    if len(history) < 2 or history[-1]["train_loss"] <= history[0]["train_loss"]:
-        return []
-    first, last = history[0]["train_loss"], history[-1]["train_loss"]
-    return [f"the training loss rose from {first:.4g} (epoch 1) to {last:.4g} (epoch {len(history)}): the learning "
-            "rate is probably too high; lower --lr"]
 
 
 def _val_data(data_cfg: DataConfig) -> ImageData | None:

@@ -96,3 +96,24 @@ def _show(value: Any) -> str:
 
 def _plain(obj: Any) -> Any:
     return json.loads(json.dumps(obj, sort_keys=True))
+
+
+def matching_state(path: Path, request: dict[str, Any], required: bool, refuse_other: bool) -> dict | None:
+    """The resume state at ``path`` made by ``request``; None if there is none (an error when ``required``).
+
+    One made by another request is refused naming what differs, or ignored (to be replaced) when not
+    ``refuse_other``.
+    """
+    if not path.exists():
+        if required:
+            raise ConfigError(f"--resume: there is no resume state at {path} (no epoch of this run finished, or it "
+                              "completed); drop --resume to start the run")
+        return None
+    state = load_resume_state(path)
+    try:
+        check_request(path, state["request"], request)
+    except ConfigError:
+        if refuse_other:
+            raise
+        return None
+    return state

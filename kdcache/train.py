@@ -50,7 +50,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int):
 
 # A loss this many times its value at the start is a run blowing up, not noise: healthy teacher-cnn runs on
 # Fashion-MNIST spike to ~5x in their first epoch (BatchNorm, one-cycle warm-up), so 4x stopped good runs.
-# A loss that only ends higher than it started is reported as a warning (kdcache.jobs.loss_warnings).
+# A loss that only ends higher than it started is reported as a warning (kdcache.health.loss_warnings).
 DIVERGENCE_FACTOR = 10.0
 DIVERGENCE_REFERENCE_STEPS = 5  # the start: the mean loss of the untrained model's first steps
 DIVERGENCE_CHECK_EVERY = 10  # steps between checks after those (each check waits for the device)

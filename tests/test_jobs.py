@@ -220,7 +220,7 @@ def test_teacher_default_precision_is_resolved_for_this_cpu(tmp_path, data_cfg):
 
 def test_a_run_that_learned_nothing_or_got_worse_says_so():
     from conftest import make_image_data
-    from kdcache.jobs import chance_warnings, loss_warnings
+    from kdcache.health import chance_warnings, loss_warnings
 
     test = make_image_data(n=100, classes=4)
     majority = float(test.labels.bincount().max()) / 100
