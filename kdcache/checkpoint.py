@@ -44,14 +44,19 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, config: Mapping[s
         "config": dict(config),
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
     }
-    tmp = temp_path_for(p)
+    return save_payload(p, payload)
+
+
+def save_payload(path: Path, payload: Mapping[str, Any]) -> Path:
+    """``torch.save`` to a hidden temp file, then renamed into place: a kill never leaves half a file at ``path``."""
+    tmp = temp_path_for(path)
     try:
-        torch.save(payload, tmp)
-        replace_durably(tmp, p)
+        torch.save(dict(payload), tmp)
+        replace_durably(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
-    return p
+    return path
 
 
 def load_weights_only(path: str | os.PathLike) -> Any:

@@ -17,11 +17,8 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-import torch
-
-from .checkpoint import load_weights_only
+from .checkpoint import load_weights_only, save_payload
 from .errors import CheckpointError, ConfigError
-from .files import replace_durably, temp_path_for
 
 RESUME_FORMAT = "kdcache-resume"
 RESUME_VERSION = 1
@@ -36,15 +33,7 @@ def resume_path_for(out: str | os.PathLike) -> Path:
 
 def save_resume_state(path: Path, state: Mapping[str, Any]) -> Path:
     """Atomically write ``state`` (plus the format marker) to ``path``."""
-    payload = {"format": RESUME_FORMAT, "version": RESUME_VERSION, **state}
-    tmp = temp_path_for(path)
-    try:
-        torch.save(payload, tmp)
-        replace_durably(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return save_payload(path, {"format": RESUME_FORMAT, "version": RESUME_VERSION, **state})
 
 
 def load_resume_state(path: Path) -> dict[str, Any]:
