@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from kdcache.cache import open_cache
-from kdcache.dump import dump_logits
+from kdcache.jobs.dump import dump_logits
 
 TEMPERATURES = (1.0, 4.0, 20.0)
 

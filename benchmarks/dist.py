@@ -59,9 +59,9 @@ def worker(argv: list[str]) -> None:
     from kdcache import dist
     from kdcache.cache import read_meta
     from kdcache.config import STUDENT_TRAIN, DataConfig
-    from kdcache.dump import dump_logits
     from kdcache.files import write_json
-    from kdcache.jobs import train_student
+    from kdcache.jobs.dump import dump_logits
+    from kdcache.jobs.training import train_student
 
     torch.set_num_threads(1)
     with dist.launch(report=lambda line: print(f"Error: {line}", file=sys.stderr, flush=True)) as ctx:
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def _teacher(args: argparse.Namespace, work: Path) -> Path:
     from benchmarks.run import make_teacher
-    from kdcache.data import load_dataset
+    from kdcache.data.datasets import load_dataset
 
     return make_teacher(work / "teacher-untrained.pt", load_dataset("fashion-mnist", "train", args.data_dir, 256),
                         args.teacher)

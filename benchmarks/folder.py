@@ -7,13 +7,13 @@ A folder of ``--images`` photos (sides 80-300 px; mostly RGB JPEG, a few PNG, gr
 CMYK and palette images) in ImageFolder layout, 10 classes, is made once under ``--work``
 and reused. Rows (the same W workers, B batch size and S image size on both sides):
 
-a. dump-logits over the folder (kdcache.dump.dump_logits, whole call: listing, hashing every
+a. dump-logits over the folder (kdcache.jobs.dump.dump_logits, whole call: listing, hashing every
    file's bytes, teacher load, decoding in workers, HDF5 write) vs the plain loop
    ``DataLoader(ImageFolder(root, Resize + CenterCrop + PILToTensor), B, num_workers=W)`` + the same
    model's forward on normalised float batches under inference_mode                      <= 1.05x
    The hashing (load_dataset: list + hash) is also timed alone, and dump-logits' own loop time
    (what it reports as ``seconds``: decode + teacher + write, no hashing) is compared too.
-b. one student epoch streaming the images (kdcache.batches.MemoryBatches over the lazy
+b. one student epoch streaming the images (kdcache.data.batches.MemoryBatches over the lazy
    folder, decoded in W workers) with cached logits (KD, T=4, alpha=0.5) vs the same epoch
    with labels only (cross-entropy, no targets)                                          <= 1.05x
 c. peak RSS of a dump in a fresh process (the main process's VmHWM, reset just before the dump, since
@@ -41,13 +41,13 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from kdcache.checkpoint import load_checkpoint, save_checkpoint
 from kdcache.config import STUDENT_TRAIN, TrainConfig, default_lr
-from kdcache.data import load_dataset
-from kdcache.dump import dump_logits
-from kdcache.imagefolder import IMAGENET_MEAN, IMAGENET_STD
-from kdcache.images import InputTransform
-from kdcache.models import build_model
+from kdcache.data.datasets import load_dataset
+from kdcache.data.folders import IMAGENET_MEAN, IMAGENET_STD
+from kdcache.data.images import InputTransform
+from kdcache.jobs.dump import dump_logits
+from kdcache.train.checkpoint import load_checkpoint, save_checkpoint
+from kdcache.train.models import build_model
 
 CPU = torch.device("cpu")
 CLASSES = tuple(f"class{k}" for k in range(10))
@@ -194,8 +194,8 @@ def dump_rows(args: argparse.Namespace, root: Path, teacher: Path, cache: Path) 
 
 def student_epoch(data, args: argparse.Namespace, loss_fn, teacher_logits=None, seed: int = 0) -> float:
     """Seconds for one epoch of a fresh student-cnn streaming the folder (MemoryBatches over FileImages)."""
-    from kdcache.batches import MemoryBatches
-    from kdcache.train import build_optimizer, train_one_epoch
+    from kdcache.data.batches import MemoryBatches
+    from kdcache.train.loop import build_optimizer, train_one_epoch
 
     torch.manual_seed(seed)
     model = build_model("student-cnn", 3, len(CLASSES), (args.image_size, args.image_size))
@@ -210,8 +210,8 @@ def student_epoch(data, args: argparse.Namespace, loss_fn, teacher_logits=None, 
 
 def student_rows(args: argparse.Namespace, root: Path, cache: Path) -> dict[str, Any]:
     from kdcache import cache as kcache
-    from kdcache.jobs import distillation_loss
-    from kdcache.train import cross_entropy_loss
+    from kdcache.jobs.training import distillation_loss
+    from kdcache.train.loop import cross_entropy_loss
 
     data = load_dataset("imagefolder", "train", str(root), image_size=args.image_size, workers=args.workers)
     with kcache.open_cache(cache) as c:

@@ -8,7 +8,7 @@
 2. dumps the first --compare-rows training images with that teacher on the GPU (fp32, which
    turns TF32 off, so the values are true fp32) and on the CPU;
 3. compares the two caches row by row with verify's rule: |gpu - cpu| <= TOLERANCE[float32]
-   x max(1, max |z|) for every row (kdcache.verify.tolerance_for / tolerance_bound), and reports
+   x max(1, max |z|) for every row (kdcache.jobs.verify.tolerance_for / tolerance_bound), and reports
    the largest error relative to that bound, so the documented tolerance can be checked.
 
 Exit status 1 when a row is outside the tolerance. ``--device cpu`` runs the same steps on
@@ -26,16 +26,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from kdcache.batches import MemoryBatches
 from kdcache.cache import open_cache
-from kdcache.checkpoint import model_config, save_checkpoint
 from kdcache.config import TEACHER_TRAIN
-from kdcache.data import load_dataset
-from kdcache.dump import dump_logits
-from kdcache.models import build_model
-from kdcache.samples import ImageData
-from kdcache.train import build_optimizer, cross_entropy_loss, train_one_epoch
-from kdcache.verify import tolerance_bound, tolerance_for
+from kdcache.data.batches import MemoryBatches
+from kdcache.data.datasets import load_dataset
+from kdcache.data.samples import ImageData
+from kdcache.jobs.dump import dump_logits
+from kdcache.jobs.verify import tolerance_bound, tolerance_for
+from kdcache.train.checkpoint import model_config, save_checkpoint
+from kdcache.train.loop import build_optimizer, cross_entropy_loss, train_one_epoch
+from kdcache.train.models import build_model
 
 
 def compare_caches(test: str | Path, reference: str | Path) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 Writes a synthetic ImageNet-shaped float16 logit file per layout (rows scaled by
 --rows) with cache.CacheWriter, then times one sequential pass and one pass in
 shuffled chunk order (raw, one chunk per read call), and one shuffled epoch through
-kdcache.reader, each from a cold page cache (posix_fadvise DONTNEED on that
+kdcache.cache.stream, each from a cold page cache (posix_fadvise DONTNEED on that
 file only) and warm. Prints a table and writes JSON. Used to pick DEFAULT_CHUNK_BYTES;
 the numbers are in docs/cache-format.md.
 
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.synthetic import evict_page_cache, synthetic_attrs
 from kdcache import cache
-from benchmarks.synthetic import synthetic_attrs, evict_page_cache
-from kdcache.reader import LogitStream, iter_batches
+from kdcache.cache.stream import LogitStream, iter_batches
 
 
 def write_file(path: Path, rows: int, classes: int, chunk_bytes: int, compression: str | None) -> int:
@@ -50,7 +50,7 @@ def read_pass(path: Path, chunk_rows: int, order: np.ndarray, rdcc_nbytes: int |
 
 
 def reader_pass(path: Path, epoch: int) -> float:
-    """One shuffled epoch through kdcache.reader (blocks = chunks, 16-block buffer, prefetch)."""
+    """One shuffled epoch through kdcache.cache.stream (blocks = chunks, 16-block buffer, prefetch)."""
     stream = LogitStream(path, seed=0)
     stream.set_epoch(epoch)
     t0 = time.perf_counter()

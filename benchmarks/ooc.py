@@ -2,7 +2,7 @@
 
     python -m benchmarks.ooc PATH --order shuffled|sequential [--cold] [--epoch E] [--batch-size B]
 
-``shuffled`` is the reader train-student uses (kdcache.reader: shuffled chunk-aligned blocks,
+``shuffled`` is the reader train-student uses (kdcache.cache.stream: shuffled chunk-aligned blocks,
 rows shuffled in a buffer, cut into batches); ``sequential`` reads /logits once in file
 order, 16 chunks per call into a reused buffer, the fastest plain way we measured. ``--cold`` first drops
 the file from the OS page cache (posix_fadvise DONTNEED on this file only), so the pass
@@ -20,7 +20,7 @@ import torch
 
 from benchmarks.synthetic import evict_page_cache
 from kdcache import cache
-from kdcache.reader import LogitStream, iter_batches
+from kdcache.cache.stream import LogitStream, iter_batches
 
 
 def sequential_pass(path: str, chunks_per_read: int = 16) -> int:

@@ -60,7 +60,7 @@ def own_loop(cache: str, data_dir: str, seed: int, epochs: int, limit: int | Non
 def compare(cache: str, data_dir: str, seeds: list[int], epochs: int, limit: int | None, eval_limit: int | None,
             workdir: Path) -> dict[str, Any]:
     from kdcache.config import STUDENT_TRAIN, DataConfig
-    from kdcache.jobs import train_student
+    from kdcache.jobs.training import train_student
 
     workdir.mkdir(parents=True, exist_ok=True)
     rows = []

@@ -14,8 +14,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from kdcache.models import build_model
 from kdcache.device import autocast
+from kdcache.train.models import build_model
 
 
 def step_seconds(precision: str, batch_size: int, steps: int, train: bool) -> float:

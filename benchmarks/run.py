@@ -31,15 +31,15 @@ import torch
 
 from benchmarks.synthetic import IMAGENET_CLASSES, IMAGENET_ROWS, write_synthetic_cache
 from kdcache import cache
-from kdcache.checkpoint import save_checkpoint
-from kdcache.data import load_dataset
-from kdcache.samples import ImageData
-from kdcache.dump import dump_logits
-from kdcache.jobs import distillation_loss
-from kdcache.models import build_model
-from kdcache.batches import Batch, MemoryBatches
 from kdcache.config import TrainConfig
-from kdcache.train import build_optimizer, cross_entropy_loss, train_one_epoch
+from kdcache.data.batches import Batch, MemoryBatches
+from kdcache.data.datasets import load_dataset
+from kdcache.data.samples import ImageData
+from kdcache.jobs.dump import dump_logits
+from kdcache.jobs.training import distillation_loss
+from kdcache.train.checkpoint import save_checkpoint
+from kdcache.train.loop import build_optimizer, cross_entropy_loss, train_one_epoch
+from kdcache.train.models import build_model
 
 FMNIST_TRAIN = 60_000
 CPU = torch.device("cpu")
@@ -195,7 +195,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     # 3. dump-logits vs teacher inference (first: it writes the cache rows 1-2 read)
     teacher_path = make_teacher(work / "teacher-untrained.pt", data, args.teacher)
-    from kdcache.checkpoint import load_checkpoint
+    from kdcache.train.checkpoint import load_checkpoint
     teacher, _ = load_checkpoint(teacher_path)
     dump_path = work / f"fmnist-{n_dump}.h5"
     sub = data.head(n_dump)

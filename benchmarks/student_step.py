@@ -14,8 +14,8 @@ import time
 
 import torch
 
-from kdcache.loss import kd_loss
-from kdcache.models import build_model
+from kdcache.train.loss import kd_loss
+from kdcache.train.models import build_model
 
 
 def step_ms(arch: str, batch_size: int, steps: int, repeats: int) -> dict[int, float]:

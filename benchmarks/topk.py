@@ -30,7 +30,7 @@ written by the same CacheWriter dump-logits uses. Tables:
 (b) **Fashion-MNIST**, 5,000 labelled samples (--val-size 5000): student-cnn from top-K caches
 (K = 1, 2, 3, 5) derived from the main job's full cache (TopK.encode of its float32 rows, which
 is byte for byte what `dump-logits --top-k K` writes), against the full cache and labels only;
-T picked on validation; one RunSpec per run through kdcache.sweep.run_sweep, so `kdcache
+T picked on validation; one RunSpec per run through kdcache.experiments.sweep.run_sweep, so `kdcache
 report OUT/fmnist` makes the table and it resumes where it stopped.
 
 Everything is resumable (finished runs are skipped) and uses one torch thread by default.
@@ -48,19 +48,31 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from benchmarks.topk_caches import INDEX_BYTES, cache_attrs, derive_topk_cache, kl_table, size_table, write_caches
+from benchmarks.topk_caches import (
+    INDEX_BYTES,
+    cache_attrs,
+    derive_topk_cache,
+    kl_table,
+    size_table,
+    write_caches,
+)
 from benchmarks.topk_task import TaskConfig, logits_of, make_task, mlp
-from kdcache.batches import MemoryBatches
 from kdcache.cache import open_cache
 from kdcache.config import STUDENT_TRAIN, DataConfig, TrainConfig
+from kdcache.data.batches import MemoryBatches
+from kdcache.data.samples import ImageData
+from kdcache.experiments.report import summarize, write_report
+from kdcache.experiments.results import (
+    RESULTS_FORMAT,
+    RESULTS_JSON,
+    load_results,
+    save_results,
+)
+from kdcache.experiments.sweep import RunSpec, run_sweep
 from kdcache.files import sha256_file, write_json
-from kdcache.jobs import distillation_loss
-from kdcache.loss import DEFAULT_TOPK_REBUILD
-from kdcache.report import summarize, write_report
-from kdcache.results import RESULTS_FORMAT, RESULTS_JSON, load_results, save_results
-from kdcache.samples import ImageData
-from kdcache.sweep import RunSpec, run_sweep
-from kdcache.train import cross_entropy_loss, evaluate, fit
+from kdcache.jobs.training import distillation_loss
+from kdcache.train.loop import cross_entropy_loss, evaluate, fit
+from kdcache.train.loss import DEFAULT_TOPK_REBUILD
 
 SIZE_TARGET, ACCURACY_TARGET = 20.0, 0.002  # the issue's: >= 20x smaller than float16 logits, <= 0.2 pp lost
 

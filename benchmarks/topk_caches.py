@@ -15,9 +15,9 @@ import torch
 
 from kdcache import __version__
 from kdcache.cache import CacheWriter, open_cache
+from kdcache.cache.targets import TopK, as_tensors
+from kdcache.data.samples import ImageData
 from kdcache.errors import CacheError
-from kdcache.samples import ImageData
-from kdcache.targets import TopK, as_tensors
 
 
 def cache_attrs(data: ImageData, arch: str, teacher_accuracy: float, teacher_sha256: str = "0" * 64) -> dict[str, Any]:

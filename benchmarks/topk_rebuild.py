@@ -30,8 +30,8 @@ from benchmarks.topk import SMOKE_SYNTHETIC, SyntheticPlan, _student_run, _teach
 from benchmarks.topk_caches import cache_attrs, kl_table, size_table, write_caches
 from benchmarks.topk_task import logits_of, make_task
 from kdcache.cache import open_cache
+from kdcache.cache.targets import TopK, to_float
 from kdcache.files import sha256_file, write_json
-from kdcache.targets import TopK, to_float
 
 # (condition, cache, rebuild): None cache = labels only
 CONDITIONS = [("labels only", None, None), ("full float16", "full-float16", None),
@@ -45,7 +45,7 @@ def tail_entropy(t: TopK, T: float) -> torch.Tensor:
 
     With f(b) = log Σ_tail exp(b z_j) (TopK.tail_log_mass at T = 1/b), the tail's own
     distribution at b has entropy f(b) - b f'(b); f is the cubic through log n, μ, L₂, L (the
-    module docstring of kdcache.targets), so H = log n - a b² - 2 c b³, clipped to [0, log n].
+    module docstring of kdcache.cache.targets), so H = log n - a b² - 2 c b³, clipped to [0, log n].
     """
     n, b = t.num_classes - t.k, 1.0 / T
     log_n = math.log(n)

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from kdcache.samples import DatasetInfo, ImageData, fingerprint_for, normalize, sample_ids_for
+from kdcache.data.samples import ImageData, normalize
+from kdcache.identity import DatasetInfo, fingerprint_for, sample_ids_for
 
 SIDE = 8  # features are served as a 1 x SIDE x SIDE image
 SCALE, OFFSET = 24.0, 128.0  # feature -> uint8 pixel

@@ -30,7 +30,7 @@ curves are flat from epoch 12); 1,000 labelled rows 60 (480 steps, the same orde
 Runtime on the 2-core CPU (one student epoch over 55,000 images ~5 s, validation on
 5,000 images ~0.75 s, test + start-up ~3.5 s per run): 54 runs, about 46 minutes
 (``--dry-run`` prints the estimate). Resumable: results go to ``OUT/results.json``
-after every run (kdcache.sweep.run_sweep), the summary to ``OUT/transfer.md``, and
+after every run (kdcache.experiments.sweep.run_sweep), the summary to ``OUT/transfer.md``, and
 ``kdcache report OUT`` draws the per-condition figures.
 """
 from __future__ import annotations
@@ -42,9 +42,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from kdcache.config import STUDENT_TRAIN, DataConfig
+from kdcache.experiments.results import RESULTS_JSON, load_results
+from kdcache.experiments.sweep import RunSpec, run_sweep
 from kdcache.files import write_text_atomic
-from kdcache.results import RESULTS_JSON, load_results
-from kdcache.sweep import RunSpec, run_sweep
 
 LABELS_ONLY, TRANSFER, NO_LABELS, ALL_LABELS = "labels only", "transfer", "no labels", "all labels"
 TRAIN_SECONDS_PER_ROW = 5.0 / 55_000  # one student epoch, 2-core CPU

@@ -22,13 +22,13 @@ For each student, number of labelled images (5,000 and 55,000) and seed (3):
 - ``(b) KD + aug, one view (inconsistent)``: augmented images, the original image's logits;
 - ``(c) KD, K views``: views replayed from the view cache, K = 1, 4, 16. K < 16 uses the first
   K stored views (``train-student --cache-views K``), which *are* a K-view dump with the same
-  seed: view parameters depend only on (seed, view, dataset index) (kdcache.augment.sample_views),
+  seed: view parameters depend only on (seed, view, dataset index) (kdcache.data.augment.sample_views),
   and the teacher's logits only on the view; so one dump serves every K.
 
 Every distilled condition trains at each (T, alpha) of a small grid (alpha 0.9; T in {2, 4}
 at 5,000 images, T = 4 at 55,000: the issue's anchor); ``table`` picks each condition's
 configuration on the validation split and reports
-its test accuracy, mean ± std over the seeds. Runs are RunSpecs trained by kdcache.sweep, so
+its test accuracy, mean ± std over the seeds. Runs are RunSpecs trained by kdcache.experiments.sweep, so
 an interrupted sweep resumes and ``kdcache report runs/views/<student>`` draws its curves.
 """
 from __future__ import annotations
@@ -46,19 +46,19 @@ import numpy as np
 import torch
 
 from benchmarks.run import machine, make_teacher, median_pair, row, teacher_inference
-from kdcache.augment import ViewPlan, parse_policy, sample_views, view_record
-from kdcache.batches import MemoryBatches
-from kdcache.cache import CacheWriter, open_cache
-from kdcache.checkpoint import load_checkpoint
+from kdcache.cache import CacheWriter
 from kdcache.config import STUDENT_TRAIN, TEACHER_TRAIN, DataConfig, TrainConfig
-from kdcache.data import load_dataset
-from kdcache.dump import cache_attrs, dump_logits
-from kdcache.jobs import distillation_loss, train_teacher
-from kdcache.models import build_model
-from kdcache.results import load_results
-from kdcache.sweep import RunSpec, run_sweep
-from kdcache.teacher import TeacherSpec, load_teacher
-from kdcache.train import build_optimizer, cross_entropy_loss, train_one_epoch
+from kdcache.data.augment import ViewPlan, parse_policy, sample_views, view_record
+from kdcache.data.batches import MemoryBatches
+from kdcache.data.datasets import load_dataset
+from kdcache.experiments.results import load_results
+from kdcache.experiments.sweep import RunSpec, run_sweep
+from kdcache.jobs.dump import cache_attrs, dump_logits
+from kdcache.jobs.training import distillation_loss, train_teacher
+from kdcache.train.checkpoint import load_checkpoint
+from kdcache.train.loop import build_optimizer, cross_entropy_loss, train_one_epoch
+from kdcache.train.models import build_model
+from kdcache.train.teacher import TeacherSpec, load_teacher
 
 STUDENTS = ("student-cnn", "student-convpool")
 CONDITIONS = ("labels only", "labels only + aug", "(a) KD, no aug", "(b) KD + aug, one view (inconsistent)")

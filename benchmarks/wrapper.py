@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
 import kdcache
-from kdcache.data import BUILTIN, load_dataset
-from kdcache.models import build_model
+from kdcache.data.datasets import BUILTIN, load_dataset
+from kdcache.train.models import build_model
 
 TARGET = 1.10
 

@@ -18,7 +18,14 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
-from torchvision.transforms import CenterCrop, Compose, Normalize, PILToTensor, Resize, ToTensor
+from torchvision.transforms import (
+    CenterCrop,
+    Compose,
+    Normalize,
+    PILToTensor,
+    Resize,
+    ToTensor,
+)
 
 import kdcache
 

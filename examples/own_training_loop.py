@@ -16,8 +16,12 @@ from torch.utils.data import DataLoader, Sampler, Subset
 from torchvision import transforms
 
 import kdcache
-from kdcache.config import STUDENT_TRAIN  # kdcache's defaults: lr 0.02, weight decay 5e-4, batch 128
-from kdcache.data import BUILTIN  # Fashion-MNIST's mean/std, as kdcache standardises it
+from kdcache.config import (
+    STUDENT_TRAIN,  # kdcache's defaults: lr 0.02, weight decay 5e-4, batch 128
+)
+from kdcache.data.datasets import (
+    BUILTIN,  # Fashion-MNIST's mean/std, as kdcache standardises it
+)
 
 
 class Student(nn.Module):

@@ -32,14 +32,16 @@ __version__ = "0.2.0"
 # public name -> module that defines it
 _EXPORTS = {
     "open_cache": "cache", "LogitCache": "cache", "CacheMeta": "cache", "CacheWriter": "cache", "write_cache": "cache",
-    "CachedDataset": "dataset", "StreamedCachedDataset": "dataset", "collate": "dataset",
-    "kd_loss": "loss", "soft_loss": "loss",
-    "TopK": "targets", "UNLABELLED": "samples",
+    "TopK": "cache.targets", "cache_info": "cache.info",
+    "UNLABELLED": "identity", "DatasetInfo": "identity",
+    "CachedDataset": "data.wrapper", "StreamedCachedDataset": "data.wrapper", "collate": "data.wrapper",
+    "load_dataset": "data.datasets", "ImageData": "data.samples",
+    "kd_loss": "train.loss", "soft_loss": "train.loss", "ModelSpec": "train.models",
+    "load_checkpoint": "train.checkpoint",
+    "train_teacher": "jobs.training", "train_student": "jobs.training", "evaluate_checkpoint": "jobs.training",
+    "dump_logits": "jobs.dump", "verify_cache": "jobs.verify",
+    "run_sweep": "experiments.sweep", "RunSpec": "experiments.sweep",
     "TrainConfig": "config", "DataConfig": "config",
-    "load_dataset": "data", "ImageData": "samples", "DatasetInfo": "samples",
-    "train_teacher": "jobs", "train_student": "jobs", "evaluate_checkpoint": "jobs", "load_checkpoint": "checkpoint",
-    "ModelSpec": "models", "run_sweep": "sweep", "RunSpec": "sweep",
-    "dump_logits": "dump", "verify_cache": "verify", "cache_info": "info",
     "KDCacheError": "errors", "CacheError": "errors", "CheckpointError": "errors", "ConfigError": "errors",
     "DataError": "errors", "StorageError": "errors",
 }

@@ -1,3 +1,3 @@
-from .cli import main
+from kdcache.cli import main
 
 main()

@@ -8,8 +8,8 @@ from typing import Iterator
 
 import torch
 
-from .config import DEVICES, PRECISIONS
-from .errors import ConfigError
+from kdcache.config import DEVICES, PRECISIONS
+from kdcache.errors import ConfigError
 
 
 def resolve_device(device: str = "auto") -> torch.device:

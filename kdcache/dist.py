@@ -49,8 +49,8 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from .config import DIST_TIMEOUT_S
-from .errors import ConfigError, KDCacheError
+from kdcache.config import DIST_TIMEOUT_S
+from kdcache.errors import ConfigError, KDCacheError
 
 Report = Callable[[str], None]
 _OK, _END, _FAILED = 0, 1, 2  # a rank's status at a collective point

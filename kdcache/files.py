@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, StorageError
+from kdcache.errors import ConfigError, StorageError
 
 
 def temp_path_for(path: Path) -> Path:

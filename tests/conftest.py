@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from kdcache.samples import DatasetInfo, ImageData, fingerprint_for, sample_ids_for
+from kdcache.data.samples import ImageData
+from kdcache.identity import DatasetInfo, fingerprint_for, sample_ids_for
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = REPO / "data"
@@ -39,9 +40,9 @@ def teacher_ckpt(tmp_path_factory, data_dir) -> Path:
     """An untrained student-cnn saved as a kdcache Fashion-MNIST checkpoint: a fast stand-in teacher."""
     import torch
 
-    from kdcache.checkpoint import save_checkpoint
-    from kdcache.data import load_dataset
-    from kdcache.models import build_model
+    from kdcache.data.datasets import load_dataset
+    from kdcache.train.checkpoint import save_checkpoint
+    from kdcache.train.models import build_model
 
     info = load_dataset("fashion-mnist", "train", data_dir, limit=1).info
     torch.manual_seed(0)
@@ -96,7 +97,7 @@ def run_cli(*args, ok: bool = True):
     return result
 
 
-# -- torchrun jobs (tests of kdcache.dist and kdcache.shards) -------------------------------------------
+# -- torchrun jobs (tests of kdcache.dist and kdcache.cache.shards) -------------------------------------------
 
 TEST_TEACHER = '''"""A small deterministic teacher for kdcache's distributed tests, with test-only failure switches.
 

@@ -8,8 +8,19 @@ import torch
 import torchvision.transforms as T
 import torchvision.transforms.v2.functional as TF
 
-from kdcache.augment import (POLICIES, CropFlip, CropFlipV1, ShiftFlip, ViewPlan, check_replay_size, parse_policy,
-                             policy_from_record, sample_views, view_record, view_schedule)
+from kdcache.data.augment import (
+    POLICIES,
+    CropFlip,
+    CropFlipV1,
+    ShiftFlip,
+    ViewPlan,
+    check_replay_size,
+    parse_policy,
+    policy_from_record,
+    sample_views,
+    view_record,
+    view_schedule,
+)
 from kdcache.errors import CacheError, ConfigError
 
 POLICY_SPECS = ["shift-flip", "shift-flip:pad=4,flip=1", "crop-flip", "crop-flip:scale_min=0.5,ratio_min=0.5", CropFlipV1()]
@@ -194,7 +205,7 @@ def test_view_plan_replays_stored_views_or_draws_fresh_ones():
 
 
 def test_bad_settings_say_which_part_is_wrong():
-    from kdcache.augment import parse_policy
+    from kdcache.data.augment import parse_policy
     from kdcache.errors import ConfigError
 
     with pytest.raises(ConfigError, match="'size' is not a setting of shift-flip; its settings are flip=, pad="):

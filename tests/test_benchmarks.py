@@ -37,8 +37,8 @@ def test_precision_benchmark_runs():
 
 def test_float16_error_is_small_and_shrinks_with_T(tmp_path, image_data):
     import numpy as np
-
     from conftest import cache_attrs
+
     from benchmarks.float16_error import float16_error
     from kdcache.cache import write_cache
 
@@ -52,7 +52,8 @@ def test_float16_error_is_small_and_shrinks_with_T(tmp_path, image_data):
 
 def test_views_accuracy_benchmark_smoke(tmp_path, data_dir):
     """prepare -> accuracy (RunSpecs through run_sweep) -> table, at a few seconds' scale."""
-    from benchmarks.views import CONDITIONS, main as views_main
+    from benchmarks.views import CONDITIONS
+    from benchmarks.views import main as views_main
 
     common = ["--smoke", "--out", str(tmp_path / "views"), "--data-dir", str(data_dir), "--quiet"]
     made = views_main(["prepare", *common])
@@ -72,7 +73,8 @@ def test_views_accuracy_benchmark_smoke(tmp_path, data_dir):
 
 
 def test_views_speed_benchmark_smoke(tmp_path, data_dir):
-    from benchmarks.views import format_speed, main as views_main
+    from benchmarks.views import format_speed
+    from benchmarks.views import main as views_main
 
     r = views_main(["speed", "--scale", "0.005", "--repeats", "1", "--speed-views", "2", "--views", "4",
                     "--out", str(tmp_path / "speed.json"), "--workdir", str(tmp_path / "w"), "--data-dir",
@@ -90,7 +92,7 @@ def test_bf16_error_benchmark(tmp_path, data_dir):
 
     from benchmarks.bf16_error import bf16_error, compare, format_table
     from benchmarks.run import make_teacher
-    from kdcache.data import load_dataset
+    from kdcache.data.datasets import load_dataset
 
     z = torch.randn(500, 10) * 6
     exact = compare(z, z)
@@ -105,14 +107,14 @@ def test_bf16_error_benchmark(tmp_path, data_dir):
 
 def test_transfer_benchmark_smoke(tmp_path, data_dir):
     """The transfer measurement end to end on 150 images: both phases, the summary table, and the plan's size."""
-    from benchmarks.transfer import main as transfer_main
-    from kdcache.checkpoint import model_config, save_checkpoint
-    from kdcache.data import load_dataset
-    from kdcache.dump import dump_logits
-    from kdcache.models import build_model
-    from kdcache.results import load_results
-
     import torch
+
+    from benchmarks.transfer import main as transfer_main
+    from kdcache.data.datasets import load_dataset
+    from kdcache.experiments.results import load_results
+    from kdcache.jobs.dump import dump_logits
+    from kdcache.train.checkpoint import model_config, save_checkpoint
+    from kdcache.train.models import build_model
     torch.manual_seed(0)
     info = load_dataset("fashion-mnist", "train", data_dir, limit=1).info
     save_checkpoint(tmp_path / "t.pt", build_model("teacher-cnn", 1, 10, (28, 28)), model_config("teacher-cnn", info))
@@ -139,11 +141,11 @@ def test_topk_benchmark_smoke(tmp_path, data_dir):
     import torch
 
     from benchmarks.topk import main as topk_main
-    from kdcache.checkpoint import save_checkpoint
-    from kdcache.dump import dump_logits
-    from kdcache.models import build_model
+    from kdcache.jobs.dump import dump_logits
+    from kdcache.train.checkpoint import save_checkpoint
+    from kdcache.train.models import build_model
 
-    info = __import__("kdcache.data", fromlist=["load_dataset"]).load_dataset("fashion-mnist", "train", data_dir,
+    info = __import__("kdcache.data.datasets", fromlist=["load_dataset"]).load_dataset("fashion-mnist", "train", data_dir,
                                                                               limit=1).info
     torch.manual_seed(0)
     ckpt = save_checkpoint(tmp_path / "t.pt", build_model("student-cnn"), {
@@ -204,13 +206,13 @@ def test_topk_benchmark_reuses_a_teacher_or_cache_only_when_it_is_the_one_asked_
 
     import numpy as np
     import pytest
+    from conftest import cache_attrs
 
     from benchmarks.topk import SMOKE_SYNTHETIC, _teacher
     from benchmarks.topk_caches import derive_topk_cache
     from benchmarks.topk_task import make_task
-    from conftest import cache_attrs
     from kdcache.cache import open_cache, write_cache
-    from kdcache.targets import TopK
+    from kdcache.cache.targets import TopK
 
     d, src, dst = image_data, tmp_path / "full.h5", tmp_path / "top3.h5"
     for teacher in ("1", "2"):  # the full cache dumped again, by another teacher
@@ -266,9 +268,9 @@ def test_own_loop_reuses_a_run_only_for_the_same_test_samples_and_cache_content(
     import types
 
     import numpy as np
+    from conftest import cache_attrs
 
     import benchmarks.own_loop as own_loop_module
-    from conftest import cache_attrs
     from kdcache.cache import write_cache
 
     d = image_data
@@ -304,7 +306,8 @@ def test_own_loop_reuses_a_run_only_for_the_same_test_samples_and_cache_content(
 
 def test_dist_benchmark_runs_in_smoke_mode(tmp_path, data_dir):
     """1 rank vs a 2-rank torchrun job, each dumping and training at a tiny scale (no timing asserts)."""
-    from benchmarks.dist import format_table, main as dist_main
+    from benchmarks.dist import format_table
+    from benchmarks.dist import main as dist_main
 
     out = tmp_path / "dist.json"
     result = dist_main(["--smoke", "--workdir", str(tmp_path / "work"), "--out", str(out), "--data-dir",
@@ -321,11 +324,11 @@ def test_dist_benchmark_runs_in_smoke_mode(tmp_path, data_dir):
 
 def test_gpu_check_comparison_applies_verifys_tolerance(tmp_path, image_data):
     import numpy as np
-
     from conftest import cache_attrs
+
     from benchmarks.gpu_check import compare_caches
     from kdcache.cache import write_cache
-    from kdcache.verify import TOLERANCE
+    from kdcache.jobs.verify import TOLERANCE
 
     d = image_data
     ref = np.random.default_rng(0).normal(0, 8, size=(len(d), 10)).astype(np.float32)
@@ -374,7 +377,8 @@ def test_ddp_step_benchmark_runs_under_torchrun():
 
 def test_folder_benchmark_smoke(tmp_path):
     """benchmarks.folder --smoke: every row and field present with plausible values (no timing thresholds)."""
-    from benchmarks.folder import format_table, main as folder_main
+    from benchmarks.folder import format_table
+    from benchmarks.folder import main as folder_main
 
     out = tmp_path / "folder.json"
     result = folder_main(["--smoke", "--work", str(tmp_path / "work"), "--out", str(out), "--quiet"])

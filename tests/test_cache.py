@@ -1,18 +1,26 @@
 """The cache file: bit-exact round trip, schema read with plain h5py, atomic writes, refusals."""
 import json
+from dataclasses import replace
 
 import h5py
 import numpy as np
 import pytest
 import torch
-from dataclasses import replace
+from conftest import cache_attrs
 
-from conftest import cache_attrs, make_image_data
-from kdcache.cache import (DATASETS, FORMAT_NAME, PLAIN_SCHEMA_VERSION, ROOT_ATTRS, CacheWriter, open_cache,
-                           read_meta, write_cache)
+from kdcache.cache import (
+    DATASETS,
+    FORMAT_NAME,
+    PLAIN_SCHEMA_VERSION,
+    ROOT_ATTRS,
+    CacheWriter,
+    open_cache,
+    read_meta,
+    write_cache,
+)
+from kdcache.cache.targets import TopK
 from kdcache.errors import CacheError
-from kdcache.samples import UNLABELLED
-from kdcache.targets import TopK
+from kdcache.identity import UNLABELLED
 
 
 def load_cache(path):

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from kdcache.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from kdcache.errors import CheckpointError, ConfigError
-from kdcache.models import build_model
+from kdcache.train.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from kdcache.train.models import build_model
 
 CONFIG = {"arch": "student-cnn", "in_channels": 1, "num_classes": 10, "image_size": [28, 28],
           "dataset": "fashion-mnist", "mean": [0.286], "std": [0.353], "class_names": [str(i) for i in range(10)]}
@@ -100,14 +100,14 @@ def modules(tmp_path, monkeypatch):
 
 
 def factory_checkpoint(path, factory, kwargs, model=None):
-    from kdcache.models import ModelSpec
+    from kdcache.train.models import ModelSpec
 
     model = model if model is not None else torch.nn.Linear(2, 2)
     return save_checkpoint(path, model, dict(CONFIG, **ModelSpec(factory=factory, kwargs=kwargs).record()))
 
 
 def test_a_factory_checkpoint_is_rebuilt_only_with_its_factory_named(modules):
-    from kdcache.models import ModelSpec
+    from kdcache.train.models import ModelSpec
 
     spec = ModelSpec(factory="good_factory_mod:build", kwargs={"width": 6})
     model = spec.build(1, 10, (28, 28))
@@ -141,9 +141,9 @@ def test_a_checkpoint_naming_another_callable_is_refused_and_nothing_runs(module
 
 def test_a_torchvision_factory_checkpoint_rebuilds_the_same_model(tmp_path):
     """The record (factory + kwargs) is enough to rebuild resnet18 for the data it was trained on."""
-    from kdcache.checkpoint import model_config
-    from kdcache.models import ModelSpec
-    from kdcache.samples import DatasetInfo
+    from kdcache.identity import DatasetInfo
+    from kdcache.train.checkpoint import model_config
+    from kdcache.train.models import ModelSpec
 
     info = DatasetInfo(name="tiny-rgb", split="train", num_samples=8, class_names=tuple("abcde"), in_channels=3,
                        image_size=(32, 32), mean=(0.5,) * 3, std=(0.25,) * 3, fingerprint="0" * 64)

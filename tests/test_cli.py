@@ -10,10 +10,9 @@ from pathlib import Path
 import h5py
 import pytest
 from click.testing import CliRunner
-
 from conftest import assert_error, run_cli
-from kdcache.cli import main
 
+from kdcache.cli import main
 
 run = run_cli
 REPO = Path(__file__).resolve().parents[1]

@@ -6,7 +6,14 @@ import torch
 
 from kdcache import device as kdevice
 from kdcache.config import PRECISIONS, STUDENT_TRAIN, TEACHER_TRAIN, TrainConfig
-from kdcache.device import autocast, bf16_native, cpu_flags, describe_precision, host_cpu_flags, resolve_precision
+from kdcache.device import (
+    autocast,
+    bf16_native,
+    cpu_flags,
+    describe_precision,
+    host_cpu_flags,
+    resolve_precision,
+)
 from kdcache.errors import ConfigError
 
 CPU = torch.device("cpu")

@@ -7,14 +7,14 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-
 from conftest import cache_attrs, error_lines, make_image_data, run_cli, torchrun
-from kdcache.batches import MemoryBatches, rank_batch_size, rank_slices, rank_steps
+
 from kdcache.cache import write_cache
 from kdcache.config import STUDENT_TRAIN, DataConfig
+from kdcache.data.batches import MemoryBatches, rank_batch_size, rank_slices, rank_steps
+from kdcache.data.streaming import StreamingBatches
 from kdcache.dist import SINGLE, DistContext, current, describe, launched
 from kdcache.errors import CacheError, ConfigError
-from kdcache.streaming import StreamingBatches
 
 # -- the context ---------------------------------------------------------------------------------------
 
@@ -82,7 +82,7 @@ def test_memory_batches_of_two_ranks_make_up_the_one_process_batches():
 
 
 def test_streamed_ranks_take_disjoint_shares_with_equal_step_counts(tmp_path):
-    from kdcache.samples import normalize
+    from kdcache.data.samples import normalize
 
     n = 3000
     data = make_image_data(n=n)
@@ -156,9 +156,9 @@ def test_a_failing_rank_ends_the_job_with_one_line_naming_it(tmp_path, mode, rea
 
 
 def test_ddp_teacher_and_student_train_like_one_process_and_their_checkpoints_load(tmp_path, data_dir):
-    from kdcache.checkpoint import read_checkpoint
-    from kdcache.dump import dump_logits
-    from kdcache.jobs import train_student
+    from kdcache.jobs.dump import dump_logits
+    from kdcache.jobs.training import train_student
+    from kdcache.train.checkpoint import read_checkpoint
 
     teacher = tmp_path / "teacher.pt"
     common = ["--data-dir", data_dir, "--limit", 256, "--eval-limit", 100, "--device", "cpu", "--batch-size", 64]

@@ -9,12 +9,12 @@ import h5py
 import numpy as np
 import pytest
 import torch
-
 from conftest import assert_error, run_cli
+
 from kdcache.cache import open_cache
-from kdcache.targets import TopK
-from kdcache.teacher import TeacherSpec
-from kdcache.verify import verify_cache
+from kdcache.cache.targets import TopK
+from kdcache.jobs.verify import verify_cache
+from kdcache.train.teacher import TeacherSpec
 
 N = 200
 
@@ -137,7 +137,7 @@ def test_ensembles_with_topk_members_are_refused_in_one_line(caches, data_dir, t
 
 
 def test_dump_reuses_only_the_same_topk(caches, teacher_ckpt, data_dir, tmp_path):
-    from kdcache.dump import dump_logits
+    from kdcache.jobs.dump import dump_logits
 
     out = _copy(caches[1], tmp_path / "again.h5")
     kw = dict(limit=N, data_dir=str(data_dir), reuse=True)
@@ -181,7 +181,7 @@ def test_dump_records_the_resolved_precision(tmp_path, teacher_ckpt, data_dir, m
     """--precision auto runs bf16 only where native; the cache and its reuse request say which, never auto."""
     from kdcache import device
     from kdcache.cache import read_meta
-    from kdcache.dump import dump_logits
+    from kdcache.jobs.dump import dump_logits
 
     monkeypatch.setattr(device, "bf16_native", lambda d: native)
     r = dump_logits(teacher_ckpt, tmp_path / "c.h5", data_dir=data_dir, limit=50, device="cpu", precision="auto")

@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-
 from conftest import assert_error, cache_attrs
+
 from kdcache.cache import open_cache, write_cache
-from kdcache.checkpoint import read_checkpoint
+from kdcache.cache.ensemble import check_members, combine_logits
 from kdcache.cli import main
-from kdcache.data import load_dataset
-from kdcache.ensemble import check_members, combine_logits
+from kdcache.data.datasets import load_dataset
 from kdcache.errors import CacheError, ConfigError
+from kdcache.train.checkpoint import read_checkpoint
 
 N = 150
 
@@ -32,7 +32,7 @@ def test_mean_probs_pseudo_logits_reproduce_the_mean_of_probabilities(T, scale):
     assert torch.allclose(got, mean_p, rtol=1e-5, atol=1e-7)
     # the target is what kd_loss sees: KL against it equals KL against the mean distribution
     s = torch.randn(64, 10)
-    from kdcache.loss import soft_loss
+    from kdcache.train.loss import soft_loss
     ref = (mean_p * (mean_p.log() - (s.double() / T).log_softmax(1))).sum(1).mean() * T * T
     assert soft_loss(s, target, T).item() == pytest.approx(ref.item(), rel=1e-4, abs=1e-6)
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import cache_attrs
+
 from kdcache.cache import write_cache
-from kdcache.data import load_dataset
+from kdcache.data.datasets import load_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 

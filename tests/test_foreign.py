@@ -1,20 +1,27 @@
-"""dump_logits with a user's own nn.Module and map-style Dataset (kdcache.foreign)."""
+"""dump_logits with a user's own nn.Module and map-style Dataset (kdcache.jobs.foreign)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from conftest import assert_error, make_photo_folder, run_cli
 from torch import nn
 from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
-from torchvision.transforms import CenterCrop, Compose, Normalize, PILToTensor, Resize, ToTensor
+from torchvision.transforms import (
+    CenterCrop,
+    Compose,
+    Normalize,
+    PILToTensor,
+    Resize,
+    ToTensor,
+)
 
 import kdcache
-from conftest import assert_error, make_photo_folder, run_cli
-from kdcache.data import load_dataset
+from kdcache.data.datasets import load_dataset
+from kdcache.data.folders import IMAGENET_MEAN, IMAGENET_STD
+from kdcache.data.samples import normalize
 from kdcache.errors import ConfigError, DataError, KDCacheError
-from kdcache.imagefolder import IMAGENET_MEAN, IMAGENET_STD
-from kdcache.samples import normalize
 
 
 def small_model(classes: int = 3, channels: int = 3) -> nn.Module:
@@ -156,7 +163,7 @@ def test_cli_dataset_factory(folder, tmp_path, monkeypatch):
 def test_a_checkpoint_teacher_gets_float_images_as_the_dataset_returns_them(teacher_ckpt, tmp_path):
     """`dump-logits --teacher CKPT --dataset-factory` standardised float images a second time, with the
     checkpoint's mean/std (a new user's ToTensor()+Normalize factory: 45% agreement instead of 66%)."""
-    from kdcache.checkpoint import load_checkpoint
+    from kdcache.train.checkpoint import load_checkpoint
 
     names = torch.load(teacher_ckpt, weights_only=True)["config"]["class_names"]
 

@@ -7,10 +7,18 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-
 from conftest import cache_attrs, make_image_data
-from kdcache.cache import (DATASETS, FORMAT_NAME, LOGIT_DTYPES, PLAIN_SCHEMA_VERSION, ROOT_ATTRS, SCHEMA_VERSION,
-                           read_meta, write_cache)
+
+from kdcache.cache import (
+    DATASETS,
+    FORMAT_NAME,
+    LOGIT_DTYPES,
+    PLAIN_SCHEMA_VERSION,
+    ROOT_ATTRS,
+    SCHEMA_VERSION,
+    read_meta,
+    write_cache,
+)
 from kdcache.errors import CacheError
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "cache-format.md"
@@ -119,7 +127,7 @@ def test_hdf5_command_line_tools_read_the_layout(written):
 
 
 def test_every_shard_attribute_is_documented(doc):
-    from kdcache.shards import SHARD_ATTRS
+    from kdcache.cache.shards import SHARD_ATTRS
 
     rows = table_rows(doc, "shard attribute")
     assert set(rows) == set(SHARD_ATTRS)

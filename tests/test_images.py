@@ -1,13 +1,20 @@
-"""kdcache.images: the input transform is torchvision's evaluation transform, for files of every mode."""
+"""kdcache.data.images: the input transform is torchvision's evaluation transform, for files of every mode."""
 import numpy as np
 import pytest
 import torch
+from conftest import make_photo_folder, save_image
 from PIL import Image
 from torchvision import transforms
 
-from conftest import make_photo_folder, save_image
+from kdcache.data.images import (
+    ConcatImages,
+    FileImages,
+    InputTransform,
+    concat,
+    open_image,
+    subset,
+)
 from kdcache.errors import ConfigError, DataError
-from kdcache.images import ConcatImages, FileImages, InputTransform, concat, open_image, subset
 
 
 @pytest.mark.parametrize("size,wh", [(16, (40, 23)), (16, (23, 40)), (32, (32, 32)), (24, (300, 90)), (16, (10, 7))])

@@ -1,18 +1,18 @@
-"""kdcache.loader: index batches through a DataLoader, in order, from memory or from files in workers."""
+"""kdcache.data.loader: index batches through a DataLoader, in order, from memory or from files in workers."""
 import pytest
 import torch
-
 from conftest import make_photo_folder
+
+from kdcache.data.images import FileImages, InputTransform
+from kdcache.data.loader import available_cpus, image_batches, resolve_workers
 from kdcache.errors import ConfigError, DataError
-from kdcache.images import FileImages, InputTransform
-from kdcache.loader import available_cpus, image_batches, resolve_workers
 
 
 def test_default_workers_follow_the_cpus_for_files_only(monkeypatch):
-    monkeypatch.setattr("kdcache.loader.available_cpus", lambda: 12)
+    monkeypatch.setattr("kdcache.data.loader.available_cpus", lambda: 12)
     files = FileImages(".", ["a.jpg"], InputTransform(16))
     assert resolve_workers(None, files) == 8 and resolve_workers(None, torch.zeros(1, 1, 2, 2)) == 0
-    monkeypatch.setattr("kdcache.loader.available_cpus", lambda: 2)
+    monkeypatch.setattr("kdcache.data.loader.available_cpus", lambda: 2)
     assert resolve_workers(None, files) == 2 and resolve_workers(3, files) == 3 and resolve_workers(0, files) == 0
     with pytest.raises(ConfigError, match="--workers -1"):
         resolve_workers(-1, files)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from kdcache.errors import ConfigError
-from kdcache.loss import kd_loss
+from kdcache.train.loss import kd_loss
 
 
 def reference_kd(s, t, y, T, alpha):
@@ -167,7 +167,7 @@ def reference_topk_kd(s, teacher, y, T, alpha):
 
 @pytest.fixture
 def topk_batch():
-    from kdcache.targets import TopK
+    from kdcache.cache.targets import TopK
 
     g = torch.Generator().manual_seed(1)
     s = torch.randn(6, 40, generator=g, dtype=torch.float64) * 3
@@ -186,7 +186,7 @@ def test_topk_loss_matches_reference(topk_batch, T, alpha):
 
 
 def test_topk_loss_and_gradients_at_k_equal_c_are_the_full_ones(batch):
-    from kdcache.targets import TopK
+    from kdcache.cache.targets import TopK
 
     s, t, y = batch
     teacher = TopK.encode(t.float().numpy(), 10)
@@ -280,7 +280,7 @@ def reference_spread_kd(s, teacher, y, T, alpha):
 def test_spread_exact_value_on_a_hand_made_row():
     """Teacher p = (0.5, 0.3, 0.15, 0.05) at T = 1, top-2: the rebuilt target is (0.5, 0.3, 0.1, 0.1); a uniform
     student q = 1/4 gives KL = 0.5 ln 2 + 0.3 ln 1.2 + 0.2 ln 0.4."""
-    from kdcache.targets import TopK
+    from kdcache.cache.targets import TopK
 
     z = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()
     teacher = TopK.encode(z, 2)
@@ -309,7 +309,7 @@ def test_spread_loss_matches_dense_reference(topk_batch, T, alpha):
 
 def test_spread_matches_dense_probs(topk_batch):
     """The loss's target is TopK.dense_probs: KL(dense_probs ‖ q), computed in float64 by hand."""
-    from kdcache.loss import spread_logits
+    from kdcache.train.loss import spread_logits
 
     s, teacher, y = topk_batch
     for T in (1.0, 3.0):
@@ -322,7 +322,7 @@ def test_spread_matches_dense_probs(topk_batch):
 
 
 def test_spread_at_k_equal_c_is_the_full_loss_and_gradient(batch):
-    from kdcache.targets import TopK
+    from kdcache.cache.targets import TopK
 
     s, t, y = batch
     teacher = TopK.encode(t.float().numpy(), 10)

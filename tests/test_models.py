@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from kdcache.errors import ConfigError
-from kdcache.models import ARCHS, build_model, count_parameters
+from kdcache.train.models import ARCHS, build_model, count_parameters
 
 
 def test_parameter_counts_match_the_design():
@@ -70,7 +70,7 @@ def factories(tmp_path, monkeypatch):
 
 
 def test_a_factory_gets_its_kwargs_and_the_data_shape(factories):
-    from kdcache.models import ModelSpec
+    from kdcache.train.models import ModelSpec
 
     spec = ModelSpec(factory=f"{factories}:build", kwargs={"width": 8})
     model = spec.build(in_channels=1, num_classes=7, image_size=(28, 28))
@@ -89,7 +89,7 @@ def test_a_factory_gets_its_kwargs_and_the_data_shape(factories):
     ("missing", {}, "has no function 'missing'"),
 ])
 def test_factory_problems_are_one_line_config_errors(factories, factory, kwargs, needle):
-    from kdcache.models import ModelSpec
+    from kdcache.train.models import ModelSpec
 
     with pytest.raises(ConfigError) as e:
         ModelSpec(factory=f"{factories}:{factory}", kwargs=kwargs).build(1, 7, (28, 28))
@@ -97,7 +97,7 @@ def test_factory_problems_are_one_line_config_errors(factories, factory, kwargs,
 
 
 def test_kwargs_are_json_and_only_for_factories():
-    from kdcache.models import ModelSpec, parse_kwargs
+    from kdcache.train.models import ModelSpec, parse_kwargs
 
     assert parse_kwargs('{"width": 32, "drop": 0.1, "name": "a"}') == {"width": 32, "drop": 0.1, "name": "a"}
     assert parse_kwargs(None) == {} and parse_kwargs("") == {}
@@ -144,7 +144,7 @@ def kwargs_factories(tmp_path, monkeypatch):
 @pytest.mark.parametrize("builder", ["resnet18", "mobilenet_v3_small"])
 def test_torchvision_builders_work_as_factories_unchanged(builder):
     """Their **kwargs reach a class without in_channels/image_size; num_classes still comes from the data."""
-    from kdcache.models import ModelSpec
+    from kdcache.train.models import ModelSpec
 
     for option in ("--student-factory", "--teacher-factory"):
         torch.manual_seed(0)
@@ -153,7 +153,7 @@ def test_torchvision_builders_work_as_factories_unchanged(builder):
 
 
 def test_teacher_factory_path_builds_a_torchvision_model():
-    from kdcache.models import build_from_factory
+    from kdcache.train.models import build_from_factory
 
     model = build_from_factory("torchvision.models:resnet18", num_classes=5, in_channels=3, image_size=(32, 32))
     assert model.fc.out_features == 5 and model.conv1.in_channels == 3
@@ -162,7 +162,7 @@ def test_teacher_factory_path_builds_a_torchvision_model():
 def test_only_explicitly_named_automatic_args_are_passed_and_null_leaves_one_out(kwargs_factories):
     import sys
 
-    from kdcache.models import ModelSpec
+    from kdcache.train.models import ModelSpec
 
     model = ModelSpec(factory=f"{kwargs_factories}:only_kwargs").build(3, 5, (32, 32))
     assert model[-1].out_features == 5  # num_classes through **kwargs, in_channels/image_size not
@@ -179,7 +179,7 @@ def test_only_explicitly_named_automatic_args_are_passed_and_null_leaves_one_out
 def test_a_factory_that_refuses_an_automatic_arg_says_how_to_leave_it_out(kwargs_factories, tmp_path):
     (tmp_path / "team_no_classes_m.py").write_text(
         "from torch import nn\n\ndef build(**kwargs):\n    return nn.Linear(2, 2, **kwargs)\n")
-    from kdcache.models import ModelSpec
+    from kdcache.train.models import ModelSpec
 
     with pytest.raises(ConfigError) as e:
         ModelSpec(factory="team_no_classes_m:build").build(1, 5, (28, 28))
@@ -188,7 +188,7 @@ def test_a_factory_that_refuses_an_automatic_arg_says_how_to_leave_it_out(kwargs
 
 
 def test_a_channel_mismatch_is_one_line_that_says_what_to_do():
-    from kdcache.models import ModelSpec
+    from kdcache.train.models import ModelSpec
 
     with pytest.raises(ConfigError) as e:
         ModelSpec(factory="torchvision.models:resnet18").build(1, 5, (32, 32))

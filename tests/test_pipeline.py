@@ -1,11 +1,10 @@
 import json
 
 import torch
-
 from click.testing import CliRunner
 
 from kdcache.cli import main
-from kdcache.pipeline import format_table, run_pipeline
+from kdcache.experiments.pipeline import format_table, run_pipeline
 
 
 def test_pipeline_runs_then_reuses(tmp_path, data_dir):
@@ -15,14 +14,13 @@ def test_pipeline_runs_then_reuses(tmp_path, data_dir):
     stages = [r["stage"] for r in first["rows"]]
     assert stages == ["teacher", "dump-logits", "student, labels only (alpha 0)", "student, KD T=4 alpha=0.5",
                       "student, 50 labels only (alpha 0)", "student, 50 labels + 150 unlabelled, KD T=4 alpha=0.9"]
-    import torch
     alone, mixed = (torch.load(tmp_path / "runs" / f"student-50-labels{s}.pt", weights_only=True)["config"]
                     for s in ("", "-transfer"))
     assert (alone["num_train_samples"], alone["epochs"], alone["alpha"]) == (50, 2, 0.0)
     assert (mixed["num_labelled"], mixed["num_unlabelled"], mixed["request"]["labels_limit"]) == (50, 150, 50)
     assert all(not r["reused"] for r in first["rows"])
     # the table's accuracies are the checkpoints' own, re-evaluated from the files on the same 200 test images
-    from kdcache.jobs import evaluate_checkpoint
+    from kdcache.jobs.training import evaluate_checkpoint
     files = ["teacher", None, "student-baseline", "student-distilled", "student-50-labels", "student-50-labels-transfer"]
     for row, name in zip(first["rows"], files):
         if name is not None:

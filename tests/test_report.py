@@ -3,13 +3,13 @@ import json
 
 import matplotlib.image
 import pytest
+from click.testing import CliRunner
 
 from kdcache.cli import main
 from kdcache.errors import ConfigError
-from kdcache.report import gap_closed, summarize, write_report
-from kdcache.results import RESULTS_FORMAT
-from kdcache.sweep import RunSpec
-from click.testing import CliRunner
+from kdcache.experiments.report import gap_closed, summarize, write_report
+from kdcache.experiments.results import RESULTS_FORMAT
+from kdcache.experiments.sweep import RunSpec
 
 
 def row(limit, t, alpha, seed, acc, epochs=2):

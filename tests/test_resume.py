@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from conftest import assert_error, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -155,7 +154,7 @@ def test_sigterm_during_dump_logits_removes_its_temp_file(tmp_path, data_dir, te
 
 def test_a_torchrun_job_killed_after_an_epoch_resumes_to_the_same_weights(tmp_path, data_dir):
     """Under torchrun rank 0 writes the state and every rank loads it: the job ends where an unbroken one does."""
-    from conftest import finish_job, torchrun
+    from conftest import torchrun
 
     command = ["train-student", "--data-dir", data_dir, "--limit", 2048, "--eval-limit", 100, "--epochs", 3,
                "--batch-size", 32, "--alpha", 0, "-q"]
@@ -196,7 +195,7 @@ def children(pid: int) -> list[int]:
 
 def test_sigterm_after_the_last_epoch_still_points_at_the_state(tmp_path, data_dir, monkeypatch):
     """Stopped during the final evaluation (every epoch saved): the message still says how to go on."""
-    import kdcache.jobs as jobs
+    import kdcache.jobs.training as jobs
 
     def stopped(*a, **k):
         raise KeyboardInterrupt()

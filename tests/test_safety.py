@@ -11,11 +11,11 @@ import h5py
 import pytest
 import torch
 from click.testing import CliRunner
-
 from conftest import assert_error
-from kdcache.checkpoint import save_checkpoint
+
 from kdcache.cli import main
-from kdcache.models import build_model
+from kdcache.train.checkpoint import save_checkpoint
+from kdcache.train.models import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,8 +73,9 @@ def test_malicious_checkpoint_is_refused_not_run(evil, tmp_path, monkeypatch, da
 
 def _small_cache(path, data_dir):
     from conftest import cache_attrs
+
     from kdcache.cache import write_cache
-    from kdcache.data import load_dataset
+    from kdcache.data.datasets import load_dataset
 
     d = load_dataset("fashion-mnist", "train", data_dir, limit=20)
     return write_cache(path, torch.zeros(20, 10), d.labels, d.indices, d.sample_ids, cache_attrs(d.info))
@@ -188,14 +189,15 @@ def test_disk_full_during_dump_is_one_error_line_and_leaves_nothing(tmp_path, da
     The up-front check is switched off, as if the space were used up by someone else after it passed.
     """
     from conftest import cache_attrs
+
     from kdcache.cache import read_meta, write_cache
-    from kdcache.data import load_dataset
+    from kdcache.data.datasets import load_dataset
 
     out = tiny_disk / "c.h5"
     d = load_dataset("fashion-mnist", "train", data_dir, limit=16)
     write_cache(out, torch.zeros(16, 10), d.labels, d.indices, d.sample_ids, cache_attrs(d.info))
     before = out.read_bytes()
-    skip_check = ("import sys, kdcache.dump; kdcache.dump.check_free_space = lambda *a, **k: None; "
+    skip_check = ("import sys, kdcache.jobs.dump; kdcache.jobs.dump.check_free_space = lambda *a, **k: None; "
                   "from kdcache.cli import main; main(sys.argv[1:], prog_name='kdcache')")
     args = [sys.executable, "-c", skip_check, "dump-logits", "--teacher", str(_fast_teacher(tmp_path)),
             "--out", str(out), "--overwrite", "--split", "test", "--data-dir", str(data_dir), "--device", "cpu", "-q"]

@@ -7,14 +7,29 @@ import h5py  # the test corrupts a chunk on purpose; kdcache itself reads HDF5 o
 import numpy as np
 import pytest
 import torch
+from conftest import (
+    cache_attrs,
+    error_lines,
+    finish_job,
+    free_port,
+    make_image_data,
+    torchrun,
+)
 
-from conftest import cache_attrs, error_lines, finish_job, free_port, make_image_data, torchrun
 from kdcache.cache import CacheWriter, LogitCache, open_cache, write_cache
 from kdcache.cache.schema import SHARD_FORMAT
-from kdcache.dump import dump_logits
+from kdcache.cache.shards import (
+    SHARD_ATTRS,
+    assemble,
+    prepare_shard,
+    remove_shards,
+    row_ranges,
+    shard_attrs,
+    shard_path,
+    shard_request,
+)
 from kdcache.errors import CacheError
-from kdcache.shards import (SHARD_ATTRS, assemble, prepare_shard, remove_shards, row_ranges, shard_attrs,
-                            shard_path, shard_request)
+from kdcache.jobs.dump import dump_logits
 
 REQUEST = {"teacher_sha256": "a" * 64, "dataset": "synthetic", "num_samples": 40, "topk": 0}
 

@@ -82,3 +82,57 @@ def test_the_public_api_is_lazy_and_documented():
     for name in ("open_cache", "LogitCache", "CachedDataset", "StreamedCachedDataset", "collate", "kd_loss", "TopK",
                  "train_student", "evaluate_checkpoint", "dump_logits", "KDCacheError", "CacheError"):
         assert name in kdcache.__all__ and name in dir(kdcache), name
+
+
+# The floors, bottom first: a module may import its own floor and the floors below, never one above.
+LAYERS = ("basics", "kdcache.cache", "kdcache.data", "kdcache.train", "kdcache.jobs", "kdcache.experiments",
+          "kdcache.cli")
+BASICS = {"kdcache.errors", "kdcache.config", "kdcache.files", "kdcache.device", "kdcache.dist", "kdcache.progress",
+          "kdcache.identity"}
+
+
+def floor(module: str) -> int | None:
+    if module in BASICS:
+        return 0
+    for i, pkg in enumerate(LAYERS[1:], 1):
+        if module == pkg or module.startswith(pkg + "."):
+            return i
+    return None  # kdcache itself (lazy re-exports) and __main__
+
+
+def test_the_package_tree_is_the_layers():
+    """Every module lives on a floor, and imports only downward between floors (the cache format never sees data)."""
+    g = graph()
+    homeless = sorted(m for m in g if floor(m) is None and m not in ("kdcache", "kdcache.__main__"))
+    assert homeless == [], f"modules on no floor: {homeless}"
+    upward = sorted((m, d) for m in g for d in g[m]
+                    if floor(m) is not None and floor(d) is not None and floor(d) > floor(m))
+    assert upward == [], f"imports that run upward: {upward}"
+
+
+def test_one_name_per_module():
+    """No two modules share a file name in different places (one name per concept)."""
+    names = [p.stem for p in PKG.rglob("*.py") if p.stem not in ("__init__", "__main__")]
+    assert sorted({n for n in names if names.count(n) > 1}) == []
+
+
+def test_the_readme_module_map_is_the_tree():
+    """The README's module map names every module in the package it lives in, and nothing else."""
+    import re
+
+    text = (PKG.parent / "README.md").read_text()
+    block = text[text.index("```\nkdcache/"):]
+    block = block[:block.index("```", 4)]
+    listed, package = set(), ""
+    for line in block.splitlines()[2:]:
+        if not line.startswith("  "):
+            break  # benchmarks/, docs/, ...: outside the package
+        m = re.match(r"  (\w+)/", line)
+        if m:
+            package = m.group(1) + "/"
+            continue
+        if re.match(r"  \w", line):  # a top-level module line
+            package = ""
+        listed |= {package + name + ".py" for name in re.findall(r"\b(\w+)\.py\b", line)}
+    actual = {p.relative_to(PKG).as_posix() for p in PKG.rglob("*.py") if p.stem not in ("__init__", "__main__")}
+    assert (sorted(actual - listed), sorted(listed - actual)) == ([], [])

@@ -4,15 +4,12 @@ import json
 
 import matplotlib.image
 import pytest
-from click.testing import CliRunner
-
 from conftest import run_cli
-from kdcache.cache import read_meta
-from kdcache.cli import main
-from kdcache.errors import ConfigError
-from kdcache.results import load_results
-from kdcache.sweep import RunSpec, SweepGrid, parse_numbers
 
+from kdcache.cache import read_meta
+from kdcache.errors import ConfigError
+from kdcache.experiments.results import load_results
+from kdcache.experiments.sweep import RunSpec, SweepGrid, parse_numbers
 
 run = run_cli
 
@@ -170,7 +167,7 @@ def test_runspec_conditions_and_options_make_distinct_keys():
 
 def test_explicit_runs_with_options_and_a_validation_split(cache, data_dir, tmp_path):
     from kdcache.config import DataConfig, TrainConfig
-    from kdcache.sweep import run_sweep
+    from kdcache.experiments.sweep import run_sweep
 
     specs = [RunSpec.make(200, None, 0.0, 0, 1, "plain"), RunSpec.make(200, 4.0, 0.9, 0, 1, "ensemble",
                                                                        caches=[str(cache), str(cache)])]
@@ -194,7 +191,7 @@ def test_resume_refuses_runs_whose_option_caches_were_dumped_again(cache, data_d
     import shutil
 
     from kdcache.config import DataConfig, TrainConfig
-    from kdcache.sweep import run_sweep
+    from kdcache.experiments.sweep import run_sweep
 
     mine = tmp_path / "mine.h5"
     shutil.copy(cache, mine)
@@ -214,7 +211,7 @@ def test_sweep_records_auto_precision_resolved(cache, data_dir, tmp_path, monkey
     """A table made with auto records what ran: resumable with that value, refused where auto means the other."""
     from kdcache import device
     from kdcache.config import DataConfig, TrainConfig
-    from kdcache.sweep import run_sweep
+    from kdcache.experiments.sweep import run_sweep
 
     specs = [RunSpec.make(200, None, 0.0, 0, 1, "plain")]
     kw = dict(data_cfg=DataConfig(data_dir=str(data_dir), eval_limit=100), report=False)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from kdcache.targets import TopK, as_numpy
+from kdcache.cache.targets import TopK, as_numpy
 
 
 def reference_encode(row: np.ndarray, k: int) -> tuple[list[float], list[int], float, float]:
@@ -161,7 +161,7 @@ def test_the_format_docs_reader_code_rebuilds_what_kdcache_does():
 
 def test_stack_joins_single_rows_with_every_array(logits):
     """What a DataLoader collate needs: per-sample TopK rows back into a batch, the T=2 statistic included."""
-    from kdcache.targets import stack
+    from kdcache.cache.targets import stack
 
     t = TopK.encode(torch.from_numpy(logits), 3)
     batch = stack([t[i] for i in (4, 0, 9)])

@@ -15,19 +15,20 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import assert_error, cache_attrs, make_image_data, run_cli
 from PIL import Image
 
-from conftest import assert_error, cache_attrs, make_image_data, run_cli
-from kdcache.images import InputTransform, file_digest
 from kdcache.cache import open_cache, write_cache
-from kdcache.checkpoint import model_config, save_checkpoint
+from kdcache.cache.ensemble import combine_logits
 from kdcache.config import STUDENT_TRAIN, DataConfig
-from kdcache.data import load_dataset
-from kdcache.ensemble import combine_logits
-from kdcache.errors import ConfigError, DataError
-from kdcache.jobs import train_student
-from kdcache.models import build_model
-from kdcache.samples import UNLABELLED, fingerprint_for, normalize, sample_ids_for
+from kdcache.data.datasets import load_dataset
+from kdcache.data.images import InputTransform, file_digest
+from kdcache.data.samples import normalize
+from kdcache.errors import DataError
+from kdcache.identity import UNLABELLED, fingerprint_for, sample_ids_for
+from kdcache.jobs.training import train_student
+from kdcache.train.checkpoint import model_config, save_checkpoint
+from kdcache.train.models import build_model
 
 run = run_cli
 LABELLED_ROWS = 300
@@ -223,7 +224,7 @@ def test_a_labelled_dataset_of_other_classes_is_a_transfer_set_with_no_labels(wo
 def test_every_batch_mixes_labelled_and_transfer_rows_with_their_own_targets(world, monkeypatch, how):
     """train_student's own batch source, captured: each image meets its own teacher targets and label (-1 for
     transfer rows), transfer images are normalised like the labelled ones, every row once per epoch, mixed."""
-    import kdcache.jobs as jobs
+    import kdcache.jobs.training as jobs
 
     captured = []
     monkeypatch.setattr(jobs, "fit", lambda model, batches, *a, **k: captured.extend(batches) or [])
@@ -272,7 +273,7 @@ def relabelled(data, labels):
 def test_unlabelled_rows_never_reach_the_cross_entropy(tmp_path, monkeypatch):
     """Wrong labels on the rows after --labels-limit give the very same losses and weights through train_student's
     real data path (alignment, masking, batches, kd_loss, optimiser); on labelled rows they change both."""
-    import kdcache.jobs as jobs
+    import kdcache.jobs.training as jobs
 
     truth = make_image_data(n=64, seed=1)
     wrong = relabelled(truth, torch.where(torch.arange(64) >= 24, (truth.labels + 3) % 10, truth.labels))
@@ -344,9 +345,9 @@ def test_transfer_caches_of_other_data_teachers_or_splits_are_refused(world, tmp
 def test_transfer_rows_replay_their_own_stored_views(world, tmp_path, monkeypatch, how):
     """Caches with augmentation views compose: every row, labelled or transfer, shows one of its own stored views
     and carries that view's logits; a transfer cache without the labelled cache's views is refused."""
-    import kdcache.jobs as jobs
-    from kdcache.augment import policy_from_record
-    from kdcache.samples import standardize, to_unit
+    import kdcache.jobs.training as jobs
+    from kdcache.data.augment import policy_from_record
+    from kdcache.data.samples import standardize, to_unit
 
     lab, unl = tmp_path / "lab-views.h5", tmp_path / "unl-views.h5"
     views = ["--views", 2, "--augment", "shift-flip", "--view-seed", 5]

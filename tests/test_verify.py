@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-
 from conftest import assert_error, cache_attrs
+
+from kdcache.cache.info import cache_info, softmax_entropy
 from kdcache.cli import main
-from kdcache.data import load_dataset
-from kdcache.info import cache_info, softmax_entropy
-from kdcache.verify import verify_cache
+from kdcache.data.datasets import load_dataset
+from kdcache.jobs.verify import verify_cache
 
 N = 200
 
@@ -100,7 +100,7 @@ def test_verify_without_data_skips_alignment_and_passes(dumped):
                                               (("--precision", "bf16"), "bf16 teacher tolerance")])
 def test_verify_float16_and_bf16_dumps_within_their_tolerance(tmp_path, teacher_ckpt, data_dir, flags, tolerance):
     """A float16 cache or a bf16 dump passes the fp32 teacher re-run under its own, recorded, wider tolerance."""
-    from kdcache.verify import BF16_TOLERANCE, TOLERANCE, tolerance_for
+    from kdcache.jobs.verify import BF16_TOLERANCE, TOLERANCE, tolerance_for
 
     out = tmp_path / "h.h5"
     assert run("dump-logits", "--teacher", teacher_ckpt, "--out", out, "--limit", N, "--data-dir", data_dir,
@@ -112,7 +112,7 @@ def test_verify_float16_and_bf16_dumps_within_their_tolerance(tmp_path, teacher_
 
 
 def _spec(ckpt):
-    from kdcache.teacher import TeacherSpec
+    from kdcache.train.teacher import TeacherSpec
 
     return TeacherSpec(checkpoint=str(ckpt))
 

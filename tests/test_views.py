@@ -9,22 +9,27 @@ import h5py
 import numpy as np
 import pytest
 import torch
-
 from conftest import assert_error, cache_attrs, make_image_data, run_cli
-from kdcache.augment import ShiftFlip, ViewPlan, parse_policy, sample_views, view_record, view_schedule
-from kdcache.batches import Batch, MemoryBatches
+
 from kdcache.cache import SCHEMA_VERSION, open_cache, write_cache
-from kdcache.checkpoint import read_checkpoint
+from kdcache.cache.targets import TopK, as_tensors
 from kdcache.config import DataConfig, TrainConfig
-from kdcache.data import load_dataset
-from kdcache.jobs import distillation_loss, train_student, train_teacher
-from kdcache.models import build_model
-from kdcache.streaming import StreamingBatches
-from kdcache.samples import ImageData, batch_order, normalize, standardize, to_unit
-from kdcache.targets import TopK, as_tensors
-from kdcache.train import fit
-from kdcache.verify import verify_cache
-from kdcache.views import student_views
+from kdcache.data.augment import (
+    ShiftFlip,
+    sample_views,
+    view_record,
+    view_schedule,
+)
+from kdcache.data.batches import Batch, MemoryBatches
+from kdcache.data.datasets import load_dataset
+from kdcache.data.samples import ImageData, batch_order, normalize, standardize, to_unit
+from kdcache.data.streaming import StreamingBatches
+from kdcache.data.views import student_views
+from kdcache.jobs.training import distillation_loss, train_student, train_teacher
+from kdcache.jobs.verify import verify_cache
+from kdcache.train.checkpoint import read_checkpoint
+from kdcache.train.loop import fit
+from kdcache.train.models import build_model
 
 N, V = 64, 3
 
@@ -80,7 +85,7 @@ def test_layout_and_attributes_match_the_format_document(views_cache, fmnist):
 def test_the_format_document_lists_every_policy_and_its_parameters():
     from pathlib import Path
 
-    from kdcache.augment import POLICIES, VIEW_BLOCK
+    from kdcache.data.augment import POLICIES, VIEW_BLOCK
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "cache-format.md").read_text()
     for name, cls in POLICIES.items():
@@ -119,7 +124,7 @@ def replay_sources(cache_path, data, batch_size=16, seed=0, cache_views=None):
 
 
 def test_replay_is_exact_the_teacher_on_each_batch_gives_its_targets(views_cache, teacher_ckpt, fmnist):
-    from kdcache.checkpoint import load_checkpoint
+    from kdcache.train.checkpoint import load_checkpoint
 
     teacher, _ = load_checkpoint(teacher_ckpt)
     memory, stream, record = replay_sources(views_cache, fmnist)
@@ -231,7 +236,7 @@ def test_other_view_refusals(views_cache, plain_cache, data_dir, tmp_path):
 
 
 def test_a_tampered_view_parameter_fails_verify_teacher(views_cache, teacher_ckpt, data_dir, tmp_path):
-    from kdcache.teacher import TeacherSpec
+    from kdcache.train.teacher import TeacherSpec
 
     spec = TeacherSpec(checkpoint=str(teacher_ckpt))
     ok = verify_cache(views_cache, data_dir=str(data_dir), teacher=spec, sample=N)
@@ -249,7 +254,7 @@ def test_a_tampered_view_parameter_fails_verify_teacher(views_cache, teacher_ckp
 
 
 def test_verify_refuses_parameters_that_are_no_view(views_cache, teacher_ckpt, data_dir, tmp_path):
-    from kdcache.teacher import TeacherSpec
+    from kdcache.train.teacher import TeacherSpec
 
     bad = shutil.copy(views_cache, tmp_path / "o.h5")
     with h5py.File(bad, "r+") as f:

@@ -11,11 +11,22 @@ from typing import Any, Iterator, Sequence
 import h5py
 import numpy as np
 
-from ..errors import CacheError
-from ..samples import UNLABELLED, DatasetInfo
-from ..targets import Targets, TopK
-from .schema import (DATASETS, FORMAT_NAME, MAX_ABS_LOGIT, REDUMP, TARGET_DATASETS, CacheMeta, check_values,
-                     class_id_dtype, content_hash, meta_from, open_h5)
+from kdcache.cache.schema import (
+    DATASETS,
+    FORMAT_NAME,
+    MAX_ABS_LOGIT,
+    REDUMP,
+    TARGET_DATASETS,
+    CacheMeta,
+    check_values,
+    class_id_dtype,
+    content_hash,
+    meta_from,
+    open_h5,
+)
+from kdcache.cache.targets import Targets, TopK
+from kdcache.errors import CacheError
+from kdcache.identity import UNLABELLED, DatasetInfo
 
 
 def read_meta(path: str | os.PathLike) -> CacheMeta:
@@ -44,7 +55,7 @@ class LogitCache:
     """An open cache file: typed metadata, the index columns, soft targets by row, block reads, and ``align``.
 
     Not shared across processes: h5py handles must not cross a fork, so code that reads in
-    DataLoader workers opens its own ``LogitCache`` in each worker (kdcache.reader does).
+    DataLoader workers opens its own ``LogitCache`` in each worker (kdcache.cache.stream does).
     """
 
     def __init__(self, path: str | os.PathLike, *, rdcc_nbytes: int | None = None, file_format: str = FORMAT_NAME):

@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 import torch
 
-from ..errors import CacheError
+from kdcache.errors import CacheError
 
 FORMAT_NAME = "kdcache-logits"
 SHARD_FORMAT = "kdcache-shard"  # a part of a cache written by one rank of a distributed dump; never trained from
@@ -200,7 +200,7 @@ class CacheMeta:
 
     @property
     def input_transform(self) -> dict[str, Any] | None:
-        """How image files became the teacher's input (kdcache.images.InputTransform.record), or None."""
+        """How image files became the teacher's input (kdcache.data.images.InputTransform.record), or None."""
         text = self.attrs.get("input_transform") or ""
         return json.loads(text) if text else None
 

@@ -12,12 +12,23 @@ from typing import Any, Mapping
 import h5py
 import numpy as np
 
-from ..errors import CacheError, ConfigError, StorageError
-from ..files import disk_full_message, replace_durably, temp_path_for
-from ..samples import UNLABELLED
-from ..targets import Targets, TopK
-from .schema import (FORMAT_NAME, INDEX_DATASETS, LOGIT_DTYPES, PLAIN_SCHEMA_VERSION, ROOT_ATTRS, SCHEMA_VERSION,
-                     _to_numpy, check_values, chunk_rows_for, class_id_dtype, content_hash)
+from kdcache.cache.schema import (
+    FORMAT_NAME,
+    INDEX_DATASETS,
+    LOGIT_DTYPES,
+    PLAIN_SCHEMA_VERSION,
+    ROOT_ATTRS,
+    SCHEMA_VERSION,
+    _to_numpy,
+    check_values,
+    chunk_rows_for,
+    class_id_dtype,
+    content_hash,
+)
+from kdcache.cache.targets import Targets, TopK
+from kdcache.errors import CacheError, ConfigError, StorageError
+from kdcache.files import disk_full_message, replace_durably, temp_path_for
+from kdcache.identity import UNLABELLED
 
 
 class CacheWriter:

@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from ..errors import Interrupted, KDCacheError
+from kdcache.errors import Interrupted, KDCacheError
 
 DIST_COMMANDS = ("dump-logits", "train-teacher", "train-student")  # the commands torchrun can run on several ranks
 
@@ -29,7 +29,7 @@ class KDCacheGroup(click.Group):
     """
 
     def invoke(self, ctx: click.Context) -> Any:
-        from ..dist import launched
+        from kdcache.dist import launched
 
         if launched():
             return self._invoke_as_rank(ctx)  # kdcache.dist handles SIGTERM there (torchrun's stop)
@@ -54,7 +54,7 @@ class KDCacheGroup(click.Group):
                 signal.signal(signal.SIGTERM, old_term)
 
     def _invoke_as_rank(self, ctx: click.Context) -> Any:
-        from ..dist import RankFailed, Terminated, launch
+        from kdcache.dist import RankFailed, Terminated, launch
 
         try:
             with launch(report=lambda line: click.echo(f"Error: {line}", err=True)):
@@ -74,7 +74,7 @@ class KDCacheGroup(click.Group):
             raise click.exceptions.Exit(143) from None
 
     def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
-        from ..dist import launched
+        from kdcache.dist import launched
 
         name, cmd, rest = super().resolve_command(ctx, args)
         if launched() and name not in DIST_COMMANDS:
@@ -118,7 +118,7 @@ def _os_error(e: OSError) -> str:
 
 
 def summary(quiet: bool, text: str) -> None:
-    from ..dist import current
+    from kdcache.dist import current
 
     if not quiet and current().is_main:  # under torchrun, rank 0 speaks for the job
         click.echo(text)

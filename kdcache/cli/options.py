@@ -5,8 +5,16 @@ from typing import Any, Callable
 
 import click
 
-from ..config import (DEFAULT_DATA_DIR, DEFAULT_DATASET, DEVICES, OPTIMIZERS, PRECISIONS, SCHEDULES, DataConfig,
-                      TrainConfig)
+from kdcache.config import (
+    DEFAULT_DATA_DIR,
+    DEFAULT_DATASET,
+    DEVICES,
+    OPTIMIZERS,
+    PRECISIONS,
+    SCHEDULES,
+    DataConfig,
+    TrainConfig,
+)
 
 AUGMENT_HELP = ("Augmentation policy: shift-flip (pad-and-crop shift + horizontal flip, small images) or crop-flip "
                 "(random-resized crop + flip); settings as NAME:key=value,..., e.g. shift-flip:pad=4.")
@@ -22,7 +30,7 @@ def quiet_option(f: Callable) -> Callable:
 
 
 def read_options(f: Callable) -> Callable:
-    """How image files are read: the input size, DataLoader workers, unreadable files (kdcache.images)."""
+    """How image files are read: the input size, DataLoader workers, unreadable files (kdcache.data.images)."""
     f = click.option("--skip-unreadable", is_flag=True,
                      help="Image folders: leave out files that do not decode (truncated, not an image), recording "
                           "them, instead of stopping at the first.")(f)
@@ -85,7 +93,7 @@ def train_config(kw: dict[str, Any]) -> TrainConfig:
 def precision_note(precision: str, device: str) -> str:
     """What ``precision`` ran as on ``device`` and, for auto, why: for a command's summary line (after the job,
     so a refusal stays one `Error:` line)."""
-    from ..device import describe_precision, resolve_device
+    from kdcache.device import describe_precision, resolve_device
 
     return describe_precision(precision, resolve_device(device))
 

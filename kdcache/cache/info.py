@@ -1,0 +1,161 @@
+"""`kdcache info`: what a person checks about a cache before training from it.
+
+Reads the root attributes and streams the targets once, block by block, for the
+teacher's agreement with the stored labels and how soft the targets are at a few
+temperatures (mean entropy of softmax(z/T), in nats; ln C is the uniform maximum).
+Top-k rows count as rebuilt over all C classes with the tail's mass spread evenly
+(kdcache.cache.targets.TopK.dense_probs), in closed form, and the tail's mean share of the
+probability is reported at the same temperatures;
+with views, every view counts as a row.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from kdcache.cache import open_cache
+from kdcache.cache.targets import Targets, TopK, as_tensors
+from kdcache.identity import UNLABELLED
+
+INFO_TEMPERATURES = (1.0, 4.0, 20.0)
+
+
+def softmax_entropy(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """Entropy in nats of softmax(z/T) for each row of ``logits`` (N, C) -> (N,)."""
+    z = logits.astype(np.float64) / temperature
+    z -= z.max(axis=1, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))  # (N, C) log-softmax
+    return -(np.exp(log_p) * log_p).sum(axis=1)
+
+
+def _entropy(block: Targets, temperature: float) -> np.ndarray:
+    """Entropy of each row's (rebuilt) soft targets at T, flattened over views.
+
+    Top-k rows: the entropy of the distribution rebuilt with the tail's mass spread evenly
+    over its n classes (TopK.dense_probs), in closed form so no (rows, C) array is made:
+    H = -Σ_support P log P + P_tail · log n.
+    """
+    if isinstance(block, TopK):
+        log_p = torch.log_softmax(as_tensors(block).support_logits(temperature).double(), dim=-1)  # (..., k[+1])
+        h = -(log_p.exp() * log_p).sum(-1)
+        if block.has_tail:
+            h = h + log_p[..., -1].exp() * math.log(block.num_classes - block.k)
+        return h.reshape(-1).numpy()
+    return softmax_entropy(block.reshape(-1, block.shape[-1]), temperature)
+
+
+def _tail_mass(block: TopK, temperature: float) -> np.ndarray:
+    """Probability of the classes not kept, per row (and view), at T: exact at T = 1."""
+    if not block.has_tail:
+        return np.zeros(int(np.prod(block.shape)))
+    log_p = torch.log_softmax(as_tensors(block).support_logits(temperature).double(), dim=-1)
+    return log_p[..., -1].exp().reshape(-1).numpy()
+
+
+def _top1_and_max(block: Targets) -> tuple[np.ndarray, float]:
+    """(top-1 class of each row, (rows, V) for views; max |stored logit|)."""
+    if isinstance(block, TopK):
+        return block.classes[..., 0], float(np.abs(block.logits.astype(np.float32)).max())
+    return block.argmax(axis=-1), float(np.abs(block.astype(np.float32)).max())
+
+
+def cache_info(path: str | os.PathLike, temperatures: tuple[float, ...] = INFO_TEMPERATURES) -> dict[str, Any]:
+    """Metadata and soft-target statistics of a cache (validates the schema; reads every row once)."""
+    p = Path(path)
+    with open_cache(p) as cache:
+        meta, a = cache.meta, cache.meta.attrs
+        labels = cache.labels
+        labelled = labels != UNLABELLED
+        agree, entropy_sums, tail_sums, max_abs = 0, np.zeros(len(temperatures)), np.zeros(len(temperatures)), 0.0
+        for rows, block in cache.blocks():
+            top1, m = _top1_and_max(block)
+            max_abs = max(max_abs, m)
+            lab = labels[rows]
+            hit = top1 == (lab[:, None] if top1.ndim == 2 else lab)
+            agree += int(hit[labelled[rows]].sum())
+            entropy_sums += [_entropy(block, t).sum() for t in temperatures]
+            if isinstance(block, TopK):
+                tail_sums += [_tail_mass(block, t).sum() for t in temperatures]
+        chunk_rows = cache.chunk_rows
+    n, views = meta.num_samples, meta.num_views
+    num_labelled = int(labelled.sum())
+    return {
+        "path": str(p), "bytes": p.stat().st_size, "format": a["format"], "schema_version": meta.schema_version,
+        "complete": bool(int(a["complete"])), "created_utc": a["created_utc"],
+        "kdcache_version": a["kdcache_version"], "torch_version": a["torch_version"],
+        "teacher_arch": meta.teacher_arch, "teacher_sha256": meta.teacher_sha256,
+        "teacher_precision": meta.teacher_precision, "dataset": meta.dataset, "split": meta.split,
+        "num_samples": n, "num_labelled": num_labelled, "num_unlabelled": n - num_labelled,
+        "dataset_num_samples": meta.dataset_num_samples,
+        "dataset_fingerprint": meta.dataset_fingerprint, "num_classes": meta.num_classes,
+        "class_names": list(meta.class_names), "logits_dtype": meta.logits_dtype, "targets": meta.targets,
+        "topk": meta.topk, "num_views": views, "view_policy": meta.view_policy, "chunk_rows": chunk_rows,
+        "content_sha256": meta.content_sha256,
+        "normalization_mean": list(meta.normalization_mean), "normalization_std": list(meta.normalization_std),
+        "input_transform": meta.input_transform, "skipped_files": meta.skipped_files,
+        "teacher_label_agreement": agree / (num_labelled * (views if meta.has_views else 1)) if num_labelled else None,
+        "max_abs_logit": max_abs,
+        "mean_entropy_nats": {f"{t:g}": float(s / (n * (views if meta.has_views else 1)))
+                              for t, s in zip(temperatures, entropy_sums)},
+        "mean_tail_mass": ({f"{t:g}": float(s / (n * (views if meta.has_views else 1)))
+                            for t, s in zip(temperatures, tail_sums)} if meta.topk else None),
+        "max_entropy_nats": math.log(meta.num_classes),
+    }
+
+
+def format_info(info: dict[str, Any]) -> str:
+    """The human-readable form of cache_info's result, one fact per line."""
+    names = info["class_names"]
+    shown = ", ".join(names[:10]) + (f", ... ({len(names)} in all)" if len(names) > 10 else "")
+    entropy = ", ".join(f"T={t}: {h:.3f}" for t, h in info["mean_entropy_nats"].items())
+    kind = (f"top-{info['topk']} of {info['num_classes']} raw logits per row + the tail's log-sum-exp (T=1, 2) and mean"
+            if info["targets"] == "topk" else "raw (not divided by T)")
+    lines = [
+        ("cache", f"{info['path']} ({info['bytes'] / 1e6:.2f} MB on disk)"),
+        ("format", f"{info['format']} schema {info['schema_version']}, "
+                   f"{'complete' if info['complete'] else 'INCOMPLETE'}"),
+        ("created", f"{info['created_utc']} by kdcache {info['kdcache_version']}, torch {info['torch_version']}"),
+        ("teacher", f"{info['teacher_arch']} (sha256 {info['teacher_sha256'][:16]}...), ran at "
+                    f"{info['teacher_precision']}"),
+        ("data", f"{info['dataset']}/{info['split']}: {info['num_samples']} of {info['dataset_num_samples']} "
+                 f"samples, {info['num_labelled']} labelled, {info['num_unlabelled']} unlabelled (fingerprint "
+                 f"{info['dataset_fingerprint'][:16]}...)"),
+        ("classes", f"{info['num_classes']}: {shown}"),
+        ("logits", f"{info['logits_dtype']}, {kind}, {info['chunk_rows']} rows per chunk, "
+                   f"max |z| {info['max_abs_logit']:.2f}"),
+    ]
+    if info["view_policy"]:
+        pol = info["view_policy"]
+        settings = ", ".join(f"{k}={v:g}" for k, v in (pol.get("settings") or {}).items())
+        lines.append(("views", f"{info['num_views']} per sample, policy {pol.get('name')} v{pol.get('version')} "
+                               f"{settings}, parameters {', '.join(pol.get('param_names', []))}, seed "
+                               f"{pol.get('seed')}" + (", view 0 un-augmented" if pol.get("include_original")
+                                                       else "")))
+    agreement = info["teacher_label_agreement"]
+    tf = info.get("input_transform")
+    if tf:
+        lines.append(("transform", f"image files decoded as {tf['mode']}, shorter side resized to {tf['resize']} "
+                                   f"({tf['interpolation']}, antialiased), centre crop {tf['size']}x{tf['size']}"))
+    if info.get("skipped_files"):
+        skipped = info["skipped_files"]
+        lines.append(("skipped", f"{len(skipped)} unreadable file(s) left out: {', '.join(skipped[:3])}"
+                                 + (", ..." if len(skipped) > 3 else "")))
+    lines += [
+        ("inputs", f"standardised with mean {info['normalization_mean']}, std {info['normalization_std']}"),
+        ("agreement", f"teacher top-1 = stored label on {agreement:.2%} of labelled rows" if agreement is not None
+                      else "no labelled rows"),
+        ("softness", f"mean entropy of softmax(z/T) in nats: {entropy} (uniform: {info['max_entropy_nats']:.3f})"
+                     + ("; top-k rows rebuilt with the tail's mass spread evenly" if info["topk"] else "")),
+        ("content", f"sha256 {info['content_sha256'] or '(not stored: schema 1.0)'}"),
+    ]
+    if info.get("mean_tail_mass"):
+        tail = ", ".join(f"T={t}: {100 * m:.2f}%" for t, m in info["mean_tail_mass"].items())
+        lines.insert(-1, ("tail", f"the {info['num_classes'] - info['topk']} classes not kept hold on average {tail} of "
+                                  "the probability (exact at T=1 and 2, rebuilt from the tail's statistics elsewhere)"))
+    width = max(len(k) for k, _ in lines)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in lines)

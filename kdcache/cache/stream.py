@@ -1,0 +1,318 @@
+"""Streaming a logit cache larger than memory in a shuffled order, block by block.
+
+Random access one row at a time is what makes big HDF5 caches slow (one chunk read
+and checksum per row). This reader never does that:
+
+1. the wanted rows are grouped into contiguous **blocks** aligned to the cache's HDF5
+   chunks, and each block is read with one call (one chunk read, one checksum);
+2. each epoch the blocks are visited in a fresh random order (``seed``, ``epoch``);
+3. ``buffer_blocks`` blocks at a time are pooled in a buffer whose rows are shuffled.
+
+So an epoch is a permutation of all rows, each exactly once, read at nearly
+sequential speed, with memory bounded by one buffer (``buffer_blocks`` chunks,
+~16 MiB by default) per reader process, whatever the size of the file.
+
+``LogitStream`` is a torch ``IterableDataset`` yielding shuffled buffers; it works in
+DataLoader worker processes (each opens its own cache handle lazily, in its own
+process; the order does not depend on how many) and takes a ``rank``/``world_size``
+partition (disjoint sets of blocks, together all of them) for distributed training;
+ranks' shares differ by at most one block, so a distributed loop must still even out
+its step counts. ``iter_batches`` cuts its buffers into batches of exactly ``batch_size``
+rows; kdcache.data.streaming.StreamingBatches (a train.fit batch source) pairs them with the
+in-memory images of the same samples and evens out the ranks' steps. ``ConcatStream``
+is one such stream over several caches (a labelled cache and transfer caches, see
+kdcache.jobs.transfer): their blocks share one random order and the same buffers, so every
+buffer, and every batch, mixes rows of all of them.
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from kdcache.cache import LogitCache
+from kdcache.cache.targets import Targets, as_numpy, as_tensors, concat
+from kdcache.errors import CacheError, ConfigError
+
+DEFAULT_BUFFER_BLOCKS = 16
+
+
+class LogitStream(IterableDataset):
+    """Shuffled buffers ``(values (n,), targets of n rows)`` over the rows of a cache (targets as stored: torch).
+
+    Args:
+        path: the cache file.
+        rows: cache rows to serve (default: all); each is served once per epoch.
+        values: what to yield for each of ``rows`` (default: the row numbers), e.g. the
+            position of that sample in the in-memory dataset.
+        shuffle: False serves the rows in file order (a sequential pass).
+        seed: with ``epoch`` (see ``set_epoch``) fixes the order; every rank must use the same seed.
+        buffer_blocks: blocks pooled and shuffled together (memory: this many chunks).
+        block_rows: rows per block (default: the cache's chunk rows, so a block is one chunk).
+        rank, world_size: serve only this rank's share of the blocks (disjoint, together all).
+        min_blocks: with the default ``block_rows``, use blocks smaller than a chunk when the
+            rows would otherwise make fewer blocks than this (so ranks' shares stay even).
+        rdcc_nbytes: HDF5 chunk cache size per handle (0: none; whole-chunk reads do not need one).
+
+    Use as a context manager (or call ``close``) to release the file handle.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, rows: np.ndarray | None = None, values: np.ndarray | None = None,
+                 shuffle: bool = True, seed: int = 0, buffer_blocks: int = DEFAULT_BUFFER_BLOCKS,
+                 block_rows: int | None = None, rank: int = 0, world_size: int = 1, rdcc_nbytes: int = 0,
+                 min_blocks: int = 1):
+        if not 0 <= rank < world_size:
+            raise ConfigError(f"rank must be in 0..world_size-1, got rank {rank} of {world_size}")
+        if buffer_blocks < 1:
+            raise ConfigError(f"buffer_blocks must be >= 1, got {buffer_blocks}")
+        self.path = os.fspath(path)
+        with LogitCache(self.path) as c:  # closed before any fork; workers reopen
+            self.num_rows, self.kind = len(c), c.kind
+            wanted = self.num_rows if rows is None else len(rows)
+            small = max(1, wanted // min_blocks) if min_blocks > 1 else c.chunk_rows
+            self.block_rows = int(block_rows or min(c.chunk_rows, small))
+            first = c.read_span(0, 1)
+            self.full_shape = first.shape[1:] if c.kind == "logits" else None  # ([V,] C)
+            self.row_shape = tuple(first.shape[1:] if c.kind == "logits" else first.logits.shape[1:])  # ([V,] C or k)
+            self.dtype = np.dtype(c.dtype)
+        rows = np.arange(self.num_rows, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
+        values = rows if values is None else np.asarray(values, dtype=np.int64)
+        if rows.shape != values.shape:
+            raise ValueError(f"rows {rows.shape} and values {values.shape} differ in shape")
+        if len(rows) and (rows.min() < 0 or rows.max() >= self.num_rows):
+            raise CacheError(f"{self.path}: asked for rows outside 0..{self.num_rows - 1}")
+        order = np.argsort(rows, kind="stable")
+        self.rows, self.values = rows[order], values[order]  # sorted by cache row
+        if len(self.rows) > 1 and (np.diff(self.rows) == 0).any():
+            raise ValueError("rows holds duplicates; each row is served once per epoch")
+        # Blocks that hold at least one wanted row, and where their rows sit in self.rows.
+        block_of = self.rows // self.block_rows
+        self.blocks, self.block_starts = np.unique(block_of, return_index=True)
+        self.block_stops = np.append(self.block_starts[1:], len(self.rows))
+        self.shuffle, self.seed, self.buffer_blocks = shuffle, seed, buffer_blocks
+        self.rank, self.world_size, self.rdcc_nbytes = rank, world_size, rdcc_nbytes
+        self.epoch = 0
+        self._cache: LogitCache | None = None
+        self._fd: int | None = None
+        self._pid: int | None = None
+
+    # -- order ------------------------------------------------------------------------------------
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the order of ``epoch`` (call before iterating, as with DistributedSampler)."""
+        self.epoch = int(epoch)
+
+    def _rng(self, *key: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch, *key])
+
+    def rank_blocks(self) -> np.ndarray:
+        """Positions into ``self.blocks`` that this rank reads this epoch, in reading order."""
+        order = self._rng(0).permutation(len(self.blocks)) if self.shuffle else np.arange(len(self.blocks))
+        return order[self.rank::self.world_size]
+
+    def num_rank_rows(self) -> int:
+        """Rows this rank serves this epoch (differs between ranks by at most one block)."""
+        b = self.rank_blocks()
+        return int((self.block_stops[b] - self.block_starts[b]).sum())
+
+    def min_rank_rows(self) -> int:
+        """The fewest rows any rank can get in any epoch: its whole-block share made of the smallest blocks.
+
+        What a distributed loop can serve on every rank, every epoch, without padding.
+        """
+        sizes = np.sort(self.block_stops - self.block_starts)
+        return int(sizes[:len(sizes) // self.world_size].sum())
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    def _open(self) -> LogitCache:
+        if self._cache is None or self._pid != os.getpid():  # never use a handle opened in another process
+            self._cache = LogitCache(self.path, rdcc_nbytes=self.rdcc_nbytes)
+            self._fd = os.open(self.path, os.O_RDONLY) if hasattr(os, "posix_fadvise") else None
+            self._pid = os.getpid()
+        return self._cache
+
+    def close(self) -> None:
+        """Release this process's file handles (a stream reopens them if iterated again)."""
+        if self._cache is not None and self._pid == os.getpid():
+            self._cache.close()
+            if self._fd is not None:
+                os.close(self._fd)
+        self._cache, self._fd = None, None
+
+    def __enter__(self) -> "LogitStream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_cache"], state["_pid"], state["_fd"] = None, None, None
+        return state
+
+    def prefetch(self, blocks: np.ndarray) -> None:
+        """Ask the OS to start reading these blocks' chunks now (posix_fadvise WILLNEED).
+
+        Random block reads are otherwise synchronous: the disk waits while we verify
+        checksums and vice versa. Hinting the next buffer while this one is processed
+        overlaps the two, which sequential reads get for free from kernel readahead.
+        """
+        cache = self._open()
+        if self._fd is None:
+            return
+        for b in blocks:
+            first = int(self.rows[self.block_starts[b]])
+            last = int(self.rows[self.block_stops[b] - 1])
+            for offset, size in cache.chunk_byte_ranges(first, last + 1):
+                os.posix_fadvise(self._fd, offset, size, os.POSIX_FADV_WILLNEED)
+
+    def read_block(self, b: int, out: np.ndarray | None = None) -> tuple[np.ndarray, Targets]:
+        """``(values, targets)`` of the wanted rows of block ``self.blocks[b]``, read in one call per dataset.
+
+        ``out`` (full-logit caches), when given, receives the logits (it must have room for the block's rows).
+        NaN/Inf or implausible logits are refused, naming the row.
+        """
+        s, e = int(self.block_starts[b]), int(self.block_stops[b])
+        first, last = int(self.rows[s]), int(self.rows[e - 1])
+        span = last - first + 1
+        cache = self._open()
+        if e - s == span:  # every row of the block is wanted: read straight into ``out``
+            targets = cache.read_span(first, last + 1, out=None if out is None else out[:span])
+        else:  # the block has rows nobody asked for: read it whole, keep the wanted ones
+            targets = cache.read_span(first, last + 1)[self.rows[s:e] - first]
+            if out is not None:
+                out[:len(targets)] = targets
+                targets = out[:len(targets)]
+        return self.values[s:e], targets
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, Targets]]:
+        mine = self.rank_blocks()
+        n = self.buffer_blocks
+        groups = [mine[i:i + n] for i in range(0, len(mine), n)]  # buffer k holds groups[k]
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        # Worker w makes buffers w, w + W, ...; the DataLoader hands them out round-robin, i.e.
+        # as buffers 0, 1, 2, ...: the order is the same for any number of workers.
+        todo = range(worker, len(groups), workers)
+        if self.shuffle and len(todo):  # sequential reads get kernel readahead anyway
+            self.prefetch(groups[todo[0]])
+        for k in todo:
+            if self.shuffle and k + workers < len(groups):
+                self.prefetch(groups[k + workers])  # read ahead while this buffer is processed
+            values, targets = self._buffer(groups[k])
+            if self.shuffle:
+                perm = self._rng(1, self.rank, k).permutation(len(values))
+                values, targets = values[perm], targets[perm]
+            yield torch.from_numpy(values), as_tensors(targets)
+
+    def _buffer(self, group: np.ndarray) -> tuple[np.ndarray, Targets]:
+        """The rows of a group of blocks, in one buffer (full logits: one preallocated array, no copies)."""
+        size = int((self.block_stops[group] - self.block_starts[group]).sum())
+        values = np.empty(size, dtype=np.int64)
+        if self.kind == "logits":
+            buf = np.empty((size, *self.full_shape), dtype=self.dtype)  # (rows of n blocks, [V,] C)
+            off = 0
+            for b in group:
+                v, _ = self.read_block(int(b), out=buf[off:])
+                values[off:off + len(v)] = v
+                off += len(v)
+            return values, buf
+        parts, off = [], 0
+        for b in group:
+            v, t = self.read_block(int(b))
+            values[off:off + len(v)] = v
+            off += len(v)
+            parts.append(t)
+        return values, concat(parts)
+
+
+class ConcatStream(LogitStream):
+    """One shuffled stream over the rows of several caches, each part a ``LogitStream`` yielding its own values.
+
+    The parts' blocks are numbered one after the other and visited in one random order
+    (``seed``, epoch), pooled ``buffer_blocks`` at a time and row-shuffled exactly as in a
+    single-file stream, so a buffer mixes the parts in proportion to their blocks. Parts must
+    hold the same kind of targets (full logits of one shape, or top-k of one k); float16 and
+    float32 parts are served as float32.
+    """
+
+    def __init__(self, parts: Sequence[LogitStream], *, shuffle: bool = True, seed: int = 0,
+                 buffer_blocks: int = DEFAULT_BUFFER_BLOCKS, rank: int = 0, world_size: int = 1):
+        if not 0 <= rank < world_size:
+            raise ConfigError(f"rank must be in 0..world_size-1, got rank {rank} of {world_size}")
+        if buffer_blocks < 1:
+            raise ConfigError(f"buffer_blocks must be >= 1, got {buffer_blocks}")
+        first = parts[0]
+        for p in parts[1:]:
+            if (p.kind, p.row_shape) != (first.kind, first.row_shape):  # top-k: the same k (and views) too
+                raise CacheError(f"{p.path} and {first.path} hold different kinds of targets ({p.kind} "
+                                 f"{p.row_shape} vs {first.kind} {first.row_shape}); one stream needs one kind")
+        self.parts = list(parts)
+        self.path, self.kind, self.full_shape, self.row_shape = first.path, first.kind, first.full_shape, first.row_shape
+        self.dtype = np.result_type(*[p.dtype for p in parts])
+        self.part_of = np.concatenate([np.full(len(p.blocks), i, dtype=np.int64) for i, p in enumerate(parts)])
+        self.local = np.concatenate([np.arange(len(p.blocks), dtype=np.int64) for p in parts])
+        sizes = np.concatenate([p.block_stops - p.block_starts for p in parts])
+        self.block_stops = np.cumsum(sizes)
+        self.block_starts = self.block_stops - sizes
+        self.blocks = np.arange(len(sizes))
+        self.shuffle, self.seed, self.buffer_blocks = shuffle, seed, buffer_blocks
+        self.rank, self.world_size, self.epoch = rank, world_size, 0
+        self._cache, self._fd, self._pid = None, None, None
+
+    def read_block(self, b: int, out: np.ndarray | None = None) -> tuple[np.ndarray, Targets]:
+        part = self.parts[int(self.part_of[b])]
+        if out is None or part.dtype == self.dtype:
+            return part.read_block(int(self.local[b]), out=out)
+        values, targets = part.read_block(int(self.local[b]))  # float16 part: converted into the float32 buffer
+        out[:len(targets)] = targets
+        return values, out[:len(targets)]
+
+    def prefetch(self, blocks: np.ndarray) -> None:
+        for i, part in enumerate(self.parts):
+            mine = self.local[blocks[self.part_of[blocks] == i]]
+            if len(mine):
+                part.prefetch(mine)
+
+    def close(self) -> None:
+        for part in self.parts:
+            part.close()
+
+
+def iter_batches(stream: LogitStream, batch_size: int, num_workers: int = 0) -> Iterator[tuple[torch.Tensor, Targets]]:
+    """Batches of exactly ``batch_size`` rows ``(values (B,), targets of B rows)`` (the last may be short).
+
+    With ``num_workers`` > 0, buffers are read in that many DataLoader worker processes
+    (reading overlaps the consumer's compute), interleaved in a fixed order.
+    """
+    loader = DataLoader(stream, batch_size=None, num_workers=num_workers,
+                        prefetch_factor=2 if num_workers else None, persistent_workers=False)
+    carry: tuple[torch.Tensor, Targets] | None = None  # < batch_size rows left from the last buffer
+    for values, targets in loader:
+        start = 0
+        if carry is not None:  # complete the carried batch with the head of this buffer (small copy)
+            need = batch_size - len(carry[0])
+            v = torch.cat([carry[0], values[:need]])
+            t = as_tensors(concat([as_numpy(carry[1]), as_numpy(targets[:need])]))
+            if len(v) < batch_size:
+                carry = (v, t)
+                continue
+            yield v, t
+            carry, start = None, need
+        full = start + (len(values) - start) // batch_size * batch_size
+        for s in range(start, full, batch_size):  # views into the buffer, no copy
+            yield values[s:s + batch_size], targets[s:s + batch_size]
+        if full < len(values):
+            carry = (values[full:], targets[full:])
+    if carry is not None:
+        yield carry

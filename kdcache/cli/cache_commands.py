@@ -1,0 +1,155 @@
+"""Commands that make and check caches: dump-logits, info, verify."""
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from kdcache.cli.group import main, summary
+from kdcache.cli.options import (
+    AUGMENT_HELP,
+    DATASET_HELP,
+    PRECISION_HELP,
+    precision_note,
+    quiet_option,
+    read_options,
+    teacher_factory_options,
+)
+from kdcache.config import (
+    DEFAULT_DATA_DIR,
+    DUMP_BATCH_SIZE,
+    DUMP_PRECISION,
+    PRECISIONS,
+    VIEW_SEED,
+)
+from kdcache.errors import ConfigError
+
+
+@main.command("dump-logits")
+@click.option("--teacher", default=None, type=click.Path(dir_okay=False), help="Teacher checkpoint (kdcache).")
+@teacher_factory_options
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Cache file to write (.h5).")
+@click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True)
+@click.option("--dataset", default=None, help="Dataset (default: the teacher's). " + DATASET_HELP)
+@click.option("--dataset-factory", default=None, metavar="MODULE:FUNCTION",
+              help="Your own data: a function returning a map-style torch Dataset of (image, label) items, e.g. a "
+                   "torchvision ImageFolder with transform Resize+CenterCrop+PILToTensor (instead of --dataset).")
+@click.option("--data-dir", default=DEFAULT_DATA_DIR, show_default=True, type=click.Path(file_okay=False))
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N samples of the split.")
+@click.option("--arch", default=None, help="Refuse a teacher checkpoint of any other architecture.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=DUMP_BATCH_SIZE, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(PRECISIONS), default=DUMP_PRECISION, show_default=True,
+              help="Precision the teacher runs at; fp32 keeps cached logits exact. " + PRECISION_HELP)
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default=None,
+              help="Storage dtype of the logit values. Default: float32 for full logits (float16 halves them), "
+                   "float16 for --top-k values (docs/cache-format.md gives both errors).")
+@click.option("--top-k", "topk", type=int, default=None, metavar="K",
+              help="Store only each row's K largest logits, their classes and three numbers about the rest (their "
+                   "exact log-sum-exp at T=1 and T=2, their mean): for many classes, e.g. 1,000 classes at K=10 takes "
+                   "76 bytes a row instead of 2,024 with float16 logits. Students train from it at any --T; what "
+                   "that costs: docs/cache-format.md, Top-k caches.")
+@click.option("--views", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Augmented views stored per image (with --augment): each view's parameters and the teacher's logits.")
+@click.option("--augment", default=None, metavar="POLICY", help=AUGMENT_HELP)
+@click.option("--include-original", is_flag=True, help="View 0 of each image is the un-augmented image.")
+@click.option("--view-seed", type=int, default=VIEW_SEED, show_default=True,
+              help="Seed of the views' parameters (a pure function of it, the view number and the dataset index).")
+@click.option("--no-labels", "ignore_labels", is_flag=True,
+              help="Ignore the split's labels: every row is stored as unlabelled (-1), ids and fingerprint hash -1 "
+                   "(a transfer set made from a labelled dataset).")
+@click.option("--class-names", "class_names_file", default=None, type=click.Path(dir_okay=False),
+              help="Text file, one class name per line in logit order: the classes of a --teacher-factory teacher "
+                   "over unlabelled images (a kdcache checkpoint names its own).")
+@read_options
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing cache (and, under torchrun, discard shards left by a different dump).")
+@quiet_option
+def dump_logits_cmd(teacher: str | None, out: str, quiet: bool, class_names_file: str | None,
+                    dataset_factory: str | None, **kw: Any) -> None:
+    """Run the teacher once over a split and write its raw logits (or their top-k) to an HDF5 cache.
+
+    The teacher is a kdcache checkpoint (--teacher) or your own model
+    (--teacher-factory MODULE:FUNCTION --weights FILE).
+
+    \b
+    On several processes or machines, with the same flags:
+      torchrun --nproc_per_node N [--nnodes M --node_rank I --master_addr HOST] -m kdcache dump-logits ...
+    Each rank writes its rows to a hidden shard next to --out; rank 0 assembles the one
+    cache. Re-running the same command after a failure keeps every finished, valid shard.
+    """
+    from kdcache.jobs.dump import dump_logits
+    from kdcache.train.teacher import read_class_names
+
+    names = read_class_names(class_names_file) if class_names_file else None
+    if dataset_factory is not None:
+        from kdcache.jobs.foreign import dataset_from_factory
+
+        if kw["dataset"] is not None:
+            raise ConfigError("name the data once: --dataset NAME or --dataset-factory MODULE:FUNCTION")
+        kw["dataset"] = dataset_from_factory(dataset_factory)
+    r = dump_logits(teacher, out, progress=not quiet, class_names=names, **kw)
+    views = f" x {r['views']} views" if kw.get("augment") else ""
+    agreement = r["teacher_label_agreement"]
+    what = f"top-{r['topk']} of {r['num_classes']}" if r["topk"] else f"{r['num_classes']}"
+    ranks = (f"; {r['world_size']} ranks: {r['shards_written']} shard(s) written, {r['shards_reused']} reused, "
+             f"assembled in {r['assemble_seconds']:.1f}s") if "world_size" in r else ""
+    summary(quiet, f"cached {r['rows']}{views} x {what} {r['dtype']} logits, teacher at "
+                   f"{precision_note(kw['precision'], kw['device'])}, in {r['seconds']:.1f}s -> "
+                   f"{r['cache']} ({r['bytes'] / 1e6:.1f} MB, " + (
+                       f"teacher agrees with labels on {agreement:.2%}" if agreement is not None
+                       else "unlabelled rows") + f"{ranks})")
+
+
+@main.command("info")
+@click.argument("cache", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the facts as JSON.")
+def info_cmd(cache: str, as_json: bool) -> None:
+    """What to check before training from CACHE: teacher, data, classes, dtype, size, softness of the targets."""
+    from kdcache.cache.info import cache_info, format_info
+
+    r = cache_info(cache)
+    click.echo(json.dumps(r, indent=2) if as_json else format_info(r))
+
+
+@main.command("verify")
+@click.argument("cache", type=click.Path(dir_okay=False))
+@click.option("--dataset", default=None, help="Compare rows with this dataset (default: the cache's). " + DATASET_HELP)
+@click.option("--split", type=click.Choice(["train", "test"]), default=None, help="Split to compare with (default: the cache's).")
+@click.option("--data-dir", default=None, type=click.Path(file_okay=False),
+              help="Folder holding the data; giving it (or --dataset) turns on the row-by-row comparison.")
+@click.option("--teacher", default=None, type=click.Path(dir_okay=False),
+              help="Re-run this teacher checkpoint on --sample random rows and compare logits.")
+@teacher_factory_options
+@click.option("--sample", type=click.IntRange(min=1), default=256, show_default=True, help="Rows the teacher re-runs.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for choosing the sampled rows.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (exit status as without).")
+@quiet_option
+def verify_cmd(cache: str, teacher: str | None, teacher_factory: str | None, weights: str | None, as_json: bool,
+               quiet: bool, **kw: Any) -> None:
+    """Check CACHE: schema, every chunk's checksum, finite logits, rows vs your data, logits vs the teacher.
+
+    Prints one line per check (`ok`, `skip`, or `Error:` for a failure) and exits 0
+    only if every check passes.
+    """
+    from kdcache.jobs.verify import verify_cache
+    from kdcache.train.teacher import TeacherSpec
+
+    spec = None
+    if teacher is not None or teacher_factory is not None or weights is not None:
+        spec = TeacherSpec(checkpoint=teacher, factory=teacher_factory, weights=weights)
+    r = verify_cache(cache, teacher=spec, **kw)
+    if as_json:
+        click.echo(json.dumps(r.to_dict(), indent=2))
+    for c in r.checks:
+        if c.status == "fail" and not as_json:
+            click.echo(f"Error: {c.line()}", err=True)
+        elif not (quiet or as_json):
+            click.echo(f"{c.status:<5} {c.line()}")
+    if r.ok:
+        summary(quiet or as_json, f"{cache}: verified, {sum(c.status == 'ok' for c in r.checks)} checks passed")
+    else:
+        sys.exit(1)

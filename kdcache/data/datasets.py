@@ -1,0 +1,187 @@
+"""Datasets by name: built-in ones in memory as uint8 tensors, image folders as files decoded on demand.
+
+Fashion-MNIST is 47 MB of uint8 pixels: holding it as one tensor and slicing whole
+batches from it (kdcache.data.loader, ``__getitems__``) is ~100x cheaper than decoding one
+PIL image at a time, and it makes the cached-KD data path as cheap as the plain one.
+A folder of photos is listed and hashed, never held (kdcache.data.folders).
+``load_dataset`` is the one entry point: built-in torchvision datasets, or a team's
+own images (labelled ``imagefolder`` or ``unlabelled`` images).
+
+``ignore_labels=True`` reads a split as if nobody had labelled it: every label is
+UNLABELLED (-1) and the content ids and fingerprint are computed with -1, so a cache
+made from it (``dump-logits --no-labels``) never reveals a label. The class names stay.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from kdcache.data.folders import (  # a team's own images (read lazily: PIL only when used)
+    IMAGEFOLDER,
+    UNLABELLED_FOLDER,
+)
+from kdcache.data.images import InputTransform, check_image_size
+from kdcache.data.samples import ImageData
+from kdcache.errors import ConfigError, DataError
+from kdcache.identity import UNLABELLED, DatasetInfo, fingerprint_for, sample_ids_for
+
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What kdcache knows about a built-in dataset."""
+
+    torchvision_class: str
+    folder: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+BUILTIN: dict[str, DatasetSpec] = {
+    # Mean/std of the training split's pixels in [0, 1].
+    "fashion-mnist": DatasetSpec("FashionMNIST", "FashionMNIST", (0.2860,), (0.3530,)),
+    "mnist": DatasetSpec("MNIST", "MNIST", (0.1307,), (0.3081,)),
+}
+
+
+def dataset_names() -> list[str]:
+    return sorted(BUILTIN) + [IMAGEFOLDER, UNLABELLED_FOLDER]
+
+
+def check_dataset_name(name: str) -> DatasetSpec | None:
+    """The built-in dataset's spec; None for a team's own images (see kdcache.data.folders)."""
+    if name in (IMAGEFOLDER, UNLABELLED_FOLDER):
+        return None
+    if name not in BUILTIN:
+        raise ConfigError(f"unknown dataset {name!r}; choose one of: {', '.join(dataset_names())}")
+    return BUILTIN[name]
+
+
+def check_split(split: str) -> str:
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
+    return split
+
+
+def _load_full(name: str, split: str, root: str, download: bool, ignore_labels: bool = False,
+               image_size: "int | InputTransform | None" = None, workers: int | None = None, skip_unreadable: bool = False) -> ImageData:
+    spec = check_dataset_name(name)
+    check_split(split)
+    if spec is None:  # image files: listed and hashed here, decoded batch by batch when read
+        if image_size is not None and not isinstance(image_size, InputTransform):
+            check_image_size(image_size)  # before the folder is listed and hashed
+        from kdcache.data.folders import load_imagefolder, load_unlabelled
+
+        size = image_size  # an int, a recorded InputTransform, or None: 64
+        if name == UNLABELLED_FOLDER:
+            return load_unlabelled(root, split, image_size=size, workers=workers, skip_unreadable=skip_unreadable)
+        return load_imagefolder(root, split, ignore_labels, image_size=size, workers=workers,
+                                skip_unreadable=skip_unreadable)
+    return _load_builtin(name, spec, split, root, download, ignore_labels, image_size)
+
+
+def _load_builtin(name: str, spec: DatasetSpec, split: str, root: str, download: bool, ignore_labels: bool,
+                  image_size: int | None) -> ImageData:
+    import torchvision.datasets as tvd  # slow import, only when data is needed
+
+    cls = getattr(tvd, spec.torchvision_class)
+    try:
+        ds = cls(root=root, train=(split == "train"), download=download)
+    except RuntimeError as e:  # torchvision: "Dataset not found. You can use download=True ..."
+        raw = os.path.join(root, spec.folder, "raw")
+        folder = os.path.isdir(os.path.join(root, "train")) or os.path.isdir(os.path.join(root, "test"))
+        hint = ("; this folder looks like your own images (ROOT/train/<class>/...): pass --dataset imagefolder"
+                if folder else "; run scripts/get-data.sh, or pass --download on a machine with internet")
+        raise DataError(f"{name} {split} split not found under {raw} ({str(e).splitlines()[0]}){hint}") from None
+    images = ds.data.numpy()
+    if images.ndim == 3:
+        images = images[:, None]  # (N, 1, H, W)
+    side = image_size.size if isinstance(image_size, InputTransform) else image_size
+    if side is not None and (side, side) != images.shape[2:]:
+        raise ConfigError(f"--image-size {side}: {name} images are {images.shape[3]}x{images.shape[2]} and "
+                          "are used as they are; --image-size applies to image folders (imagefolder, unlabelled)")
+    labels = ds.targets.numpy().astype(np.int64)
+    if ignore_labels:
+        labels = np.full(len(labels), UNLABELLED, dtype=np.int64)
+    info = DatasetInfo(  # read unlabelled, it has no classes of its own: a cache of it takes the teacher's
+        name=name, split=split, num_samples=len(labels),
+        class_names=() if ignore_labels else tuple(str(c) for c in ds.classes),
+        in_channels=images.shape[1], image_size=(images.shape[2], images.shape[3]), mean=spec.mean, std=spec.std,
+        fingerprint=fingerprint_for(images, labels),
+    )
+    return ImageData(images=torch.from_numpy(np.ascontiguousarray(images)), labels=torch.from_numpy(labels),
+                     indices=torch.arange(len(labels), dtype=torch.int64), sample_ids=sample_ids_for(images, labels),
+                     info=info)
+
+
+def load_train_val(name: str, root: str | os.PathLike, limit: int | None, val_size: int,
+                   download: bool = False, **read: Any) -> tuple[ImageData, ImageData | None]:
+    """The training samples and the validation samples of a train split (``validation_rows``).
+
+    The validation samples are never trained on; the training samples are the first
+    ``limit`` of the rest, in dataset order (all of the rest for None).
+    """
+    full = load_dataset(name, "train", root, None, download, **read)
+    if val_size == 0:
+        return full.head(limit), None
+    if val_size >= len(full):
+        raise ConfigError(f"--val-size {val_size} leaves no training samples ({name} train has {len(full)})")
+    val = validation_rows(full.labels.numpy(), val_size, stratified=name == IMAGEFOLDER)
+    train = np.setdiff1d(np.arange(len(full)), val)  # sorted: dataset order
+    return full.take(train).head(limit), full.take(val)
+
+
+def validation_rows(labels: np.ndarray, val_size: int, stratified: bool) -> np.ndarray:
+    """Which rows of a train split are held out for validation (sorted).
+
+    Built-in datasets come in the shuffled order their authors stored, so the last
+    ``val_size`` rows are a fair sample. An image folder is stored class by class, so there
+    the hold-out is ``stratified``: each class gives its last rows, in proportion to its size
+    (largest remainders round), and every class is validated.
+    """
+    n = len(labels)
+    if not stratified:
+        return np.arange(n - val_size, n)
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = val_size * counts / n
+    quota = np.floor(exact).astype(int)
+    for i in np.argsort(-(exact - quota), kind="stable")[: val_size - int(quota.sum())]:
+        quota[i] += 1
+    rows = [np.flatnonzero(labels == c)[len(np.flatnonzero(labels == c)) - q:] for c, q in zip(classes, quota) if q]
+    return np.sort(np.concatenate(rows))
+
+
+def load_dataset(
+    name: str = "fashion-mnist", split: str = "train", root: str | os.PathLike = "data",
+    limit: int | None = None, download: bool = False, ignore_labels: bool = False, *,
+    image_size: int | InputTransform | None = None, workers: int | None = None, skip_unreadable: bool = False,
+) -> ImageData:
+    """A split: built-in datasets in memory (read afresh, ~0.35 s for Fashion-MNIST's 60,000), image folders as
+    lazily decoded files. Nothing is cached between calls: a split lives as long as the job that holds it.
+
+    ``limit`` keeps the first N samples; ``ignore_labels`` reads it as unlabelled (see the
+    module docstring). Image folders only: ``image_size`` (default 64) is the side of the
+    square input (kdcache.data.images.InputTransform), ``workers`` the processes that hash the
+    files, ``skip_unreadable`` leaves out files that do not decode (recorded in ``info.skipped``).
+    Example: ``load_dataset("fashion-mnist", "test", limit=1000)``
+    """
+    return _load_full(name, split, os.fspath(root), download, ignore_labels, image_size, workers,
+                      skip_unreadable).head(limit)
+
+
+def read_options(data_cfg: Any) -> dict[str, Any]:
+    """The image-reading settings of a DataConfig, as load_dataset's keyword arguments."""
+    return {"image_size": data_cfg.image_size, "workers": data_cfg.workers, "skip_unreadable": data_cfg.skip_unreadable}
+
+
+def require_labels(data: ImageData, role: str) -> ImageData:
+    """Refuse data without a single label where labels are needed (training a teacher, evaluating)."""
+    if len(data) and data.num_labelled == 0:
+        raise DataError(f"{data.info.name}/{data.info.split} has no labels, so it cannot be {role}; unlabelled "
+                        "images serve as a transfer set (train-student --transfer CACHE)")
+    return data

@@ -1,0 +1,205 @@
+"""A team's own images, as they are: a torchvision ``ImageFolder`` tree, or a folder of unlabelled images.
+
+Layout (``--dataset imagefolder --data-dir ROOT``)::
+
+    ROOT/train/<class name>/<any/sub/path>.jpg|png|...
+    ROOT/test/<class name>/...
+
+Unlabelled images (``--dataset unlabelled --data-dir ROOT``, a transfer set): every image
+under ROOT, at any depth, with no class folders; one split, ``train``, in sorted order of the
+relative paths; every label is UNLABELLED (-1).
+
+Images may have any size and mode (RGB, greyscale, palette, CMYK, RGBA, 16-bit; JPEG, PNG and
+whatever else PIL reads). Loading a split reads no pixels: it lists the files and hashes their
+bytes (in DataLoader workers); the pixels are decoded batch by batch when a job reads them
+(kdcache.data.images.FileImages, at ``--image-size``), so memory does not grow with the folder.
+
+Classes are the sorted union of the class folders of both splits, so a label means the same
+class in train and test. Samples are ordered as ImageFolder orders them (class, then sorted
+relative path): the same files give the same order on every machine, wherever the folder lies.
+A sample's id hashes its relative path, the file's bytes and its label; the split's fingerprint
+hashes all of them in order: a copy of the folder elsewhere aligns with a cache made from the
+original, a file added, removed or changed does not (kdcache.data.align names which).
+Inputs are standardised with ImageNet's mean/std, the convention of the torchvision and timm
+models such folders usually meet (``IMAGENET_MEAN``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from kdcache.data.images import FileImages, InputTransform, as_transform, file_digest
+from kdcache.data.loader import resolve_workers
+from kdcache.data.samples import ImageData
+from kdcache.errors import DataError
+from kdcache.identity import UNLABELLED, DatasetInfo, fingerprint_for, sample_ids_for
+
+IMAGEFOLDER = "imagefolder"  # --dataset names (kdcache.data.datasets lists them with the built-in datasets)
+UNLABELLED_FOLDER = "unlabelled"  # every image under --data-dir, no labels
+LAYOUT_HINT = "lay the data out as ROOT/train/<class>/<image> and ROOT/test/<class>/<image>"
+UNLABELLED_HINT = "put the images anywhere under ROOT (no class folders needed)"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_IMAGE_SIZE = 64  # trains on a CPU in minutes; torchvision's ImageNet models want --image-size 224
+
+
+def class_names_in(root: Path) -> tuple[str, ...]:
+    """Sorted union of the class folders under ROOT/train and ROOT/test."""
+    names: set[str] = set()
+    for split in ("train", "test"):
+        d = root / split
+        if d.is_dir():
+            names.update(p.name for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return tuple(sorted(names))
+
+
+def image_files_under(root: Path) -> list[Path]:
+    """Every image file under ``root`` (any depth, hidden names skipped), sorted by relative path."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    found = []
+    for path in root.rglob("*"):
+        rel = path.relative_to(root)
+        if any(part.startswith(".") for part in rel.parts) or not path.is_file():
+            continue
+        if path.suffix.lower() in IMG_EXTENSIONS:
+            found.append(path)
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+def _labelled_files(split_dir: Path, classes: tuple[str, ...]) -> tuple[list[Path], list[int]]:
+    """(paths, labels) of ROOT/split in ImageFolder order; an empty class folder is refused."""
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        d = split_dir / name
+        if not d.is_dir():
+            continue  # a class the other split has: fine
+        found = image_files_under(d)
+        if not found:
+            raise DataError(f"imagefolder: class folder {d} holds no images; add images or remove the folder")
+        paths += found
+        labels += [label] * len(found)
+    return paths, labels
+
+
+class _Digests(Dataset):
+    """File digests, computed in DataLoader workers (reading a folder is I/O- and hash-bound)."""
+
+    def __init__(self, paths: Sequence[Path], check_decode: bool):
+        self.paths, self.check_decode = list(paths), check_decode
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitems__(self, rows: list[int]) -> list[bytes | str]:
+        out: list[bytes | str] = []
+        for i in rows:
+            try:
+                out.append(file_digest(self.paths[i], self.check_decode))
+            except DataError as e:
+                out.append(str(e))  # an unreadable file: its error, as a value (skipped or reported by the caller)
+        return out
+
+
+def _identity(batch: list) -> list:
+    return batch
+
+
+def hash_files(paths: Sequence[Path], *, workers: int | None = None, skip_unreadable: bool = False
+               ) -> tuple[np.ndarray, list[int]]:
+    """(digests (N, 16) uint8 of the readable files, positions of the unreadable ones).
+
+    Without ``skip_unreadable`` the first unreadable file is a DataError naming it; with it,
+    every file is also decoded once, so a truncated image is found here, not mid-training.
+    """
+    loader = DataLoader(_Digests(paths, skip_unreadable), batch_size=256, num_workers=resolve_workers(workers, paths),
+                        collate_fn=_identity)
+    digests, bad = [], []
+    for batch in loader:
+        for d in batch:
+            if isinstance(d, str):
+                if not skip_unreadable:
+                    raise DataError(d)
+                bad.append(len(digests) + len(bad))
+            else:
+                digests.append(np.frombuffer(d, dtype=np.uint8))
+    return (np.stack(digests) if digests else np.zeros((0, 16), np.uint8)), bad
+
+
+def _folder_data(name: str, split: str, base: Path, paths: list[Path], labels: list[int],
+                 classes: tuple[str, ...], image_size: int | InputTransform | None, workers: int | None,
+                 skip_unreadable: bool) -> ImageData:
+    digests, bad = hash_files(paths, workers=workers, skip_unreadable=skip_unreadable)
+    relpaths = [p.relative_to(base).as_posix() for p in paths]
+    skipped = tuple(relpaths[i] for i in bad)
+    if bad:
+        keep = np.setdiff1d(np.arange(len(paths)), bad)
+        relpaths, labels = [relpaths[i] for i in keep], [labels[i] for i in keep]
+    if not relpaths:
+        raise DataError(f"{name}: none of the {len(paths)} files under {base} could be read as an image")
+    lab = np.asarray(labels, dtype=np.int64)
+    transform = as_transform(image_size, DEFAULT_IMAGE_SIZE)
+    info = DatasetInfo(
+        name=name, split=split, num_samples=len(lab), class_names=classes, in_channels=transform.channels,
+        image_size=(transform.size, transform.size), mean=IMAGENET_MEAN, std=IMAGENET_STD,
+        fingerprint=fingerprint_for(digests, lab, relpaths), transform=transform.record(), skipped=skipped,
+    )
+    return ImageData(images=FileImages(base, relpaths, transform), labels=torch.from_numpy(lab),
+                     indices=torch.arange(len(lab), dtype=torch.int64),
+                     sample_ids=sample_ids_for(digests, lab, relpaths), info=info, keys=tuple(relpaths))
+
+
+def load_imagefolder(root: str, split: str, ignore_labels: bool = False, *, image_size: int | InputTransform | None = None,
+                     workers: int | None = None, skip_unreadable: bool = False) -> ImageData:
+    """ROOT/split as an ImageData whose pixels are decoded on demand (see the module docstring).
+
+    ``ignore_labels``: every label UNLABELLED, ids and fingerprint hashed with it, and no class names (a
+    cache of the images takes the teacher's classes, which may be another label set entirely).
+    """
+    base, split_dir = Path(root), Path(root) / split
+    if not split_dir.is_dir():
+        raise DataError(f"imagefolder: {split_dir} not found; {LAYOUT_HINT}")
+    classes = class_names_in(base)
+    if not classes:
+        raise DataError(f"imagefolder: no class folders under {split_dir}; {LAYOUT_HINT}")
+    paths, labels = _labelled_files(split_dir, classes)
+    if not paths:
+        raise DataError(f"imagefolder: no images under {split_dir}; {LAYOUT_HINT}")
+    if ignore_labels:
+        labels, classes = [UNLABELLED] * len(labels), ()
+    return _folder_data(IMAGEFOLDER, split, split_dir, paths, labels, classes, image_size, workers, skip_unreadable)
+
+
+def load_unlabelled(root: str, split: str = "train", *, image_size: int | InputTransform | None = None,
+                    workers: int | None = None, skip_unreadable: bool = False) -> ImageData:
+    """Every image under ROOT as the ``train`` split of an unlabelled dataset (see the module docstring)."""
+    base = Path(root)
+    if split != "train":
+        raise DataError(f"unlabelled images have one split, train (every image under {base}); there is no "
+                        f"{split!r} split: evaluate on your labelled data")
+    if not base.is_dir():
+        raise DataError(f"unlabelled: {base} not found; {UNLABELLED_HINT}")
+    paths = image_files_under(base)
+    if not paths:
+        raise DataError(f"unlabelled: no images under {base}; {UNLABELLED_HINT}")
+    return _folder_data(UNLABELLED_FOLDER, "train", base, paths, [UNLABELLED] * len(paths), (), image_size,
+                        workers, skip_unreadable)
+
+
+def folder_files(dataset: Any) -> tuple[list[Path], list[str]] | None:
+    """(paths, relative paths) of an ImageFolder-like dataset (``.samples`` (path, class) and ``.root``), else None.
+
+    Such a dataset's rows are files: kdcache identifies them by relative path and bytes, as its own folders.
+    """
+    samples, root = getattr(dataset, "samples", None), getattr(dataset, "root", None)
+    if not isinstance(samples, list) or root is None or len(samples) != len(dataset):
+        return None
+    try:
+        paths = [Path(p) for p, _ in samples]
+        return paths, [p.relative_to(root).as_posix() for p in paths]
+    except (TypeError, ValueError):
+        return None

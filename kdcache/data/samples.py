@@ -1,0 +1,79 @@
+"""A split held in memory (ImageData), and the pixel arithmetic every job shares.
+
+What ties a sample to a cache row (its content id, the split's identity) lives one floor
+down, in kdcache.identity, because the cache format records it too.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from kdcache.data.images import subset
+from kdcache.errors import ConfigError
+from kdcache.identity import UNLABELLED, DatasetInfo
+
+
+@dataclass(frozen=True)
+class ImageData:
+    """A split (or part of it). ``labels`` holds UNLABELLED where a sample has no label.
+
+    ``images`` is a uint8 tensor (N, C, H, W) in memory, or a lazy source indexed the same
+    way (kdcache.data.images: image files decoded on demand); read batches of it through
+    kdcache.data.loader.image_batches.
+    """
+
+    images: Any  # (N, C, H, W) uint8: a tensor, or a kdcache.data.images source
+    labels: torch.Tensor  # (N,) int64
+    indices: torch.Tensor  # (N,) int64, position in the full split
+    sample_ids: np.ndarray = field(repr=False)  # (N,) uint64 content ids
+    info: DatasetInfo = field(repr=False)
+    keys: tuple[str, ...] | None = field(default=None, repr=False)  # image files: each sample's relative path
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def head(self, limit: int | None) -> "ImageData":
+        """The first ``limit`` samples (all of them for None)."""
+        if limit is None or limit >= len(self):
+            return self
+        if limit <= 0:
+            raise ConfigError(f"--limit must be a positive number of samples, got {limit}")
+        return self.take(slice(0, limit))
+
+    def take(self, rows: slice | np.ndarray | torch.Tensor) -> "ImageData":
+        """The samples at ``rows`` (a slice or an index array), same info."""
+        idx = rows if isinstance(rows, slice) else torch.as_tensor(np.asarray(rows), dtype=torch.int64)
+        pos = rows if isinstance(rows, slice) else np.asarray(rows)
+        keys = None if self.keys is None else tuple(np.asarray(self.keys, dtype=object)[pos])
+        return replace(self, images=subset(self.images, rows), labels=self.labels[idx], indices=self.indices[idx],
+                       sample_ids=self.sample_ids[pos], keys=keys)
+
+    @property
+    def num_labelled(self) -> int:
+        return int((self.labels != UNLABELLED).sum())
+
+
+def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> float32 standardised with the dataset's mean/std."""
+    return standardize(to_unit(images), mean, std)
+
+
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> float32 in [0, 1] (augmentation views are applied at this stage)."""
+    return images.float().div_(255.0)
+
+
+def standardize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """(x - mean) / std per channel, for float (B, C, H, W) in [0, 1]."""
+    m = torch.tensor(tuple(mean), device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    s = torch.tensor(tuple(std), device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    return (x - m) / s
+
+
+def batch_order(n: int, batch_size: int, shuffle: bool, generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+    """Index tensors for one epoch: a permutation (or 0..n-1) cut into batches."""
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    yield from order.split(batch_size)

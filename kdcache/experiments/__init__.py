@@ -1,0 +1,1 @@
+"""Experiments: several jobs run as one — the pipeline, sweeps, and their results and reports."""

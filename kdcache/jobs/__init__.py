@@ -1,0 +1,6 @@
+"""Jobs: one function per thing a user asks for, each configured by one object.
+
+``training`` (train_teacher, train_student, evaluate_checkpoint), ``dump`` (dump_logits),
+``foreign`` (your own model and Dataset as a teacher), ``transfer`` (transfer sets of
+unlabelled images), ``verify`` (verify_cache). The CLI and experiments call these.
+"""
