@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from kdcache.cache import open_cache
+from kdcache.config import DataConfig, DumpConfig, RunOptions, ViewConfig
 from kdcache.jobs.dump import dump_logits
 
 TEMPERATURES = (1.0, 4.0, 20.0)
@@ -60,8 +61,7 @@ def bf16_error(teacher: str, workdir: str | Path, *, data_dir: str = "data", lim
     work = Path(workdir)
     seconds, logits = {}, {}
     for precision in ("fp32", "bf16"):
-        r = dump_logits(teacher, work / f"{precision}.h5", data_dir=data_dir, limit=limit, precision=precision,
-                        device="cpu", views=views, augment=augment, batch_size=batch_size, overwrite=True)
+        r = dump_logits(teacher, work / f"{precision}.h5", dump=DumpConfig(precision=precision, device="cpu", batch_size=batch_size), data_cfg=DataConfig(data_dir=data_dir, limit=limit), views=ViewConfig(views=views, augment=augment), run=RunOptions(overwrite=True))
         seconds[precision] = r["seconds"]
         with open_cache(r["cache"]) as c:
             z = torch.from_numpy(c.read())

@@ -34,6 +34,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from kdcache.config import DataConfig, DistillConfig, DumpConfig, RunOptions
+
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = {"dump": 1.7, "assembly_share": 0.05, "student": 1.5, "accuracy_pp": 0.3}
 
@@ -58,17 +60,15 @@ def worker(argv: list[str]) -> None:
 
     from kdcache import dist
     from kdcache.cache import read_meta
-    from kdcache.config import STUDENT_TRAIN, DataConfig
+    from kdcache.config import STUDENT_TRAIN
     from kdcache.files import write_json
     from kdcache.jobs.dump import dump_logits
     from kdcache.jobs.training import train_student
 
     torch.set_num_threads(1)
     with dist.launch(report=lambda line: print(f"Error: {line}", file=sys.stderr, flush=True)) as ctx:
-        d = dump_logits(a.teacher, a.cache, data_dir=a.data_dir, limit=a.limit, batch_size=a.batch_size, device="cpu",
-                        overwrite=True)
-        s = train_student(a.student, caches=[a.cache], data_cfg=DataConfig(data_dir=a.data_dir, limit=a.limit),
-                          cfg=replace(STUDENT_TRAIN, epochs=a.epochs, seed=a.seed, device="cpu"), overwrite=True)
+        d = dump_logits(a.teacher, a.cache, dump=DumpConfig(batch_size=a.batch_size, device="cpu"), data_cfg=DataConfig(data_dir=a.data_dir, limit=a.limit), run=RunOptions(overwrite=True))
+        s = train_student(a.student, data_cfg=DataConfig(data_dir=a.data_dir, limit=a.limit), cfg=replace(STUDENT_TRAIN, epochs=a.epochs, seed=a.seed, device="cpu"), distill=DistillConfig(caches=[a.cache]), run=RunOptions(overwrite=True))
         if ctx.is_main:
             write_json(a.json, {"ranks": ctx.world_size, "rows": d["rows"], "dump_seconds": d["seconds"],
                                 "assemble_seconds": d.get("assemble_seconds"),

@@ -41,7 +41,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from kdcache.config import STUDENT_TRAIN, TrainConfig, default_lr
+from kdcache.config import STUDENT_TRAIN, DataConfig, DumpConfig, RunOptions, TrainConfig, default_lr
 from kdcache.data.datasets import load_dataset
 from kdcache.data.folders import IMAGENET_MEAN, IMAGENET_STD
 from kdcache.data.images import InputTransform
@@ -164,9 +164,7 @@ def dump_rows(args: argparse.Namespace, root: Path, teacher: Path, cache: Path) 
 
     def dump(r: int) -> float:
         t0 = time.perf_counter()
-        s = dump_logits(teacher, cache, dataset="imagefolder", data_dir=str(root), image_size=args.image_size,
-                        workers=args.workers, batch_size=args.batch_size, device="cpu", progress=False,
-                        overwrite=True)
+        s = dump_logits(teacher, cache, dump=DumpConfig(batch_size=args.batch_size, device="cpu"), data_cfg=DataConfig(dataset="imagefolder", data_dir=str(root), image_size=args.image_size, workers=args.workers), run=RunOptions(progress=False, overwrite=True))
         wall = time.perf_counter() - t0
         assert s["rows"] == args.images
         loops.append(s["seconds"])
@@ -238,8 +236,7 @@ def rss_child(argv: list[str]) -> None:
     except OSError:
         reset = False
     before = _status_mb("VmRSS")
-    s = dump_logits(teacher, out, dataset="imagefolder", data_dir=root, image_size=int(size), workers=int(workers),
-                    batch_size=int(batch), device="cpu", progress=False, overwrite=True)
+    s = dump_logits(teacher, out, dump=DumpConfig(batch_size=int(batch), device="cpu"), data_cfg=DataConfig(dataset="imagefolder", data_dir=root, image_size=int(size), workers=int(workers)), run=RunOptions(progress=False, overwrite=True))
     self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: KiB
     child_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # the largest worker's peak
     print(json.dumps({"rows": s["rows"], "self_mb": self_kb / 1024, "children_mb": child_kb / 1024,

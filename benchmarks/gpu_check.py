@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from kdcache.cache import open_cache
-from kdcache.config import TEACHER_TRAIN
+from kdcache.config import TEACHER_TRAIN, DataConfig, DumpConfig, RunOptions
 from kdcache.data.batches import MemoryBatches
 from kdcache.data.datasets import load_dataset
 from kdcache.data.samples import ImageData
@@ -107,9 +107,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ckpt = save_checkpoint(work / "teacher.pt", teacher.float().to(memory_format=torch.contiguous_format).cpu(),
                            model_config("teacher-cnn", info), overwrite=True)
 
-    common = dict(data_dir=args.data_dir, limit=args.compare_rows, overwrite=True)
-    on_device = dump_logits(ckpt, work / f"dump-{args.device}.h5", device=args.device, **common)
-    on_cpu = dump_logits(ckpt, work / "dump-cpu-reference.h5", device="cpu", **common)
+    common = dict(data_cfg=DataConfig(data_dir=args.data_dir, limit=args.compare_rows), run=RunOptions(overwrite=True))
+    on_device = dump_logits(ckpt, work / f"dump-{args.device}.h5", **common, dump=DumpConfig(device=args.device))
+    on_cpu = dump_logits(ckpt, work / "dump-cpu-reference.h5", **common, dump=DumpConfig(device="cpu"))
     comparison = compare_caches(on_device["cache"], on_cpu["cache"])
     result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "torch": str(torch.__version__),

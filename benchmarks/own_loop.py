@@ -24,6 +24,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from kdcache.config import DistillConfig, RunOptions
+
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "own_training_loop.py"
 
@@ -66,9 +68,7 @@ def compare(cache: str, data_dir: str, seeds: list[int], epochs: int, limit: int
     rows = []
     for seed in seeds:
         own = own_loop(cache, data_dir, seed, epochs, limit, eval_limit, workdir / f"own-loop-s{seed}.json")
-        kd = train_student(workdir / f"train-student-s{seed}.pt", caches=[cache], temperature=4.0, alpha=0.5,
-                           data_cfg=DataConfig(data_dir=data_dir, limit=limit, eval_limit=eval_limit),
-                           cfg=replace(STUDENT_TRAIN, epochs=epochs, seed=seed), reuse=True)
+        kd = train_student(workdir / f"train-student-s{seed}.pt", data_cfg=DataConfig(data_dir=data_dir, limit=limit, eval_limit=eval_limit), cfg=replace(STUDENT_TRAIN, epochs=epochs, seed=seed), distill=DistillConfig(caches=[cache], temperature=4.0, alpha=0.5), run=RunOptions(reuse=True))
         a, b = own["test_accuracy"], kd["test"]["accuracy"]
         rows.append({"seed": seed, "own_loop": a, "train_student": b, "difference_pp": 100 * (a - b)})
         print(f"seed {seed}: own loop {a:.2%}, train-student {b:.2%}, difference {100 * (a - b):+.2f} pp", flush=True)

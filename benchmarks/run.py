@@ -31,7 +31,7 @@ import torch
 
 from benchmarks.synthetic import IMAGENET_CLASSES, IMAGENET_ROWS, write_synthetic_cache
 from kdcache import cache
-from kdcache.config import TrainConfig
+from kdcache.config import DataConfig, DumpConfig, RunOptions, TrainConfig
 from kdcache.data.batches import Batch, MemoryBatches
 from kdcache.data.datasets import load_dataset
 from kdcache.data.samples import ImageData
@@ -203,8 +203,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     dumps: list[dict] = []
 
     def do_dump(r: int) -> float:
-        dumps.append(dump_logits(teacher_path, dump_path, split="train", data_dir=args.data_dir, limit=n_dump,
-                                 device="cpu", overwrite=True))
+        dumps.append(dump_logits(teacher_path, dump_path, dump=DumpConfig(split="train", device="cpu"), data_cfg=DataConfig(data_dir=args.data_dir, limit=n_dump), run=RunOptions(overwrite=True)))
         return dumps[-1]["seconds"]
 
     a, b, ta, tb = median_pair(args.repeats, do_dump, lambda r: teacher_inference(teacher, sub, 1000))
@@ -221,8 +220,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         cache_path = work / f"fmnist-{n}.h5"
         if not cache_path.exists() or cache.read_meta(cache_path).num_samples != n:
             log(f"    dumping {n} samples for the student rows ...")
-            dump_logits(teacher_path, cache_path, split="train", data_dir=args.data_dir, limit=n, device="cpu",
-                        overwrite=True)
+            dump_logits(teacher_path, cache_path, dump=DumpConfig(split="train", device="cpu"), data_cfg=DataConfig(data_dir=args.data_dir, limit=n), run=RunOptions(overwrite=True))
     t0 = time.perf_counter()
     with cache.open_cache(cache_path) as c:
         teacher_logits = torch.from_numpy(c.read(c.align(data.indices.numpy(), labels=data.labels.numpy(),

@@ -58,7 +58,7 @@ from benchmarks.topk_caches import (
 )
 from benchmarks.topk_task import TaskConfig, logits_of, make_task, mlp
 from kdcache.cache import open_cache
-from kdcache.config import STUDENT_TRAIN, DataConfig, TrainConfig
+from kdcache.config import DEFAULT_TOPK_REBUILD, STUDENT_TRAIN, DataConfig, TrainConfig
 from kdcache.data.batches import MemoryBatches
 from kdcache.data.samples import ImageData
 from kdcache.experiments.report import summarize, write_report
@@ -72,7 +72,6 @@ from kdcache.experiments.sweep import RunSpec, run_sweep
 from kdcache.files import sha256_file, write_json
 from kdcache.jobs.training import distillation_loss
 from kdcache.train.loop import cross_entropy_loss, evaluate, fit
-from kdcache.train.loss import DEFAULT_TOPK_REBUILD
 
 SIZE_TARGET, ACCURACY_TARGET = 20.0, 0.002  # the issue's: >= 20x smaller than float16 logits, <= 0.2 pp lost
 

@@ -47,7 +47,7 @@ import torch
 
 from benchmarks.run import machine, make_teacher, median_pair, row, teacher_inference
 from kdcache.cache import CacheWriter
-from kdcache.config import STUDENT_TRAIN, TEACHER_TRAIN, DataConfig, TrainConfig
+from kdcache.config import STUDENT_TRAIN, TEACHER_TRAIN, DataConfig, DumpConfig, RunOptions, TrainConfig, ViewConfig
 from kdcache.data.augment import ViewPlan, parse_policy, sample_views, view_record
 from kdcache.data.batches import MemoryBatches
 from kdcache.data.datasets import load_dataset
@@ -95,16 +95,14 @@ def prepare(out: Path, s: dict[str, Any], data_dir: str, log=print) -> dict[str,
     data_cfg = DataConfig(data_dir=data_dir, val_size=s["val_size"], eval_limit=s["eval_limit"],
                           limit=s["train_rows"] if s["train_rows"] < 55_000 else None)
     log(f"teacher: teacher-cnn, {s['teacher_epochs']} epochs with --augment {s['policy']} ...")
-    t = train_teacher(p["teacher"], data_cfg=data_cfg, cfg=replace(TEACHER_TRAIN, epochs=s["teacher_epochs"]),
-                      augment=s["policy"], reuse=True, overwrite=True)
+    t = train_teacher(p["teacher"], data_cfg=data_cfg, cfg=replace(TEACHER_TRAIN, epochs=s["teacher_epochs"]), views=ViewConfig(augment=s["policy"]), run=RunOptions(reuse=True, overwrite=True))
     made = {"teacher": {"test_accuracy": t["test"]["accuracy"], "val_accuracy": (t.get("val") or {}).get("accuracy"),
                         "seconds": t["seconds"], "reused": t["reused"]}}
     made["teacher"]["test_accuracy_on_views"] = view_accuracy(p["teacher"], s, data_dir)
     for name, views in (("plain", None), ("views", s["views"])):
         log(f"cache {p[name]}: {s['train_rows']} rows" + (f" x {views} views" if views else "") + " ...")
-        kw = {} if views is None else {"views": views, "augment": s["policy"]}
-        d = dump_logits(p["teacher"], p[name], data_dir=data_dir, limit=s["train_rows"], precision=s["precision"],
-                        device="auto", reuse=True, overwrite=True, **kw)
+        kw = {} if views is None else {"views": ViewConfig(views=views, augment=s["policy"])}
+        d = dump_logits(p["teacher"], p[name], **kw, dump=DumpConfig(precision=s["precision"], device="auto"), data_cfg=DataConfig(data_dir=data_dir, limit=s["train_rows"]), run=RunOptions(reuse=True, overwrite=True))
         made[name] = {"path": str(p[name]), "seconds": d["seconds"], "bytes": d["bytes"], "reused": d["reused"]}
     from kdcache.files import write_json
 
@@ -249,8 +247,7 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
     k = args.speed_views
 
     def dump(r: int) -> float:
-        return dump_logits(teacher_path, work / "views.h5", data_dir=args.data_dir, limit=n_dump, device="cpu",
-                           views=k, augment=args.policy, overwrite=True)["seconds"]
+        return dump_logits(teacher_path, work / "views.h5", dump=DumpConfig(device="cpu"), data_cfg=DataConfig(data_dir=args.data_dir, limit=n_dump), views=ViewConfig(views=k, augment=args.policy), run=RunOptions(overwrite=True))["seconds"]
 
     a, b, ta, tb = median_pair(args.repeats, dump, lambda r: teacher_inference(teacher, data.head(n_dump), 1000))
     rows.append(row(f"dump-logits --views {k}, per view, vs teacher inference per image", f"dump of {k} views",

@@ -28,6 +28,7 @@ from torchvision.transforms import (
 )
 
 import kdcache
+from kdcache.config import DumpConfig, RunOptions, ViewConfig
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # kdcache's default for uint8 RGB images: ImageNet's
 VIEWS, EPOCHS = 4, 2
@@ -57,8 +58,7 @@ def main(argv=None) -> dict:
     # fractions of the image, so your loop replays exactly the crops the teacher saw, at any resolution.
     data = ImageFolder(str(folder), transform=Compose([*resize, PILToTensor()]))  # uint8; kdcache standardises
     teacher = torchvision.models.resnet18(num_classes=len(data.classes))  # load your trained weights here
-    kdcache.dump_logits(teacher, args.out, dataset=data, overwrite=True, normalize=(MEAN, STD), views=VIEWS,
-                        augment="crop-flip")
+    kdcache.dump_logits(teacher, args.out, dataset=data, dump=DumpConfig(normalize=(MEAN, STD)), views=ViewConfig(views=VIEWS, augment="crop-flip"), run=RunOptions(overwrite=True))
 
     # 2. Your student, your loop: the same folder, your own transform, the cached logits alongside.
     # Views are built on images in [0, 1] (ToTensor); your normalisation runs after them (transform=).

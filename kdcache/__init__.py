@@ -41,7 +41,9 @@ _EXPORTS = {
     "train_teacher": "jobs.training", "train_student": "jobs.training", "evaluate_checkpoint": "jobs.training",
     "dump_logits": "jobs.dump", "verify_cache": "jobs.verify",
     "run_sweep": "experiments.sweep", "RunSpec": "experiments.sweep",
-    "TrainConfig": "config", "DataConfig": "config",
+    "run_pipeline": "experiments.pipeline", "TeacherSpec": "train.teacher",
+    "TrainConfig": "config", "DataConfig": "config", "DistillConfig": "config", "ViewConfig": "config",
+    "CacheIO": "config", "DumpConfig": "config", "RunOptions": "config", "PipelineConfig": "config",
     "KDCacheError": "errors", "CacheError": "errors", "CheckpointError": "errors", "ConfigError": "errors",
     "DataError": "errors", "StorageError": "errors",
 }

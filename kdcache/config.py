@@ -7,6 +7,7 @@ it was made and can be reused only when the configuration asked for is the same.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, replace
 
 from kdcache.errors import ConfigError
@@ -15,6 +16,8 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("onecycle", "cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")  # auto: kdcache.device.resolve_precision
 DEVICES = ("auto", "cpu", "cuda")
+SPLITS = ("train", "test")
+LOGIT_DTYPES = ("float32", "float16")  # how a cache may store logit values (docs/cache-format.md)
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,8 @@ STUDENT_TRAIN = TrainConfig(epochs=10, batch_size=128, lr=0.02, precision="fp32"
 PIPELINE_TEACHER = replace(TEACHER_TRAIN, epochs=3)  # the main job: ~12 min on 2 cores, 331 s the teacher
 # The main job's scarce-label rows: a student on the first N labels alone (15 epochs, as in benchmarks.transfer),
 # and one on the same labels plus every other training image as unlabelled rows.
-PIPELINE_SCARCE_LABELS = 5000
+# 5,000 of Fashion-MNIST's 60,000: a twelfth of the training samples, whatever --limit leaves (1,000 -> 83).
+PIPELINE_SCARCE_FRACTION = 1 / 12
 PIPELINE_SCARCE_EPOCHS = 15
 PIPELINE_SCARCE_ALPHA = 0.9  # with T = 4: picked on validation for this case by benchmarks.transfer
 PIPELINE_WORKDIR = "runs/pipeline"  # the main job's checkpoints and metrics
@@ -100,7 +104,7 @@ STREAM_MIN_BLOCKS_PER_RANK = 64
 class DataConfig:
     """Where the training data comes from."""
 
-    dataset: str | None = DEFAULT_DATASET  # None: the cache's (train-student)
+    dataset: str | None = None  # None: the job's source decides (a cache's, a checkpoint's, a teacher's), else DEFAULT_DATASET
     data_dir: str = DEFAULT_DATA_DIR
     limit: int | None = None  # first N training samples (after the validation samples are set aside)
     eval_limit: int | None = None  # first N test samples (quick runs)
@@ -118,3 +122,182 @@ class DataConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# ---- the jobs' configuration objects: the CLI fills them from flags, the Python API takes them, checkpoints
+# ---- and caches record them (asdict), and reuse compares what they determine.
+ENSEMBLE_METHODS = ("mean-probs", "mean-logits")
+DEFAULT_ENSEMBLE = "mean-probs"
+TOPK_REBUILDS = ("spread", "bucket")
+# Top-k rows are rebuilt by spreading the tail's mass evenly over the other classes (TinyViT, ml-dr): at the full
+# cache's best T it matched full logits on the 1,000-class task where the bucket loss lost 2 points
+# (docs/results/topk-rebuild.md: top-10 82.66 vs 79.94, full 81.98; 3 seeds).
+DEFAULT_TOPK_REBUILD = "spread"
+HIGH_TEMPERATURE = 20.0  # the usual range of T ends here; far above it the soft loss behaves like logit matching
+
+
+def check_temperature(temperature: float) -> float:
+    """Refuse a temperature softmax(z/T) cannot use (0, negative, infinite, NaN, not a number)."""
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+        raise ConfigError(f"temperature T must be a finite number > 0, got {temperature}")
+    return float(temperature)
+
+
+def check_alpha(alpha: float) -> float:
+    """Refuse a mixing weight outside [0, 1]."""
+    if not (isinstance(alpha, (int, float)) and 0.0 <= alpha <= 1.0):
+        raise ConfigError(f"alpha must be in [0, 1] (0 = labels only, 1 = soft targets only), got {alpha}")
+    return float(alpha)
+
+
+def check_topk_rebuild(rebuild: str) -> str:
+    """Refuse an unknown way of rebuilding top-k rows."""
+    if rebuild not in TOPK_REBUILDS:
+        raise ConfigError(f"topk_rebuild must be one of {', '.join(TOPK_REBUILDS)}, got {rebuild!r}")
+    return rebuild
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"unknown {name} {value!r}; choose one of: {', '.join(choices)}")
+
+
+def _paths(value) -> tuple[str, ...]:
+    """A path or a sequence of paths, as a tuple of str (so configs compare and serialise as data)."""
+    if isinstance(value, (str, os.PathLike)):
+        value = (value,)
+    return tuple(os.fspath(p) for p in value)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a job treats what is already on disk, and whether it shows progress (never what it computes)."""
+
+    overwrite: bool = False  # replace an existing output
+    reuse: bool = False  # keep an output made by the same request; redo one made by another
+    resume: bool = False  # continue a stopped training run (there must be a resume state)
+    progress: bool = False  # progress bars on stderr
+
+    def __post_init__(self) -> None:
+        if self.resume and self.overwrite and not self.reuse:
+            raise ConfigError("--resume continues a run and --overwrite starts over: pass one of them")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """What a student learns from: the teacher's caches and how their rows become soft targets."""
+
+    caches: tuple[str, ...] = ()  # several caches of one dataset: an ensemble
+    temperature: float = DEFAULT_TEMPERATURE
+    alpha: float = DEFAULT_ALPHA  # weight of the soft term; 0 trains on labels alone (no cache needed)
+    ensemble: str = DEFAULT_ENSEMBLE  # how several caches combine: mean-probs | mean-logits
+    topk_rebuild: str = DEFAULT_TOPK_REBUILD  # top-k rows -> soft targets: spread | bucket (kd_loss)
+    # rows without labels (kdcache.jobs.transfer): the soft term covers every row, cross-entropy the labelled ones
+    labels_limit: int | None = None  # only the first N training samples keep their labels
+    transfer: tuple[str, ...] = ()  # caches of other images (dump-logits --no-labels, unlabelled folders)
+    transfer_data_dirs: tuple[str, ...] = ()  # their images: none = --data-dir, one for all, or one per cache
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "caches", _paths(self.caches))
+        object.__setattr__(self, "transfer", _paths(self.transfer))
+        object.__setattr__(self, "transfer_data_dirs", _paths(self.transfer_data_dirs))
+        if self.labels_limit is not None and self.labels_limit < 0:
+            raise ConfigError(f"--labels-limit must be >= 0, got {self.labels_limit}")
+        check_temperature(self.temperature)
+        check_alpha(self.alpha)
+        _choice("ensemble method", self.ensemble, ENSEMBLE_METHODS)
+        check_topk_rebuild(self.topk_rebuild)
+        if self.alpha > 0 and not self.caches:
+            raise ConfigError("alpha > 0 distils from a teacher: pass --cache (or use --alpha 0 for labels only)")
+
+
+@dataclass(frozen=True)
+class ViewConfig:
+    """Augmentation views: drawn fresh every epoch, stored by a dump, or replayed from a cache (kdcache.data.views)."""
+
+    augment: str | None = None  # a policy (kdcache.data.augment), e.g. "crop-flip"
+    views: int = 1  # dump-logits: views stored per image
+    include_original: bool = False  # dump-logits: view 0 is the un-augmented image
+    seed: int = VIEW_SEED  # dump-logits: the views' parameters are a pure function of it, the view and the index
+    cache_views: int | None = None  # train-student: replay only the first K stored views
+    allow_inconsistent: bool = False  # train-student: fresh views with a single-view cache (teacher never saw them)
+
+    def __post_init__(self) -> None:
+        if self.views < 1:
+            raise ConfigError(f"--views must be >= 1, got {self.views}")
+        if self.cache_views is not None and self.cache_views < 1:
+            raise ConfigError(f"--cache-views must be >= 1, got {self.cache_views}")
+
+
+@dataclass(frozen=True)
+class CacheIO:
+    """How a student reads its caches: in memory up to a limit, else streamed from disk."""
+
+    memory_limit_mb: float = CACHE_MEMORY_LIMIT_MB  # caches bigger than this (as float32) are streamed
+    workers: int = 0  # processes reading a streamed cache
+
+    def __post_init__(self) -> None:
+        if not self.memory_limit_mb >= 0 or self.workers < 0:
+            raise ConfigError(f"--cache-memory-limit and --cache-workers must be >= 0, got {self.memory_limit_mb} "
+                              f"and {self.workers}")
+
+
+@dataclass(frozen=True)
+class DumpConfig:
+    """How dump-logits runs the teacher over a split and stores its outputs."""
+
+    split: str = "train"
+    batch_size: int = DUMP_BATCH_SIZE
+    device: str = "auto"
+    precision: str = DUMP_PRECISION
+    dtype: str | None = None  # None: LOGITS_DTYPE for full rows, TOPK_DTYPE for top-k
+    topk: int | None = None  # keep each row's K largest logits and the tail's statistics
+    ignore_labels: bool = False  # --no-labels: every row unlabelled, its id hashes -1
+    class_names: tuple[str, ...] | None = None  # a factory teacher's classes, for data without labels
+    normalize: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # your Dataset's uint8 images: (mean, std)
+
+    def __post_init__(self) -> None:
+        _choice("precision", self.precision, PRECISIONS)
+        _choice("device", self.device, DEVICES)
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.class_names is not None:
+            object.__setattr__(self, "class_names", tuple(self.class_names))
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """The main job (kdcache.experiments.pipeline): a teacher, its cache, a labels-only and a distilled student,
+    and the scarce-label pair. Sizes that depend on the data scale with it."""
+
+    workdir: str = PIPELINE_WORKDIR
+    cache_path: str = PIPELINE_CACHE
+    teacher_epochs: int = PIPELINE_TEACHER.epochs
+    student_epochs: int = STUDENT_TRAIN.epochs
+    temperature: float = DEFAULT_TEMPERATURE
+    alpha: float = DEFAULT_ALPHA
+    limit: int | None = None  # first N training samples (a quick try: 1000)
+    eval_limit: int | None = None
+    data_dir: str = DEFAULT_DATA_DIR
+    device: str = "auto"
+    seed: int = 0
+    scarce_labels: int | None = None  # None: PIPELINE_SCARCE_FRACTION of the training samples; 0: skip the pair
+    scarce_epochs: int = PIPELINE_SCARCE_EPOCHS
+    scarce_alpha: float = PIPELINE_SCARCE_ALPHA
+
+    def __post_init__(self) -> None:
+        check_temperature(self.temperature)
+        check_alpha(self.alpha)
+        check_alpha(self.scarce_alpha)
+        _choice("device", self.device, DEVICES)
+        if self.scarce_labels is not None and self.scarce_labels < 0:
+            raise ConfigError(f"--scarce-labels must be >= 0, got {self.scarce_labels}")
+        if self.scarce_labels and self.limit is not None and self.scarce_labels >= self.limit:
+            raise ConfigError(f"--scarce-labels {self.scarce_labels} must be below the training samples (--limit "
+                              f"{self.limit}); use fewer, or 0 to skip the scarce-label rows")
+
+    def scarce_rows(self, train_rows: int) -> int:
+        """How many labels the scarce-label pair keeps: as asked, else the same fraction of any training set."""
+        if self.scarce_labels is not None:
+            return self.scarce_labels
+        return max(1, round(train_rows * PIPELINE_SCARCE_FRACTION)) if train_rows > 1 else 0

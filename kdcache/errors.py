@@ -12,6 +12,18 @@ class ConfigError(KDCacheError):
     """An option value is invalid (T <= 0, alpha outside [0, 1], unknown name...)."""
 
 
+class Diverged(ConfigError):
+    """Training blew up (a non-finite loss, or one far above where it started): a result of the settings.
+
+    ``reason`` says what the loss did, ``hint`` what to change; a sweep records a diverged run
+    as a result instead of stopping (it catches this class, never matches the message).
+    """
+
+    def __init__(self, reason: str, hint: str = "lower --lr (e.g. by 10x)") -> None:
+        super().__init__(f"training diverged ({reason}); {hint}")
+        self.reason, self.hint = reason, hint
+
+
 class DataError(KDCacheError):
     """The dataset is missing or not what was asked for."""
 

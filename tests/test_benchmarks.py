@@ -5,6 +5,8 @@ import json
 import sys
 from pathlib import Path
 
+from kdcache.config import DataConfig, DumpConfig
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ lives at the repo root, not in the package
 from benchmarks.run import format_table, main  # noqa: E402
 
@@ -118,7 +120,7 @@ def test_transfer_benchmark_smoke(tmp_path, data_dir):
     torch.manual_seed(0)
     info = load_dataset("fashion-mnist", "train", data_dir, limit=1).info
     save_checkpoint(tmp_path / "t.pt", build_model("teacher-cnn", 1, 10, (28, 28)), model_config("teacher-cnn", info))
-    dump_logits(tmp_path / "t.pt", tmp_path / "c.h5", data_dir=str(data_dir), limit=300, device="cpu")
+    dump_logits(tmp_path / "t.pt", tmp_path / "c.h5", dump=DumpConfig(device="cpu"), data_cfg=DataConfig(data_dir=str(data_dir), limit=300))
     out = tmp_path / "sweep"
     r = transfer_main(["--smoke", "--cache", str(tmp_path / "c.h5"), "--out", str(out), "--data-dir", str(data_dir),
                        "--quiet"])
@@ -151,7 +153,7 @@ def test_topk_benchmark_smoke(tmp_path, data_dir):
     ckpt = save_checkpoint(tmp_path / "t.pt", build_model("student-cnn"), {
         "arch": "student-cnn", "in_channels": 1, "num_classes": 10, "image_size": [28, 28], "dataset": info.name,
         "mean": list(info.mean), "std": list(info.std), "class_names": list(info.class_names)})
-    full = dump_logits(ckpt, tmp_path / "fm.h5", limit=300, data_dir=str(data_dir))["cache"]
+    full = dump_logits(ckpt, tmp_path / "fm.h5", data_cfg=DataConfig(limit=300, data_dir=str(data_dir)))["cache"]
     out = tmp_path / "out"
     r = topk_main(["--out", str(out), "--smoke", "--quiet", "--fmnist-cache", full, "--data-dir", str(data_dir)])
     syn = r["synthetic"]

@@ -10,7 +10,7 @@ import torch
 from conftest import cache_attrs, error_lines, make_image_data, run_cli, torchrun
 
 from kdcache.cache import write_cache
-from kdcache.config import STUDENT_TRAIN, DataConfig
+from kdcache.config import STUDENT_TRAIN, DataConfig, DistillConfig, DumpConfig
 from kdcache.data.batches import MemoryBatches, rank_batch_size, rank_slices, rank_steps
 from kdcache.data.streaming import StreamingBatches
 from kdcache.dist import SINGLE, DistContext, current, describe, launched
@@ -175,7 +175,7 @@ def test_ddp_teacher_and_student_train_like_one_process_and_their_checkpoints_lo
     assert sharded["accuracy"] == single["accuracy"] and sharded["per_class_accuracy"] == single["per_class_accuracy"]
     assert abs(sharded["loss"] - single["loss"]) < 1e-5
     cache = tmp_path / "c.h5"
-    dump_logits(teacher, cache, data_dir=str(data_dir), limit=256, device="cpu")
+    dump_logits(teacher, cache, dump=DumpConfig(device="cpu"), data_cfg=DataConfig(data_dir=str(data_dir), limit=256))
     run_cli("verify", cache, "--data-dir", data_dir, "--teacher", teacher, "--sample", 64, "-q")
 
     student = tmp_path / "student.pt"
@@ -186,8 +186,8 @@ def test_ddp_teacher_and_student_train_like_one_process_and_their_checkpoints_lo
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:  # the same flags in one process: the same optimisation (student-cnn has no BatchNorm)
-        one = train_student(tmp_path / "one.pt", caches=[cache], data_cfg=DataConfig(data_dir=str(data_dir), limit=256,
-                            eval_limit=100), cfg=replace(STUDENT_TRAIN, epochs=2, batch_size=64, device="cpu"))
+        one = train_student(tmp_path / "one.pt", data_cfg=DataConfig(data_dir=str(data_dir), limit=256,
+                            eval_limit=100), cfg=replace(STUDENT_TRAIN, epochs=2, batch_size=64, device="cpu"), distill=DistillConfig(caches=[cache]))
     finally:
         torch.set_num_threads(threads)
     ref = read_checkpoint(one["checkpoint"])

@@ -13,6 +13,7 @@ from conftest import assert_error, run_cli
 
 from kdcache.cache import open_cache
 from kdcache.cache.targets import TopK
+from kdcache.config import DataConfig, DumpConfig, RunOptions
 from kdcache.jobs.verify import verify_cache
 from kdcache.train.teacher import TeacherSpec
 
@@ -140,9 +141,9 @@ def test_dump_reuses_only_the_same_topk(caches, teacher_ckpt, data_dir, tmp_path
     from kdcache.jobs.dump import dump_logits
 
     out = _copy(caches[1], tmp_path / "again.h5")
-    kw = dict(limit=N, data_dir=str(data_dir), reuse=True)
-    assert dump_logits(teacher_ckpt, out, topk=3, **kw)["reused"]
-    r = dump_logits(teacher_ckpt, out, topk=4, **kw)
+    kw = dict(data_cfg=DataConfig(data_dir=str(data_dir), limit=N), run=RunOptions(reuse=True))
+    assert dump_logits(teacher_ckpt, out, **kw, dump=DumpConfig(topk=3))["reused"]
+    r = dump_logits(teacher_ckpt, out, **kw, dump=DumpConfig(topk=4))
     assert not r["reused"] and r["topk"] == 4 and r["request"]["targets"] == "topk"
     assert not dump_logits(teacher_ckpt, out, **kw)["reused"]  # full logits asked for: dumped again
     with open_cache(out) as c:
@@ -184,10 +185,8 @@ def test_dump_records_the_resolved_precision(tmp_path, teacher_ckpt, data_dir, m
     from kdcache.jobs.dump import dump_logits
 
     monkeypatch.setattr(device, "bf16_native", lambda d: native)
-    r = dump_logits(teacher_ckpt, tmp_path / "c.h5", data_dir=data_dir, limit=50, device="cpu", precision="auto")
+    r = dump_logits(teacher_ckpt, tmp_path / "c.h5", dump=DumpConfig(device="cpu", precision="auto"), data_cfg=DataConfig(data_dir=data_dir, limit=50))
     assert r["request"]["teacher_precision"] == expect and read_meta(tmp_path / "c.h5").teacher_precision == expect
-    again = dump_logits(teacher_ckpt, tmp_path / "c.h5", data_dir=data_dir, limit=50, device="cpu", precision=expect,
-                        reuse=True)
+    again = dump_logits(teacher_ckpt, tmp_path / "c.h5", dump=DumpConfig(device="cpu", precision=expect), data_cfg=DataConfig(data_dir=data_dir, limit=50), run=RunOptions(reuse=True))
     assert again["reused"]  # auto and the value it resolved to are one request
-    assert dump_logits(teacher_ckpt, tmp_path / "d.h5", data_dir=data_dir, limit=50,
-                       device="cpu")["request"]["teacher_precision"] == "fp32"  # the default: fp32 everywhere
+    assert dump_logits(teacher_ckpt, tmp_path / "d.h5", dump=DumpConfig(device="cpu"), data_cfg=DataConfig(data_dir=data_dir, limit=50))["request"]["teacher_precision"] == "fp32"  # the default: fp32 everywhere

@@ -101,3 +101,28 @@ def test_imagefolder_own_model_example_runs(tmp_path):
         assert cache.meta.num_views == 4 and (policy["name"], policy["version"]) == ("crop-flip", 2)
         boxes = cache.read_view_params()[..., :4]
         assert (boxes > 0).any() and (boxes <= 1).all() and (boxes >= 0).all()
+
+
+def test_readme_jobs_snippet_runs(data_dir, tmp_path, monkeypatch, capsys):
+    """The README's jobs-from-Python block runs as printed, at a size for tests (its limit and epochs shrunk)."""
+    import json
+
+    section = readme_section("kdcache's jobs from Python")
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert len(blocks) == 1, "the section should hold one python block"
+    code = blocks[0]
+    assert "DataConfig(limit=5000)" in code and "TrainConfig(epochs=3)" in code
+    code = code.replace("DataConfig(limit=5000)", "DataConfig(limit=300, eval_limit=200)")
+    code = code.replace("TrainConfig(epochs=3)", "TrainConfig(epochs=1, device='cpu')")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "FashionMNIST").symlink_to(Path(data_dir) / "FashionMNIST")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    accuracy = float(capsys.readouterr().out.strip().splitlines()[-1])
+    student = json.loads((tmp_path / "runs" / "student.metrics.json").read_text())
+    assert accuracy == student["test"]["accuracy"] and 0.2 < accuracy <= 1.0  # a 300-image student beats chance (0.1)
+    job = student["config"]["job_config"]
+    assert job["distill"]["caches"] == ["runs/train.h5"] and job["distill"]["temperature"] == 4.0
+    with namespace["kdcache"].open_cache("runs/train.h5") as cache:
+        assert cache.meta.topk == 5 and len(cache) == 300

@@ -18,6 +18,7 @@ from torchvision.transforms import (
 )
 
 import kdcache
+from kdcache.config import DataConfig, DumpConfig
 from kdcache.data.datasets import load_dataset
 from kdcache.data.folders import IMAGENET_MEAN, IMAGENET_STD
 from kdcache.data.samples import normalize
@@ -43,7 +44,7 @@ def test_imagefolder_and_module_teacher(folder, tmp_path):
     ds = image_folder(folder, PILToTensor())
     model = small_model()
     out = tmp_path / "c.h5"
-    r = kdcache.dump_logits(model, out, dataset=ds, workers=0)
+    r = kdcache.dump_logits(model, out, dataset=ds, data_cfg=DataConfig(workers=0))
     assert r["rows"] == len(ds) == 18 and r["num_classes"] == 3
     ref = load_dataset("imagefolder", "train", folder, image_size=16, workers=0)
     with kdcache.open_cache(out) as cache:
@@ -64,7 +65,7 @@ def test_float_images_are_used_as_returned(folder, tmp_path):
     ds = image_folder(folder, ToTensor(), Normalize((0.4, 0.5, 0.6), (0.2, 0.3, 0.25)))
     model = small_model()
     out = tmp_path / "f.h5"
-    kdcache.dump_logits(model, out, dataset=ds, workers=0)
+    kdcache.dump_logits(model, out, dataset=ds, data_cfg=DataConfig(workers=0))
     with kdcache.open_cache(out) as cache:
         logits = np.asarray(cache.read(), np.float32)
         assert list(cache.meta.normalization_mean) == [0.0] * 3 and list(cache.meta.normalization_std) == [1.0] * 3
@@ -96,8 +97,8 @@ class Items(Dataset):
 
 def test_plain_dataset_ids_from_items(tmp_path):
     model = small_model(2)
-    a = kdcache.dump_logits(model, tmp_path / "a.h5", dataset=Items(), workers=0)
-    b = kdcache.dump_logits(model, tmp_path / "b.h5", dataset=Items(), workers=2)
+    a = kdcache.dump_logits(model, tmp_path / "a.h5", dataset=Items(), data_cfg=DataConfig(workers=0))
+    b = kdcache.dump_logits(model, tmp_path / "b.h5", dataset=Items(), data_cfg=DataConfig(workers=2))
     assert a["rows"] == 6
     with kdcache.open_cache(tmp_path / "a.h5") as ca, kdcache.open_cache(tmp_path / "b.h5") as cb:
         assert list(ca.labels) == [0, 1] * 3
@@ -106,8 +107,9 @@ def test_plain_dataset_ids_from_items(tmp_path):
 
 
 @pytest.mark.parametrize("teacher, dataset, kind, needle", [
-    ("no-such-teacher.pt", "fashion-mnist", KDCacheError, "not found"),
-    (3, "fashion-mnist", ConfigError, "got a int"),
+    ("no-such-teacher.pt", None, KDCacheError, "not found"),
+    (3, None, ConfigError, "got a int"),
+    ("MODEL", "fashion-mnist", ConfigError, "a dataset by name goes in data_cfg=DataConfig(dataset=...)"),
     ("MODEL", 5, ConfigError, "dataset: got a int"),
     ("MODEL", Items("items"), ConfigError, "not (image, label)"),
     ("MODEL", Items("labels"), ConfigError, "not (image, label)"),
@@ -116,7 +118,7 @@ def test_plain_dataset_ids_from_items(tmp_path):
 def test_bad_inputs_are_one_line(tmp_path, teacher, dataset, kind, needle):
     out = tmp_path / "x.h5"
     with pytest.raises(kind) as e:
-        kdcache.dump_logits(small_model(2) if teacher == "MODEL" else teacher, out, dataset=dataset, workers=0)
+        kdcache.dump_logits(small_model(2) if teacher == "MODEL" else teacher, out, dataset=dataset, data_cfg=DataConfig(workers=0))
     assert needle in str(e.value) and "\n" not in str(e.value) and "Sequential(" not in str(e.value)
     assert not out.exists()
 
@@ -180,7 +182,7 @@ def test_a_checkpoint_teacher_gets_float_images_as_the_dataset_returns_them(teac
             return self.x[i], i % 10
 
     data = Floats()
-    kdcache.dump_logits(teacher_ckpt, tmp_path / "c.h5", dataset=data, class_names=Floats.classes)
+    kdcache.dump_logits(teacher_ckpt, tmp_path / "c.h5", dataset=data, dump=DumpConfig(class_names=Floats.classes))
     model, _ = load_checkpoint(teacher_ckpt)
     with kdcache.open_cache(tmp_path / "c.h5") as cache, torch.inference_mode():
         assert cache.meta.normalization_mean == (0.0,) and cache.meta.normalization_std == (1.0,)

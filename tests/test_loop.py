@@ -4,7 +4,7 @@ import torch
 from conftest import make_image_data
 
 from kdcache.cache import open_cache
-from kdcache.config import TrainConfig
+from kdcache.config import DataConfig, DumpConfig, TrainConfig
 from kdcache.data.batches import MemoryBatches
 from kdcache.data.datasets import load_dataset
 from kdcache.data.samples import normalize
@@ -106,7 +106,7 @@ def test_cached_kd_equals_online_kd(tmp_path, data_dir):
     config = model_config("teacher-cnn", data.info)
     ckpt = save_checkpoint(tmp_path / "t.pt", teacher, config)
     cache = tmp_path / "c.h5"
-    dump_logits(ckpt, cache, data_dir=str(data_dir), limit=128, batch_size=32, device="cpu")
+    dump_logits(ckpt, cache, dump=DumpConfig(batch_size=32, device="cpu"), data_cfg=DataConfig(data_dir=str(data_dir), limit=128))
 
     with open_cache(cache) as c:
         cached = torch.from_numpy(c.read(c.align(data.indices.numpy(), info=data.info)))
@@ -141,7 +141,8 @@ def test_strict_fp32_turns_tf32_off_and_restores():
 
 
 def test_divergence_watch_stops_a_blow_up_not_a_noisy_run():
-    from kdcache.train.loop import DIVERGENCE_FACTOR, Diverged, DivergenceWatch
+    from kdcache.errors import Diverged
+    from kdcache.train.loop import DIVERGENCE_FACTOR, DivergenceWatch
 
     healthy = DivergenceWatch()
     for loss in [2.3, 2.5, 2.2, 2.4, 2.3, 11.3, 4.0, 1.0, 0.1, 0.0]:  # a teacher's early spike (4.7x): not 10x
@@ -158,7 +159,7 @@ def test_divergence_watch_stops_a_blow_up_not_a_noisy_run():
 
 def test_a_run_that_blows_up_stops_with_one_line(image_data):
     """On a folder of photos the default lr once took the teacher's loss from 31 to 136 and exited 0 at chance."""
-    from kdcache.train.loop import Diverged
+    from kdcache.errors import Diverged
 
     torch.manual_seed(0)
     cfg = TrainConfig(epochs=2, batch_size=8, lr=50.0, schedule="constant", device="cpu", precision="fp32")

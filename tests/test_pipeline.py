@@ -4,13 +4,14 @@ import torch
 from click.testing import CliRunner
 
 from kdcache.cli import main
+from kdcache.config import DataConfig, PipelineConfig
 from kdcache.experiments.pipeline import format_table, run_pipeline
 
 
 def test_pipeline_runs_then_reuses(tmp_path, data_dir):
     kw = dict(workdir=str(tmp_path / "runs"), cache_path=str(tmp_path / "c.h5"), teacher_epochs=1, student_epochs=1,
               limit=200, eval_limit=200, data_dir=str(data_dir), device="cpu", scarce_labels=50, scarce_epochs=2)
-    first = run_pipeline(**kw)
+    first = run_pipeline(PipelineConfig(**kw))
     stages = [r["stage"] for r in first["rows"]]
     assert stages == ["teacher", "dump-logits", "student, labels only (alpha 0)", "student, KD T=4 alpha=0.5",
                       "student, 50 labels only (alpha 0)", "student, 50 labels + 150 unlabelled, KD T=4 alpha=0.9"]
@@ -24,9 +25,10 @@ def test_pipeline_runs_then_reuses(tmp_path, data_dir):
     files = ["teacher", None, "student-baseline", "student-distilled", "student-50-labels", "student-50-labels-transfer"]
     for row, name in zip(first["rows"], files):
         if name is not None:
-            again = evaluate_checkpoint(tmp_path / "runs" / f"{name}.pt", data_dir=str(data_dir), limit=200, device="cpu")
+            again = evaluate_checkpoint(tmp_path / "runs" / f"{name}.pt", data_cfg=DataConfig(data_dir=str(data_dir)),
+                                        limit=200, device="cpu")
             assert again["accuracy"] == row["test_accuracy"], (name, again["accuracy"], row["test_accuracy"])
-    second = run_pipeline(**kw)
+    second = run_pipeline(PipelineConfig(**kw))
     assert all(r["reused"] for r in second["rows"])
     assert [r["test_accuracy"] for r in second["rows"]] == [r["test_accuracy"] for r in first["rows"]]
     table = format_table(second)
@@ -35,14 +37,14 @@ def test_pipeline_runs_then_reuses(tmp_path, data_dir):
     assert len({line.index("%") for line in lines if "%" in line}) == 1  # one column, however long the stage names
 
     # `pipeline --T 8 --alpha 0.9` after a default run reused the T=4, alpha=0.5 student because its file existed.
-    third = run_pipeline(**kw, temperature=8.0, alpha=0.9)
+    third = run_pipeline(PipelineConfig(**kw, temperature=8.0, alpha=0.9))
     assert [(r["stage"], r["reused"]) for r in third["rows"][:4]] == [
         ("teacher", True), ("dump-logits", True), ("student, labels only (alpha 0)", True),
         ("student, KD T=8 alpha=0.9", False)]
     config = torch.load(tmp_path / "runs" / "student-distilled.pt", weights_only=True)["config"]
     assert (config["temperature"], config["alpha"]) == (8.0, 0.9)
     # and a change to what the stages are made from (here the student's epochs) retrains the students only
-    fourth = run_pipeline(**{**kw, "student_epochs": 2}, temperature=8.0, alpha=0.9)
+    fourth = run_pipeline(PipelineConfig(**{**kw, "student_epochs": 2}, temperature=8.0, alpha=0.9))
     assert [r["reused"] for r in fourth["rows"][:4]] == [True, True, False, False]
 
 
@@ -65,6 +67,16 @@ def test_pipeline_bad_temperature(tmp_path):
 def test_pipeline_scarce_labels_must_leave_unlabelled_images(tmp_path):
     from conftest import assert_error
 
-    r = CliRunner().invoke(main, ["pipeline", "--workdir", str(tmp_path), "--limit", "300"])
-    assert_error(r, "--scarce-labels 5000 must be below the training samples (--limit 300)")
+    r = CliRunner().invoke(main, ["pipeline", "--workdir", str(tmp_path), "--limit", "300", "--scarce-labels", "300"])
+    assert_error(r, "--scarce-labels 300 must be below the training samples (--limit 300)")
     assert not (tmp_path / "teacher.pt").exists()
+
+
+def test_the_scarce_label_count_scales_with_the_data():
+    """`pipeline --limit 1000`, the obvious quick try, keeps a twelfth of its labels as Fashion-MNIST keeps
+    5,000 of 60,000, instead of failing on a default sized for the whole set."""
+    assert PipelineConfig().scarce_rows(60_000) == 5000
+    assert PipelineConfig(limit=1000).scarce_rows(1000) == 83
+    assert PipelineConfig(limit=1000, scarce_labels=10).scarce_rows(1000) == 10
+    assert PipelineConfig(scarce_labels=0).scarce_rows(60_000) == 0
+    assert PipelineConfig(limit=6).scarce_rows(6) == 1 and PipelineConfig(limit=1).scarce_rows(1) == 0

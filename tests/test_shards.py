@@ -28,8 +28,10 @@ from kdcache.cache.shards import (
     shard_path,
     shard_request,
 )
+from kdcache.config import DataConfig, DumpConfig, ViewConfig
 from kdcache.errors import CacheError
 from kdcache.jobs.dump import dump_logits
+from kdcache.train.teacher import TeacherSpec
 
 REQUEST = {"teacher_sha256": "a" * 64, "dataset": "synthetic", "num_samples": 40, "topk": 0}
 
@@ -155,13 +157,14 @@ def test_assemble_refuses_shards_that_do_not_cover_the_rows(shard_data):
 # -- torchrun end to end -------------------------------------------------------------------------------
 
 
-def _one_process_dump(test_teacher, out, data_dir, limit, batch_size, **kw):
+def _one_process_dump(test_teacher, out, data_dir, limit, batch_size, views=ViewConfig(), topk=None):
     """The reference: the same dump in this process, with 1 torch thread like each rank."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return dump_logits(None, out, teacher_factory=test_teacher["factory"], weights=test_teacher["weights"],
-                           data_dir=str(data_dir), limit=limit, batch_size=batch_size, device="cpu", **kw)
+        return dump_logits(TeacherSpec(factory=test_teacher["factory"], weights=test_teacher["weights"]), out,
+                           dump=DumpConfig(batch_size=batch_size, device="cpu", topk=topk), views=views,
+                           data_cfg=DataConfig(data_dir=str(data_dir), limit=limit))
     finally:
         torch.set_num_threads(threads)
 
@@ -220,8 +223,8 @@ def test_two_nodes_on_one_machine_assemble_the_one_process_cache(tmp_path, test_
     done = [finish_job(p) for p in nodes]
     assert [p.returncode for p in done] == [0, 0], [p.stderr for p in done]
     assert "2 ranks: 2 shard(s) written" in done[0].stdout and done[1].stdout == ""  # rank 0 speaks for the job
-    ref = _one_process_dump(test_teacher, tmp_path / "ref.h5", data_dir, 300, 64, views=2, augment="shift-flip",
-                            topk=3)
+    ref = _one_process_dump(test_teacher, tmp_path / "ref.h5", data_dir, 300, 64,
+                            views=ViewConfig(views=2, augment="shift-flip"), topk=3)
     got, want = _logits(out), _logits(ref["cache"])
     assert got[0].classes.shape == (300, 2, 3) and got[1] == want[1]  # every stored value, bit for bit
     assert _attrs(got[2]) == _attrs(want[2])

@@ -8,6 +8,7 @@ from conftest import cache_attrs, make_image_data
 
 from kdcache import cache
 from kdcache.cache.stream import LogitStream, iter_batches
+from kdcache.config import CacheIO, DistillConfig, RunOptions
 from kdcache.data.streaming import StreamingBatches
 from kdcache.errors import CacheError
 
@@ -139,11 +140,11 @@ def test_train_student_streams_a_cache_over_the_memory_limit(tmp_path, data_dir)
     with cache.CacheWriter(path, num_samples=300, num_classes=10, attrs=cache_attrs(fm.info), dtype="float16",
                            chunk_rows=4) as w:  # many small blocks, so that workers split them
         w.write(0, logits, fm.labels, fm.indices, fm.sample_ids)
-    kw = dict(caches=[path], data_cfg=DataConfig(data_dir=str(data_dir), limit=200, eval_limit=100),
+    kw = dict(data_cfg=DataConfig(data_dir=str(data_dir), limit=200, eval_limit=100),
               cfg=TrainConfig(epochs=2, batch_size=64, device="cpu"))
-    streamed = train_student(tmp_path / "s.pt", cache_memory_limit_mb=0, **kw)
-    in_workers = train_student(tmp_path / "w.pt", cache_memory_limit_mb=0, cache_workers=2, **kw)
-    in_memory = train_student(tmp_path / "m.pt", **kw)
+    streamed = train_student(tmp_path / "s.pt", DistillConfig([path]), **kw, io=CacheIO(memory_limit_mb=0))
+    in_workers = train_student(tmp_path / "w.pt", DistillConfig([path]), **kw, io=CacheIO(memory_limit_mb=0, workers=2))
+    in_memory = train_student(tmp_path / "m.pt", DistillConfig([path]), **kw)
     assert streamed["config"]["cache_streamed"] and in_workers["config"]["cache_streamed"]
     assert not in_memory["config"]["cache_streamed"]
     for r in (streamed, in_workers):
@@ -240,8 +241,9 @@ def test_repeated_streamed_runs_leave_no_file_open(tmp_path, data_dir):
     path = tmp_path / "fm.h5"
     logits = np.random.default_rng(0).standard_normal((64, 10)).astype(np.float32)
     cache.write_cache(path, logits, fm.labels, fm.indices, fm.sample_ids, cache_attrs(fm.info), chunk_rows=8)
-    kw = dict(caches=[path], data_cfg=DataConfig(data_dir=str(data_dir), limit=64, eval_limit=50),
-              cfg=TrainConfig(epochs=1, batch_size=32, device="cpu"), cache_memory_limit_mb=0, overwrite=True)
+    kw = dict(distill=DistillConfig([path]), data_cfg=DataConfig(data_dir=str(data_dir), limit=64, eval_limit=50),
+              cfg=TrainConfig(epochs=1, batch_size=32, device="cpu"), io=CacheIO(memory_limit_mb=0),
+              run=RunOptions(overwrite=True))
     train_student(tmp_path / "s.pt", **kw)  # warm-up: whatever the first run opens for good (libraries, data)
     before = open_fds()
     for _ in range(3):

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
-from kdcache.config import DataConfig, TrainConfig
+from kdcache.config import CacheIO, DataConfig, DistillConfig, DumpConfig, RunOptions, TrainConfig
 from kdcache.jobs.training import find_reusable, train_student
+from kdcache.train.models import ModelSpec
 
 
 @pytest.fixture
@@ -15,7 +17,7 @@ def data_cfg(data_dir):
 
 
 def test_validation_split_is_evaluated_every_epoch_and_recorded(tmp_path, data_cfg):
-    r = train_student(tmp_path / "s.pt", alpha=0.0, data_cfg=data_cfg, cfg=TrainConfig(epochs=2, device="cpu"))
+    r = train_student(tmp_path / "s.pt", data_cfg=data_cfg, cfg=TrainConfig(epochs=2, device="cpu"), distill=DistillConfig(alpha=0.0))
     assert [set(h) >= {"val_accuracy", "val_loss"} for h in r["history"]] == [True, True]
     assert r["val"]["num_samples"] == 300 and r["test"]["num_samples"] == 200
     assert r["config"]["val_accuracy"] == r["val"]["accuracy"] and r["config"]["val_size"] == 300
@@ -24,11 +26,11 @@ def test_validation_split_is_evaluated_every_epoch_and_recorded(tmp_path, data_c
 
 def test_reuse_only_for_the_same_request(tmp_path, data_cfg):
     cfg = TrainConfig(epochs=1, device="cpu")
-    first = train_student(tmp_path / "s.pt", alpha=0.0, data_cfg=data_cfg, cfg=cfg)
-    again = train_student(tmp_path / "s.pt", alpha=0.0, data_cfg=data_cfg, cfg=cfg, reuse=True)
+    first = train_student(tmp_path / "s.pt", data_cfg=data_cfg, cfg=cfg, distill=DistillConfig(alpha=0.0))
+    again = train_student(tmp_path / "s.pt", data_cfg=data_cfg, cfg=cfg, distill=DistillConfig(alpha=0.0), run=RunOptions(reuse=True))
     assert again["reused"] and again["test"] == first["test"]
-    other = train_student(tmp_path / "s.pt", alpha=0.0, data_cfg=data_cfg, cfg=TrainConfig(epochs=1, seed=1,
-                                                                                           device="cpu"), reuse=True)
+    other = train_student(tmp_path / "s.pt", data_cfg=data_cfg, cfg=TrainConfig(epochs=1, seed=1,
+                                                                                           device="cpu"), distill=DistillConfig(alpha=0.0), run=RunOptions(reuse=True))
     assert not other["reused"]  # another seed: trained again, and the file now holds that run
     assert find_reusable(tmp_path / "s.pt", other["config"]["request"]) is not None
     assert find_reusable(tmp_path / "s.pt", first["config"]["request"]) is None
@@ -50,9 +52,10 @@ def test_topk_cache_with_every_class_trains_the_same_student_as_full_logits(tmp_
     for name, k in (("full", 0), ("topk", 10)):
         paths[name] = write_cache(tmp_path / f"{name}.h5", logits, fm.labels, fm.indices, fm.sample_ids,
                                   cache_attrs(fm.info), topk=k, chunk_rows=64)
-    kw = dict(temperature=4.0, alpha=0.7, data_cfg=DataConfig(data_dir=str(data_dir), limit=256, eval_limit=100),
-              cfg=TrainConfig(epochs=2, batch_size=64, device="cpu"), cache_memory_limit_mb=0 if streamed else 2048)
-    runs = {name: train_student(tmp_path / f"{name}.pt", caches=[p], **kw) for name, p in paths.items()}
+    kw = dict(data_cfg=DataConfig(data_dir=str(data_dir), limit=256, eval_limit=100),
+              cfg=TrainConfig(epochs=2, batch_size=64, device="cpu"), io=CacheIO(memory_limit_mb=0 if streamed else 2048))
+    runs = {name: train_student(tmp_path / f"{name}.pt", DistillConfig([p], temperature=4.0, alpha=0.7), **kw)
+            for name, p in paths.items()}
     assert runs["topk"]["config"]["cache_streamed"] == streamed
     assert [h["train_loss"] for h in runs["topk"]["history"]] == \
         pytest.approx([h["train_loss"] for h in runs["full"]["history"]], rel=1e-5)
@@ -74,16 +77,16 @@ def test_topk_rebuild_is_part_of_a_topk_students_request(tmp_path, data_dir):
     logits = np.random.default_rng(0).normal(0, 4, (128, 10)).astype(np.float32)
     path = write_cache(tmp_path / "top3.h5", logits, fm.labels, fm.indices, fm.sample_ids, cache_attrs(fm.info),
                        topk=3, chunk_rows=64)
-    kw = dict(caches=[path], temperature=2.0, alpha=0.9, reuse=True,
-              data_cfg=DataConfig(data_dir=str(data_dir), limit=128, eval_limit=64),
+    kw = dict(run=RunOptions(reuse=True), data_cfg=DataConfig(data_dir=str(data_dir), limit=128, eval_limit=64),
               cfg=TrainConfig(epochs=1, batch_size=64, device="cpu"))
-    spread = train_student(tmp_path / "s.pt", topk_rebuild="spread", **kw)
+    distill = DistillConfig([path], temperature=2.0, alpha=0.9)
+    spread = train_student(tmp_path / "s.pt", replace(distill, topk_rebuild="spread"), **kw)
     assert spread["config"]["request"]["topk_rebuild"] == "spread" and spread["config"]["topk_rebuild"] == "spread"
-    bucket = train_student(tmp_path / "s.pt", topk_rebuild="bucket", **kw)
+    bucket = train_student(tmp_path / "s.pt", replace(distill, topk_rebuild="bucket"), **kw)
     assert not bucket["reused"] and bucket["config"]["request"]["topk_rebuild"] == "bucket"
     assert bucket["history"][0]["train_loss"] != spread["history"][0]["train_loss"]
     with pytest.raises(ConfigError, match="topk_rebuild"):
-        train_student(tmp_path / "x.pt", topk_rebuild="even", **kw)
+        train_student(tmp_path / "x.pt", replace(distill, topk_rebuild="even"), **kw)
 
 
 STUDENTS = """
@@ -147,10 +150,13 @@ def test_own_student_in_the_library_and_in_sweeps(own_student, tmp_path, data_di
 
     data_cfg = DataConfig(data_dir=str(data_dir), limit=256, eval_limit=100)
     cfg = TrainConfig(epochs=1, device="cpu")
-    kw = dict(caches=[own_student], data_cfg=data_cfg, cfg=cfg, student_factory="my_students:build")
-    first = train_student(tmp_path / "s.pt", student_kwargs={"width": 4}, **kw)
-    assert train_student(tmp_path / "s.pt", student_kwargs={"width": 4}, reuse=True, **kw)["reused"]
-    wider = train_student(tmp_path / "s.pt", student_kwargs={"width": 8}, reuse=True, **kw)
+    kw = dict(data_cfg=data_cfg, cfg=cfg)
+    distill = DistillConfig([own_student])
+    first = train_student(tmp_path / "s.pt", distill, **kw, model=ModelSpec(factory="my_students:build", kwargs={"width": 4}))
+    assert train_student(tmp_path / "s.pt", distill, **kw, run=RunOptions(reuse=True),
+                         model=ModelSpec(factory="my_students:build", kwargs={"width": 4}))["reused"]
+    wider = train_student(tmp_path / "s.pt", distill, **kw, run=RunOptions(reuse=True),
+                          model=ModelSpec(factory="my_students:build", kwargs={"width": 8}))
     assert not wider["reused"] and wider["parameters"] > first["parameters"]  # other kwargs: trained again
 
     specs = [RunSpec.make(256, 4.0, 0.5, 0, 1, condition=f"width {w}", student_factory="my_students:build",
@@ -170,13 +176,14 @@ def test_a_streamed_run_is_not_reused_for_an_in_memory_one(tmp_path, data_cfg):
 
     info = load_dataset("fashion-mnist", "train", data_cfg.data_dir, limit=1).info
     teacher = save_checkpoint(tmp_path / "t.pt", build_model("student-cnn"), model_config("student-cnn", info))
-    dump_logits(teacher, tmp_path / "c.h5", data_dir=data_cfg.data_dir, limit=256, device="cpu")
-    kw = dict(caches=[tmp_path / "c.h5"], data_cfg=data_cfg, cfg=TrainConfig(epochs=1, device="cpu"), reuse=True)
-    in_memory = train_student(tmp_path / "s.pt", **kw)
-    streamed = train_student(tmp_path / "s.pt", cache_memory_limit_mb=0, **kw)
+    dump_logits(teacher, tmp_path / "c.h5", dump=DumpConfig(device="cpu"), data_cfg=DataConfig(data_dir=data_cfg.data_dir, limit=256))
+    kw = dict(data_cfg=data_cfg, cfg=TrainConfig(epochs=1, device="cpu"), run=RunOptions(reuse=True))
+    distill = DistillConfig([tmp_path / "c.h5"])
+    in_memory = train_student(tmp_path / "s.pt", distill, **kw)
+    streamed = train_student(tmp_path / "s.pt", distill, **kw, io=CacheIO(memory_limit_mb=0))
     assert not in_memory["reused"] and not streamed["reused"]
     assert streamed["config"]["request"]["cache_streamed"] and "cache_streamed" not in in_memory["config"]["request"]
-    assert train_student(tmp_path / "s.pt", cache_memory_limit_mb=0, **kw)["reused"]
+    assert train_student(tmp_path / "s.pt", distill, **kw, io=CacheIO(memory_limit_mb=0))["reused"]
 
 
 @pytest.mark.parametrize("native, expect", [(False, "fp32"), (True, "bf16")])
@@ -187,14 +194,12 @@ def test_auto_precision_is_recorded_resolved_never_auto(tmp_path, data_cfg, monk
     from kdcache import device
 
     monkeypatch.setattr(device, "bf16_native", lambda d: native)
-    r = train_student(tmp_path / "s.pt", alpha=0.0, data_cfg=data_cfg,
-                      cfg=TrainConfig(epochs=1, device="cpu", precision="auto"))
+    r = train_student(tmp_path / "s.pt", data_cfg=data_cfg, cfg=TrainConfig(epochs=1, device="cpu", precision="auto"), distill=DistillConfig(alpha=0.0))
     stored = torch.load(tmp_path / "s.pt", weights_only=True)["config"]
     assert stored["train"]["precision"] == stored["request"]["train"]["precision"] == expect
     assert r["config"]["train"]["precision"] == expect
     assert json.loads((tmp_path / "s.metrics.json").read_text())["config"]["request"]["train"]["precision"] == expect
-    same = train_student(tmp_path / "s.pt", alpha=0.0, data_cfg=data_cfg,
-                         cfg=TrainConfig(epochs=1, device="cpu", precision=expect), reuse=True)
+    same = train_student(tmp_path / "s.pt", data_cfg=data_cfg, cfg=TrainConfig(epochs=1, device="cpu", precision=expect), distill=DistillConfig(alpha=0.0), run=RunOptions(reuse=True))
     assert same["reused"] and same["test"] == r["test"]
     other = "bf16" if expect == "fp32" else "fp32"
     assert find_reusable(tmp_path / "s.pt", {**r["config"]["request"],

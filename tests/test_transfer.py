@@ -20,7 +20,7 @@ from PIL import Image
 
 from kdcache.cache import open_cache, write_cache
 from kdcache.cache.ensemble import combine_logits
-from kdcache.config import STUDENT_TRAIN, DataConfig
+from kdcache.config import STUDENT_TRAIN, CacheIO, DataConfig, DistillConfig, RunOptions
 from kdcache.data.datasets import load_dataset
 from kdcache.data.images import InputTransform, file_digest
 from kdcache.data.samples import normalize
@@ -231,10 +231,7 @@ def test_every_batch_mixes_labelled_and_transfer_rows_with_their_own_targets(wor
     caches, transfer = [world.lab], [world.unl]
     if how == "ensemble":  # each set in its own teacher order: matched by teacher, not by position
         caches, transfer = [world.lab, world.lab2], [world.unl2, world.unl]
-    train_student(world.dir / "cap.pt", caches=caches, transfer=transfer, transfer_data_dirs=[str(world.folder)],
-                  data_cfg=DataConfig(data_dir=str(world.data_dir), limit=200, eval_limit=50),
-                  cfg=replace(STUDENT_TRAIN, batch_size=32, device="cpu"), overwrite=True,
-                  cache_memory_limit_mb=0 if how == "streamed" else 2048, temperature=2.0)
+    train_student(world.dir / "cap.pt", data_cfg=DataConfig(data_dir=str(world.data_dir), limit=200, eval_limit=50), cfg=replace(STUDENT_TRAIN, batch_size=32, device="cpu"), distill=DistillConfig(caches=caches, transfer=transfer, transfer_data_dirs=[str(world.folder)], temperature=2.0), io=CacheIO(memory_limit_mb=0 if how == "streamed" else 2048), run=RunOptions(overwrite=True))
     labelled = load_dataset("fashion-mnist", "train", world.data_dir, limit=200)
     unl = load_dataset("unlabelled", "train", world.folder, image_size=InputTransform(28, crop_fraction=1.0, mode="L"))
     expect = {}
@@ -286,9 +283,7 @@ def test_unlabelled_rows_never_reach_the_cross_entropy(tmp_path, monkeypatch):
                             cache_attrs(data.info))
         monkeypatch.setattr(jobs, "load_train_val", lambda *a, **k: (data, None))
         monkeypatch.setattr(jobs, "load_dataset", lambda *a, **k: test)
-        r = train_student(tmp_path / f"{name}.pt", caches=[cache], labels_limit=labels_limit, alpha=0.5,
-                          data_cfg=DataConfig(dataset="synthetic"), overwrite=True,
-                          cfg=replace(STUDENT_TRAIN, epochs=2, batch_size=16, device="cpu"))
+        r = train_student(tmp_path / f"{name}.pt", data_cfg=DataConfig(dataset="synthetic"), cfg=replace(STUDENT_TRAIN, epochs=2, batch_size=16, device="cpu"), distill=DistillConfig(caches=[cache], labels_limit=labels_limit, alpha=0.5), run=RunOptions(overwrite=True))
         return [h["train_loss"] for h in r["history"]], torch.load(tmp_path / f"{name}.pt", weights_only=True)
 
     def same(a, b):
@@ -357,10 +352,7 @@ def test_transfer_rows_replay_their_own_stored_views(world, tmp_path, monkeypatc
         *views, "--out", unl, "-q")
     captured = []
     monkeypatch.setattr(jobs, "fit", lambda model, batches, *a, **k: captured.extend(batches) or [])
-    r = train_student(tmp_path / "s.pt", caches=[lab], transfer=[unl], transfer_data_dirs=[str(world.folder)],
-                      data_cfg=DataConfig(data_dir=str(world.data_dir), limit=100, eval_limit=50),
-                      cfg=replace(STUDENT_TRAIN, batch_size=32, device="cpu"), overwrite=True,
-                      cache_memory_limit_mb=0 if how == "streamed" else 2048)
+    r = train_student(tmp_path / "s.pt", data_cfg=DataConfig(data_dir=str(world.data_dir), limit=100, eval_limit=50), cfg=replace(STUDENT_TRAIN, batch_size=32, device="cpu"), distill=DistillConfig(caches=[lab], transfer=[unl], transfer_data_dirs=[str(world.folder)]), io=CacheIO(memory_limit_mb=0 if how == "streamed" else 2048), run=RunOptions(overwrite=True))
     assert r["config"]["augment"]["mode"] == "replay" and r["config"]["num_unlabelled"] == FOLDER_IMAGES
     labelled = load_dataset("fashion-mnist", "train", world.data_dir, limit=100)
     expect = {}

@@ -13,7 +13,7 @@ from conftest import assert_error, cache_attrs, make_image_data, run_cli
 
 from kdcache.cache import SCHEMA_VERSION, open_cache, write_cache
 from kdcache.cache.targets import TopK, as_tensors
-from kdcache.config import DataConfig, TrainConfig
+from kdcache.config import DataConfig, DistillConfig, RunOptions, TrainConfig, ViewConfig
 from kdcache.data.augment import (
     ShiftFlip,
     sample_views,
@@ -270,19 +270,15 @@ def test_verify_refuses_parameters_that_are_no_view(views_cache, teacher_ckpt, d
 def test_students_and_teachers_record_their_augmentation(views_cache, data_dir, tmp_path):
     data_cfg = DataConfig(data_dir=str(data_dir), limit=N, eval_limit=50)
     cfg = TrainConfig(epochs=2, batch_size=16, device="cpu")
-    r = train_student(tmp_path / "s.pt", caches=[views_cache], data_cfg=data_cfg, cfg=cfg, arch="student-convpool",
-                      cache_views=2)
+    r = train_student(tmp_path / "s.pt", data_cfg=data_cfg, cfg=cfg, distill=DistillConfig(caches=[views_cache]), views=ViewConfig(cache_views=2), model="student-convpool")
     aug = r["config"]["augment"]
     assert aug["mode"] == "replay" and aug["views"] == 2 and aug["stored_views"] == V and "once per K" in aug["schedule"]
     assert r["config"]["request"]["augment"] == aug
-    t = train_teacher(tmp_path / "t.pt", data_cfg=data_cfg, cfg=replace(cfg, epochs=1, precision="fp32"),
-                      arch="student-cnn", augment="shift-flip:pad=3")
+    t = train_teacher(tmp_path / "t.pt", data_cfg=data_cfg, cfg=replace(cfg, epochs=1, precision="fp32"), views=ViewConfig(augment="shift-flip:pad=3"), model="student-cnn")
     assert t["config"]["request"]["augment"]["settings"] == {"pad": 3, "flip": 0.5}
-    again = train_teacher(tmp_path / "t.pt", data_cfg=data_cfg, cfg=replace(cfg, epochs=1, precision="fp32"),
-                          arch="student-cnn", augment="shift-flip:pad=3", reuse=True)
+    again = train_teacher(tmp_path / "t.pt", data_cfg=data_cfg, cfg=replace(cfg, epochs=1, precision="fp32"), views=ViewConfig(augment="shift-flip:pad=3"), run=RunOptions(reuse=True), model="student-cnn")
     assert again["reused"]
-    plain = train_teacher(tmp_path / "t.pt", data_cfg=data_cfg, cfg=replace(cfg, epochs=1, precision="fp32"),
-                          arch="student-cnn", reuse=True)
+    plain = train_teacher(tmp_path / "t.pt", data_cfg=data_cfg, cfg=replace(cfg, epochs=1, precision="fp32"), run=RunOptions(reuse=True), model="student-cnn")
     assert not plain["reused"] and "augment" not in plain["config"]["request"]  # old requests keep matching
 
 

@@ -23,9 +23,8 @@ import numpy as np
 import torch
 
 from kdcache.cache import LogitCache
+from kdcache.config import ENSEMBLE_METHODS
 from kdcache.errors import CacheError, ConfigError
-
-ENSEMBLE_METHODS = ("mean-probs", "mean-logits")
 
 
 def check_members(caches: Sequence[LogitCache]) -> None:

@@ -15,13 +15,13 @@ import h5py
 import numpy as np
 import torch
 
+from kdcache.config import LOGIT_DTYPES
 from kdcache.errors import CacheError
 
 FORMAT_NAME = "kdcache-logits"
 SHARD_FORMAT = "kdcache-shard"  # a part of a cache written by one rank of a distributed dump; never trained from
 SCHEMA_VERSION = "2.0"  # MAJOR.MINOR this code reads and writes; readers refuse a newer major, accept any minor
 PLAIN_SCHEMA_VERSION = "1.1"  # written for full single-view caches, which kdcache 1.x can still read
-LOGIT_DTYPES = ("float32", "float16")
 TARGET_KINDS = ("logits", "topk")
 MAX_ABS_LOGIT = 1e4  # |z| above this is no teacher's output but a corrupt value or a broken teacher
 REDUMP = "re-create it with dump-logits, or fetch it again"

@@ -12,6 +12,7 @@ from kdcache.cli.options import (
     AUGMENT_HELP,
     DATASET_HELP,
     PRECISION_HELP,
+    config_from,
     precision_note,
     quiet_option,
     read_options,
@@ -19,10 +20,17 @@ from kdcache.cli.options import (
 )
 from kdcache.config import (
     DEFAULT_DATA_DIR,
+    DEVICES,
     DUMP_BATCH_SIZE,
     DUMP_PRECISION,
+    LOGIT_DTYPES,
     PRECISIONS,
+    SPLITS,
     VIEW_SEED,
+    DataConfig,
+    DumpConfig,
+    RunOptions,
+    ViewConfig,
 )
 from kdcache.errors import ConfigError
 
@@ -31,7 +39,7 @@ from kdcache.errors import ConfigError
 @click.option("--teacher", default=None, type=click.Path(dir_okay=False), help="Teacher checkpoint (kdcache).")
 @teacher_factory_options
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Cache file to write (.h5).")
-@click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True)
+@click.option("--split", type=click.Choice(SPLITS), default="train", show_default=True)
 @click.option("--dataset", default=None, help="Dataset (default: the teacher's). " + DATASET_HELP)
 @click.option("--dataset-factory", default=None, metavar="MODULE:FUNCTION",
               help="Your own data: a function returning a map-style torch Dataset of (image, label) items, e.g. a "
@@ -40,10 +48,10 @@ from kdcache.errors import ConfigError
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N samples of the split.")
 @click.option("--arch", default=None, help="Refuse a teacher checkpoint of any other architecture.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=DUMP_BATCH_SIZE, show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(PRECISIONS), default=DUMP_PRECISION, show_default=True,
               help="Precision the teacher runs at; fp32 keeps cached logits exact. " + PRECISION_HELP)
-@click.option("--dtype", type=click.Choice(["float32", "float16"]), default=None,
+@click.option("--dtype", type=click.Choice(LOGIT_DTYPES), default=None,
               help="Storage dtype of the logit values. Default: float32 for full logits (float16 halves them), "
                    "float16 for --top-k values (docs/cache-format.md gives both errors).")
 @click.option("--top-k", "topk", type=int, default=None, metavar="K",
@@ -81,23 +89,28 @@ def dump_logits_cmd(teacher: str | None, out: str, quiet: bool, class_names_file
     cache. Re-running the same command after a failure keeps every finished, valid shard.
     """
     from kdcache.jobs.dump import dump_logits
-    from kdcache.train.teacher import read_class_names
+    from kdcache.train.teacher import TeacherSpec, read_class_names
 
     names = read_class_names(class_names_file) if class_names_file else None
+    dataset = None
     if dataset_factory is not None:
         from kdcache.jobs.foreign import dataset_from_factory
 
         if kw["dataset"] is not None:
             raise ConfigError("name the data once: --dataset NAME or --dataset-factory MODULE:FUNCTION")
-        kw["dataset"] = dataset_from_factory(dataset_factory)
-    r = dump_logits(teacher, out, progress=not quiet, class_names=names, **kw)
-    views = f" x {r['views']} views" if kw.get("augment") else ""
+        dataset = dataset_from_factory(dataset_factory)
+    spec = TeacherSpec(checkpoint=teacher, factory=kw.pop("teacher_factory"), weights=kw.pop("weights"),
+                       arch=kw.pop("arch"))
+    dump, views = config_from(DumpConfig, {**kw, "class_names": names}), config_from(ViewConfig, kw, seed="view_seed")
+    r = dump_logits(spec, out, data_cfg=config_from(DataConfig, kw), dataset=dataset, dump=dump, views=views,
+                    run=RunOptions(overwrite=kw.pop("overwrite"), progress=not quiet))
+    shown = f" x {r['views']} views" if views.augment else ""
     agreement = r["teacher_label_agreement"]
     what = f"top-{r['topk']} of {r['num_classes']}" if r["topk"] else f"{r['num_classes']}"
     ranks = (f"; {r['world_size']} ranks: {r['shards_written']} shard(s) written, {r['shards_reused']} reused, "
              f"assembled in {r['assemble_seconds']:.1f}s") if "world_size" in r else ""
-    summary(quiet, f"cached {r['rows']}{views} x {what} {r['dtype']} logits, teacher at "
-                   f"{precision_note(kw['precision'], kw['device'])}, in {r['seconds']:.1f}s -> "
+    summary(quiet, f"cached {r['rows']}{shown} x {what} {r['dtype']} logits, teacher at "
+                   f"{precision_note(dump.precision, dump.device)}, in {r['seconds']:.1f}s -> "
                    f"{r['cache']} ({r['bytes'] / 1e6:.1f} MB, " + (
                        f"teacher agrees with labels on {agreement:.2%}" if agreement is not None
                        else "unlabelled rows") + f"{ranks})")
@@ -117,7 +130,7 @@ def info_cmd(cache: str, as_json: bool) -> None:
 @main.command("verify")
 @click.argument("cache", type=click.Path(dir_okay=False))
 @click.option("--dataset", default=None, help="Compare rows with this dataset (default: the cache's). " + DATASET_HELP)
-@click.option("--split", type=click.Choice(["train", "test"]), default=None, help="Split to compare with (default: the cache's).")
+@click.option("--split", type=click.Choice(SPLITS), default=None, help="Split to compare with (default: the cache's).")
 @click.option("--data-dir", default=None, type=click.Path(file_okay=False),
               help="Folder holding the data; giving it (or --dataset) turns on the row-by-row comparison.")
 @click.option("--teacher", default=None, type=click.Path(dir_okay=False),
@@ -125,7 +138,7 @@ def info_cmd(cache: str, as_json: bool) -> None:
 @teacher_factory_options
 @click.option("--sample", type=click.IntRange(min=1), default=256, show_default=True, help="Rows the teacher re-runs.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for choosing the sampled rows.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (exit status as without).")
 @quiet_option
 def verify_cmd(cache: str, teacher: str | None, teacher_factory: str | None, weights: str | None, as_json: bool,

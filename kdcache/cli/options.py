@@ -1,7 +1,8 @@
 """Options several commands share; they map onto kdcache.config's dataclasses and take their defaults."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from dataclasses import fields
+from typing import Any, Callable, TypeVar
 
 import click
 
@@ -20,6 +21,8 @@ AUGMENT_HELP = ("Augmentation policy: shift-flip (pad-and-crop shift + horizonta
                 "(random-resized crop + flip); settings as NAME:key=value,..., e.g. shift-flip:pad=4.")
 PRECISION_HELP = ("auto = bf16 autocast + channels_last only where the hardware runs bf16 natively (CUDA with bf16, "
                   "a CPU with AMX or AVX512-BF16), fp32 elsewhere (where bf16 was measured 8x slower than fp32).")
+T = TypeVar("T")
+
 DATASET_HELP = ("fashion-mnist, mnist, imagefolder (your images: --data-dir ROOT with ROOT/train/<class>/* and "
                 "ROOT/test/<class>/*), or unlabelled (every image under --data-dir ROOT, no labels: a transfer set)")
 
@@ -84,10 +87,19 @@ def train_options(defaults: TrainConfig) -> Callable:
     return deco
 
 
+def config_from(cls: type[T], kw: dict[str, Any], **params: str) -> T:
+    """Pop the fields of the config dataclass ``cls`` out of a command's keyword arguments and build it.
+
+    Flags are named after fields; ``params`` maps a field to its parameter where they differ
+    (``memory_limit_mb="cache_memory_limit_mb"``). Fields without a flag keep their defaults.
+    """
+    names = {f.name: params.get(f.name, f.name) for f in fields(cls)}
+    return cls(**{name: kw.pop(param) for name, param in names.items() if param in kw})
+
+
 def train_config(kw: dict[str, Any]) -> TrainConfig:
     """Pop the TrainConfig fields out of a command's keyword arguments."""
-    keys = ("epochs", "batch_size", "lr", "optimizer", "schedule", "weight_decay", "seed", "device", "precision")
-    return TrainConfig(**{k: kw.pop(k) for k in keys})
+    return config_from(TrainConfig, kw)
 
 
 def precision_note(precision: str, device: str) -> str:
@@ -103,11 +115,9 @@ def data_config(kw: dict[str, Any], from_cache: bool = False) -> DataConfig:
 
     ``from_cache``: leave an unnamed dataset open (None), for the job to take from its cache.
     """
-    dataset = kw.pop("dataset")
-    return DataConfig(dataset=dataset if dataset is not None or from_cache else DEFAULT_DATASET,
-                      data_dir=kw.pop("data_dir"), limit=kw.pop("limit"), eval_limit=kw.pop("eval_limit"),
-                      download=kw.pop("download"), val_size=kw.pop("val_size"), image_size=kw.pop("image_size"),
-                      workers=kw.pop("workers"), skip_unreadable=kw.pop("skip_unreadable"))
+    if kw.get("dataset") is None and not from_cache:
+        kw["dataset"] = DEFAULT_DATASET
+    return config_from(DataConfig, kw)
 
 
 def teacher_factory_options(f: Callable) -> Callable:

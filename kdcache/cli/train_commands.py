@@ -9,6 +9,7 @@ import click
 from kdcache.cli.group import main, summary
 from kdcache.cli.options import (
     AUGMENT_HELP,
+    config_from,
     data_config,
     data_options,
     precision_note,
@@ -20,13 +21,24 @@ from kdcache.config import (
     CACHE_MEMORY_LIMIT_MB,
     DEFAULT_ALPHA,
     DEFAULT_DATA_DIR,
+    DEFAULT_ENSEMBLE,
     DEFAULT_TEMPERATURE,
+    DEFAULT_TOPK_REBUILD,
+    DEVICES,
+    ENSEMBLE_METHODS,
+    SPLITS,
     STUDENT_ARCH,
     STUDENT_TRAIN,
     TEACHER_ARCH,
     TEACHER_TRAIN,
+    TOPK_REBUILDS,
+    CacheIO,
+    DataConfig,
+    DistillConfig,
+    RunOptions,
+    ViewConfig,
 )
-from kdcache.train.loss import DEFAULT_TOPK_REBUILD, TOPK_REBUILDS
+from kdcache.errors import ConfigError
 
 
 @main.command("train-teacher")
@@ -55,8 +67,8 @@ def train_teacher_cmd(out: str, arch: str, augment: str | None, overwrite: bool,
     from kdcache.jobs.training import train_teacher
 
     cfg, data_cfg = train_config(kw), data_config(kw)
-    r = train_teacher(out, arch=arch, data_cfg=data_cfg, cfg=cfg, overwrite=overwrite, progress=not quiet,
-                      augment=augment, resume=resume)
+    r = train_teacher(out, model=arch, data_cfg=data_cfg, cfg=cfg, views=ViewConfig(augment=augment),
+                      run=RunOptions(overwrite=overwrite, resume=resume, progress=not quiet))
     warn(quiet, r)
     summary(quiet, f"teacher {arch}: test accuracy {r['test']['accuracy']:.4f}, {_epochs(cfg.epochs)} at "
                    f"{precision_note(cfg.precision, cfg.device)} in {r['seconds']:.0f}s -> {r['checkpoint']} "
@@ -73,7 +85,7 @@ def train_teacher_cmd(out: str, arch: str, augment: str | None, overwrite: bool,
 @click.option("--topk-rebuild", type=click.Choice(list(TOPK_REBUILDS)), default=DEFAULT_TOPK_REBUILD, show_default=True,
               help="How a top-k cache's rows become soft targets: spread (the tail's mass spread evenly over the "
                    "other classes, full-C KL) or bucket (KL over the k classes + one tail bucket).")
-@click.option("--ensemble", type=click.Choice(["mean-probs", "mean-logits"]), default="mean-probs", show_default=True,
+@click.option("--ensemble", type=click.Choice(ENSEMBLE_METHODS), default=DEFAULT_ENSEMBLE, show_default=True,
               help="How several --cache teachers are combined: mean of softmax(z/T), or mean of logits.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Checkpoint to write (.pt).")
 @click.option("--arch", default=STUDENT_ARCH, show_default=True, help="Model architecture.")
@@ -110,13 +122,8 @@ def train_teacher_cmd(out: str, arch: str, augment: str | None, overwrite: bool,
               help="Continue a stopped run from its resume state (.<out name>.resume.pt, saved after every epoch); "
                    "an error if there is none. Without it a state made by the same request is continued anyway.")
 @quiet_option
-def train_student_cmd(caches: tuple[str, ...], temperature: float, alpha: float, ensemble: str, out: str, arch: str,
-                      student_factory: str | None, student_kwargs: str | None, cache_memory_limit_mb: float,
-                      cache_workers: int, augment: str | None, allow_inconsistent: bool,
-                      cache_views: int | None, labels_limit: int | None, transfer: tuple[str, ...],
-                      transfer_data_dirs: tuple[str, ...], overwrite: bool, resume: bool, quiet: bool,
-                      topk_rebuild: str,
-                      **kw: Any) -> None:
+def train_student_cmd(out: str, arch: str, student_factory: str | None, student_kwargs: str | None, overwrite: bool,
+                      resume: bool, quiet: bool, **kw: Any) -> None:
     """Train a student from images + cached teacher logits (the teacher is never loaded).
 
     A cache with augmentation views (dump-logits --views K --augment POLICY) is replayed:
@@ -133,30 +140,32 @@ def train_student_cmd(caches: tuple[str, ...], temperature: float, alpha: float,
     last finished epoch, to the same weights. Ctrl-C or SIGTERM stop it with status 130 or 143.
     """
     from kdcache.jobs.training import train_student
-    from kdcache.train.models import parse_kwargs
+    from kdcache.train.models import ModelSpec, parse_kwargs
 
+    if student_factory is not None and arch != STUDENT_ARCH:
+        raise ConfigError(f"name the student once: --arch {arch} or --student-factory {student_factory}")
+    model = ModelSpec(arch=arch, factory=student_factory, kwargs=parse_kwargs(student_kwargs))
     cfg, data_cfg = train_config(kw), data_config(kw, from_cache=True)
-    r = train_student(out, caches=caches, temperature=temperature, alpha=alpha, arch=arch, data_cfg=data_cfg,
-                      cfg=cfg, ensemble=ensemble, overwrite=overwrite, progress=not quiet,
-                      cache_memory_limit_mb=cache_memory_limit_mb, cache_workers=cache_workers, augment=augment,
-                      allow_inconsistent=allow_inconsistent, cache_views=cache_views, labels_limit=labels_limit,
-                      transfer=transfer, transfer_data_dirs=transfer_data_dirs, student_factory=student_factory,
-                      student_kwargs=parse_kwargs(student_kwargs), resume=resume, topk_rebuild=topk_rebuild)
+    distill = config_from(DistillConfig, kw)
+    views, io = config_from(ViewConfig, kw), config_from(CacheIO, kw, memory_limit_mb="cache_memory_limit_mb",
+                                                          workers="cache_workers")
+    r = train_student(out, distill, model=model, data_cfg=data_cfg, cfg=cfg, views=views, io=io,
+                      run=RunOptions(overwrite=overwrite, resume=resume, progress=not quiet))
     warn(quiet, r)
     c = r["config"]
     rows = f", {c['num_labelled']} labelled + {c['num_unlabelled']} unlabelled rows" if c["num_unlabelled"] else ""
-    summary(quiet, f"student {c['arch']} (T={temperature:g}, alpha={alpha:g}{rows}): test accuracy "
+    summary(quiet, f"student {c['arch']} (T={distill.temperature:g}, alpha={distill.alpha:g}{rows}): test accuracy "
                    f"{r['test']['accuracy']:.4f}, {_epochs(cfg.epochs)} at {precision_note(cfg.precision, cfg.device)} "
                    f"in {r['seconds']:.0f}s -> {r['checkpoint']}")
 
 
 @main.command("evaluate")
 @click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False), help="Checkpoint.")
-@click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
+@click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True)
 @click.option("--dataset", default=None, help="Dataset (default: the checkpoint's).")
 @click.option("--data-dir", default=DEFAULT_DATA_DIR, show_default=True, type=click.Path(file_okay=False))
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N samples.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=None,
               help="DataLoader workers that decode images (default: one per available CPU for image folders).")
 @click.option("--student-factory", default=None, metavar="MODULE:FUNCTION",
@@ -168,7 +177,8 @@ def evaluate_cmd(model_path: str, as_json: bool, quiet: bool, **kw: Any) -> None
     """Accuracy, loss and per-class accuracy of a checkpoint on a split."""
     from kdcache.jobs.training import evaluate_checkpoint
 
-    r = evaluate_checkpoint(model_path, progress=not (quiet or as_json), **kw)
+    data_cfg = DataConfig(dataset=kw.pop("dataset"), data_dir=kw.pop("data_dir"), workers=kw.pop("workers"))
+    r = evaluate_checkpoint(model_path, data_cfg=data_cfg, progress=not (quiet or as_json), **kw)
     if as_json:
         click.echo(json.dumps(r, indent=2))
         return

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from kdcache.config import SPLITS
 from kdcache.data.folders import (  # a team's own images (read lazily: PIL only when used)
     IMAGEFOLDER,
     UNLABELLED_FOLDER,
@@ -28,8 +29,6 @@ from kdcache.data.images import InputTransform, check_image_size
 from kdcache.data.samples import ImageData
 from kdcache.errors import ConfigError, DataError
 from kdcache.identity import UNLABELLED, DatasetInfo, fingerprint_for, sample_ids_for
-
-SPLITS = ("train", "test")
 
 
 @dataclass(frozen=True)

@@ -5,68 +5,55 @@ other training image as an unlabelled transfer set (soft targets from the same c
 A stage is reused only when its output was made by exactly the configuration asked for
 (the request stored in each checkpoint, the teacher/data/settings stored in the cache),
 so a second run with the same options takes seconds and a run with other options (say
-``--T 8``) retrains what they change; ``fresh=True`` redoes everything.
+``--T 8``) retrains what they change; ``fresh=True`` redoes everything. The configuration is one
+``PipelineConfig`` (kdcache.config), the flags of ``kdcache pipeline``.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from kdcache.config import (
-    DEFAULT_ALPHA,
-    DEFAULT_DATA_DIR,
-    DEFAULT_TEMPERATURE,
-    PIPELINE_CACHE,
-    PIPELINE_SCARCE_ALPHA,
-    PIPELINE_SCARCE_EPOCHS,
-    PIPELINE_SCARCE_LABELS,
     PIPELINE_TEACHER,
-    PIPELINE_WORKDIR,
     STUDENT_TRAIN,
     DataConfig,
+    DistillConfig,
+    DumpConfig,
+    PipelineConfig,
+    RunOptions,
+    TrainConfig,
 )
 from kdcache.errors import ConfigError
 from kdcache.files import write_json
 from kdcache.jobs.dump import dump_logits
 from kdcache.jobs.training import train_student, train_teacher
-from kdcache.train.loss import check_alpha, check_temperature
 
 
-def run_pipeline(*, workdir: str = PIPELINE_WORKDIR, cache_path: str = PIPELINE_CACHE,
-                 teacher_epochs: int = PIPELINE_TEACHER.epochs, student_epochs: int = STUDENT_TRAIN.epochs,
-                 temperature: float = DEFAULT_TEMPERATURE, alpha: float = DEFAULT_ALPHA, limit: int | None = None,
-                 eval_limit: int | None = None, data_dir: str = DEFAULT_DATA_DIR, device: str = "auto", seed: int = 0,
-                 fresh: bool = False, progress: bool = False, scarce_labels: int = PIPELINE_SCARCE_LABELS,
-                 scarce_epochs: int = PIPELINE_SCARCE_EPOCHS, scarce_alpha: float = PIPELINE_SCARCE_ALPHA
-                 ) -> dict[str, Any]:
+def run_pipeline(cfg: PipelineConfig = PipelineConfig(), *, fresh: bool = False,
+                 progress: bool = False) -> dict[str, Any]:
     """Run (or reuse) the stages; returns one row per stage with test accuracy and seconds.
 
-    ``scarce_labels`` N > 0 adds two students: CE on the first N training images alone
-    (``scarce_epochs`` epochs), and KD at ``temperature``/``scarce_alpha`` on all training
-    images of which only those N keep their labels (``labels_limit``; ``student_epochs``).
+    The scarce-label pair keeps ``cfg.scarce_rows(N)`` labels of the N training images (a twelfth by
+    default, so ``limit`` alone makes a quick try): CE on those images alone (``scarce_epochs``
+    epochs), and KD at ``temperature``/``scarce_alpha`` on all training images of which only those
+    keep their labels (``labels_limit``; ``student_epochs``). ``fresh`` redoes every stage.
     """
-    check_temperature(temperature)
-    check_alpha(alpha)
-    check_alpha(scarce_alpha)
-    if scarce_labels < 0 or (scarce_labels and limit is not None and scarce_labels >= limit):
-        raise ConfigError(f"--scarce-labels {scarce_labels} must be below the training samples (--limit {limit}); "
-                          "use fewer, or 0 to skip the scarce-label rows")
-    work = Path(workdir)
-    data_cfg = DataConfig(data_dir=data_dir, limit=limit, eval_limit=eval_limit)
-    reuse = not fresh
+    work = Path(cfg.workdir)
+    data_cfg = DataConfig(data_dir=cfg.data_dir, limit=cfg.limit, eval_limit=cfg.eval_limit)
+    run = RunOptions(overwrite=True, progress=progress, reuse=not fresh)
     rows: list[dict[str, Any]] = []
 
     teacher = work / "teacher.pt"
-    r = train_teacher(teacher, data_cfg=data_cfg, overwrite=True, progress=progress, reuse=reuse,
-                      cfg=replace(PIPELINE_TEACHER, epochs=teacher_epochs, device=device, seed=seed))
-    rows.append({"stage": "teacher", "test_accuracy": r["test"]["accuracy"], "seconds": r["seconds"],
-                 "reused": r["reused"]})
+    r = train_teacher(teacher, data_cfg=data_cfg, run=run,
+                      cfg=replace(PIPELINE_TEACHER, epochs=cfg.teacher_epochs, device=cfg.device, seed=cfg.seed))
+    rows.append(_row("teacher", r))
+    train_rows = int(r["config"]["num_train_samples"])
 
-    cache, record = Path(cache_path), work / "dump.json"
-    d = dump_logits(teacher, cache, split="train", data_dir=data_dir, limit=limit, device=device,
-                    overwrite=True, progress=progress, reuse=reuse)
+    cache, record = Path(cfg.cache_path), work / "dump.json"
+    d = dump_logits(teacher, cache, data_cfg=DataConfig(data_dir=cfg.data_dir, limit=cfg.limit),
+                    dump=DumpConfig(device=cfg.device), run=run)
     if d["reused"]:  # the time of the dump that made this very cache, if we recorded it
         old = json.loads(record.read_text()) if record.exists() else {}
         d["seconds"] = old.get("seconds") if old.get("request") == d["request"] else None
@@ -74,34 +61,40 @@ def run_pipeline(*, workdir: str = PIPELINE_WORKDIR, cache_path: str = PIPELINE_
         write_json(record, d)
     rows.append({"stage": "dump-logits", "test_accuracy": None, "seconds": d["seconds"], "reused": d["reused"]})
 
-    student_cfg = replace(STUDENT_TRAIN, epochs=student_epochs, device=device, seed=seed)
-    for name, a in (("baseline", 0.0), ("distilled", alpha)):
-        r = train_student(work / f"student-{name}.pt", caches=[cache], temperature=temperature, alpha=a,
-                          data_cfg=data_cfg, cfg=student_cfg, overwrite=True, progress=progress, reuse=reuse)
-        label = "student, labels only (alpha 0)" if a == 0 else f"student, KD T={temperature:g} alpha={a:g}"
-        rows.append({"stage": label, "test_accuracy": r["test"]["accuracy"], "seconds": r["seconds"],
-                     "reused": r["reused"]})
-    if scarce_labels:
-        rows += _scarce_label_rows(work, cache, data_cfg, student_cfg, scarce_labels, scarce_epochs, temperature,
-                                   scarce_alpha, progress, reuse)
-    return {"rows": rows, "workdir": str(work), "cache": str(cache), "limit": limit,
-            "teacher_epochs": teacher_epochs, "student_epochs": student_epochs, "scarce_labels": scarce_labels,
-            "scarce_epochs": scarce_epochs}
+    student_cfg = replace(STUDENT_TRAIN, epochs=cfg.student_epochs, device=cfg.device, seed=cfg.seed)
+    for name, a in (("baseline", 0.0), ("distilled", cfg.alpha)):
+        r = train_student(work / f"student-{name}.pt", DistillConfig((cache,), cfg.temperature, a), data_cfg=data_cfg,
+                          cfg=student_cfg, run=run)
+        rows.append(_row("student, labels only (alpha 0)" if a == 0 else
+                         f"student, KD T={cfg.temperature:g} alpha={a:g}", r))
+    scarce = cfg.scarce_rows(train_rows)
+    if scarce >= train_rows:
+        raise ConfigError(f"--scarce-labels {scarce} must be below the {train_rows} training samples; use fewer, "
+                          "or 0 to skip the scarce-label rows")
+    if scarce:
+        rows += _scarce_label_rows(work, cache, data_cfg, student_cfg, scarce, cfg, run)
+    return {"rows": rows, "workdir": str(work), "cache": str(cache), "limit": cfg.limit,
+            "teacher_epochs": cfg.teacher_epochs, "student_epochs": cfg.student_epochs, "scarce_labels": scarce,
+            "scarce_epochs": cfg.scarce_epochs, "config": asdict(cfg)}
 
 
-def _scarce_label_rows(work: Path, cache: Path, data_cfg: DataConfig, student_cfg: Any, labels: int, epochs: int,
-                       temperature: float, alpha: float, progress: bool, reuse: bool) -> list[dict[str, Any]]:
+def _row(stage: str, r: dict[str, Any]) -> dict[str, Any]:
+    return {"stage": stage, "test_accuracy": r["test"]["accuracy"], "seconds": r["seconds"], "reused": r["reused"]}
+
+
+def _scarce_label_rows(work: Path, cache: Path, data_cfg: DataConfig, student_cfg: TrainConfig, labels: int,
+                       cfg: PipelineConfig, run: RunOptions) -> list[dict[str, Any]]:
     """The first ``labels`` training images alone (CE), then with every other training image as unlabelled rows (KD)."""
-    alone = train_student(work / f"student-{labels}-labels.pt", alpha=0.0, data_cfg=replace(data_cfg, limit=labels),
-                          cfg=replace(student_cfg, epochs=epochs), overwrite=True, progress=progress, reuse=reuse)
-    mixed = train_student(work / f"student-{labels}-labels-transfer.pt", caches=[cache], temperature=temperature,
-                          alpha=alpha, data_cfg=data_cfg, cfg=student_cfg, labels_limit=labels, overwrite=True,
-                          progress=progress, reuse=reuse)
+    alone = train_student(work / f"student-{labels}-labels.pt", DistillConfig(alpha=0.0),
+                          data_cfg=replace(data_cfg, limit=labels), cfg=replace(student_cfg, epochs=cfg.scarce_epochs),
+                          run=run)
+    mixed = train_student(work / f"student-{labels}-labels-transfer.pt",
+                          DistillConfig((cache,), cfg.temperature, cfg.scarce_alpha, labels_limit=labels),
+                          data_cfg=data_cfg, cfg=student_cfg, run=run)
     rest = mixed["config"]["num_unlabelled"]
-    return [{"stage": f"student, {labels:,} labels only (alpha 0)", "test_accuracy": alone["test"]["accuracy"],
-             "seconds": alone["seconds"], "reused": alone["reused"]},
-            {"stage": f"student, {labels:,} labels + {rest:,} unlabelled, KD T={temperature:g} alpha={alpha:g}",
-             "test_accuracy": mixed["test"]["accuracy"], "seconds": mixed["seconds"], "reused": mixed["reused"]}]
+    return [_row(f"student, {labels:,} labels only (alpha 0)", alone),
+            _row(f"student, {labels:,} labels + {rest:,} unlabelled, KD T={cfg.temperature:g} "
+                 f"alpha={cfg.scarce_alpha:g}", mixed)]
 
 
 def format_table(result: dict[str, Any]) -> str:

@@ -22,9 +22,20 @@ from typing import Any, Sequence
 import torch
 
 from kdcache.cache import open_cache, read_meta
-from kdcache.config import STUDENT_ARCH, STUDENT_TRAIN, DataConfig, TrainConfig
+from kdcache.config import (
+    STUDENT_ARCH,
+    STUDENT_TRAIN,
+    CacheIO,
+    DataConfig,
+    DistillConfig,
+    RunOptions,
+    TrainConfig,
+    ViewConfig,
+    check_alpha,
+    check_temperature,
+)
 from kdcache.data.folders import IMAGEFOLDER, UNLABELLED_FOLDER
-from kdcache.errors import ConfigError
+from kdcache.errors import ConfigError, Diverged
 from kdcache.experiments.report import write_report
 from kdcache.experiments.results import (
     RESULTS_CSV,
@@ -35,9 +46,7 @@ from kdcache.experiments.results import (
 )
 from kdcache.jobs.training import cache_record, resolve_train_config, train_student
 from kdcache.progress import counter
-from kdcache.train.loss import check_alpha, check_temperature
-
-DIVERGED = "training diverged"  # start of the message kdcache.train.loop raises on a non-finite loss
+from kdcache.train.models import ModelSpec
 
 
 def parse_numbers(text: str | Sequence[float], option: str, kind: type = float) -> tuple:
@@ -260,6 +269,7 @@ def run_sweep(out_dir: str | os.PathLike, cache: str | os.PathLike, grid: SweepG
     Returns counts (ran, skipped, total), the table path and, with ``report``, the report's paths.
     """
     meta = read_meta(cache)  # a missing or broken cache fails here, before anything is written
+    data_cfg = replace(data_cfg, dataset=data_cfg.dataset or meta.dataset)  # the data its teacher labelled
     available = min(meta.num_samples, meta.dataset_num_samples - data_cfg.val_size)  # trainable rows
     limits = (grid.limits or (available,)) if isinstance(grid, SweepGrid) else sorted({s.limit for s in grid})
     too_many = [n for n in limits if n > available]
@@ -313,6 +323,22 @@ def run_sweep(out_dir: str | os.PathLike, cache: str | os.PathLike, grid: SweepG
     return summary
 
 
+def student_options(options: dict[str, Any], arch: str) -> tuple[ModelSpec, ViewConfig, CacheIO, dict[str, Any]]:
+    """A RunSpec's options (named as train-student's flags, as results tables store them) as train_student's
+    configuration: (model, views, cache I/O, the DistillConfig fields beyond caches, T and alpha)."""
+    o = dict(options)
+    model = ModelSpec(arch=o.pop("arch", arch), factory=o.pop("student_factory", None),
+                      kwargs=o.pop("student_kwargs", None) or {})
+    views = ViewConfig(**{k: o.pop(k) for k in ("augment", "cache_views", "allow_inconsistent") if k in o})
+    io = CacheIO(**{field: o.pop(k) for k, field in (("cache_memory_limit_mb", "memory_limit_mb"),
+                                                      ("cache_workers", "workers")) if k in o})
+    more = {k: o.pop(k) for k in ("ensemble", "topk_rebuild", "labels_limit", "transfer", "transfer_data_dirs")
+            if k in o}
+    if o:
+        raise ConfigError(f"unknown run options {sorted(o)}; a RunSpec takes train-student's options by name")
+    return model, views, io, more
+
+
 def _run_all(out: Path, cache: str | os.PathLike, todo: list[RunSpec], results: dict[str, Any], arch: str,
              data_cfg: DataConfig, cfg: TrainConfig, bar: Any, eval_n: int, left_cost: float) -> None:
     """Train each pending run and rewrite the table after each one."""
@@ -321,16 +347,15 @@ def _run_all(out: Path, cache: str | os.PathLike, todo: list[RunSpec], results: 
         bar.set_description_str(f"sweep {spec.key}")
         options = spec.options_dict
         caches = options.pop("caches", [] if spec.alpha == 0 else [cache])
-        options.setdefault("arch", arch)
-        try:
-            r = train_student(out / "runs" / f"{spec.key}.pt", caches=caches, temperature=spec.temperature or 1.0,
-                              alpha=spec.alpha, data_cfg=replace(data_cfg, limit=spec.limit),
-                              cfg=replace(cfg, seed=spec.seed, epochs=spec.epochs),
-                              overwrite=True, **options)  # a checkpoint without a table row is from an interrupted run
+        model, views, io, more = student_options(options, arch)
+        distill = DistillConfig(caches=caches, temperature=spec.temperature or 1.0, alpha=spec.alpha, **more)
+        try:  # a checkpoint without a table row is from an interrupted run: overwrite it
+            r = train_student(out / "runs" / f"{spec.key}.pt", distill, model=model,
+                              data_cfg=replace(data_cfg, limit=spec.limit),
+                              cfg=replace(cfg, seed=spec.seed, epochs=spec.epochs), views=views, io=io,
+                              run=RunOptions(overwrite=True))
             row = _row(spec, r)
-        except ConfigError as e:
-            if not str(e).startswith(DIVERGED):
-                raise
+        except Diverged as e:
             # A diverged run is a result (this T/alpha is unstable at this lr), not a reason to stop the sweep.
             row = {**spec.to_row(), "test_accuracy": None, "test_loss": None, "error": str(e)}
         results["rows"].append(row)

@@ -13,12 +13,12 @@ from kdcache import __version__, dist
 from kdcache.cache import CacheMeta, CacheWriter, read_meta
 from kdcache.cache.shards import dump_sharded
 from kdcache.config import (
-    DEFAULT_DATA_DIR,
-    DUMP_BATCH_SIZE,
-    DUMP_PRECISION,
     LOGITS_DTYPE,
     TOPK_DTYPE,
-    VIEW_SEED,
+    DataConfig,
+    DumpConfig,
+    RunOptions,
+    ViewConfig,
 )
 from kdcache.data.augment import parse_policy, sample_views, view_record
 from kdcache.data.datasets import load_dataset
@@ -28,7 +28,7 @@ from kdcache.device import resolve_device, resolve_precision
 from kdcache.errors import CacheError, ConfigError, StorageError
 from kdcache.files import check_free_space, disk_full_message
 from kdcache.identity import DatasetInfo
-from kdcache.jobs.foreign import check_inputs, dataset_data, is_dataset, module_teacher
+from kdcache.jobs.foreign import check_inputs, dataset_data, module_teacher
 from kdcache.progress import track
 from kdcache.train.teacher import (
     Teacher,
@@ -84,67 +84,64 @@ def matches_request(meta: CacheMeta, request: dict[str, Any]) -> bool:
     return have == request
 
 
-def dump_logits(teacher: "str | os.PathLike | torch.nn.Module | None", out: str | os.PathLike, *, split: str = "train",
-                dataset: "str | torch.utils.data.Dataset | None" = None, data_dir: str = DEFAULT_DATA_DIR, limit: int | None = None,
-                batch_size: int = DUMP_BATCH_SIZE, device: str = "auto", precision: str = DUMP_PRECISION,
-                dtype: str | None = None, arch: str | None = None, teacher_factory: str | None = None,
-                weights: str | None = None, overwrite: bool = False, progress: bool = False,
-                reuse: bool = False, views: int = 1, augment: str | None = None, include_original: bool = False,
-                view_seed: int = VIEW_SEED, ignore_labels: bool = False,
-                class_names: tuple[str, ...] | None = None, topk: int | None = None, image_size: int | None = None,
-                workers: int | None = None, skip_unreadable: bool = False,
-                normalize: tuple[tuple[float, ...], tuple[float, ...]] | None = None) -> dict[str, Any]:
-    """Write ``teacher``'s logits over ``split`` (first ``limit`` rows) to the cache ``out``.
+def dump_logits(teacher: "str | os.PathLike | torch.nn.Module | TeacherSpec | None", out: str | os.PathLike, *,
+                data_cfg: DataConfig = DataConfig(), dataset: "torch.utils.data.Dataset | None" = None,
+                dump: DumpConfig = DumpConfig(), views: ViewConfig = ViewConfig(),
+                run: RunOptions = RunOptions()) -> dict[str, Any]:
+    """Write ``teacher``'s logits over ``dump.split`` (the first ``data_cfg.limit`` rows; ``data_cfg.dataset``
+    None: the teacher's dataset) to the cache ``out``.
 
-    The teacher is a kdcache checkpoint (``teacher``), or ``teacher_factory``
+    The teacher is a kdcache checkpoint (``teacher``, a path), or a ``TeacherSpec``: a factory
     ("package.module:function") plus a ``weights`` state dict (see kdcache.train.teacher).
-    It runs in eval mode under inference_mode, without augmentation, at ``precision``
+    It runs in eval mode under inference_mode, without augmentation, at ``dump.precision``
     (fp32 by default so the cache holds fp32-computed logits; auto: bf16 where native, see
-    kdcache.device.resolve_precision; the cache records the resolved one). ``topk`` K stores each row's (each
+    kdcache.device.resolve_precision; the cache records the resolved one). ``dump.topk`` K stores each row's (each
     view's) K largest logits, their classes and the tail's statistics instead of all C logits
-    (docs/cache-format.md, "Top-k caches"); ``dtype`` None stores float32 full logits or
+    (docs/cache-format.md, "Top-k caches"); ``dump.dtype`` None stores float32 full logits or
     float16 top-k values (kdcache.config). Free disk space is checked
     before anything is written; a disk that fills up anyway leaves nothing at ``out``.
-    With ``reuse``, an existing cache at ``out`` made by the same request (teacher file,
+    With ``run.reuse``, an existing cache at ``out`` made by the same request (teacher file,
     data, rows, precision, dtype) is kept and reported as reused; any other is replaced.
-    ``ignore_labels`` (``--no-labels``) dumps the split as unlabelled: every row's label is -1 and
+    ``dump.ignore_labels`` (``--no-labels``) dumps the split as unlabelled: every row's label is -1 and
     its content id (and the fingerprint) hash -1, so the cache reveals no label. Data without
     labels (``unlabelled`` images, or ``ignore_labels``) takes its class names from the teacher:
-    a kdcache checkpoint's, or ``class_names`` for a factory teacher.
+    a kdcache checkpoint's, or ``dump.class_names`` for a factory teacher.
     Returns a summary (path, rows, seconds, teacher top-1 agreement with the labels: None without labels).
 
     Your own model and data (kdcache.jobs.foreign): ``teacher`` may be any ``torch.nn.Module`` (run in eval
     mode; the cache records ``module:<class>`` and a SHA-256 of its state dict) and ``dataset`` any
     map-style ``torch.utils.data.Dataset`` of ``(image, label[, ...])`` items, e.g. torchvision's
     ``ImageFolder(root, transform=Compose([Resize(S), CenterCrop(S), PILToTensor()]))``: images are
-    (C, H, W) tensors of one shape or PIL images. uint8 images are standardised with ``normalize=(mean,
+    (C, H, W) tensors of one shape or PIL images. uint8 images are standardised with ``dump.normalize=(mean,
     std)`` (default ImageNet's, or 0.5/0.5 for one channel); float images (ToTensor()+Normalize) reach the
     teacher exactly as the dataset returns them. Class names come from ``dataset.classes`` or
-    ``class_names``; an ImageFolder gets the same row ids as ``--dataset imagefolder`` on that folder.
+    ``dump.class_names``; an ImageFolder gets the same row ids as ``--dataset imagefolder`` on that folder.
 
-    With ``augment`` (a kdcache.data.augment policy) it stores ``views`` augmented views per image
-    (view 0 the un-augmented image with ``include_original``): each view's parameters, a pure
-    function of (``view_seed``, view, dataset index) (kdcache.data.augment.sample_views), and the
+    With ``views.augment`` (a kdcache.data.augment policy) it stores ``views.views`` augmented views per
+    image (view 0 the un-augmented image with ``views.include_original``): each view's parameters, a pure
+    function of (``views.seed``, view, dataset index) (kdcache.data.augment.sample_views), and the
     teacher's logits on it. Each image is read and converted once for its views.
 
     Under torchrun (``kdcache.dist.launch``), each rank runs the teacher on its own
     contiguous whole batches of rows and writes a shard; rank 0 assembles ``out`` and every
     rank returns the same summary, with ``world_size``, ``shards_reused``/``shards_written``
-    and the assembly time added (kdcache.cache.shards: resuming, stale shards, ``overwrite``).
+    and the assembly time added (kdcache.cache.shards: resuming, stale shards, ``run.overwrite``).
     Because each rank's batches are exactly the one-process dump's batches (same
-    ``batch_size``) and view parameters depend on the dataset index only, the assembled
+    ``dump.batch_size``) and view parameters depend on the dataset index only, the assembled
     values are bit-identical to a one-process dump on the same kind of device with the same
     kernels (same CPU type, torch build and threads per process); across different hardware
     they agree within verify's tolerance.
     """
+    split, batch_size, device, precision, topk = dump.split, dump.batch_size, dump.device, dump.precision, dump.topk
+    limit, workers, view_seed, include_original = data_cfg.limit, data_cfg.workers, views.seed, views.include_original
+    augment, overwrite, reuse, progress = views.augment, run.overwrite, run.reuse, run.progress
     out = Path(out)
     check_topk(topk)  # before anything is loaded; the upper bound once the data's classes are known
-    dtype = storage_dtype(dtype, topk)
+    dtype = storage_dtype(dump.dtype, topk)
     precision = resolve_precision(precision, resolve_device(device))  # the cache records fp32 or bf16, never auto
-    if views < 1:
-        raise ConfigError(f"--views must be >= 1, got {views}")
-    if views != 1 and augment is None:
-        raise ConfigError(f"--views {views} stores augmented views of each image: name their policy with --augment "
+    num_views = views.views
+    if num_views != 1 and augment is None:
+        raise ConfigError(f"--views {num_views} stores augmented views of each image: name their policy with --augment "
                           "(e.g. --augment shift-flip)")
     if include_original and augment is None:
         raise ConfigError("--include-original makes view 0 of --augment's views the un-augmented image; add --augment")
@@ -153,21 +150,21 @@ def dump_logits(teacher: "str | os.PathLike | torch.nn.Module | None", out: str 
         raise CacheError(f"{out} already exists; pass --overwrite to replace it")
     check_inputs(teacher, dataset)  # a module and a Dataset object are kdcache.jobs.foreign's; anything else: one line
     module = teacher if isinstance(teacher, torch.nn.Module) else None
-    spec = None if module is not None else TeacherSpec(checkpoint=None if teacher is None else str(teacher),
-                                                       factory=teacher_factory, weights=weights, arch=arch)
-    if is_dataset(dataset):
-        data = dataset_data(dataset, split=split, class_names=class_names, normalize=normalize,
-                            ignore_labels=ignore_labels, workers=workers).head(limit)
+    spec = teacher if isinstance(teacher, TeacherSpec) or module is not None else TeacherSpec(
+        checkpoint=None if teacher is None else os.fspath(teacher))
+    if dataset is not None:
+        data = dataset_data(dataset, split=split, class_names=dump.class_names, normalize=dump.normalize,
+                            ignore_labels=dump.ignore_labels, workers=workers).head(limit)
     else:
-        name = dataset or default_dataset(spec)
+        name, image_size = data_cfg.dataset or default_dataset(spec), data_cfg.image_size
         if image_size is None and name in (IMAGEFOLDER, UNLABELLED_FOLDER):
             image_size = default_transform(spec)  # the teacher's own input transform
-        data = load_dataset(name, split, data_dir, limit, ignore_labels=ignore_labels, image_size=image_size,
-                            workers=workers, skip_unreadable=skip_unreadable)
-    info = with_teacher_classes(spec, data.info, class_names)  # unlabelled images: the teacher's classes
+        data = load_dataset(name, split, data_cfg.data_dir, limit, ignore_labels=dump.ignore_labels,
+                            image_size=image_size, workers=workers, skip_unreadable=data_cfg.skip_unreadable)
+    info = with_teacher_classes(spec, data.info, dump.class_names)  # unlabelled images: the teacher's classes
     check_topk(topk, info.num_classes)
     loaded = module_teacher(module, info) if module is not None else load_teacher(spec, info)
-    if is_dataset(dataset) and data.images.dtype.is_floating_point:  # the user's transform standardised them:
+    if dataset is not None and data.images.dtype.is_floating_point:  # the user's transform standardised them:
         loaded = replace(loaded, mean=info.mean, std=info.std)  # as they are (0/1), whatever the teacher's own
     ctx = dist.current()
     dev = ctx.local_device(resolve_device(device))
@@ -175,7 +172,7 @@ def dump_logits(teacher: "str | os.PathLike | torch.nn.Module | None", out: str 
     if precision == "bf16":
         loaded.model.to(memory_format=torch.channels_last)
     record = None if policy is None else view_record(policy, include_original=include_original, seed=view_seed)
-    request = dump_request(loaded, info, len(data), precision, dtype, views, record, topk)
+    request = dump_request(loaded, info, len(data), precision, dtype, num_views, record, topk)
     if reuse and out.exists():
         try:
             meta = read_meta(out)
@@ -184,9 +181,9 @@ def dump_logits(teacher: "str | os.PathLike | torch.nn.Module | None", out: str 
         if meta is not None and matches_request(meta, request):
             return {"cache": str(out), "rows": meta.num_samples, "num_classes": meta.num_classes, "dtype": dtype,
                     "topk": topk or 0, "seconds": None, "teacher_label_agreement": None, "bytes": out.stat().st_size,
-                    "views": views, "reused": True, "request": request}
+                    "views": num_views, "reused": True, "request": request}
     writer_opts = dict(num_classes=info.num_classes, attrs=cache_attrs(loaded, info, precision), dtype=dtype,
-                       topk=topk or 0, num_views=views, view_policy=record)
+                       topk=topk or 0, num_views=num_views, view_policy=record)
 
     def write_rows(writer: CacheWriter, rows: range) -> int:
         """Dataset rows ``rows`` at writer rows 0.., batches from ``rows.start``: a function of the range only."""
@@ -201,7 +198,7 @@ def dump_logits(teacher: "str | os.PathLike | torch.nn.Module | None", out: str 
             if policy is None:
                 logits = loaded.logits(images, dev, precision)  # (B, C) float32
             else:
-                params = sample_views(policy, data.indices[start:stop].numpy(), views, view_seed,
+                params = sample_views(policy, data.indices[start:stop].numpy(), num_views, view_seed,
                                       info.image_size, include_original)  # (B, V, P)
                 logits = loaded.view_logits(images, torch.from_numpy(params), policy, dev, precision)  # (B, V, C)
             writer.write(start - rows.start, logits, data.labels[start:stop], data.indices[start:stop],
@@ -231,5 +228,5 @@ def dump_logits(teacher: "str | os.PathLike | torch.nn.Module | None", out: str 
     seconds = sharded.pop("seconds", None) or time.perf_counter() - t0  # sharded: from when every rank was ready
     return {"cache": str(out), "rows": len(data), "num_classes": info.num_classes, "dtype": dtype,
             "topk": topk or 0, "seconds": seconds,
-            "teacher_label_agreement": agree / (data.num_labelled * views) if data.num_labelled else None,
-            "bytes": out.stat().st_size, "views": views, "reused": False, "request": request, **sharded}
+            "teacher_label_agreement": agree / (data.num_labelled * num_views) if data.num_labelled else None,
+            "bytes": out.stat().st_size, "views": num_views, "reused": False, "request": request, **sharded}

@@ -28,10 +28,11 @@ from kdcache.data.loader import resolve_workers
 from kdcache.data.samples import ImageData
 from kdcache.errors import ConfigError, DataError
 from kdcache.identity import UNLABELLED, DatasetInfo, fingerprint_for, sample_ids_for
-from kdcache.train.teacher import Teacher
+from kdcache.train.teacher import Teacher, TeacherSpec
 
-ACCEPTED_TEACHER = "a kdcache checkpoint path or a torch.nn.Module"
-ACCEPTED_DATASET = "a dataset name (e.g. 'fashion-mnist', 'imagefolder') or a map-style torch Dataset of (image, label)"
+ACCEPTED_TEACHER = "a kdcache checkpoint path, a TeacherSpec (factory + weights) or a torch.nn.Module"
+ACCEPTED_DATASET = ("a map-style torch Dataset of (image, label) items (a dataset by name goes in "
+                    "data_cfg=DataConfig(dataset=...))")
 
 
 def is_dataset(obj: Any) -> bool:
@@ -41,9 +42,9 @@ def is_dataset(obj: Any) -> bool:
 
 def check_inputs(teacher: Any, dataset: Any) -> None:
     """One-line ConfigError for a teacher or dataset of a kind dump_logits does not take (named by type, never repr)."""
-    if teacher is not None and not isinstance(teacher, (str, os.PathLike, nn.Module)):
+    if teacher is not None and not isinstance(teacher, (str, os.PathLike, nn.Module, TeacherSpec)):
         raise ConfigError(f"teacher: got a {type(teacher).__name__}; give {ACCEPTED_TEACHER}")
-    if dataset is not None and not isinstance(dataset, str) and not is_dataset(dataset):
+    if dataset is not None and not is_dataset(dataset):
         raise ConfigError(f"dataset: got a {type(dataset).__name__}; give {ACCEPTED_DATASET}")
 
 

@@ -12,26 +12,29 @@ import datetime as _dt
 import json
 import os
 import time
-from dataclasses import replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
 from kdcache import __version__, dist
 from kdcache.cache import LogitCache, open_cache, read_meta
-from kdcache.cache.ensemble import ENSEMBLE_METHODS, check_members, combine_logits
+from kdcache.cache.ensemble import check_members, combine_logits
 from kdcache.cache.targets import Targets, as_tensors, concat
 from kdcache.config import (
-    CACHE_MEMORY_LIMIT_MB,
-    DEFAULT_DATA_DIR,
     DEFAULT_DATASET,
+    HIGH_TEMPERATURE,
     STUDENT_ARCH,
     STUDENT_TRAIN,
     TEACHER_ARCH,
     TEACHER_TRAIN,
+    CacheIO,
     DataConfig,
+    DistillConfig,
+    RunOptions,
     TrainConfig,
+    ViewConfig,
     default_lr,
 )
 from kdcache.data.batches import Batch, BatchSource, MemoryBatches
@@ -45,7 +48,7 @@ from kdcache.data.images import InputTransform, is_lazy
 from kdcache.data.samples import ImageData
 from kdcache.data.views import fresh_views, student_views
 from kdcache.device import resolve_device, resolve_precision
-from kdcache.errors import CheckpointError, ConfigError, Interrupted
+from kdcache.errors import CheckpointError, ConfigError, Diverged, Interrupted
 from kdcache.files import check_output, write_json
 from kdcache.identity import UNLABELLED
 from kdcache.jobs.transfer import (
@@ -64,12 +67,9 @@ from kdcache.train.checkpoint import (
     save_checkpoint,
 )
 from kdcache.train.health import chance_warnings, loss_warnings
-from kdcache.train.loop import Diverged, cross_entropy_loss, evaluate, fit
+from kdcache.train.loop import cross_entropy_loss, evaluate, fit
 from kdcache.train.loss import (
     DEFAULT_TOPK_REBUILD,
-    check_alpha,
-    check_temperature,
-    check_topk_rebuild,
     kd_loss,
 )
 from kdcache.train.models import ModelSpec, count_parameters
@@ -101,11 +101,23 @@ def _plain(obj: Any) -> Any:
     return json.loads(json.dumps(obj, sort_keys=True))
 
 
-def _train_and_save(role: str, spec: ModelSpec, train_data: ImageData, data_cfg: DataConfig, cfg: TrainConfig,
-                    out: str | os.PathLike, overwrite: bool, progress: bool, loss_fn: Callable,
-                    request: dict[str, Any], extra: dict[str, Any],
-                    make_batches: Callable[[torch.device], BatchSource], reuse: bool = False,
-                    resume: bool = False) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _Training:
+    """What train_teacher and train_student hand the shared part: the model, its data, how to fit it, and
+    the request (what determines the result) that reuse and resume compare."""
+
+    role: str
+    spec: ModelSpec
+    data: ImageData
+    data_cfg: DataConfig
+    cfg: TrainConfig
+    loss_fn: Callable
+    make_batches: Callable[[torch.device], BatchSource]
+    request: dict[str, Any]
+    extra: dict[str, Any]  # recorded in the checkpoint beside the request
+
+
+def _train_and_save(job: _Training, out: str | os.PathLike, run: RunOptions) -> dict[str, Any]:
     """Shared by train_teacher / train_student: build, fit, evaluate on test, save checkpoint + metrics.
 
     With ``reuse``, an existing ``out`` made by the same ``request`` is returned instead
@@ -115,10 +127,10 @@ def _train_and_save(role: str, spec: ModelSpec, train_data: ImageData, data_cfg:
     the same ``request`` is continued from (``resume``: it must exist), one made by another is
     refused naming what differs (discarded with ``reuse``), and ``overwrite`` discards it.
     """
-    start_over = overwrite and not reuse  # the user's --overwrite, not reuse's "retrain"
-    if resume and start_over:
-        raise ConfigError("--resume continues a run and --overwrite starts over: pass one of them")
-    if reuse:
+    role, spec, train_data, data_cfg, cfg = job.role, job.spec, job.data, job.data_cfg, job.cfg
+    request, overwrite = job.request, run.overwrite
+    start_over = overwrite and not run.reuse  # the user's --overwrite, not reuse's "retrain"
+    if run.reuse:
         found = find_reusable(out, request)
         if found is not None:
             return {**found, "reused": True}
@@ -127,7 +139,7 @@ def _train_and_save(role: str, spec: ModelSpec, train_data: ImageData, data_cfg:
     metrics_out = check_output(metrics_path_for(out), overwrite)
     ctx = dist.current()
     state_path = resume_path_for(out)
-    state = None if start_over else matching_state(state_path, request, resume, refuse_other=not reuse)
+    state = None if start_over else matching_state(state_path, request, run.resume, refuse_other=not run.reuse)
     if start_over and ctx.is_main:
         state_path.unlink(missing_ok=True)
     device = ctx.local_device(resolve_device(cfg.device))
@@ -137,7 +149,7 @@ def _train_and_save(role: str, spec: ModelSpec, train_data: ImageData, data_cfg:
     info = train_data.info
     torch.manual_seed(cfg.seed)
     model = spec.build(info.in_channels, info.num_classes, info.image_size)
-    batches = make_batches(device)
+    batches = job.make_batches(device)
     saved: list[int] = [] if state is None else [int(state["epoch"])]  # the epochs whose state is on disk
 
     def save_state(s: dict) -> None:
@@ -146,8 +158,8 @@ def _train_and_save(role: str, spec: ModelSpec, train_data: ImageData, data_cfg:
     try:  # Ctrl-C or SIGTERM (the CLI's handler) keeps the last epoch's state: say so
         t0 = time.perf_counter()
         try:
-            history = fit(model, batches, loss_fn, cfg, eval_data=val_data if val_data is not None else test_data,
-                          eval_name="val" if val_data is not None else "test", progress=progress,
+            history = fit(model, batches, job.loss_fn, cfg, eval_data=val_data if val_data is not None else test_data,
+                          eval_name="val" if val_data is not None else "test", progress=run.progress,
                           desc=f"{role} {spec.name}", resume=state,
                           save_state=save_state)
         finally:
@@ -168,7 +180,7 @@ def _train_and_save(role: str, spec: ModelSpec, train_data: ImageData, data_cfg:
                 "val_size": data_cfg.val_size, "val_accuracy": None if val is None else val["accuracy"],
                 "train_seconds": seconds, "world_size": ctx.world_size, "kdcache_version": __version__,
                 "torch_version": str(torch.__version__),
-                "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **extra,
+                "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **job.extra,
                 "request": request,
             }
             save_checkpoint(out, model.cpu(), config, overwrite=True)
@@ -234,33 +246,34 @@ def data_from_cache(data_cfg: DataConfig, caches: Sequence[str | os.PathLike]) -
                    skip_unreadable=data_cfg.skip_unreadable or bool(meta.skipped_files))  # as the dump read them
 
 
-def train_teacher(out: str | os.PathLike, *, arch: str = TEACHER_ARCH, data_cfg: DataConfig = DataConfig(),
-                  cfg: TrainConfig = TEACHER_TRAIN, overwrite: bool = False, progress: bool = False,
-                  reuse: bool = False, augment: str | None = None, resume: bool = False) -> dict[str, Any]:
-    """Train ``arch`` with cross-entropy on hard labels; writes ``out`` and its metrics JSON.
+def train_teacher(out: str | os.PathLike, *, model: str | ModelSpec = TEACHER_ARCH, data_cfg: DataConfig = DataConfig(),
+                  cfg: TrainConfig = TEACHER_TRAIN, views: ViewConfig = ViewConfig(),
+                  run: RunOptions = RunOptions()) -> dict[str, Any]:
+    """Train ``model`` with cross-entropy on hard labels; writes ``out`` and its metrics JSON.
 
-    ``augment`` (a kdcache.data.augment policy, e.g. "shift-flip") draws fresh views every epoch,
+    ``views.augment`` (a kdcache.data.augment policy, e.g. "shift-flip") draws fresh views every epoch,
     so the teacher learns the views it will later label (``dump-logits --augment``).
-    ``reuse``: return an existing ``out`` trained with the same request instead (find_reusable).
-    A stopped run continues from its resume state (``_train_and_save``; ``resume``: there must be one).
+    ``run.reuse``: return an existing ``out`` trained with the same request instead (find_reusable).
+    A stopped run continues from its resume state (``_train_and_save``; ``run.resume``: there must be one).
     """
-    spec = ModelSpec(arch=arch)
+    spec = model if isinstance(model, ModelSpec) else ModelSpec(arch=model)
     spec.check()  # unknown arch fails before any data is read
+    data_cfg = replace(data_cfg, dataset=data_cfg.dataset or DEFAULT_DATASET)
     data, _ = load_train_val(data_cfg.dataset, data_cfg.data_dir, data_cfg.limit, data_cfg.val_size, data_cfg.download,
                              **read_options(data_cfg))
     require_labels(data, "a teacher's training data")
     cfg = resolve_train_config(cfg, TEACHER_TRAIN, is_lazy(data.images))
-    views = fresh_views(augment, data, cfg.seed)
-    more = {} if views is None else {"augment": views.policy.describe()}  # absent, not None: old requests still match
+    plan = fresh_views(views.augment, data, cfg.seed)
+    more = {} if plan is None else {"augment": plan.policy.describe()}  # absent, not None: old requests still match
 
     def batches(device: torch.device) -> BatchSource:
         ctx = dist.current()
         return MemoryBatches(data, cfg.batch_size, shuffle=True, seed=cfg.seed, device=device,
-                             channels_last=cfg.precision == "bf16", views=views, rank=ctx.rank,
+                             channels_last=cfg.precision == "bf16", views=plan, rank=ctx.rank,
                              world_size=ctx.world_size)
-    return _train_and_save("teacher", spec, data, data_cfg, cfg, out, overwrite, progress, cross_entropy_loss,
-                           _request("teacher", spec, data, data_cfg, cfg, **more), dict(more), batches, reuse,
-                           resume)
+    job = _Training("teacher", spec, data, data_cfg, cfg, cross_entropy_loss, batches,
+                    _request("teacher", spec, data, data_cfg, cfg, **more), dict(more))
+    return _train_and_save(job, out, run)
 
 
 def distillation_loss(temperature: float, alpha: float, topk_rebuild: str = DEFAULT_TOPK_REBUILD
@@ -290,171 +303,167 @@ def cache_record(cache: LogitCache) -> dict[str, Any]:
             "teacher_sha256": m.teacher_sha256, "targets": m.targets, "topk": m.topk, "num_views": m.num_views}
 
 
-def train_student(out: str | os.PathLike, *, caches: Sequence[str | os.PathLike] = (), temperature: float = 4.0,
-                  alpha: float = 0.5, arch: str = STUDENT_ARCH, data_cfg: DataConfig = DataConfig(),
-                  cfg: TrainConfig = STUDENT_TRAIN, ensemble: str = "mean-probs", overwrite: bool = False,
-                  progress: bool = False, cache_memory_limit_mb: float = CACHE_MEMORY_LIMIT_MB,
-                  cache_workers: int = 0, reuse: bool = False, augment: str | None = None,
-                  allow_inconsistent: bool = False, cache_views: int | None = None, labels_limit: int | None = None,
-                  transfer: Sequence[str | os.PathLike] = (), transfer_data_dirs: Sequence[str] = (),
-                  student_factory: str | None = None, student_kwargs: Mapping[str, Any] | None = None,
-                  resume: bool = False, topk_rebuild: str = DEFAULT_TOPK_REBUILD) -> dict[str, Any]:
+def train_student(out: str | os.PathLike, distill: DistillConfig, *, model: str | ModelSpec = STUDENT_ARCH,
+                  data_cfg: DataConfig = DataConfig(), cfg: TrainConfig = STUDENT_TRAIN,
+                  views: ViewConfig = ViewConfig(), io: CacheIO = CacheIO(),
+                  run: RunOptions = RunOptions()) -> dict[str, Any]:
     """Train a student from images + cached teacher targets. Never loads or runs a teacher.
 
     Every cache is checked against the training samples (LogitCache.align: dataset, split,
     fingerprint, index coverage, labels and content ids row by row) before training starts.
-    Several caches distil from an ensemble (kdcache.cache.ensemble). ``alpha = 0`` trains on labels
+    Several caches distil from an ensemble (kdcache.cache.ensemble). ``distill.alpha = 0`` trains on labels
     alone and needs no cache. A single teacher's caches whose targets (as float32) exceed
-    ``cache_memory_limit_mb`` are streamed from disk (kdcache.cache.stream, read in ``cache_workers``
-    processes) instead of loaded whole. ``reuse``: return an existing ``out`` made by the same
+    ``io.memory_limit_mb`` are streamed from disk (kdcache.cache.stream, read in ``io.workers``
+    processes) instead of loaded whole. ``run.reuse``: return an existing ``out`` made by the same
     request (same data, settings, T, alpha and cache contents) instead of training again.
 
     Augmentation (kdcache.data.views): a cache with views is replayed (each epoch every image shows
-    one stored view and learns that view's logits; ``cache_views`` uses only the first K');
-    ``augment`` without one draws fresh views (labels-only students, ``alpha = 0``), and with a
-    single-view cache while distilling is refused unless ``allow_inconsistent``.
+    one stored view and learns that view's logits; ``views.cache_views`` uses only the first K');
+    ``views.augment`` without one draws fresh views (labels-only students, ``alpha = 0``), and with a
+    single-view cache while distilling is refused unless ``views.allow_inconsistent``.
 
-    Unlabelled rows (kdcache.jobs.transfer): ``labels_limit`` keeps the labels of the first N
-    training samples only; ``transfer`` adds the rows of caches of other images (their data
-    read from ``transfer_data_dirs``: none = ``data_cfg.data_dir``, one for all, or one per
+    Unlabelled rows (kdcache.jobs.transfer): ``distill.labels_limit`` keeps the labels of the first N
+    training samples only; ``distill.transfer`` adds the rows of caches of other images (their data
+    read from ``distill.transfer_data_dirs``: none = ``data_cfg.data_dir``, one for all, or one per
     cache). The soft term covers every row, cross-entropy the labelled ones; an epoch is one
     pass over all rows.
 
-    The student is ``arch`` (a built-in architecture), or your own: ``student_factory``
-    ("package.module:function", importable from the current folder or PYTHONPATH) called with
-    ``student_kwargs`` (JSON values) plus whichever of num_classes, in_channels, image_size it
+    The student is ``model``: a built-in architecture's name, or your own as
+    ``ModelSpec(factory="package.module:function", kwargs=...)`` (importable from the current folder or
+    PYTHONPATH), called with ``kwargs`` (JSON values) plus whichever of num_classes, in_channels, image_size it
     takes. The checkpoint records both; loading it needs the same factory named again
     (kdcache.train.checkpoint.load_checkpoint).
 
-    ``topk_rebuild``: how a top-k cache's rows are rebuilt into soft targets (kd_loss); recorded
+    ``distill.topk_rebuild``: how a top-k cache's rows are rebuilt into soft targets (kd_loss); recorded
     in the request and the checkpoint when a cache is top-k.
     """
-    check_temperature(temperature)
-    check_alpha(alpha)
-    check_topk_rebuild(topk_rebuild)
-    if student_factory is not None and arch != STUDENT_ARCH:
-        raise ConfigError(f"name the student once: --arch {arch} or --student-factory {student_factory}")
-    spec = ModelSpec(arch=arch, factory=student_factory, kwargs=student_kwargs or {})
+    spec = model if isinstance(model, ModelSpec) else ModelSpec(arch=model)
     spec.check()
-    if ensemble not in ENSEMBLE_METHODS:
-        raise ConfigError(f"unknown ensemble method {ensemble!r}; choose one of: {', '.join(ENSEMBLE_METHODS)}")
-    if alpha > 0 and not caches:
-        raise ConfigError("alpha > 0 distils from a teacher: pass --cache (or use --alpha 0 for labels only)")
-    data_cfg = data_from_cache(data_cfg, caches)
+    d = distill
+    data_cfg = data_from_cache(data_cfg, d.caches)
     data, _ = load_train_val(data_cfg.dataset, data_cfg.data_dir, data_cfg.limit, data_cfg.val_size, data_cfg.download,
                              **read_options(data_cfg))
     require_labels(data, "a student's labelled data (--dataset)")
     cfg = resolve_train_config(cfg, STUDENT_TRAIN, is_lazy(data.images))
-    check_unlabelled_rows(labels_limit, len(data), alpha, bool(transfer))
-    opened = [open_cache(p) for p in caches]
+    check_unlabelled_rows(d.labels_limit, len(data), d.alpha, bool(d.transfer))
+    opened = [open_cache(p) for p in d.caches]
     opened_transfer: list[LogitCache] = []
     try:
-        opened_transfer.extend(open_cache(p) for p in transfer)
+        opened_transfer.extend(open_cache(p) for p in d.transfer)
         records = [cache_record(c) for c in opened]
-        topk = alpha > 0 and any(c.meta.topk for c in opened)
+        topk = d.alpha > 0 and any(c.meta.topk for c in opened)
         transfer_records = [cache_record(c) for c in opened_transfer]
-        sets = open_transfer_sets(opened_transfer, transfer_data_dirs, data, opened, data_cfg)
-        rows_data = concat_data([mask_labels(data, labels_limit)] + [s.data for s in sets])
-        targets, batches, views = _student_targets(opened, data, cfg, temperature, ensemble, cache_memory_limit_mb,
-                                                   cache_workers, alpha, augment, allow_inconsistent, cache_views,
-                                                   sets, rows_data)
+        sets = open_transfer_sets(opened_transfer, d.transfer_data_dirs, data, opened, data_cfg)
+        rows_data = concat_data([mask_labels(data, d.labels_limit)] + [s.data for s in sets])
+        targets = _student_targets(opened, data, rows_data, sets, d, views, io, cfg)
         transfer_info = [{**cache_record(c), **r} for s in sets for c, r in zip(s.caches, s.record())]
     finally:
         for c in opened + opened_transfer:
             c.close()
-    plan, view_record = views
-    more = {} if view_record is None else {"augment": view_record}  # absent, not None: old requests still match
+    more = {} if targets.view_record is None else {"augment": targets.view_record}  # absent, not None: old requests
     if topk:  # a top-k run trained by another rebuild is another run (and old top-k runs were "bucket" ones)
-        more["topk_rebuild"] = topk_rebuild
-    unlabelled_rows = {} if labels_limit is None else {"labels_limit": labels_limit}  # likewise
-    if transfer:
+        more["topk_rebuild"] = d.topk_rebuild
+    unlabelled_rows = {} if d.labels_limit is None else {"labels_limit": d.labels_limit}  # likewise
+    if d.transfer:
         unlabelled_rows["transfer"] = [r["content_sha256"] for r in transfer_records]
-    request = _request("student", spec, data, data_cfg, cfg, temperature=temperature if alpha > 0 else None,
-                       alpha=alpha, caches=[r["content_sha256"] for r in records] if alpha > 0 else [],
-                       ensemble=ensemble if len(caches) > 1 else None, **more, **unlabelled_rows,
-                       **({"cache_streamed": True} if batches is not None else {}))  # another order, another run
-    extra = {"temperature": temperature, "alpha": alpha, "caches": records,
-             "ensemble": ensemble if len(caches) > 1 else None, "cache_streamed": batches is not None, **more,
-             "labels_limit": labels_limit, "transfer": transfer_info,
-             "num_labelled": rows_data.num_labelled, "num_unlabelled": len(rows_data) - rows_data.num_labelled}
+    streamed = targets.streamed is not None
+    ensemble = d.ensemble if len(d.caches) > 1 else None
+    request = _request("student", spec, data, data_cfg, cfg, temperature=d.temperature if d.alpha > 0 else None,
+                       alpha=d.alpha, caches=[r["content_sha256"] for r in records] if d.alpha > 0 else [],
+                       ensemble=ensemble, **more, **unlabelled_rows,
+                       **({"cache_streamed": True} if streamed else {}))  # another order, another run
+    extra = {"temperature": d.temperature, "alpha": d.alpha, "caches": records, "ensemble": ensemble,
+             "cache_streamed": streamed, **more, "labels_limit": d.labels_limit, "transfer": transfer_info,
+             "num_labelled": rows_data.num_labelled, "num_unlabelled": len(rows_data) - rows_data.num_labelled,
+             "job_config": {"distill": asdict(d), "views": asdict(views), "io": asdict(io), "data": asdict(data_cfg)}}
+    batches = targets.streamed
     if batches is None:
         def batches(device: torch.device) -> BatchSource:
             ctx = dist.current()
             return MemoryBatches(rows_data, cfg.batch_size, shuffle=True, seed=cfg.seed, device=device,
-                                 teacher_logits=targets, channels_last=cfg.precision == "bf16", views=plan,
-                                 rank=ctx.rank, world_size=ctx.world_size, workers=data_cfg.workers)
+                                 teacher_logits=targets.targets, channels_last=cfg.precision == "bf16",
+                                 views=targets.plan, rank=ctx.rank, world_size=ctx.world_size,
+                                 workers=data_cfg.workers)
+    job = _Training("student", spec, rows_data, data_cfg, cfg, distillation_loss(d.temperature, d.alpha, d.topk_rebuild),
+                    batches, request, extra)
     try:
-        return _train_and_save("student", spec, rows_data, data_cfg, cfg, out, overwrite, progress,
-                               distillation_loss(temperature, alpha, topk_rebuild), request, extra, batches, reuse,
-                               resume)
+        return _train_and_save(job, out, run)
     except Diverged as e:
-        if alpha > 0 and temperature > HIGH_TEMPERATURE:
-            raise ConfigError(f"{str(e).split(';')[0]} at T={temperature:g}: at a temperature this high the soft "
-                              "loss T²·KL is logit matching (half the mean squared difference of the centred "
-                              "logits, Hinton et al. 2015 §2.1), whose gradients grow with the student-teacher "
-                              "logit gap; use --T 20 or lower, or a much lower --lr") from None
+        if d.alpha > 0 and d.temperature > HIGH_TEMPERATURE:
+            raise Diverged(f"{e.reason}) at T={d.temperature:g} (at a temperature this high the soft loss T²·KL is "
+                           "logit matching: half the mean squared difference of the centred logits, Hinton et al. "
+                           "2015 §2.1, whose gradients grow with the student-teacher logit gap",
+                           "use --T 20 or lower, or a much lower --lr") from None
         raise
 
 
-HIGH_TEMPERATURE = 20.0  # the usual range of T ends here; far above it the soft loss behaves like logit matching
+@dataclass(frozen=True)
+class StudentTargets:
+    """A student's soft targets, aligned with its rows: in memory (``targets``), or a streaming batch source
+    factory (``streamed``) when the caches exceed the memory limit; and its views (kdcache.data.views)."""
+
+    targets: Targets | None
+    streamed: Callable[[torch.device], BatchSource] | None
+    plan: Any  # ViewPlan | None, extended to the transfer rows
+    view_record: dict[str, Any] | None
 
 
-def _student_targets(caches: Sequence[LogitCache], data: ImageData, cfg: TrainConfig, temperature: float,
-                     ensemble: str, limit_mb: float, workers: int, alpha: float = 0.0, augment: str | None = None,
-                     allow_inconsistent: bool = False, cache_views: int | None = None,
-                     transfer: Sequence[TransferSet] = (), rows_data: ImageData | None = None
-                     ) -> tuple[Targets | None, Callable[[torch.device], BatchSource] | None, tuple]:
-    """Targets aligned with ``rows_data`` (``data``'s rows, then each transfer set's), in memory, or (None, a
-    streaming batch source factory) when the caches exceed ``limit_mb``; and the run's (ViewPlan, record)
-    (kdcache.data.views), its stored views extended to the transfer rows."""
-    rows_data = data if rows_data is None else rows_data
+def _student_targets(caches: Sequence[LogitCache], data: ImageData, rows_data: ImageData,
+                     transfer: Sequence[TransferSet], distill: DistillConfig, views: ViewConfig, io: CacheIO,
+                     cfg: TrainConfig) -> StudentTargets:
+    """Targets aligned with ``rows_data`` (``data``'s rows, then each transfer set's), in memory, or streamed
+    when the caches exceed ``io.memory_limit_mb``; and the run's views, stored views extended to the transfer rows."""
     if len(caches) > 1:
         check_members(caches)
     rows = [c.align(data.indices.numpy(), labels=data.labels.numpy(), sample_ids=data.sample_ids, info=data.info,
                     keys=data.keys)
             for c in caches]
-    plan, record = student_views(caches, rows, data, augment=augment, alpha=alpha,
-                                 allow_inconsistent=allow_inconsistent, cache_views=cache_views, seed=cfg.seed)
-    views = (transfer_views(plan, transfer), record)
+    plan, record = student_views(caches, rows, data, augment=views.augment, alpha=distill.alpha,
+                                 allow_inconsistent=views.allow_inconsistent, cache_views=views.cache_views,
+                                 seed=cfg.seed)
+    plan = transfer_views(plan, transfer)
     if not caches:
-        return None, None, views
+        return StudentTargets(None, None, plan, record)
     sources = [(list(caches), rows)] + [(s.caches, s.rows) for s in transfer]  # per source: a cache per teacher
     need_mb = sum(c.target_bytes() for cs, _ in sources for c in cs) / 2**20
-    if need_mb > limit_mb:
+    if need_mb > io.memory_limit_mb:
         if len(caches) > 1:
             raise ConfigError(f"the ensemble's caches need {need_mb:.0f} MB in memory, over --cache-memory-limit "
-                              f"{limit_mb:g}; streaming serves one cache only: raise the limit or use one cache")
+                              f"{io.memory_limit_mb:g}; streaming serves one cache only: raise the limit or use one cache")
         from kdcache.data.streaming import StreamingBatches
 
         paths, source_rows = [cs[0].path for cs, _ in sources], [rs[0] for _, rs in sources]
         if len(paths) == 1:
             paths, source_rows = paths[0], source_rows[0]
         ctx = dist.current()
-        return None, lambda device: StreamingBatches(rows_data, paths, source_rows, cfg.batch_size, seed=cfg.seed,
-                                                     device=device, num_workers=workers,
-                                                     channels_last=cfg.precision == "bf16", views=views[0],
-                                                     rank=ctx.rank, world_size=ctx.world_size), views
+        return StudentTargets(None, lambda device: StreamingBatches(
+            rows_data, paths, source_rows, cfg.batch_size, seed=cfg.seed, device=device, num_workers=io.workers,
+            channels_last=cfg.precision == "bf16", views=plan, rank=ctx.rank, world_size=ctx.world_size),
+            plan, record)
     # per teacher: its targets of every row, in rows_data's order
     members = [as_tensors(concat([cs[e].read(rs[e]) for cs, rs in sources])) for e in range(len(caches))]
-    if views[1] is not None and views[1]["mode"] == "replay":
-        members = [m[:, :views[1]["views"]] for m in members]  # (N, K', ...): the views in use
+    if record is not None and record["mode"] == "replay":
+        members = [m[:, :record["views"]] for m in members]  # (N, K', ...): the views in use
     if len(members) == 1:
-        return members[0], None, views
-    return combine_logits(members, ensemble, temperature), None, views  # once per run: depends on T only
+        return StudentTargets(members[0], None, plan, record)
+    combined = combine_logits(members, distill.ensemble, distill.temperature)  # once per run: depends on T only
+    return StudentTargets(combined, None, plan, record)
 
 
-def evaluate_checkpoint(path: str | os.PathLike, *, split: str = "test", dataset: str | None = None,
-                        data_dir: str = DEFAULT_DATA_DIR, limit: int | None = None, device: str = "auto",
-                        batch_size: int = 1000, progress: bool = False,
-                        student_factory: str | None = None, workers: int | None = None) -> dict[str, Any]:
+def evaluate_checkpoint(path: str | os.PathLike, *, split: str = "test", data_cfg: DataConfig = DataConfig(),
+                        limit: int | None = None, device: str = "auto", batch_size: int = 1000,
+                        student_factory: str | None = None, progress: bool = False) -> dict[str, Any]:
     """Accuracy, loss and per-class accuracy of a checkpoint on a dataset split.
+
+    ``data_cfg``: where the data is (``dataset`` None: the checkpoint's) and how many ``workers`` decode it.
 
     ``student_factory`` must name the factory of a checkpoint trained with one (your
     consent to import and call it; a checkpoint alone never makes kdcache run code).
     """
     model, config = load_checkpoint(path, factory=student_factory)
     transform = config.get("input_transform")
-    data = require_labels(load_dataset(dataset or config["dataset"], split, data_dir, limit,
+    workers = data_cfg.workers
+    data = require_labels(load_dataset(data_cfg.dataset or config["dataset"], split, data_cfg.data_dir, limit,
                                        image_size=InputTransform.from_record(transform), workers=workers),
                           "evaluated on")
     check_model_fits_data(config, data.info, path)

@@ -19,7 +19,7 @@ from kdcache.config import TrainConfig
 from kdcache.data.batches import Batch, BatchSource, MemoryBatches
 from kdcache.data.samples import ImageData
 from kdcache.device import autocast, resolve_device, resolve_precision
-from kdcache.errors import ConfigError
+from kdcache.errors import Diverged
 from kdcache.identity import UNLABELLED
 from kdcache.progress import track
 
@@ -57,10 +57,6 @@ DIVERGENCE_REFERENCE_STEPS = 5  # the start: the mean loss of the untrained mode
 DIVERGENCE_CHECK_EVERY = 10  # steps between checks after those (each check waits for the device)
 
 
-class Diverged(ConfigError):
-    """Training blew up: a non-finite loss, or one far above where it started."""
-
-
 class DivergenceWatch:
     """Stops a run whose loss blows up, instead of letting it finish at chance and exit 0.
 
@@ -74,14 +70,13 @@ class DivergenceWatch:
 
     def step(self, loss: float) -> None:
         if not math.isfinite(loss):
-            raise Diverged(f"training diverged (loss {loss}); lower --lr (e.g. by 10x)")
+            raise Diverged(f"loss {loss}")
         if len(self.first) < DIVERGENCE_REFERENCE_STEPS:
             self.first.append(loss)
             return
         start = sum(self.first) / len(self.first)
         if loss > DIVERGENCE_FACTOR * max(start, 1e-3):
-            raise Diverged(f"training diverged (loss {loss:.4g}, {loss / max(start, 1e-3):.1f}x its {start:.3g} at "
-                           "the start); lower --lr (e.g. by 10x)")
+            raise Diverged(f"loss {loss:.4g}, {loss / max(start, 1e-3):.1f}x its {start:.3g} at the start")
 
 
 def train_one_epoch(model: nn.Module, batches: Iterable[Batch], loss_fn: LossFn, optimizer, scheduler,

@@ -25,31 +25,11 @@ import torch
 import torch.nn.functional as F
 
 from kdcache.cache.targets import Targets, TopK, to_float
+from kdcache.config import DEFAULT_TOPK_REBUILD, check_alpha, check_temperature, check_topk_rebuild
 from kdcache.errors import ConfigError
 from kdcache.identity import UNLABELLED
 
 SMALL_DIFF = 1.0  # rows whose max |d| is below this use the cancellation-free form
-TOPK_REBUILDS = ("spread", "bucket")  # how kd_loss rebuilds soft targets from top-k rows (module docstring)
-DEFAULT_TOPK_REBUILD = "spread"  # measured best at the full cache's best T (docs/cache-format.md)
-
-
-def check_topk_rebuild(rebuild: str) -> str:
-    if rebuild not in TOPK_REBUILDS:
-        raise ConfigError(f"topk_rebuild must be one of {', '.join(TOPK_REBUILDS)}, got {rebuild!r}")
-    return rebuild
-
-
-def check_temperature(temperature: float) -> float:
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
-        raise ConfigError(f"temperature T must be a finite number > 0, got {temperature}")
-    return float(temperature)
-
-
-def check_alpha(alpha: float) -> float:
-    if not (isinstance(alpha, (int, float)) and 0.0 <= alpha <= 1.0):
-        raise ConfigError(f"alpha must be in [0, 1] (0 = labels only, 1 = soft targets only), got {alpha}")
-    return float(alpha)
-
 
 def kl_from_logits(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
     """KL(softmax(teacher) ‖ softmax(student)) per row (B,), for logits already divided by T."""
