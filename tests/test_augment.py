@@ -13,14 +13,12 @@ from kdcache.data.augment import (
     CropFlip,
     CropFlipV1,
     ShiftFlip,
-    ViewPlan,
     check_replay_size,
     parse_policy,
     policy_from_record,
-    sample_views,
     view_record,
-    view_schedule,
 )
+from kdcache.data.sampling import ViewPlan, sample_views, view_schedule
 from kdcache.errors import CacheError, ConfigError
 
 POLICY_SPECS = ["shift-flip", "shift-flip:pad=4,flip=1", "crop-flip", "crop-flip:scale_min=0.5,ratio_min=0.5", CropFlipV1()]

@@ -14,15 +14,11 @@ from conftest import assert_error, cache_attrs, make_image_data, run_cli
 from kdcache.cache import SCHEMA_VERSION, open_cache, write_cache
 from kdcache.cache.targets import TopK, as_tensors
 from kdcache.config import DataConfig, DistillConfig, RunOptions, TrainConfig, ViewConfig
-from kdcache.data.augment import (
-    ShiftFlip,
-    sample_views,
-    view_record,
-    view_schedule,
-)
+from kdcache.data.augment import ShiftFlip, view_record
 from kdcache.data.batches import Batch, MemoryBatches
 from kdcache.data.datasets import load_dataset
 from kdcache.data.samples import ImageData, batch_order, normalize, standardize, to_unit
+from kdcache.data.sampling import sample_views, view_schedule
 from kdcache.data.streaming import StreamingBatches
 from kdcache.data.views import student_views
 from kdcache.jobs.training import distillation_loss, train_student, train_teacher
@@ -85,7 +81,8 @@ def test_layout_and_attributes_match_the_format_document(views_cache, fmnist):
 def test_the_format_document_lists_every_policy_and_its_parameters():
     from pathlib import Path
 
-    from kdcache.data.augment import POLICIES, VIEW_BLOCK
+    from kdcache.data.augment import POLICIES
+    from kdcache.data.sampling import VIEW_BLOCK
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "cache-format.md").read_text()
     for name, cls in POLICIES.items():

@@ -329,7 +329,8 @@ def dumped_views(request, tmp_path_factory, teacher_ckpt, data_dir):
 
 def marked_views(path, kd, *, views=V, topk=0, unlabelled=False, policy="shift-flip"):
     """A cache with views whose logits name their (row, view): z[i, v, 0] = 100 + i, z[i, v, 1] = 50 + v."""
-    from kdcache.data.augment import parse_policy, sample_views, view_record
+    from kdcache.data.augment import parse_policy, view_record
+    from kdcache.data.sampling import sample_views
 
     z = np.random.default_rng(0).normal(size=(len(kd), views, 10)).astype(np.float32)
     z[:, :, 0] = np.arange(len(kd))[:, None] + 100
@@ -367,7 +368,7 @@ def test_items_are_the_replayed_view_and_its_stored_logits(fmnist, dumped_views,
     from torchvision import transforms
 
     from kdcache.cache import open_cache
-    from kdcache.data.augment import view_schedule
+    from kdcache.data.sampling import view_schedule
     from kdcache.train.checkpoint import load_checkpoint
 
     with open_cache(dumped_views) as c:
@@ -514,7 +515,7 @@ def test_images_that_are_not_float_tensors_in_0_1_are_refused_with_one_line(data
 
 def test_streamed_views_serve_each_item_its_scheduled_view(fmnist, tmp_path, kd):
     from kdcache.cache import open_cache
-    from kdcache.data.augment import view_schedule
+    from kdcache.data.sampling import view_schedule
 
     path = marked_views(tmp_path / "m.h5", kd)
     with open_cache(path) as c:

@@ -26,6 +26,7 @@ from kdcache.config import (
     LOGIT_DTYPES,
     PRECISIONS,
     SPLITS,
+    VERIFY_SAMPLE,
     VIEW_SEED,
     DataConfig,
     DumpConfig,
@@ -136,7 +137,7 @@ def info_cmd(cache: str, as_json: bool) -> None:
 @click.option("--teacher", default=None, type=click.Path(dir_okay=False),
               help="Re-run this teacher checkpoint on --sample random rows and compare logits.")
 @teacher_factory_options
-@click.option("--sample", type=click.IntRange(min=1), default=256, show_default=True, help="Rows the teacher re-runs.")
+@click.option("--sample", type=click.IntRange(min=1), default=VERIFY_SAMPLE, show_default=True, help="Rows the teacher re-runs.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for choosing the sampled rows.")
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (exit status as without).")

@@ -20,9 +20,9 @@ from typing import Iterable, Iterator, Protocol
 import torch
 
 from kdcache.cache.targets import Targets, as_tensors, to_float
-from kdcache.data.augment import ViewPlan
 from kdcache.data.loader import image_batches
 from kdcache.data.samples import ImageData, batch_order, normalize, standardize, to_unit
+from kdcache.data.sampling import ViewPlan
 from kdcache.errors import ConfigError
 
 

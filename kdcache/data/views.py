@@ -2,7 +2,7 @@
 
 - A cache with views (``dump-logits --views K --augment POLICY``) is replayed: each epoch
   every image shows one of its stored views, rebuilt from the stored parameters, and learns
-  that view's logits (``ViewPlan`` with ``stored``; schedule in kdcache.data.augment.view_schedule).
+  that view's logits (``ViewPlan`` with ``stored``; schedule in kdcache.data.sampling.view_schedule).
 - ``--augment POLICY`` without a view cache draws fresh parameters every epoch: a teacher
   learning the views it will label, or a labels-only student.
 - ``--augment`` with a single-view cache while distilling pairs augmented images with the
@@ -21,15 +21,9 @@ import torch
 
 from kdcache.cache import LogitCache
 from kdcache.cache.targets import Targets, TopK
-from kdcache.data.augment import (
-    ViewPlan,
-    ViewPolicy,
-    check_replay_size,
-    parse_policy,
-    policy_from_record,
-    view_schedule,
-)
+from kdcache.data.augment import ViewPolicy, check_replay_size, parse_policy, policy_from_record
 from kdcache.data.samples import ImageData
+from kdcache.data.sampling import ViewPlan, view_schedule
 from kdcache.errors import CacheError, ConfigError
 
 SCHEDULE = "each stored view once per K epochs, in a random order per image and cycle"

@@ -24,6 +24,7 @@ from kdcache.cache.ensemble import check_members, combine_logits
 from kdcache.cache.targets import Targets, as_tensors, concat
 from kdcache.config import (
     DEFAULT_DATASET,
+    EVAL_BATCH_SIZE,
     HIGH_TEMPERATURE,
     STUDENT_ARCH,
     STUDENT_TRAIN,
@@ -451,7 +452,7 @@ def _student_targets(caches: Sequence[LogitCache], data: ImageData, rows_data: I
 
 
 def evaluate_checkpoint(path: str | os.PathLike, *, split: str = "test", data_cfg: DataConfig = DataConfig(),
-                        limit: int | None = None, device: str = "auto", batch_size: int = 1000,
+                        limit: int | None = None, device: str = "auto", batch_size: int = EVAL_BATCH_SIZE,
                         student_factory: str | None = None, progress: bool = False) -> dict[str, Any]:
     """Accuracy, loss and per-class accuracy of a checkpoint on a dataset split.
 

@@ -34,11 +34,11 @@ import torch
 from kdcache.cache import LogitCache
 from kdcache.cache.ensemble import check_members
 from kdcache.config import DataConfig
-from kdcache.data.augment import ViewPlan
 from kdcache.data.datasets import load_dataset
 from kdcache.data.images import InputTransform
 from kdcache.data.images import concat as concat_images
 from kdcache.data.samples import ImageData
+from kdcache.data.sampling import ViewPlan
 from kdcache.errors import CacheError, ConfigError, DataError
 from kdcache.identity import UNLABELLED
 

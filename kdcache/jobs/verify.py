@@ -36,6 +36,7 @@ import torch
 from kdcache.cache import MAX_ABS_LOGIT, LogitCache, check_readable, open_cache
 from kdcache.cache.schema import REDUMP
 from kdcache.cache.targets import TAIL_T2, TopK
+from kdcache.config import VERIFY_SAMPLE
 from kdcache.data.augment import policy_from_record
 from kdcache.data.datasets import load_dataset
 from kdcache.data.images import InputTransform
@@ -97,7 +98,7 @@ class VerifyReport:
 
 
 def verify_cache(path: str | os.PathLike, *, dataset: str | None = None, split: str | None = None,
-                 data_dir: str | None = None, teacher: TeacherSpec | None = None, sample: int = 256,
+                 data_dir: str | None = None, teacher: TeacherSpec | None = None, sample: int = VERIFY_SAMPLE,
                  seed: int = 0, device: str = "cpu") -> VerifyReport:
     """Run every check on ``path``; rows are compared with data when ``dataset``, ``data_dir`` or a teacher is given.
 

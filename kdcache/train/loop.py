@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdcache import dist
-from kdcache.config import TrainConfig
+from kdcache.config import EVAL_BATCH_SIZE, TrainConfig
 from kdcache.data.batches import Batch, BatchSource, MemoryBatches
 from kdcache.data.samples import ImageData
 from kdcache.device import autocast, resolve_device, resolve_precision
@@ -114,7 +114,7 @@ def train_one_epoch(model: nn.Module, batches: Iterable[Batch], loss_fn: LossFn,
             "labelled": int(labelled)}  # sums, for reducing over ranks
 
 
-def evaluate(model: nn.Module, data: ImageData, *, batch_size: int = 1000, device: torch.device | str = "cpu",
+def evaluate(model: nn.Module, data: ImageData, *, batch_size: int = EVAL_BATCH_SIZE, device: torch.device | str = "cpu",
              precision: str = "fp32", progress: bool = False, workers: int | None = None) -> dict:
     """Accuracy, mean cross-entropy and per-class accuracy of ``model`` on ``data``.
 
