@@ -136,3 +136,16 @@ def test_the_readme_module_map_is_the_tree():
         listed |= {package + name + ".py" for name in re.findall(r"\b(\w+)\.py\b", line)}
     actual = {p.relative_to(PKG).as_posix() for p in PKG.rglob("*.py") if p.stem not in ("__init__", "__main__")}
     assert (sorted(actual - listed), sorted(listed - actual)) == ([], [])
+
+
+def test_jobs_take_their_configuration_as_objects():
+    """No public job takes more than eight parameters: what they are configured by comes in config objects
+    (kdcache.config), which the CLI fills from flags and checkpoints record."""
+    import inspect
+
+    import kdcache
+
+    jobs = ("train_teacher", "train_student", "evaluate_checkpoint", "dump_logits", "verify_cache", "run_pipeline",
+            "run_sweep", "cache_info")
+    counts = {name: len(inspect.signature(getattr(kdcache, name)).parameters) for name in jobs}
+    assert {name: n for name, n in counts.items() if n > 8} == {}, counts

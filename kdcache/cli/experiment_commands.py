@@ -122,8 +122,11 @@ def sweep_cmd(cache: str, temperatures: str, alphas: str, seeds: int, limits: st
                      labels_limits=parse_numbers(labels_limits, "--labels-limit", int) if labels_limits else ())
     cfg = train_config(kw)
     data_cfg = DataConfig(dataset=dataset, data_dir=data_dir, eval_limit=eval_limit, val_size=val_size)
-    r = run_sweep(out, cache, grid, arch=arch, data_cfg=data_cfg, cfg=cfg, progress=not quiet, report=not no_report,
-                  threads=threads)
+    if threads:  # a process setting, so the command's, not the sweep's: 1 is fastest on cores shared with other jobs
+        import torch
+
+        torch.set_num_threads(threads)
+    r = run_sweep(out, cache, grid, arch=arch, data_cfg=data_cfg, cfg=cfg, progress=not quiet, report=not no_report)
     summary(quiet, f"sweep: {r['ran']} runs trained, {r['skipped']} already done, {r['total']} in all, at "
                    f"{precision_note(cfg.precision, cfg.device)}, in {r['seconds']:.0f}s -> {r['table']}"
                    + (f", report {r['report']['markdown']}" if "report" in r else ""))

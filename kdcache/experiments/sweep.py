@@ -19,7 +19,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
 
 from kdcache.cache import open_cache, read_meta
 from kdcache.config import (
@@ -259,13 +258,12 @@ def _time_left(seconds: float, done_cost: float, left_cost: float) -> str:
 
 def run_sweep(out_dir: str | os.PathLike, cache: str | os.PathLike, grid: SweepGrid | Sequence[RunSpec], *,
               arch: str = STUDENT_ARCH, data_cfg: DataConfig = DataConfig(), cfg: TrainConfig = STUDENT_TRAIN,
-              progress: bool = False, report: bool = True, threads: int | None = None) -> dict[str, Any]:
+              progress: bool = False, report: bool = True) -> dict[str, Any]:
     """Train every run of ``grid`` (or every RunSpec given) not yet in ``out_dir``'s table, saving the table after each.
 
     With a grid, ``cfg.epochs`` applies to every run and ``grid.limits`` (default: all
     trainable rows of the cache) sets the training samples; each RunSpec carries its own
     limit, epochs, seed and options. ``cfg.seed`` and ``data_cfg.limit`` are always replaced.
-    ``threads`` sets torch's CPU threads for the sweep (1 is fastest on cores shared with other jobs).
     Returns counts (ran, skipped, total), the table path and, with ``report``, the report's paths.
     """
     meta = read_meta(cache)  # a missing or broken cache fails here, before anything is written
@@ -306,13 +304,9 @@ def run_sweep(out_dir: str | os.PathLike, cache: str | os.PathLike, grid: SweepG
     bar = counter(len(specs), initial=len(specs) - len(todo), desc="sweep", unit="run", enabled=progress)
     bar.set_postfix_str(_time_left(0, 0, left_cost))
     out.mkdir(parents=True, exist_ok=True)
-    old_threads = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
     try:
         _run_all(out, cache, todo, results, arch, data_cfg, cfg, bar, eval_n, left_cost)
     finally:
-        torch.set_num_threads(old_threads)
         bar.close()
     if not (out / RESULTS_CSV).exists():
         save_results(out, results)
