@@ -52,10 +52,11 @@ def test_pipeline_cli_writes_json(tmp_path, data_dir):
     out = tmp_path / "result.json"
     r = CliRunner().invoke(main, ["pipeline", "--workdir", str(tmp_path / "w"), "--cache", str(tmp_path / "c.h5"),
                                   "--teacher-epochs", "1", "--student-epochs", "1", "--limit", "128",
-                                  "--eval-limit", "100", "--data-dir", str(data_dir), "--json", str(out), "-q",
-                                  "--scarce-labels", "0"])
-    assert r.exit_code == 0, r.output
-    assert len(json.loads(out.read_text())["rows"]) == 4  # --scarce-labels 0: the scarce-label rows are skipped
+                                  "--eval-limit", "100", "--data-dir", str(data_dir), "--json", str(out), "-q"])
+    assert r.exit_code == 0, r.output  # --limit alone: the scarce-label pair scales down with it (128 / 12 -> 11)
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["stage"] for row in rows[4:]] == ["student, 11 labels only (alpha 0)",
+                                                  "student, 11 labels + 117 unlabelled, KD T=4 alpha=0.9"]
     assert r.stdout.splitlines()[0].startswith("stage")
 
 

@@ -273,7 +273,8 @@ def train_teacher(out: str | os.PathLike, *, model: str | ModelSpec = TEACHER_AR
                              channels_last=cfg.precision == "bf16", views=plan, rank=ctx.rank,
                              world_size=ctx.world_size)
     job = _Training("teacher", spec, data, data_cfg, cfg, cross_entropy_loss, batches,
-                    _request("teacher", spec, data, data_cfg, cfg, **more), dict(more))
+                    _request("teacher", spec, data, data_cfg, cfg, **more),
+                    {**more, "job_config": {"views": asdict(views), "data": asdict(data_cfg)}})
     return _train_and_save(job, out, run)
 
 
