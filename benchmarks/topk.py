@@ -317,8 +317,10 @@ def run_fmnist(out: Path, plan: FmnistPlan, progress: bool = True, threads: int 
     specs += [RunSpec.make(plan.limit, T, a, s, plan.epochs, cond, caches=[path]) for cond, path in conditions
               for a in plan.alphas for T in plan.temperatures for s in plan.seeds]
     data_cfg = DataConfig(data_dir=plan.data_dir, val_size=plan.val_size, eval_limit=plan.eval_limit)
+    if threads:
+        torch.set_num_threads(threads)
     run_sweep(out / "fmnist", plan.cache, specs, data_cfg=data_cfg, cfg=replace(STUDENT_TRAIN, device="cpu"),
-              progress=progress, threads=threads)
+              progress=progress)
     students = best_per_condition(load_results(out / "fmnist")["rows"])
     sizes = size_table({"full-float32": Path(plan.cache), **{f"top{k}-float16": Path(caches[k]) for k in plan.ks}},
                        base="full-float32")

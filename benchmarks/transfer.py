@@ -228,7 +228,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print(f"{len(specs)} runs ({len(first)} to choose, {len(specs) - len(first)} more seeds of the chosen), "
               f"about {seconds / 60:.0f} minutes on the 2-core CPU")
         return {"runs": len(specs), "seconds": seconds}
-    kw = dict(data_cfg=data_cfg, cfg=STUDENT_TRAIN, progress=not args.quiet, threads=args.threads)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    kw = dict(data_cfg=data_cfg, cfg=STUDENT_TRAIN, progress=not args.quiet)
     run_sweep(out, args.cache, first, report=False, **kw)
     rows = load_results(out)["rows"]
     run_sweep(out, args.cache, first + second_phase(picked(rows, plan), plan), **kw)  # and the kdcache report

@@ -154,7 +154,7 @@ def accuracy(out: Path, s: dict[str, Any], student: str, data_dir: str, threads:
     data_cfg = DataConfig(data_dir=data_dir, val_size=s["val_size"], eval_limit=s["eval_limit"])
     cfg = replace(STUDENT_TRAIN, lr=s["lr"])
     return run_sweep(out / student, p["plain"], specs(s, p), arch=student, data_cfg=data_cfg, cfg=cfg,
-                     progress=progress, threads=threads, report=not s.get("smoke"))
+                     progress=progress, report=not s.get("smoke"))  # threads: set by main()
 
 
 # -------------------------------------------------------------------------------------- table
