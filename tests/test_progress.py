@@ -28,11 +28,28 @@ def test_log_gets_a_line_per_interval_not_per_batch(monkeypatch):
     assert "\r" not in out.getvalue()
 
 
-def test_short_loops_stay_silent_and_disabled_prints_nothing():
+def test_short_loops_stay_silent_and_disabled_prints_nothing(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(progress.time, "perf_counter", clock)
     out = io.StringIO()
     assert list(progress.track(range(5), desc="x", stream=out)) == list(range(5))
+    assert out.getvalue() == ""  # under one interval: no line at all, not even "done"
+    for _ in progress.track(range(1000), desc="x", stream=out, enabled=False):
+        clock.t += 0.1  # 100 s: an enabled loop would have written 4 lines
     assert out.getvalue() == ""
-    assert list(progress.track(range(5), desc="x", stream=out, enabled=False)) == list(range(5))
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_a_terminal_gets_one_redrawn_bar_not_lines():
+    out = FakeTerminal()
+    assert list(progress.track(range(50), desc="epoch 2/3", stream=out)) == list(range(50))
+    text = out.getvalue()
+    # tqdm draws one line and redraws it in place ("\r"), then clears it (leave=False): no lines pile up
+    assert text.startswith("\repoch 2/3:") and "/50" in text and "\n" not in text and text.endswith("\r")
 
 
 def test_counter_writes_one_line_per_update_in_a_log():
