@@ -22,7 +22,7 @@ For each student, number of labelled images (5,000 and 55,000) and seed (3):
 - ``(b) KD + aug, one view (inconsistent)``: augmented images, the original image's logits;
 - ``(c) KD, K views``: views replayed from the view cache, K = 1, 4, 16. K < 16 uses the first
   K stored views (``train-student --cache-views K``), which *are* a K-view dump with the same
-  seed: view parameters depend only on (seed, view, dataset index) (kdcache.data.sampling.sample_views),
+  seed: view parameters depend only on (seed, view, dataset index) (kdcache.data.view_schedule.sample_views),
   and the teacher's logits only on the view; so one dump serves every K.
 
 Every distilled condition trains at each (T, alpha) of a small grid (alpha 0.9; T in {2, 4}
@@ -47,11 +47,11 @@ import torch
 
 from benchmarks.run import machine, make_teacher, median_pair, row, teacher_inference
 from kdcache.cache import CacheWriter
-from kdcache.config import STUDENT_TRAIN, TEACHER_TRAIN, DataConfig, DumpConfig, RunOptions, TrainConfig, ViewConfig
+from kdcache.config import STUDENT_TRAIN, TEACHER_TRAIN, DataConfig, DumpConfig, RunOptions, ViewConfig
 from kdcache.data.augment import parse_policy, view_record
 from kdcache.data.batches import MemoryBatches
 from kdcache.data.datasets import load_dataset
-from kdcache.data.sampling import ViewPlan, sample_views
+from kdcache.data.view_schedule import ViewPlan, sample_views
 from kdcache.experiments.results import load_results
 from kdcache.experiments.sweep import RunSpec, run_sweep
 from kdcache.jobs.dump import cache_attrs, dump_logits
@@ -209,7 +209,7 @@ def format_table(summary: dict[str, Any]) -> str:
 def epoch_seconds(arch: str, batches, loss_fn, seed: int) -> float:
     torch.manual_seed(seed)
     model = build_model(arch)
-    opt, sched = build_optimizer(model, TrainConfig(epochs=1, device="cpu"), len(batches))
+    opt, sched = build_optimizer(model, replace(STUDENT_TRAIN, epochs=1, device="cpu"), len(batches))
     t0 = time.perf_counter()
     train_one_epoch(model, batches, loss_fn, opt, sched, CPU)
     return time.perf_counter() - t0

@@ -14,10 +14,13 @@ alpha from the HDF5 cache, without the teacher: with kdcache's own loop
 The cache: ``open_cache``/``LogitCache`` (read, align), ``CacheWriter``/``write_cache``.
 Your loop: ``CachedDataset`` (in memory), ``StreamedCachedDataset`` (larger than memory),
 ``collate``, ``kd_loss``/``soft_loss``, ``TopK``, ``UNLABELLED``. kdcache's loop (what the
-CLI runs): ``train_teacher``, ``dump_logits``, ``train_student`` (also your own model:
-``student_factory=``), ``evaluate_checkpoint``, ``load_checkpoint``, ``verify_cache``,
-``cache_info``, ``run_sweep``/``RunSpec``. Errors: every one a user can cause is a
-``KDCacheError`` with a one-line message.
+CLI runs): ``train_teacher``, ``dump_logits``, ``train_student``, ``evaluate_checkpoint``,
+``run_pipeline``, ``load_checkpoint``, ``verify_cache``, ``cache_info``, ``run_sweep``/``RunSpec``.
+Each job is configured by a few frozen dataclasses (defaults in kdcache.config): ``DistillConfig``
+(caches, T, alpha, ensemble, transfer rows), ``ViewConfig``, ``CacheIO``, ``DumpConfig``,
+``RunOptions`` (overwrite, reuse, resume, progress), ``TrainConfig``, ``DataConfig``,
+``PipelineConfig``, and what to build: ``ModelSpec`` (also your own student factory),
+``TeacherSpec``. Errors: every one a user can cause is a ``KDCacheError`` with a one-line message.
 
 Names are imported on first use, so ``import kdcache`` (and the CLI) start fast: it
 imports neither torch nor the HDF5 library.
@@ -34,7 +37,7 @@ _EXPORTS = {
     "open_cache": "cache", "LogitCache": "cache", "CacheMeta": "cache", "CacheWriter": "cache", "write_cache": "cache",
     "TopK": "cache.targets", "cache_info": "cache.info",
     "UNLABELLED": "identity", "DatasetInfo": "identity",
-    "CachedDataset": "data.wrapper", "StreamedCachedDataset": "data.wrapper", "collate": "data.wrapper",
+    "CachedDataset": "data.cached_dataset", "StreamedCachedDataset": "data.cached_dataset", "collate": "data.cached_dataset",
     "load_dataset": "data.datasets", "ImageData": "data.samples",
     "kd_loss": "train.loss", "soft_loss": "train.loss", "ModelSpec": "train.models",
     "load_checkpoint": "train.checkpoint",

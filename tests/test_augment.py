@@ -18,7 +18,7 @@ from kdcache.data.augment import (
     policy_from_record,
     view_record,
 )
-from kdcache.data.sampling import ViewPlan, sample_views, view_schedule
+from kdcache.data.view_schedule import ViewPlan, sample_views, view_schedule
 from kdcache.errors import CacheError, ConfigError
 
 POLICY_SPECS = ["shift-flip", "shift-flip:pad=4,flip=1", "crop-flip", "crop-flip:scale_min=0.5,ratio_min=0.5", CropFlipV1()]

@@ -206,3 +206,17 @@ def test_precision_help_says_what_auto_means():
     for cmd in ("train-teacher", "train-student", "dump-logits", "sweep"):
         text = " ".join(run(cmd, "--help").output.split())
         assert "[auto|fp32|bf16]" in text and "only where the hardware runs bf16 natively" in text, cmd
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["train-student", "--bogus"], "No such option '--bogus'"),
+    (["train-student", "--T", "abc", "--out", "x.pt"], "'abc' is not a valid float"),
+    (["train-student", "--ensemble", "median", "--out", "x.pt"], "'median' is not one of"),
+    (["no-such-command"], "No such command 'no-such-command'"),
+])
+def test_a_command_line_click_cannot_parse_is_one_line_too(args, needle):
+    """Not click's usage block + hint + error: one `Error:` line that says where the options are, exit status 2."""
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 2, r.output
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and needle in lines[0] and "--help' lists" in lines[0]

@@ -119,5 +119,23 @@ def test_describe_precision_says_what_auto_chose_and_why(monkeypatch):
 
 
 def test_defaults():
-    assert TrainConfig().precision == "auto" and TEACHER_TRAIN.precision == "auto"
+    assert TEACHER_TRAIN.precision == "auto"
     assert STUDENT_TRAIN.precision == "fp32"  # see kdcache.config: bf16 never measured for the student
+    assert (TrainConfig().precision, TrainConfig().lr, TrainConfig().batch_size) == (None, None, None)  # the role's
+
+
+def test_a_bare_train_config_gets_the_roles_settings():
+    """TrainConfig(epochs=1) handed to a student job trains as a student (lr 0.02, fp32), not at the teacher's
+    lr 0.05 (which diverged with KD on 5k); and small data gets a smaller batch."""
+    from kdcache.config import default_batch_size
+    from kdcache.jobs.training import resolve_train_config
+
+    student = resolve_train_config(TrainConfig(epochs=1, device="cpu"), STUDENT_TRAIN, False, 60_000)
+    assert (student.lr, student.precision, student.batch_size) == (0.02, "fp32", 128)
+    teacher = resolve_train_config(TrainConfig(epochs=1, device="cpu"), TEACHER_TRAIN, True, 60_000)
+    assert (teacher.lr, teacher.precision in ("fp32", "bf16"), teacher.batch_size) == (pytest.approx(0.005), True, 128)
+    asked = resolve_train_config(TrainConfig(epochs=1, device="cpu", lr=0.1, batch_size=7, precision="fp32"),
+                                 STUDENT_TRAIN, False, 100)
+    assert (asked.lr, asked.precision, asked.batch_size) == (0.1, "fp32", 7)
+    assert [default_batch_size(128, n) for n in (60_000, 4096, 3968, 1000, 200, 10)] == [128, 128, 64, 32, 16, 16]
+    assert resolve_train_config(TrainConfig(), STUDENT_TRAIN, False).batch_size is None  # no data size: left open

@@ -25,8 +25,8 @@ def test_pipeline_runs_then_reuses(tmp_path, data_dir):
     files = ["teacher", None, "student-baseline", "student-distilled", "student-50-labels", "student-50-labels-transfer"]
     for row, name in zip(first["rows"], files):
         if name is not None:
-            again = evaluate_checkpoint(tmp_path / "runs" / f"{name}.pt", data_cfg=DataConfig(data_dir=str(data_dir)),
-                                        limit=200, device="cpu")
+            again = evaluate_checkpoint(tmp_path / "runs" / f"{name}.pt", device="cpu",
+                                        data_cfg=DataConfig(data_dir=str(data_dir), eval_limit=200))
             assert again["accuracy"] == row["test_accuracy"], (name, again["accuracy"], row["test_accuracy"])
     second = run_pipeline(PipelineConfig(**kw))
     assert all(r["reused"] for r in second["rows"])

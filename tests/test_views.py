@@ -18,8 +18,8 @@ from kdcache.data.augment import ShiftFlip, view_record
 from kdcache.data.batches import Batch, MemoryBatches
 from kdcache.data.datasets import load_dataset
 from kdcache.data.samples import ImageData, batch_order, normalize, standardize, to_unit
-from kdcache.data.sampling import sample_views, view_schedule
 from kdcache.data.streaming import StreamingBatches
+from kdcache.data.view_schedule import sample_views, view_schedule
 from kdcache.data.views import student_views
 from kdcache.jobs.training import distillation_loss, train_student, train_teacher
 from kdcache.jobs.verify import verify_cache
@@ -82,7 +82,7 @@ def test_the_format_document_lists_every_policy_and_its_parameters():
     from pathlib import Path
 
     from kdcache.data.augment import POLICIES
-    from kdcache.data.sampling import VIEW_BLOCK
+    from kdcache.data.view_schedule import VIEW_BLOCK
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "cache-format.md").read_text()
     for name, cls in POLICIES.items():

@@ -5,7 +5,7 @@ from typing import Any
 
 import click
 
-from kdcache.cli.group import main, summary
+from kdcache.cli.group import main, summary, warn
 from kdcache.cli.options import (
     DATASET_HELP,
     config_from,
@@ -66,6 +66,8 @@ def pipeline_cmd(quiet: bool, json_out: str | None, **kw: Any) -> None:
 
     fresh, cfg = kw.pop("fresh"), config_from(PipelineConfig, kw)
     r = run_pipeline(cfg, fresh=fresh, progress=not quiet)
+    for row in r["rows"]:
+        warn(row, prefix=f"{row['stage']}: ")
     if json_out:
         write_json(json_out, r)
     click.echo(format_table(r))

@@ -20,6 +20,12 @@ from kdcache.errors import Interrupted, KDCacheError
 DIST_COMMANDS = ("dump-logits", "train-teacher", "train-student")  # the commands torchrun can run on several ranks
 
 
+class _UsageLine(click.ClickException):
+    """A command-line usage error shown as one `Error:` line (click shows usage + hint + error), exit status 2."""
+
+    exit_code = 2
+
+
 class KDCacheGroup(click.Group):
     """Maps KDCacheError (and file-system errors) to `Error: <one line>` and exit 1, never a traceback.
 
@@ -39,6 +45,9 @@ class KDCacheGroup(click.Group):
         old_hook, sys.unraisablehook = sys.unraisablehook, stop.unraisable(sys.unraisablehook)
         try:
             return super().invoke(ctx)
+        except click.UsageError as e:  # an unknown option, a value of the wrong type: one line too, exit status 2
+            where = e.ctx.command_path if e.ctx is not None else "kdcache"
+            raise _UsageLine(f"{e.format_message()} ('{where} --help' lists the options)") from None
         except KDCacheError as e:
             raise click.ClickException(str(e)) from None
         except OSError as e:  # permission denied, disk full, ... on an output path
@@ -115,6 +124,13 @@ class _Stop:
 
 def _os_error(e: OSError) -> str:
     return f"{e.strerror or e}: {e.filename or ''}".rstrip(": ")
+
+
+def warn(result: dict[str, Any], prefix: str = "") -> None:
+    """Print a job's warnings (a model at chance, a loss that rose), one line each on stderr, even with --quiet:
+    a run that went wrong never finishes quietly."""
+    for w in result.get("warnings") or []:
+        click.echo(f"warning: {prefix}{w}", err=True)
 
 
 def summary(quiet: bool, text: str) -> None:

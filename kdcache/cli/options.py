@@ -10,6 +10,8 @@ from kdcache.config import (
     DEFAULT_DATA_DIR,
     DEFAULT_DATASET,
     DEVICES,
+    MIN_DEFAULT_BATCH,
+    MIN_STEPS_PER_EPOCH,
     OPTIMIZERS,
     PRECISIONS,
     SCHEDULES,
@@ -69,8 +71,10 @@ def train_options(defaults: TrainConfig) -> Callable:
         d = defaults
         opts = [
             click.option("--epochs", type=click.IntRange(min=1), default=d.epochs, show_default=True),
-            click.option("--batch-size", type=click.IntRange(min=1), default=d.batch_size, show_default=True,
-                         help="Global batch size (split across ranks under torchrun)."),
+            click.option("--batch-size", type=click.IntRange(min=1), default=None,
+                         help=f"Global batch size (split across ranks under torchrun). Default: {d.batch_size}, halved "
+                              f"for small data until an epoch has {MIN_STEPS_PER_EPOCH} steps (not below "
+                              f"{MIN_DEFAULT_BATCH})."),
             click.option("--lr", type=float, default=None,
                          help=f"Peak learning rate. Default: {d.lr:g}, 10x lower for image folders (kdcache.config)."),
             click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=d.optimizer, show_default=True),

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from kdcache.cli.group import main, summary
+from kdcache.cli.group import main, summary, warn
 from kdcache.cli.options import (
     AUGMENT_HELP,
     config_from,
@@ -69,7 +69,7 @@ def train_teacher_cmd(out: str, arch: str, augment: str | None, overwrite: bool,
     cfg, data_cfg = train_config(kw), data_config(kw)
     r = train_teacher(out, model=arch, data_cfg=data_cfg, cfg=cfg, views=ViewConfig(augment=augment),
                       run=RunOptions(overwrite=overwrite, resume=resume, progress=not quiet))
-    warn(quiet, r)
+    warn(r)
     summary(quiet, f"teacher {arch}: test accuracy {r['test']['accuracy']:.4f}, {_epochs(cfg.epochs)} at "
                    f"{precision_note(cfg.precision, cfg.device)} in {r['seconds']:.0f}s -> {r['checkpoint']} "
                    f"(metrics {r['metrics']})")
@@ -151,7 +151,7 @@ def train_student_cmd(out: str, arch: str, student_factory: str | None, student_
                                                           workers="cache_workers")
     r = train_student(out, distill, model=model, data_cfg=data_cfg, cfg=cfg, views=views, io=io,
                       run=RunOptions(overwrite=overwrite, resume=resume, progress=not quiet))
-    warn(quiet, r)
+    warn(r)
     c = r["config"]
     rows = f", {c['num_labelled']} labelled + {c['num_unlabelled']} unlabelled rows" if c["num_unlabelled"] else ""
     summary(quiet, f"student {c['arch']} (T={distill.temperature:g}, alpha={distill.alpha:g}{rows}): test accuracy "
@@ -177,7 +177,9 @@ def evaluate_cmd(model_path: str, as_json: bool, quiet: bool, **kw: Any) -> None
     """Accuracy, loss and per-class accuracy of a checkpoint on a split."""
     from kdcache.jobs.training import evaluate_checkpoint
 
-    data_cfg = DataConfig(dataset=kw.pop("dataset"), data_dir=kw.pop("data_dir"), workers=kw.pop("workers"))
+    limit = kw.pop("limit")  # of the split asked for
+    data_cfg = DataConfig(dataset=kw.pop("dataset"), data_dir=kw.pop("data_dir"), workers=kw.pop("workers"),
+                          **{"eval_limit" if kw["split"] == "test" else "limit": limit})
     r = evaluate_checkpoint(model_path, data_cfg=data_cfg, progress=not (quiet or as_json), **kw)
     if as_json:
         click.echo(json.dumps(r, indent=2))
@@ -188,13 +190,6 @@ def evaluate_cmd(model_path: str, as_json: bool, quiet: bool, **kw: Any) -> None
             click.echo(f"  {name:<{width}}  {acc:.4f}" if acc is not None else f"  {name:<{width}}  -")
     summary(quiet, f"{r['arch']} on {r['dataset']}/{r['split']} ({r['num_samples']} samples): "
                    f"accuracy {r['accuracy']:.4f}, loss {r['loss']:.4f}")
-
-
-def warn(quiet: bool, result: dict[str, Any]) -> None:
-    """Print a job's warnings (a model at chance), one line each, unless --quiet."""
-    if not quiet:
-        for w in result.get("warnings") or []:
-            click.echo(f"warning: {w}", err=True)
 
 
 def _epochs(n: int) -> str:

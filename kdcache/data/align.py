@@ -74,14 +74,23 @@ def mnist_style(dataset: Any) -> np.ndarray | None:
     return array[:, None]
 
 
-def builtin_info(dataset: Any, images: np.ndarray, labels: np.ndarray, classes: bool = True) -> DatasetInfo | None:
-    """The DatasetInfo kdcache would give a torchvision built-in dataset (name, split, classes, fingerprint);
-    without ``classes`` as kdcache reads it with labels ignored (no class names)."""
+def builtin_split(dataset: Any) -> tuple[str, str] | None:
+    """(name, split) of a torchvision built-in dataset kdcache knows (its class and ``.train``), else None."""
     name = next((n for n, spec in BUILTIN.items() if spec.torchvision_class == type(dataset).__name__), None)
     if name is None or not isinstance(getattr(dataset, "train", None), bool):
         return None
+    return name, "train" if dataset.train else "test"
+
+
+def builtin_info(dataset: Any, images: np.ndarray, labels: np.ndarray, classes: bool = True) -> DatasetInfo | None:
+    """The DatasetInfo kdcache would give a torchvision built-in dataset (name, split, classes, fingerprint);
+    without ``classes`` as kdcache reads it with labels ignored (no class names)."""
+    named = builtin_split(dataset)
+    if named is None:
+        return None
+    name, split = named
     spec = BUILTIN[name]
-    return DatasetInfo(name=name, split="train" if dataset.train else "test", num_samples=len(labels),
+    return DatasetInfo(name=name, split=split, num_samples=len(labels),
                        class_names=tuple(str(c) for c in getattr(dataset, "classes", ())) if classes else (),
                        in_channels=images.shape[1],
                        image_size=tuple(images.shape[2:]), mean=spec.mean, std=spec.std,
@@ -110,6 +119,11 @@ def align_dataset(cache: LogitCache, dataset: Any, idx: np.ndarray, *, labels: S
             raise ConfigError(f"labels= has {len(data_labels)} entries for {len(idx)} samples")
     else:
         data_labels = dataset_labels(dataset, idx) if check_labels else None
+    named = builtin_split(dataset) if check_content else None
+    m = cache.meta
+    if named is not None and named != (m.dataset, m.split):  # before coverage: "another split" says why rows miss
+        raise CacheError(f"{cache.path} was made from {m.dataset}/{m.split}, but the data is {named[0]}/{named[1]}; "
+                         f"dump a cache of {named[0]}/{named[1]} (or use the data the cache was made from)")
     rows = cache.rows_of(idx)  # coverage and a clean /indices first: its message names what is missing
     cache_labels = cache.labels[rows]
     compare = None

@@ -11,7 +11,7 @@ This is torchvision's split (``RandomResizedCrop.get_params`` returns a box;
 makes stored views exact: a cache stores each view's parameters (``/view_params``), so a
 student, ``verify`` or another tool replays the very image the teacher saw, on any machine
 and any library version (seeds are not enough: TinyViT issue #109). Parameters are a pure
-function of (seed, view number, dataset index) (kdcache.data.sampling.sample_views): the batch size, the
+function of (seed, view number, dataset index) (kdcache.data.view_schedule.sample_views): the batch size, the
 number of ranks and K do not change them, so a K-view cache's views are the first K views of
 a bigger cache made with the same seed.
 

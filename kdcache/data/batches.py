@@ -22,7 +22,7 @@ import torch
 from kdcache.cache.targets import Targets, as_tensors, to_float
 from kdcache.data.loader import image_batches
 from kdcache.data.samples import ImageData, batch_order, normalize, standardize, to_unit
-from kdcache.data.sampling import ViewPlan
+from kdcache.data.view_schedule import ViewPlan
 from kdcache.errors import ConfigError
 
 

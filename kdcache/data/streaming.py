@@ -27,7 +27,7 @@ from kdcache.config import STREAM_MIN_BLOCKS_PER_RANK
 from kdcache.data.batches import Batch, pick_views, rank_batch_size, view_images
 from kdcache.data.loader import image_batches
 from kdcache.data.samples import ImageData, normalize
-from kdcache.data.sampling import ViewPlan
+from kdcache.data.view_schedule import ViewPlan
 from kdcache.errors import ConfigError
 
 
@@ -37,7 +37,7 @@ class StreamingBatches:
     ``rows[i]`` is the cache row of sample ``i`` of ``data`` (LogitCache.align). Each
     epoch is a fresh shuffled order (``seed``, epoch number); each sample meets its own
     targets because the stream carries the sample's position in ``data`` along with them.
-    With ``views`` (kdcache.data.sampling.ViewPlan) the stream serves every view of a row,
+    With ``views`` (kdcache.data.view_schedule.ViewPlan) the stream serves every view of a row,
     (B, V, ...), and each batch keeps the view the epoch's schedule gives that sample, whose
     image is replayed from the stored parameters (or fresh parameters, without stored views).
     Several caches (``cache_path`` and ``rows`` as sequences) serve consecutive parts of

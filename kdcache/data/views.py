@@ -2,7 +2,7 @@
 
 - A cache with views (``dump-logits --views K --augment POLICY``) is replayed: each epoch
   every image shows one of its stored views, rebuilt from the stored parameters, and learns
-  that view's logits (``ViewPlan`` with ``stored``; schedule in kdcache.data.sampling.view_schedule).
+  that view's logits (``ViewPlan`` with ``stored``; schedule in kdcache.data.view_schedule.view_schedule).
 - ``--augment POLICY`` without a view cache draws fresh parameters every epoch: a teacher
   learning the views it will label, or a labels-only student.
 - ``--augment`` with a single-view cache while distilling pairs augmented images with the
@@ -10,7 +10,7 @@
   ``allow_inconsistent`` asks for it (kept so the inconsistency can be measured).
 
 ``StoredViews`` replays the same views one image at a time, for the Dataset wrappers
-(kdcache.data.wrapper): item i at epoch e is exactly what ``train-student`` shows training row i.
+(kdcache.data.cached_dataset): item i at epoch e is exactly what ``train-student`` shows training row i.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from kdcache.cache import LogitCache
 from kdcache.cache.targets import Targets, TopK
 from kdcache.data.augment import ViewPolicy, check_replay_size, parse_policy, policy_from_record
 from kdcache.data.samples import ImageData
-from kdcache.data.sampling import ViewPlan, view_schedule
+from kdcache.data.view_schedule import ViewPlan, view_schedule
 from kdcache.errors import CacheError, ConfigError
 
 SCHEDULE = "each stored view once per K epochs, in a random order per image and cycle"
@@ -120,7 +120,7 @@ IMAGE_CONTRACT = ("views are applied to the un-normalised image, so the dataset 
 
 
 class StoredViews:
-    """A cache's stored views of some rows, replayed for the items of a batch (kdcache.data.wrapper's wrappers).
+    """A cache's stored views of some rows, replayed for the items of a batch (kdcache.data.cached_dataset's wrappers).
 
     Item ``i`` at epoch ``e`` shows view ``view_schedule(e, n, K', seed)[i]`` (each of its K'
     views once per K' epochs): the view ``train-student --seed seed`` gives its training row

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from kdcache.config import (
     PIPELINE_TEACHER,
@@ -25,7 +25,7 @@ from kdcache.config import (
     RunOptions,
     TrainConfig,
 )
-from kdcache.errors import ConfigError
+from kdcache.errors import ConfigError, Diverged
 from kdcache.files import write_json
 from kdcache.jobs.dump import dump_logits
 from kdcache.jobs.training import train_student, train_teacher
@@ -46,7 +46,7 @@ def run_pipeline(cfg: PipelineConfig = PipelineConfig(), *, fresh: bool = False,
     rows: list[dict[str, Any]] = []
 
     teacher = work / "teacher.pt"
-    r = train_teacher(teacher, data_cfg=data_cfg, run=run,
+    r = _stage("teacher", train_teacher, teacher, data_cfg=data_cfg, run=run,
                       cfg=replace(PIPELINE_TEACHER, epochs=cfg.teacher_epochs, device=cfg.device, seed=cfg.seed))
     rows.append(_row("teacher", r))
     train_rows = int(r["config"]["num_train_samples"])
@@ -63,8 +63,8 @@ def run_pipeline(cfg: PipelineConfig = PipelineConfig(), *, fresh: bool = False,
 
     student_cfg = replace(STUDENT_TRAIN, epochs=cfg.student_epochs, device=cfg.device, seed=cfg.seed)
     for name, a in (("baseline", 0.0), ("distilled", cfg.alpha)):
-        r = train_student(work / f"student-{name}.pt", DistillConfig((cache,), cfg.temperature, a), data_cfg=data_cfg,
-                          cfg=student_cfg, run=run)
+        r = _stage(f"{name} student", train_student, work / f"student-{name}.pt",
+                   DistillConfig((cache,), cfg.temperature, a), data_cfg=data_cfg, cfg=student_cfg, run=run)
         rows.append(_row("student, labels only (alpha 0)" if a == 0 else
                          f"student, KD T={cfg.temperature:g} alpha={a:g}", r))
     scarce = cfg.scarce_rows(train_rows)
@@ -79,18 +79,28 @@ def run_pipeline(cfg: PipelineConfig = PipelineConfig(), *, fresh: bool = False,
 
 
 def _row(stage: str, r: dict[str, Any]) -> dict[str, Any]:
-    return {"stage": stage, "test_accuracy": r["test"]["accuracy"], "seconds": r["seconds"], "reused": r["reused"]}
+    return {"stage": stage, "test_accuracy": r["test"]["accuracy"], "seconds": r["seconds"], "reused": r["reused"],
+            "warnings": r.get("warnings") or []}
+
+
+def _stage(name: str, job: Callable[..., dict[str, Any]], *args: Any, **kw: Any) -> dict[str, Any]:
+    """Run one stage; a stage that diverges says which one it was and what the pipeline's user can change."""
+    try:
+        return job(*args, **kw)
+    except Diverged as e:
+        raise Diverged(f"{e.reason}; the {name} stage", "train that stage alone with train-teacher or train-student "
+                       "and a lower --lr, or give the pipeline more data (--limit)") from None
 
 
 def _scarce_label_rows(work: Path, cache: Path, data_cfg: DataConfig, student_cfg: TrainConfig, labels: int,
                        cfg: PipelineConfig, run: RunOptions) -> list[dict[str, Any]]:
     """The first ``labels`` training images alone (CE), then with every other training image as unlabelled rows (KD)."""
-    alone = train_student(work / f"student-{labels}-labels.pt", DistillConfig(alpha=0.0),
-                          data_cfg=replace(data_cfg, limit=labels), cfg=replace(student_cfg, epochs=cfg.scarce_epochs),
-                          run=run)
-    mixed = train_student(work / f"student-{labels}-labels-transfer.pt",
-                          DistillConfig((cache,), cfg.temperature, cfg.scarce_alpha, labels_limit=labels),
-                          data_cfg=data_cfg, cfg=student_cfg, run=run)
+    alone = _stage("scarce-label student", train_student, work / f"student-{labels}-labels.pt",
+                   DistillConfig(alpha=0.0), data_cfg=replace(data_cfg, limit=labels),
+                   cfg=replace(student_cfg, epochs=cfg.scarce_epochs), run=run)
+    mixed = _stage("scarce-label transfer student", train_student, work / f"student-{labels}-labels-transfer.pt",
+                   DistillConfig((cache,), cfg.temperature, cfg.scarce_alpha, labels_limit=labels),
+                   data_cfg=data_cfg, cfg=student_cfg, run=run)
     rest = mixed["config"]["num_unlabelled"]
     return [_row(f"student, {labels:,} labels only (alpha 0)", alone),
             _row(f"student, {labels:,} labels + {rest:,} unlabelled, KD T={cfg.temperature:g} "

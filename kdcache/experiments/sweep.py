@@ -19,7 +19,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
-
 from kdcache.cache import open_cache, read_meta
 from kdcache.config import (
     STUDENT_ARCH,
@@ -141,8 +140,10 @@ class RunSpec:
     """One student: ``temperature`` is None for the labels-only baseline (alpha = 0).
 
     ``condition`` names a setting beyond the grid axes (e.g. "transfer", "views K=4") and
-    ``options`` holds it: ``train_student`` keyword arguments as sorted (name, value) pairs of
-    JSON values (``caches`` replaces the sweep's cache). The plain T x alpha grid has neither.
+    ``options`` holds it: train-student's options by flag name (``caches``, ``labels_limit``, ``transfer``,
+    ``augment``, ``cache_views``, ``student_factory``, ``student_kwargs``, ...) as sorted (name, value) pairs of
+    JSON values, as results tables store them; ``student_options`` turns them into train_student's
+    configuration objects (``caches`` replaces the sweep's cache). The plain T x alpha grid has neither.
     Benchmarks build lists of these for their tables and run them with ``run_sweep``.
     """
 

@@ -1,4 +1,4 @@
-"""Jobs: one function per thing a user asks for, each configured by one object.
+"""Jobs: one function per thing a user asks for, each configured by a few objects from kdcache.config.
 
 ``training`` (train_teacher, train_student, evaluate_checkpoint), ``dump`` (dump_logits),
 ``foreign`` (your own model and Dataset as a teacher), ``transfer`` (transfer sets of

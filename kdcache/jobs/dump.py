@@ -24,7 +24,7 @@ from kdcache.data.augment import parse_policy, view_record
 from kdcache.data.datasets import load_dataset
 from kdcache.data.folders import IMAGEFOLDER, UNLABELLED_FOLDER
 from kdcache.data.loader import image_batches
-from kdcache.data.sampling import sample_views
+from kdcache.data.view_schedule import sample_views
 from kdcache.device import resolve_device, resolve_precision
 from kdcache.errors import CacheError, ConfigError, StorageError
 from kdcache.files import check_free_space, disk_full_message
@@ -120,7 +120,7 @@ def dump_logits(teacher: "str | os.PathLike | torch.nn.Module | TeacherSpec | No
 
     With ``views.augment`` (a kdcache.data.augment policy) it stores ``views.views`` augmented views per
     image (view 0 the un-augmented image with ``views.include_original``): each view's parameters, a pure
-    function of (``views.seed``, view, dataset index) (kdcache.data.sampling.sample_views), and the
+    function of (``views.seed``, view, dataset index) (kdcache.data.view_schedule.sample_views), and the
     teacher's logits on it. Each image is read and converted once for its views.
 
     Under torchrun (``kdcache.dist.launch``), each rank runs the teacher on its own

@@ -36,6 +36,7 @@ from kdcache.config import (
     RunOptions,
     TrainConfig,
     ViewConfig,
+    default_batch_size,
     default_lr,
 )
 from kdcache.data.batches import Batch, BatchSource, MemoryBatches
@@ -209,12 +210,18 @@ def _val_data(data_cfg: DataConfig) -> ImageData | None:
                           data_cfg.download, **read_options(data_cfg))[1]
 
 
-def resolve_train_config(cfg: TrainConfig, role_default: TrainConfig, image_files: bool) -> TrainConfig:
+def resolve_train_config(cfg: TrainConfig, role_default: TrainConfig, image_files: bool,
+                         num_samples: int | None = None) -> TrainConfig:
     """``cfg`` with what it leaves open resolved, so requests, checkpoints and sweep tables record what ran:
-    precision for its device ("auto" -> fp32 or bf16: "auto" on two kinds of hardware is not one setting), and
-    a learning rate of None -> the role's default for this data (kdcache.config.default_lr)."""
+    precision None -> the role's, then for its device ("auto" -> fp32 or bf16: "auto" on two kinds of hardware is
+    not one setting); a learning rate of None -> the role's default for this data (kdcache.config.default_lr);
+    a batch size of None -> the role's, smaller for few ``num_samples`` (default_batch_size; left open without)."""
     lr = cfg.lr if cfg.lr is not None else default_lr(float(role_default.lr), image_files)
-    return replace(cfg, precision=resolve_precision(cfg.precision, resolve_device(cfg.device)), lr=lr)
+    precision = resolve_precision(cfg.precision or role_default.precision, resolve_device(cfg.device))
+    batch = cfg.batch_size
+    if batch is None and num_samples is not None:
+        batch = default_batch_size(int(role_default.batch_size), num_samples)
+    return replace(cfg, precision=precision, lr=lr, batch_size=batch)
 
 
 def _request(role: str, spec: ModelSpec, data: ImageData, data_cfg: DataConfig, cfg: TrainConfig, **more: Any) -> dict:
@@ -254,8 +261,8 @@ def train_teacher(out: str | os.PathLike, *, model: str | ModelSpec = TEACHER_AR
 
     ``views.augment`` (a kdcache.data.augment policy, e.g. "shift-flip") draws fresh views every epoch,
     so the teacher learns the views it will later label (``dump-logits --augment``).
-    ``run.reuse``: return an existing ``out`` trained with the same request instead (find_reusable).
-    A stopped run continues from its resume state (``_train_and_save``; ``run.resume``: there must be one).
+    ``run.reuse``: return an existing ``out`` trained with the same request (data, model, settings) instead.
+    A stopped run continues from the resume state saved after every epoch (``run.resume``: there must be one).
     """
     spec = model if isinstance(model, ModelSpec) else ModelSpec(arch=model)
     spec.check()  # unknown arch fails before any data is read
@@ -263,7 +270,7 @@ def train_teacher(out: str | os.PathLike, *, model: str | ModelSpec = TEACHER_AR
     data, _ = load_train_val(data_cfg.dataset, data_cfg.data_dir, data_cfg.limit, data_cfg.val_size, data_cfg.download,
                              **read_options(data_cfg))
     require_labels(data, "a teacher's training data")
-    cfg = resolve_train_config(cfg, TEACHER_TRAIN, is_lazy(data.images))
+    cfg = resolve_train_config(cfg, TEACHER_TRAIN, is_lazy(data.images), len(data))
     plan = fresh_views(views.augment, data, cfg.seed)
     more = {} if plan is None else {"augment": plan.policy.describe()}  # absent, not None: old requests still match
 
@@ -346,7 +353,7 @@ def train_student(out: str | os.PathLike, distill: DistillConfig, *, model: str 
     data, _ = load_train_val(data_cfg.dataset, data_cfg.data_dir, data_cfg.limit, data_cfg.val_size, data_cfg.download,
                              **read_options(data_cfg))
     require_labels(data, "a student's labelled data (--dataset)")
-    cfg = resolve_train_config(cfg, STUDENT_TRAIN, is_lazy(data.images))
+    cfg = resolve_train_config(cfg, STUDENT_TRAIN, is_lazy(data.images), len(data))
     check_unlabelled_rows(d.labels_limit, len(data), d.alpha, bool(d.transfer))
     opened = [open_cache(p) for p in d.caches]
     opened_transfer: list[LogitCache] = []
@@ -453,18 +460,19 @@ def _student_targets(caches: Sequence[LogitCache], data: ImageData, rows_data: I
 
 
 def evaluate_checkpoint(path: str | os.PathLike, *, split: str = "test", data_cfg: DataConfig = DataConfig(),
-                        limit: int | None = None, device: str = "auto", batch_size: int = EVAL_BATCH_SIZE,
+                        device: str = "auto", batch_size: int = EVAL_BATCH_SIZE,
                         student_factory: str | None = None, progress: bool = False) -> dict[str, Any]:
     """Accuracy, loss and per-class accuracy of a checkpoint on a dataset split.
 
-    ``data_cfg``: where the data is (``dataset`` None: the checkpoint's) and how many ``workers`` decode it.
+    ``data_cfg``: where the data is (``dataset`` None: the checkpoint's), how much of it (``eval_limit`` for the
+    test split, ``limit`` for the train split) and how many ``workers`` decode it.
 
     ``student_factory`` must name the factory of a checkpoint trained with one (your
     consent to import and call it; a checkpoint alone never makes kdcache run code).
     """
     model, config = load_checkpoint(path, factory=student_factory)
     transform = config.get("input_transform")
-    workers = data_cfg.workers
+    workers, limit = data_cfg.workers, data_cfg.eval_limit if split == "test" else data_cfg.limit
     data = require_labels(load_dataset(data_cfg.dataset or config["dataset"], split, data_cfg.data_dir, limit,
                                        image_size=InputTransform.from_record(transform), workers=workers),
                           "evaluated on")

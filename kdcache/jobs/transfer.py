@@ -38,7 +38,7 @@ from kdcache.data.datasets import load_dataset
 from kdcache.data.images import InputTransform
 from kdcache.data.images import concat as concat_images
 from kdcache.data.samples import ImageData
-from kdcache.data.sampling import ViewPlan
+from kdcache.data.view_schedule import ViewPlan
 from kdcache.errors import CacheError, ConfigError, DataError
 from kdcache.identity import UNLABELLED
 

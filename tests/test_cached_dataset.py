@@ -9,8 +9,8 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from kdcache.cache import write_cache
 from kdcache.cache.targets import TopK
+from kdcache.data.cached_dataset import CachedDataset, StreamedCachedDataset, collate
 from kdcache.data.datasets import load_dataset
-from kdcache.data.wrapper import CachedDataset, StreamedCachedDataset, collate
 from kdcache.errors import CacheError, ConfigError
 from kdcache.identity import UNLABELLED, sample_ids_for
 from kdcache.train.loss import kd_loss
@@ -109,6 +109,9 @@ def test_misaligned_data_is_refused_with_one_line(fmnist, cache_path, data_dir, 
     other = write_cache(tmp_path / "test.h5", index_logits(np.arange(N)), test.labels, test.indices, test.sample_ids,
                         cache_attrs(test.info))
     cases.append((lambda: CachedDataset(fmnist, other, indices=range(N)), "made from fashion-mnist/test"))
+    # ... also when most of the other split's indices are missing: the split, not the coverage, is what is wrong
+    cases.append((lambda: CachedDataset(fmnist, other), "made from fashion-mnist/test, but the data is "
+                                                        "fashion-mnist/train"))
 
     class Relabelled(torch.utils.data.Dataset):  # the user's own dataset, one label changed
         targets = fmnist.targets[:N].clone()
@@ -330,7 +333,7 @@ def dumped_views(request, tmp_path_factory, teacher_ckpt, data_dir):
 def marked_views(path, kd, *, views=V, topk=0, unlabelled=False, policy="shift-flip"):
     """A cache with views whose logits name their (row, view): z[i, v, 0] = 100 + i, z[i, v, 1] = 50 + v."""
     from kdcache.data.augment import parse_policy, view_record
-    from kdcache.data.sampling import sample_views
+    from kdcache.data.view_schedule import sample_views
 
     z = np.random.default_rng(0).normal(size=(len(kd), views, 10)).astype(np.float32)
     z[:, :, 0] = np.arange(len(kd))[:, None] + 100
@@ -368,7 +371,7 @@ def test_items_are_the_replayed_view_and_its_stored_logits(fmnist, dumped_views,
     from torchvision import transforms
 
     from kdcache.cache import open_cache
-    from kdcache.data.sampling import view_schedule
+    from kdcache.data.view_schedule import view_schedule
     from kdcache.train.checkpoint import load_checkpoint
 
     with open_cache(dumped_views) as c:
@@ -515,7 +518,7 @@ def test_images_that_are_not_float_tensors_in_0_1_are_refused_with_one_line(data
 
 def test_streamed_views_serve_each_item_its_scheduled_view(fmnist, tmp_path, kd):
     from kdcache.cache import open_cache
-    from kdcache.data.sampling import view_schedule
+    from kdcache.data.view_schedule import view_schedule
 
     path = marked_views(tmp_path / "m.h5", kd)
     with open_cache(path) as c:
