@@ -9,7 +9,7 @@ from kdcache.experiments.pipeline import format_table, run_pipeline
 
 
 def test_pipeline_runs_then_reuses(tmp_path, data_dir):
-    kw = dict(workdir=str(tmp_path / "runs"), cache_path=str(tmp_path / "c.h5"), teacher_epochs=1, student_epochs=1,
+    kw = dict(workdir=str(tmp_path / "runs"), cache_path=str(tmp_path / "c.h5"), teacher_epochs=2, student_epochs=1,
               limit=200, eval_limit=200, data_dir=str(data_dir), device="cpu", scarce_labels=50, scarce_epochs=2)
     first = run_pipeline(PipelineConfig(**kw))
     stages = [r["stage"] for r in first["rows"]]

@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 from kdcache.config import (
-    PIPELINE_TEACHER,
-    STUDENT_TRAIN,
     DataConfig,
     DistillConfig,
     DumpConfig,
@@ -47,7 +45,7 @@ def run_pipeline(cfg: PipelineConfig = PipelineConfig(), *, fresh: bool = False,
 
     teacher = work / "teacher.pt"
     r = _stage("teacher", train_teacher, teacher, data_cfg=data_cfg, run=run,
-                      cfg=replace(PIPELINE_TEACHER, epochs=cfg.teacher_epochs, device=cfg.device, seed=cfg.seed))
+                      cfg=TrainConfig(epochs=cfg.teacher_epochs, device=cfg.device, seed=cfg.seed))
     rows.append(_row("teacher", r))
     train_rows = int(r["config"]["num_train_samples"])
 
@@ -61,7 +59,8 @@ def run_pipeline(cfg: PipelineConfig = PipelineConfig(), *, fresh: bool = False,
         write_json(record, d)
     rows.append({"stage": "dump-logits", "test_accuracy": None, "seconds": d["seconds"], "reused": d["reused"]})
 
-    student_cfg = replace(STUDENT_TRAIN, epochs=cfg.student_epochs, device=cfg.device, seed=cfg.seed)
+    # learning rate, precision and batch size left to each role (and the batch to the data: kdcache.config)
+    student_cfg = TrainConfig(epochs=cfg.student_epochs, device=cfg.device, seed=cfg.seed)
     for name, a in (("baseline", 0.0), ("distilled", cfg.alpha)):
         r = _stage(f"{name} student", train_student, work / f"student-{name}.pt",
                    DistillConfig((cache,), cfg.temperature, a), data_cfg=data_cfg, cfg=student_cfg, run=run)
