@@ -50,6 +50,15 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def settled(self) -> "TrainConfig":
+        """What a loop with no role in mind runs (kdcache.train.loop.fit called directly): None -> the generic
+        settings (lr GENERIC_LR, batch GENERIC_BATCH, precision auto). Jobs fill them from their role first."""
+        return replace(self, lr=GENERIC_LR if self.lr is None else self.lr,
+                       batch_size=GENERIC_BATCH if self.batch_size is None else self.batch_size,
+                       precision=self.precision or "auto")
+
+
+GENERIC_LR, GENERIC_BATCH = 0.05, 128  # fit() without a role: the teacher's rate and batch
 
 # The defaults of each role, used by the CLI, the pipeline, the sweep and the benchmarks.
 # Teacher: auto = bf16 only where the hardware runs it natively (kdcache.device.bf16_native). Per 128-image
@@ -74,9 +83,11 @@ PIPELINE_SCARCE_ALPHA = 0.9  # with T = 4: picked on validation for this case by
 PIPELINE_WORKDIR = "runs/pipeline"  # the main job's checkpoints and metrics
 PIPELINE_CACHE = "data/caches/fmnist-train.h5"  # the main job's cache (the benchmarks read it too)
 
-# Small data gets smaller batches: an epoch of fewer optimizer steps than this warms OneCycle up too fast. Measured
-# (teacher-cnn, 1,000 Fashion-MNIST images, 3 epochs, lr 0.05, 2,000 test images): batch 128 (8 steps an epoch)
-# reached loss 18.6 in epoch 1 and 54% test; lr 0.01 at batch 128 still 57%; batch 32 (32 steps) 77%.
+# A teacher on small data gets smaller batches: an epoch of fewer optimizer steps than this warms OneCycle up too
+# fast. Measured (teacher-cnn, 1,000 Fashion-MNIST images, 3 epochs, lr 0.05, 2,000 test images): batch 128 (8 steps
+# an epoch) reached loss 18.6 in epoch 1 and 54% test; lr 0.01 at batch 128 still 57%; batch 32 (32 steps) 77%.
+# Students keep their batch: the soft term's gradients grow with T, and at batch 16 a T=8 student of a 1-epoch
+# teacher blew up (loss 1.6e8) where batch 128 trained.
 MIN_STEPS_PER_EPOCH = 32
 MIN_DEFAULT_BATCH = 16
 

@@ -84,7 +84,7 @@ def test_baseline_needs_no_cache(artifacts, tmp_path):
 
 def test_summary_line(artifacts, tmp_path):
     r = student(artifacts, tmp_path / "s.pt")
-    assert r.output == ""  # --quiet
+    assert r.stdout == "" and all(line.startswith("warning: ") for line in r.stderr.splitlines())  # --quiet
     r = run("train-student", "--cache", artifacts["cache"], "--data-dir", artifacts["data_dir"], "--limit", 64,
             "--eval-limit", 50, "--epochs", 1, "--out", tmp_path / "s2.pt")
     assert r.stdout.strip().splitlines()[-1].startswith("student student-cnn (T=4, alpha=0.5): test accuracy")
@@ -116,7 +116,7 @@ def test_bad_inputs(artifacts, tmp_path):
         ("unknown architecture 'resnet'", ["train-student", "--cache", a["cache"], "--arch", "resnet", *common]),
         ("unknown architecture 'vit'", ["train-teacher", "--arch", "vit", *common]),
         ("unknown dataset 'cifar10'; choose one of", ["train-teacher", "--dataset", "cifar10", *common]),
-        ("pass --cache", ["train-student", "--alpha", 0.5, *common]),
+        ("name its cache", ["train-student", "--alpha", 0.5, *common]),
     ]
     for expected, args in cases:
         line = bad(args, tmp_path, [out])
@@ -191,7 +191,7 @@ def test_summary_line_names_the_resolved_precision(artifacts, tmp_path, monkeypa
     line = r.stdout.strip().splitlines()[-1]
     assert line.startswith("teacher teacher-cnn: test accuracy") and \
         "1 epoch at fp32 (auto: this CPU has no native bf16) in " in line, line
-    assert run("train-teacher", *common, "--out", tmp_path / "t.pt", "--overwrite", "-q").output == ""
+    assert run("train-teacher", *common, "--out", tmp_path / "t.pt", "--overwrite", "-q").stdout == ""  # (warnings: stderr)
     r = run("train-student", "--alpha", 0, *common, "--precision", "auto", "--out", tmp_path / "s.pt")
     assert "1 epoch at fp32 (auto: this CPU has no native bf16) in " in r.stdout.strip().splitlines()[-1]
     monkeypatch.setattr(device, "bf16_native", lambda d: True)

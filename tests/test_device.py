@@ -132,10 +132,14 @@ def test_a_bare_train_config_gets_the_roles_settings():
 
     student = resolve_train_config(TrainConfig(epochs=1, device="cpu"), STUDENT_TRAIN, False, 60_000)
     assert (student.lr, student.precision, student.batch_size) == (0.02, "fp32", 128)
+    small = resolve_train_config(TrainConfig(epochs=1, device="cpu"), STUDENT_TRAIN, False, 1000)
+    assert small.batch_size == 128  # students keep their batch on small data (kdcache.config says why)
+    assert resolve_train_config(TrainConfig(epochs=1, device="cpu"), TEACHER_TRAIN, False, 1000).batch_size == 32
     teacher = resolve_train_config(TrainConfig(epochs=1, device="cpu"), TEACHER_TRAIN, True, 60_000)
     assert (teacher.lr, teacher.precision in ("fp32", "bf16"), teacher.batch_size) == (pytest.approx(0.005), True, 128)
     asked = resolve_train_config(TrainConfig(epochs=1, device="cpu", lr=0.1, batch_size=7, precision="fp32"),
                                  STUDENT_TRAIN, False, 100)
     assert (asked.lr, asked.precision, asked.batch_size) == (0.1, "fp32", 7)
     assert [default_batch_size(128, n) for n in (60_000, 4096, 3968, 1000, 200, 10)] == [128, 128, 64, 32, 16, 16]
-    assert resolve_train_config(TrainConfig(), STUDENT_TRAIN, False).batch_size is None  # no data size: left open
+    assert resolve_train_config(TrainConfig(), TEACHER_TRAIN, False).batch_size == 128  # no data size: the role's
+    assert TrainConfig().settled() == TrainConfig(lr=0.05, batch_size=128, precision="auto")  # fit() with no role

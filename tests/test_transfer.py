@@ -307,7 +307,7 @@ def test_labels_limit_refusals_are_one_line(world):
                  "--alpha 0 learns from labels alone, so the --transfer rows would add nothing")
     assert_error(student(world, "--cache", world.lab, "--transfer", world.unl, ok=False),  # no --transfer-data-dir
                  "no images under", "--transfer-data-dir names the folder")
-    assert_error(student(world, "--transfer", world.unl, "--alpha", 0.5, ok=False), "pass --cache")
+    assert_error(student(world, "--transfer", world.unl, "--alpha", 0.5, ok=False), "name its cache")
     student(world, "--cache", world.lab, "--labels-limit", 0, "--alpha", 1, "-q")  # no labels at all: fine
     assert checkpoint_config(world.dir / "s.pt")["num_labelled"] == 0
 

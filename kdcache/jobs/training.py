@@ -215,12 +215,13 @@ def resolve_train_config(cfg: TrainConfig, role_default: TrainConfig, image_file
     """``cfg`` with what it leaves open resolved, so requests, checkpoints and sweep tables record what ran:
     precision None -> the role's, then for its device ("auto" -> fp32 or bf16: "auto" on two kinds of hardware is
     not one setting); a learning rate of None -> the role's default for this data (kdcache.config.default_lr);
-    a batch size of None -> the role's, smaller for few ``num_samples`` (default_batch_size; left open without)."""
+    a batch size of None -> the role's, for a teacher smaller for few ``num_samples`` (default_batch_size)."""
     lr = cfg.lr if cfg.lr is not None else default_lr(float(role_default.lr), image_files)
     precision = resolve_precision(cfg.precision or role_default.precision, resolve_device(cfg.device))
     batch = cfg.batch_size
-    if batch is None and num_samples is not None:
-        batch = default_batch_size(int(role_default.batch_size), num_samples)
+    if batch is None:
+        small_data = num_samples is not None and role_default is TEACHER_TRAIN  # why only teachers: kdcache.config
+        batch = default_batch_size(int(role_default.batch_size), num_samples) if small_data else role_default.batch_size
     return replace(cfg, precision=precision, lr=lr, batch_size=batch)
 
 

@@ -31,6 +31,7 @@ def cross_entropy_loss(outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int):
+    cfg = cfg.settled()
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]  # no weight decay on biases / BN
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -184,6 +185,7 @@ def fit(model: nn.Module, batches: BatchSource, loss_fn: LossFn, cfg: TrainConfi
     batches' order and views are pure functions of (seed, epoch) and the RNG state is restored, so a
     resumed run ends with the weights of one never stopped.
     """
+    cfg = cfg.settled()  # called directly, without a job to fill the role's settings
     ctx = dist.current()
     device = ctx.local_device(resolve_device(cfg.device))
     precision = resolve_precision(cfg.precision, device)
