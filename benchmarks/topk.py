@@ -99,7 +99,7 @@ SMOKE_SYNTHETIC = SyntheticPlan(
 def _teacher(plan: SyntheticPlan, train: ImageData, val: ImageData, test: ImageData, out: Path
              ) -> tuple[torch.nn.Module, dict[str, Any]]:
     path = out / "teacher.pt"
-    model = mlp(plan.teacher_hidden, plan.task.classes)
+    model = mlp(plan.teacher_hidden, plan.task.classes, plan.task.dim)
     made_by = teacher_plan(plan)
     if path.exists():
         saved = torch.load(path, weights_only=True)
@@ -113,7 +113,7 @@ def _teacher(plan: SyntheticPlan, train: ImageData, val: ImageData, test: ImageD
     torch.manual_seed(0)
     t0 = time.perf_counter()
     fit(model, MemoryBatches(train, plan.teacher_train.batch_size, seed=0), cross_entropy_loss, plan.teacher_train)
-    summary = {"arch": "mlp-" + "-".join(map(str, (64, *plan.teacher_hidden, plan.task.classes))),
+    summary = {"arch": "mlp-" + "-".join(map(str, (plan.task.dim, *plan.teacher_hidden, plan.task.classes))),
                "train_seconds": time.perf_counter() - t0, "test_accuracy": evaluate(model, test)["accuracy"],
                "val_accuracy": evaluate(model, val)["accuracy"], "train_rows": len(train)}
     torch.save({"state_dict": model.state_dict(), "summary": summary, "plan": made_by}, path)
@@ -136,7 +136,7 @@ def _student_run(plan: SyntheticPlan, data: ImageData, val: ImageData, test: Ima
                  loss_fn: Any = None) -> dict[str, Any]:
     cfg = replace(plan.student_train, seed=seed)
     torch.manual_seed(seed)
-    model = mlp(plan.student_hidden, plan.task.classes)
+    model = mlp(plan.student_hidden, plan.task.classes, plan.task.dim)
     batches = MemoryBatches(data, cfg.batch_size, seed=seed, teacher_logits=targets)
     loss = loss_fn or (distillation_loss(T or 1.0, alpha, topk_rebuild) if alpha > 0 else cross_entropy_loss)
     t0 = time.perf_counter()
