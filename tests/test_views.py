@@ -13,7 +13,7 @@ import torch
 from conftest import assert_error, cache_attrs, make_image_data, run_cli
 from kdcache.augment import ShiftFlip, ViewPlan, parse_policy, sample_views, view_record, view_schedule
 from kdcache.batches import Batch, MemoryBatches
-from kdcache.cache import SCHEMA_VERSION, open_cache, write_cache
+from kdcache.cache import VIEWS_SCHEMA_VERSION, open_cache, write_cache
 from kdcache.checkpoint import read_checkpoint
 from kdcache.config import DataConfig, TrainConfig
 from kdcache.data import load_dataset
@@ -64,7 +64,7 @@ def fp32_close(got: torch.Tensor, ref: torch.Tensor) -> None:
 def test_layout_and_attributes_match_the_format_document(views_cache, fmnist):
     with h5py.File(views_cache, "r") as f:
         assert f["logits"].shape == (N, V, 10) and f["view_params"].shape == (N, V, 3)
-        assert f["view_params"].dtype == np.float32 and f.attrs["schema_version"] == SCHEMA_VERSION
+        assert f["view_params"].dtype == np.float32 and f.attrs["schema_version"] == VIEWS_SCHEMA_VERSION
         assert f.attrs["num_views"] == V and f.attrs["view_policy"] == "shift-flip"
         record = json.loads(f.attrs["view_policy_json"])
         params = f["view_params"][:]

@@ -140,3 +140,33 @@ def verify_cmd(cache: str, teacher: str | None, teacher_factory: str | None, wei
         summary(quiet or as_json, f"{cache}: verified, {sum(c.status == 'ok' for c in r.checks)} checks passed")
     else:
         sys.exit(1)
+
+
+@main.command("compress")
+@click.argument("cache", type=click.Path(dir_okay=False))
+@click.option("--codec", default="lowrank", show_default=True, metavar="lowrank[:rank=R][,dtype=D]",
+              help="Low-rank codes: one PCA basis per cache, R numbers a row (int8 with a per-row scale, or float16). "
+                   "Without rank=R the smallest rank meeting --kl-budget on held-out rows.")
+@click.option("--kl-budget", type=float, default=None,
+              help="Largest mean KL(p_T || rebuilt_T), in nats, allowed at T = 1, 2 and 4 on held-out rows "
+                   "(default: kdcache.cache.lowrank.DEFAULT_KL_BUDGET, 0.01).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Low-rank cache to write (.h5).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
+@quiet_option
+def compress_cmd(cache: str, codec: str, kl_budget: float | None, out: str, overwrite: bool, quiet: bool) -> None:
+    """Write CACHE (full logits) as a compact low-rank cache that trains like it at any T.
+
+    \b
+    e.g. kdcache compress full.h5 --out small.h5               # rank for the KL budget
+         kdcache compress full.h5 --codec lowrank:rank=64 --out small.h5
+    """
+    from ..cache.lowrank import DEFAULT_KL_BUDGET, parse_codec
+    from ..compress import compress_cache, describe_kl
+
+    c = parse_codec(codec)
+    r = compress_cache(cache, out, rank=c["rank"], code_dtype=c["dtype"], overwrite=overwrite,
+                       kl_budget=DEFAULT_KL_BUDGET if kl_budget is None else kl_budget)
+    how = f"for KL budget {r['budget']:g}" if r["rank_chosen_by"] == "budget" else "as stated"
+    summary(quiet, f"compressed {r['rows']} rows x {r['num_classes']} classes to rank {r['rank']} {r['code_dtype']} "
+                   f"codes ({how}; held-out {describe_kl(r['kl'])}) in {r['seconds']:.1f}s -> {r['cache']} "
+                   f"({r['bytes'] / 1e6:.1f} MB, {r['source_bytes'] / max(r['bytes'], 1):.1f}x smaller)")
