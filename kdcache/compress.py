@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -107,3 +107,27 @@ def describe_kl(kl: Mapping[str, float]) -> str:
     if not kl:
         return "KL not measured (no held-out rows)"
     return f"mean KL {' / '.join(f'{v:.2g}' for v in kl.values())} at T = {' / '.join(kl)}"
+
+
+def basis_for_dump(logits_of_rows: Callable[[np.ndarray], np.ndarray], num_rows: int, ctx: Any, *,
+                   rank: int | None, code_dtype: str, kl_budget: float) -> dict[str, Any]:
+    """The CacheWriter options of a low-rank dump: the teacher's logits of the sample rows, a basis planned on them.
+
+    ``logits_of_rows(rows)`` runs the teacher over dataset rows ``rows`` (n,) -> (n, [V,] C). Under
+    torchrun rank 0 fits and every rank receives its basis (kdcache.dist broadcast), so all shards
+    are coded with one basis; a refusal on rank 0 (a budget no rank meets) stops every rank.
+    """
+    payload, error = None, None
+    if ctx.is_main:
+        try:
+            fit, held = sample_rows(num_rows)
+            z = logits_of_rows(np.concatenate([fit, held]))
+            basis, info = plan_basis(z[:len(fit)], z[len(fit):], rank, code_dtype, kl_budget)
+            info["seed"] = 0
+            payload = {"mean": basis.mean.tolist(), "components": basis.components.tolist(), "info": info}
+        except Exception as e:  # noqa: BLE001 - re-raised here, and heard by every other rank
+            error = e
+    ctx.check(error)
+    payload = ctx.broadcast(payload)
+    basis = Basis(np.asarray(payload["mean"], dtype=np.float32), np.asarray(payload["components"], dtype=np.float32))
+    return {"basis": basis, "code_dtype": code_dtype, "lowrank_info": payload["info"]}

@@ -203,6 +203,17 @@ def measure_kl(logits: Any, basis: Basis, code_dtype: str = DEFAULT_CODE_DTYPE,
 
 
 @dataclass(frozen=True)
+class Codes:
+    """Stored low-rank rows as they are, not decoded: codes (n, [V,] r) and scales (n, [V]) (shard assembly copies these)."""
+
+    codes: np.ndarray
+    scales: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+
+@dataclass(frozen=True)
 class RankChoice:
     rank: int
     kl: dict[float, float]  # at the chosen rank

@@ -213,6 +213,12 @@ class LogitCache:
             return out
         return targets
 
+    def read_codes(self, start: int, stop: int) -> "_lowrank.Codes":
+        """Rows ``start:stop`` of a low-rank cache as stored (not decoded): for copying them into another cache."""
+        if self.meta.targets != "lowrank":
+            raise CacheError(f"{self.path} holds {self.meta.targets} targets, not low-rank codes")
+        return _lowrank.Codes(self._read("lowrank_codes", np.s_[start:stop]), self._read("lowrank_scales", np.s_[start:stop]))
+
     def _targets(self, arrays: dict[str, np.ndarray], views: np.ndarray | None, rows: Any) -> Targets:
         if views is not None:
             if not self.meta.has_views:

@@ -173,6 +173,11 @@ class CacheWriter:
 
     def _target_arrays(self, targets: Targets) -> dict[str, np.ndarray]:
         if self.kind == "lowrank":
+            if isinstance(targets, _lowrank.Codes):  # already encoded with this basis (assembling shards)
+                if targets.codes.dtype != np.dtype(self.code_dtype) or targets.codes.shape[-1] != self.basis.rank:
+                    raise CacheError(f"internal: {targets.codes.dtype} codes of rank {targets.codes.shape[-1]} given "
+                                     f"to a cache of rank {self.basis.rank} {self.code_dtype} codes")
+                return {"lowrank_codes": targets.codes, "lowrank_scales": targets.scales}
             if isinstance(targets, TopK):
                 raise CacheError("a top-k row cannot be encoded as a low-rank code: the other classes' logits are gone")
             z = _to_numpy(targets).astype(np.float32, copy=False)

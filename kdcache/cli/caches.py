@@ -38,6 +38,12 @@ from .options import (AUGMENT_HELP, DATASET_HELP, PRECISION_HELP, precision_note
                    "exact log-sum-exp at T=1 and T=2, their mean): for many classes, e.g. 1,000 classes at K=10 takes "
                    "76 bytes a row instead of 2,024 with float16 logits. Students train from it at any --T; what "
                    "that costs: docs/cache-format.md, Top-k caches.")
+@click.option("--codec", default=None, metavar="lowrank[:rank=R][,dtype=D]",
+              help="Store low-rank codes: the teacher first runs over a sample of rows, a PCA basis is fitted on "
+                   "them, then every row is coded with it (1,000 classes at rank 64 int8: 92 bytes a row). Without "
+                   "rank=R the smallest rank meeting --kl-budget. docs/cache-format.md, Low-rank caches.")
+@click.option("--kl-budget", type=float, default=None,
+              help="With --codec lowrank: the largest mean KL(p_T || rebuilt_T) allowed at T = 1, 2, 4 (default 0.01).")
 @click.option("--views", type=click.IntRange(min=1), default=1, show_default=True,
               help="Augmented views stored per image (with --augment): each view's parameters and the teacher's logits.")
 @click.option("--augment", default=None, metavar="POLICY", help=AUGMENT_HELP)
@@ -81,6 +87,8 @@ def dump_logits_cmd(teacher: str | None, out: str, quiet: bool, class_names_file
     views = f" x {r['views']} views" if kw.get("augment") else ""
     agreement = r["teacher_label_agreement"]
     what = f"top-{r['topk']} of {r['num_classes']}" if r["topk"] else f"{r['num_classes']}"
+    if "lowrank_rank" in r:
+        what = f"rank-{r['lowrank_rank']} codes of {r['num_classes']}"
     ranks = (f"; {r['world_size']} ranks: {r['shards_written']} shard(s) written, {r['shards_reused']} reused, "
              f"assembled in {r['assemble_seconds']:.1f}s") if "world_size" in r else ""
     summary(quiet, f"cached {r['rows']}{views} x {what} {r['dtype']} logits, teacher at "
