@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -28,7 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from benchmarks.topk import SyntheticPlan, _student_run, _teacher
+from benchmarks.topk import SMOKE_SYNTHETIC, SyntheticPlan, _student_run, _teacher
 from benchmarks.topk_caches import _topk_kl, cache_attrs, size_table, write_caches, INDEX_BYTES
 from benchmarks.topk_rebuild import _split, student_table, table_markdown
 from benchmarks.topk_task import TaskConfig, logits_of
@@ -173,6 +174,58 @@ def run(out: Path, plan: SyntheticPlan, conditions: Sequence[str], worker: int, 
               f"({time.perf_counter() - t0:.0f}s)", flush=True)
 
 
+def timing(out: Path, plan: SyntheticPlan, repeats: int = 3) -> dict[str, Any]:
+    """``kdcache compress`` of the 60,000-row cache (from float32, as dump-logits writes it by default; from float16),
+    and one student epoch from the compressed cache vs from the full one: targets held in memory (read, decoded
+    once) and streamed (kdcache.streaming: decoded block by block), run alternately ``repeats`` times, medians."""
+    from kdcache.batches import MemoryBatches
+    from kdcache.compress import compress_cache
+    from kdcache.jobs import distillation_loss
+    from kdcache.streaming import StreamingBatches
+    from kdcache.train import fit
+    from benchmarks.topk_task import mlp
+
+    result: dict[str, Any] = {"compress": []}
+    for src, rank in (("full-float32", None), ("full-float32", 64), ("full-float16", 64)):
+        dst = out / f"compressed-{src}-{rank or 'budget'}.h5"
+        r = compress_cache(out / f"{src}.h5", dst, rank=rank, overwrite=True)
+        result["compress"].append({"source": src, "rank": r["rank"], "rank_chosen_by": r["rank_chosen_by"],
+                                   "seconds": r["seconds"], "rows": r["rows"], "kl": r["kl"],
+                                   "bytes": r["bytes"], "source_bytes": r["source_bytes"]})
+        print(json.dumps(result["compress"][-1]), flush=True)
+    full, train, val, test = _split(plan)
+    data = train.head(plan.student_limit)
+    cfg = replace(plan.student_train, epochs=1)
+    caches = {"full float16": out / "full-float16.h5", "lowrank-64 int8": out / "compressed-full-float32-64.h5"}
+    times: dict[str, dict[str, list[float]]] = {k: {"load": [], "memory_epoch": [], "streamed_epoch": []} for k in caches}
+    for _ in range(repeats):
+        for name, path in caches.items():
+            t0 = time.perf_counter()
+            with open_cache(path) as c:
+                rows = c.align(data.indices.numpy(), labels=data.labels.numpy(), sample_ids=data.sample_ids,
+                               info=full.info)
+                targets = c.read(rows)
+            times[name]["load"].append(time.perf_counter() - t0)
+            for mode in ("memory", "streamed"):
+                torch.manual_seed(0)
+                model = mlp(plan.student_hidden, plan.task.classes, plan.task.dim)
+                batches = MemoryBatches(data, cfg.batch_size, seed=0, teacher_logits=targets) if mode == "memory" \
+                    else StreamingBatches(data, path, rows, cfg.batch_size, seed=0)
+                t0 = time.perf_counter()
+                fit(model, batches, distillation_loss(2.0, 0.9), cfg)
+                times[name][f"{mode}_epoch"].append(time.perf_counter() - t0)
+                if mode == "streamed":
+                    batches.close()
+    med = {name: {k: statistics.median(v) for k, v in t.items()} for name, t in times.items()}
+    result["epochs"] = {"rows": len(data), "repeats": repeats, "seconds": times, "median": med,
+                        "ratio_memory": med["lowrank-64 int8"]["memory_epoch"] / med["full float16"]["memory_epoch"],
+                        "ratio_streamed": med["lowrank-64 int8"]["streamed_epoch"] / med["full float16"]["streamed_epoch"]}
+    write_json(out / "timing.json", result)
+    print(json.dumps(result["epochs"]["median"]), "memory ratio", round(result["epochs"]["ratio_memory"], 3),
+          "streamed ratio", round(result["epochs"]["ratio_streamed"], 3))
+    return result
+
+
 def summarize(root: Path, plans: dict[str, SyntheticPlan], result_path: Path | None) -> dict[str, Any]:
     result: dict[str, Any] = {"teachers": {}}
     text = []
@@ -184,6 +237,8 @@ def summarize(root: Path, plans: dict[str, SyntheticPlan], result_path: Path | N
         table = student_table(runs, [c for c, *_ in CONDITIONS])
         prepared = json.loads((out / "prepared.json").read_text())
         result["teachers"][name] = {"plan": asdict(plan), "prepared": prepared, "students": table, "runs": runs}
+        if (out / "timing.json").exists():
+            result["teachers"][name]["timing"] = json.loads((out / "timing.json").read_text())
         text.append(f"### teacher {name}: {prepared['teacher']['arch']}, test {100 * prepared['teacher']['test_accuracy']:.2f}%\n")
         text.append(kl_markdown(prepared))
         text.append(table_markdown(table, plan.temperatures))
@@ -211,7 +266,7 @@ def kl_markdown(prepared: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("step", choices=["prepare", "run", "summarize"])
+    ap.add_argument("step", choices=["prepare", "run", "timing", "summarize"])
     ap.add_argument("--out", required=True, type=Path, help="folder; each teacher's files go under OUT/<teacher>")
     ap.add_argument("--teacher", choices=sorted(TEACHERS), default="a")
     ap.add_argument("--epochs", type=int, default=SyntheticPlan.student_train.epochs)
@@ -223,15 +278,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--worker", type=int, default=0)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--result", type=Path, help="summarize: also write the JSON here (e.g. docs/results/lowrank.json)")
+    ap.add_argument("--smoke", action="store_true", help="benchmarks.topk's tiny plan for both teachers (tests)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
+    teachers = TEACHERS if not args.smoke else {
+        "a": SMOKE_SYNTHETIC, "b": replace(SMOKE_SYNTHETIC, task=replace(SMOKE_SYNTHETIC.task, dim=512))}
     plans = {name: replace(p, student_limit=args.rows, student_train=replace(p.student_train, epochs=args.epochs),
-                           temperatures=tuple(args.T), seeds=tuple(args.seeds)) for name, p in TEACHERS.items()}
+                           temperatures=tuple(args.T), seeds=tuple(args.seeds)) for name, p in teachers.items()}
     if args.step == "summarize":
         summarize(args.out, plans, args.result)
         return
     out, plan = args.out / args.teacher, plans[args.teacher]
-    if args.step == "prepare":
+    if args.step == "timing":
+        timing(out, plan)
+    elif args.step == "prepare":
         r = prepare(out, plan)
         print(json.dumps({k: r[k] for k in ("teacher", "explained_variance", "rank_for_default_budget")}, indent=1))
         print(kl_markdown(r))
