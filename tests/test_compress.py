@@ -101,6 +101,21 @@ def test_kd_from_a_lowrank_cache_is_kd_on_the_decoded_logits(tmp_path, full_cach
         assert float(got) == pytest.approx(float(kd_loss(student, torch.from_numpy(z[:16]), labels, T, 0.9)), abs=1e-5)
 
 
+def test_a_lowrank_cache_streams_decoded_rows_block_by_block(tmp_path, full_cache):
+    from kdcache.reader import LogitStream, iter_batches
+
+    src, z = full_cache
+    compress_cache(src, tmp_path / "s.h5", rank=4)
+    with open_cache(tmp_path / "s.h5") as c:
+        whole = c.read()
+    stream = LogitStream(tmp_path / "s.h5", block_rows=16, buffer_blocks=2, seed=1)
+    seen = 0
+    for values, logits in iter_batches(stream, 8):
+        np.testing.assert_array_equal(logits.numpy(), whole[values.numpy()])  # each row decoded, in any order
+        seen += len(values)
+    assert seen == N
+
+
 def test_train_student_and_ensemble_from_lowrank_caches(tmp_path, full_cache, fmnist, data_dir):
     from kdcache.ensemble import check_members, combine_logits
 
