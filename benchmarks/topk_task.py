@@ -39,6 +39,7 @@ class TaskConfig:
     dim: int = SIDE * SIDE  # input features; above 64 the centres' spreads shrink by sqrt(64 / dim), so the
     # distances between centres (and the task's difficulty) stay about those at 64, while the classes' centres,
     # and so the teacher's logits, span dim dimensions instead of 64 (benchmarks.lowrank's not-low-rank teacher)
+    centre_scale: float | None = None  # that shrink factor when given (1: the 64-dim spreads, farther apart at dim)
 
 
 def make_task(cfg: TaskConfig) -> tuple[ImageData, ImageData]:
@@ -47,7 +48,8 @@ def make_task(cfg: TaskConfig) -> tuple[ImageData, ImageData]:
     dim, width = cfg.dim, cfg.dim // SIDE
     if dim % SIDE:
         raise ValueError(f"dim must be a multiple of {SIDE}, got {dim}")
-    shrink = 1.0 if dim == SIDE * SIDE else float(np.sqrt(SIDE * SIDE / dim))
+    shrink = cfg.centre_scale if cfg.centre_scale is not None else \
+        1.0 if dim == SIDE * SIDE else float(np.sqrt(SIDE * SIDE / dim))
     groups = g.normal(0, cfg.group_spread * shrink, (cfg.groups, dim))
     centres = groups[np.arange(cfg.classes) * cfg.groups // cfg.classes] + g.normal(0, cfg.class_spread * shrink,
                                                                                      (cfg.classes, dim))
