@@ -105,7 +105,7 @@ def _teacher(plan: SyntheticPlan, train: ImageData, val: ImageData, test: ImageD
         saved = torch.load(path, weights_only=True)
         # another task, split or teacher is not this benchmark's teacher (a file from before plans were recorded
         # is taken if its weights fit)
-        if saved.get("plan", made_by) != made_by or not _fits(model, saved["state_dict"]):
+        if _comparable(saved.get("plan", made_by)) != _comparable(made_by) or not _fits(model, saved["state_dict"]):
             raise SystemExit(f"{path} was trained for another plan ({saved.get('plan')}, now {made_by}); "
                              "use a new --out")
         model.load_state_dict(saved["state_dict"])
@@ -123,6 +123,16 @@ def _teacher(plan: SyntheticPlan, train: ImageData, val: ImageData, test: ImageD
 def _fits(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> bool:
     own = model.state_dict()
     return own.keys() == state.keys() and all(own[k].shape == state[k].shape for k in own)
+
+
+# TaskConfig fields added after teachers were saved: compared only where they differ from these defaults, so the
+# teachers saved before still match their plan
+_LATER_TASK_FIELDS = {"dim": 64, "centre_scale": None}
+
+
+def _comparable(plan: dict[str, Any]) -> dict[str, Any]:
+    task = {k: v for k, v in plan.get("task", {}).items() if _LATER_TASK_FIELDS.get(k, object()) != v}
+    return {**plan, "task": task}
 
 
 def teacher_plan(plan: SyntheticPlan) -> dict[str, Any]:
