@@ -246,10 +246,55 @@ def summarize(root: Path, plans: dict[str, SyntheticPlan], result_path: Path | N
         text.append(f"### teacher {name}: {prepared['teacher']['arch']}, test {100 * prepared['teacher']['test_accuracy']:.2f}%\n")
         text.append(kl_markdown(prepared))
         text.append(table_markdown(table, plan.temperatures))
+        verdict = target_verdict(table)
+        result["teachers"][name]["verdict"] = verdict
+        text.append(verdict_markdown(verdict))
     if result_path:
         write_json(result_path, result)
+    (root / "lowrank.md").write_text("\n".join(text))
     print("\n".join(text))
     return result
+
+
+def _bytes(condition: str) -> int | None:
+    """Bytes a row (targets + index columns) of a condition's cache, at 1,000 classes."""
+    if condition.startswith("lowrank-"):
+        return code_bytes(int(condition.split()[0].split("-")[1]), "int8") + INDEX_BYTES
+    if condition.startswith("top-10"):
+        return 4 * 10 + 12 + INDEX_BYTES
+    return 2 * 1000 + INDEX_BYTES if condition == "full float16" else None
+
+
+def target_verdict(table: Sequence[dict[str, Any]], smaller: float = 20.0, best_pp: float = 0.3,
+                   t4_pp: float = 0.5) -> list[dict[str, Any]]:
+    """The issue's targets per codec: >= 20x smaller than float16 full rows, within 0.3 pp of full at the full cache's
+    (validation-picked) best T and within 0.5 pp at T = 4 (test accuracy means over the seeds)."""
+    rows = {r["condition"]: r for r in table}
+    full = rows.get("full float16")
+    if full is None:
+        return []
+    best = full["picked_T"]
+    out = []
+    for cond, r in rows.items():
+        b = _bytes(cond)
+        if b is None or cond == "full float16" or best not in r["per_T"] or "4.0" not in r["per_T"]:
+            continue
+        ratio = _bytes("full float16") / b
+        d_best = 100 * (r["per_T"][best]["test_mean"] - full["per_T"][best]["test_mean"])
+        d_t4 = 100 * (r["per_T"]["4.0"]["test_mean"] - full["per_T"]["4.0"]["test_mean"])
+        out.append({"condition": cond, "bytes_per_row": b, "smaller": ratio, "full_best_T": best,
+                    "diff_pp_at_best_T": d_best, "diff_pp_at_T4": d_t4,
+                    "met": ratio >= smaller and d_best >= -best_pp and d_t4 >= -t4_pp})
+    return out
+
+
+def verdict_markdown(verdict: Sequence[dict[str, Any]]) -> str:
+    lines = ["| codec | bytes/row | smaller | vs full at full's best T | vs full at T=4 | target met |",
+             "|---|---:|---:|---:|---:|---|"]
+    for v in verdict:
+        lines.append(f"| {v['condition']} | {v['bytes_per_row']} | {v['smaller']:.1f}x | {v['diff_pp_at_best_T']:+.2f} pp "
+                     f"(T={v['full_best_T']}) | {v['diff_pp_at_T4']:+.2f} pp | {'yes' if v['met'] else 'no'} |")
+    return "\n".join(lines) + "\n"
 
 
 def kl_markdown(prepared: dict[str, Any]) -> str:
