@@ -178,7 +178,7 @@ def run(out: Path, plan: SyntheticPlan, conditions: Sequence[str], worker: int, 
               f"({time.perf_counter() - t0:.0f}s)", flush=True)
 
 
-def timing(out: Path, plan: SyntheticPlan, repeats: int = 3) -> dict[str, Any]:
+def timing(out: Path, plan: SyntheticPlan, repeats: int = 5) -> dict[str, Any]:
     """``kdcache compress`` of the 60,000-row cache (from float32, as dump-logits writes it by default; from float16),
     and one student epoch from the compressed cache vs from the full one: targets held in memory (read, decoded
     once) and streamed (kdcache.streaming: decoded block by block), run alternately ``repeats`` times, medians."""
