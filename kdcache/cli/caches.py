@@ -162,7 +162,10 @@ def verify_cmd(cache: str, teacher: str | None, teacher_factory: str | None, wei
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
 @quiet_option
 def compress_cmd(cache: str, codec: str, kl_budget: float | None, out: str, overwrite: bool, quiet: bool) -> None:
-    """Write CACHE (full logits) as a compact low-rank cache that trains like it at any T.
+    """Write CACHE (full logits) as a compact low-rank cache, read as logits at any T.
+
+    It trains like the full cache only where the teacher's logits are close to low-rank:
+    measured in docs/results/lowrank.md.
 
     \b
     e.g. kdcache compress full.h5 --out small.h5               # rank for the KL budget
