@@ -110,13 +110,13 @@ SMOKE_SYNTHETIC = SyntheticPlan(
 def _teacher(plan: SyntheticPlan, train: ImageData, val: ImageData, test: ImageData, out: Path
              ) -> tuple[torch.nn.Module, dict[str, Any]]:
     path = out / "teacher.pt"
-    model = mlp(plan.teacher_hidden, plan.task.classes)
+    model = mlp(plan.teacher_hidden, plan.task.classes, plan.task.dim)
     made_by = teacher_plan(plan)
     if path.exists():
         saved = torch.load(path, weights_only=True)
         # another task, split or teacher is not this benchmark's teacher (a file from before plans were recorded
         # is taken if its weights fit)
-        if saved.get("plan", made_by) != made_by or not _fits(model, saved["state_dict"]):
+        if _comparable(saved.get("plan", made_by)) != _comparable(made_by) or not _fits(model, saved["state_dict"]):
             raise SystemExit(f"{path} was trained for another plan ({saved.get('plan')}, now {made_by}); "
                              "use a new --out")
         model.load_state_dict(saved["state_dict"])
@@ -124,7 +124,7 @@ def _teacher(plan: SyntheticPlan, train: ImageData, val: ImageData, test: ImageD
     torch.manual_seed(0)
     t0 = time.perf_counter()
     fit(model, MemoryBatches(train, plan.teacher_train.batch_size, seed=0), cross_entropy_loss, plan.teacher_train)
-    summary = {"arch": "mlp-" + "-".join(map(str, (64, *plan.teacher_hidden, plan.task.classes))),
+    summary = {"arch": "mlp-" + "-".join(map(str, (plan.task.dim, *plan.teacher_hidden, plan.task.classes))),
                "train_seconds": time.perf_counter() - t0, "test_accuracy": evaluate(model, test)["accuracy"],
                "val_accuracy": evaluate(model, val)["accuracy"], "train_rows": len(train)}
     torch.save({"state_dict": model.state_dict(), "summary": summary, "plan": made_by}, path)
@@ -134,6 +134,16 @@ def _teacher(plan: SyntheticPlan, train: ImageData, val: ImageData, test: ImageD
 def _fits(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> bool:
     own = model.state_dict()
     return own.keys() == state.keys() and all(own[k].shape == state[k].shape for k in own)
+
+
+# TaskConfig fields added after teachers were saved: compared only where they differ from these defaults, so the
+# teachers saved before still match their plan
+_LATER_TASK_FIELDS = {"dim": 64, "centre_scale": None}
+
+
+def _comparable(plan: dict[str, Any]) -> dict[str, Any]:
+    task = {k: v for k, v in plan.get("task", {}).items() if _LATER_TASK_FIELDS.get(k, object()) != v}
+    return {**plan, "task": task}
 
 
 def teacher_plan(plan: SyntheticPlan) -> dict[str, Any]:
@@ -147,7 +157,7 @@ def _student_run(plan: SyntheticPlan, data: ImageData, val: ImageData, test: Ima
                  loss_fn: Any = None) -> dict[str, Any]:
     cfg = replace(plan.student_train, seed=seed)
     torch.manual_seed(seed)
-    model = mlp(plan.student_hidden, plan.task.classes)
+    model = mlp(plan.student_hidden, plan.task.classes, plan.task.dim)
     batches = MemoryBatches(data, cfg.batch_size, seed=seed, teacher_logits=targets)
     loss = loss_fn or (distillation_loss(T or 1.0, alpha, topk_rebuild) if alpha > 0 else cross_entropy_loss)
     t0 = time.perf_counter()

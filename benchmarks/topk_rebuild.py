@@ -142,10 +142,10 @@ def run(out: Path, plan: SyntheticPlan, conditions: Sequence[str], worker: int, 
               f"({time.perf_counter() - t0:.0f}s)", flush=True)
 
 
-def summarize(out: Path, plan: SyntheticPlan, result_path: Path | None) -> dict[str, Any]:
-    runs = [r for r in (json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))) if "condition" in r]
+def student_table(runs: Sequence[dict[str, Any]], names: Sequence[str]) -> list[dict[str, Any]]:
+    """Per condition (in ``names`` order): each T's seeds, validation mean, test mean ± std, and the T picked on validation."""
     table = []
-    for cond, _, _ in CONDITIONS:
+    for cond in names:
         mine = [r for r in runs if r["condition"] == cond]
         if not mine:
             continue
@@ -157,12 +157,12 @@ def summarize(out: Path, plan: SyntheticPlan, result_path: Path | None) -> dict[
                              "test_mean": statistics.fmean(te), "test_std": statistics.stdev(te) if len(te) > 1 else 0.0}
         best = max(per_t, key=lambda t: per_t[t]["val_mean"])
         table.append({"condition": cond, "picked_T": best, **per_t[best], "per_T": per_t})
-    result = {"plan": asdict(plan), "prepared": json.loads((out / "prepared.json").read_text()),
-              "students": table, "runs": runs}
-    write_json(out / "rebuild.json", result)
-    if result_path:
-        write_json(result_path, result)
-    temps = [str(T) for T in plan.temperatures]
+    return table
+
+
+def table_markdown(table: Sequence[dict[str, Any]], temperatures: Sequence[float]) -> str:
+    """The student table as markdown: test mean ± std (validation mean) at each T, the picked T and its test accuracy."""
+    temps = [str(T) for T in temperatures]
     lines = ["| condition | " + " | ".join(f"T={t} test (val)" for t in temps) + " | picked T | test mean ± std |",
              "|---|" + "---:|" * (len(temps) + 2)]
     for row in table:
@@ -172,7 +172,18 @@ def summarize(out: Path, plan: SyntheticPlan, result_path: Path | None) -> dict[
             cells = ["-"] * len(temps)
         lines.append(f"| {row['condition']} | " + " | ".join(cells) + f" | {row['picked_T']} | "
                      f"{100 * row['test_mean']:.2f} ± {100 * row['test_std']:.2f} |")
-    text = "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n"
+
+
+def summarize(out: Path, plan: SyntheticPlan, result_path: Path | None) -> dict[str, Any]:
+    runs = [r for r in (json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))) if "condition" in r]
+    table = student_table(runs, [c for c, _, _ in CONDITIONS])
+    result = {"plan": asdict(plan), "prepared": json.loads((out / "prepared.json").read_text()),
+              "students": table, "runs": runs}
+    write_json(out / "rebuild.json", result)
+    if result_path:
+        write_json(result_path, result)
+    text = table_markdown(table, plan.temperatures)
     (out / "rebuild.md").write_text(text)
     print(text)
     return result

@@ -37,25 +37,33 @@ class TaskConfig:
     mode_spread: float = 0.6  # std of a class's modes around its centre
     noise: float = 1.7  # std of a sample around its mode
     seed: int = 0
+    dim: int = SIDE * SIDE  # input features; above 64 the centres' spreads shrink by sqrt(64 / dim), so the
+    # distances between centres (and the task's difficulty) stay about those at 64, while the classes' centres,
+    # and so the teacher's logits, span dim dimensions instead of 64 (benchmarks.lowrank's not-low-rank teacher)
+    centre_scale: float | None = None  # that shrink factor when given (1: the 64-dim spreads, farther apart at dim)
 
 
 def make_task(cfg: TaskConfig) -> tuple[ImageData, ImageData]:
     """(train, test) splits in memory, shuffled, both with every class."""
     g = np.random.default_rng(cfg.seed)
-    dim = SIDE * SIDE
-    groups = g.normal(0, cfg.group_spread, (cfg.groups, dim))
-    centres = groups[np.arange(cfg.classes) * cfg.groups // cfg.classes] + g.normal(0, cfg.class_spread,
+    dim, width = cfg.dim, cfg.dim // SIDE
+    if dim % SIDE:
+        raise ValueError(f"dim must be a multiple of {SIDE}, got {dim}")
+    shrink = cfg.centre_scale if cfg.centre_scale is not None else \
+        1.0 if dim == SIDE * SIDE else float(np.sqrt(SIDE * SIDE / dim))
+    groups = g.normal(0, cfg.group_spread * shrink, (cfg.groups, dim))
+    centres = groups[np.arange(cfg.classes) * cfg.groups // cfg.classes] + g.normal(0, cfg.class_spread * shrink,
                                                                                      (cfg.classes, dim))
-    modes = centres[:, None] + g.normal(0, cfg.mode_spread, (cfg.classes, cfg.modes, dim))
+    modes = centres[:, None] + g.normal(0, cfg.mode_spread * shrink, (cfg.classes, cfg.modes, dim))
 
     def split(name: str, per_class: int) -> ImageData:
         labels = np.repeat(np.arange(cfg.classes), per_class)
         g.shuffle(labels)
         x = modes[labels, g.integers(0, cfg.modes, len(labels))] + g.normal(0, cfg.noise, (len(labels), dim))
-        images = np.clip(np.round(x * SCALE + OFFSET), 0, 255).astype(np.uint8).reshape(-1, 1, SIDE, SIDE)
+        images = np.clip(np.round(x * SCALE + OFFSET), 0, 255).astype(np.uint8).reshape(-1, 1, SIDE, width)
         info = DatasetInfo(name=f"synthetic-{cfg.classes}", split=name, num_samples=len(labels),
                            class_names=tuple(f"class{i}" for i in range(cfg.classes)), in_channels=1,
-                           image_size=(SIDE, SIDE), mean=(OFFSET / 255,), std=(SCALE * 2.15 / 255,),
+                           image_size=(SIDE, width), mean=(OFFSET / 255,), std=(SCALE * 2.15 / 255,),
                            fingerprint=fingerprint_for(images, labels))
         return ImageData(images=torch.from_numpy(images), labels=torch.from_numpy(labels.astype(np.int64)),
                          indices=torch.arange(len(labels)), sample_ids=sample_ids_for(images, labels), info=info)
@@ -63,10 +71,10 @@ def make_task(cfg: TaskConfig) -> tuple[ImageData, ImageData]:
     return split("train", cfg.train_per_class), split("test", cfg.test_per_class)
 
 
-def mlp(hidden: tuple[int, ...], classes: int) -> nn.Module:
-    """64 inputs -> ReLU hidden layers -> classes logits."""
+def mlp(hidden: tuple[int, ...], classes: int, inputs: int = SIDE * SIDE) -> nn.Module:
+    """``inputs`` (64) features -> ReLU hidden layers -> classes logits."""
     layers: list[nn.Module] = [nn.Flatten()]
-    width = SIDE * SIDE
+    width = inputs
     for h in hidden:
         layers += [nn.Linear(width, h), nn.ReLU()]
         width = h

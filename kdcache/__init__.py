@@ -15,7 +15,7 @@ The cache: ``open_cache``/``LogitCache`` (read, align), ``CacheWriter``/``write_
 Your loop: ``CachedDataset`` (in memory), ``StreamedCachedDataset`` (larger than memory),
 ``collate``, ``kd_loss``/``soft_loss``, ``TopK``, ``UNLABELLED``. kdcache's loop (what the
 CLI runs): ``train_teacher``, ``dump_logits``, ``train_student``, ``evaluate_checkpoint``,
-``run_pipeline``, ``load_checkpoint``, ``verify_cache``, ``cache_info``, ``run_sweep``/``RunSpec``.
+``run_pipeline``, ``load_checkpoint``, ``verify_cache``, ``compress_cache``, ``cache_info``, ``run_sweep``/``RunSpec``.
 Each job is configured by a few frozen dataclasses (defaults in kdcache.config): ``DistillConfig``
 (caches, T, alpha, ensemble, transfer rows), ``ViewConfig``, ``CacheIO``, ``DumpConfig``,
 ``RunOptions`` (overwrite, reuse, resume, progress), ``TrainConfig``, ``DataConfig``,
@@ -42,7 +42,7 @@ _EXPORTS = {
     "kd_loss": "train.loss", "soft_loss": "train.loss", "ModelSpec": "train.models",
     "load_checkpoint": "train.checkpoint",
     "train_teacher": "jobs.training", "train_student": "jobs.training", "evaluate_checkpoint": "jobs.training",
-    "dump_logits": "jobs.dump", "verify_cache": "jobs.verify",
+    "dump_logits": "jobs.dump", "verify_cache": "jobs.verify", "compress_cache": "jobs.compress",
     "run_sweep": "experiments.sweep", "RunSpec": "experiments.sweep",
     "run_pipeline": "experiments.pipeline", "TeacherSpec": "train.teacher",
     "TrainConfig": "config", "DataConfig": "config", "DistillConfig": "config", "ViewConfig": "config",

@@ -290,6 +290,8 @@ class DumpConfig:
     ignore_labels: bool = False  # --no-labels: every row unlabelled, its id hashes -1
     class_names: tuple[str, ...] | None = None  # a factory teacher's classes, for data without labels
     normalize: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # your Dataset's uint8 images: (mean, std)
+    codec: str | None = None  # "lowrank[:rank=R][,dtype=D]": low-rank codes instead of logits (kdcache.cache.lowrank)
+    kl_budget: float | None = None  # lowrank without a rank: the smallest rank meeting it (None: DEFAULT_KL_BUDGET)
 
     def __post_init__(self) -> None:
         _choice("precision", self.precision, PRECISIONS)

@@ -422,3 +422,23 @@ def test_folder_benchmark_smoke(tmp_path):
     assert rss["a_rss_mb"] > 0 and rss["b_rss_mb"] > 0 and isinstance(rss["met"], bool)
     assert rss["a_runs"][0]["rows"] == 10 and rss["b_runs"][0]["rows"] == 60  # a quarter of each class, then all
     assert "dump-logits" in format_table(result)
+
+
+def test_lowrank_benchmark_smoke(tmp_path):
+    """benchmarks.lowrank end to end at a tiny scale on the 512-input teacher: caches, basis, KL table (every codec
+    at its bytes), students from decoded low-rank rows and from top-k rows, and the summary."""
+    import json
+
+    from benchmarks.lowrank import main
+
+    out = tmp_path / "out"
+    common = ["--out", str(out), "--smoke", "--teacher", "b", "--epochs", "1", "--rows", "500", "--T", "2",
+              "--seeds", "0", "--conditions", "lowrank-48 int8", "top-10 spread", "labels only"]
+    main(["prepare", *common])
+    main(["run", *common])
+    main(["summarize", *common, "--result", str(tmp_path / "r.json")])
+    r = json.loads((tmp_path / "r.json").read_text())["teachers"]["b"]
+    assert [s["condition"] for s in r["students"]] == ["labels only", "top-10 spread", "lowrank-48 int8"]
+    kl = {row["codec"]: row for row in r["prepared"]["kl_heldout"] if "T" not in row}
+    assert kl["lowrank-48 int8"]["target_bytes"] == 52 and kl["lowrank-64 int8"]["kl_T1"] <= kl["lowrank-8 int8"]["kl_T1"]
+    assert r["prepared"]["teacher"]["arch"] == "mlp-512-32-1000" and r["prepared"]["sizes"]

@@ -145,7 +145,7 @@ def test_jobs_take_their_configuration_as_objects():
 
     import kdcache
 
-    jobs = ("train_teacher", "train_student", "evaluate_checkpoint", "dump_logits", "verify_cache", "run_pipeline",
+    jobs = ("train_teacher", "train_student", "evaluate_checkpoint", "dump_logits", "verify_cache", "compress_cache", "run_pipeline",
             "run_sweep", "cache_info")
     counts = {name: len(inspect.signature(getattr(kdcache, name)).parameters) for name in jobs}
     assert {name: n for name, n in counts.items() if n > 8} == {}, counts

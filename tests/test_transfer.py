@@ -376,3 +376,18 @@ def test_transfer_rows_replay_their_own_stored_views(world, tmp_path, monkeypatc
     assert seen == 100 + FOLDER_IMAGES
     assert_error(student(world, "--cache", lab, "--transfer", world.unl, "--transfer-data-dir", world.folder, ok=False,
                          limit=100), "holds full logits", "same --top-k, --views and --augment")
+
+
+def test_lowrank_caches_serve_as_cache_and_transfer_set(world, tmp_path):
+    """Low-rank rows are read as decoded logits, so they join full ones: either cache may be low-rank."""
+    from kdcache.jobs.compress import compress_cache
+
+    lab, unl = tmp_path / "lab-lr.h5", tmp_path / "unl-lr.h5"
+    compress_cache(world.lab, lab, rank=5)
+    compress_cache(world.unl, unl, rank=5)
+    for cache, transfer in ((lab, unl), (world.lab, unl)):
+        r = student(world, "--cache", cache, "--transfer", transfer, "--transfer-data-dir", world.folder)
+        assert "200 labelled + 40 unlabelled rows" in r.output.splitlines()[-1]
+        (t,) = checkpoint_config(world.dir / "s.pt")["transfer"]
+        with open_cache(unl) as c:
+            assert t["content_sha256"] == c.meta.content_sha256 and t["rows"] == 40

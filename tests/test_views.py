@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import assert_error, cache_attrs, make_image_data, run_cli
 
-from kdcache.cache import SCHEMA_VERSION, open_cache, write_cache
+from kdcache.cache import VIEWS_SCHEMA_VERSION, open_cache, write_cache
 from kdcache.cache.targets import TopK, as_tensors
 from kdcache.config import DataConfig, DistillConfig, RunOptions, TrainConfig, ViewConfig
 from kdcache.data.augment import ShiftFlip, view_record
@@ -65,7 +65,7 @@ def fp32_close(got: torch.Tensor, ref: torch.Tensor) -> None:
 def test_layout_and_attributes_match_the_format_document(views_cache, fmnist):
     with h5py.File(views_cache, "r") as f:
         assert f["logits"].shape == (N, V, 10) and f["view_params"].shape == (N, V, 3)
-        assert f["view_params"].dtype == np.float32 and f.attrs["schema_version"] == SCHEMA_VERSION
+        assert f["view_params"].dtype == np.float32 and f.attrs["schema_version"] == VIEWS_SCHEMA_VERSION
         assert f.attrs["num_views"] == V and f.attrs["view_policy"] == "shift-flip"
         record = json.loads(f.attrs["view_policy_json"])
         params = f["view_params"][:]

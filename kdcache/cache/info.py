@@ -105,6 +105,9 @@ def cache_info(path: str | os.PathLike, temperatures: tuple[float, ...] = INFO_T
         "mean_tail_mass": ({f"{t:g}": float(s / (n * (views if meta.has_views else 1)))
                             for t, s in zip(temperatures, tail_sums)} if meta.topk else None),
         "max_entropy_nats": math.log(meta.num_classes),
+        "codec": "lowrank" if meta.targets == "lowrank" else None,
+        "lowrank_rank": meta.lowrank_rank or None, "lowrank_code_dtype": meta.lowrank_code_dtype,
+        "lowrank_kl": meta.lowrank_kl,
     }
 
 
@@ -115,6 +118,9 @@ def format_info(info: dict[str, Any]) -> str:
     entropy = ", ".join(f"T={t}: {h:.3f}" for t, h in info["mean_entropy_nats"].items())
     kind = (f"top-{info['topk']} of {info['num_classes']} raw logits per row + the tail's log-sum-exp (T=1, 2) and mean"
             if info["targets"] == "topk" else "raw (not divided by T)")
+    if info.get("codec") == "lowrank":
+        kind = (f"decoded from low-rank codes: rank {info['lowrank_rank']} {info['lowrank_code_dtype']} per row "
+                "+ one basis, raw (not divided by T)")
     lines = [
         ("cache", f"{info['path']} ({info['bytes'] / 1e6:.2f} MB on disk)"),
         ("format", f"{info['format']} schema {info['schema_version']}, "
@@ -153,6 +159,16 @@ def format_info(info: dict[str, Any]) -> str:
                      + ("; top-k rows rebuilt with the tail's mass spread evenly" if info["topk"] else "")),
         ("content", f"sha256 {info['content_sha256'] or '(not stored: schema 1.0)'}"),
     ]
+    if info.get("codec") == "lowrank":
+        rec = info.get("lowrank_kl") or {}
+        kl = rec.get("kl") or {}
+        measured = (f"mean KL(p_T || rebuilt_T) on {rec.get('heldout_rows')} held-out rows: "
+                    + ", ".join(f"T={t}: {v:.2g}" for t, v in kl.items())
+                    + (f"; rank chosen for the budget {rec.get('budget'):g}" if rec.get("rank_chosen_by") == "budget"
+                       else "; rank stated")) if kl \
+            else "KL not recorded"
+        lines.insert(-1, ("codec", f"lowrank, rank {info['lowrank_rank']}, {info['lowrank_code_dtype']} codes; "
+                                   + measured))
     if info.get("mean_tail_mass"):
         tail = ", ".join(f"T={t}: {100 * m:.2f}%" for t, m in info["mean_tail_mass"].items())
         lines.insert(-1, ("tail", f"the {info['num_classes'] - info['topk']} classes not kept hold on average {tail} of "

@@ -11,6 +11,7 @@ from typing import Any, Iterator, Sequence
 import h5py
 import numpy as np
 
+from kdcache.cache import lowrank as _lowrank
 from kdcache.cache.schema import (
     DATASETS,
     FORMAT_NAME,
@@ -96,7 +97,8 @@ class LogitCache:
     def __repr__(self) -> str:
         m = self.meta
         views = f", {m.num_views} views ({m.view_policy['name']})" if m.has_views else ""
-        kind = f"top-{m.topk}" if m.targets == "topk" else "logits"
+        kind = f"top-{m.topk}" if m.targets == "topk" else \
+            f"low-rank {m.lowrank_rank} {m.lowrank_code_dtype} codes of" if m.targets == "lowrank" else "logits"
         return (f"LogitCache({str(self.path)!r}, {m.num_samples} rows x {m.num_classes} classes, {kind} "
                 f"{m.logits_dtype}{views}, {m.dataset}/{m.split}, teacher {m.teacher_arch})")
 
@@ -119,19 +121,34 @@ class LogitCache:
 
     @property
     def kind(self) -> str:
-        return self.meta.targets
+        """What ``read`` returns: 'logits' (dense rows; a low-rank cache's are decoded) or 'topk' (a TopK).
+
+        ``meta.targets`` says what is stored ('logits', 'topk' or 'lowrank').
+        """
+        return "logits" if self.meta.targets == "lowrank" else self.meta.targets
+
+    @cached_property
+    def basis(self) -> "_lowrank.Basis":
+        """A low-rank cache's basis (read once, checked: shapes, finite, orthonormal rows; CacheError if corrupt)."""
+        if self.meta.targets != "lowrank":
+            raise CacheError(f"{self.path} holds {self.meta.targets} targets, not low-rank codes")
+        basis = _lowrank.Basis(self._read("lowrank_mean", slice(None)), self._read("lowrank_components", slice(None)))
+        _lowrank.check_basis(basis, self.path)
+        return basis
 
     @property
     def chunk_rows(self) -> int:
         """Rows per HDF5 chunk of the target datasets: a block read of this many rows is one chunk read."""
-        ds = self.file[TARGET_DATASETS[self.kind][0]]
+        ds = self.file[TARGET_DATASETS[self.meta.targets][0]]
         return int(ds.chunks[0]) if ds.chunks else 65536
 
     def target_bytes(self, as_float32: bool = True) -> int:
         """Bytes the targets of every row take in memory (as float32 values, or as stored)."""
         m = self.meta
         per = m.num_views * ((m.topk * (4 + 8) + 12) if m.topk else m.num_classes * 4)
-        if not as_float32:
+        if not as_float32 and m.targets == "lowrank":
+            per = m.num_views * _lowrank.code_bytes(m.lowrank_rank, m.lowrank_code_dtype)
+        elif not as_float32:
             ids = np.dtype(class_id_dtype(m.num_classes)).itemsize
             per = m.num_views * ((m.topk * (np.dtype(m.logits_dtype).itemsize + ids) + 12) if m.topk
                                  else m.num_classes * np.dtype(m.logits_dtype).itemsize)
@@ -184,7 +201,7 @@ class LogitCache:
         ``check`` refuses NaN/Inf and implausible logits, naming the row.
         """
         sel, order = _selection(rows, self.meta.num_samples)
-        arrays = {name: self._read(name, sel) for name in TARGET_DATASETS[self.kind]}
+        arrays = {name: self._read(name, sel) for name in TARGET_DATASETS[self.meta.targets]}
         if order is not None:
             arrays = {k: v[order] for k, v in arrays.items()}
         if not check:
@@ -198,9 +215,20 @@ class LogitCache:
 
     def read_span(self, start: int, stop: int, out: np.ndarray | None = None) -> Targets:
         """Rows ``start:stop`` in one read per dataset (``out``: a buffer for full logits, saves a copy)."""
-        arrays = {name: self._read(name, np.s_[start:stop], out=out if self.kind == "logits" else None)
-                  for name in TARGET_DATASETS[self.kind]}
-        return self._targets(arrays, None, start)
+        stored = self.meta.targets
+        arrays = {name: self._read(name, np.s_[start:stop], out=out if stored == "logits" else None)
+                  for name in TARGET_DATASETS[stored]}
+        targets = self._targets(arrays, None, start)
+        if stored == "lowrank" and out is not None:
+            out[...] = targets
+            return out
+        return targets
+
+    def read_codes(self, start: int, stop: int) -> "_lowrank.Codes":
+        """Rows ``start:stop`` of a low-rank cache as stored (not decoded): for copying them into another cache."""
+        if self.meta.targets != "lowrank":
+            raise CacheError(f"{self.path} holds {self.meta.targets} targets, not low-rank codes")
+        return _lowrank.Codes(self._read("lowrank_codes", np.s_[start:stop]), self._read("lowrank_scales", np.s_[start:stop]))
 
     def _targets(self, arrays: dict[str, np.ndarray], views: np.ndarray | None, rows: Any) -> Targets:
         if views is not None:
@@ -209,6 +237,8 @@ class LogitCache:
             v = np.asarray(views, dtype=np.int64)
             arrays = {k: np.take_along_axis(a, v.reshape(-1, 1, *([1] * (a.ndim - 2))), axis=1)[:, 0]
                       for k, a in arrays.items()}
+        if self.meta.targets == "lowrank":
+            return self._decode(arrays, rows)
         values = arrays["logits" if self.kind == "logits" else "topk_logits"]
         if rows is not None:
             check_values("logits" if self.kind == "logits" else "topk_logits", values, rows, self.path)
@@ -223,6 +253,24 @@ class LogitCache:
                              f"the cache is corrupt, {REDUMP}")
         return TopK(values, classes, arrays["tail_logsumexp"], arrays["tail_mean"], self.num_classes,
                     arrays["tail_logsumexp_t2"])
+
+    def _decode(self, arrays: dict[str, np.ndarray], rows: Any, block: int = 8192) -> np.ndarray:
+        """Low-rank codes -> float32 logits (n, [V,] C), a block of rows at a time (2·r·C FLOPs a row)."""
+        codes, scales = arrays["lowrank_codes"], arrays["lowrank_scales"]
+        if rows is not None and not (np.isfinite(scales).all() and (codes.dtype == np.int8 or np.isfinite(codes).all())):
+            bad = ~(np.isfinite(scales).reshape(len(scales), -1).all(1) & np.isfinite(codes.astype(np.float32))
+                    .reshape(len(codes), -1).all(1))
+            i = int(np.flatnonzero(bad)[0])
+            row = rows + i if isinstance(rows, (int, np.integer)) else int(rows[i])
+            raise CacheError(f"{self.path}: /lowrank_codes or /lowrank_scales row {row} holds NaN/Inf; the cache is "
+                             f"corrupt, {REDUMP}")
+        basis = self.basis.as_tensors()
+        out = np.empty((*codes.shape[:-1], self.num_classes), dtype=np.float32)
+        for s in range(0, len(codes), block):
+            out[s:s + block] = _lowrank.decode(codes[s:s + block], scales[s:s + block], basis).numpy()
+        if rows is not None:
+            check_values("logits", out, rows, self.path)
+        return out
 
     def read_view_params(self, rows: slice | np.ndarray | None = None) -> np.ndarray:
         """(n, V, P) float32 parameters of the stored views of ``rows``."""
@@ -242,7 +290,7 @@ class LogitCache:
     def chunk_byte_ranges(self, start: int, stop: int) -> list[tuple[int, int]]:
         """(file offset, size) of the chunks holding rows ``start:stop`` of the targets (for readahead hints)."""
         out = []
-        for name in TARGET_DATASETS[self.kind]:
+        for name in TARGET_DATASETS[self.meta.targets]:
             ds = self.file[name]
             chunk = ds.chunks[0]
             for r in range(start // chunk * chunk, stop, chunk):
@@ -350,7 +398,8 @@ class LogitCache:
     def scan(self) -> "ScanResult":
         """Read every chunk of every dataset once: checksum failures, bad values, and the content hash recomputed."""
         r = ScanResult()
-        value_name = TARGET_DATASETS[self.kind][0]
+        value_name = TARGET_DATASETS[self.meta.targets][0] if self.meta.targets != "lowrank" else None  # decoded rows
+        # of a low-rank cache are checked by kdcache.verify
         for name in sorted(self.file.keys()):
             ds = self.file[name]
             if name not in DATASETS:

@@ -15,14 +15,17 @@ import h5py
 import numpy as np
 import torch
 
+from kdcache.cache.lowrank import CODE_DTYPES  # storage dtypes of /lowrank_codes
 from kdcache.config import LOGIT_DTYPES
 from kdcache.errors import CacheError
 
 FORMAT_NAME = "kdcache-logits"
 SHARD_FORMAT = "kdcache-shard"  # a part of a cache written by one rank of a distributed dump; never trained from
-SCHEMA_VERSION = "2.0"  # MAJOR.MINOR this code reads and writes; readers refuse a newer major, accept any minor
+SCHEMA_VERSION = "3.0"  # the newest MAJOR.MINOR this code reads and writes; readers refuse a newer major, accept any minor
+VIEWS_SCHEMA_VERSION = "2.0"  # written for top-k caches and caches with views, which kdcache 2.x can still read
 PLAIN_SCHEMA_VERSION = "1.1"  # written for full single-view caches, which kdcache 1.x can still read
-TARGET_KINDS = ("logits", "topk")
+LOWRANK_SCHEMA_VERSION = SCHEMA_VERSION  # low-rank caches: a new targets kind, so a new major (2.x readers refuse it)
+TARGET_KINDS = ("logits", "topk", "lowrank")
 MAX_ABS_LOGIT = 1e4  # |z| above this is no teacher's output but a corrupt value or a broken teacher
 REDUMP = "re-create it with dump-logits, or fetch it again"
 
@@ -49,10 +52,19 @@ DATASETS: dict[str, DatasetSpec] = {
                                                                      "(-inf when k = C)"),
     "view_params": DatasetSpec("float32", "(N, V, P)", "views", "parameters of each stored view (view_policy_json "
                                                                 "names the P columns)"),
+    "lowrank_mean": DatasetSpec("float32", "(C,)", "lowrank", "mean raw logit of each class over the rows the basis "
+                                                               "was fitted on"),
+    "lowrank_components": DatasetSpec("float32", "(r, C)", "lowrank", "the r principal directions of the centred "
+                                                                      "logits, orthonormal rows, largest first"),
+    "lowrank_codes": DatasetSpec("codes", "(N, [V, ] r)", "lowrank", "each row's code: logits = mean + (codes · "
+                                                                     "scales) @ components"),
+    "lowrank_scales": DatasetSpec("float32", "(N, [V])", "lowrank", "each row's code scale (1 for float16 codes)"),
 }
 INDEX_DATASETS = ("labels", "indices", "sample_ids")
 TARGET_DATASETS = {"logits": ("logits",),
-                   "topk": ("topk_logits", "topk_classes", "tail_logsumexp", "tail_mean", "tail_logsumexp_t2")}
+                   "topk": ("topk_logits", "topk_classes", "tail_logsumexp", "tail_mean", "tail_logsumexp_t2"),
+                   "lowrank": ("lowrank_codes", "lowrank_scales")}  # the per-row ones; the basis is per cache
+BASIS_DATASETS = ("lowrank_mean", "lowrank_components")
 
 # Root attributes every cache carries (1.x names first), with their meaning (also in docs/cache-format.md).
 ROOT_ATTRS: dict[str, str] = {
@@ -89,6 +101,9 @@ ROOT_ATTRS: dict[str, str] = {
 OPTIONAL_ATTRS: dict[str, str] = {
     "input_transform": "'' or JSON: how image files became the teacher's input (resize, centre crop, size, mode)",
     "skipped_files": "'' or JSON list of the relative paths left out as unreadable (--skip-unreadable)",
+    "lowrank_rank": "r, components of a low-rank cache's basis",
+    "lowrank_code_dtype": "'int8' or 'float16': storage dtype of /lowrank_codes",
+    "lowrank_kl_json": "JSON: mean KL(p_T || rebuilt_T) measured on held-out rows at T = 1, 2, 4, the budget, rows used",
 }
 _V1_DEFAULTS = {"targets": "logits", "topk": 0, "num_views": 1, "view_policy": "", "view_policy_json": "",
                 "num_labelled": None, "content_sha256": None}
@@ -210,6 +225,21 @@ class CacheMeta:
         return json.loads(text) if text else []
 
     @property
+    def lowrank_rank(self) -> int:
+        """r, the components of a low-rank cache's basis (0 for other caches)."""
+        return int(self.attrs.get("lowrank_rank") or 0) if self.targets == "lowrank" else 0
+
+    @property
+    def lowrank_code_dtype(self) -> str | None:
+        return str(self.attrs["lowrank_code_dtype"]) if self.targets == "lowrank" else None
+
+    @property
+    def lowrank_kl(self) -> dict[str, Any] | None:
+        """What the writer measured on held-out rows: {'kl': {T: nats}, 'budget', 'fit_rows', 'heldout_rows'}, or None."""
+        text = self.attrs.get("lowrank_kl_json") or ""
+        return json.loads(text) if text else None
+
+    @property
     def has_views(self) -> bool:
         return self.view_policy is not None
 
@@ -278,8 +308,9 @@ def meta_from(f: h5py.File, path: Path, file_format: str = FORMAT_NAME) -> Cache
         policy = json.loads(attrs["view_policy_json"]) if attrs["view_policy_json"] else None
     except (TypeError, ValueError):
         raise CacheError(f"{path}: class_names/config_json/view_policy_json attributes are not valid JSON") from None
+    rank = int(attrs["lowrank_rank"] or 0) if kind == "lowrank" else 0
     if kind not in TARGET_KINDS or not (0 <= k <= c) or (kind == "topk") != (k > 0) or views < 1 or \
-            (views > 1 and policy is None):
+            (views > 1 and policy is None) or (kind == "lowrank" and not 1 <= rank <= c):
         raise CacheError(f"{path}: inconsistent targets attributes (targets={kind!r}, topk={k}, num_views={views}); "
                          f"{REDUMP}")
     if len(class_names) != c:
@@ -288,6 +319,9 @@ def meta_from(f: h5py.File, path: Path, file_format: str = FORMAT_NAME) -> Cache
     want = {"labels": (n,), "indices": (n,), "sample_ids": (n,)}
     if kind == "logits":
         want["logits"] = (n, *lead, c)
+    elif kind == "lowrank":
+        want.update(lowrank_mean=(c,), lowrank_components=(rank, c), lowrank_codes=(n, *lead, rank),
+                    lowrank_scales=(n, *lead))
     else:
         want.update(topk_logits=(n, *lead, k), topk_classes=(n, *lead, k), tail_logsumexp=(n, *lead),
                     tail_mean=(n, *lead), tail_logsumexp_t2=(n, *lead))
@@ -299,10 +333,13 @@ def meta_from(f: h5py.File, path: Path, file_format: str = FORMAT_NAME) -> Cache
         ds, spec = f[name], DATASETS[name]
         if ds.shape != shape:
             raise CacheError(f"{path}: /{name} has shape {ds.shape}, expected {shape}")
-        ok = LOGIT_DTYPES if spec.dtype == "logits" else (class_id_dtype(c),) if spec.dtype == "classes" else (spec.dtype,)
+        ok = LOGIT_DTYPES if spec.dtype == "logits" else (class_id_dtype(c),) if spec.dtype == "classes" else \
+            (str(attrs["lowrank_code_dtype"]),) if spec.dtype == "codes" else (spec.dtype,)
+        if spec.dtype == "codes" and ok[0] not in CODE_DTYPES:
+            raise CacheError(f"{path}: lowrank_code_dtype {ok[0]!r} is not one of {', '.join(CODE_DTYPES)}; {REDUMP}")
         if str(ds.dtype) not in ok:
             raise CacheError(f"{path}: /{name} has dtype {ds.dtype}, expected {' or '.join(ok)}")
-    values = f["logits" if kind == "logits" else "topk_logits"]
+    values = f[{"logits": "logits", "topk": "topk_logits", "lowrank": "lowrank_mean"}[kind]]
     return CacheMeta(
         path=path, schema_version=version, num_samples=n, num_classes=c, dataset=str(attrs["dataset"]),
         split=str(attrs["split"]), dataset_num_samples=int(attrs["dataset_num_samples"]),

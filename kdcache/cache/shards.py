@@ -169,7 +169,8 @@ def assemble(out: Path, parts: list[Path], num_rows: int, writer_opts: Mapping[s
                 for s in range(0, len(c), c.chunk_rows):
                     e = min(s + c.chunk_rows, len(c))
                     targets = c.read_span(s, e)
-                    w.write(first + s, targets, labels[s:e], indices[s:e], ids[s:e],
+                    stored = c.read_codes(s, e) if c.meta.targets == "lowrank" else targets  # codes copied as they are
+                    w.write(first + s, stored, labels[s:e], indices[s:e], ids[s:e],
                             view_params=c.read_view_params(slice(s, e)) if views else None)
                     agree += _hits(targets, labels[s:e])
     with open_cache(out) as c:

@@ -189,7 +189,10 @@ class LogitStream(IterableDataset):
         if e - s == span:  # every row of the block is wanted: read straight into ``out``
             targets = cache.read_span(first, last + 1, out=None if out is None else out[:span])
         else:  # the block has rows nobody asked for: read it whole, keep the wanted ones
-            targets = cache.read_span(first, last + 1)[self.rows[s:e] - first]
+            if cache.meta.targets == "lowrank":  # (low-rank: pick the wanted rows' codes, decode only those)
+                targets = cache.read(self.rows[s:e])
+            else:
+                targets = cache.read_span(first, last + 1)[self.rows[s:e] - first]
             if out is not None:
                 out[:len(targets)] = targets
                 targets = out[:len(targets)]

@@ -12,13 +12,15 @@ from typing import Any, Mapping
 import h5py
 import numpy as np
 
+from kdcache.cache import lowrank as _lowrank
 from kdcache.cache.schema import (
     FORMAT_NAME,
     INDEX_DATASETS,
     LOGIT_DTYPES,
+    LOWRANK_SCHEMA_VERSION,
     PLAIN_SCHEMA_VERSION,
     ROOT_ATTRS,
-    SCHEMA_VERSION,
+    VIEWS_SCHEMA_VERSION,
     _to_numpy,
     check_values,
     chunk_rows_for,
@@ -45,13 +47,27 @@ class CacheWriter:
     ``topk`` > 0 stores the top-k encoding (dense logits given to ``write`` are encoded);
     ``view_policy`` (a JSON-able dict with ``param_names``) with ``num_views`` stores V views
     per row: ``write`` then takes logits (n, V, C) and ``view_params`` (n, V, P).
+    ``basis`` (kdcache.cache.lowrank.Basis) stores low-rank codes of ``code_dtype`` instead: the
+    basis once, dense logits given to ``write`` encoded per row; ``lowrank_info`` (a JSON-able
+    dict: the KL measured on held-out rows, the budget) is kept as ``lowrank_kl_json``.
     """
 
     def __init__(self, path: str | os.PathLike, *, num_samples: int, num_classes: int, attrs: Mapping[str, Any],
                  dtype: str = "float32", topk: int = 0, num_views: int = 1, view_policy: Mapping[str, Any] | None = None,
                  overwrite: bool = False, chunk_rows: int | None = None, compression: str | None = None,
-                 file_format: str = FORMAT_NAME):
+                 file_format: str = FORMAT_NAME, basis: "_lowrank.Basis | None" = None, code_dtype: str = "int8",
+                 lowrank_info: Mapping[str, Any] | None = None):
         self.path = Path(path)
+        if basis is not None:
+            if topk:
+                raise CacheError("a cache holds top-k or low-rank targets, not both")
+            if code_dtype not in _lowrank.CODE_DTYPES:
+                raise ConfigError(f"code dtype {code_dtype!r} cannot hold low-rank codes; choose one of "
+                                  f"{', '.join(_lowrank.CODE_DTYPES)}")
+            if basis.num_classes != num_classes:
+                raise CacheError(f"internal: a basis of {basis.num_classes} classes for a cache of {num_classes}")
+            _lowrank.check_basis(basis, self.path)
+            dtype = "float32"  # what the codes decode to
         if dtype not in LOGIT_DTYPES:
             raise CacheError(f"unsupported logits dtype {dtype!r}; choose one of: {', '.join(LOGIT_DTYPES)}")
         if num_samples < 1 or num_classes < 2:
@@ -65,12 +81,15 @@ class CacheWriter:
         if self.path.exists() and not overwrite:
             raise CacheError(f"{self.path} already exists; pass --overwrite to replace it")
         self.num_samples, self.num_classes, self.dtype, self.topk = num_samples, num_classes, dtype, topk
-        self.kind = "topk" if topk else "logits"
+        self.kind = "lowrank" if basis is not None else "topk" if topk else "logits"
+        self.basis, self.code_dtype = basis, code_dtype
+        self.lowrank_info = dict(lowrank_info) if lowrank_info is not None else None
         self.view_policy = dict(view_policy) if view_policy is not None else None
         self.num_views = num_views
         self.lead = (num_views,) if self.view_policy is not None else ()  # the views axis, when there is one
         self.param_width = len(self.view_policy["param_names"]) if self.view_policy is not None else 0
-        row_bytes = int(np.prod(self.lead or (1,))) * (topk or num_classes) * np.dtype(dtype).itemsize
+        row_bytes = int(np.prod(self.lead or (1,))) * (
+            basis.rank * np.dtype(code_dtype).itemsize if basis is not None else (topk or num_classes) * np.dtype(dtype).itemsize)
         self.chunk_rows = chunk_rows or chunk_rows_for(row_bytes, num_samples)
         self.compression = compression  # None (default, see docs/cache-format.md) or "gzip" for measurements
         self.attrs, self.file_format = caller_attrs(attrs, num_classes), file_format
@@ -82,6 +101,9 @@ class CacheWriter:
 
     def estimated_bytes(self) -> int:
         """About how big the finished file will be (for a free-space check before writing)."""
+        if self.kind == "lowrank":
+            per_row = 24 + self.num_views * (_lowrank.code_bytes(self.basis.rank, self.code_dtype) + 4 * self.param_width)
+            return self.num_samples * per_row + self.basis.components.nbytes + (1 << 20)
         per_row = 24 + int(np.prod(self.lead or (1,))) * (
             (self.topk * (np.dtype(self.dtype).itemsize + np.dtype(class_id_dtype(self.num_classes)).itemsize) + 12)
             if self.topk else self.num_classes * np.dtype(self.dtype).itemsize) + 4 * self.num_views * self.param_width
@@ -92,6 +114,9 @@ class CacheWriter:
         shapes = {"labels": ((n,), "int64"), "indices": ((n,), "int64"), "sample_ids": ((n,), "uint64")}
         if self.kind == "logits":
             shapes["logits"] = ((n, *lead, self.num_classes), self.dtype)
+        elif self.kind == "lowrank":
+            shapes.update(lowrank_codes=((n, *lead, self.basis.rank), self.code_dtype),
+                          lowrank_scales=((n, *lead), "float32"))
         else:
             shapes.update(topk_logits=((n, *lead, k), self.dtype), topk_classes=((n, *lead, k), class_id_dtype(self.num_classes)),
                           tail_logsumexp=((n, *lead), "float32"), tail_mean=((n, *lead), "float32"),
@@ -113,6 +138,11 @@ class CacheWriter:
                     name, shape=shape, dtype=dtype, chunks=(rows, *shape[1:]), fletcher32=True,
                     compression=None if name in INDEX_DATASETS else self.compression)
                 self._hashes[name] = hashlib.sha256()
+            if self.basis is not None:  # once per cache, whole (one chunk each), checksummed and hashed like the rows
+                for name, arr in (("lowrank_mean", self.basis.mean), ("lowrank_components", self.basis.components)):
+                    arr = np.ascontiguousarray(arr, dtype=np.float32)
+                    self._f.create_dataset(name, data=arr, chunks=arr.shape, fletcher32=True)
+                    self._hashes[name] = hashlib.sha256(arr.astype("<f4", copy=False).tobytes())
         except BaseException as e:
             self._abandon()
             self._raise_storage_error(e)
@@ -154,6 +184,18 @@ class CacheWriter:
         self._next = stop
 
     def _target_arrays(self, targets: Targets) -> dict[str, np.ndarray]:
+        if self.kind == "lowrank":
+            if isinstance(targets, _lowrank.Codes):  # already encoded with this basis (assembling shards)
+                if targets.codes.dtype != np.dtype(self.code_dtype) or targets.codes.shape[-1] != self.basis.rank:
+                    raise CacheError(f"internal: {targets.codes.dtype} codes of rank {targets.codes.shape[-1]} given "
+                                     f"to a cache of rank {self.basis.rank} {self.code_dtype} codes")
+                return {"lowrank_codes": targets.codes, "lowrank_scales": targets.scales}
+            if isinstance(targets, TopK):
+                raise CacheError("a top-k row cannot be encoded as a low-rank code: the other classes' logits are gone")
+            z = _to_numpy(targets).astype(np.float32, copy=False)
+            check_values("logits", z, self._next, self.path)
+            codes, scales = _lowrank.encode(z, self.basis, self.code_dtype)
+            return {"lowrank_codes": codes, "lowrank_scales": scales}
         if self.kind == "logits":
             if isinstance(targets, TopK):
                 raise CacheError("internal: a full-logit cache was given top-k targets")
@@ -229,7 +271,8 @@ class CacheWriter:
         plain = self.kind == "logits" and self.view_policy is None
         root = {
             "format": self.file_format,
-            "schema_version": PLAIN_SCHEMA_VERSION if plain else SCHEMA_VERSION,
+            "schema_version": PLAIN_SCHEMA_VERSION if plain else LOWRANK_SCHEMA_VERSION if self.kind == "lowrank"
+            else VIEWS_SCHEMA_VERSION,
             "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "num_samples": self.num_samples, "num_classes": self.num_classes, "logits_dtype": self.dtype,
             "targets": self.kind, "topk": self.topk, "num_views": self.num_views,
@@ -239,6 +282,9 @@ class CacheWriter:
             "content_sha256": content_hash({k: h.hexdigest() for k, h in self._hashes.items()}),
             **{k: v for k, v in a.items() if k != "extra_config"},
         }
+        if self.kind == "lowrank":
+            root.update(lowrank_rank=self.basis.rank, lowrank_code_dtype=self.code_dtype,
+                        lowrank_kl_json=json.dumps(self.lowrank_info, sort_keys=True) if self.lowrank_info else "")
         config = dict(root, **({"teacher_config": a["extra_config"]} if "extra_config" in a else {}))
         for key, value in root.items():
             if key == "class_names":

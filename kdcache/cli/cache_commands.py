@@ -60,6 +60,12 @@ from kdcache.errors import ConfigError
                    "exact log-sum-exp at T=1 and T=2, their mean): for many classes, e.g. 1,000 classes at K=10 takes "
                    "76 bytes a row instead of 2,024 with float16 logits. Students train from it at any --T; what "
                    "that costs: docs/cache-format.md, Top-k caches.")
+@click.option("--codec", default=None, metavar="lowrank[:rank=R][,dtype=D]",
+              help="Store low-rank codes: the teacher first runs over a sample of rows, a PCA basis is fitted on "
+                   "them, then every row is coded with it (1,000 classes at rank 64 int8: 92 bytes a row). Without "
+                   "rank=R the smallest rank meeting --kl-budget. docs/cache-format.md, Low-rank caches.")
+@click.option("--kl-budget", type=float, default=None,
+              help="With --codec lowrank: the largest mean KL(p_T || rebuilt_T) allowed at T = 1, 2, 4 (default 0.01).")
 @click.option("--views", type=click.IntRange(min=1), default=1, show_default=True,
               help="Augmented views stored per image (with --augment): each view's parameters and the teacher's logits.")
 @click.option("--augment", default=None, metavar="POLICY", help=AUGMENT_HELP)
@@ -108,6 +114,8 @@ def dump_logits_cmd(teacher: str | None, out: str, quiet: bool, class_names_file
     shown = f" x {r['views']} views" if views.augment else ""
     agreement = r["teacher_label_agreement"]
     what = f"top-{r['topk']} of {r['num_classes']}" if r["topk"] else f"{r['num_classes']}"
+    if "lowrank_rank" in r:
+        what = f"rank-{r['lowrank_rank']} codes of {r['num_classes']}"
     ranks = (f"; {r['world_size']} ranks: {r['shards_written']} shard(s) written, {r['shards_reused']} reused, "
              f"assembled in {r['assemble_seconds']:.1f}s") if "world_size" in r else ""
     summary(quiet, f"cached {r['rows']}{shown} x {what} {r['dtype']} logits, teacher at "
@@ -167,3 +175,36 @@ def verify_cmd(cache: str, teacher: str | None, teacher_factory: str | None, wei
         summary(quiet or as_json, f"{cache}: verified, {sum(c.status == 'ok' for c in r.checks)} checks passed")
     else:
         sys.exit(1)
+
+
+@main.command("compress")
+@click.argument("cache", type=click.Path(dir_okay=False))
+@click.option("--codec", default="lowrank", show_default=True, metavar="lowrank[:rank=R][,dtype=D]",
+              help="Low-rank codes: one PCA basis per cache, R numbers a row (int8 with a per-row scale, or float16). "
+                   "Without rank=R the smallest rank meeting --kl-budget on held-out rows.")
+@click.option("--kl-budget", type=float, default=None,
+              help="Largest mean KL(p_T || rebuilt_T), in nats, allowed at T = 1, 2 and 4 on held-out rows "
+                   "(default: kdcache.cache.lowrank.DEFAULT_KL_BUDGET, 0.01).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Low-rank cache to write (.h5).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
+@quiet_option
+def compress_cmd(cache: str, codec: str, kl_budget: float | None, out: str, overwrite: bool, quiet: bool) -> None:
+    """Write CACHE (full logits) as a compact low-rank cache, read as logits at any T.
+
+    It trains like the full cache only where the teacher's logits are close to low-rank:
+    measured in docs/results/lowrank.md.
+
+    \b
+    e.g. kdcache compress full.h5 --out small.h5               # rank for the KL budget
+         kdcache compress full.h5 --codec lowrank:rank=64 --out small.h5
+    """
+    from kdcache.cache.lowrank import DEFAULT_KL_BUDGET, parse_codec
+    from kdcache.jobs.compress import compress_cache, describe_kl
+
+    c = parse_codec(codec)
+    r = compress_cache(cache, out, rank=c["rank"], code_dtype=c["dtype"], overwrite=overwrite,
+                       kl_budget=DEFAULT_KL_BUDGET if kl_budget is None else kl_budget)
+    how = f"for KL budget {r['budget']:g}" if r["rank_chosen_by"] == "budget" else "as stated"
+    summary(quiet, f"compressed {r['rows']} rows x {r['num_classes']} classes to rank {r['rank']} {r['code_dtype']} "
+                   f"codes ({how}; held-out {describe_kl(r['kl'])}) in {r['seconds']:.1f}s -> {r['cache']} "
+                   f"({r['bytes'] / 1e6:.1f} MB, {r['source_bytes'] / max(r['bytes'], 1):.1f}x smaller)")

@@ -132,11 +132,25 @@ def dump_logits(teacher: "str | os.PathLike | torch.nn.Module | TeacherSpec | No
     values are bit-identical to a one-process dump on the same kind of device with the same
     kernels (same CPU type, torch build and threads per process); across different hardware
     they agree within verify's tolerance.
+
+    ``dump.codec`` "lowrank[:rank=R][,dtype=D]" writes low-rank codes (docs/cache-format.md, "Low-rank
+    caches"): the teacher first runs over a fixed sample of rows, a basis is fitted on them (rank
+    R, or the smallest meeting ``dump.kl_budget`` on held-out rows; under torchrun rank 0 fits and
+    broadcasts it), then every row is coded with it as it streams.
     """
     split, batch_size, device, precision, topk = dump.split, dump.batch_size, dump.device, dump.precision, dump.topk
     limit, workers, view_seed, include_original = data_cfg.limit, data_cfg.workers, views.seed, views.include_original
     augment, overwrite, reuse, progress = views.augment, run.overwrite, run.reuse, run.progress
     out = Path(out)
+    lowrank, kl_budget = None, dump.kl_budget
+    if dump.codec is not None:
+        from kdcache.cache.lowrank import DEFAULT_KL_BUDGET, parse_codec
+
+        lowrank = parse_codec(dump.codec)
+        if topk is not None or dump.dtype is not None:
+            raise ConfigError("--codec lowrank stores low-rank codes: leave out --top-k and --dtype (the codes' dtype is "
+                              "--codec lowrank:dtype=int8|float16)")
+        kl_budget = DEFAULT_KL_BUDGET if kl_budget is None else kl_budget
     check_topk(topk)  # before anything is loaded; the upper bound once the data's classes are known
     dtype = storage_dtype(dump.dtype, topk)
     precision = resolve_precision(precision, resolve_device(device))  # the cache records fp32 or bf16, never auto
@@ -174,6 +188,8 @@ def dump_logits(teacher: "str | os.PathLike | torch.nn.Module | TeacherSpec | No
         loaded.model.to(memory_format=torch.channels_last)
     record = None if policy is None else view_record(policy, include_original=include_original, seed=view_seed)
     request = dump_request(loaded, info, len(data), precision, dtype, num_views, record, topk)
+    if lowrank is not None:  # a stated rank is part of the request; a chosen one is not known yet (never reused)
+        request.update(targets="lowrank", lowrank_rank=lowrank["rank"], lowrank_code_dtype=lowrank["dtype"])
     if reuse and out.exists():
         try:
             meta = read_meta(out)
@@ -209,6 +225,24 @@ def dump_logits(teacher: "str | os.PathLike | torch.nn.Module | TeacherSpec | No
         return agree
 
     t0 = time.perf_counter()
+    if lowrank is not None:
+        from kdcache.jobs.compress import basis_for_dump
+
+        def logits_of_rows(rows: Any) -> Any:
+            """The teacher's logits (n, [V,] C) of dataset rows ``rows``, as write_rows computes them."""
+            spans = [torch.from_numpy(rows[i:i + batch_size]) for i in range(0, len(rows), batch_size)]
+            parts = []
+            for span, images in zip(spans, image_batches(data.images, spans, workers=workers)):
+                if policy is None:
+                    parts.append(loaded.logits(images, dev, precision))
+                else:
+                    params = sample_views(policy, data.indices[span].numpy(), num_views, view_seed, info.image_size,
+                                          include_original)
+                    parts.append(loaded.view_logits(images, torch.from_numpy(params), policy, dev, precision))
+            return torch.cat(parts).float().cpu().numpy()
+
+        writer_opts.update(basis_for_dump(logits_of_rows, len(data), ctx, rank=lowrank["rank"],
+                                          code_dtype=lowrank["dtype"], kl_budget=kl_budget))
     sharded: dict[str, Any] = {}
     try:
         if ctx.distributed:
@@ -229,5 +263,7 @@ def dump_logits(teacher: "str | os.PathLike | torch.nn.Module | TeacherSpec | No
     seconds = sharded.pop("seconds", None) or time.perf_counter() - t0  # sharded: from when every rank was ready
     return {"cache": str(out), "rows": len(data), "num_classes": info.num_classes, "dtype": dtype,
             "topk": topk or 0, "seconds": seconds,
+            **({"lowrank_rank": writer_opts["basis"].rank, "lowrank_kl": writer_opts["lowrank_info"]["kl"]}
+               if lowrank is not None else {}),
             "teacher_label_agreement": agree / (data.num_labelled * num_views) if data.num_labelled else None,
             "bytes": out.stat().st_size, "views": num_views, "reused": False, "request": request, **sharded}

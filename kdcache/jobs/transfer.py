@@ -183,7 +183,9 @@ def _check_compatible(cache: LogitCache, data: ImageData, labelled: ImageData, t
         raise CacheError(f"transfer cache {p} has classes {list(m.class_names)[:4]}..., the labelled data "
                          f"{list(labelled.info.class_names)[:4]}...; a transfer set must be labelled by a teacher of "
                          "the student's classes")
-    if (m.targets, m.topk, m.num_views, _policy(m)) != (t.targets, t.topk, t.num_views, _policy(t)):
+    dense = {"lowrank": "logits"}  # low-rank rows are read as decoded logits: they join full ones
+    if (dense.get(m.targets, m.targets), m.topk, m.num_views, _policy(m)) != \
+            (dense.get(t.targets, t.targets), t.topk, t.num_views, _policy(t)):
         raise CacheError(f"transfer cache {p} holds {_kind(m)}, the --cache {teacher.path} {_kind(t)}; dump both with "
                          "the same --top-k, --views and --augment")
     if tuple(data.images.shape[1:]) != tuple(labelled.images.shape[1:]):  # (C, H, W), without reading pixels

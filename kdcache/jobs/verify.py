@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from kdcache.cache import MAX_ABS_LOGIT, LogitCache, check_readable, open_cache
+from kdcache.cache.lowrank import DEFAULT_KL_BUDGET, KL_TEMPERATURES, VERIFY_KL_FACTOR, VERIFY_KL_SLACK, mean_kl
 from kdcache.cache.schema import REDUMP
 from kdcache.cache.targets import TAIL_T2, TopK
 from kdcache.config import VERIFY_SAMPLE
@@ -115,7 +116,8 @@ def verify_cache(path: str | os.PathLike, *, dataset: str | None = None, split: 
         return report
     with cache:
         m = cache.meta
-        kind = f"top-{m.topk}" if m.topk else "full"
+        kind = f"top-{m.topk}" if m.topk else f"low-rank {m.lowrank_rank} {m.lowrank_code_dtype} codes of" \
+            if m.targets == "lowrank" else "full"
         views = f", {m.num_views} views" if m.has_views else ""
         report.add("schema", "ok", f"{m.attrs['format']} {m.schema_version}, complete, {m.num_samples} rows x "
                                    f"{m.num_classes} classes, {kind} {m.logits_dtype} logits{views}, "
@@ -161,14 +163,17 @@ def _check_scan(cache: LogitCache, report: VerifyReport) -> bool:
     if not lines:
         report.add("checksums", "ok", f"read all {sum(t for t, _ in scan.chunks.values())} chunks of "
                                       f"{len(scan.chunks)} datasets; every fletcher32 checksum matches")
-    if scan.nonfinite_rows:
+    if cache.meta.targets == "lowrank":
+        if not any(bad for _, bad in scan.chunks.values()):
+            _check_lowrank(cache, report)
+    elif scan.nonfinite_rows:
         report.add("values", "fail", f"{len(scan.nonfinite_rows)} row(s) of logits hold NaN/Inf (first: row "
                                      f"{scan.nonfinite_rows[0]}); {REDUMP} (with --dtype float32 if float16 overflowed)")
     if scan.implausible_rows:
         report.add("values", "fail", f"{len(scan.implausible_rows)} row(s) hold logits of implausible magnitude "
                                      f"(max |z| {scan.max_abs:.3g} > {MAX_ABS_LOGIT:g}; first: row "
                                      f"{scan.implausible_rows[0]}): corrupt values or a broken teacher; {REDUMP}")
-    if not (scan.nonfinite_rows or scan.implausible_rows):
+    if cache.meta.targets != "lowrank" and not (scan.nonfinite_rows or scan.implausible_rows):
         report.add("values", "ok", f"every logit is finite and plausible (max |z| {scan.max_abs:.2f})")
         if cache.kind == "topk" and not any(bad for _, bad in scan.chunks.values()):
             _check_topk_rows(cache, report)
@@ -184,6 +189,28 @@ def _check_scan(cache: LogitCache, report: VerifyReport) -> bool:
     else:
         report.add("content", "ok", f"content hash recomputed from every value matches ({stored[:16]}...)")
     return not any(bad for name, (_, bad) in scan.chunks.items() if name in ("labels", "indices", "sample_ids"))
+
+
+def _check_lowrank(cache: LogitCache, report: VerifyReport) -> None:
+    """The basis (finite, orthonormal components) and every decoded row (finite, plausible logits)."""
+    try:
+        basis = cache.basis
+    except CacheError as e:
+        report.add("basis", "fail", str(e))
+        return
+    v = basis.components.astype(np.float64)
+    off = float(np.abs(v @ v.T - np.eye(basis.rank)).max())
+    report.add("basis", "ok", f"mean ({basis.num_classes},) and {basis.rank} components finite, orthonormal "
+                              f"(max |V Vᵀ - I| {off:.1e})")
+    max_abs = 0.0
+    try:
+        for _, block in cache.blocks():
+            max_abs = max(max_abs, float(np.abs(block).max()) if block.size else 0.0)
+    except CacheError as e:
+        report.add("values", "fail", str(e))
+        return
+    report.add("values", "ok", f"every code and scale is finite; every decoded logit is finite and plausible "
+                               f"(max |z| {max_abs:.2f})")
 
 
 def _check_topk_rows(cache: LogitCache, report: VerifyReport) -> None:
@@ -278,6 +305,9 @@ def _check_teacher(cache: LogitCache, data: ImageData, spec: TeacherSpec, sample
         rows = np.repeat(rows, m.num_views)  # the row of each compared view
     else:
         fresh = torch.cat([teacher.logits(x, dev) for x in images.split(256)]).numpy()  # (k, C)
+    if m.targets == "lowrank":
+        _check_lowrank_teacher(cache, fresh, stored, rows, k, teacher.sha256 == m.teacher_sha256, report)
+        return
     base = tolerance_for(m.logits_dtype, m.teacher_precision)
     kind = "bf16 teacher" if m.teacher_precision == "bf16" else m.logits_dtype  # which tolerance applies
     tol = tolerance_bound(fresh, base)  # (k,) the same rule for full and top-k rows
@@ -308,6 +338,24 @@ def _check_teacher(cache: LogitCache, data: ImageData, spec: TeacherSpec, sample
         values = f"; top-{m.topk} logits, their classes and the tail's statistics match" if m.topk else ""
         report.add("teacher", "ok", f"{what} re-computed{values}; max |diff| {float(row_err.max()):.3g} within "
                                     f"the {kind} tolerance ({base:g} x max(1, max |z|)){note}")
+
+
+def _check_lowrank_teacher(cache: LogitCache, fresh: np.ndarray, stored: np.ndarray, rows: np.ndarray, k: int,
+                           same_file: bool, report: VerifyReport) -> None:
+    """Rebuilt rows against the re-run teacher: mean KL at each T within the stated error (lowrank.VERIFY_KL_*)."""
+    recorded = (cache.meta.lowrank_kl or {}).get("kl") or {}
+    note = "" if same_file else " (note: the teacher file's SHA-256 differs from the one recorded)"
+    kl = mean_kl(fresh, stored, KL_TEMPERATURES)
+    limits = {T: VERIFY_KL_FACTOR * recorded.get(f"{T:g}", DEFAULT_KL_BUDGET) + VERIFY_KL_SLACK for T in kl}
+    over = [T for T in kl if kl[T] > limits[T]]
+    shown = ", ".join(f"T={T:g}: {kl[T]:.2g} (limit {limits[T]:.2g})" for T in kl)
+    if over:
+        report.add("teacher", "fail", f"{k} random rows rebuilt from the low-rank codes are further from the re-run "
+                                      f"teacher than the cache states: mean KL {shown}: the codes do not come from "
+                                      f"this teacher on this data, or their rows are shuffled{note}")
+    else:
+        report.add("teacher", "ok", f"{k} random rows re-computed; rebuilt from the codes within the stated error: "
+                                    f"mean KL {shown}{note}")
 
 
 def topk_vs_logits(stored: TopK, fresh: np.ndarray, tol: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

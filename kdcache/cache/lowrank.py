@@ -1,0 +1,300 @@
+"""Low-rank codes of teacher logits: one PCA basis per cache, a short code per row.
+
+A row of raw logits z (C,) is stored as r numbers c = Vᵀ(z - m), where m (C,) is the mean
+row and V (r, C) holds the top r principal directions of the centred logits (orthonormal
+rows), fitted once per cache on a sample of rows. Decoding is z' = m + c V: 2·r·C FLOPs a
+row, done on the fly in batches, so training sees float logits and re-softens them at any T.
+
+Codes are stored as ``int8`` with a per-row float32 scale (c ≈ q · s, s = max|c| / 127) or
+as ``float16``. With V orthonormal the logit error ‖z - z'‖ is the code error plus what the
+dropped directions hold, so the int8 error is at most √r · s / 2 per row on top of the rank's.
+
+Everything here is a pure function of numpy/torch arrays; kdcache.cache.writer/reader store
+and read the basis, codes and scales (docs/cache-format.md, "Low-rank caches").
+
+    basis = fit_basis(logits[:20000], rank=64)
+    codes, scales = encode(logits, basis, "int8")
+    rebuilt = decode(codes, scales, basis)                 # (n, C) float32 torch
+    kl = measure_kl(heldout, basis, "int8")                # {1.0: ..., 2.0: ..., 4.0: ...}
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from kdcache.errors import CacheError, ConfigError
+
+CODE_DTYPES = ("int8", "float16")
+DEFAULT_CODE_DTYPE = "int8"
+KL_TEMPERATURES = (1.0, 2.0, 4.0)  # the temperatures a basis is judged at (info, compress, verify)
+# The stated KL budget: mean KL(p_T ‖ rebuilt_T) in nats at every T of KL_TEMPERATURES. At 1,000 classes the
+# issue's PCA-64 int8 code (students within 0.3 pp of full logits) measured 8.6e-3 / 9.0e-3 / 2.1e-3.
+DEFAULT_KL_BUDGET = 0.01
+# `verify --teacher`: the re-run teacher's rows must be rebuilt within this many times the KL recorded at each T
+# (plus VERIFY_KL_SLACK nats for the noise of a few hundred sampled rows); another teacher's rows are orders off.
+VERIFY_KL_FACTOR = 2.0
+VERIFY_KL_SLACK = 1e-3
+FIT_ROWS = 20_000  # rows a basis is fitted on (the first ones of a deterministic sample)
+HELDOUT_ROWS = 5_000  # rows the KL is measured on (none of them fitted on)
+INT8_MAX = 127
+CLOSEST_GRID = 16  # ranks tried, evenly spaced, to name the closest when no rank meets the budget
+FLOAT16_MAX = 65504.0
+
+
+@dataclass(frozen=True)
+class Basis:
+    """The mean row (C,) and r principal components (r, C), float32 numpy, orthonormal rows, largest first."""
+
+    mean: np.ndarray
+    components: np.ndarray
+
+    @property
+    def rank(self) -> int:
+        return int(self.components.shape[0])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.mean.shape[0])
+
+    def truncate(self, rank: int) -> "Basis":
+        """The basis of the first ``rank`` components (PCA bases are nested: the best rank-r basis is a prefix)."""
+        check_rank(rank, self.num_classes, None, self.rank)
+        return Basis(self.mean, self.components[:rank])
+
+    def as_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.from_numpy(self.mean), torch.from_numpy(self.components)
+
+
+ORTHONORMAL_TOLERANCE = 1e-3  # max |V Vᵀ - I| of a sound float32 basis (measured: ~1e-6 at r = 512, C = 1000)
+
+
+def basis_problem(basis: Basis) -> str | None:
+    """What is wrong with a basis read from a file (shapes, non-finite or implausible values, rows not orthonormal), or None."""
+    mean, comps = basis.mean, basis.components
+    if mean.ndim != 1 or comps.ndim != 2 or comps.shape[1] != mean.shape[0] or not 1 <= comps.shape[0] <= mean.shape[0]:
+        return f"basis shapes mean {mean.shape}, components {comps.shape} do not fit (C,) and (r, C) with r <= C"
+    if not (np.isfinite(mean).all() and np.isfinite(comps).all()):
+        return "the basis holds NaN/Inf"
+    if np.abs(mean).max() > 1e4:
+        return f"the basis mean holds a logit of magnitude {float(np.abs(mean).max()):.3g} (> 1e4)"
+    v = comps.astype(np.float64)
+    off = float(np.abs(v @ v.T - np.eye(len(v))).max())
+    if off > ORTHONORMAL_TOLERANCE:
+        return f"the basis components are not orthonormal (max |V Vᵀ - I| = {off:.3g} > {ORTHONORMAL_TOLERANCE:g})"
+    return None
+
+
+def check_basis(basis: Basis, where: Any) -> None:
+    """CacheError naming ``where`` if ``basis_problem`` finds anything."""
+    problem = basis_problem(basis)
+    if problem:
+        raise CacheError(f"{where}: {problem}: the low-rank basis is corrupt; re-create the cache with "
+                         "`kdcache compress` (or dump-logits --codec lowrank)")
+
+
+def check_rank(rank: int, num_classes: int, num_rows: int | None, most: int | None = None) -> None:
+    """ConfigError unless 1 <= rank <= min(C, rows[, the basis's rank])."""
+    limits = [(num_classes, "classes")] + ([(num_rows, "rows to fit on")] if num_rows is not None else []) \
+        + ([(most, "components in the fitted basis")] if most is not None else [])
+    for limit, what in limits:
+        if not 1 <= rank <= limit:
+            raise ConfigError(f"rank {rank} is outside 1..{limit} ({limit} {what}); a basis has at most min(classes, "
+                              "rows) components: give a smaller rank")
+
+
+def _flat(logits: Any) -> np.ndarray:
+    z = logits.detach().cpu().numpy() if isinstance(logits, torch.Tensor) else np.asarray(logits)
+    return z.reshape(-1, z.shape[-1])
+
+
+def fit_basis(logits: Any, rank: int) -> Basis:
+    """PCA of the rows of ``logits`` (n, [V,] C): their mean and top ``rank`` directions. Deterministic.
+
+    Computed in float64 from the C x C covariance (eigh), which is cheaper than an SVD of the
+    rows when n > C and gives the same directions; each direction's sign is fixed so that its
+    largest-magnitude entry is positive, so the same rows always give the same basis bytes.
+    """
+    z = _flat(logits).astype(np.float64)
+    n, c = z.shape
+    check_rank(rank, c, n)
+    mean = z.mean(0)
+    x = z - mean
+    cov = x.T @ x  # (C, C)
+    vals, vecs = np.linalg.eigh(cov)  # ascending
+    order = np.argsort(-vals, kind="stable")[:rank]
+    comps = vecs[:, order].T  # (r, C)
+    lead = np.abs(comps).argmax(1)
+    comps *= np.sign(comps[np.arange(rank), lead])[:, None]
+    return Basis(mean.astype(np.float32), np.ascontiguousarray(comps, dtype=np.float32))
+
+
+def project(logits: Any, basis: Basis) -> np.ndarray:
+    """The float32 codes (n, [V,] r) of ``logits`` (n, [V,] C), before quantisation."""
+    z = logits.detach().cpu().numpy() if isinstance(logits, torch.Tensor) else np.asarray(logits)
+    lead = z.shape[:-1]
+    x = z.reshape(-1, z.shape[-1]).astype(np.float32) - basis.mean
+    return (x @ basis.components.T).reshape(*lead, basis.rank)
+
+
+def encode(logits: Any, basis: Basis, code_dtype: str = DEFAULT_CODE_DTYPE) -> tuple[np.ndarray, np.ndarray]:
+    """``(codes (n, [V,] r) of code_dtype, scales (n, [V]) float32)`` of ``logits`` (n, [V,] C).
+
+    int8: codes q = round(c / s), s = max|c| / 127 per row (s = 1 for an all-zero row).
+    float16: codes c as float16, scales 1; a ConfigError if a code overflows float16.
+    """
+    if code_dtype not in CODE_DTYPES:
+        raise ConfigError(f"code dtype {code_dtype!r} cannot hold low-rank codes; choose one of {', '.join(CODE_DTYPES)}")
+    c = project(logits, basis)
+    if not np.isfinite(c).all():
+        row = int(np.flatnonzero(~np.isfinite(c.reshape(len(c), -1)).all(1))[0])
+        raise ConfigError(f"row {row} of the logits holds NaN/Inf; no code represents it")
+    if code_dtype == "float16":
+        big = np.abs(c).reshape(len(c), -1).max(1) > FLOAT16_MAX if c.size else np.zeros(len(c), bool)
+        if big.any():
+            row = int(np.flatnonzero(big)[0])
+            raise ConfigError(f"row {row}'s code holds {float(np.abs(c[row]).max()):.3g}, beyond float16's "
+                              f"{FLOAT16_MAX:g}: float16 cannot hold these codes; use --codec lowrank:dtype=int8 "
+                              "(a per-row scale holds any magnitude)")
+        return c.astype(np.float16), np.ones(c.shape[:-1], dtype=np.float32)
+    amax = np.abs(c).max(-1) if c.shape[-1] else np.zeros(c.shape[:-1], np.float32)  # (n, [V])
+    scales = np.where(amax > 0, amax / INT8_MAX, 1.0).astype(np.float32)
+    q = np.clip(np.rint(c / scales[..., None]), -INT8_MAX, INT8_MAX).astype(np.int8)
+    return q, scales
+
+
+def decode(codes: Any, scales: Any, basis: Basis | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Logits (n, [V,] C) float32 torch from codes (n, [V,] r) and scales (n, [V]): m + (q · s) V, 2·r·C FLOPs a row."""
+    mean, comps = basis.as_tensors() if isinstance(basis, Basis) else basis
+    q = torch.as_tensor(codes).float()
+    s = torch.as_tensor(scales).float()
+    return torch.addmm(mean, (q * s.unsqueeze(-1)).reshape(-1, q.shape[-1]), comps).reshape(*q.shape[:-1], -1)
+
+
+def round_trip(logits: Any, basis: Basis, code_dtype: str = DEFAULT_CODE_DTYPE) -> torch.Tensor:
+    """decode(encode(logits)): what training would see for these rows."""
+    return decode(*encode(logits, basis, code_dtype), basis)
+
+
+def mean_kl(logits: Any, rebuilt: Any, temperatures: Sequence[float] = KL_TEMPERATURES) -> dict[float, float]:
+    """Mean KL(p_T ‖ q_T) over rows, in nats, float64, for each T: p from ``logits``, q from ``rebuilt`` (n, C)."""
+    z = torch.as_tensor(_flat(logits)).double()
+    y = torch.as_tensor(_flat(rebuilt)).double()
+    out = {}
+    for T in temperatures:
+        log_p, log_q = torch.log_softmax(z / T, -1), torch.log_softmax(y / T, -1)
+        out[float(T)] = float((log_p.exp() * (log_p - log_q)).sum(-1).mean()) if len(z) else 0.0
+    return out
+
+
+def measure_kl(logits: Any, basis: Basis, code_dtype: str = DEFAULT_CODE_DTYPE,
+               temperatures: Sequence[float] = KL_TEMPERATURES, batch: int = 4096) -> dict[float, float]:
+    """Mean KL(p_T ‖ rebuilt_T) of held-out rows ``logits`` through ``basis`` and ``code_dtype``, for each T."""
+    z = _flat(logits)
+    total = {float(T): 0.0 for T in temperatures}
+    for s in range(0, len(z), batch):
+        part = mean_kl(z[s:s + batch], round_trip(z[s:s + batch], basis, code_dtype), temperatures)
+        for T, v in part.items():
+            total[T] += v * len(z[s:s + batch])
+    return {T: v / max(1, len(z)) for T, v in total.items()}
+
+
+@dataclass(frozen=True)
+class Codes:
+    """Stored low-rank rows as they are, not decoded: codes (n, [V,] r) and scales (n, [V]) (shard assembly copies these)."""
+
+    codes: np.ndarray
+    scales: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+
+@dataclass(frozen=True)
+class RankChoice:
+    rank: int
+    kl: dict[float, float]  # at the chosen rank
+    tried: dict[int, float]  # rank -> worst KL over the temperatures, every rank measured
+
+
+def choose_rank(basis: Basis, heldout: Any, budget: float = DEFAULT_KL_BUDGET,
+                code_dtype: str = DEFAULT_CODE_DTYPE, temperatures: Sequence[float] = KL_TEMPERATURES) -> RankChoice:
+    """The smallest rank r <= basis.rank whose worst mean KL over ``temperatures`` on ``heldout`` rows is <= ``budget``.
+
+    Bisection over the nested bases (KL falls as the rank grows); ConfigError naming the
+    rank that comes closest, and its KL, when even the full basis misses the budget.
+    """
+    if not budget > 0:
+        raise ConfigError(f"KL budget must be > 0 nats, got {budget}")
+    tried: dict[int, float] = {}
+    kls: dict[int, dict[float, float]] = {}
+
+    def worst(r: int) -> float:
+        if r not in tried:
+            kls[r] = measure_kl(heldout, basis.truncate(r), code_dtype, temperatures)
+            tried[r] = max(kls[r].values())
+        return tried[r]
+
+    lo, hi = 1, basis.rank
+    if worst(hi) > budget:  # int8 codes of more components are coarser, so the closest may be a lower rank
+        for r in np.unique(np.linspace(1, hi, min(hi, CLOSEST_GRID)).round().astype(int)):
+            worst(int(r))
+        best = min(tried, key=lambda r: (tried[r], r))
+        raise ConfigError(f"no rank up to {basis.rank} meets the KL budget {budget:g}: rank {best} comes closest "
+                          f"(of {len(tried)} ranks tried), "
+                          f"worst mean KL {tried[best]:.3g} over T = {', '.join(f'{t:g}' for t in temperatures)}; "
+                          "raise --kl-budget, or keep full logits")
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if worst(mid) <= budget:
+            hi = mid
+        else:
+            lo = mid + 1
+    worst(lo)
+    return RankChoice(lo, kls[lo], dict(sorted(tried.items())))
+
+
+def sample_rows(num_rows: int, fit_rows: int = FIT_ROWS, heldout_rows: int = HELDOUT_ROWS,
+                seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``(fit, heldout)`` sorted row numbers: a deterministic sample, disjoint; fewer rows split about 4:1."""
+    perm = np.random.default_rng(seed).permutation(num_rows)
+    if num_rows < fit_rows + heldout_rows:
+        heldout_rows = min(heldout_rows, max(1, num_rows // 5)) if num_rows > 1 else 0
+        fit_rows = num_rows - heldout_rows
+    return np.sort(perm[:fit_rows]), np.sort(perm[fit_rows:fit_rows + heldout_rows])
+
+
+def parse_codec(text: str) -> dict[str, Any]:
+    """'lowrank', 'lowrank:rank=64', 'lowrank:rank=64,dtype=float16' -> {'rank': int | None, 'dtype': str}."""
+    name, _, rest = text.partition(":")
+    if name != "lowrank":
+        raise ConfigError(f"unknown codec {name!r}; choose lowrank[:rank=R][,dtype=int8|float16]")
+    out: dict[str, Any] = {"rank": None, "dtype": DEFAULT_CODE_DTYPE}
+    for part in filter(None, rest.split(",")):
+        key, eq, value = part.partition("=")
+        if key == "rank" and eq:
+            try:
+                out["rank"] = int(value)
+            except ValueError:
+                raise ConfigError(f"codec rank must be an integer, got {value!r}") from None
+        elif key == "dtype" and eq:
+            if value not in CODE_DTYPES:
+                raise ConfigError(f"code dtype {value!r} cannot hold low-rank codes; choose one of "
+                                  f"{', '.join(CODE_DTYPES)}")
+            out["dtype"] = value
+        else:
+            raise ConfigError(f"unknown codec option {part!r}; use lowrank[:rank=R][,dtype=int8|float16]")
+    return out
+
+
+def code_bytes(rank: int, code_dtype: str) -> int:
+    """Bytes of one row's (one view's) code and scale as stored."""
+    return rank * np.dtype(code_dtype).itemsize + (4 if code_dtype == "int8" else 0)
+
+
+def rank_for_bytes(target_bytes: float, code_dtype: str = DEFAULT_CODE_DTYPE) -> int:
+    """The largest rank whose code fits ``target_bytes`` a row."""
+    return max(1, int(math.floor((target_bytes - (4 if code_dtype == "int8" else 0)) / np.dtype(code_dtype).itemsize)))

@@ -1,0 +1,142 @@
+"""``kdcache compress``: turn a full-logit cache into a low-rank one (kdcache.cache.lowrank), and plan a basis.
+
+    r = compress_cache("full.h5", "small.h5")                  # rank chosen to meet the KL budget
+    r = compress_cache("full.h5", "small.h5", rank=64)         # a stated rank; its KL is measured and recorded
+
+The basis is fitted on a deterministic sample of rows (``sample_rows``) and judged on other,
+held-out rows; ``plan_basis`` is shared with ``dump-logits --codec lowrank``, which fits it on
+the teacher's logits of the same sample before streaming.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from kdcache.cache import CacheWriter, open_cache
+from kdcache.cache.lowrank import (
+    DEFAULT_CODE_DTYPE,
+    DEFAULT_KL_BUDGET,
+    KL_TEMPERATURES,
+    Basis,
+    check_rank,
+    choose_rank,
+    fit_basis,
+    measure_kl,
+    sample_rows,
+)
+from kdcache.errors import CacheError, ConfigError
+from kdcache.files import check_free_space
+
+# Root attributes the writer sets itself (everything else is copied from the source cache).
+_WRITER_ATTRS = {"format", "schema_version", "complete", "created_utc", "num_samples", "num_classes", "logits_dtype",
+                 "targets", "topk", "num_views", "view_policy", "view_policy_json", "num_labelled", "content_sha256",
+                 "config_json", "lowrank_rank", "lowrank_code_dtype", "lowrank_kl_json"}
+
+
+def plan_basis(fit_logits: np.ndarray, heldout_logits: np.ndarray, rank: int | None = None,
+               code_dtype: str = DEFAULT_CODE_DTYPE, kl_budget: float = DEFAULT_KL_BUDGET,
+               num_classes: int | None = None) -> tuple[Basis, dict[str, Any]]:
+    """The basis for these rows (n, [V,] C) and what to record of it: ``(basis, lowrank_info)``.
+
+    ``rank`` None: the smallest rank whose mean KL on ``heldout_logits`` meets ``kl_budget`` at
+    every T of KL_TEMPERATURES (ConfigError naming the closest rank otherwise). A stated
+    rank is checked against the classes and rows, and its KL measured and recorded.
+    """
+    c = num_classes or fit_logits.shape[-1]
+    fit = fit_logits.reshape(-1, c)
+    held = heldout_logits.reshape(-1, c)
+    if rank is not None:
+        check_rank(rank, c, len(fit))
+        basis = fit_basis(fit, rank)
+        kl = measure_kl(held, basis, code_dtype) if len(held) else {}
+    else:
+        if not len(held):
+            raise ConfigError("too few rows to hold any out for choosing a rank; state one: --codec lowrank:rank=R")
+        full = fit_basis(fit, min(c, len(fit)))
+        choice = choose_rank(full, held, kl_budget, code_dtype)
+        basis, kl = full.truncate(choice.rank), choice.kl
+    info = {"kl": {f"{T:g}": v for T, v in kl.items()}, "budget": kl_budget, "rank_chosen_by": "stated" if rank
+            else "budget", "fit_rows": len(fit), "heldout_rows": len(held), "temperatures": list(KL_TEMPERATURES),
+            "code_dtype": code_dtype}
+    return basis, info
+
+
+def compress_cache(src: str | os.PathLike, out: str | os.PathLike, *, rank: int | None = None,
+                   code_dtype: str = DEFAULT_CODE_DTYPE, kl_budget: float = DEFAULT_KL_BUDGET,
+                   overwrite: bool = False, seed: int = 0) -> dict[str, Any]:
+    """Write ``out``: ``src``'s rows as low-rank codes, with its index columns, views and attributes. Returns a summary.
+
+    Refuses a top-k source (the other logits are gone) and a low-rank one. Written like every
+    cache (temp file, renamed into place when complete); ``src`` is read block by block.
+    """
+    t0 = time.perf_counter()
+    src, out = Path(src), Path(out)
+    if out.exists() and not overwrite:
+        raise CacheError(f"{out} already exists; pass --overwrite to replace it")
+    if out.resolve() == src.resolve():
+        raise ConfigError(f"--out {out} is the cache being compressed; write to another file")
+    with open_cache(src) as c:
+        m = c.meta
+        if m.targets == "topk":
+            raise CacheError(f"{src} is a top-{m.topk} cache: it keeps {m.topk} of {m.num_classes} logits a row and "
+                             "the others are gone, so no basis can be fitted or rows rebuilt from it; compress the "
+                             "full cache (dump-logits without --top-k)")
+        if m.targets == "lowrank":
+            raise CacheError(f"{src} is already a low-rank cache (rank {m.lowrank_rank}); compress the full cache")
+        fit_rows, held_rows = sample_rows(len(c), seed=seed)
+        basis, info = plan_basis(c.read(fit_rows).astype(np.float32), c.read(held_rows).astype(np.float32), rank,
+                                 code_dtype, kl_budget, m.num_classes)
+        info["seed"] = seed
+        attrs = {k: v for k, v in m.attrs.items() if k not in _WRITER_ATTRS}
+        attrs["class_names"] = list(c.class_names)
+        if m.config.get("teacher_config") is not None:
+            attrs["extra_config"] = m.config["teacher_config"]
+        writer = CacheWriter(out, num_samples=len(c), num_classes=m.num_classes, attrs=attrs, num_views=m.num_views,
+                             view_policy=m.view_policy, overwrite=True, basis=basis, code_dtype=code_dtype,
+                             lowrank_info=info)
+        check_free_space(out, writer.estimated_bytes(), f"the cache {out}")
+        with writer:
+            for rows, block in c.blocks():
+                w_params = c.read_view_params(rows) if m.has_views else None
+                writer.write(rows.start, block, c.labels[rows], c.indices[rows], c.sample_ids[rows],
+                             view_params=w_params)
+        src_bytes = src.stat().st_size
+    return {"cache": str(out), "source": str(src), "rows": m.num_samples, "num_classes": m.num_classes,
+            "rank": basis.rank, "code_dtype": code_dtype, "kl": info["kl"], "budget": kl_budget,
+            "rank_chosen_by": info["rank_chosen_by"], "bytes": out.stat().st_size, "source_bytes": src_bytes,
+            "seconds": time.perf_counter() - t0}
+
+
+def describe_kl(kl: Mapping[str, float]) -> str:
+    """'KL 8.2e-03 / 8.4e-03 / 2.0e-03 at T = 1 / 2 / 4'."""
+    if not kl:
+        return "KL not measured (no held-out rows)"
+    return f"mean KL {' / '.join(f'{v:.2g}' for v in kl.values())} at T = {' / '.join(kl)}"
+
+
+def basis_for_dump(logits_of_rows: Callable[[np.ndarray], np.ndarray], num_rows: int, ctx: Any, *,
+                   rank: int | None, code_dtype: str, kl_budget: float) -> dict[str, Any]:
+    """The CacheWriter options of a low-rank dump: the teacher's logits of the sample rows, a basis planned on them.
+
+    ``logits_of_rows(rows)`` runs the teacher over dataset rows ``rows`` (n,) -> (n, [V,] C). Under
+    torchrun rank 0 fits and every rank receives its basis (kdcache.dist broadcast), so all shards
+    are coded with one basis; a refusal on rank 0 (a budget no rank meets) stops every rank.
+    """
+    payload, error = None, None
+    if ctx.is_main:
+        try:
+            fit, held = sample_rows(num_rows)
+            z = logits_of_rows(np.concatenate([fit, held]))
+            basis, info = plan_basis(z[:len(fit)], z[len(fit):], rank, code_dtype, kl_budget)
+            info["seed"] = 0
+            payload = {"mean": basis.mean.tolist(), "components": basis.components.tolist(), "info": info}
+        except Exception as e:  # noqa: BLE001 - re-raised here, and heard by every other rank
+            error = e
+    ctx.check(error)
+    payload = ctx.broadcast(payload)
+    basis = Basis(np.asarray(payload["mean"], dtype=np.float32), np.asarray(payload["components"], dtype=np.float32))
+    return {"basis": basis, "code_dtype": code_dtype, "lowrank_info": payload["info"]}

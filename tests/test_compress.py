@@ -1,0 +1,230 @@
+"""Low-rank caches: the format (writer, reader), `kdcache compress`, info, verify, training from one, refusals."""
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import assert_error, cache_attrs, make_image_data
+
+from kdcache.cache import open_cache, write_cache
+from kdcache.cache.lowrank import DEFAULT_KL_BUDGET, choose_rank, decode, fit_basis, measure_kl, round_trip, sample_rows
+from kdcache.cli import main
+from kdcache.data.datasets import load_dataset
+from kdcache.jobs.compress import compress_cache
+from kdcache.train.loss import kd_loss
+
+N = 200
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def fmnist(data_dir):
+    return load_dataset("fashion-mnist", "train", data_dir, limit=N)
+
+
+def teacher_logits(n=N, c=10, r=4, noise=0.05, seed=0) -> np.ndarray:
+    """Logits near rank r (what a trained teacher's look like at many classes), scaled like a teacher's."""
+    g = np.random.default_rng(seed)
+    return (g.normal(0, 3, (n, r)) @ g.normal(0, 1, (r, c)) + noise * g.normal(size=(n, c))).astype(np.float32)
+
+
+@pytest.fixture
+def full_cache(tmp_path, fmnist):
+    z = teacher_logits()
+    return write_cache(tmp_path / "full.h5", z, fmnist.labels, fmnist.indices, fmnist.sample_ids,
+                       cache_attrs(fmnist.info)), z
+
+
+def test_compress_round_trips_a_tiny_cache(tmp_path, full_cache):
+    src, z = full_cache
+    r = compress_cache(src, tmp_path / "small.h5", rank=4)
+    fit, held = sample_rows(N)
+    basis = fit_basis(z[fit], 4)  # what compress fits: the same sample, the same bytes
+    with open_cache(tmp_path / "small.h5") as c, open_cache(src) as s:
+        m = c.meta
+        assert (m.targets, c.kind, m.lowrank_rank, m.lowrank_code_dtype, m.schema_version) == \
+            ("lowrank", "logits", 4, "int8", "3.0")
+        assert np.array_equal(c.basis.components, basis.components) and np.array_equal(c.basis.mean, basis.mean)
+        rows = np.array([5, 0, 199, 17])
+        np.testing.assert_array_equal(c.read(rows), round_trip(z[rows], basis).numpy())
+        np.testing.assert_array_equal(c.read(), round_trip(z, basis).numpy())
+        for name in ("labels", "indices", "sample_ids"):
+            assert np.array_equal(getattr(c, name), getattr(s, name))
+        for key in ("teacher_sha256", "dataset", "dataset_fingerprint", "class_names", "teacher_arch"):
+            assert m.attrs[key] == s.meta.attrs[key]
+        assert m.lowrank_kl["kl"] == pytest.approx({f"{T:g}": v for T, v in measure_kl(z[held], basis).items()})
+        assert c.target_bytes(as_float32=False) == N * (4 + 4)
+        out = np.empty((10, 10), np.float32)
+        assert c.read_span(3, 13, out=out) is out and np.array_equal(out, round_trip(z[3:13], basis).numpy())
+        assert c.scan().content_sha256 == m.content_sha256
+    err = np.abs(round_trip(z, basis).numpy() - z).max()
+    assert err < 0.2 and r["rank"] == 4 and r["rank_chosen_by"] == "stated"
+
+
+def test_compress_picks_the_smallest_rank_for_the_budget(tmp_path, full_cache):
+    src, z = full_cache
+    fit, held = sample_rows(N)
+    want = choose_rank(fit_basis(z[fit], 10), z[held], DEFAULT_KL_BUDGET)
+    r = run("compress", src, "--out", tmp_path / "s.h5")
+    assert r.exit_code == 0, r.output
+    assert f"to rank {want.rank} int8 codes (for KL budget 0.01" in r.output
+    with open_cache(tmp_path / "s.h5") as c:
+        assert c.meta.lowrank_rank == want.rank and c.meta.lowrank_kl["rank_chosen_by"] == "budget"
+    info = run("info", tmp_path / "s.h5")
+    assert info.exit_code == 0 and f"lowrank, rank {want.rank}, int8 codes; mean KL(p_T || rebuilt_T) on " in info.output
+    assert "T=1:" in info.output and "T=2:" in info.output and "T=4:" in info.output
+    j = json.loads(run("info", tmp_path / "s.h5", "--json").output)
+    assert j["codec"] == "lowrank" and j["lowrank_rank"] == want.rank and set(j["lowrank_kl"]["kl"]) == {"1", "2", "4"}
+
+
+def test_kd_from_a_lowrank_cache_is_kd_on_the_decoded_logits(tmp_path, full_cache, fmnist):
+    from kdcache.data.cached_dataset import CachedDataset
+
+    src, _ = full_cache
+    compress_cache(src, tmp_path / "s.h5", rank=3)
+    with h5py.File(tmp_path / "s.h5", "r") as f:  # decoded by hand from the stored arrays
+        mean, comps = f["lowrank_mean"][:], f["lowrank_components"][:]
+        z = mean + (f["lowrank_codes"][:].astype(np.float32) * f["lowrank_scales"][:][:, None]) @ comps
+    ds = CachedDataset(torch.utils.data.TensorDataset(fmnist.images, fmnist.labels), tmp_path / "s.h5")
+    items = [ds[i] for i in range(16)]
+    targets = torch.stack([torch.as_tensor(t) for _, _, t in items])
+    np.testing.assert_allclose(targets.numpy(), z[:16], rtol=0, atol=1e-5)
+    student = torch.randn(16, 10)
+    labels = torch.stack([torch.as_tensor(y) for _, y, _ in items])
+    for T in (1.0, 2.0, 4.0):
+        got = kd_loss(student, targets, labels, T, 0.9)
+        assert float(got) == pytest.approx(float(kd_loss(student, torch.from_numpy(z[:16]), labels, T, 0.9)), abs=1e-5)
+
+
+def test_a_lowrank_cache_streams_decoded_rows_block_by_block(tmp_path, full_cache):
+    from kdcache.cache.stream import LogitStream, iter_batches
+
+    src, z = full_cache
+    compress_cache(src, tmp_path / "s.h5", rank=4)
+    with open_cache(tmp_path / "s.h5") as c:
+        whole = c.read()
+    stream = LogitStream(tmp_path / "s.h5", block_rows=16, buffer_blocks=2, seed=1)
+    seen = 0
+    for values, logits in iter_batches(stream, 8):
+        np.testing.assert_array_equal(logits.numpy(), whole[values.numpy()])  # each row decoded, in any order
+        seen += len(values)
+    assert seen == N
+    some = np.arange(0, N, 3)  # blocks with rows nobody asked for: only the wanted rows are decoded
+    part = LogitStream(tmp_path / "s.h5", rows=some, values=some, block_rows=16, buffer_blocks=2, seed=1)
+    got = {int(v): row.copy() for values, logits in iter_batches(part, 8) for v, row in zip(values, logits.numpy())}
+    assert sorted(got) == some.tolist()  # the same rows, decoded in other batches: equal to float32 rounding
+    assert max(float(np.abs(got[i] - whole[i]).max()) for i in some) < 1e-5
+
+
+def test_train_student_and_ensemble_from_lowrank_caches(tmp_path, full_cache, fmnist, data_dir):
+    from kdcache.cache.ensemble import check_members, combine_logits
+
+    src, z = full_cache
+    compress_cache(src, tmp_path / "a.h5", rank=3)
+    other = write_cache(tmp_path / "full2.h5", teacher_logits(seed=1), fmnist.labels, fmnist.indices,
+                        fmnist.sample_ids, cache_attrs(fmnist.info))
+    compress_cache(other, tmp_path / "b.h5", rank=5)
+    with open_cache(tmp_path / "a.h5") as a, open_cache(tmp_path / "b.h5") as b:
+        check_members([a, b])  # different bases: each decoded, then combined
+        mean = combine_logits([torch.from_numpy(a.read()), torch.from_numpy(b.read())], "mean-logits", 2.0)
+        by_hand = (decode(*_codes(tmp_path / "a.h5"), a.basis) + decode(*_codes(tmp_path / "b.h5"), b.basis)) / 2
+        assert torch.allclose(mean, by_hand, atol=1e-5)
+    r = run("train-student", "--cache", tmp_path / "a.h5", "--cache", tmp_path / "b.h5", "--limit", N, "--epochs", 1,
+            "--eval-limit", 50, "--data-dir", data_dir, "--out", tmp_path / "s.pt", "-q", "--T", 2)
+    assert r.exit_code == 0, r.output
+
+
+def _codes(path):
+    with h5py.File(path, "r") as f:
+        return f["lowrank_codes"][:], f["lowrank_scales"][:]
+
+
+def test_compress_keeps_views(tmp_path, fmnist):
+    z = teacher_logits(n=N * 3).reshape(N, 3, 10)
+    policy = {"name": "p", "version": 1, "settings": {}, "param_names": ["a"]}
+    params = np.random.default_rng(0).random((N, 3, 1)).astype(np.float32)
+    src = write_cache(tmp_path / "v.h5", z, fmnist.labels, fmnist.indices, fmnist.sample_ids, cache_attrs(fmnist.info),
+                      num_views=3, view_policy=policy, view_params=params)
+    compress_cache(src, tmp_path / "s.h5", rank=4)
+    fit, _ = sample_rows(N)
+    basis = fit_basis(z[fit].reshape(-1, 10), 4)
+    with open_cache(tmp_path / "s.h5") as c:
+        assert c.meta.num_views == 3 and np.array_equal(c.read_view_params(), params)
+        np.testing.assert_array_equal(c.read(), round_trip(z, basis).numpy())
+        np.testing.assert_array_equal(c.read(np.arange(4), views=np.array([2, 0, 1, 2])),
+                                      round_trip(z[np.arange(4), [2, 0, 1, 2]], basis).numpy())
+
+
+# ---------------------------------------------------------------------------------------- bad input
+
+
+def test_compress_refusals_are_one_line(tmp_path, full_cache, fmnist):
+    src, z = full_cache
+    assert_error(run("compress", src, "--codec", "lowrank:rank=11", "--out", tmp_path / "a.h5"),
+                 "rank 11 is outside 1..10 (10 classes)")
+    tiny = write_cache(tmp_path / "tiny.h5", z[:6], fmnist.labels[:6], fmnist.indices[:6], fmnist.sample_ids[:6],
+                       cache_attrs(fmnist.info))
+    assert_error(run("compress", tiny, "--codec", "lowrank:rank=8", "--out", tmp_path / "a.h5"),
+                 "rank 8 is outside 1..5 (5 rows to fit on)")
+    assert_error(run("compress", src, "--kl-budget", "1e-12", "--out", tmp_path / "a.h5"),
+                 "no rank up to 10 meets the KL budget 1e-12: rank", "comes closest", "worst mean KL")
+    topk = write_cache(tmp_path / "top.h5", z, fmnist.labels, fmnist.indices, fmnist.sample_ids,
+                       cache_attrs(fmnist.info), dtype="float16", topk=3)
+    assert_error(run("compress", topk, "--out", tmp_path / "a.h5"),
+                 "is a top-3 cache: it keeps 3 of 10 logits a row and the others are gone")
+    many = make_image_data(n=50, classes=100)  # rows of all ±9000 over 100 classes: codes of ±9e4
+    big = np.full((50, 100), 9000.0, np.float32) * np.random.default_rng(0).choice([-1.0, 1.0], (50, 1))
+    huge = write_cache(tmp_path / "huge.h5", big + teacher_logits(n=50, c=100), many.labels, many.indices,
+                       many.sample_ids, cache_attrs(many.info))
+    assert_error(run("compress", huge, "--codec", "lowrank:rank=2,dtype=float16", "--out", tmp_path / "a.h5"),
+                 "float16 cannot hold these codes")
+    assert_error(run("compress", src, "--codec", "lowrank:dtype=uint8", "--out", tmp_path / "a.h5"),
+                 "code dtype 'uint8' cannot hold low-rank codes")
+    assert not (tmp_path / "a.h5").exists() and not list(tmp_path.glob(".*tmp*"))
+
+
+def _corrupt_basis(path, how):
+    with h5py.File(path, "r+") as f:
+        comps = f["lowrank_components"][:]
+        if how == "nan":
+            comps[0, 3] = np.nan
+        else:
+            comps *= 2.0
+        f["lowrank_components"][:] = comps
+
+
+@pytest.mark.parametrize("how, needle", [("nan", "the basis holds NaN/Inf"), ("scaled", "not orthonormal")])
+def test_a_corrupt_basis_is_caught_by_verify_and_train_student(tmp_path, full_cache, data_dir, how, needle):
+    src, _ = full_cache
+    small = compress_cache(src, tmp_path / "s.h5", rank=4)["cache"]
+    ok = run("verify", small)
+    assert ok.exit_code == 0 and "ok    basis:" in ok.output and "ok    values:" in ok.output, ok.output
+    _corrupt_basis(small, how)
+    v = run("verify", small, "-q")
+    lines = assert_error(v, needle, "content hash", lines=None)
+    assert len(lines) == 2  # the basis, and the content hash it no longer matches
+    t = run("train-student", "--cache", small, "--limit", N, "--epochs", 1, "--eval-limit", 50, "--data-dir", data_dir,
+            "--out", tmp_path / "st.pt", "-q")
+    assert_error(t, needle, "the low-rank basis is corrupt")
+    assert not (tmp_path / "st.pt").exists()
+
+
+def test_verify_with_the_teacher_checks_rebuilt_rows_within_the_stated_error(tmp_path, teacher_ckpt, data_dir):
+    full = tmp_path / "full.h5"
+    assert run("dump-logits", "--teacher", teacher_ckpt, "--out", full, "--limit", N, "--data-dir", data_dir,
+               "-q").exit_code == 0
+    compress_cache(full, tmp_path / "s.h5", rank=9)
+    r = run("verify", tmp_path / "s.h5", "--data-dir", data_dir, "--teacher", teacher_ckpt, "--sample", 64)
+    assert r.exit_code == 0, r.output
+    assert "ok    teacher: 64 random rows re-computed; rebuilt from the codes within the stated error: mean KL T=1:" \
+        in r.output
+    with h5py.File(tmp_path / "s.h5", "r+") as f:  # rows moved: each code now describes another sample's logits
+        for name in ("lowrank_codes", "lowrank_scales"):
+            f[name][:] = np.roll(f[name][:], 1, axis=0)
+    bad = run("verify", tmp_path / "s.h5", "--data-dir", data_dir, "--teacher", teacher_ckpt, "--sample", 64, "-q")
+    assert_error(bad, "are further from the re-run teacher than the cache states", lines=None)

@@ -1,0 +1,166 @@
+"""kdcache.cache.lowrank: the low-rank codec's pure functions, against hand computations and exact cases."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from kdcache.cache.lowrank import (
+    Basis,
+    basis_problem,
+    check_basis,
+    choose_rank,
+    code_bytes,
+    decode,
+    encode,
+    fit_basis,
+    mean_kl,
+    measure_kl,
+    parse_codec,
+    project,
+    rank_for_bytes,
+    round_trip,
+    sample_rows,
+)
+from kdcache.errors import CacheError, ConfigError
+
+
+def low_rank_logits(n=400, c=30, r=5, noise=0.0, seed=0) -> np.ndarray:
+    g = np.random.default_rng(seed)
+    z = g.normal(0, 3, (n, r)) @ g.normal(0, 1, (r, c)) + g.normal(0, 2, c)
+    return (z + noise * g.normal(size=(n, c))).astype(np.float32)
+
+
+def test_basis_is_orthonormal_deterministic_and_sign_fixed():
+    z = low_rank_logits(noise=0.5)
+    a, b = fit_basis(z, 8), fit_basis(z.copy(), 8)
+    assert a.mean.tobytes() == b.mean.tobytes() and a.components.tobytes() == b.components.tobytes()
+    v = a.components.astype(np.float64)
+    assert np.abs(v @ v.T - np.eye(8)).max() < 1e-5
+    assert (a.components[np.arange(8), np.abs(a.components).argmax(1)] > 0).all()  # largest entry positive
+    np.testing.assert_allclose(a.mean, z.astype(np.float64).mean(0), atol=1e-5)
+    # the top direction is the one the centred rows vary most along (largest eigenvalue of their covariance)
+    x = z.astype(np.float64) - z.mean(0)
+    w = np.linalg.eigvalsh(x.T @ x)[::-1]
+    assert float(((x @ v[0]) ** 2).sum()) == pytest.approx(w[0], rel=1e-5)
+    assert basis_problem(a) is None
+
+
+def test_exactly_rank_r_logits_are_recovered():
+    z = low_rank_logits(r=5)
+    basis = fit_basis(z[:300], 5)
+    codes = project(z[300:], basis)  # unquantised: exact up to float32 rounding
+    err = (decode(codes, np.ones(len(codes), np.float32), basis) - torch.from_numpy(z[300:])).abs().max()
+    assert float(err) < 1e-4 * float(np.abs(z).max())
+    assert max(measure_kl(z[300:], basis, "float16").values()) < 1e-6
+
+
+def test_int8_error_is_within_the_quantisation_bound():
+    """‖z - decode(encode(z))‖ <= ‖what the dropped directions hold‖ + √r · s / 2 for every row (s: its scale)."""
+    z = low_rank_logits(r=6, noise=0.3)
+    basis = fit_basis(z[:300], 6)
+    held = z[300:]
+    q, s = encode(held, basis, "int8")
+    assert q.dtype == np.int8 and s.dtype == np.float32 and np.abs(q).max() == 127
+    rebuilt = decode(q, s, basis).double().numpy()
+    exact = project(held, basis).astype(np.float64) @ basis.components.astype(np.float64) + basis.mean
+    dropped = np.linalg.norm(held - exact, axis=1)
+    err = np.linalg.norm(held - rebuilt, axis=1)
+    assert (err <= dropped + math.sqrt(6) * s / 2 + 1e-4).all()
+    assert (np.linalg.norm(rebuilt - exact, axis=1) <= math.sqrt(6) * s / 2 + 1e-4).all()
+    f16 = round_trip(held, basis, "float16").double().numpy()
+    code_norm = np.linalg.norm(project(held, basis), axis=1)
+    assert (np.linalg.norm(f16 - exact, axis=1) <= 2.0 ** -11 * code_norm + 1e-4).all()  # float16: half an ulp a code
+
+
+def test_encode_keeps_views_axis_and_zero_rows():
+    z = low_rank_logits(n=40, r=3).reshape(10, 4, 30)
+    basis = fit_basis(z, 3)
+    q, s = encode(z, basis)
+    assert q.shape == (10, 4, 3) and s.shape == (10, 4)
+    assert decode(q, s, basis).shape == (10, 4, 30)
+    q0, s0 = encode(basis.mean[None], basis)  # a row at the mean: all-zero code, scale 1
+    assert (q0 == 0).all() and s0[0] == 1.0
+
+
+def test_mean_kl_matches_a_hand_computation():
+    p_logits = np.array([[2.0, 0.0, -1.0]])
+    q_logits = np.array([[1.0, 0.5, -1.0]])
+    for T in (1.0, 2.0, 4.0):
+        p = np.exp(p_logits[0] / T) / np.exp(p_logits[0] / T).sum()
+        q = np.exp(q_logits[0] / T) / np.exp(q_logits[0] / T).sum()
+        assert mean_kl(p_logits, q_logits)[T] == pytest.approx(float((p * np.log(p / q)).sum()), rel=1e-12)
+    z = low_rank_logits(noise=1.0)
+    basis = fit_basis(z[:300], 4)
+    assert measure_kl(z[300:], basis, batch=7) == pytest.approx(mean_kl(z[300:], round_trip(z[300:], basis)), rel=1e-9)
+
+
+def test_choose_rank_picks_the_smallest_rank_meeting_the_budget():
+    z = low_rank_logits(n=600, c=24, r=12, noise=0.05, seed=3)
+    fit, held = z[:400], z[400:]
+    full = fit_basis(fit, 24)
+    worst = {r: max(measure_kl(held, full.truncate(r)).values()) for r in range(1, 25)}
+    budget = 1e-3
+    choice = choose_rank(full, held, budget)
+    smallest = min(r for r, w in worst.items() if w <= budget)
+    assert choice.rank == smallest and worst[smallest - 1] > budget
+    assert max(choice.kl.values()) == pytest.approx(worst[smallest]) and len(choice.tried) < 24
+
+
+def test_a_budget_no_rank_meets_names_the_closest_rank():
+    z = low_rank_logits(noise=1.0)
+    basis = fit_basis(z[:300], 10)
+    with pytest.raises(ConfigError) as e:
+        choose_rank(basis, z[300:], 1e-9)
+    closest = min(range(1, 11), key=lambda r: max(measure_kl(z[300:], basis.truncate(r)).values()))
+    msg = str(e.value)
+    assert "no rank up to 10 meets the KL budget 1e-09" in msg and f"rank {closest} comes closest" in msg
+    assert f"worst mean KL {max(measure_kl(z[300:], basis.truncate(closest)).values()):.3g}" in msg
+    assert "\n" not in msg
+
+
+@pytest.mark.parametrize("rank, rows, needle", [(31, 400, "outside 1..30 (30 classes)"),
+                                                (20, 12, "outside 1..12 (12 rows to fit on)"),
+                                                (0, 400, "outside 1..30")])
+def test_rank_beyond_classes_or_rows_is_refused(rank, rows, needle):
+    with pytest.raises(ConfigError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        fit_basis(low_rank_logits(n=rows), rank)
+
+
+def test_code_dtype_that_cannot_hold_the_codes_is_refused():
+    g = np.random.default_rng(0)
+    sign = g.choice([-1.0, 1.0], size=(50, 1))  # rows of all +9000 or all -9000: codes of ±9e4, beyond float16's 65504
+    z = (sign * 9000.0 + g.normal(0, 1, (50, 100))).astype(np.float32)
+    basis = fit_basis(z, 4)
+    with pytest.raises(ConfigError, match="beyond float16's 65504: float16 cannot hold these codes"):
+        encode(z, basis, "float16")
+    q, s = encode(z, basis, "int8")  # a per-row scale holds any magnitude
+    assert np.isfinite(s).all()
+    with pytest.raises(ConfigError, match="cannot hold low-rank codes; choose one of int8, float16"):
+        encode(z, basis, "uint8")
+
+
+def test_corrupt_bases_are_named():
+    basis = fit_basis(low_rank_logits(), 4)
+    nan = Basis(basis.mean.copy(), basis.components.copy())
+    nan.components[1, 2] = np.nan
+    assert basis_problem(nan) == "the basis holds NaN/Inf"
+    scaled = Basis(basis.mean, basis.components * 1.5)
+    assert "not orthonormal" in basis_problem(scaled)
+    assert "do not fit" in basis_problem(Basis(basis.mean[:5], basis.components))
+    with pytest.raises(CacheError, match="c.h5: the basis holds NaN/Inf: the low-rank basis is corrupt"):
+        check_basis(nan, "c.h5")
+
+
+def test_codec_strings_bytes_and_samples():
+    assert parse_codec("lowrank") == {"rank": None, "dtype": "int8"}
+    assert parse_codec("lowrank:rank=64,dtype=float16") == {"rank": 64, "dtype": "float16"}
+    for bad, needle in (("pca", "unknown codec"), ("lowrank:rank=x", "integer"), ("lowrank:dtype=int4", "int4"),
+                        ("lowrank:size=3", "unknown codec option")):
+        with pytest.raises(ConfigError, match=needle):
+            parse_codec(bad)
+    assert code_bytes(64, "int8") == 68 and code_bytes(64, "float16") == 128 and rank_for_bytes(52) == 48
+    fit, held = sample_rows(100)
+    assert len(fit) == 80 and len(held) == 20 and not set(fit) & set(held)
+    fit2, held2 = sample_rows(30_000)
+    assert (len(fit2), len(held2)) == (20_000, 5_000) and np.array_equal(fit2, sample_rows(30_000)[0])
