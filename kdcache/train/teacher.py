@@ -50,7 +50,8 @@ class TeacherSpec:
     def __post_init__(self) -> None:
         if (self.checkpoint is None) == (self.factory is None):
             raise ConfigError("name the teacher once: --teacher CKPT, or --teacher-factory MODULE:FUNCTION "
-                              "with --weights FILE")
+                              "with --weights FILE (in Python: TeacherSpec(checkpoint=...) or TeacherSpec(factory=..., "
+                              "weights=...))")
         if self.factory is not None and self.weights is None:
             raise ConfigError("--teacher-factory needs --weights FILE (a state dict saved with torch.save)")
         if self.factory is None and self.weights is not None:
