@@ -5,7 +5,7 @@
 Each rank trains student-cnn on its half of a 128-row global batch (random data; the step is
 what is timed, not learning) in three modes, alternating twice: DDP alone; + the failure
 protocol's status all-gather (kdcache.dist, once per batch); + the global-batch row counts
-all-reduce that kdcache.jobs.training.distillation_loss adds. Prints rank 0's mean ms per step.
+all-reduce that kdcache.jobs.student_targets.distillation_loss adds. Prints rank 0's mean ms per step.
 With ``--nproc_per_node 1`` the same loop runs without DDP at the full batch, for comparison.
 """
 from __future__ import annotations

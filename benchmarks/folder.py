@@ -208,7 +208,7 @@ def student_epoch(data, args: argparse.Namespace, loss_fn, teacher_logits=None, 
 
 def student_rows(args: argparse.Namespace, root: Path, cache: Path) -> dict[str, Any]:
     from kdcache import cache as kcache
-    from kdcache.jobs.training import distillation_loss
+    from kdcache.jobs.student_targets import distillation_loss
     from kdcache.train.loop import cross_entropy_loss
 
     data = load_dataset("imagefolder", "train", str(root), image_size=args.image_size, workers=args.workers)

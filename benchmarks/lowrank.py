@@ -195,7 +195,7 @@ def timing(out: Path, plan: SyntheticPlan, repeats: int = 5) -> dict[str, Any]:
     from kdcache.data.batches import MemoryBatches
     from kdcache.data.streaming import StreamingBatches
     from kdcache.jobs.compress import compress_cache
-    from kdcache.jobs.training import distillation_loss
+    from kdcache.jobs.student_targets import distillation_loss
     from kdcache.train.loop import fit
 
     result: dict[str, Any] = {"compress": []}

@@ -36,7 +36,7 @@ from kdcache.data.batches import Batch, MemoryBatches
 from kdcache.data.datasets import load_dataset
 from kdcache.data.samples import ImageData
 from kdcache.jobs.dump import dump_logits
-from kdcache.jobs.training import distillation_loss
+from kdcache.jobs.student_targets import distillation_loss
 from kdcache.train.checkpoint import save_checkpoint
 from kdcache.train.loop import build_optimizer, cross_entropy_loss, train_one_epoch
 from kdcache.train.models import build_model

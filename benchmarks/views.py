@@ -55,7 +55,8 @@ from kdcache.data.view_schedule import ViewPlan, sample_views
 from kdcache.experiments.results import load_results
 from kdcache.experiments.sweep import RunSpec, run_sweep
 from kdcache.jobs.dump import cache_attrs, dump_logits
-from kdcache.jobs.training import distillation_loss, train_teacher
+from kdcache.jobs.student_targets import distillation_loss
+from kdcache.jobs.training import train_teacher
 from kdcache.train.checkpoint import load_checkpoint
 from kdcache.train.loop import build_optimizer, cross_entropy_loss, train_one_epoch
 from kdcache.train.models import build_model

@@ -228,3 +228,11 @@ def test_verify_with_the_teacher_checks_rebuilt_rows_within_the_stated_error(tmp
             f[name][:] = np.roll(f[name][:], 1, axis=0)
     bad = run("verify", tmp_path / "s.h5", "--data-dir", data_dir, "--teacher", teacher_ckpt, "--sample", 64, "-q")
     assert_error(bad, "are further from the re-run teacher than the cache states", lines=None)
+
+
+def test_the_summary_says_larger_when_codes_outweigh_the_logits():
+    """At a few classes the basis and codes take more room than the logits: say so, never '0.7x smaller'."""
+    from kdcache.cli.cache_commands import _size_change
+
+    assert _size_change(2024, 92) == "22.0x smaller"
+    assert _size_change(1000, 1500).startswith("1.5x larger")

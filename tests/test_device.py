@@ -140,6 +140,6 @@ def test_a_bare_train_config_gets_the_roles_settings():
     asked = resolve_train_config(TrainConfig(epochs=1, device="cpu", lr=0.1, batch_size=7, precision="fp32"),
                                  STUDENT_TRAIN, False, 100)
     assert (asked.lr, asked.precision, asked.batch_size) == (0.1, "fp32", 7)
-    assert [default_batch_size(128, n) for n in (60_000, 4096, 3968, 1000, 200, 10)] == [128, 128, 64, 32, 16, 16]
+    assert [default_batch_size(128, n) for n in (60_000, 4096, 3968, 1000, 200, 10)] == [128, 128, 64, 32, 32, 32]
     assert resolve_train_config(TrainConfig(), TEACHER_TRAIN, False).batch_size == 128  # no data size: the role's
     assert TrainConfig().settled() == TrainConfig(lr=0.05, batch_size=128, precision="auto")  # fit() with no role

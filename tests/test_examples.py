@@ -104,7 +104,7 @@ def test_imagefolder_own_model_example_runs(tmp_path):
 
 
 def test_readme_jobs_snippet_runs(data_dir, tmp_path, monkeypatch, capsys):
-    """The README's jobs-from-Python block runs as printed, at a size for tests (its limit and epochs shrunk)."""
+    """The README's jobs-from-Python block runs as printed, at a size for tests (its limit shrunk, on CPU)."""
     import json
 
     section = readme_section("kdcache's jobs from Python")
@@ -113,7 +113,7 @@ def test_readme_jobs_snippet_runs(data_dir, tmp_path, monkeypatch, capsys):
     code = blocks[0]
     assert "DataConfig(limit=5000)" in code and "TrainConfig(epochs=3)" in code
     code = code.replace("DataConfig(limit=5000)", "DataConfig(limit=300, eval_limit=200)")
-    code = code.replace("TrainConfig(epochs=3)", "TrainConfig(epochs=1, device='cpu')")
+    code = code.replace("TrainConfig(epochs=3)", "TrainConfig(epochs=3, device='cpu')")
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "FashionMNIST").symlink_to(Path(data_dir) / "FashionMNIST")
     monkeypatch.chdir(tmp_path)

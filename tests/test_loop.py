@@ -11,7 +11,7 @@ from kdcache.data.samples import normalize
 from kdcache.device import resolve_device
 from kdcache.errors import ConfigError
 from kdcache.jobs.dump import dump_logits
-from kdcache.jobs.training import distillation_loss
+from kdcache.jobs.student_targets import distillation_loss
 from kdcache.train.checkpoint import load_checkpoint, model_config, save_checkpoint
 from kdcache.train.loop import cross_entropy_loss, evaluate, fit
 from kdcache.train.loss import kd_loss

@@ -21,7 +21,8 @@ from kdcache.data.samples import ImageData, batch_order, normalize, standardize,
 from kdcache.data.streaming import StreamingBatches
 from kdcache.data.view_schedule import sample_views, view_schedule
 from kdcache.data.views import student_views
-from kdcache.jobs.training import distillation_loss, train_student, train_teacher
+from kdcache.jobs.student_targets import distillation_loss
+from kdcache.jobs.training import train_student, train_teacher
 from kdcache.jobs.verify import verify_cache
 from kdcache.train.checkpoint import read_checkpoint
 from kdcache.train.loop import fit

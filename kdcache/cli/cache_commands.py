@@ -207,4 +207,11 @@ def compress_cmd(cache: str, codec: str, kl_budget: float | None, out: str, over
     how = f"for KL budget {r['budget']:g}" if r["rank_chosen_by"] == "budget" else "as stated"
     summary(quiet, f"compressed {r['rows']} rows x {r['num_classes']} classes to rank {r['rank']} {r['code_dtype']} "
                    f"codes ({how}; held-out {describe_kl(r['kl'])}) in {r['seconds']:.1f}s -> {r['cache']} "
-                   f"({r['bytes'] / 1e6:.1f} MB, {r['source_bytes'] / max(r['bytes'], 1):.1f}x smaller)")
+                   f"({r['bytes'] / 1e6:.1f} MB, {_size_change(r['source_bytes'], r['bytes'])})")
+
+
+def _size_change(before: int, after: int) -> str:
+    """"22.0x smaller", or "1.4x larger" where codes and basis outweigh the logits (few classes, few rows)."""
+    if after <= before:
+        return f"{before / max(after, 1):.1f}x smaller"
+    return f"{after / max(before, 1):.1f}x larger: with this few classes or rows full logits are smaller"

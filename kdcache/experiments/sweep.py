@@ -42,7 +42,8 @@ from kdcache.experiments.results import (
     load_results,
     save_results,
 )
-from kdcache.jobs.training import cache_record, resolve_train_config, train_student
+from kdcache.jobs.student_targets import cache_record
+from kdcache.jobs.training import resolve_train_config, train_student
 from kdcache.progress import counter
 from kdcache.train.models import ModelSpec
 

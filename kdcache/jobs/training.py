@@ -14,14 +14,12 @@ import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import torch
 
 from kdcache import __version__, dist
-from kdcache.cache import LogitCache, open_cache, read_meta
-from kdcache.cache.ensemble import check_members, combine_logits
-from kdcache.cache.targets import Targets, as_tensors, concat
+from kdcache.cache import LogitCache, open_cache
 from kdcache.config import (
     DEFAULT_DATASET,
     EVAL_BATCH_SIZE,
@@ -39,7 +37,7 @@ from kdcache.config import (
     default_batch_size,
     default_lr,
 )
-from kdcache.data.batches import Batch, BatchSource, MemoryBatches
+from kdcache.data.batches import BatchSource, MemoryBatches
 from kdcache.data.datasets import (
     load_dataset,
     load_train_val,
@@ -48,18 +46,21 @@ from kdcache.data.datasets import (
 )
 from kdcache.data.images import InputTransform, is_lazy
 from kdcache.data.samples import ImageData
-from kdcache.data.views import fresh_views, student_views
+from kdcache.data.views import fresh_views
 from kdcache.device import resolve_device, resolve_precision
-from kdcache.errors import CheckpointError, ConfigError, Diverged, Interrupted
+from kdcache.errors import CheckpointError, Diverged, Interrupted
 from kdcache.files import check_output, write_json
-from kdcache.identity import UNLABELLED
+from kdcache.jobs.student_targets import (
+    cache_record,
+    data_from_cache,
+    distillation_loss,
+    student_targets,
+)
 from kdcache.jobs.transfer import (
-    TransferSet,
     check_unlabelled_rows,
     concat_data,
     mask_labels,
     open_transfer_sets,
-    transfer_views,
 )
 from kdcache.train.checkpoint import (
     check_model_fits_data,
@@ -70,10 +71,6 @@ from kdcache.train.checkpoint import (
 )
 from kdcache.train.health import chance_warnings, loss_warnings
 from kdcache.train.loop import cross_entropy_loss, evaluate, fit
-from kdcache.train.loss import (
-    DEFAULT_TOPK_REBUILD,
-    kd_loss,
-)
 from kdcache.train.models import ModelSpec, count_parameters
 from kdcache.train.resume import matching_state, resume_path_for, save_resume_state
 
@@ -236,25 +233,6 @@ def _request(role: str, spec: ModelSpec, data: ImageData, data_cfg: DataConfig, 
             "train": train, **({"world_size": ranks} if ranks > 1 else {}), **more}
 
 
-def data_from_cache(data_cfg: DataConfig, caches: Sequence[str | os.PathLike]) -> DataConfig:
-    """``data_cfg`` with what it leaves open taken from the first cache: its dataset and input size.
-
-    A student trains on the data its teacher labelled; asking for it again (``--dataset``)
-    is only needed to override, and a different dataset is then refused by the alignment.
-    ``--image-size`` given keeps the student's own input size: image folders align by file
-    (relative path, bytes, label), not pixels, so the same files read at another size align,
-    and crop-flip views (fractions of the image) replay at that size; the checkpoint records
-    the student's input transform.
-    """
-    if not caches:
-        return replace(data_cfg, dataset=data_cfg.dataset or DEFAULT_DATASET)
-    meta = read_meta(caches[0])
-    transform = meta.input_transform
-    return replace(data_cfg, dataset=data_cfg.dataset or meta.dataset,
-                   image_size=data_cfg.image_size or InputTransform.from_record(transform),
-                   skip_unreadable=data_cfg.skip_unreadable or bool(meta.skipped_files))  # as the dump read them
-
-
 def train_teacher(out: str | os.PathLike, *, model: str | ModelSpec = TEACHER_ARCH, data_cfg: DataConfig = DataConfig(),
                   cfg: TrainConfig = TEACHER_TRAIN, views: ViewConfig = ViewConfig(),
                   run: RunOptions = RunOptions()) -> dict[str, Any]:
@@ -284,33 +262,6 @@ def train_teacher(out: str | os.PathLike, *, model: str | ModelSpec = TEACHER_AR
                     _request("teacher", spec, data, data_cfg, cfg, **more),
                     {**more, "job_config": {"views": asdict(views), "data": asdict(data_cfg)}})
     return _train_and_save(job, out, run)
-
-
-def distillation_loss(temperature: float, alpha: float, topk_rebuild: str = DEFAULT_TOPK_REBUILD
-                      ) -> Callable[[torch.Tensor, Batch], torch.Tensor]:
-    """A LossFn that distils from ``batch.teacher_logits`` (cached) with kd_loss (``topk_rebuild``: see kd_loss).
-
-    Under torchrun it averages over the global batch (kd_loss's ``counts``, one small
-    all-reduce a step), so ranks holding different numbers of labelled rows still give
-    exactly one process's gradient.
-    """
-    def loss_fn(outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
-        ctx = dist.current()
-        counts = None
-        if ctx.distributed:
-            rows, labelled = ctx.sum([len(batch.labels), int((batch.labels != UNLABELLED).sum())])
-            counts = (rows / ctx.world_size, labelled / ctx.world_size)
-        return kd_loss(outputs, batch.teacher_logits, batch.labels, temperature, alpha, counts=counts,
-                       topk_rebuild=topk_rebuild)
-    return loss_fn
-
-
-def cache_record(cache: LogitCache) -> dict[str, Any]:
-    """What a student records about a cache it learned from (the content hash identifies the values)."""
-    m = cache.meta
-    content = m.content_sha256 or cache.scan().content_sha256  # 1.0 files store none: compute it once
-    return {"path": str(cache.path), "content_sha256": content, "teacher_arch": m.teacher_arch,
-            "teacher_sha256": m.teacher_sha256, "targets": m.targets, "topk": m.topk, "num_views": m.num_views}
 
 
 def train_student(out: str | os.PathLike, distill: DistillConfig, *, model: str | ModelSpec = STUDENT_ARCH,
@@ -365,7 +316,7 @@ def train_student(out: str | os.PathLike, distill: DistillConfig, *, model: str 
         transfer_records = [cache_record(c) for c in opened_transfer]
         sets = open_transfer_sets(opened_transfer, d.transfer_data_dirs, data, opened, data_cfg)
         rows_data = concat_data([mask_labels(data, d.labels_limit)] + [s.data for s in sets])
-        targets = _student_targets(opened, data, rows_data, sets, d, views, io, cfg)
+        targets = student_targets(opened, data, rows_data, sets, d, views, io, cfg)
         transfer_info = [{**cache_record(c), **r} for s in sets for c, r in zip(s.caches, s.record())]
     finally:
         for c in opened + opened_transfer:
@@ -405,59 +356,6 @@ def train_student(out: str | os.PathLike, distill: DistillConfig, *, model: str 
                            "2015 §2.1, whose gradients grow with the student-teacher logit gap",
                            "use --T 20 or lower, or a much lower --lr") from None
         raise
-
-
-@dataclass(frozen=True)
-class StudentTargets:
-    """A student's soft targets, aligned with its rows: in memory (``targets``), or a streaming batch source
-    factory (``streamed``) when the caches exceed the memory limit; and its views (kdcache.data.views)."""
-
-    targets: Targets | None
-    streamed: Callable[[torch.device], BatchSource] | None
-    plan: Any  # ViewPlan | None, extended to the transfer rows
-    view_record: dict[str, Any] | None
-
-
-def _student_targets(caches: Sequence[LogitCache], data: ImageData, rows_data: ImageData,
-                     transfer: Sequence[TransferSet], distill: DistillConfig, views: ViewConfig, io: CacheIO,
-                     cfg: TrainConfig) -> StudentTargets:
-    """Targets aligned with ``rows_data`` (``data``'s rows, then each transfer set's), in memory, or streamed
-    when the caches exceed ``io.memory_limit_mb``; and the run's views, stored views extended to the transfer rows."""
-    if len(caches) > 1:
-        check_members(caches)
-    rows = [c.align(data.indices.numpy(), labels=data.labels.numpy(), sample_ids=data.sample_ids, info=data.info,
-                    keys=data.keys)
-            for c in caches]
-    plan, record = student_views(caches, rows, data, augment=views.augment, alpha=distill.alpha,
-                                 allow_inconsistent=views.allow_inconsistent, cache_views=views.cache_views,
-                                 seed=cfg.seed)
-    plan = transfer_views(plan, transfer)
-    if not caches:
-        return StudentTargets(None, None, plan, record)
-    sources = [(list(caches), rows)] + [(s.caches, s.rows) for s in transfer]  # per source: a cache per teacher
-    need_mb = sum(c.target_bytes() for cs, _ in sources for c in cs) / 2**20
-    if need_mb > io.memory_limit_mb:
-        if len(caches) > 1:
-            raise ConfigError(f"the ensemble's caches need {need_mb:.0f} MB in memory, over --cache-memory-limit "
-                              f"{io.memory_limit_mb:g}; streaming serves one cache only: raise the limit or use one cache")
-        from kdcache.data.streaming import StreamingBatches
-
-        paths, source_rows = [cs[0].path for cs, _ in sources], [rs[0] for _, rs in sources]
-        if len(paths) == 1:
-            paths, source_rows = paths[0], source_rows[0]
-        ctx = dist.current()
-        return StudentTargets(None, lambda device: StreamingBatches(
-            rows_data, paths, source_rows, cfg.batch_size, seed=cfg.seed, device=device, num_workers=io.workers,
-            channels_last=cfg.precision == "bf16", views=plan, rank=ctx.rank, world_size=ctx.world_size),
-            plan, record)
-    # per teacher: its targets of every row, in rows_data's order
-    members = [as_tensors(concat([cs[e].read(rs[e]) for cs, rs in sources])) for e in range(len(caches))]
-    if record is not None and record["mode"] == "replay":
-        members = [m[:, :record["views"]] for m in members]  # (N, K', ...): the views in use
-    if len(members) == 1:
-        return StudentTargets(members[0], None, plan, record)
-    combined = combine_logits(members, distill.ensemble, distill.temperature)  # once per run: depends on T only
-    return StudentTargets(combined, None, plan, record)
 
 
 def evaluate_checkpoint(path: str | os.PathLike, *, split: str = "test", data_cfg: DataConfig = DataConfig(),
