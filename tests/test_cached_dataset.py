@@ -425,7 +425,7 @@ def test_the_view_of_an_item_is_the_one_train_student_gives_its_row(fmnist, tmp_
     from kdcache.data.views import student_views
 
     path = marked_views(tmp_path / "m.h5", kd)
-    with open_cache(path) as c:  # what train_student builds for this cache (jobs._student_targets)
+    with open_cache(path) as c:  # what train_student builds for this cache (jobs.student_targets.student_targets)
         rows = c.align(kd.indices.numpy(), labels=kd.labels.numpy(), sample_ids=kd.sample_ids, info=kd.info)
         plan, record = student_views([c], [rows], kd, augment=None, alpha=0.5, cache_views=2, seed=5)
         targets = as_tensors(c.read(rows))[:, :record["views"]]
