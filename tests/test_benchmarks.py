@@ -433,12 +433,16 @@ def test_lowrank_benchmark_smoke(tmp_path):
 
     out = tmp_path / "out"
     common = ["--out", str(out), "--smoke", "--teacher", "b", "--epochs", "1", "--rows", "500", "--T", "2",
-              "--seeds", "0", "--conditions", "lowrank-48 int8", "top-10 spread", "labels only"]
+              "--seeds", "0", "--conditions", "lowrank-48 int8 kl", "top-10 spread", "labels only"]
     main(["prepare", *common])
     main(["run", *common])
     main(["summarize", *common, "--result", str(tmp_path / "r.json")])
     r = json.loads((tmp_path / "r.json").read_text())["teachers"]["b"]
-    assert [s["condition"] for s in r["students"]] == ["labels only", "top-10 spread", "lowrank-48 int8"]
+    assert [s["condition"] for s in r["students"]] == ["labels only", "top-10 spread", "lowrank-48 int8 kl"]
     kl = {row["codec"]: row for row in r["prepared"]["kl_heldout"] if "T" not in row}
-    assert kl["lowrank-48 int8"]["target_bytes"] == 52 and kl["lowrank-64 int8"]["kl_T1"] <= kl["lowrank-8 int8"]["kl_T1"]
+    for e in ("projection", "kl"):
+        assert kl[f"lowrank-48 int8 {e}"]["target_bytes"] == 52
+        assert kl[f"lowrank-64 int8 {e}"]["kl_T1"] <= kl[f"lowrank-8 int8 {e}"]["kl_T1"]
+    assert kl["lowrank-64 int8 kl"]["kl_T1"] < kl["lowrank-64 int8 projection"]["kl_T1"]
+    assert set(r["prepared"]["rank_for_default_budget"]["by_encoder"]) == {"projection", "kl"}
     assert r["prepared"]["teacher"]["arch"] == "mlp-512-32-1000" and r["prepared"]["sizes"]

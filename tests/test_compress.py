@@ -9,7 +9,16 @@ from click.testing import CliRunner
 from conftest import assert_error, cache_attrs, make_image_data
 
 from kdcache.cache import open_cache, write_cache
-from kdcache.cache.lowrank import DEFAULT_KL_BUDGET, choose_rank, decode, fit_basis, measure_kl, round_trip, sample_rows
+from kdcache.cache.lowrank import (
+    DEFAULT_KL_BUDGET,
+    choose_rank,
+    decode,
+    encode,
+    fit_basis,
+    measure_kl,
+    round_trip,
+    sample_rows,
+)
 from kdcache.cli import main
 from kdcache.data.datasets import load_dataset
 from kdcache.jobs.compress import compress_cache
@@ -62,8 +71,27 @@ def test_compress_round_trips_a_tiny_cache(tmp_path, full_cache):
         out = np.empty((10, 10), np.float32)
         assert c.read_span(3, 13, out=out) is out and np.array_equal(out, round_trip(z[3:13], basis).numpy())
         assert c.scan().content_sha256 == m.content_sha256
-    err = np.abs(round_trip(z, basis).numpy() - z).max()
-    assert err < 0.2 and r["rank"] == 4 and r["rank_chosen_by"] == "stated"
+    assert r["rank"] == 4 and r["rank_chosen_by"] == "stated" and r["encoder"] == m.lowrank_kl["encoder"] == "kl"
+    # projection codes rebuild the logits themselves within the noise off rank 4; kl codes keep the softmax closer
+    assert np.abs(round_trip(z, basis, encoder="projection").numpy() - z).max() < 0.2
+    kl, proj = measure_kl(z, basis), measure_kl(z, basis, encoder="projection")
+    assert all(kl[T] < proj[T] for T in kl), (kl, proj)
+
+
+def test_compress_codes_rows_with_the_encoder_named_and_records_it(tmp_path, full_cache):
+    src, z = full_cache
+    fit, _ = sample_rows(N)
+    basis = fit_basis(z[fit], 3)
+    for encoder in ("projection", "kl"):
+        r = run("compress", src, "--codec", f"lowrank:rank=3,encoder={encoder}", "--out", tmp_path / f"{encoder}.h5")
+        assert r.exit_code == 0, r.output
+        with open_cache(tmp_path / f"{encoder}.h5") as c:
+            q, s = encode(z, basis, "int8", encoder)
+            assert c.meta.lowrank_kl["encoder"] == encoder
+            np.testing.assert_array_equal(c.read(), decode(q, s, basis).numpy())
+    bad = run("compress", src, "--codec", "lowrank:encoder=pca", "--out", tmp_path / "x.h5")
+    assert_error(bad, "unknown low-rank encoder 'pca'; choose one of kl, projection")
+    assert not (tmp_path / "x.h5").exists()
 
 
 def test_compress_picks_the_smallest_rank_for_the_budget(tmp_path, full_cache):
@@ -76,7 +104,8 @@ def test_compress_picks_the_smallest_rank_for_the_budget(tmp_path, full_cache):
     with open_cache(tmp_path / "s.h5") as c:
         assert c.meta.lowrank_rank == want.rank and c.meta.lowrank_kl["rank_chosen_by"] == "budget"
     info = run("info", tmp_path / "s.h5")
-    assert info.exit_code == 0 and f"lowrank, rank {want.rank}, int8 codes; mean KL(p_T || rebuilt_T) on " in info.output
+    assert info.exit_code == 0
+    assert f"lowrank, rank {want.rank}, int8 codes (kl encoder); mean KL(p_T || rebuilt_T) on " in info.output
     assert "T=1:" in info.output and "T=2:" in info.output and "T=4:" in info.output
     j = json.loads(run("info", tmp_path / "s.h5", "--json").output)
     assert j["codec"] == "lowrank" and j["lowrank_rank"] == want.rank and set(j["lowrank_kl"]["kl"]) == {"1", "2", "4"}

@@ -167,8 +167,9 @@ def format_info(info: dict[str, Any]) -> str:
                     + (f"; rank chosen for the budget {rec.get('budget'):g}" if rec.get("rank_chosen_by") == "budget"
                        else "; rank stated")) if kl \
             else "KL not recorded"
-        lines.insert(-1, ("codec", f"lowrank, rank {info['lowrank_rank']}, {info['lowrank_code_dtype']} codes; "
-                                   + measured))
+        encoder = rec.get("encoder", "projection")  # caches from before the kl encoder projected their rows
+        lines.insert(-1, ("codec", f"lowrank, rank {info['lowrank_rank']}, {info['lowrank_code_dtype']} codes "
+                                   f"({encoder} encoder); " + measured))
     if info.get("mean_tail_mass"):
         tail = ", ".join(f"T={t}: {100 * m:.2f}%" for t, m in info["mean_tail_mass"].items())
         lines.insert(-1, ("tail", f"the {info['num_classes'] - info['topk']} classes not kept hold on average {tail} of "

@@ -5,15 +5,25 @@ row and V (r, C) holds the top r principal directions of the centred logits (ort
 rows), fitted once per cache on a sample of rows. Decoding is z' = m + c V: 2·r·C FLOPs a
 row, done on the fly in batches, so training sees float logits and re-softens them at any T.
 
+How a row's code is chosen (the *encoder*; decoding is the same for both):
+
+- ``kl`` (the default): the code minimising the row's KL(p_T ‖ rebuilt_T) summed over T = 1, 2,
+  4, to second order: ‖z - z'‖²_Q with Q = Σ_T (diag p_T - p_T p_Tᵀ) / (2T²), a weighted least
+  squares solve per row (r x r). Plain projection spends the code on the far tail, whose
+  logits vary most from row to row and matter least; this one spends it where the teacher puts
+  its mass at some T. On a 1,000-class teacher whose logits are not low-rank it cuts the KL at
+  T = 1 ~90x and at T = 2 ~8x at the same rank (docs/results/lowrank.md). Directions no T weighs
+  (classes with no mass at T <= 4) are pulled to the projection code by a small ridge.
+- ``projection``: c = Vᵀ(z - m), the least squares code of the logits themselves.
+
 Codes are stored as ``int8`` with a per-row float32 scale (c ≈ q · s, s = max|c| / 127) or
-as ``float16``. With V orthonormal the logit error ‖z - z'‖ is the code error plus what the
-dropped directions hold, so the int8 error is at most √r · s / 2 per row on top of the rank's.
+as ``float16``.
 
 Everything here is a pure function of numpy/torch arrays; kdcache.cache.writer/reader store
 and read the basis, codes and scales (docs/cache-format.md, "Low-rank caches").
 
     basis = fit_basis(logits[:20000], rank=64)
-    codes, scales = encode(logits, basis, "int8")
+    codes, scales = encode(logits, basis, "int8")          # the KL-weighted code of each row
     rebuilt = decode(codes, scales, basis)                 # (n, C) float32 torch
     kl = measure_kl(heldout, basis, "int8")                # {1.0: ..., 2.0: ..., 4.0: ...}
 """
@@ -30,6 +40,13 @@ from kdcache.errors import CacheError, ConfigError
 
 CODE_DTYPES = ("int8", "float16")
 DEFAULT_CODE_DTYPE = "int8"
+ENCODERS = ("kl", "projection")
+DEFAULT_ENCODER = "kl"
+# The kl encoder's ridge toward the projection code, relative to the mean diagonal of a row's r x r system: small
+# enough not to move the directions the weights determine, large enough to fix the ones they do not.
+ENCODER_RIDGE = 1e-3
+ENCODE_BLOCK = 64  # rows: the kl encoder pads a batch to whole blocks (BLAS picks kernels by the row count)
+ENCODE_CHUNK_FLOATS = 1 << 24  # the kl encoder builds its per-row systems from (C, chunk x r) outer products of V
 KL_TEMPERATURES = (1.0, 2.0, 4.0)  # the temperatures a basis is judged at (info, compress, verify)
 # The stated KL budget: mean KL(p_T ‖ rebuilt_T) in nats at every T of KL_TEMPERATURES. At 1,000 classes the
 # issue's PCA-64 int8 code (students within 0.3 pp of full logits) measured 8.6e-3 / 9.0e-3 / 2.1e-3.
@@ -140,15 +157,81 @@ def project(logits: Any, basis: Basis) -> np.ndarray:
     return (x @ basis.components.T).reshape(*lead, basis.rank)
 
 
-def encode(logits: Any, basis: Basis, code_dtype: str = DEFAULT_CODE_DTYPE) -> tuple[np.ndarray, np.ndarray]:
+def kl_codes(logits: Any, basis: Basis, temperatures: Sequence[float] = KL_TEMPERATURES,
+             batch: int = 1024) -> np.ndarray:
+    """The kl encoder's float32 codes (n, [V,] r): each row's Σ_T KL(p_T ‖ rebuilt_T), minimised to second order.
+
+    Per row: (V Q Vᵀ + λI) c = V Q (z - m) + λ c₀, Q = Σ_T (diag p_T - p_T p_Tᵀ) / (2T²),
+    c₀ the projection code, λ = ENCODER_RIDGE · mean diag(V Q Vᵀ). Q is blind to a constant
+    shift of the row, as softmax is. Where the rank is far too low for a row the second-order
+    model fails, so each row keeps whichever of c and c₀ gives the lower exact Σ_T KL_T: the kl
+    encoder is never worse than projection, row by row. A row's code is the same bits in any
+    batch (sharded dumps rely on it): products run on whole blocks of ENCODE_BLOCK rows.
+    """
+    z = logits.detach().cpu().numpy() if isinstance(logits, torch.Tensor) else np.asarray(logits)
+    lead = z.shape[:-1]
+    x_all = torch.from_numpy(np.ascontiguousarray(z.reshape(-1, z.shape[-1]), dtype=np.float32))
+    mean, comps = basis.as_tensors()
+    r, C = comps.shape
+    a = [1.0 / (2.0 * T * T) for T in temperatures]
+    vt = comps.T.contiguous().double()  # (C, r); float64: V diag(w) Vᵀ and the p pᵀ terms nearly cancel at T = 1
+    step = max(1, min(r, ENCODE_CHUNK_FLOATS // max(1, C * r)))
+    pairs = [(k, (vt[:, k:k + step, None] * vt[:, None, :]).reshape(C, -1)) for k in range(0, r, step)]
+    eye = torch.eye(r, dtype=torch.float64)
+    out = []
+    batch = -(-batch // ENCODE_BLOCK) * ENCODE_BLOCK
+    for s in range(0, len(x_all), batch):
+        zz = x_all[s:s + batch].double()
+        n = len(zz)
+        if n % ENCODE_BLOCK:  # every product sees whole blocks of rows, so a row's code is the same bits in any batch
+            zz = torch.cat([zz, zz.new_zeros(ENCODE_BLOCK - n % ENCODE_BLOCK, C)])
+        x = zz - mean.double()
+        ps = [torch.softmax(zz / T, -1) for T in temperatures]
+        w = sum(aT * p for aT, p in zip(a, ps))  # (b, C)
+        G = torch.cat([(w @ K).view(len(zz), -1, r) for _, K in pairs], 1)  # (b, r, r): V diag(w) Vᵀ
+        c0 = x @ vt  # (b, r): the projection code
+        h = (w * x) @ vt
+        for aT, p in zip(a, ps):
+            vp = p @ vt
+            G -= aT * vp.unsqueeze(2) * vp.unsqueeze(1)
+            h -= aT * vp * (p * x).sum(-1, keepdim=True)
+        lam = ENCODER_RIDGE * torch.diagonal(G, dim1=1, dim2=2).mean(-1).clamp_min(1e-30)  # (b,)
+        G += lam[:, None, None] * eye
+        h += lam[:, None] * c0
+        c = torch.linalg.solve(G, h)
+        worse = _kl_sum(zz, c, mean, vt, temperatures) > _kl_sum(zz, c0, mean, vt, temperatures)
+        out.append(torch.where(worse[:, None], c0, c)[:n].float())
+    codes = torch.cat(out) if out else torch.zeros(0, r)
+    return codes.numpy().reshape(*lead, r)
+
+
+def _kl_sum(z: torch.Tensor, codes: torch.Tensor, mean: torch.Tensor, vt: torch.Tensor,
+            temperatures: Sequence[float]) -> torch.Tensor:
+    """Σ_T KL(p_T ‖ q_T) per row (b,), float64: p from logits z (b, C), q from the rebuilt m + codes Vᵀᵀ."""
+    y = mean.double() + codes @ vt.T
+    total = torch.zeros(len(z), dtype=torch.float64)
+    for T in temperatures:
+        log_p, log_q = torch.log_softmax(z / T, -1), torch.log_softmax(y / T, -1)
+        total += (log_p.exp() * (log_p - log_q)).sum(-1)
+    return total
+
+
+def encode(logits: Any, basis: Basis, code_dtype: str = DEFAULT_CODE_DTYPE,
+           encoder: str = DEFAULT_ENCODER) -> tuple[np.ndarray, np.ndarray]:
     """``(codes (n, [V,] r) of code_dtype, scales (n, [V]) float32)`` of ``logits`` (n, [V,] C).
 
-    int8: codes q = round(c / s), s = max|c| / 127 per row (s = 1 for an all-zero row).
-    float16: codes c as float16, scales 1; a ConfigError if a code overflows float16.
+    ``encoder``: ``kl`` (kl_codes) or ``projection`` (project). int8: codes q = round(c / s),
+    s = max|c| / 127 per row (s = 1 for an all-zero row). float16: codes c as float16, scales 1;
+    a ConfigError if a code overflows float16.
     """
     if code_dtype not in CODE_DTYPES:
         raise ConfigError(f"code dtype {code_dtype!r} cannot hold low-rank codes; choose one of {', '.join(CODE_DTYPES)}")
-    c = project(logits, basis)
+    check_encoder(encoder)
+    z = logits.detach().cpu().numpy() if isinstance(logits, torch.Tensor) else np.asarray(logits)
+    if not np.isfinite(z).all():
+        row = int(np.flatnonzero(~np.isfinite(z.reshape(len(z), -1)).all(1))[0])
+        raise ConfigError(f"row {row} of the logits holds NaN/Inf; no code represents it")
+    c = kl_codes(z, basis) if encoder == "kl" else project(z, basis)
     if not np.isfinite(c).all():
         row = int(np.flatnonzero(~np.isfinite(c.reshape(len(c), -1)).all(1))[0])
         raise ConfigError(f"row {row} of the logits holds NaN/Inf; no code represents it")
@@ -174,9 +257,15 @@ def decode(codes: Any, scales: Any, basis: Basis | tuple[torch.Tensor, torch.Ten
     return torch.addmm(mean, (q * s.unsqueeze(-1)).reshape(-1, q.shape[-1]), comps).reshape(*q.shape[:-1], -1)
 
 
-def round_trip(logits: Any, basis: Basis, code_dtype: str = DEFAULT_CODE_DTYPE) -> torch.Tensor:
+def check_encoder(encoder: str) -> None:
+    if encoder not in ENCODERS:
+        raise ConfigError(f"unknown low-rank encoder {encoder!r}; choose one of {', '.join(ENCODERS)}")
+
+
+def round_trip(logits: Any, basis: Basis, code_dtype: str = DEFAULT_CODE_DTYPE,
+               encoder: str = DEFAULT_ENCODER) -> torch.Tensor:
     """decode(encode(logits)): what training would see for these rows."""
-    return decode(*encode(logits, basis, code_dtype), basis)
+    return decode(*encode(logits, basis, code_dtype, encoder), basis)
 
 
 def mean_kl(logits: Any, rebuilt: Any, temperatures: Sequence[float] = KL_TEMPERATURES) -> dict[float, float]:
@@ -191,12 +280,13 @@ def mean_kl(logits: Any, rebuilt: Any, temperatures: Sequence[float] = KL_TEMPER
 
 
 def measure_kl(logits: Any, basis: Basis, code_dtype: str = DEFAULT_CODE_DTYPE,
-               temperatures: Sequence[float] = KL_TEMPERATURES, batch: int = 4096) -> dict[float, float]:
-    """Mean KL(p_T ‖ rebuilt_T) of held-out rows ``logits`` through ``basis`` and ``code_dtype``, for each T."""
+               temperatures: Sequence[float] = KL_TEMPERATURES, batch: int = 4096,
+               encoder: str = DEFAULT_ENCODER) -> dict[float, float]:
+    """Mean KL(p_T ‖ rebuilt_T) of held-out rows ``logits`` through ``basis``, ``code_dtype`` and ``encoder``, by T."""
     z = _flat(logits)
     total = {float(T): 0.0 for T in temperatures}
     for s in range(0, len(z), batch):
-        part = mean_kl(z[s:s + batch], round_trip(z[s:s + batch], basis, code_dtype), temperatures)
+        part = mean_kl(z[s:s + batch], round_trip(z[s:s + batch], basis, code_dtype, encoder), temperatures)
         for T, v in part.items():
             total[T] += v * len(z[s:s + batch])
     return {T: v / max(1, len(z)) for T, v in total.items()}
@@ -217,44 +307,58 @@ class Codes:
 class RankChoice:
     rank: int
     kl: dict[float, float]  # at the chosen rank
-    tried: dict[int, float]  # rank -> worst KL over the temperatures, every rank measured
+    tried: dict[int, float]  # rank -> worst KL over the temperatures, every rank measured with ``encoder``
+    encoder: str = DEFAULT_ENCODER  # the encoder the KL was measured with (and the cache must be written with)
 
 
 def choose_rank(basis: Basis, heldout: Any, budget: float = DEFAULT_KL_BUDGET,
-                code_dtype: str = DEFAULT_CODE_DTYPE, temperatures: Sequence[float] = KL_TEMPERATURES) -> RankChoice:
+                code_dtype: str = DEFAULT_CODE_DTYPE, temperatures: Sequence[float] = KL_TEMPERATURES,
+                encoder: str = DEFAULT_ENCODER) -> RankChoice:
     """The smallest rank r <= basis.rank whose worst mean KL over ``temperatures`` on ``heldout`` rows is <= ``budget``.
 
-    Bisection over the nested bases (KL falls as the rank grows); ConfigError naming the
-    rank that comes closest, and its KL, when even the full basis misses the budget.
+    Bisection over the nested bases (KL falls as the rank grows), first with projection codes
+    (cheap at any rank); with the kl encoder, which meets a budget at a lower rank, a second
+    bisection below the projection's rank. ConfigError naming the rank that comes closest, and
+    its KL, when even the full basis misses the budget.
     """
     if not budget > 0:
         raise ConfigError(f"KL budget must be > 0 nats, got {budget}")
-    tried: dict[int, float] = {}
-    kls: dict[int, dict[float, float]] = {}
+    check_encoder(encoder)
+    tried: dict[tuple[int, str], float] = {}
+    kls: dict[tuple[int, str], dict[float, float]] = {}
 
-    def worst(r: int) -> float:
-        if r not in tried:
-            kls[r] = measure_kl(heldout, basis.truncate(r), code_dtype, temperatures)
-            tried[r] = max(kls[r].values())
-        return tried[r]
+    def worst(r: int, enc: str) -> float:
+        if (r, enc) not in tried:
+            kls[r, enc] = measure_kl(heldout, basis.truncate(r), code_dtype, temperatures, encoder=enc)
+            tried[r, enc] = max(kls[r, enc].values())
+        return tried[r, enc]
 
-    lo, hi = 1, basis.rank
-    if worst(hi) > budget:  # int8 codes of more components are coarser, so the closest may be a lower rank
+    def smallest(lo: int, hi: int, enc: str) -> int:
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if worst(mid, enc) <= budget:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
+    hi = basis.rank
+    if worst(hi, "projection") > budget:  # int8 codes of more components are coarser, so the closest may be lower
         for r in np.unique(np.linspace(1, hi, min(hi, CLOSEST_GRID)).round().astype(int)):
-            worst(int(r))
-        best = min(tried, key=lambda r: (tried[r], r))
-        raise ConfigError(f"no rank up to {basis.rank} meets the KL budget {budget:g}: rank {best} comes closest "
-                          f"(of {len(tried)} ranks tried), "
+            worst(int(r), "projection")
+        best = min(tried, key=lambda k: (tried[k], k[0]))
+        raise ConfigError(f"no rank up to {basis.rank} meets the KL budget {budget:g}: rank {best[0]} comes closest "
+                          f"(of {len(tried)} ranks tried, with projected codes), "
                           f"worst mean KL {tried[best]:.3g} over T = {', '.join(f'{t:g}' for t in temperatures)}; "
                           "raise --kl-budget, or keep full logits")
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if worst(mid) <= budget:
-            hi = mid
-        else:
-            lo = mid + 1
-    worst(lo)
-    return RankChoice(lo, kls[lo], dict(sorted(tried.items())))
+    rank = smallest(1, hi, "projection")
+    if encoder != "projection" and worst(rank, encoder) <= budget:
+        rank = smallest(1, rank, encoder)
+    else:
+        encoder = "projection"  # the kl codes missed where projection met the budget (not seen): keep projection's
+    worst(rank, encoder)
+    return RankChoice(rank, kls[rank, encoder], {r: v for (r, e), v in sorted(tried.items()) if e == encoder},
+                      encoder)
 
 
 def sample_rows(num_rows: int, fit_rows: int = FIT_ROWS, heldout_rows: int = HELDOUT_ROWS,
@@ -267,12 +371,15 @@ def sample_rows(num_rows: int, fit_rows: int = FIT_ROWS, heldout_rows: int = HEL
     return np.sort(perm[:fit_rows]), np.sort(perm[fit_rows:fit_rows + heldout_rows])
 
 
+CODEC_SYNTAX = "lowrank[:rank=R][,dtype=int8|float16][,encoder=kl|projection]"
+
+
 def parse_codec(text: str) -> dict[str, Any]:
-    """'lowrank', 'lowrank:rank=64', 'lowrank:rank=64,dtype=float16' -> {'rank': int | None, 'dtype': str}."""
+    """'lowrank', 'lowrank:rank=64,dtype=float16,encoder=projection' -> {'rank': int | None, 'dtype': str, 'encoder': str}."""
     name, _, rest = text.partition(":")
     if name != "lowrank":
-        raise ConfigError(f"unknown codec {name!r}; choose lowrank[:rank=R][,dtype=int8|float16]")
-    out: dict[str, Any] = {"rank": None, "dtype": DEFAULT_CODE_DTYPE}
+        raise ConfigError(f"unknown codec {name!r}; choose {CODEC_SYNTAX}")
+    out: dict[str, Any] = {"rank": None, "dtype": DEFAULT_CODE_DTYPE, "encoder": DEFAULT_ENCODER}
     for part in filter(None, rest.split(",")):
         key, eq, value = part.partition("=")
         if key == "rank" and eq:
@@ -285,8 +392,11 @@ def parse_codec(text: str) -> dict[str, Any]:
                 raise ConfigError(f"code dtype {value!r} cannot hold low-rank codes; choose one of "
                                   f"{', '.join(CODE_DTYPES)}")
             out["dtype"] = value
+        elif key == "encoder" and eq:
+            check_encoder(value)
+            out["encoder"] = value
         else:
-            raise ConfigError(f"unknown codec option {part!r}; use lowrank[:rank=R][,dtype=int8|float16]")
+            raise ConfigError(f"unknown codec option {part!r}; use {CODEC_SYNTAX}")
     return out
 
 

@@ -84,6 +84,9 @@ class CacheWriter:
         self.kind = "lowrank" if basis is not None else "topk" if topk else "logits"
         self.basis, self.code_dtype = basis, code_dtype
         self.lowrank_info = dict(lowrank_info) if lowrank_info is not None else None
+        self.encoder = str((self.lowrank_info or {}).get("encoder", _lowrank.DEFAULT_ENCODER))
+        if basis is not None:
+            _lowrank.check_encoder(self.encoder)
         self.view_policy = dict(view_policy) if view_policy is not None else None
         self.num_views = num_views
         self.lead = (num_views,) if self.view_policy is not None else ()  # the views axis, when there is one
@@ -194,7 +197,7 @@ class CacheWriter:
                 raise CacheError("a top-k row cannot be encoded as a low-rank code: the other classes' logits are gone")
             z = _to_numpy(targets).astype(np.float32, copy=False)
             check_values("logits", z, self._next, self.path)
-            codes, scales = _lowrank.encode(z, self.basis, self.code_dtype)
+            codes, scales = _lowrank.encode(z, self.basis, self.code_dtype, self.encoder)
             return {"lowrank_codes": codes, "lowrank_scales": scales}
         if self.kind == "logits":
             if isinstance(targets, TopK):

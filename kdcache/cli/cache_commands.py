@@ -60,10 +60,11 @@ from kdcache.errors import ConfigError
                    "exact log-sum-exp at T=1 and T=2, their mean): for many classes, e.g. 1,000 classes at K=10 takes "
                    "76 bytes a row instead of 2,024 with float16 logits. Students train from it at any --T; what "
                    "that costs: docs/cache-format.md, Top-k caches.")
-@click.option("--codec", default=None, metavar="lowrank[:rank=R][,dtype=D]",
+@click.option("--codec", default=None, metavar="lowrank[:rank=R][,dtype=D][,encoder=E]",
               help="Store low-rank codes: the teacher first runs over a sample of rows, a PCA basis is fitted on "
                    "them, then every row is coded with it (1,000 classes at rank 64 int8: 92 bytes a row). Without "
-                   "rank=R the smallest rank meeting --kl-budget. docs/cache-format.md, Low-rank caches.")
+                   "rank=R the smallest rank meeting --kl-budget. Codes minimise each row's KL at T = 1, 2, 4 "
+                   "(encoder=kl) or project its logits (encoder=projection). docs/cache-format.md, Low-rank caches.")
 @click.option("--kl-budget", type=float, default=None,
               help="With --codec lowrank: the largest mean KL(p_T || rebuilt_T) allowed at T = 1, 2, 4 (default 0.01).")
 @click.option("--views", type=click.IntRange(min=1), default=1, show_default=True,
@@ -179,9 +180,10 @@ def verify_cmd(cache: str, teacher: str | None, teacher_factory: str | None, wei
 
 @main.command("compress")
 @click.argument("cache", type=click.Path(dir_okay=False))
-@click.option("--codec", default="lowrank", show_default=True, metavar="lowrank[:rank=R][,dtype=D]",
-              help="Low-rank codes: one PCA basis per cache, R numbers a row (int8 with a per-row scale, or float16). "
-                   "Without rank=R the smallest rank meeting --kl-budget on held-out rows.")
+@click.option("--codec", default="lowrank", show_default=True, metavar="lowrank[:rank=R][,dtype=D][,encoder=E]",
+              help="Low-rank codes: one PCA basis per cache, R numbers a row (int8 with a per-row scale, or float16), "
+                   "each chosen to keep the row's KL at T = 1, 2, 4 small (encoder=kl) or projected (encoder="
+                   "projection). Without rank=R the smallest rank meeting --kl-budget on held-out rows.")
 @click.option("--kl-budget", type=float, default=None,
               help="Largest mean KL(p_T || rebuilt_T), in nats, allowed at T = 1, 2 and 4 on held-out rows "
                    "(default: kdcache.cache.lowrank.DEFAULT_KL_BUDGET, 0.01).")
@@ -202,7 +204,7 @@ def compress_cmd(cache: str, codec: str, kl_budget: float | None, out: str, over
     from kdcache.jobs.compress import compress_cache, describe_kl
 
     c = parse_codec(codec)
-    r = compress_cache(cache, out, rank=c["rank"], code_dtype=c["dtype"], overwrite=overwrite,
+    r = compress_cache(cache, out, rank=c["rank"], code_dtype=c["dtype"], overwrite=overwrite, encoder=c["encoder"],
                        kl_budget=DEFAULT_KL_BUDGET if kl_budget is None else kl_budget)
     how = f"for KL budget {r['budget']:g}" if r["rank_chosen_by"] == "budget" else "as stated"
     summary(quiet, f"compressed {r['rows']} rows x {r['num_classes']} classes to rank {r['rank']} {r['code_dtype']} "

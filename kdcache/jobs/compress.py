@@ -19,6 +19,7 @@ import numpy as np
 from kdcache.cache import CacheWriter, open_cache
 from kdcache.cache.lowrank import (
     DEFAULT_CODE_DTYPE,
+    DEFAULT_ENCODER,
     DEFAULT_KL_BUDGET,
     KL_TEMPERATURES,
     Basis,
@@ -39,12 +40,13 @@ _WRITER_ATTRS = {"format", "schema_version", "complete", "created_utc", "num_sam
 
 def plan_basis(fit_logits: np.ndarray, heldout_logits: np.ndarray, rank: int | None = None,
                code_dtype: str = DEFAULT_CODE_DTYPE, kl_budget: float = DEFAULT_KL_BUDGET,
-               num_classes: int | None = None) -> tuple[Basis, dict[str, Any]]:
+               num_classes: int | None = None, encoder: str = DEFAULT_ENCODER) -> tuple[Basis, dict[str, Any]]:
     """The basis for these rows (n, [V,] C) and what to record of it: ``(basis, lowrank_info)``.
 
     ``rank`` None: the smallest rank whose mean KL on ``heldout_logits`` meets ``kl_budget`` at
     every T of KL_TEMPERATURES (ConfigError naming the closest rank otherwise). A stated
-    rank is checked against the classes and rows, and its KL measured and recorded.
+    rank is checked against the classes and rows, and its KL measured and recorded. The rows are
+    coded with ``encoder`` (kdcache.cache.lowrank), as the writer will code them.
     """
     c = num_classes or fit_logits.shape[-1]
     fit = fit_logits.reshape(-1, c)
@@ -52,22 +54,22 @@ def plan_basis(fit_logits: np.ndarray, heldout_logits: np.ndarray, rank: int | N
     if rank is not None:
         check_rank(rank, c, len(fit))
         basis = fit_basis(fit, rank)
-        kl = measure_kl(held, basis, code_dtype) if len(held) else {}
+        kl = measure_kl(held, basis, code_dtype, encoder=encoder) if len(held) else {}
     else:
         if not len(held):
             raise ConfigError("too few rows to hold any out for choosing a rank; state one: --codec lowrank:rank=R")
         full = fit_basis(fit, min(c, len(fit)))
-        choice = choose_rank(full, held, kl_budget, code_dtype)
-        basis, kl = full.truncate(choice.rank), choice.kl
+        choice = choose_rank(full, held, kl_budget, code_dtype, encoder=encoder)
+        basis, kl, encoder = full.truncate(choice.rank), choice.kl, choice.encoder
     info = {"kl": {f"{T:g}": v for T, v in kl.items()}, "budget": kl_budget, "rank_chosen_by": "stated" if rank
             else "budget", "fit_rows": len(fit), "heldout_rows": len(held), "temperatures": list(KL_TEMPERATURES),
-            "code_dtype": code_dtype}
+            "code_dtype": code_dtype, "encoder": encoder}
     return basis, info
 
 
 def compress_cache(src: str | os.PathLike, out: str | os.PathLike, *, rank: int | None = None,
                    code_dtype: str = DEFAULT_CODE_DTYPE, kl_budget: float = DEFAULT_KL_BUDGET,
-                   overwrite: bool = False, seed: int = 0) -> dict[str, Any]:
+                   overwrite: bool = False, seed: int = 0, encoder: str = DEFAULT_ENCODER) -> dict[str, Any]:
     """Write ``out``: ``src``'s rows as low-rank codes, with its index columns, views and attributes. Returns a summary.
 
     Refuses a top-k source (the other logits are gone) and a low-rank one. Written like every
@@ -89,7 +91,7 @@ def compress_cache(src: str | os.PathLike, out: str | os.PathLike, *, rank: int 
             raise CacheError(f"{src} is already a low-rank cache (rank {m.lowrank_rank}); compress the full cache")
         fit_rows, held_rows = sample_rows(len(c), seed=seed)
         basis, info = plan_basis(c.read(fit_rows).astype(np.float32), c.read(held_rows).astype(np.float32), rank,
-                                 code_dtype, kl_budget, m.num_classes)
+                                 code_dtype, kl_budget, m.num_classes, encoder)
         info["seed"] = seed
         attrs = {k: v for k, v in m.attrs.items() if k not in _WRITER_ATTRS}
         attrs["class_names"] = list(c.class_names)
@@ -106,7 +108,7 @@ def compress_cache(src: str | os.PathLike, out: str | os.PathLike, *, rank: int 
                              view_params=w_params)
         src_bytes = src.stat().st_size
     return {"cache": str(out), "source": str(src), "rows": m.num_samples, "num_classes": m.num_classes,
-            "rank": basis.rank, "code_dtype": code_dtype, "kl": info["kl"], "budget": kl_budget,
+            "rank": basis.rank, "code_dtype": code_dtype, "encoder": info["encoder"], "kl": info["kl"], "budget": kl_budget,
             "rank_chosen_by": info["rank_chosen_by"], "bytes": out.stat().st_size, "source_bytes": src_bytes,
             "seconds": time.perf_counter() - t0}
 
@@ -119,7 +121,8 @@ def describe_kl(kl: Mapping[str, float]) -> str:
 
 
 def basis_for_dump(logits_of_rows: Callable[[np.ndarray], np.ndarray], num_rows: int, ctx: Any, *,
-                   rank: int | None, code_dtype: str, kl_budget: float) -> dict[str, Any]:
+                   rank: int | None, code_dtype: str, kl_budget: float,
+                   encoder: str = DEFAULT_ENCODER) -> dict[str, Any]:
     """The CacheWriter options of a low-rank dump: the teacher's logits of the sample rows, a basis planned on them.
 
     ``logits_of_rows(rows)`` runs the teacher over dataset rows ``rows`` (n,) -> (n, [V,] C). Under
@@ -131,7 +134,7 @@ def basis_for_dump(logits_of_rows: Callable[[np.ndarray], np.ndarray], num_rows:
         try:
             fit, held = sample_rows(num_rows)
             z = logits_of_rows(np.concatenate([fit, held]))
-            basis, info = plan_basis(z[:len(fit)], z[len(fit):], rank, code_dtype, kl_budget)
+            basis, info = plan_basis(z[:len(fit)], z[len(fit):], rank, code_dtype, kl_budget, encoder=encoder)
             info["seed"] = 0
             payload = {"mean": basis.mean.tolist(), "components": basis.components.tolist(), "info": info}
         except Exception as e:  # noqa: BLE001 - re-raised here, and heard by every other rank

@@ -242,7 +242,8 @@ def dump_logits(teacher: "str | os.PathLike | torch.nn.Module | TeacherSpec | No
             return torch.cat(parts).float().cpu().numpy()
 
         writer_opts.update(basis_for_dump(logits_of_rows, len(data), ctx, rank=lowrank["rank"],
-                                          code_dtype=lowrank["dtype"], kl_budget=kl_budget))
+                                          code_dtype=lowrank["dtype"], kl_budget=kl_budget,
+                                          encoder=lowrank["encoder"]))
     sharded: dict[str, Any] = {}
     try:
         if ctx.distributed:
