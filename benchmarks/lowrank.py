@@ -61,13 +61,14 @@ KL_TEMPERATURES = (1.0, 2.0, 4.0)
 # (condition, what, parameter, top-k rebuild): what = None (labels), "full", "topk", "lowrank", "hybrid"
 CONDITIONS = [("labels only", None, None, None), ("full float16", "full", None, None),
               ("top-10 spread", "topk", 10, "spread"), ("top-10 bucket", "topk", 10, "bucket")]
-CONDITIONS += [(f"lowrank-{r} int8", "lowrank", r, None) for r in RANKS]
+ENCODERS = ("projection", "kl")  # kdcache.cache.lowrank's encoders: codes that project the logits / keep the KL small
+CONDITIONS += [(f"lowrank-{r} int8 {e}", "lowrank", (r, e), None) for e in ENCODERS for r in RANKS]
 CONDITIONS += [(f"hybrid top-{HYBRID[0]} + lowrank-{HYBRID[1]}", "hybrid", HYBRID, None)]
 
 
 def hybrid_round_trip(logits: np.ndarray, basis: Basis, k: int) -> torch.Tensor:
     """A candidate codec: the low-rank rebuild with each row's top-k classes put back exactly (float16 values)."""
-    rebuilt = round_trip(logits, basis)
+    rebuilt = round_trip(logits, basis, encoder="projection")
     top = TopK.encode(logits, k)
     values = torch.from_numpy(top.logits.astype(np.float16).astype(np.float32))
     return rebuilt.scatter(-1, torch.from_numpy(top.classes.astype(np.int64)), values)
@@ -104,23 +105,26 @@ def prepare(out: Path, plan: SyntheticPlan) -> dict[str, Any]:
         for T in KL_TEMPERATURES:
             r = _topk_kl(t, (torch.log_softmax(torch.from_numpy(z).double() / T, -1)).numpy(), T)
             kl.append({"codec": f"top-{k} float16", "target_bytes": 4 * k + 12, "T": T, **r})
-    for r in sorted(set(RANKS) | {8, 16, HYBRID[1]}):
-        kl.append({"codec": f"lowrank-{r} int8", "target_bytes": code_bytes(r, "int8"),
-                   **_named(measure_kl(z, basis.truncate(r), "int8", KL_TEMPERATURES))})
-    kl.append({"codec": f"lowrank-{max(RANKS)} float16", "target_bytes": code_bytes(max(RANKS), "float16"),
-               **_named(measure_kl(z, basis, "float16", KL_TEMPERATURES))})
+    for e in ENCODERS:
+        for r in sorted(set(RANKS) | {8, 16, HYBRID[1]}):
+            kl.append({"codec": f"lowrank-{r} int8 {e}", "target_bytes": code_bytes(r, "int8"),
+                       **_named(measure_kl(z, basis.truncate(r), "int8", KL_TEMPERATURES, encoder=e))})
+        kl.append({"codec": f"lowrank-{max(RANKS)} float16 {e}", "target_bytes": code_bytes(max(RANKS), "float16"),
+                   **_named(measure_kl(z, basis, "float16", KL_TEMPERATURES, encoder=e))})
     k, r = HYBRID
     kl.append({"codec": f"hybrid top-{k} + lowrank-{r}", "target_bytes": 4 * k + code_bytes(r, "int8"),
                **_named(mean_kl(z, hybrid_round_trip(z, basis.truncate(r), k), KL_TEMPERATURES))})
-    try:
-        choice = choose_rank(fit_basis(logits[fit], min(logits.shape[1], 512)), z, DEFAULT_KL_BUDGET)
-        chosen = {"rank": choice.rank, "kl": _named(choice.kl), "tried": choice.tried}
-    except ConfigError as e:
-        chosen = {"error": str(e)}
+    chosen: dict[str, Any] = {}
+    for e in ENCODERS:
+        try:
+            choice = choose_rank(fit_basis(logits[fit], min(logits.shape[1], 512)), z, DEFAULT_KL_BUDGET, encoder=e)
+            chosen[e] = {"rank": choice.rank, "kl": _named(choice.kl), "tried": choice.tried}
+        except ConfigError as err:
+            chosen[e] = {"error": str(err)}
     variance = _explained(logits[fit], basis)
     result = {"teacher": summary, "task": asdict(plan.task), "sizes": size_table(paths), "fit_rows": len(fit),
               "heldout_rows": len(held), "fit_seconds": fit_seconds, "explained_variance": variance,
-              "kl_heldout": kl, "rank_for_default_budget": {"budget": DEFAULT_KL_BUDGET, **chosen}}
+              "kl_heldout": kl, "rank_for_default_budget": {"budget": DEFAULT_KL_BUDGET, "by_encoder": chosen}}
     write_json(out / "prepared.json", result)
     return result
 
@@ -164,7 +168,8 @@ def _targets(out: Path, spec: dict[str, Any], data, full, cache: dict[str, Any])
     z = cache[name]
     basis = _load_basis(out)
     if what == "lowrank":
-        return round_trip(z, basis.truncate(param)).numpy()
+        rank, encoder = param
+        return round_trip(z, basis.truncate(rank), encoder=encoder).numpy()
     return hybrid_round_trip(z, basis.truncate(param[1]), param[0]).numpy()
 
 
@@ -209,7 +214,7 @@ def timing(out: Path, plan: SyntheticPlan, repeats: int = 5) -> dict[str, Any]:
     full, train, val, test = _split(plan)
     data = train.head(plan.student_limit)
     cfg = replace(plan.student_train, epochs=1)
-    caches = {"full float16": out / "full-float16.h5", "lowrank-64 int8": out / "compressed-full-float32-64.h5"}
+    caches = {"full float16": out / "full-float16.h5", "lowrank-64 int8 kl": out / "compressed-full-float32-64.h5"}
     times: dict[str, dict[str, list[float]]] = {k: {"load": [], "memory_epoch": [], "streamed_epoch": []} for k in caches}
     for _ in range(repeats):
         for name, path in caches.items():
@@ -231,8 +236,8 @@ def timing(out: Path, plan: SyntheticPlan, repeats: int = 5) -> dict[str, Any]:
                     batches.close()
     med = {name: {k: statistics.median(v) for k, v in t.items()} for name, t in times.items()}
     result["epochs"] = {"rows": len(data), "repeats": repeats, "seconds": times, "median": med,
-                        "ratio_memory": med["lowrank-64 int8"]["memory_epoch"] / med["full float16"]["memory_epoch"],
-                        "ratio_streamed": med["lowrank-64 int8"]["streamed_epoch"] / med["full float16"]["streamed_epoch"]}
+                        "ratio_memory": med["lowrank-64 int8 kl"]["memory_epoch"] / med["full float16"]["memory_epoch"],
+                        "ratio_streamed": med["lowrank-64 int8 kl"]["streamed_epoch"] / med["full float16"]["streamed_epoch"]}
     write_json(out / "timing.json", result)
     print(json.dumps(result["epochs"]["median"]), "memory ratio", round(result["epochs"]["ratio_memory"], 3),
           "streamed ratio", round(result["epochs"]["ratio_streamed"], 3))
