@@ -11,7 +11,8 @@ teacher ``b`` the same generator at 512 input dimensions (``TaskConfig.dim``), s
 centres, and the teacher's logits, are not low-rank by construction (MLP 512-512-512-1000).
 Students, split, training and runs are benchmarks.topk_rebuild's (its ``_split``, ``_student_run``,
 ``student_table``); only the soft targets differ. A low-rank condition trains on
-``decode(encode(z))`` of each row, with the basis fitted on FIT_ROWS sampled rows of the cache
+``decode(encode(z))`` of each row with the encoder it names (``projection`` or ``kl``: see
+kdcache.cache.lowrank), the basis fitted on FIT_ROWS sampled rows of the cache
 (kdcache.cache.lowrank.sample_rows, as ``kdcache compress`` fits it): the float logits a
 low-rank cache gives training. The KL table is measured on the HELDOUT_ROWS rows none of
 the bases was fitted on.
