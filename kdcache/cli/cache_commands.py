@@ -193,8 +193,8 @@ def verify_cmd(cache: str, teacher: str | None, teacher_factory: str | None, wei
 def compress_cmd(cache: str, codec: str, kl_budget: float | None, out: str, overwrite: bool, quiet: bool) -> None:
     """Write CACHE (full logits) as a compact low-rank cache, read as logits at any T.
 
-    It trains like the full cache only where the teacher's logits are close to low-rank:
-    measured in docs/results/lowrank.md.
+    Where the teacher's logits are close to low-rank it trains like the full cache; where they are
+    not, a 20x smaller one cost 0.6 points at 1,000 classes: measured in docs/results/lowrank.md.
 
     \b
     e.g. kdcache compress full.h5 --out small.h5               # rank for the KL budget
