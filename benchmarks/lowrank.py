@@ -37,14 +37,18 @@ from benchmarks.topk_task import TaskConfig, logits_of
 from kdcache.cache import open_cache
 from kdcache.cache.lowrank import (
     DEFAULT_KL_BUDGET,
+    DEFAULT_PACKED_BITS,
     Basis,
+    Codec,
     choose_rank,
     code_bytes,
     fit_basis,
     mean_kl,
     measure_kl,
+    packing_sample,
     round_trip,
     sample_rows,
+    with_packing,
 )
 from kdcache.cache.targets import TopK
 from kdcache.errors import ConfigError
@@ -57,6 +61,8 @@ TEACHERS = {"a": SyntheticPlan(),
             "c": replace(SyntheticPlan(), task=replace(TaskConfig(), dim=512, centre_scale=(64 / 512) ** 0.25))}
 RANKS = (32, 48, 64, 72)  # int8 codes: 36 / 52 / 68 / 76 target bytes a row (top-10 float16 takes 52); 72 is the
 # largest rank at least 20x smaller than float16 full rows (100 bytes a row with the index columns: 20.2x)
+PACKED_RANKS = (96, 121)  # packed codes at kdcache's default 5 bits a component: 60 and 76 target bytes a row (121 fills
+# int8 rank 72's 76 bytes: 100 bytes with the index columns, 20.2x smaller than float16 full rows)
 HYBRID = (5, 28)  # top-5 exact (float16 + uint16 id) + rank-28 int8 code: 52 target bytes, top-10's
 KL_TEMPERATURES = (1.0, 2.0, 4.0)
 # (condition, what, parameter, top-k rebuild): what = None (labels), "full", "topk", "lowrank", "hybrid"
@@ -64,6 +70,7 @@ CONDITIONS = [("labels only", None, None, None), ("full float16", "full", None, 
               ("top-10 spread", "topk", 10, "spread"), ("top-10 bucket", "topk", 10, "bucket")]
 ENCODERS = ("projection", "kl")  # kdcache.cache.lowrank's encoders: codes that project the logits / keep the KL small
 CONDITIONS += [(f"lowrank-{r} int8 {e}", "lowrank", (r, e), None) for e in ENCODERS for r in RANKS]
+CONDITIONS += [(f"lowrank-{r} packed kl", "packed", (r, "kl"), None) for r in PACKED_RANKS]
 CONDITIONS += [(f"hybrid top-{HYBRID[0]} + lowrank-{HYBRID[1]}", "hybrid", HYBRID, None)]
 
 
@@ -171,7 +178,21 @@ def _targets(out: Path, spec: dict[str, Any], data, full, cache: dict[str, Any])
     if what == "lowrank":
         rank, encoder = param
         return round_trip(z, basis.truncate(rank), encoder=encoder).numpy()
+    if what == "packed":  # as `kdcache compress --codec lowrank:rank=R,dtype=packed` fits it: basis and packing
+        rank, encoder = param
+        return round_trip(z, packed_basis(out, rank, cache), "packed", encoder).numpy()
     return hybrid_round_trip(z, basis.truncate(param[1]), param[0]).numpy()
+
+
+def packed_basis(out: Path, rank: int, cache: dict[str, Any]) -> Basis:
+    """The rank-``rank`` basis and its 5-bit packing, fitted on the 60,000-row cache's sample as compress fits them."""
+    key = f"packed-{rank}"
+    if key not in cache:
+        with open_cache(out / "full-float32.h5") as c:
+            logits = c.read()
+        fit, _ = sample_rows(len(logits))
+        cache[key] = with_packing(fit_basis(logits[fit], rank), packing_sample(logits[fit]), DEFAULT_PACKED_BITS)
+    return cache[key]
 
 
 def run(out: Path, plan: SyntheticPlan, conditions: Sequence[str], worker: int, workers: int) -> None:
@@ -207,7 +228,7 @@ def timing(out: Path, plan: SyntheticPlan, repeats: int = 5) -> dict[str, Any]:
     result: dict[str, Any] = {"compress": []}
     for src, rank in (("full-float32", None), ("full-float32", 64), ("full-float16", 64)):
         dst = out / f"compressed-{src}-{rank or 'budget'}.h5"
-        r = compress_cache(out / f"{src}.h5", dst, rank=rank, overwrite=True)
+        r = compress_cache(out / f"{src}.h5", dst, codec=Codec(rank=rank), overwrite=True)
         result["compress"].append({"source": src, "rank": r["rank"], "rank_chosen_by": r["rank_chosen_by"],
                                    "seconds": r["seconds"], "rows": r["rows"], "kl": r["kl"],
                                    "bytes": r["bytes"], "source_bytes": r["source_bytes"]})
@@ -274,7 +295,7 @@ def summarize(root: Path, plans: dict[str, SyntheticPlan], result_path: Path | N
 def _bytes(condition: str) -> int | None:
     """Bytes a row (targets + index columns) of a condition's cache, at 1,000 classes."""
     if condition.startswith("lowrank-"):
-        return code_bytes(int(condition.split()[0].split("-")[1]), "int8") + INDEX_BYTES
+        return code_bytes(int(condition.split()[0].split("-")[1]), condition.split()[1]) + INDEX_BYTES
     if condition.startswith("top-10"):
         return 4 * 10 + 12 + INDEX_BYTES
     return 2 * 1000 + INDEX_BYTES if condition == "full float16" else None

@@ -11,13 +11,18 @@ from conftest import assert_error, cache_attrs, make_image_data
 from kdcache.cache import open_cache, write_cache
 from kdcache.cache.lowrank import (
     DEFAULT_KL_BUDGET,
+    Codec,
+    Packing,
     choose_rank,
     decode,
     encode,
     fit_basis,
     measure_kl,
+    packing_sample,
     round_trip,
     sample_rows,
+    unpack,
+    with_packing,
 )
 from kdcache.cli import main
 from kdcache.data.datasets import load_dataset
@@ -51,7 +56,7 @@ def full_cache(tmp_path, fmnist):
 
 def test_compress_round_trips_a_tiny_cache(tmp_path, full_cache):
     src, z = full_cache
-    r = compress_cache(src, tmp_path / "small.h5", rank=4)
+    r = compress_cache(src, tmp_path / "small.h5", codec=Codec(rank=4))
     fit, held = sample_rows(N)
     basis = fit_basis(z[fit], 4)  # what compress fits: the same sample, the same bytes
     with open_cache(tmp_path / "small.h5") as c, open_cache(src) as s:
@@ -76,6 +81,62 @@ def test_compress_round_trips_a_tiny_cache(tmp_path, full_cache):
     assert np.abs(round_trip(z, basis, encoder="projection").numpy() - z).max() < 0.2
     kl, proj = measure_kl(z, basis), measure_kl(z, basis, encoder="projection")
     assert all(kl[T] < proj[T] for T in kl), (kl, proj)
+
+
+def test_a_packed_cache_stores_bit_packed_codes_and_trains(tmp_path, full_cache, data_dir):
+    src, z = full_cache
+    r = run("compress", src, "--codec", "lowrank:rank=6,dtype=packed,bits=5", "--out", tmp_path / "p.h5")
+    assert r.exit_code == 0, r.output
+    assert "to rank 6 packed codes (4 bytes a row) (as stated" in r.output  # 30 bits
+    fit, held = sample_rows(N)
+    basis = with_packing(fit_basis(z[fit], 6), packing_sample(z[fit]), 5.0)  # what compress fits
+    with open_cache(tmp_path / "p.h5") as c:
+        m = c.meta
+        assert (m.lowrank_code_dtype, m.lowrank_bits, m.schema_version) == ("packed", 5.0, "4.0")
+        assert m.target_datasets == ("lowrank_codes",) and "lowrank_scales" not in c.file
+        assert c.file["lowrank_codes"].shape == (N, 4) and c.file["lowrank_codes"].dtype == np.uint8
+        assert np.array_equal(c.basis.packing.bits, basis.packing.bits)
+        assert np.array_equal(c.basis.packing.steps, basis.packing.steps)
+        np.testing.assert_array_equal(c.read(), round_trip(z, basis, "packed").numpy())
+        assert c.target_bytes(as_float32=False) == N * 4 and c.scan().content_sha256 == m.content_sha256
+        assert m.lowrank_kl["kl"] == pytest.approx({f"{T:g}": v for T, v in measure_kl(z[held], basis, "packed")
+                                                    .items()})
+    with h5py.File(tmp_path / "p.h5") as f:  # decoded with numpy alone, as docs/cache-format.md shows
+        b = f["lowrank_bits"][:].astype(int)
+        bits = np.unpackbits(f["lowrank_codes"][:], axis=-1, bitorder="little")
+        starts = np.cumsum(b) - b
+        levels = [bits[..., s:s + k] @ (1 << np.arange(k)) for s, k in zip(starts, b)]
+        codes = (np.stack(levels, -1) - (2.0 ** (b - 1) - 0.5)) * f["lowrank_steps"][:]
+        by_hand = f["lowrank_mean"][:] + codes @ f["lowrank_components"][:]
+        packing = Packing(f["lowrank_bits"][:], f["lowrank_steps"][:])
+        assert np.array_equal(codes.astype(np.float32), unpack(torch.from_numpy(f["lowrank_codes"][:]), packing).numpy())
+    with open_cache(tmp_path / "p.h5") as c:
+        np.testing.assert_allclose(c.read(), by_hand, atol=1e-5)
+    info = run("info", tmp_path / "p.h5")
+    assert "lowrank, rank 6, packed codes (4 bytes a row, 5.0 bits a component on average) (kl encoder)" in info.output
+    v = run("verify", tmp_path / "p.h5")
+    assert v.exit_code == 0 and "packing of 30 bits a row" in v.output, v.output
+    t = run("train-student", "--cache", tmp_path / "p.h5", "--limit", N, "--epochs", 1, "--eval-limit", 50,
+            "--data-dir", data_dir, "--out", tmp_path / "s.pt", "-q", "--T", 2)
+    assert t.exit_code == 0, t.output
+    with h5py.File(tmp_path / "p.h5", "r+") as f:
+        f["lowrank_steps"][2] = np.nan
+    lines = assert_error(run("verify", tmp_path / "p.h5", "-q"), "the packing's steps are not finite and positive",
+                         lines=None)
+    assert len(lines) == 2  # the packing, and the content hash it no longer matches
+    assert_error(run("train-student", "--cache", tmp_path / "p.h5", "--limit", N, "--epochs", 1, "--data-dir",
+                     data_dir, "--out", tmp_path / "s2.pt", "-q"), "the packing's steps are not finite")
+
+
+def test_compress_picks_a_packed_rank_for_the_budget(tmp_path, full_cache):
+    src, z = full_cache
+    fit, held = sample_rows(N)
+    want = choose_rank(fit_basis(z[fit], 10), z[held], DEFAULT_KL_BUDGET, "packed", fit_sample=packing_sample(z[fit]))
+    r = compress_cache(src, tmp_path / "p.h5", codec=Codec(dtype="packed"))
+    assert r["rank"] == want.rank and r["rank_chosen_by"] == "budget" and r["row_bytes"] == want.basis.packing.row_bytes
+    assert max(r["kl"].values()) <= DEFAULT_KL_BUDGET
+    with open_cache(tmp_path / "p.h5") as c:
+        assert np.array_equal(c.basis.packing.steps, want.basis.packing.steps)
 
 
 def test_compress_codes_rows_with_the_encoder_named_and_records_it(tmp_path, full_cache):
@@ -115,7 +176,7 @@ def test_kd_from_a_lowrank_cache_is_kd_on_the_decoded_logits(tmp_path, full_cach
     from kdcache.data.cached_dataset import CachedDataset
 
     src, _ = full_cache
-    compress_cache(src, tmp_path / "s.h5", rank=3)
+    compress_cache(src, tmp_path / "s.h5", codec=Codec(rank=3))
     with h5py.File(tmp_path / "s.h5", "r") as f:  # decoded by hand from the stored arrays
         mean, comps = f["lowrank_mean"][:], f["lowrank_components"][:]
         z = mean + (f["lowrank_codes"][:].astype(np.float32) * f["lowrank_scales"][:][:, None]) @ comps
@@ -134,7 +195,7 @@ def test_a_lowrank_cache_streams_decoded_rows_block_by_block(tmp_path, full_cach
     from kdcache.cache.stream import LogitStream, iter_batches
 
     src, z = full_cache
-    compress_cache(src, tmp_path / "s.h5", rank=4)
+    compress_cache(src, tmp_path / "s.h5", codec=Codec(rank=4))
     with open_cache(tmp_path / "s.h5") as c:
         whole = c.read()
     stream = LogitStream(tmp_path / "s.h5", block_rows=16, buffer_blocks=2, seed=1)
@@ -154,10 +215,10 @@ def test_train_student_and_ensemble_from_lowrank_caches(tmp_path, full_cache, fm
     from kdcache.cache.ensemble import check_members, combine_logits
 
     src, z = full_cache
-    compress_cache(src, tmp_path / "a.h5", rank=3)
+    compress_cache(src, tmp_path / "a.h5", codec=Codec(rank=3))
     other = write_cache(tmp_path / "full2.h5", teacher_logits(seed=1), fmnist.labels, fmnist.indices,
                         fmnist.sample_ids, cache_attrs(fmnist.info))
-    compress_cache(other, tmp_path / "b.h5", rank=5)
+    compress_cache(other, tmp_path / "b.h5", codec=Codec(rank=5))
     with open_cache(tmp_path / "a.h5") as a, open_cache(tmp_path / "b.h5") as b:
         check_members([a, b])  # different bases: each decoded, then combined
         mean = combine_logits([torch.from_numpy(a.read()), torch.from_numpy(b.read())], "mean-logits", 2.0)
@@ -179,7 +240,7 @@ def test_compress_keeps_views(tmp_path, fmnist):
     params = np.random.default_rng(0).random((N, 3, 1)).astype(np.float32)
     src = write_cache(tmp_path / "v.h5", z, fmnist.labels, fmnist.indices, fmnist.sample_ids, cache_attrs(fmnist.info),
                       num_views=3, view_policy=policy, view_params=params)
-    compress_cache(src, tmp_path / "s.h5", rank=4)
+    compress_cache(src, tmp_path / "s.h5", codec=Codec(rank=4))
     fit, _ = sample_rows(N)
     basis = fit_basis(z[fit].reshape(-1, 10), 4)
     with open_cache(tmp_path / "s.h5") as c:
@@ -230,7 +291,7 @@ def _corrupt_basis(path, how):
 @pytest.mark.parametrize("how, needle", [("nan", "the basis holds NaN/Inf"), ("scaled", "not orthonormal")])
 def test_a_corrupt_basis_is_caught_by_verify_and_train_student(tmp_path, full_cache, data_dir, how, needle):
     src, _ = full_cache
-    small = compress_cache(src, tmp_path / "s.h5", rank=4)["cache"]
+    small = compress_cache(src, tmp_path / "s.h5", codec=Codec(rank=4))["cache"]
     ok = run("verify", small)
     assert ok.exit_code == 0 and "ok    basis:" in ok.output and "ok    values:" in ok.output, ok.output
     _corrupt_basis(small, how)
@@ -247,7 +308,7 @@ def test_verify_with_the_teacher_checks_rebuilt_rows_within_the_stated_error(tmp
     full = tmp_path / "full.h5"
     assert run("dump-logits", "--teacher", teacher_ckpt, "--out", full, "--limit", N, "--data-dir", data_dir,
                "-q").exit_code == 0
-    compress_cache(full, tmp_path / "s.h5", rank=9)
+    compress_cache(full, tmp_path / "s.h5", codec=Codec(rank=9))
     r = run("verify", tmp_path / "s.h5", "--data-dir", data_dir, "--teacher", teacher_ckpt, "--sample", 64)
     assert r.exit_code == 0, r.output
     assert "ok    teacher: 64 random rows re-computed; rebuilt from the codes within the stated error: mean KL T=1:" \

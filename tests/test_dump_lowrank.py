@@ -57,15 +57,18 @@ def test_lowrank_dump_refusals(tmp_path, test_teacher, data_dir):
     assert not (tmp_path / "x.h5").exists()
 
 
-def test_sharded_lowrank_dump_equals_the_one_process_dump(tmp_path, test_teacher, data_dir):
+@pytest.mark.parametrize("codec", ["lowrank:rank=5", "lowrank:rank=7,dtype=packed,bits=3"])
+def test_sharded_lowrank_dump_equals_the_one_process_dump(tmp_path, test_teacher, data_dir, codec):
     out = tmp_path / "c.h5"
     job = torchrun("dump-logits", "--teacher-factory", test_teacher["factory"], "--weights", test_teacher["weights"],
                    "--data-dir", data_dir, "--limit", 300, "--batch-size", 64, "--device", "cpu", "--out", out,
-                   "--codec", "lowrank:rank=5", pythonpath=[test_teacher["folder"]])
+                   "--codec", codec, pythonpath=[test_teacher["folder"]])
     assert job.returncode == 0, job.stderr
-    assert "2 ranks: 2 shard(s) written" in job.stdout and "rank-5 codes of 10" in job.stdout
-    ref = _dump(test_teacher, tmp_path / "ref.h5", data_dir, codec="lowrank:rank=5")
+    rank = codec.split("=")[1].split(",")[0]
+    assert "2 ranks: 2 shard(s) written" in job.stdout and f"rank-{rank} codes of 10" in job.stdout
+    ref = _dump(test_teacher, tmp_path / "ref.h5", data_dir, codec=codec)
     with open_cache(out) as a, open_cache(ref["cache"]) as b:
-        assert a.meta.content_sha256 == b.meta.content_sha256  # basis, codes and scales, bit for bit
+        assert a.meta.content_sha256 == b.meta.content_sha256  # basis, codes and scales (packing), bit for bit
+        assert a.meta.lowrank_code_dtype == (codec.partition("dtype=")[2].partition(",")[0] or "int8")
         assert json.loads(a.meta.attrs["lowrank_kl_json"]) == json.loads(b.meta.attrs["lowrank_kl_json"])
     assert list(tmp_path.glob(".*")) == []

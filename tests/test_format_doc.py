@@ -13,6 +13,7 @@ from kdcache.cache import (
     DATASETS,
     FORMAT_NAME,
     LOGIT_DTYPES,
+    LOWRANK_SCHEMA_VERSION,
     PLAIN_SCHEMA_VERSION,
     ROOT_ATTRS,
     SCHEMA_VERSION,
@@ -57,35 +58,39 @@ def test_every_dataset_is_documented_with_its_dtype_and_shape(doc):
     for name, spec in DATASETS.items():
         dtype_cell, shape_cell = rows[name][0], rows[name][1]
         wanted = {"logits": list(LOGIT_DTYPES), "classes": ["uint8", "uint16", "int32"],
-                  "codes": ["int8", "float16"]}.get(spec.dtype, [spec.dtype])
+                  "codes": ["int8", "float16", "uint8"]}.get(spec.dtype, [spec.dtype])
         for d in wanted:
             assert f"`{d}`" in dtype_cell, (name, d)
         assert shape_cell == spec.shape, (name, shape_cell)
 
 
-@pytest.mark.parametrize("kind", ["plain", "topk-views", "lowrank-views"])
+@pytest.mark.parametrize("kind", ["plain", "topk-views", "lowrank-views", "packed-views"])
 def test_written_shapes_and_dtypes_are_the_documented_ones(tmp_path, kind):
     d = make_image_data(n=20)
     z = np.random.default_rng(0).normal(size=(20, 3, 10)).astype(np.float32)
     kw = {} if kind == "plain" else dict(topk=4, num_views=3, view_params=np.zeros((20, 3, 2), np.float32),
                                          view_policy={"name": "p", "version": 1, "settings": {}, "param_names": ["a", "b"]})
-    if kind == "lowrank-views":
-        from kdcache.cache.lowrank import fit_basis
+    if kind in ("lowrank-views", "packed-views"):
+        from kdcache.cache.lowrank import fit_basis, with_packing
 
         kw.update(topk=0, basis=fit_basis(z, 5))
+    if kind == "packed-views":  # 5 components at 3.2 bits: 16 bits, B = 2 bytes
+        kw.update(basis=with_packing(kw["basis"], z, bits=3.2), code_dtype="packed")
     path = write_cache(tmp_path / "c.h5", z[:, 0] if kind == "plain" else z, d.labels, d.indices, d.sample_ids,
                        cache_attrs(d.info), **kw)
-    dims = {"N": 20, "V": 3, "C": 10, "k": 4, "P": 2, "r": 5}
+    dims = {"N": 20, "V": 3, "C": 10, "k": 4, "P": 2, "r": 5, "B": 2}
     with h5py.File(path, "r") as f:
         for name in f.keys():
             shape = DATASETS[name].shape.replace("[V, ] ", "V, " if kind != "plain" else "")
             shape = shape.replace("[V]", "V" if kind != "plain" else "").replace(", )", ")")
+            shape = shape.replace("r or B", "B" if kind == "packed-views" else "r")
             want = tuple(dims[x.strip()] for x in shape.strip("()").split(",") if x.strip())
             assert f[name].shape == want, (name, f[name].shape, want)
             spec = DATASETS[name].dtype
-            assert str(f[name].dtype) == {"logits": "float32", "classes": "uint8", "codes": "int8"}.get(spec, spec)
+            codes = "uint8" if kind == "packed-views" else "int8"
+            assert str(f[name].dtype) == {"logits": "float32", "classes": "uint8", "codes": codes}.get(spec, spec)
         assert f.attrs["schema_version"] == {"plain": PLAIN_SCHEMA_VERSION, "topk-views": VIEWS_SCHEMA_VERSION,
-                                             "lowrank-views": SCHEMA_VERSION}[kind]
+                                             "lowrank-views": LOWRANK_SCHEMA_VERSION, "packed-views": SCHEMA_VERSION}[kind]
         names = set(f.keys()) | set(f.attrs.keys())
     doc = DOC.read_text()
     for name in names:  # every name a low-rank cache adds is documented too
@@ -108,7 +113,8 @@ def test_every_name_in_a_written_file_is_documented(doc, written):
 
 def test_format_name_and_version_are_the_documented_ones(doc):
     assert f"`{FORMAT_NAME}`" in doc
-    assert re.search(rf"currently `{re.escape(SCHEMA_VERSION)}` \(`{re.escape(VIEWS_SCHEMA_VERSION)}` for a top-k cache or "
+    assert re.search(rf"currently `{re.escape(SCHEMA_VERSION)}` \(`{re.escape(LOWRANK_SCHEMA_VERSION)}` for a low-rank cache "
+                     rf"of int8 or float16 codes, `{re.escape(VIEWS_SCHEMA_VERSION)}` for a top-k cache or "
                      rf"one with views, `{re.escape(PLAIN_SCHEMA_VERSION)}` for", doc)
 
 

@@ -380,11 +380,12 @@ def test_transfer_rows_replay_their_own_stored_views(world, tmp_path, monkeypatc
 
 def test_lowrank_caches_serve_as_cache_and_transfer_set(world, tmp_path):
     """Low-rank rows are read as decoded logits, so they join full ones: either cache may be low-rank."""
+    from kdcache.cache.lowrank import Codec
     from kdcache.jobs.compress import compress_cache
 
     lab, unl = tmp_path / "lab-lr.h5", tmp_path / "unl-lr.h5"
-    compress_cache(world.lab, lab, rank=5)
-    compress_cache(world.unl, unl, rank=5)
+    compress_cache(world.lab, lab, codec=Codec(rank=5))
+    compress_cache(world.unl, unl, codec=Codec(rank=5))
     for cache, transfer in ((lab, unl), (world.lab, unl)):
         r = student(world, "--cache", cache, "--transfer", transfer, "--transfer-data-dir", world.folder)
         assert "200 labelled + 40 unlabelled rows" in r.output.splitlines()[-1]

@@ -108,6 +108,7 @@ def cache_info(path: str | os.PathLike, temperatures: tuple[float, ...] = INFO_T
         "codec": "lowrank" if meta.targets == "lowrank" else None,
         "lowrank_rank": meta.lowrank_rank or None, "lowrank_code_dtype": meta.lowrank_code_dtype,
         "lowrank_kl": meta.lowrank_kl,
+        "lowrank_row_bytes": (meta.lowrank_kl or {}).get("row_bytes") if meta.lowrank_code_dtype == "packed" else None,
     }
 
 
@@ -121,6 +122,10 @@ def format_info(info: dict[str, Any]) -> str:
     if info.get("codec") == "lowrank":
         kind = (f"decoded from low-rank codes: rank {info['lowrank_rank']} {info['lowrank_code_dtype']} per row "
                 "+ one basis, raw (not divided by T)")
+    packed = ""
+    if info.get("lowrank_code_dtype") == "packed":
+        rec = info.get("lowrank_kl") or {}
+        packed = f" ({info.get('lowrank_row_bytes')} bytes a row, {rec.get('bits', '?')} bits a component on average)"
     lines = [
         ("cache", f"{info['path']} ({info['bytes'] / 1e6:.2f} MB on disk)"),
         ("format", f"{info['format']} schema {info['schema_version']}, "
@@ -168,7 +173,7 @@ def format_info(info: dict[str, Any]) -> str:
                        else "; rank stated")) if kl \
             else "KL not recorded"
         encoder = rec.get("encoder", "projection")  # caches from before the kl encoder projected their rows
-        lines.insert(-1, ("codec", f"lowrank, rank {info['lowrank_rank']}, {info['lowrank_code_dtype']} codes "
+        lines.insert(-1, ("codec", f"lowrank, rank {info['lowrank_rank']}, {info['lowrank_code_dtype']} codes{packed} "
                                    f"({encoder} encoder); " + measured))
     if info.get("mean_tail_mass"):
         tail = ", ".join(f"T={t}: {100 * m:.2f}%" for t, m in info["mean_tail_mass"].items())

@@ -132,14 +132,17 @@ class LogitCache:
         """A low-rank cache's basis (read once, checked: shapes, finite, orthonormal rows; CacheError if corrupt)."""
         if self.meta.targets != "lowrank":
             raise CacheError(f"{self.path} holds {self.meta.targets} targets, not low-rank codes")
-        basis = _lowrank.Basis(self._read("lowrank_mean", slice(None)), self._read("lowrank_components", slice(None)))
+        packing = _lowrank.Packing(self._read("lowrank_bits", slice(None)), self._read("lowrank_steps", slice(None))) \
+            if self.meta.lowrank_code_dtype == "packed" else None
+        basis = _lowrank.Basis(self._read("lowrank_mean", slice(None)), self._read("lowrank_components", slice(None)),
+                               packing)
         _lowrank.check_basis(basis, self.path)
         return basis
 
     @property
     def chunk_rows(self) -> int:
         """Rows per HDF5 chunk of the target datasets: a block read of this many rows is one chunk read."""
-        ds = self.file[TARGET_DATASETS[self.meta.targets][0]]
+        ds = self.file[self.meta.target_datasets[0]]
         return int(ds.chunks[0]) if ds.chunks else 65536
 
     def target_bytes(self, as_float32: bool = True) -> int:
@@ -147,7 +150,8 @@ class LogitCache:
         m = self.meta
         per = m.num_views * ((m.topk * (4 + 8) + 12) if m.topk else m.num_classes * 4)
         if not as_float32 and m.targets == "lowrank":
-            per = m.num_views * _lowrank.code_bytes(m.lowrank_rank, m.lowrank_code_dtype)
+            per = m.num_views * (self.file["lowrank_codes"].shape[-1] if m.lowrank_code_dtype == "packed"
+                                 else _lowrank.code_bytes(m.lowrank_rank, m.lowrank_code_dtype))
         elif not as_float32:
             ids = np.dtype(class_id_dtype(m.num_classes)).itemsize
             per = m.num_views * ((m.topk * (np.dtype(m.logits_dtype).itemsize + ids) + 12) if m.topk
@@ -201,7 +205,7 @@ class LogitCache:
         ``check`` refuses NaN/Inf and implausible logits, naming the row.
         """
         sel, order = _selection(rows, self.meta.num_samples)
-        arrays = {name: self._read(name, sel) for name in TARGET_DATASETS[self.meta.targets]}
+        arrays = {name: self._read(name, sel) for name in self.meta.target_datasets}
         if order is not None:
             arrays = {k: v[order] for k, v in arrays.items()}
         if not check:
@@ -217,7 +221,7 @@ class LogitCache:
         """Rows ``start:stop`` in one read per dataset (``out``: a buffer for full logits, saves a copy)."""
         stored = self.meta.targets
         arrays = {name: self._read(name, np.s_[start:stop], out=out if stored == "logits" else None)
-                  for name in TARGET_DATASETS[stored]}
+                  for name in self.meta.target_datasets}
         targets = self._targets(arrays, None, start)
         if stored == "lowrank" and out is not None:
             out[...] = targets
@@ -228,7 +232,8 @@ class LogitCache:
         """Rows ``start:stop`` of a low-rank cache as stored (not decoded): for copying them into another cache."""
         if self.meta.targets != "lowrank":
             raise CacheError(f"{self.path} holds {self.meta.targets} targets, not low-rank codes")
-        return _lowrank.Codes(self._read("lowrank_codes", np.s_[start:stop]), self._read("lowrank_scales", np.s_[start:stop]))
+        scales = None if self.meta.lowrank_code_dtype == "packed" else self._read("lowrank_scales", np.s_[start:stop])
+        return _lowrank.Codes(self._read("lowrank_codes", np.s_[start:stop]), scales)
 
     def _targets(self, arrays: dict[str, np.ndarray], views: np.ndarray | None, rows: Any) -> Targets:
         if views is not None:
@@ -256,18 +261,20 @@ class LogitCache:
 
     def _decode(self, arrays: dict[str, np.ndarray], rows: Any, block: int = 8192) -> np.ndarray:
         """Low-rank codes -> float32 logits (n, [V,] C), a block of rows at a time (2·r·C FLOPs a row)."""
-        codes, scales = arrays["lowrank_codes"], arrays["lowrank_scales"]
-        if rows is not None and not (np.isfinite(scales).all() and (codes.dtype == np.int8 or np.isfinite(codes).all())):
+        codes, scales = arrays["lowrank_codes"], arrays.get("lowrank_scales")
+        if rows is not None and scales is not None and not (np.isfinite(scales).all() and (
+                codes.dtype == np.int8 or np.isfinite(codes).all())):
             bad = ~(np.isfinite(scales).reshape(len(scales), -1).all(1) & np.isfinite(codes.astype(np.float32))
                     .reshape(len(codes), -1).all(1))
             i = int(np.flatnonzero(bad)[0])
             row = rows + i if isinstance(rows, (int, np.integer)) else int(rows[i])
             raise CacheError(f"{self.path}: /lowrank_codes or /lowrank_scales row {row} holds NaN/Inf; the cache is "
                              f"corrupt, {REDUMP}")
-        basis = self.basis.as_tensors()
+        basis = self.basis
         out = np.empty((*codes.shape[:-1], self.num_classes), dtype=np.float32)
         for s in range(0, len(codes), block):
-            out[s:s + block] = _lowrank.decode(codes[s:s + block], scales[s:s + block], basis).numpy()
+            part = None if scales is None else scales[s:s + block]
+            out[s:s + block] = _lowrank.decode(codes[s:s + block], part, basis).numpy()
         if rows is not None:
             check_values("logits", out, rows, self.path)
         return out
@@ -290,7 +297,7 @@ class LogitCache:
     def chunk_byte_ranges(self, start: int, stop: int) -> list[tuple[int, int]]:
         """(file offset, size) of the chunks holding rows ``start:stop`` of the targets (for readahead hints)."""
         out = []
-        for name in TARGET_DATASETS[self.meta.targets]:
+        for name in self.meta.target_datasets:
             ds = self.file[name]
             chunk = ds.chunks[0]
             for r in range(start // chunk * chunk, stop, chunk):

@@ -16,15 +16,17 @@ import numpy as np
 import torch
 
 from kdcache.cache.lowrank import CODE_DTYPES  # storage dtypes of /lowrank_codes
+STORED_CODE_DTYPES = {"int8": "int8", "float16": "float16", "packed": "uint8"}  # lowrank_code_dtype -> HDF5 dtype
 from kdcache.config import LOGIT_DTYPES
 from kdcache.errors import CacheError
 
 FORMAT_NAME = "kdcache-logits"
 SHARD_FORMAT = "kdcache-shard"  # a part of a cache written by one rank of a distributed dump; never trained from
-SCHEMA_VERSION = "3.0"  # the newest MAJOR.MINOR this code reads and writes; readers refuse a newer major, accept any minor
+SCHEMA_VERSION = "4.0"  # the newest MAJOR.MINOR this code reads and writes; readers refuse a newer major, accept any minor
 VIEWS_SCHEMA_VERSION = "2.0"  # written for top-k caches and caches with views, which kdcache 2.x can still read
 PLAIN_SCHEMA_VERSION = "1.1"  # written for full single-view caches, which kdcache 1.x can still read
-LOWRANK_SCHEMA_VERSION = SCHEMA_VERSION  # low-rank caches: a new targets kind, so a new major (2.x readers refuse it)
+LOWRANK_SCHEMA_VERSION = "3.0"  # low-rank caches: a new targets kind, so a new major (2.x readers refuse it)
+PACKED_SCHEMA_VERSION = SCHEMA_VERSION  # packed low-rank codes: codes reinterpreted, no scales, so a new major
 TARGET_KINDS = ("logits", "topk", "lowrank")
 MAX_ABS_LOGIT = 1e4  # |z| above this is no teacher's output but a corrupt value or a broken teacher
 REDUMP = "re-create it with dump-logits, or fetch it again"
@@ -56,15 +58,26 @@ DATASETS: dict[str, DatasetSpec] = {
                                                                "was fitted on"),
     "lowrank_components": DatasetSpec("float32", "(r, C)", "lowrank", "the r principal directions of the centred "
                                                                       "logits, orthonormal rows, largest first"),
-    "lowrank_codes": DatasetSpec("codes", "(N, [V, ] r)", "lowrank", "each row's code: logits = mean + (codes · "
-                                                                     "scales) @ components"),
-    "lowrank_scales": DatasetSpec("float32", "(N, [V])", "lowrank", "each row's code scale (1 for float16 codes)"),
+    "lowrank_codes": DatasetSpec("codes", "(N, [V, ] r or B)", "lowrank", "each row's code: logits = mean + (codes · "
+                                                                          "scales) @ components; packed: B bytes a row"),
+    "lowrank_scales": DatasetSpec("float32", "(N, [V])", "lowrank", "each row's code scale (1 for float16 codes; "
+                                                                    "absent for packed codes)"),
+    "lowrank_bits": DatasetSpec("uint8", "(r,)", "lowrank", "packed codes only: bits of each component (0..16), laid "
+                                                           "out in order, little-endian, in B = ceil(Σ bits / 8) bytes"),
+    "lowrank_steps": DatasetSpec("float32", "(r,)", "lowrank", "packed codes only: a level v of component k is the code "
+                                                              "value (v - 2^(bits-1) + 1/2) · steps[k]"),
 }
 INDEX_DATASETS = ("labels", "indices", "sample_ids")
 TARGET_DATASETS = {"logits": ("logits",),
                    "topk": ("topk_logits", "topk_classes", "tail_logsumexp", "tail_mean", "tail_logsumexp_t2"),
                    "lowrank": ("lowrank_codes", "lowrank_scales")}  # the per-row ones; the basis is per cache
 BASIS_DATASETS = ("lowrank_mean", "lowrank_components")
+PACKING_DATASETS = ("lowrank_bits", "lowrank_steps")  # per cache, for packed codes (which have no /lowrank_scales)
+
+
+def target_datasets(kind: str, code_dtype: str | None = None) -> tuple[str, ...]:
+    """The per-row target datasets of a cache of ``kind`` (low-rank: of ``code_dtype``)."""
+    return ("lowrank_codes",) if kind == "lowrank" and code_dtype == "packed" else TARGET_DATASETS[kind]
 
 # Root attributes every cache carries (1.x names first), with their meaning (also in docs/cache-format.md).
 ROOT_ATTRS: dict[str, str] = {
@@ -102,7 +115,7 @@ OPTIONAL_ATTRS: dict[str, str] = {
     "input_transform": "'' or JSON: how image files became the teacher's input (resize, centre crop, size, mode)",
     "skipped_files": "'' or JSON list of the relative paths left out as unreadable (--skip-unreadable)",
     "lowrank_rank": "r, components of a low-rank cache's basis",
-    "lowrank_code_dtype": "'int8' or 'float16': storage dtype of /lowrank_codes",
+    "lowrank_code_dtype": "'int8', 'float16' or 'packed' (uint8 bytes): storage dtype of /lowrank_codes",
     "lowrank_kl_json": "JSON: mean KL(p_T || rebuilt_T) measured on held-out rows at T = 1, 2, 4, the budget, rows used",
 }
 _V1_DEFAULTS = {"targets": "logits", "topk": 0, "num_views": 1, "view_policy": "", "view_policy_json": "",
@@ -234,6 +247,18 @@ class CacheMeta:
         return str(self.attrs["lowrank_code_dtype"]) if self.targets == "lowrank" else None
 
     @property
+    def lowrank_bits(self) -> float | None:
+        """Packed codes' mean bits a component, as asked for (None for other codes and caches)."""
+        if self.lowrank_code_dtype != "packed":
+            return None
+        return float((self.lowrank_kl or {}).get("bits", 0)) or None
+
+    @property
+    def target_datasets(self) -> tuple[str, ...]:
+        """The per-row datasets holding this cache's targets."""
+        return target_datasets(self.targets, self.lowrank_code_dtype)
+
+    @property
     def lowrank_kl(self) -> dict[str, Any] | None:
         """What the writer measured on held-out rows: {'kl': {T: nats}, 'budget', 'fit_rows', 'heldout_rows'}, or None."""
         text = self.attrs.get("lowrank_kl_json") or ""
@@ -319,6 +344,13 @@ def meta_from(f: h5py.File, path: Path, file_format: str = FORMAT_NAME) -> Cache
     want = {"labels": (n,), "indices": (n,), "sample_ids": (n,)}
     if kind == "logits":
         want["logits"] = (n, *lead, c)
+    elif kind == "lowrank" and attrs["lowrank_code_dtype"] == "packed":
+        bits = f["lowrank_bits"] if "lowrank_bits" in f else None
+        if bits is None or bits.shape != (rank,) or bits.dtype != np.uint8:
+            raise CacheError(f"{path}: /lowrank_bits is missing or not ({rank},) uint8; {REDUMP}")
+        row_bytes = -(-int(bits[()].astype(np.int64).sum()) // 8)
+        want.update(lowrank_mean=(c,), lowrank_components=(rank, c), lowrank_bits=(rank,), lowrank_steps=(rank,),
+                    lowrank_codes=(n, *lead, row_bytes))
     elif kind == "lowrank":
         want.update(lowrank_mean=(c,), lowrank_components=(rank, c), lowrank_codes=(n, *lead, rank),
                     lowrank_scales=(n, *lead))
@@ -334,9 +366,9 @@ def meta_from(f: h5py.File, path: Path, file_format: str = FORMAT_NAME) -> Cache
         if ds.shape != shape:
             raise CacheError(f"{path}: /{name} has shape {ds.shape}, expected {shape}")
         ok = LOGIT_DTYPES if spec.dtype == "logits" else (class_id_dtype(c),) if spec.dtype == "classes" else \
-            (str(attrs["lowrank_code_dtype"]),) if spec.dtype == "codes" else (spec.dtype,)
-        if spec.dtype == "codes" and ok[0] not in CODE_DTYPES:
-            raise CacheError(f"{path}: lowrank_code_dtype {ok[0]!r} is not one of {', '.join(CODE_DTYPES)}; {REDUMP}")
+            (STORED_CODE_DTYPES.get(str(attrs["lowrank_code_dtype"]), ""),) if spec.dtype == "codes" else (spec.dtype,)
+        if spec.dtype == "codes" and str(attrs["lowrank_code_dtype"]) not in CODE_DTYPES:
+            raise CacheError(f"{path}: lowrank_code_dtype {attrs['lowrank_code_dtype']!r} is not one of {', '.join(CODE_DTYPES)}; {REDUMP}")
         if str(ds.dtype) not in ok:
             raise CacheError(f"{path}: /{name} has dtype {ds.dtype}, expected {' or '.join(ok)}")
     values = f[{"logits": "logits", "topk": "topk_logits", "lowrank": "lowrank_mean"}[kind]]

@@ -18,6 +18,7 @@ from kdcache.cache.schema import (
     INDEX_DATASETS,
     LOGIT_DTYPES,
     LOWRANK_SCHEMA_VERSION,
+    PACKED_SCHEMA_VERSION,
     PLAIN_SCHEMA_VERSION,
     ROOT_ATTRS,
     VIEWS_SCHEMA_VERSION,
@@ -67,6 +68,8 @@ class CacheWriter:
             if basis.num_classes != num_classes:
                 raise CacheError(f"internal: a basis of {basis.num_classes} classes for a cache of {num_classes}")
             _lowrank.check_basis(basis, self.path)
+            if (code_dtype == "packed") != (basis.packing is not None):
+                raise CacheError("internal: packed codes need a basis with a packing, and only they have one")
             dtype = "float32"  # what the codes decode to
         if dtype not in LOGIT_DTYPES:
             raise CacheError(f"unsupported logits dtype {dtype!r}; choose one of: {', '.join(LOGIT_DTYPES)}")
@@ -92,7 +95,8 @@ class CacheWriter:
         self.lead = (num_views,) if self.view_policy is not None else ()  # the views axis, when there is one
         self.param_width = len(self.view_policy["param_names"]) if self.view_policy is not None else 0
         row_bytes = int(np.prod(self.lead or (1,))) * (
-            basis.rank * np.dtype(code_dtype).itemsize if basis is not None else (topk or num_classes) * np.dtype(dtype).itemsize)
+            self._code_width * np.dtype(self._code_storage).itemsize if basis is not None
+            else (topk or num_classes) * np.dtype(dtype).itemsize)
         self.chunk_rows = chunk_rows or chunk_rows_for(row_bytes, num_samples)
         self.compression = compression  # None (default, see docs/cache-format.md) or "gzip" for measurements
         self.attrs, self.file_format = caller_attrs(attrs, num_classes), file_format
@@ -102,10 +106,21 @@ class CacheWriter:
         self._f: h5py.File | None = None
         self._ds: dict[str, h5py.Dataset] = {}  # held open: chunk writes fail (and are reported) in write()
 
+    @property
+    def _code_width(self) -> int:
+        """The last dimension of /lowrank_codes: the rank, or a packed row's bytes."""
+        assert self.basis is not None
+        return self.basis.packing.row_bytes if self.basis.packing is not None else self.basis.rank
+
+    @property
+    def _code_storage(self) -> str:
+        return "uint8" if self.code_dtype == "packed" else self.code_dtype
+
     def estimated_bytes(self) -> int:
         """About how big the finished file will be (for a free-space check before writing)."""
         if self.kind == "lowrank":
-            per_row = 24 + self.num_views * (_lowrank.code_bytes(self.basis.rank, self.code_dtype) + 4 * self.param_width)
+            code = self._code_width if self.code_dtype == "packed" else _lowrank.code_bytes(self.basis.rank, self.code_dtype)
+            per_row = 24 + self.num_views * (code + 4 * self.param_width)
             return self.num_samples * per_row + self.basis.components.nbytes + (1 << 20)
         per_row = 24 + int(np.prod(self.lead or (1,))) * (
             (self.topk * (np.dtype(self.dtype).itemsize + np.dtype(class_id_dtype(self.num_classes)).itemsize) + 12)
@@ -118,8 +133,9 @@ class CacheWriter:
         if self.kind == "logits":
             shapes["logits"] = ((n, *lead, self.num_classes), self.dtype)
         elif self.kind == "lowrank":
-            shapes.update(lowrank_codes=((n, *lead, self.basis.rank), self.code_dtype),
-                          lowrank_scales=((n, *lead), "float32"))
+            shapes["lowrank_codes"] = ((n, *lead, self._code_width), self._code_storage)
+            if self.code_dtype != "packed":
+                shapes["lowrank_scales"] = ((n, *lead), "float32")
         else:
             shapes.update(topk_logits=((n, *lead, k), self.dtype), topk_classes=((n, *lead, k), class_id_dtype(self.num_classes)),
                           tail_logsumexp=((n, *lead), "float32"), tail_mean=((n, *lead), "float32"),
@@ -142,10 +158,14 @@ class CacheWriter:
                     compression=None if name in INDEX_DATASETS else self.compression)
                 self._hashes[name] = hashlib.sha256()
             if self.basis is not None:  # once per cache, whole (one chunk each), checksummed and hashed like the rows
-                for name, arr in (("lowrank_mean", self.basis.mean), ("lowrank_components", self.basis.components)):
-                    arr = np.ascontiguousarray(arr, dtype=np.float32)
+                per_cache = [("lowrank_mean", self.basis.mean, "float32"), ("lowrank_components", self.basis.components, "float32")]
+                if self.basis.packing is not None:
+                    per_cache += [("lowrank_bits", self.basis.packing.bits, "uint8"),
+                                  ("lowrank_steps", self.basis.packing.steps, "float32")]
+                for name, arr, dt in per_cache:
+                    arr = np.ascontiguousarray(arr, dtype=dt)
                     self._f.create_dataset(name, data=arr, chunks=arr.shape, fletcher32=True)
-                    self._hashes[name] = hashlib.sha256(arr.astype("<f4", copy=False).tobytes())
+                    self._hashes[name] = hashlib.sha256(arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes())
         except BaseException as e:
             self._abandon()
             self._raise_storage_error(e)
@@ -189,16 +209,15 @@ class CacheWriter:
     def _target_arrays(self, targets: Targets) -> dict[str, np.ndarray]:
         if self.kind == "lowrank":
             if isinstance(targets, _lowrank.Codes):  # already encoded with this basis (assembling shards)
-                if targets.codes.dtype != np.dtype(self.code_dtype) or targets.codes.shape[-1] != self.basis.rank:
-                    raise CacheError(f"internal: {targets.codes.dtype} codes of rank {targets.codes.shape[-1]} given "
+                if targets.codes.dtype != np.dtype(self._code_storage) or targets.codes.shape[-1] != self._code_width:
+                    raise CacheError(f"internal: {targets.codes.dtype} codes of width {targets.codes.shape[-1]} given "
                                      f"to a cache of rank {self.basis.rank} {self.code_dtype} codes")
-                return {"lowrank_codes": targets.codes, "lowrank_scales": targets.scales}
+                return _code_arrays(targets.codes, targets.scales)
             if isinstance(targets, TopK):
                 raise CacheError("a top-k row cannot be encoded as a low-rank code: the other classes' logits are gone")
             z = _to_numpy(targets).astype(np.float32, copy=False)
             check_values("logits", z, self._next, self.path)
-            codes, scales = _lowrank.encode(z, self.basis, self.code_dtype, self.encoder)
-            return {"lowrank_codes": codes, "lowrank_scales": scales}
+            return _code_arrays(*_lowrank.encode(z, self.basis, self.code_dtype, self.encoder))
         if self.kind == "logits":
             if isinstance(targets, TopK):
                 raise CacheError("internal: a full-logit cache was given top-k targets")
@@ -274,8 +293,8 @@ class CacheWriter:
         plain = self.kind == "logits" and self.view_policy is None
         root = {
             "format": self.file_format,
-            "schema_version": PLAIN_SCHEMA_VERSION if plain else LOWRANK_SCHEMA_VERSION if self.kind == "lowrank"
-            else VIEWS_SCHEMA_VERSION,
+            "schema_version": PLAIN_SCHEMA_VERSION if plain else PACKED_SCHEMA_VERSION if self.code_dtype == "packed"
+            and self.kind == "lowrank" else LOWRANK_SCHEMA_VERSION if self.kind == "lowrank" else VIEWS_SCHEMA_VERSION,
             "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "num_samples": self.num_samples, "num_classes": self.num_classes, "logits_dtype": self.dtype,
             "targets": self.kind, "topk": self.topk, "num_views": self.num_views,
@@ -391,3 +410,6 @@ def write_cache(path: str | os.PathLike, logits: Targets, labels: Any, indices: 
     return Path(path)
 
 
+def _code_arrays(codes: np.ndarray, scales: np.ndarray | None) -> dict[str, np.ndarray]:
+    """The per-row datasets of low-rank codes: packed codes have no scales."""
+    return {"lowrank_codes": codes} if scales is None else {"lowrank_codes": codes, "lowrank_scales": scales}

@@ -60,7 +60,7 @@ from kdcache.errors import ConfigError
                    "exact log-sum-exp at T=1 and T=2, their mean): for many classes, e.g. 1,000 classes at K=10 takes "
                    "76 bytes a row instead of 2,024 with float16 logits. Students train from it at any --T; what "
                    "that costs: docs/cache-format.md, Top-k caches.")
-@click.option("--codec", default=None, metavar="lowrank[:rank=R][,dtype=D][,encoder=E]",
+@click.option("--codec", default=None, metavar="lowrank[:rank=R][,dtype=D][,bits=B][,encoder=E]",
               help="Store low-rank codes: the teacher first runs over a sample of rows, a PCA basis is fitted on "
                    "them, then every row is coded with it (1,000 classes at rank 64 int8: 92 bytes a row). Without "
                    "rank=R the smallest rank meeting --kl-budget. Codes minimise each row's KL at T = 1, 2, 4 "
@@ -180,7 +180,7 @@ def verify_cmd(cache: str, teacher: str | None, teacher_factory: str | None, wei
 
 @main.command("compress")
 @click.argument("cache", type=click.Path(dir_okay=False))
-@click.option("--codec", default="lowrank", show_default=True, metavar="lowrank[:rank=R][,dtype=D][,encoder=E]",
+@click.option("--codec", default="lowrank", show_default=True, metavar="lowrank[:rank=R][,dtype=D][,bits=B][,encoder=E]",
               help="Low-rank codes: one PCA basis per cache, R numbers a row (int8 with a per-row scale, or float16), "
                    "each chosen to keep the row's KL at T = 1, 2, 4 small (encoder=kl) or projected (encoder="
                    "projection). Without rank=R the smallest rank meeting --kl-budget on held-out rows.")
@@ -203,12 +203,12 @@ def compress_cmd(cache: str, codec: str, kl_budget: float | None, out: str, over
     from kdcache.cache.lowrank import DEFAULT_KL_BUDGET, parse_codec
     from kdcache.jobs.compress import compress_cache, describe_kl
 
-    c = parse_codec(codec)
-    r = compress_cache(cache, out, rank=c["rank"], code_dtype=c["dtype"], overwrite=overwrite, encoder=c["encoder"],
+    r = compress_cache(cache, out, codec=parse_codec(codec), overwrite=overwrite,
                        kl_budget=DEFAULT_KL_BUDGET if kl_budget is None else kl_budget)
     how = f"for KL budget {r['budget']:g}" if r["rank_chosen_by"] == "budget" else "as stated"
+    packed = f" ({r['row_bytes']} bytes a row)" if r.get("row_bytes") else ""
     summary(quiet, f"compressed {r['rows']} rows x {r['num_classes']} classes to rank {r['rank']} {r['code_dtype']} "
-                   f"codes ({how}; held-out {describe_kl(r['kl'])}) in {r['seconds']:.1f}s -> {r['cache']} "
+                   f"codes{packed} ({how}; held-out {describe_kl(r['kl'])}) in {r['seconds']:.1f}s -> {r['cache']} "
                    f"({r['bytes'] / 1e6:.1f} MB, {_size_change(r['source_bytes'], r['bytes'])})")
 
 

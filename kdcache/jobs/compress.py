@@ -1,7 +1,8 @@
 """``kdcache compress``: turn a full-logit cache into a low-rank one (kdcache.cache.lowrank), and plan a basis.
 
-    r = compress_cache("full.h5", "small.h5")                  # rank chosen to meet the KL budget
-    r = compress_cache("full.h5", "small.h5", rank=64)         # a stated rank; its KL is measured and recorded
+    r = compress_cache("full.h5", "small.h5")                       # rank chosen to meet the KL budget
+    r = compress_cache("full.h5", "small.h5", codec=Codec(rank=64))  # a stated rank; its KL is measured and recorded
+    r = compress_cache("full.h5", "small.h5", codec=Codec(rank=121, dtype="packed"))  # 5 bits a component
 
 The basis is fitted on a deterministic sample of rows (``sample_rows``) and judged on other,
 held-out rows; ``plan_basis`` is shared with ``dump-logits --codec lowrank``, which fits it on
@@ -18,16 +19,18 @@ import numpy as np
 
 from kdcache.cache import CacheWriter, open_cache
 from kdcache.cache.lowrank import (
-    DEFAULT_CODE_DTYPE,
-    DEFAULT_ENCODER,
     DEFAULT_KL_BUDGET,
     KL_TEMPERATURES,
     Basis,
+    Codec,
+    Packing,
     check_rank,
     choose_rank,
     fit_basis,
     measure_kl,
+    packing_sample,
     sample_rows,
+    with_packing,
 )
 from kdcache.errors import CacheError, ConfigError
 from kdcache.files import check_free_space
@@ -38,38 +41,43 @@ _WRITER_ATTRS = {"format", "schema_version", "complete", "created_utc", "num_sam
                  "config_json", "lowrank_rank", "lowrank_code_dtype", "lowrank_kl_json"}
 
 
-def plan_basis(fit_logits: np.ndarray, heldout_logits: np.ndarray, rank: int | None = None,
-               code_dtype: str = DEFAULT_CODE_DTYPE, kl_budget: float = DEFAULT_KL_BUDGET,
-               num_classes: int | None = None, encoder: str = DEFAULT_ENCODER) -> tuple[Basis, dict[str, Any]]:
+def plan_basis(fit_logits: np.ndarray, heldout_logits: np.ndarray, codec: Codec = Codec(),
+               kl_budget: float = DEFAULT_KL_BUDGET, num_classes: int | None = None) -> tuple[Basis, dict[str, Any]]:
     """The basis for these rows (n, [V,] C) and what to record of it: ``(basis, lowrank_info)``.
 
-    ``rank`` None: the smallest rank whose mean KL on ``heldout_logits`` meets ``kl_budget`` at
+    ``codec.rank`` None: the smallest rank whose mean KL on ``heldout_logits`` meets ``kl_budget`` at
     every T of KL_TEMPERATURES (ConfigError naming the closest rank otherwise). A stated
     rank is checked against the classes and rows, and its KL measured and recorded. The rows are
-    coded with ``encoder`` (kdcache.cache.lowrank), as the writer will code them.
+    coded with ``codec.encoder`` (kdcache.cache.lowrank), as the writer will code them. Packed codes
+    (``codec.dtype`` "packed", ``codec.bits`` a component) get a packing fitted on a sample of the fit rows.
     """
+    rank, code_dtype, encoder, bits = codec.rank, codec.dtype, codec.encoder, codec.bits
     c = num_classes or fit_logits.shape[-1]
     fit = fit_logits.reshape(-1, c)
     held = heldout_logits.reshape(-1, c)
     if rank is not None:
         check_rank(rank, c, len(fit))
         basis = fit_basis(fit, rank)
+        if code_dtype == "packed":
+            basis = with_packing(basis, packing_sample(fit), bits, encoder)
         kl = measure_kl(held, basis, code_dtype, encoder=encoder) if len(held) else {}
     else:
         if not len(held):
             raise ConfigError("too few rows to hold any out for choosing a rank; state one: --codec lowrank:rank=R")
         full = fit_basis(fit, min(c, len(fit)))
-        choice = choose_rank(full, held, kl_budget, code_dtype, encoder=encoder)
-        basis, kl, encoder = full.truncate(choice.rank), choice.kl, choice.encoder
+        choice = choose_rank(full, held, kl_budget, code_dtype, encoder=encoder, fit_sample=packing_sample(fit),
+                             bits=bits)
+        basis, kl, encoder = choice.basis or full.truncate(choice.rank), choice.kl, choice.encoder
     info = {"kl": {f"{T:g}": v for T, v in kl.items()}, "budget": kl_budget, "rank_chosen_by": "stated" if rank
             else "budget", "fit_rows": len(fit), "heldout_rows": len(held), "temperatures": list(KL_TEMPERATURES),
             "code_dtype": code_dtype, "encoder": encoder}
+    if basis.packing is not None:
+        info.update(bits=bits, row_bytes=basis.packing.row_bytes)
     return basis, info
 
 
-def compress_cache(src: str | os.PathLike, out: str | os.PathLike, *, rank: int | None = None,
-                   code_dtype: str = DEFAULT_CODE_DTYPE, kl_budget: float = DEFAULT_KL_BUDGET,
-                   overwrite: bool = False, seed: int = 0, encoder: str = DEFAULT_ENCODER) -> dict[str, Any]:
+def compress_cache(src: str | os.PathLike, out: str | os.PathLike, *, codec: Codec = Codec(),
+                   kl_budget: float = DEFAULT_KL_BUDGET, overwrite: bool = False, seed: int = 0) -> dict[str, Any]:
     """Write ``out``: ``src``'s rows as low-rank codes, with its index columns, views and attributes. Returns a summary.
 
     Refuses a top-k source (the other logits are gone) and a low-rank one. Written like every
@@ -90,15 +98,15 @@ def compress_cache(src: str | os.PathLike, out: str | os.PathLike, *, rank: int 
         if m.targets == "lowrank":
             raise CacheError(f"{src} is already a low-rank cache (rank {m.lowrank_rank}); compress the full cache")
         fit_rows, held_rows = sample_rows(len(c), seed=seed)
-        basis, info = plan_basis(c.read(fit_rows).astype(np.float32), c.read(held_rows).astype(np.float32), rank,
-                                 code_dtype, kl_budget, m.num_classes, encoder)
+        basis, info = plan_basis(c.read(fit_rows).astype(np.float32), c.read(held_rows).astype(np.float32), codec,
+                                 kl_budget, m.num_classes)
         info["seed"] = seed
         attrs = {k: v for k, v in m.attrs.items() if k not in _WRITER_ATTRS}
         attrs["class_names"] = list(c.class_names)
         if m.config.get("teacher_config") is not None:
             attrs["extra_config"] = m.config["teacher_config"]
         writer = CacheWriter(out, num_samples=len(c), num_classes=m.num_classes, attrs=attrs, num_views=m.num_views,
-                             view_policy=m.view_policy, overwrite=True, basis=basis, code_dtype=code_dtype,
+                             view_policy=m.view_policy, overwrite=True, basis=basis, code_dtype=codec.dtype,
                              lowrank_info=info)
         check_free_space(out, writer.estimated_bytes(), f"the cache {out}")
         with writer:
@@ -108,7 +116,8 @@ def compress_cache(src: str | os.PathLike, out: str | os.PathLike, *, rank: int 
                              view_params=w_params)
         src_bytes = src.stat().st_size
     return {"cache": str(out), "source": str(src), "rows": m.num_samples, "num_classes": m.num_classes,
-            "rank": basis.rank, "code_dtype": code_dtype, "encoder": info["encoder"], "kl": info["kl"], "budget": kl_budget,
+            "rank": basis.rank, "code_dtype": codec.dtype, "encoder": info["encoder"], "kl": info["kl"], "budget": kl_budget,
+            "row_bytes": info.get("row_bytes"),
             "rank_chosen_by": info["rank_chosen_by"], "bytes": out.stat().st_size, "source_bytes": src_bytes,
             "seconds": time.perf_counter() - t0}
 
@@ -121,8 +130,7 @@ def describe_kl(kl: Mapping[str, float]) -> str:
 
 
 def basis_for_dump(logits_of_rows: Callable[[np.ndarray], np.ndarray], num_rows: int, ctx: Any, *,
-                   rank: int | None, code_dtype: str, kl_budget: float,
-                   encoder: str = DEFAULT_ENCODER) -> dict[str, Any]:
+                   codec: Codec, kl_budget: float) -> dict[str, Any]:
     """The CacheWriter options of a low-rank dump: the teacher's logits of the sample rows, a basis planned on them.
 
     ``logits_of_rows(rows)`` runs the teacher over dataset rows ``rows`` (n,) -> (n, [V,] C). Under
@@ -134,12 +142,17 @@ def basis_for_dump(logits_of_rows: Callable[[np.ndarray], np.ndarray], num_rows:
         try:
             fit, held = sample_rows(num_rows)
             z = logits_of_rows(np.concatenate([fit, held]))
-            basis, info = plan_basis(z[:len(fit)], z[len(fit):], rank, code_dtype, kl_budget, encoder=encoder)
+            basis, info = plan_basis(z[:len(fit)], z[len(fit):], codec, kl_budget)
             info["seed"] = 0
-            payload = {"mean": basis.mean.tolist(), "components": basis.components.tolist(), "info": info}
+            payload = {"mean": basis.mean.tolist(), "components": basis.components.tolist(), "info": info,
+                       "bits": None if basis.packing is None else basis.packing.bits.tolist(),
+                       "steps": None if basis.packing is None else basis.packing.steps.tolist()}
         except Exception as e:  # noqa: BLE001 - re-raised here, and heard by every other rank
             error = e
     ctx.check(error)
     payload = ctx.broadcast(payload)
-    basis = Basis(np.asarray(payload["mean"], dtype=np.float32), np.asarray(payload["components"], dtype=np.float32))
-    return {"basis": basis, "code_dtype": code_dtype, "lowrank_info": payload["info"]}
+    packing = None if payload["bits"] is None else Packing(np.asarray(payload["bits"], dtype=np.uint8),
+                                                           np.asarray(payload["steps"], dtype=np.float32))
+    basis = Basis(np.asarray(payload["mean"], dtype=np.float32), np.asarray(payload["components"], dtype=np.float32),
+                  packing)
+    return {"basis": basis, "code_dtype": codec.dtype, "lowrank_info": payload["info"]}

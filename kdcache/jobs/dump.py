@@ -133,7 +133,7 @@ def dump_logits(teacher: "str | os.PathLike | torch.nn.Module | TeacherSpec | No
     kernels (same CPU type, torch build and threads per process); across different hardware
     they agree within verify's tolerance.
 
-    ``dump.codec`` "lowrank[:rank=R][,dtype=D]" writes low-rank codes (docs/cache-format.md, "Low-rank
+    ``dump.codec`` "lowrank[:rank=R][,dtype=D][,bits=B]" writes low-rank codes (docs/cache-format.md, "Low-rank
     caches"): the teacher first runs over a fixed sample of rows, a basis is fitted on them (rank
     R, or the smallest meeting ``dump.kl_budget`` on held-out rows; under torchrun rank 0 fits and
     broadcasts it), then every row is coded with it as it streams.
@@ -149,7 +149,7 @@ def dump_logits(teacher: "str | os.PathLike | torch.nn.Module | TeacherSpec | No
         lowrank = parse_codec(dump.codec)
         if topk is not None or dump.dtype is not None:
             raise ConfigError("--codec lowrank stores low-rank codes: leave out --top-k and --dtype (the codes' dtype is "
-                              "--codec lowrank:dtype=int8|float16)")
+                              "--codec lowrank:dtype=int8|float16|packed)")
         kl_budget = DEFAULT_KL_BUDGET if kl_budget is None else kl_budget
     check_topk(topk)  # before anything is loaded; the upper bound once the data's classes are known
     dtype = storage_dtype(dump.dtype, topk)
@@ -189,7 +189,8 @@ def dump_logits(teacher: "str | os.PathLike | torch.nn.Module | TeacherSpec | No
     record = None if policy is None else view_record(policy, include_original=include_original, seed=view_seed)
     request = dump_request(loaded, info, len(data), precision, dtype, num_views, record, topk)
     if lowrank is not None:  # a stated rank is part of the request; a chosen one is not known yet (never reused)
-        request.update(targets="lowrank", lowrank_rank=lowrank["rank"], lowrank_code_dtype=lowrank["dtype"])
+        request.update(targets="lowrank", lowrank_rank=lowrank.rank, lowrank_code_dtype=lowrank.dtype,
+                       lowrank_bits=lowrank.bits if lowrank.dtype == "packed" else None)
     if reuse and out.exists():
         try:
             meta = read_meta(out)
@@ -241,9 +242,7 @@ def dump_logits(teacher: "str | os.PathLike | torch.nn.Module | TeacherSpec | No
                     parts.append(loaded.view_logits(images, torch.from_numpy(params), policy, dev, precision))
             return torch.cat(parts).float().cpu().numpy()
 
-        writer_opts.update(basis_for_dump(logits_of_rows, len(data), ctx, rank=lowrank["rank"],
-                                          code_dtype=lowrank["dtype"], kl_budget=kl_budget,
-                                          encoder=lowrank["encoder"]))
+        writer_opts.update(basis_for_dump(logits_of_rows, len(data), ctx, codec=lowrank, kl_budget=kl_budget))
     sharded: dict[str, Any] = {}
     try:
         if ctx.distributed:

@@ -200,8 +200,10 @@ def _check_lowrank(cache: LogitCache, report: VerifyReport) -> None:
         return
     v = basis.components.astype(np.float64)
     off = float(np.abs(v @ v.T - np.eye(basis.rank)).max())
+    packing = "" if basis.packing is None else (f"; packing of {int(basis.packing.bits.astype(np.int64).sum())} bits "
+                                                 f"a row, every component <= 16 bits, steps finite and > 0")
     report.add("basis", "ok", f"mean ({basis.num_classes},) and {basis.rank} components finite, orthonormal "
-                              f"(max |V Vᵀ - I| {off:.1e})")
+                              f"(max |V Vᵀ - I| {off:.1e}){packing}")
     max_abs = 0.0
     try:
         for _, block in cache.blocks():
@@ -209,7 +211,8 @@ def _check_lowrank(cache: LogitCache, report: VerifyReport) -> None:
     except CacheError as e:
         report.add("values", "fail", str(e))
         return
-    report.add("values", "ok", f"every code and scale is finite; every decoded logit is finite and plausible "
+    codes = "every packed code decodes" if basis.packing is not None else "every code and scale is finite"
+    report.add("values", "ok", f"{codes}; every decoded logit is finite and plausible "
                                f"(max |z| {max_abs:.2f})")
 
 
