@@ -218,6 +218,7 @@ def timing(out: Path, plan: SyntheticPlan, repeats: int = 5) -> dict[str, Any]:
     """``kdcache compress`` of the 60,000-row cache (from float32, as dump-logits writes it by default; from float16),
     and one student epoch from the compressed cache vs from the full one: targets held in memory (read, decoded
     once) and streamed (kdcache.data.streaming: decoded block by block), run alternately ``repeats`` times, medians."""
+    from benchmarks.folder import cpu_model
     from benchmarks.topk_task import mlp
     from kdcache.data.batches import MemoryBatches
     from kdcache.data.streaming import StreamingBatches
@@ -225,18 +226,22 @@ def timing(out: Path, plan: SyntheticPlan, repeats: int = 5) -> dict[str, Any]:
     from kdcache.jobs.student_targets import distillation_loss
     from kdcache.train.loop import fit
 
-    result: dict[str, Any] = {"compress": []}
-    for src, rank in (("full-float32", None), ("full-float32", 64), ("full-float16", 64)):
-        dst = out / f"compressed-{src}-{rank or 'budget'}.h5"
-        r = compress_cache(out / f"{src}.h5", dst, codec=Codec(rank=rank), overwrite=True)
-        result["compress"].append({"source": src, "rank": r["rank"], "rank_chosen_by": r["rank_chosen_by"],
+    result: dict[str, Any] = {"compress": [], "cpu": cpu_model(), "torch_threads": torch.get_num_threads()}
+    packed = Codec(rank=max(PACKED_RANKS), dtype="packed")
+    for src, codec in (("full-float32", Codec()), ("full-float32", Codec(rank=64)), ("full-float16", Codec(rank=64)),
+                       ("full-float32", packed), ("full-float32", Codec(dtype="packed"))):
+        dst = out / f"compressed-{src}-{codec.rank or 'budget'}{'-packed' if codec.dtype == 'packed' else ''}.h5"
+        r = compress_cache(out / f"{src}.h5", dst, codec=codec, overwrite=True)
+        result["compress"].append({"source": src, "codec": asdict(codec), "rank": r["rank"],
+                                   "rank_chosen_by": r["rank_chosen_by"], "row_bytes": r["row_bytes"],
                                    "seconds": r["seconds"], "rows": r["rows"], "kl": r["kl"],
                                    "bytes": r["bytes"], "source_bytes": r["source_bytes"]})
         print(json.dumps(result["compress"][-1]), flush=True)
     full, train, val, test = _split(plan)
     data = train.head(plan.student_limit)
     cfg = replace(plan.student_train, epochs=1)
-    caches = {"full float16": out / "full-float16.h5", "lowrank-64 int8 kl": out / "compressed-full-float32-64.h5"}
+    caches = {"full float16": out / "full-float16.h5", "lowrank-64 int8 kl": out / "compressed-full-float32-64.h5",
+              f"lowrank-{packed.rank} packed kl": out / f"compressed-full-float32-{packed.rank}-packed.h5"}
     times: dict[str, dict[str, list[float]]] = {k: {"load": [], "memory_epoch": [], "streamed_epoch": []} for k in caches}
     for _ in range(repeats):
         for name, path in caches.items():
@@ -257,12 +262,11 @@ def timing(out: Path, plan: SyntheticPlan, repeats: int = 5) -> dict[str, Any]:
                 if mode == "streamed":
                     batches.close()
     med = {name: {k: statistics.median(v) for k, v in t.items()} for name, t in times.items()}
-    result["epochs"] = {"rows": len(data), "repeats": repeats, "seconds": times, "median": med,
-                        "ratio_memory": med["lowrank-64 int8 kl"]["memory_epoch"] / med["full float16"]["memory_epoch"],
-                        "ratio_streamed": med["lowrank-64 int8 kl"]["streamed_epoch"] / med["full float16"]["streamed_epoch"]}
+    ratios = {name: {mode: med[name][f"{mode}_epoch"] / med["full float16"][f"{mode}_epoch"]
+                     for mode in ("memory", "streamed")} for name in caches if name != "full float16"}
+    result["epochs"] = {"rows": len(data), "repeats": repeats, "seconds": times, "median": med, "ratios": ratios}
     write_json(out / "timing.json", result)
-    print(json.dumps(result["epochs"]["median"]), "memory ratio", round(result["epochs"]["ratio_memory"], 3),
-          "streamed ratio", round(result["epochs"]["ratio_streamed"], 3))
+    print(json.dumps(result["epochs"]["median"]), "ratios to full float16:", json.dumps(ratios))
     return result
 
 

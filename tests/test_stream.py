@@ -260,3 +260,32 @@ def test_a_stream_closes_its_handles_and_reopens_when_iterated_again(path):
     assert len(epoch_rows(stream, 1)) == 103  # reopened on demand
     stream.close()
     assert not any(str(path) in f for f in open_fds())
+
+
+def test_read_ahead_keeps_order_raises_where_the_producer_failed_and_stops_with_the_consumer():
+    import threading
+
+    from kdcache.cache.stream import read_ahead
+
+    assert list(read_ahead(iter(range(50)))) == list(range(50))
+
+    def failing():
+        yield from range(3)
+        raise CacheError("x.h5: chunk 3 is corrupt")
+
+    got = []
+    with pytest.raises(CacheError, match="chunk 3 is corrupt"):
+        for i in read_ahead(failing()):
+            got.append(i)
+    assert got == [0, 1, 2]
+    produced = []
+
+    def counting():
+        for i in range(1000):
+            produced.append(i)
+            yield i
+
+    it = read_ahead(counting(), depth=1)
+    assert [next(it) for _ in range(3)] == [0, 1, 2]
+    it.close()  # the consumer stops: the producer is stopped and joined, at most depth + 2 items ahead
+    assert len(produced) <= 3 + 3 and not any(t.name == "kdcache-read-ahead" for t in threading.enumerate())

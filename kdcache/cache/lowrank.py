@@ -98,7 +98,8 @@ class Packing:
     def _tables(self) -> dict[str, torch.Tensor]:
         bits = torch.from_numpy(self.bits.astype(np.int64))
         offsets = torch.cumsum(bits, 0) - bits
-        return {"byte": offsets // 8, "shift": offsets % 8, "mask": (1 << bits) - 1, "bits": bits,
+        byte = torch.where(bits > 0, offsets // 8, 0)  # (a 0-bit component past the last byte reads byte 0, masked)
+        return {"byte": byte, "shift": offsets % 8, "mask": (1 << bits) - 1, "bits": bits,
                 "centre": torch.exp2(bits.double() - 1) - 0.5, "steps": torch.from_numpy(self.steps.astype(np.float32))}
 
 

@@ -27,7 +27,9 @@ buffer, and every batch, mixes rows of all of them.
 from __future__ import annotations
 
 import os
-from typing import Iterator, Sequence
+import queue
+import threading
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -296,12 +298,14 @@ def iter_batches(stream: LogitStream, batch_size: int, num_workers: int = 0) -> 
     """Batches of exactly ``batch_size`` rows ``(values (B,), targets of B rows)`` (the last may be short).
 
     With ``num_workers`` > 0, buffers are read in that many DataLoader worker processes
-    (reading overlaps the consumer's compute), interleaved in a fixed order.
+    (reading overlaps the consumer's compute), interleaved in a fixed order. Without, one
+    thread reads (and decodes, for low-rank caches) the next buffer while the consumer works
+    on this one: HDF5 reads and the decoding matmul run outside the consumer's Python.
     """
     loader = DataLoader(stream, batch_size=None, num_workers=num_workers,
                         prefetch_factor=2 if num_workers else None, persistent_workers=False)
     carry: tuple[torch.Tensor, Targets] | None = None  # < batch_size rows left from the last buffer
-    for values, targets in loader:
+    for values, targets in (loader if num_workers else read_ahead(iter(loader))):
         start = 0
         if carry is not None:  # complete the carried batch with the head of this buffer (small copy)
             need = batch_size - len(carry[0])
@@ -319,3 +323,54 @@ def iter_batches(stream: LogitStream, batch_size: int, num_workers: int = 0) -> 
             carry = (values[full:], targets[full:])
     if carry is not None:
         yield carry
+
+
+class _Failed:
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+_DONE = object()
+
+
+def read_ahead(items: Iterator[Any], depth: int = 1) -> Iterator[Any]:
+    """``items``, produced by a background thread up to ``depth`` ahead of the consumer.
+
+    An exception in the producer is raised in the consumer at the item it failed on. When the
+    consumer stops early (or fails), the producer stops at its next item and is joined, so
+    nothing reads a file after the consumer has moved on (and, say, closed it).
+    """
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(_DONE)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
+            put(_Failed(e))
+
+    worker = threading.Thread(target=produce, name="kdcache-read-ahead", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _DONE:
+                return
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        worker.join()
