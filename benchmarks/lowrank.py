@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from dataclasses import asdict, replace
@@ -214,10 +215,11 @@ def run(out: Path, plan: SyntheticPlan, conditions: Sequence[str], worker: int, 
               f"({time.perf_counter() - t0:.0f}s)", flush=True)
 
 
-def timing(out: Path, plan: SyntheticPlan, repeats: int = 5) -> dict[str, Any]:
-    """``kdcache compress`` of the 60,000-row cache (from float32, as dump-logits writes it by default; from float16),
-    and one student epoch from the compressed cache vs from the full one: targets held in memory (read, decoded
-    once) and streamed (kdcache.data.streaming: decoded block by block), run alternately ``repeats`` times, medians."""
+def timing(out: Path, plan: SyntheticPlan, repeats: int = 5, threads: int = 1, compress: bool = True) -> dict[str, Any]:
+    """``kdcache compress`` of the 60,000-row cache (from float32, as dump-logits writes it by default; from float16)
+    with every core, as the CLI runs it, and one student epoch (``threads`` torch threads) from each compressed cache
+    vs from the full one: targets held in memory (read, decoded once) and streamed (kdcache.data.streaming: read and
+    decoded a buffer ahead), run alternately ``repeats`` times, medians. ``compress`` False reuses the files."""
     from benchmarks.folder import cpu_model
     from benchmarks.topk_task import mlp
     from kdcache.data.batches import MemoryBatches
@@ -226,10 +228,15 @@ def timing(out: Path, plan: SyntheticPlan, repeats: int = 5) -> dict[str, Any]:
     from kdcache.jobs.student_targets import distillation_loss
     from kdcache.train.loop import fit
 
-    result: dict[str, Any] = {"compress": [], "cpu": cpu_model(), "torch_threads": torch.get_num_threads()}
+    cores = len(os.sched_getaffinity(0))
+    result: dict[str, Any] = {"compress": [], "cpu": cpu_model(), "cores": cores, "compress_threads": cores,
+                              "epoch_threads": threads}
     packed = Codec(rank=max(PACKED_RANKS), dtype="packed")
+    torch.set_num_threads(cores)
     for src, codec in (("full-float32", Codec()), ("full-float32", Codec(rank=64)), ("full-float16", Codec(rank=64)),
                        ("full-float32", packed), ("full-float32", Codec(dtype="packed"))):
+        if not compress:
+            break
         dst = out / f"compressed-{src}-{codec.rank or 'budget'}{'-packed' if codec.dtype == 'packed' else ''}.h5"
         r = compress_cache(out / f"{src}.h5", dst, codec=codec, overwrite=True)
         result["compress"].append({"source": src, "codec": asdict(codec), "rank": r["rank"],
@@ -237,6 +244,7 @@ def timing(out: Path, plan: SyntheticPlan, repeats: int = 5) -> dict[str, Any]:
                                    "seconds": r["seconds"], "rows": r["rows"], "kl": r["kl"],
                                    "bytes": r["bytes"], "source_bytes": r["source_bytes"]})
         print(json.dumps(result["compress"][-1]), flush=True)
+    torch.set_num_threads(threads)
     full, train, val, test = _split(plan)
     data = train.head(plan.student_limit)
     cfg = replace(plan.student_train, epochs=1)
@@ -265,7 +273,7 @@ def timing(out: Path, plan: SyntheticPlan, repeats: int = 5) -> dict[str, Any]:
     ratios = {name: {mode: med[name][f"{mode}_epoch"] / med["full float16"][f"{mode}_epoch"]
                      for mode in ("memory", "streamed")} for name in caches if name != "full float16"}
     result["epochs"] = {"rows": len(data), "repeats": repeats, "seconds": times, "median": med, "ratios": ratios}
-    write_json(out / "timing.json", result)
+    write_json(out / f"timing-{threads}-threads.json", result)
     print(json.dumps(result["epochs"]["median"]), "ratios to full float16:", json.dumps(ratios))
     return result
 
@@ -281,8 +289,9 @@ def summarize(root: Path, plans: dict[str, SyntheticPlan], result_path: Path | N
         table = student_table(runs, [c for c, *_ in CONDITIONS])
         prepared = json.loads((out / "prepared.json").read_text())
         result["teachers"][name] = {"plan": asdict(plan), "prepared": prepared, "students": table, "runs": runs}
-        if (out / "timing.json").exists():
-            result["teachers"][name]["timing"] = json.loads((out / "timing.json").read_text())
+        timings = sorted(out.glob("timing*.json"))
+        if timings:
+            result["teachers"][name]["timing"] = {p.stem: json.loads(p.read_text()) for p in timings}
         text.append(f"### teacher {name}: {prepared['teacher']['arch']}, test {100 * prepared['teacher']['test_accuracy']:.2f}%\n")
         text.append(kl_markdown(prepared))
         text.append(table_markdown(table, plan.temperatures))
@@ -367,6 +376,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--worker", type=int, default=0)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--result", type=Path, help="summarize: also write the JSON here (e.g. docs/results/lowrank.json)")
+    ap.add_argument("--threads", type=int, default=1, help="timing: torch threads for the student epochs")
+    ap.add_argument("--no-compress", action="store_true", help="timing: reuse the compressed caches of an earlier run")
     ap.add_argument("--smoke", action="store_true", help="benchmarks.topk's tiny plan for both teachers (tests)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -379,7 +390,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     out, plan = args.out / args.teacher, plans[args.teacher]
     if args.step == "timing":
-        timing(out, plan)
+        timing(out, plan, threads=args.threads, compress=not args.no_compress)
     elif args.step == "prepare":
         r = prepare(out, plan)
         print(json.dumps({k: r[k] for k in ("teacher", "explained_variance", "rank_for_default_budget")}, indent=1))

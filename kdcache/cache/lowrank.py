@@ -95,12 +95,24 @@ class Packing:
         return -(-int(self.bits.astype(np.int64).sum()) // 8)
 
     @cached_property
-    def _tables(self) -> dict[str, torch.Tensor]:
+    def _tables(self) -> dict[str, Any]:
         bits = torch.from_numpy(self.bits.astype(np.int64))
         offsets = torch.cumsum(bits, 0) - bits
         byte = torch.where(bits > 0, offsets // 8, 0)  # (a 0-bit component past the last byte reads byte 0, masked)
-        return {"byte": byte, "shift": offsets % 8, "mask": (1 << bits) - 1, "bits": bits,
+        width = 2 if int(bits.max()) <= 9 else 3  # bytes a level can span: shift (< 8) + bits
+        return {"shift": (offsets % 8).int(), "mask": ((1 << bits) - 1).int(), "bits": bits, "width": width,
+                "gather": (byte[:, None] + torch.arange(width)).reshape(-1),  # each component's bytes, in order
                 "centre": torch.exp2(bits.double() - 1) - 0.5, "steps": torch.from_numpy(self.steps.astype(np.float32))}
+
+    def levels(self, codes: torch.Tensor) -> torch.Tensor:
+        """(n, row_bytes) uint8 -> (n, r) int32 levels: one gather of each component's 2 or 3 bytes, a shift, a mask."""
+        t = self._tables
+        n, width = len(codes), t["width"]
+        g = torch.nn.functional.pad(codes, (0, width - 1))[:, t["gather"]].view(n, -1, width).to(torch.int32)
+        word = g[..., 0] | (g[..., 1] << 8)
+        if width == 3:
+            word = word | (g[..., 2] << 16)
+        return (word >> t["shift"]) & t["mask"]
 
 
 @dataclass(frozen=True)
@@ -129,6 +141,17 @@ class Basis:
 
     def as_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.from_numpy(self.mean), torch.from_numpy(self.components)
+
+    @cached_property
+    def packed_decoder(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(bias (C,), W (r, C))`` with m + ((v - centre) · steps) V = bias + v W: a packed row's levels v decode
+        in one matmul (the steps and centres folded in once per cache, in float64)."""
+        assert self.packing is not None
+        t = self.packing._tables
+        v = self.components.astype(np.float64)
+        steps = self.packing.steps.astype(np.float64)
+        bias = self.mean.astype(np.float64) - (t["centre"].numpy() * steps) @ v
+        return torch.from_numpy(bias.astype(np.float32)), torch.from_numpy((steps[:, None] * v).astype(np.float32))
 
 
 ORTHONORMAL_TOLERANCE = 1e-3  # max |V Vᵀ - I| of a sound float32 basis (measured: ~1e-6 at r = 512, C = 1000)
@@ -403,12 +426,9 @@ def pack(levels: np.ndarray, packing: Packing) -> np.ndarray:
 
 
 def unpack(codes: Any, packing: Packing) -> torch.Tensor:
-    """(n, row_bytes) uint8 packed codes -> (n, r) float32 code values: 3 byte reads, a shift and a mask a component."""
+    """(n, row_bytes) uint8 packed codes -> (n, r) float32 code values (v - 2^(b-1) + 1/2) · step."""
     t = packing._tables
-    x = torch.nn.functional.pad(torch.as_tensor(codes).to(torch.int32), (0, 2))  # a level spans at most 3 bytes
-    word = x[:, t["byte"]] | (x[:, t["byte"] + 1] << 8) | (x[:, t["byte"] + 2] << 16)
-    levels = (word >> t["shift"]) & t["mask"]
-    return (levels.float() - t["centre"].float()) * t["steps"]
+    return (packing.levels(torch.as_tensor(codes)).float() - t["centre"].float()) * t["steps"]
 
 
 def decode(codes: Any, scales: Any, basis: Basis | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -417,7 +437,8 @@ def decode(codes: Any, scales: Any, basis: Basis | tuple[torch.Tensor, torch.Ten
     mean, comps = basis.as_tensors() if isinstance(basis, Basis) else basis
     q = torch.as_tensor(codes)
     if packing is not None:
-        values = unpack(q.reshape(-1, q.shape[-1]), packing)
+        bias, w = basis.packed_decoder  # type: ignore[union-attr]
+        return torch.addmm(bias, packing.levels(q.reshape(-1, q.shape[-1])).float(), w).reshape(*q.shape[:-1], -1)
     else:
         values = (q.float() * torch.as_tensor(scales).float().unsqueeze(-1)).reshape(-1, q.shape[-1])
     return torch.addmm(mean, values, comps).reshape(*q.shape[:-1], -1)
@@ -463,10 +484,19 @@ class Codes:
     """Stored low-rank rows as they are, not decoded: codes (n, [V,] r) and scales (n, [V]) (shard assembly copies these)."""
 
     codes: np.ndarray
-    scales: np.ndarray
+    scales: np.ndarray | None  # None for packed codes
 
     def __len__(self) -> int:
         return len(self.codes)
+
+    def take(self, rows: np.ndarray | slice) -> "Codes":
+        """These ``rows`` (positions in this block) only."""
+        return Codes(self.codes[rows], None if self.scales is None else self.scales[rows])
+
+    @staticmethod
+    def concat(parts: Sequence["Codes"]) -> "Codes":
+        scales = None if parts[0].scales is None else np.concatenate([p.scales for p in parts])
+        return Codes(np.concatenate([p.codes for p in parts]), scales)
 
 
 @dataclass(frozen=True)

@@ -235,6 +235,13 @@ class LogitCache:
         scales = None if self.meta.lowrank_code_dtype == "packed" else self._read("lowrank_scales", np.s_[start:stop])
         return _lowrank.Codes(self._read("lowrank_codes", np.s_[start:stop]), scales)
 
+    def decode_codes(self, codes: "_lowrank.Codes", rows: Any = None) -> np.ndarray:
+        """Float32 logits of codes read with ``read_codes`` (``rows``: their cache rows, to check and name a bad one)."""
+        arrays = {"lowrank_codes": codes.codes}
+        if codes.scales is not None:
+            arrays["lowrank_scales"] = codes.scales
+        return self._decode(arrays, rows)
+
     def _targets(self, arrays: dict[str, np.ndarray], views: np.ndarray | None, rows: Any) -> Targets:
         if views is not None:
             if not self.meta.has_views:

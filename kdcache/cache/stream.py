@@ -36,10 +36,12 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from kdcache.cache import LogitCache
+from kdcache.cache.lowrank import Codes
 from kdcache.cache.targets import Targets, as_numpy, as_tensors, concat
 from kdcache.errors import CacheError, ConfigError
 
 DEFAULT_BUFFER_BLOCKS = 16
+DECODE_ROWS = 2048  # low-rank rows decoded at a time (8 MB of float32 logits at 1,000 classes)
 
 
 class LogitStream(IterableDataset):
@@ -80,6 +82,7 @@ class LogitStream(IterableDataset):
             self.full_shape = first.shape[1:] if c.kind == "logits" else None  # ([V,] C)
             self.row_shape = tuple(first.shape[1:] if c.kind == "logits" else first.logits.shape[1:])  # ([V,] C or k)
             self.dtype = np.dtype(c.dtype)
+            self.lowrank = c.meta.targets == "lowrank"  # buffers of codes, decoded DECODE_ROWS at a time
         rows = np.arange(self.num_rows, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
         values = rows if values is None else np.asarray(values, dtype=np.int64)
         if rows.shape != values.shape:
@@ -191,8 +194,9 @@ class LogitStream(IterableDataset):
         if e - s == span:  # every row of the block is wanted: read straight into ``out``
             targets = cache.read_span(first, last + 1, out=None if out is None else out[:span])
         else:  # the block has rows nobody asked for: read it whole, keep the wanted ones
-            if cache.meta.targets == "lowrank":  # (low-rank: pick the wanted rows' codes, decode only those)
-                targets = cache.read(self.rows[s:e])
+            if cache.meta.targets == "lowrank":  # low-rank: read the block's codes (a few bytes a row) in one
+                wanted = self.rows[s:e]  # call, decode only the wanted rows (h5py's row-list reads are slow)
+                targets = cache.decode_codes(cache.read_codes(first, last + 1).take(wanted - first), wanted)
             else:
                 targets = cache.read_span(first, last + 1)[self.rows[s:e] - first]
             if out is not None:
@@ -214,11 +218,35 @@ class LogitStream(IterableDataset):
         for k in todo:
             if self.shuffle and k + workers < len(groups):
                 self.prefetch(groups[k + workers])  # read ahead while this buffer is processed
+            if self.lowrank:
+                yield from self._decoded(groups[k], k)
+                continue
             values, targets = self._buffer(groups[k])
             if self.shuffle:
                 perm = self._rng(1, self.rank, k).permutation(len(values))
                 values, targets = values[perm], targets[perm]
             yield torch.from_numpy(values), as_tensors(targets)
+
+    def _decoded(self, group: np.ndarray, k: int) -> Iterator[tuple[torch.Tensor, Targets]]:
+        """A low-rank buffer: its codes (a few bytes a row) read and shuffled, then decoded DECODE_ROWS rows at a time
+        in the shuffled order, so memory holds one piece of float logits, not the buffer's (chunks of codes are
+        thousands of rows, a buffer of them can be a whole cache)."""
+        cache = self._open()
+        parts, rows, values = [], [], []
+        for b in group:
+            s, e = int(self.block_starts[b]), int(self.block_stops[b])
+            first, last = int(self.rows[s]), int(self.rows[e - 1])
+            codes = cache.read_codes(first, last + 1)  # one read of the block's span
+            parts.append(codes if e - s == last - first + 1 else codes.take(self.rows[s:e] - first))
+            rows.append(self.rows[s:e])
+            values.append(self.values[s:e])
+        codes, cache_rows, vals = Codes.concat(parts), np.concatenate(rows), np.concatenate(values)
+        if self.shuffle:
+            perm = self._rng(1, self.rank, k).permutation(len(vals))
+            codes, cache_rows, vals = codes.take(perm), cache_rows[perm], vals[perm]
+        for s in range(0, len(vals), DECODE_ROWS):
+            piece = slice(s, s + DECODE_ROWS)
+            yield torch.from_numpy(vals[piece]), as_tensors(cache.decode_codes(codes.take(piece), cache_rows[piece]))
 
     def _buffer(self, group: np.ndarray) -> tuple[np.ndarray, Targets]:
         """The rows of a group of blocks, in one buffer (full logits: one preallocated array, no copies)."""
@@ -265,6 +293,7 @@ class ConcatStream(LogitStream):
         self.parts = list(parts)
         self.path, self.kind, self.full_shape, self.row_shape = first.path, first.kind, first.full_shape, first.row_shape
         self.dtype = np.result_type(*[p.dtype for p in parts])
+        self.lowrank = False  # parts decode their own blocks (each low-rank part with its own basis)
         self.part_of = np.concatenate([np.full(len(p.blocks), i, dtype=np.int64) for i, p in enumerate(parts)])
         self.local = np.concatenate([np.arange(len(p.blocks), dtype=np.int64) for p in parts])
         sizes = np.concatenate([p.block_stops - p.block_starts for p in parts])
@@ -298,14 +327,17 @@ def iter_batches(stream: LogitStream, batch_size: int, num_workers: int = 0) -> 
     """Batches of exactly ``batch_size`` rows ``(values (B,), targets of B rows)`` (the last may be short).
 
     With ``num_workers`` > 0, buffers are read in that many DataLoader worker processes
-    (reading overlaps the consumer's compute), interleaved in a fixed order. Without, one
-    thread reads (and decodes, for low-rank caches) the next buffer while the consumer works
-    on this one: HDF5 reads and the decoding matmul run outside the consumer's Python.
+    (reading overlaps the consumer's compute), interleaved in a fixed order. Without, and when
+    torch leaves a core idle (fewer threads than cores), one thread reads (and decodes, for
+    low-rank caches) the next buffer while the consumer works on this one. Where torch's
+    threads already fill the cores it does not: measured on 2 cores with 2 torch threads, a
+    decoding thread beside them made a tiny student's streamed epoch 1.6x slower, not faster.
     """
     loader = DataLoader(stream, batch_size=None, num_workers=num_workers,
                         prefetch_factor=2 if num_workers else None, persistent_workers=False)
     carry: tuple[torch.Tensor, Targets] | None = None  # < batch_size rows left from the last buffer
-    for values, targets in (loader if num_workers else read_ahead(iter(loader))):
+    ahead = not num_workers and torch.get_num_threads() < len(os.sched_getaffinity(0))
+    for values, targets in (read_ahead(iter(loader)) if ahead else loader):
         start = 0
         if carry is not None:  # complete the carried batch with the head of this buffer (small copy)
             need = batch_size - len(carry[0])
