@@ -227,8 +227,8 @@ def test_truncated(cache, tmp_path):
 def test_incomplete_and_newer_schema(cache):
     path, _, _ = cache
     with h5py.File(path, "r+") as f:
-        f.attrs["schema_version"] = "4.0"
-    with pytest.raises(CacheError, match="schema 4.0, newer than this kdcache reads"):
+        f.attrs["schema_version"] = "5.0"
+    with pytest.raises(CacheError, match="schema 5.0, newer than this kdcache reads"):
         load_cache(path)
     with h5py.File(path, "r+") as f:
         f.attrs["schema_version"] = "2.7"  # newer minor: still loads

@@ -56,7 +56,7 @@ def full_cache(tmp_path, fmnist):
 
 def test_compress_round_trips_a_tiny_cache(tmp_path, full_cache):
     src, z = full_cache
-    r = compress_cache(src, tmp_path / "small.h5", codec=Codec(rank=4))
+    r = compress_cache(src, tmp_path / "small.h5", codec=Codec(rank=4, dtype="int8"))
     fit, held = sample_rows(N)
     basis = fit_basis(z[fit], 4)  # what compress fits: the same sample, the same bytes
     with open_cache(tmp_path / "small.h5") as c, open_cache(src) as s:
@@ -128,11 +128,12 @@ def test_a_packed_cache_stores_bit_packed_codes_and_trains(tmp_path, full_cache,
                      data_dir, "--out", tmp_path / "s2.pt", "-q"), "the packing's steps are not finite")
 
 
-def test_compress_picks_a_packed_rank_for_the_budget(tmp_path, full_cache):
+def test_compress_picks_a_packed_rank_for_the_budget_by_default(tmp_path, full_cache):
     src, z = full_cache
     fit, held = sample_rows(N)
     want = choose_rank(fit_basis(z[fit], 10), z[held], DEFAULT_KL_BUDGET, "packed", fit_sample=packing_sample(z[fit]))
-    r = compress_cache(src, tmp_path / "p.h5", codec=Codec(dtype="packed"))
+    r = compress_cache(src, tmp_path / "p.h5")
+    assert r["code_dtype"] == "packed"
     assert r["rank"] == want.rank and r["rank_chosen_by"] == "budget" and r["row_bytes"] == want.basis.packing.row_bytes
     assert max(r["kl"].values()) <= DEFAULT_KL_BUDGET
     with open_cache(tmp_path / "p.h5") as c:
@@ -144,7 +145,8 @@ def test_compress_codes_rows_with_the_encoder_named_and_records_it(tmp_path, ful
     fit, _ = sample_rows(N)
     basis = fit_basis(z[fit], 3)
     for encoder in ("projection", "kl"):
-        r = run("compress", src, "--codec", f"lowrank:rank=3,encoder={encoder}", "--out", tmp_path / f"{encoder}.h5")
+        r = run("compress", src, "--codec", f"lowrank:rank=3,dtype=int8,encoder={encoder}", "--out",
+                tmp_path / f"{encoder}.h5")
         assert r.exit_code == 0, r.output
         with open_cache(tmp_path / f"{encoder}.h5") as c:
             q, s = encode(z, basis, "int8", encoder)
@@ -159,7 +161,7 @@ def test_compress_picks_the_smallest_rank_for_the_budget(tmp_path, full_cache):
     src, z = full_cache
     fit, held = sample_rows(N)
     want = choose_rank(fit_basis(z[fit], 10), z[held], DEFAULT_KL_BUDGET)
-    r = run("compress", src, "--out", tmp_path / "s.h5")
+    r = run("compress", src, "--codec", "lowrank:dtype=int8", "--out", tmp_path / "s.h5")
     assert r.exit_code == 0, r.output
     assert f"to rank {want.rank} int8 codes (for KL budget 0.01" in r.output
     with open_cache(tmp_path / "s.h5") as c:
@@ -176,7 +178,7 @@ def test_kd_from_a_lowrank_cache_is_kd_on_the_decoded_logits(tmp_path, full_cach
     from kdcache.data.cached_dataset import CachedDataset
 
     src, _ = full_cache
-    compress_cache(src, tmp_path / "s.h5", codec=Codec(rank=3))
+    compress_cache(src, tmp_path / "s.h5", codec=Codec(rank=3, dtype="int8"))
     with h5py.File(tmp_path / "s.h5", "r") as f:  # decoded by hand from the stored arrays
         mean, comps = f["lowrank_mean"][:], f["lowrank_components"][:]
         z = mean + (f["lowrank_codes"][:].astype(np.float32) * f["lowrank_scales"][:][:, None]) @ comps
@@ -215,10 +217,10 @@ def test_train_student_and_ensemble_from_lowrank_caches(tmp_path, full_cache, fm
     from kdcache.cache.ensemble import check_members, combine_logits
 
     src, z = full_cache
-    compress_cache(src, tmp_path / "a.h5", codec=Codec(rank=3))
+    compress_cache(src, tmp_path / "a.h5", codec=Codec(rank=3, dtype="int8"))
     other = write_cache(tmp_path / "full2.h5", teacher_logits(seed=1), fmnist.labels, fmnist.indices,
                         fmnist.sample_ids, cache_attrs(fmnist.info))
-    compress_cache(other, tmp_path / "b.h5", codec=Codec(rank=5))
+    compress_cache(other, tmp_path / "b.h5", codec=Codec(rank=5, dtype="int8"))
     with open_cache(tmp_path / "a.h5") as a, open_cache(tmp_path / "b.h5") as b:
         check_members([a, b])  # different bases: each decoded, then combined
         mean = combine_logits([torch.from_numpy(a.read()), torch.from_numpy(b.read())], "mean-logits", 2.0)
@@ -240,14 +242,16 @@ def test_compress_keeps_views(tmp_path, fmnist):
     params = np.random.default_rng(0).random((N, 3, 1)).astype(np.float32)
     src = write_cache(tmp_path / "v.h5", z, fmnist.labels, fmnist.indices, fmnist.sample_ids, cache_attrs(fmnist.info),
                       num_views=3, view_policy=policy, view_params=params)
-    compress_cache(src, tmp_path / "s.h5", codec=Codec(rank=4))
+    compress_cache(src, tmp_path / "s.h5", codec=Codec(rank=4))  # packed codes (the default) of every view
     fit, _ = sample_rows(N)
-    basis = fit_basis(z[fit].reshape(-1, 10), 4)
+    flat = z[fit].reshape(-1, 10)
+    basis = with_packing(fit_basis(flat, 4), packing_sample(flat))
     with open_cache(tmp_path / "s.h5") as c:
         assert c.meta.num_views == 3 and np.array_equal(c.read_view_params(), params)
-        np.testing.assert_array_equal(c.read(), round_trip(z, basis).numpy())
+        assert c.file["lowrank_codes"].shape == (N, 3, basis.packing.row_bytes)
+        np.testing.assert_array_equal(c.read(), round_trip(z, basis, "packed").numpy())
         np.testing.assert_array_equal(c.read(np.arange(4), views=np.array([2, 0, 1, 2])),
-                                      round_trip(z[np.arange(4), [2, 0, 1, 2]], basis).numpy())
+                                      round_trip(z[np.arange(4), [2, 0, 1, 2]], basis, "packed").numpy())
 
 
 # ---------------------------------------------------------------------------------------- bad input
@@ -314,8 +318,9 @@ def test_verify_with_the_teacher_checks_rebuilt_rows_within_the_stated_error(tmp
     assert "ok    teacher: 64 random rows re-computed; rebuilt from the codes within the stated error: mean KL T=1:" \
         in r.output
     with h5py.File(tmp_path / "s.h5", "r+") as f:  # rows moved: each code now describes another sample's logits
-        for name in ("lowrank_codes", "lowrank_scales"):
-            f[name][:] = np.roll(f[name][:], 1, axis=0)
+        for name in ("lowrank_codes", "lowrank_scales"):  # (packed codes, the default, have no scales)
+            if name in f:
+                f[name][:] = np.roll(f[name][:], 1, axis=0)
     bad = run("verify", tmp_path / "s.h5", "--data-dir", data_dir, "--teacher", teacher_ckpt, "--sample", 64, "-q")
     assert_error(bad, "are further from the re-run teacher than the cache states", lines=None)
 

@@ -7,7 +7,7 @@ import torch
 from conftest import assert_error, torchrun
 
 from kdcache.cache import open_cache
-from kdcache.cache.lowrank import fit_basis, measure_kl, round_trip, sample_rows
+from kdcache.cache.lowrank import fit_basis, measure_kl, parse_codec, round_trip, sample_rows
 from kdcache.config import DataConfig, DumpConfig
 from kdcache.jobs.dump import dump_logits
 from kdcache.train.teacher import TeacherSpec
@@ -34,7 +34,7 @@ def _dump(test_teacher, out, data_dir, limit=300, batch_size=64, **dump):
 
 def test_lowrank_dump_codes_the_teachers_rows_with_a_basis_fitted_on_its_sample(tmp_path, test_teacher, data_dir):
     full = _dump(test_teacher, tmp_path / "full.h5", data_dir)
-    r = _dump(test_teacher, tmp_path / "lr.h5", data_dir, codec="lowrank:rank=6")
+    r = _dump(test_teacher, tmp_path / "lr.h5", data_dir, codec="lowrank:rank=6,dtype=int8")
     assert r["lowrank_rank"] == 6 and set(r["lowrank_kl"]) == {"1", "2", "4"}
     with open_cache(full["cache"]) as f, open_cache(r["cache"]) as c:
         z = f.read()
@@ -57,7 +57,7 @@ def test_lowrank_dump_refusals(tmp_path, test_teacher, data_dir):
     assert not (tmp_path / "x.h5").exists()
 
 
-@pytest.mark.parametrize("codec", ["lowrank:rank=5", "lowrank:rank=7,dtype=packed,bits=3"])
+@pytest.mark.parametrize("codec", ["lowrank:rank=5,dtype=int8", "lowrank:rank=7,bits=3"])  # (packed: the default)
 def test_sharded_lowrank_dump_equals_the_one_process_dump(tmp_path, test_teacher, data_dir, codec):
     out = tmp_path / "c.h5"
     job = torchrun("dump-logits", "--teacher-factory", test_teacher["factory"], "--weights", test_teacher["weights"],
@@ -69,6 +69,6 @@ def test_sharded_lowrank_dump_equals_the_one_process_dump(tmp_path, test_teacher
     ref = _dump(test_teacher, tmp_path / "ref.h5", data_dir, codec=codec)
     with open_cache(out) as a, open_cache(ref["cache"]) as b:
         assert a.meta.content_sha256 == b.meta.content_sha256  # basis, codes and scales (packing), bit for bit
-        assert a.meta.lowrank_code_dtype == (codec.partition("dtype=")[2].partition(",")[0] or "int8")
+        assert a.meta.lowrank_code_dtype == parse_codec(codec).dtype
         assert json.loads(a.meta.attrs["lowrank_kl_json"]) == json.loads(b.meta.attrs["lowrank_kl_json"])
     assert list(tmp_path.glob(".*")) == []

@@ -254,12 +254,12 @@ def test_corrupt_bases_are_named():
 
 
 def test_codec_strings_bytes_and_samples():
-    assert parse_codec("lowrank") == Codec(None, "int8", "kl", 5.0) == Codec()
+    assert parse_codec("lowrank") == Codec(None, "packed", "kl", 5.0) == Codec()
     assert parse_codec("lowrank:rank=64,dtype=float16,encoder=projection") == Codec(64, "float16", "projection")
-    assert parse_codec("lowrank:dtype=packed,bits=4.5") == Codec(dtype="packed", bits=4.5)
+    assert parse_codec("lowrank:dtype=packed,bits=4.5") == Codec(dtype="packed", bits=4.5) == parse_codec("lowrank:bits=4.5")
     for bad, needle in (("pca", "unknown codec"), ("lowrank:rank=x", "integer"), ("lowrank:dtype=int4", "int4"),
                         ("lowrank:size=3", "unknown codec option"), ("lowrank:encoder=pca", "unknown low-rank encoder"),
-                        ("lowrank:bits=4", "add dtype=packed"), ("lowrank:dtype=packed,bits=17", r"in \(0, 16\]"),
+                        ("lowrank:dtype=int8,bits=4", "add dtype=packed"), ("lowrank:dtype=packed,bits=17", r"in \(0, 16\]"),
                         ("lowrank:dtype=packed,bits=x", "must be a number")):
         with pytest.raises(ConfigError, match=needle):
             parse_codec(bad)

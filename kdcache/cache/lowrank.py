@@ -47,7 +47,8 @@ import torch
 from kdcache.errors import CacheError, ConfigError
 
 CODE_DTYPES = ("int8", "float16", "packed")
-DEFAULT_CODE_DTYPE = "int8"
+DEFAULT_CODE_DTYPE = "packed"  # what compress and dump-logits --codec lowrank write (Codec); the functions
+# below default to int8, which needs no fitted packing
 ENCODERS = ("kl", "projection")
 DEFAULT_ENCODER = "kl"
 # The kl encoder's ridge toward the projection code, relative to the mean diagonal of a row's r x r system: small
@@ -312,7 +313,7 @@ def _kl_sum(z: torch.Tensor, codes: torch.Tensor, mean: torch.Tensor, vt: torch.
     return total
 
 
-def encode(logits: Any, basis: Basis, code_dtype: str = DEFAULT_CODE_DTYPE,
+def encode(logits: Any, basis: Basis, code_dtype: str = "int8",
            encoder: str = DEFAULT_ENCODER) -> tuple[np.ndarray, np.ndarray | None]:
     """``(codes, scales)`` of ``logits`` (n, [V,] C): what a low-rank cache stores of each row.
 
@@ -449,7 +450,7 @@ def check_encoder(encoder: str) -> None:
         raise ConfigError(f"unknown low-rank encoder {encoder!r}; choose one of {', '.join(ENCODERS)}")
 
 
-def round_trip(logits: Any, basis: Basis, code_dtype: str = DEFAULT_CODE_DTYPE,
+def round_trip(logits: Any, basis: Basis, code_dtype: str = "int8",
                encoder: str = DEFAULT_ENCODER) -> torch.Tensor:
     """decode(encode(logits)): what training would see for these rows."""
     return decode(*encode(logits, basis, code_dtype, encoder), basis)
@@ -466,7 +467,7 @@ def mean_kl(logits: Any, rebuilt: Any, temperatures: Sequence[float] = KL_TEMPER
     return out
 
 
-def measure_kl(logits: Any, basis: Basis, code_dtype: str = DEFAULT_CODE_DTYPE,
+def measure_kl(logits: Any, basis: Basis, code_dtype: str = "int8",
                temperatures: Sequence[float] = KL_TEMPERATURES, batch: int = 4096,
                encoder: str = DEFAULT_ENCODER) -> dict[float, float]:
     """Mean KL(p_T ‖ rebuilt_T) of held-out rows ``logits`` through ``basis``, ``code_dtype`` and ``encoder``, by T."""
@@ -509,7 +510,7 @@ class RankChoice:
 
 
 def choose_rank(basis: Basis, heldout: Any, budget: float = DEFAULT_KL_BUDGET,
-                code_dtype: str = DEFAULT_CODE_DTYPE, temperatures: Sequence[float] = KL_TEMPERATURES,
+                code_dtype: str = "int8", temperatures: Sequence[float] = KL_TEMPERATURES,
                 encoder: str = DEFAULT_ENCODER, fit_sample: Any = None,
                 bits: float = DEFAULT_PACKED_BITS) -> RankChoice:
     """The smallest rank r <= basis.rank whose worst mean KL over ``temperatures`` on ``heldout`` rows is <= ``budget``.
@@ -652,7 +653,7 @@ def parse_codec(text: str) -> Codec:
             bits_given = True
         else:
             raise ConfigError(f"unknown codec option {part!r}; use {CODEC_SYNTAX}")
-    if bits_given and out.get("dtype") != "packed":
+    if bits_given and out.get("dtype", DEFAULT_CODE_DTYPE) != "packed":
         raise ConfigError("bits= sets packed codes' bits a component: add dtype=packed (int8 and float16 codes take "
                           "8 and 16 bits each)")
     return Codec(**out)
@@ -665,7 +666,7 @@ def code_bytes(rank: int, code_dtype: str, bits: float = DEFAULT_PACKED_BITS) ->
     return rank * np.dtype(code_dtype).itemsize + (4 if code_dtype == "int8" else 0)
 
 
-def rank_for_bytes(target_bytes: float, code_dtype: str = DEFAULT_CODE_DTYPE, bits: float = DEFAULT_PACKED_BITS) -> int:
+def rank_for_bytes(target_bytes: float, code_dtype: str = "int8", bits: float = DEFAULT_PACKED_BITS) -> int:
     """The largest rank whose code fits ``target_bytes`` a row."""
     if code_dtype == "packed":
         return max(1, int(math.floor(8 * target_bytes / bits)))
