@@ -87,7 +87,7 @@ def test_a_packed_cache_stores_bit_packed_codes_and_trains(tmp_path, full_cache,
     src, z = full_cache
     r = run("compress", src, "--codec", "lowrank:rank=6,dtype=packed,bits=5", "--out", tmp_path / "p.h5")
     assert r.exit_code == 0, r.output
-    assert "to rank 6 packed codes (4 bytes a row) (as stated" in r.output  # 30 bits
+    assert "to rank 6 packed codes of 4 bytes a row (as stated" in r.output  # 30 bits
     fit, held = sample_rows(N)
     basis = with_packing(fit_basis(z[fit], 6), packing_sample(z[fit]), 5.0)  # what compress fits
     with open_cache(tmp_path / "p.h5") as c:
@@ -113,16 +113,24 @@ def test_a_packed_cache_stores_bit_packed_codes_and_trains(tmp_path, full_cache,
     with open_cache(tmp_path / "p.h5") as c:
         np.testing.assert_allclose(c.read(), by_hand, atol=1e-5)
     info = run("info", tmp_path / "p.h5")
-    assert "lowrank, rank 6, packed codes (4 bytes a row, 5.0 bits a component on average) (kl encoder)" in info.output
+    assert "lowrank, rank 6, packed codes of 4 bytes a row (5 bits a component on average), kl encoder;" in info.output
     v = run("verify", tmp_path / "p.h5")
     assert v.exit_code == 0 and "packing of 30 bits a row" in v.output, v.output
     t = run("train-student", "--cache", tmp_path / "p.h5", "--limit", N, "--epochs", 1, "--eval-limit", 50,
             "--data-dir", data_dir, "--out", tmp_path / "s.pt", "-q", "--T", 2)
     assert t.exit_code == 0, t.output
+    for edit, needle in ((lambda f: f["lowrank_bits"].__setitem__(0, 17), "/lowrank_bits gives a component 17 bits"),
+                         (lambda f: f.attrs.__setitem__("lowrank_code_dtype", "int4"),
+                          "lowrank_code_dtype 'int4' is not one of int8, float16, packed")):
+        broken = tmp_path / "broken.h5"
+        broken.write_bytes((tmp_path / "p.h5").read_bytes())
+        with h5py.File(broken, "r+") as f:
+            edit(f)
+        assert_error(run("info", broken), needle, "re-create it (kdcache compress, or dump-logits --codec lowrank)")
     with h5py.File(tmp_path / "p.h5", "r+") as f:
         f["lowrank_steps"][2] = np.nan
     lines = assert_error(run("verify", tmp_path / "p.h5", "-q"), "the packing's steps are not finite and positive",
-                         lines=None)
+                         "the low-rank packing is corrupt", lines=None)
     assert len(lines) == 2  # the packing, and the content hash it no longer matches
     assert_error(run("train-student", "--cache", tmp_path / "p.h5", "--limit", N, "--epochs", 1, "--data-dir",
                      data_dir, "--out", tmp_path / "s2.pt", "-q"), "the packing's steps are not finite")
@@ -163,12 +171,13 @@ def test_compress_picks_the_smallest_rank_for_the_budget(tmp_path, full_cache):
     want = choose_rank(fit_basis(z[fit], 10), z[held], DEFAULT_KL_BUDGET)
     r = run("compress", src, "--codec", "lowrank:dtype=int8", "--out", tmp_path / "s.h5")
     assert r.exit_code == 0, r.output
-    assert f"to rank {want.rank} int8 codes (for KL budget 0.01" in r.output
+    assert f"to rank {want.rank} int8 codes of {want.rank + 4} bytes a row (for KL budget 0.01" in r.output
     with open_cache(tmp_path / "s.h5") as c:
         assert c.meta.lowrank_rank == want.rank and c.meta.lowrank_kl["rank_chosen_by"] == "budget"
     info = run("info", tmp_path / "s.h5")
     assert info.exit_code == 0
-    assert f"lowrank, rank {want.rank}, int8 codes (kl encoder); mean KL(p_T || rebuilt_T) on " in info.output
+    assert f"lowrank, rank {want.rank}, int8 codes of {want.rank + 4} bytes a row, kl encoder; mean KL(p_T || " \
+        "rebuilt_T) on " in info.output
     assert "T=1:" in info.output and "T=2:" in info.output and "T=4:" in info.output
     j = json.loads(run("info", tmp_path / "s.h5", "--json").output)
     assert j["codec"] == "lowrank" and j["lowrank_rank"] == want.rank and set(j["lowrank_kl"]["kl"]) == {"1", "2", "4"}

@@ -150,3 +150,27 @@ def test_every_shard_attribute_is_documented(doc):
     rows = table_rows(doc, "shard attribute")
     assert set(rows) == set(SHARD_ATTRS)
     assert "`kdcache-shard`" in doc and ".OUT.shard-R-of-W.h5" in doc
+
+
+@pytest.mark.parametrize("kind", ["plain", "int8", "packed"])
+def test_reading_without_kdcache_snippet_gives_the_readers_logits(tmp_path, monkeypatch, kind):
+    """The format document's h5py + numpy snippet, run as written on a full, an int8 and a packed low-rank cache."""
+    from kdcache.cache import open_cache
+    from kdcache.cache.lowrank import fit_basis, with_packing
+
+    block = re.search(r"## Reading a cache without kdcache\n\n```python\n(.*?)```", DOC.read_text(), flags=re.S)
+    assert block, "docs/cache-format.md lacks the reading snippet"
+    d = make_image_data(n=60)
+    z = np.random.default_rng(1).normal(0, 3, (60, 10)).astype(np.float32)
+    kw = {}
+    if kind != "plain":
+        basis = fit_basis(z, 6)
+        kw = dict(basis=basis, code_dtype="int8") if kind == "int8" else \
+            dict(basis=with_packing(basis, z, bits=4.0), code_dtype="packed")
+    path = write_cache(tmp_path / "fmnist-train.h5", z, d.labels, d.indices, d.sample_ids, cache_attrs(d.info), **kw)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(block.group(1), "cache-format.md", "exec"), namespace)
+    with open_cache(path) as c:
+        np.testing.assert_allclose(namespace["logits"], c.read(), rtol=0, atol=1e-4)
+    assert namespace["p"].shape == (60, 10)

@@ -222,7 +222,8 @@ def test_a_budget_no_rank_meets_names_the_closest_rank():
 
 @pytest.mark.parametrize("rank, rows, needle", [(31, 400, "outside 1..30 (30 classes)"),
                                                 (20, 12, "outside 1..12 (12 rows to fit on)"),
-                                                (0, 400, "outside 1..30")])
+                                                (0, 400, "outside 1..30 (30 classes); a basis has at most min(classes, "
+                                                         "rows) components: give a rank of at least 1")])
 def test_rank_beyond_classes_or_rows_is_refused(rank, rows, needle):
     with pytest.raises(ConfigError, match=needle.replace("(", r"\(").replace(")", r"\)")):
         fit_basis(low_rank_logits(n=rows), rank)
@@ -259,7 +260,8 @@ def test_codec_strings_bytes_and_samples():
     assert parse_codec("lowrank:dtype=packed,bits=4.5") == Codec(dtype="packed", bits=4.5) == parse_codec("lowrank:bits=4.5")
     for bad, needle in (("pca", "unknown codec"), ("lowrank:rank=x", "integer"), ("lowrank:dtype=int4", "int4"),
                         ("lowrank:size=3", "unknown codec option"), ("lowrank:encoder=pca", "unknown low-rank encoder"),
-                        ("lowrank:dtype=int8,bits=4", "add dtype=packed"), ("lowrank:dtype=packed,bits=17", r"in \(0, 16\]"),
+                        ("lowrank:dtype=int8,bits=4", "use dtype=packed .the default. or drop bits="),
+                        ("lowrank:rank=8,rank=9", "'rank' given twice"), ("lowrank:dtype=packed,bits=17", r"in \(0, 16\]"),
                         ("lowrank:dtype=packed,bits=x", "must be a number")):
         with pytest.raises(ConfigError, match=needle):
             parse_codec(bad)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from kdcache.cache import open_cache
+from kdcache.cache.lowrank import describe_bytes
 from kdcache.cache.targets import Targets, TopK, as_tensors
 from kdcache.identity import UNLABELLED
 
@@ -69,6 +70,7 @@ def cache_info(path: str | os.PathLike, temperatures: tuple[float, ...] = INFO_T
     p = Path(path)
     with open_cache(p) as cache:
         meta, a = cache.meta, cache.meta.attrs
+        code_bytes = cache.target_bytes(as_float32=False) // (meta.num_samples * meta.num_views)  # a row, a view
         labels = cache.labels
         labelled = labels != UNLABELLED
         agree, entropy_sums, tail_sums, max_abs = 0, np.zeros(len(temperatures)), np.zeros(len(temperatures)), 0.0
@@ -108,7 +110,7 @@ def cache_info(path: str | os.PathLike, temperatures: tuple[float, ...] = INFO_T
         "codec": "lowrank" if meta.targets == "lowrank" else None,
         "lowrank_rank": meta.lowrank_rank or None, "lowrank_code_dtype": meta.lowrank_code_dtype,
         "lowrank_kl": meta.lowrank_kl,
-        "lowrank_row_bytes": (meta.lowrank_kl or {}).get("row_bytes") if meta.lowrank_code_dtype == "packed" else None,
+        "lowrank_row_bytes": code_bytes if meta.targets == "lowrank" else None,
     }
 
 
@@ -122,10 +124,11 @@ def format_info(info: dict[str, Any]) -> str:
     if info.get("codec") == "lowrank":
         kind = (f"decoded from low-rank codes: rank {info['lowrank_rank']} {info['lowrank_code_dtype']} per row "
                 "+ one basis, raw (not divided by T)")
-    packed = ""
-    if info.get("lowrank_code_dtype") == "packed":
+    size = ""
+    if info.get("codec") == "lowrank":
         rec = info.get("lowrank_kl") or {}
-        packed = f" ({info.get('lowrank_row_bytes')} bytes a row, {rec.get('bits', '?')} bits a component on average)"
+        bits = f" ({rec['bits']:g} bits a component on average)" if rec.get("bits") else ""
+        size = f" of {describe_bytes(info['lowrank_row_bytes'])}{bits}"
     lines = [
         ("cache", f"{info['path']} ({info['bytes'] / 1e6:.2f} MB on disk)"),
         ("format", f"{info['format']} schema {info['schema_version']}, "
@@ -173,8 +176,8 @@ def format_info(info: dict[str, Any]) -> str:
                        else "; rank stated")) if kl \
             else "KL not recorded"
         encoder = rec.get("encoder", "projection")  # caches from before the kl encoder projected their rows
-        lines.insert(-1, ("codec", f"lowrank, rank {info['lowrank_rank']}, {info['lowrank_code_dtype']} codes{packed} "
-                                   f"({encoder} encoder); " + measured))
+        lines.insert(-1, ("codec", f"lowrank, rank {info['lowrank_rank']}, {info['lowrank_code_dtype']} codes{size}, "
+                                   f"{encoder} encoder; " + measured))
     if info.get("mean_tail_mass"):
         tail = ", ".join(f"T={t}: {100 * m:.2f}%" for t, m in info["mean_tail_mass"].items())
         lines.insert(-1, ("tail", f"the {info['num_classes'] - info['topk']} classes not kept hold on average {tail} of "

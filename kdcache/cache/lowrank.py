@@ -186,7 +186,8 @@ def check_basis(basis: Basis, where: Any) -> None:
     """CacheError naming ``where`` if ``basis_problem`` finds anything."""
     problem = basis_problem(basis)
     if problem:
-        raise CacheError(f"{where}: {problem}: the low-rank basis is corrupt; re-create the cache with "
+        what = "packing" if "packing" in problem else "basis"
+        raise CacheError(f"{where}: {problem}: the low-rank {what} is corrupt; re-create the cache with "
                          "`kdcache compress` (or dump-logits --codec lowrank)")
 
 
@@ -196,8 +197,9 @@ def check_rank(rank: int, num_classes: int, num_rows: int | None, most: int | No
         + ([(most, "components in the fitted basis")] if most is not None else [])
     for limit, what in limits:
         if not 1 <= rank <= limit:
+            fix = "give a smaller rank" if rank > limit else "give a rank of at least 1"
             raise ConfigError(f"rank {rank} is outside 1..{limit} ({limit} {what}); a basis has at most min(classes, "
-                              "rows) components: give a smaller rank")
+                              f"rows) components: {fix}")
 
 
 def _flat(logits: Any) -> np.ndarray:
@@ -630,6 +632,8 @@ def parse_codec(text: str) -> Codec:
     bits_given = False
     for part in filter(None, rest.split(",")):
         key, eq, value = part.partition("=")
+        if key in out:
+            raise ConfigError(f"codec option {key!r} given twice in {text!r}; give each once")
         if key == "rank" and eq:
             try:
                 out["rank"] = int(value)
@@ -654,8 +658,8 @@ def parse_codec(text: str) -> Codec:
         else:
             raise ConfigError(f"unknown codec option {part!r}; use {CODEC_SYNTAX}")
     if bits_given and out.get("dtype", DEFAULT_CODE_DTYPE) != "packed":
-        raise ConfigError("bits= sets packed codes' bits a component: add dtype=packed (int8 and float16 codes take "
-                          "8 and 16 bits each)")
+        raise ConfigError("bits= sets packed codes' bits a component: use dtype=packed (the default) or drop bits= "
+                          "(int8 and float16 codes take 8 and 16 bits each)")
     return Codec(**out)
 
 
@@ -664,6 +668,11 @@ def code_bytes(rank: int, code_dtype: str, bits: float = DEFAULT_PACKED_BITS) ->
     if code_dtype == "packed":
         return -(-int(round(bits * rank)) // 8)
     return rank * np.dtype(code_dtype).itemsize + (4 if code_dtype == "int8" else 0)
+
+
+def describe_bytes(n: int) -> str:
+    """'1 byte a row', '76 bytes a row'."""
+    return f"{n} byte{'' if n == 1 else 's'} a row"
 
 
 def rank_for_bytes(target_bytes: float, code_dtype: str = "int8", bits: float = DEFAULT_PACKED_BITS) -> int:

@@ -282,8 +282,8 @@ class LogitCache:
         for s in range(0, len(codes), block):
             part = None if scales is None else scales[s:s + block]
             out[s:s + block] = _lowrank.decode(codes[s:s + block], part, basis).numpy()
-        if rows is not None:
-            check_values("logits", out, rows, self.path)
+        if rows is not None:  # a decoded row out of bounds: the codes, scales or basis (packing) are corrupt
+            check_values("lowrank_codes (decoded)", out, rows, self.path)
         return out
 
     def read_view_params(self, rows: slice | np.ndarray | None = None) -> np.ndarray:

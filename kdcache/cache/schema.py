@@ -30,6 +30,7 @@ PACKED_SCHEMA_VERSION = SCHEMA_VERSION  # packed low-rank codes: codes reinterpr
 TARGET_KINDS = ("logits", "topk", "lowrank")
 MAX_ABS_LOGIT = 1e4  # |z| above this is no teacher's output but a corrupt value or a broken teacher
 REDUMP = "re-create it with dump-logits, or fetch it again"
+REDUMP_LOWRANK = "re-create it (kdcache compress, or dump-logits --codec lowrank), or fetch it again"
 
 
 @dataclass(frozen=True)
@@ -342,13 +343,20 @@ def meta_from(f: h5py.File, path: Path, file_format: str = FORMAT_NAME) -> Cache
         raise CacheError(f"{path}: {len(class_names)} class names for {c} classes")
     lead = (views,) if policy is not None else ()
     want = {"labels": (n,), "indices": (n,), "sample_ids": (n,)}
+    if kind == "lowrank" and attrs["lowrank_code_dtype"] not in CODE_DTYPES:
+        raise CacheError(f"{path}: lowrank_code_dtype {attrs['lowrank_code_dtype']!r} is not one of "
+                         f"{', '.join(CODE_DTYPES)}; {REDUMP_LOWRANK}")
     if kind == "logits":
         want["logits"] = (n, *lead, c)
     elif kind == "lowrank" and attrs["lowrank_code_dtype"] == "packed":
         bits = f["lowrank_bits"] if "lowrank_bits" in f else None
         if bits is None or bits.shape != (rank,) or bits.dtype != np.uint8:
-            raise CacheError(f"{path}: /lowrank_bits is missing or not ({rank},) uint8; {REDUMP}")
-        row_bytes = -(-int(bits[()].astype(np.int64).sum()) // 8)
+            raise CacheError(f"{path}: /lowrank_bits is missing or not ({rank},) uint8; {REDUMP_LOWRANK}")
+        b = bits[()].astype(np.int64)
+        if b.max() > 16 or b.sum() < 1:
+            raise CacheError(f"{path}: /lowrank_bits gives a component {int(b.max())} bits (at most 16) or the row "
+                             f"{int(b.sum())} bits in all (at least 1); the packing is corrupt, {REDUMP_LOWRANK}")
+        row_bytes = -(-int(b.sum()) // 8)
         want.update(lowrank_mean=(c,), lowrank_components=(rank, c), lowrank_bits=(rank,), lowrank_steps=(rank,),
                     lowrank_codes=(n, *lead, row_bytes))
     elif kind == "lowrank":
@@ -368,7 +376,8 @@ def meta_from(f: h5py.File, path: Path, file_format: str = FORMAT_NAME) -> Cache
         ok = LOGIT_DTYPES if spec.dtype == "logits" else (class_id_dtype(c),) if spec.dtype == "classes" else \
             (STORED_CODE_DTYPES.get(str(attrs["lowrank_code_dtype"]), ""),) if spec.dtype == "codes" else (spec.dtype,)
         if spec.dtype == "codes" and str(attrs["lowrank_code_dtype"]) not in CODE_DTYPES:
-            raise CacheError(f"{path}: lowrank_code_dtype {attrs['lowrank_code_dtype']!r} is not one of {', '.join(CODE_DTYPES)}; {REDUMP}")
+            raise CacheError(f"{path}: lowrank_code_dtype {attrs['lowrank_code_dtype']!r} is not one of "
+                             f"{', '.join(CODE_DTYPES)}; {REDUMP_LOWRANK}")
         if str(ds.dtype) not in ok:
             raise CacheError(f"{path}: /{name} has dtype {ds.dtype}, expected {' or '.join(ok)}")
     values = f[{"logits": "logits", "topk": "topk_logits", "lowrank": "lowrank_mean"}[kind]]

@@ -203,15 +203,14 @@ def compress_cmd(cache: str, codec: str, kl_budget: float | None, out: str, over
          kdcache compress full.h5 --codec lowrank:rank=121 --out small.h5
          kdcache compress full.h5 --codec lowrank:rank=64,dtype=int8 --out small.h5
     """
-    from kdcache.cache.lowrank import DEFAULT_KL_BUDGET, parse_codec
+    from kdcache.cache.lowrank import DEFAULT_KL_BUDGET, describe_bytes, parse_codec
     from kdcache.jobs.compress import compress_cache, describe_kl
 
     r = compress_cache(cache, out, codec=parse_codec(codec), overwrite=overwrite,
                        kl_budget=DEFAULT_KL_BUDGET if kl_budget is None else kl_budget)
     how = f"for KL budget {r['budget']:g}" if r["rank_chosen_by"] == "budget" else "as stated"
-    packed = f" ({r['row_bytes']} bytes a row)" if r.get("row_bytes") else ""
     summary(quiet, f"compressed {r['rows']} rows x {r['num_classes']} classes to rank {r['rank']} {r['code_dtype']} "
-                   f"codes{packed} ({how}; held-out {describe_kl(r['kl'])}) in {r['seconds']:.1f}s -> {r['cache']} "
+                   f"codes of {describe_bytes(r['row_bytes'])} ({how}; held-out {describe_kl(r['kl'])}) in {r['seconds']:.1f}s -> {r['cache']} "
                    f"({r['bytes'] / 1e6:.1f} MB, {_size_change(r['source_bytes'], r['bytes'])})")
 
 
