@@ -19,7 +19,6 @@ from kdcache.cache.lowrank import (
     kl_codes,
     mean_kl,
     measure_kl,
-    pack,
     parse_codec,
     project,
     rank_for_bytes,
@@ -274,31 +273,6 @@ def test_codec_strings_bytes_and_samples():
 
 
 # -- packed codes -------------------------------------------------------------------------------------
-
-
-def test_packed_layout_is_the_documented_one():
-    """bits (3, 0, 5, 9, 0, 0): component k at bit offset Σ bits[:k], little-endian; level v is (v - 2^(b-1) + 1/2) · step.
-    Components of 0 bits (the last ones too, whose offset is past the last byte) are 0."""
-    packing = Packing(np.array([3, 0, 5, 9, 0, 0], np.uint8), np.array([0.5, 1.0, 0.25, 2.0, 1.0, 1.0], np.float32))
-    assert packing.row_bytes == 3  # 17 bits
-    levels = np.array([[5, 0, 17, 300, 0, 0], [0, 0, 31, 511, 0, 0]])
-    got = pack(levels, packing)
-    for row, lv in zip(got, levels):  # by hand: the row as one integer, component k shifted to its offset
-        word = int(lv[0]) | int(lv[2]) << 3 | int(lv[3]) << 8
-        assert row.tolist() == [word & 255, word >> 8 & 255, word >> 16 & 255]
-    values = unpack(torch.from_numpy(got), packing)
-    expect = [[(5 - 3.5) * 0.5, 0.0, (17 - 15.5) * 0.25, (300 - 255.5) * 2.0, 0.0, 0.0],
-              [(0 - 3.5) * 0.5, 0.0, (31 - 15.5) * 0.25, (511 - 255.5) * 2.0, 0.0, 0.0]]
-    assert values.tolist() == expect
-
-
-def test_pack_and_unpack_round_trip_random_levels_at_every_width():
-    g = np.random.default_rng(0)
-    bits = np.arange(17, dtype=np.uint8)  # 0..16 bits: a level spans up to three bytes
-    packing = Packing(bits, np.full(17, 0.125, np.float32))
-    levels = g.integers(0, 2 ** bits.astype(np.int64), size=(50, 17))
-    values = unpack(torch.from_numpy(pack(levels, packing)), packing).numpy().astype(np.float64)
-    np.testing.assert_array_equal(values, (levels - (2.0 ** (bits.astype(np.int64) - 1) - 0.5)) * 0.125)
 
 
 def test_packing_spends_bits_where_codes_vary_and_spans_them():
