@@ -7,13 +7,8 @@ row, done on the fly in batches, so training sees float logits and re-softens th
 
 How a row's code is chosen (the *encoder*; decoding is the same for both):
 
-- ``kl`` (the default): the code minimising the row's KL(p_T ‖ rebuilt_T) summed over T = 1, 2,
-  4, to second order: ‖z - z'‖²_Q with Q = Σ_T (diag p_T - p_T p_Tᵀ) / (2T²), a weighted least
-  squares solve per row (r x r). Plain projection spends the code on the far tail, whose
-  logits vary most from row to row and matter least; this one spends it where the teacher puts
-  its mass at some T. On a 1,000-class teacher whose logits are not low-rank it cuts the KL at
-  T = 1 ~90x and at T = 2 ~8x at the same rank (docs/results/lowrank.md). Directions no T weighs
-  (classes with no mass at T <= 4) are pulled to the projection code by a small ridge.
+- ``kl`` (the default, kdcache.cache.kl_encoder): the code minimising the row's KL(p_T ‖
+  rebuilt_T) summed over T = 1, 2, 4, to second order: a weighted least-squares solve per row.
 - ``projection``: c = Vᵀ(z - m), the least squares code of the logits themselves.
 
 Codes are stored as ``int8`` with a per-row float32 scale (c ≈ q · s, s = max|c| / 127), as
@@ -39,11 +34,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 from functools import cached_property
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
+from kdcache.cache.kl_encoder import KL_TEMPERATURES, kl_codes, kl_solves
 from kdcache.cache.packing import (
     DEFAULT_PACKED_BITS,
     PACKED_MAX_BITS,
@@ -56,19 +52,13 @@ from kdcache.cache.packing import (
 )
 from kdcache.errors import CacheError, ConfigError
 
-__all__ = ["Packing", "pack", "unpack"]  # re-exported: a packed cache's layout is part of this codec
+__all__ = ["KL_TEMPERATURES", "Packing", "kl_codes", "pack", "unpack"]  # re-exported: parts of this codec
 
 CODE_DTYPES = ("int8", "float16", "packed")
 DEFAULT_CODE_DTYPE = "packed"  # what compress and dump-logits --codec lowrank write (Codec); the functions
 # below default to int8, which needs no fitted packing
 ENCODERS = ("kl", "projection")
 DEFAULT_ENCODER = "kl"
-# The kl encoder's ridge toward the projection code, relative to the mean diagonal of a row's r x r system: small
-# enough not to move the directions the weights determine, large enough to fix the ones they do not.
-ENCODER_RIDGE = 1e-3
-ENCODE_BLOCK = 64  # rows: the kl encoder pads a batch to whole blocks (BLAS picks kernels by the row count)
-ENCODE_CHUNK_FLOATS = 1 << 24  # the kl encoder builds its per-row systems from (C, chunk x r) outer products of V
-KL_TEMPERATURES = (1.0, 2.0, 4.0)  # the temperatures a basis is judged at (info, compress, verify)
 # The stated KL budget: mean KL(p_T ‖ rebuilt_T) in nats at every T of KL_TEMPERATURES. At 1,000 classes the
 # issue's PCA-64 int8 code (students within 0.3 pp of full logits) measured 8.6e-3 / 9.0e-3 / 2.1e-3.
 DEFAULT_KL_BUDGET = 0.01
@@ -81,6 +71,8 @@ HELDOUT_ROWS = 5_000  # rows the KL is measured on (none of them fitted on)
 INT8_MAX = 127
 CLOSEST_GRID = 16  # ranks tried, evenly spaced, to name the closest when no rank meets the budget
 FLOAT16_MAX = 65504.0
+
+
 @dataclass(frozen=True)
 class Basis:
     """The mean row (C,) and r principal components (r, C), float32 numpy, orthonormal rows, largest first."""
@@ -201,85 +193,6 @@ def project(logits: Any, basis: Basis) -> np.ndarray:
     return (x @ basis.components.T).reshape(*lead, basis.rank)
 
 
-def kl_codes(logits: Any, basis: Basis, temperatures: Sequence[float] = KL_TEMPERATURES,
-             batch: int = 256) -> np.ndarray:
-    """The kl encoder's float32 codes (n, [V,] r): each row's Σ_T KL(p_T ‖ rebuilt_T), minimised to second order.
-
-    Per row: (V Q Vᵀ + λI) c = V Q (z - m) + λ c₀, Q = Σ_T (diag p_T - p_T p_Tᵀ) / (2T²),
-    c₀ the projection code, λ = ENCODER_RIDGE · mean diag(V Q Vᵀ). Q is blind to a constant
-    shift of the row, as softmax is. Where the rank is far too low for a row the second-order
-    model fails, so each row keeps whichever of c and c₀ gives the lower exact Σ_T KL_T: the kl
-    encoder is never worse than projection, row by row. A row's code is the same bits in any
-    batch (sharded dumps rely on it): products run on whole blocks of ENCODE_BLOCK rows.
-    """
-    z = logits.detach().cpu().numpy() if isinstance(logits, torch.Tensor) else np.asarray(logits)
-    lead = z.shape[:-1]
-    out = [c[:n].float() for n, c, _ in _kl_solves(z.reshape(-1, z.shape[-1]), basis, temperatures, batch)]
-    codes = torch.cat(out) if out else torch.zeros(0, basis.rank)
-    return codes.numpy().reshape(*lead, basis.rank)
-
-
-def _kl_solves(z: np.ndarray, basis: Basis, temperatures: Sequence[float], batch: int
-               ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-    """``(n, codes (b, r), U (b, r, r))`` float64 per batch of rows of ``z`` (N, C), padded to b rows: the kl codes and
-    the Cholesky factor of each row's system V Q Vᵀ + λI = Uᵀ U (the KL's second-order metric, which packed rounding uses)."""
-    x_all = torch.from_numpy(np.ascontiguousarray(z, dtype=np.float32))
-    mean, comps = basis.as_tensors()
-    r, C = comps.shape
-    a = [1.0 / (2.0 * T * T) for T in temperatures]
-    vt = comps.T.contiguous().double()  # (C, r); float64 where V diag(w) Vᵀ and the p pᵀ terms nearly cancel at T = 1
-    step = max(1, min(r, ENCODE_CHUNK_FLOATS // max(1, C * r)))
-    # V diag(w) Vᵀ's upper triangle (it is symmetric), rows k..k+step and columns k..r per chunk, in float32: its
-    # rounding (~1e-7 relative) is far below the ridge, and float32 is the product's 2x on CPUs (measured: the KL of
-    # the codes agrees with a float64 product to 3 digits)
-    pairs = [(k, min(step, r - k), (comps.T[:, k:k + step, None] * comps.T[:, None, k:]).reshape(C, -1))
-             for k in range(0, r, step)]
-    eye = torch.eye(r, dtype=torch.float64)
-    batch = -(-batch // ENCODE_BLOCK) * ENCODE_BLOCK
-    for s in range(0, len(x_all), batch):
-        zz = x_all[s:s + batch].double()
-        n = len(zz)
-        if n % ENCODE_BLOCK:  # every product sees whole blocks of rows, so a row's code is the same bits in any batch
-            zz = torch.cat([zz, zz.new_zeros(ENCODE_BLOCK - n % ENCODE_BLOCK, C)])
-        b = len(zz)  # (256 rows: G, b r² float64, stays in cache at rank ~100; 20% faster than 1024 rows)
-        x = zz - mean.double()
-        ps = [torch.softmax(zz / T, -1) for T in temperatures]
-        w = sum(aT * p for aT, p in zip(a, ps))  # (b, C)
-        w32 = w.float()
-        G = torch.empty(b, r, r, dtype=torch.float64)
-        for k, kk, K in pairs:
-            block = (w32 @ K).view(b, kk, r - k)
-            G[:, k:k + kk, k:] = block
-            G[:, k + kk:, k:k + kk] = block[:, :, kk:].transpose(1, 2)
-        c0 = x @ vt  # (b, r): the projection code
-        h = (w * x) @ vt
-        vps = torch.stack([p @ vt for p in ps], 2)  # (b, r, len(T)): V p_T
-        G.baddbmm_(vps * torch.tensor(a, dtype=torch.float64), vps.transpose(1, 2), alpha=-1.0)  # - Σ_T a_T Vp (Vp)ᵀ
-        h -= (vps * torch.tensor(a, dtype=torch.float64) * torch.stack([(p * x).sum(-1) for p in ps], 1)[:, None]).sum(-1)
-        diag = torch.diagonal(G, dim1=1, dim2=2)
-        lam = ENCODER_RIDGE * diag.mean(-1).clamp_min(1e-30)  # (b,)
-        diag += lam[:, None]
-        h += lam[:, None] * c0
-        U, info = torch.linalg.cholesky_ex(G, upper=True)
-        failed = info != 0  # not positive definite (not seen): the row keeps its projection code, rounded plainly
-        if failed.any():
-            U[failed] = eye
-        c = torch.cholesky_solve(h.unsqueeze(-1), U, upper=True).squeeze(-1)
-        worse = failed | (_kl_sum(zz, c, mean, vt, temperatures) > _kl_sum(zz, c0, mean, vt, temperatures))
-        yield n, torch.where(worse[:, None], c0, c), U
-
-
-def _kl_sum(z: torch.Tensor, codes: torch.Tensor, mean: torch.Tensor, vt: torch.Tensor,
-            temperatures: Sequence[float]) -> torch.Tensor:
-    """Σ_T KL(p_T ‖ q_T) per row (b,), float64: p from logits z (b, C), q from the rebuilt m + codes Vᵀᵀ."""
-    y = mean.double() + codes @ vt.T
-    total = torch.zeros(len(z), dtype=torch.float64)
-    for T in temperatures:
-        log_p, log_q = torch.log_softmax(z / T, -1), torch.log_softmax(y / T, -1)
-        total += (log_p.exp() * (log_p - log_q)).sum(-1)
-    return total
-
-
 def encode(logits: Any, basis: Basis, code_dtype: str = "int8",
            encoder: str = DEFAULT_ENCODER) -> tuple[np.ndarray, np.ndarray | None]:
     """``(codes, scales)`` of ``logits`` (n, [V,] C): what a low-rank cache stores of each row.
@@ -339,7 +252,7 @@ def _encode_packed(z: np.ndarray, basis: Basis, encoder: str) -> np.ndarray:
         raise ConfigError("internal: packed codes need a basis with a packing (kdcache.cache.lowrank.with_packing)")
     lead, flat = z.shape[:-1], z.reshape(-1, z.shape[-1])
     if encoder == "kl":
-        levels = [quantise(c, U, basis.packing)[:n] for n, c, U in _kl_solves(flat, basis, KL_TEMPERATURES, 256)]
+        levels = [quantise(c, U, basis.packing)[:n] for n, c, U in kl_solves(flat, basis)]
         lv = torch.cat(levels) if levels else torch.zeros(0, basis.rank, dtype=torch.long)
     else:
         lv = quantise(torch.from_numpy(project(flat, basis)).double(), None, basis.packing)
@@ -351,9 +264,9 @@ def decode(codes: Any, scales: Any, basis: Basis | tuple[torch.Tensor, torch.Ten
     packing = basis.packing if isinstance(basis, Basis) else None
     mean, comps = basis.as_tensors() if isinstance(basis, Basis) else basis
     q = torch.as_tensor(codes)
-    if packing is not None:
-        bias, w = basis.packed_decoder  # type: ignore[union-attr]
-        return torch.addmm(bias, packing.levels(q.reshape(-1, q.shape[-1])).float(), w).reshape(*q.shape[:-1], -1)
+    if packing is not None:  # levels times one matrix with the steps and centres folded in
+        mean, comps = basis.packed_decoder  # type: ignore[union-attr]
+        values = packing.levels(q.reshape(-1, q.shape[-1])).float()
     else:
         values = (q.float() * torch.as_tensor(scales).float().unsqueeze(-1)).reshape(-1, q.shape[-1])
     return torch.addmm(mean, values, comps).reshape(*q.shape[:-1], -1)
@@ -396,7 +309,8 @@ def measure_kl(logits: Any, basis: Basis, code_dtype: str = "int8",
 
 @dataclass(frozen=True)
 class Codes:
-    """Stored low-rank rows as they are, not decoded: codes (n, [V,] r) and scales (n, [V]) (shard assembly copies these)."""
+    """Stored low-rank rows as they are, not decoded (shard assembly copies these, streams shuffle them): codes
+    (n, [V,] r), or (n, [V,] row_bytes) packed, and scales (n, [V]), None for packed codes."""
 
     codes: np.ndarray
     scales: np.ndarray | None  # None for packed codes
@@ -452,10 +366,11 @@ def choose_rank(basis: Basis, heldout: Any, budget: float = DEFAULT_KL_BUDGET,
             tried[r, enc] = max(kls[r, enc].values())
         return tried[r, enc]
 
-    def smallest(lo: int, hi: int, enc: str) -> int:
+    def smallest(lo: int, hi: int, worst_at: Callable[[int], float]) -> int:
+        """The smallest rank in lo..hi meeting the budget (hi meets it; KL falls as the rank grows)."""
         while lo < hi:
             mid = (lo + hi) // 2
-            if worst(mid, enc) <= budget:
+            if worst_at(mid) <= budget:
                 hi = mid
             else:
                 lo = mid + 1
@@ -470,9 +385,9 @@ def choose_rank(basis: Basis, heldout: Any, budget: float = DEFAULT_KL_BUDGET,
                           f"(of {len(tried)} ranks tried, with projected codes), "
                           f"worst mean KL {tried[best]:.3g} over T = {', '.join(f'{t:g}' for t in temperatures)}; "
                           "raise --kl-budget, or keep full logits")
-    rank = smallest(1, hi, "projection")
+    rank = smallest(1, hi, lambda r: worst(r, "projection"))
     if encoder != "projection" and worst(rank, encoder) <= budget:
-        rank = smallest(1, rank, encoder)
+        rank = smallest(1, rank, lambda r: worst(r, encoder))
     else:
         encoder = "projection"  # the kl codes missed where projection met the budget (not seen): keep projection's
     worst(rank, encoder)
@@ -495,13 +410,7 @@ def choose_rank(basis: Basis, heldout: Any, budget: float = DEFAULT_KL_BUDGET,
         raise ConfigError(f"packed codes at {bits:g} bits a component miss the KL budget {budget:g} at rank {hi} "
                           f"(worst mean KL {pworst(hi):.3g}), the most that fit the {int8_bytes} bytes of int8 codes at "
                           f"rank {rank}, which meet it: use --codec lowrank:dtype=int8, or more bits")
-    lo = 1
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if pworst(mid) <= budget:
-            hi = mid
-        else:
-            lo = mid + 1
+    lo = smallest(1, hi, pworst)
     return RankChoice(lo, packed[lo][1], {r: max(k.values()) for r, (_, k) in sorted(packed.items())}, encoder,
                       packed[lo][0])
 
@@ -541,7 +450,6 @@ def parse_codec(text: str) -> Codec:
     if name != "lowrank":
         raise ConfigError(f"unknown codec {name!r}; choose {CODEC_SYNTAX}")
     out: dict[str, Any] = {}
-    bits_given = False
     for part in filter(None, rest.split(",")):
         key, eq, value = part.partition("=")
         if key in out:
@@ -566,10 +474,9 @@ def parse_codec(text: str) -> Codec:
                 raise ConfigError(f"codec bits must be a number (mean bits a component), got {value!r}") from None
             if not 0 < out["bits"] <= PACKED_MAX_BITS:
                 raise ConfigError(f"codec bits must be in (0, {PACKED_MAX_BITS}] bits a component, got {value}")
-            bits_given = True
         else:
             raise ConfigError(f"unknown codec option {part!r}; use {CODEC_SYNTAX}")
-    if bits_given and out.get("dtype", DEFAULT_CODE_DTYPE) != "packed":
+    if "bits" in out and out.get("dtype", DEFAULT_CODE_DTYPE) != "packed":
         raise ConfigError("bits= sets packed codes' bits a component: use dtype=packed (the default) or drop bits= "
                           "(int8 and float16 codes take 8 and 16 bits each)")
     return Codec(**out)
@@ -580,6 +487,12 @@ def code_bytes(rank: int, code_dtype: str, bits: float = DEFAULT_PACKED_BITS) ->
     if code_dtype == "packed":
         return -(-int(round(bits * rank)) // 8)
     return rank * np.dtype(code_dtype).itemsize + (4 if code_dtype == "int8" else 0)
+
+
+def row_code_bytes(basis: Basis, code_dtype: str) -> int:
+    """Bytes one row's (one view's) code takes in a cache coded with ``basis`` (and its packing) as ``code_dtype``."""
+    return basis.packing.row_bytes if code_dtype == "packed" and basis.packing is not None \
+        else code_bytes(basis.rank, code_dtype)
 
 
 def describe_bytes(n: int) -> str:

@@ -112,6 +112,14 @@ class CacheWriter:
         assert self.basis is not None
         return self.basis.packing.row_bytes if self.basis.packing is not None else self.basis.rank
 
+    def _schema_version(self, plain: bool) -> str:
+        """The oldest layout that holds what this cache holds (docs/cache-format.md, 'Schema version')."""
+        if plain:
+            return PLAIN_SCHEMA_VERSION
+        if self.kind == "lowrank":
+            return PACKED_SCHEMA_VERSION if self.code_dtype == "packed" else LOWRANK_SCHEMA_VERSION
+        return VIEWS_SCHEMA_VERSION
+
     @property
     def _code_storage(self) -> str:
         return "uint8" if self.code_dtype == "packed" else self.code_dtype
@@ -119,8 +127,7 @@ class CacheWriter:
     def estimated_bytes(self) -> int:
         """About how big the finished file will be (for a free-space check before writing)."""
         if self.kind == "lowrank":
-            code = self._code_width if self.code_dtype == "packed" else _lowrank.code_bytes(self.basis.rank, self.code_dtype)
-            per_row = 24 + self.num_views * (code + 4 * self.param_width)
+            per_row = 24 + self.num_views * (_lowrank.row_code_bytes(self.basis, self.code_dtype) + 4 * self.param_width)
             return self.num_samples * per_row + self.basis.components.nbytes + (1 << 20)
         per_row = 24 + int(np.prod(self.lead or (1,))) * (
             (self.topk * (np.dtype(self.dtype).itemsize + np.dtype(class_id_dtype(self.num_classes)).itemsize) + 12)
@@ -293,8 +300,7 @@ class CacheWriter:
         plain = self.kind == "logits" and self.view_policy is None
         root = {
             "format": self.file_format,
-            "schema_version": PLAIN_SCHEMA_VERSION if plain else PACKED_SCHEMA_VERSION if self.code_dtype == "packed"
-            and self.kind == "lowrank" else LOWRANK_SCHEMA_VERSION if self.kind == "lowrank" else VIEWS_SCHEMA_VERSION,
+            "schema_version": self._schema_version(plain),
             "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "num_samples": self.num_samples, "num_classes": self.num_classes, "logits_dtype": self.dtype,
             "targets": self.kind, "topk": self.topk, "num_views": self.num_views,

@@ -23,13 +23,13 @@ from kdcache.cache.lowrank import (
     KL_TEMPERATURES,
     Basis,
     Codec,
-    code_bytes,
     Packing,
     check_rank,
     choose_rank,
     fit_basis,
     measure_kl,
     packing_sample,
+    row_code_bytes,
     sample_rows,
     with_packing,
 )
@@ -72,7 +72,7 @@ def plan_basis(fit_logits: np.ndarray, heldout_logits: np.ndarray, codec: Codec 
     info = {"kl": {f"{T:g}": v for T, v in kl.items()}, "budget": kl_budget, "rank_chosen_by": "stated" if rank
             else "budget", "fit_rows": len(fit), "heldout_rows": len(held), "temperatures": list(KL_TEMPERATURES),
             "code_dtype": code_dtype, "encoder": encoder}
-    info["row_bytes"] = code_bytes(basis.rank, code_dtype) if basis.packing is None else basis.packing.row_bytes
+    info["row_bytes"] = row_code_bytes(basis, code_dtype)
     if basis.packing is not None:
         info["bits"] = bits
     return basis, info
