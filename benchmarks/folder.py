@@ -13,7 +13,7 @@ a. dump-logits over the folder (kdcache.jobs.dump.dump_logits, whole call: listi
    model's forward on normalised float batches under inference_mode                      <= 1.05x
    The hashing (load_dataset: list + hash) is also timed alone, and dump-logits' own loop time
    (what it reports as ``seconds``: decode + teacher + write, no hashing) is compared too.
-b. one student epoch streaming the images (kdcache.data.batches.MemoryBatches over the lazy
+b. one student epoch streaming the images (kdcache's loader over the lazy
    folder, decoded in W workers) with cached logits (KD, T=4, alpha=0.5) vs the same epoch
    with labels only (cross-entropy, no targets)                                          <= 1.05x
 c. peak RSS of a dump in a fresh process (the main process's VmHWM, reset just before the dump, since
@@ -191,13 +191,13 @@ def dump_rows(args: argparse.Namespace, root: Path, teacher: Path, cache: Path) 
 
 
 def student_epoch(data, args: argparse.Namespace, loss_fn, teacher_logits=None, seed: int = 0) -> float:
-    """Seconds for one epoch of a fresh student-cnn streaming the folder (MemoryBatches over FileImages)."""
-    from kdcache.data.batches import MemoryBatches
+    """Seconds for one epoch of a fresh student-cnn streaming the folder (the loader over FileImages)."""
+    from benchmarks import train_batches
     from kdcache.train.loop import build_optimizer, train_one_epoch
 
     torch.manual_seed(seed)
     model = build_model("student-cnn", 3, len(CLASSES), (args.image_size, args.image_size))
-    batches = MemoryBatches(data, args.batch_size, seed=seed, teacher_logits=teacher_logits, workers=args.workers)
+    batches = train_batches(data, args.batch_size, seed=seed, targets=teacher_logits, workers=args.workers)
     lr = default_lr(STUDENT_TRAIN.lr, image_files=True)  # what train-student uses on a folder (0.05 diverges)
     cfg = TrainConfig(epochs=1, batch_size=args.batch_size, lr=lr, device="cpu")
     opt, sched = build_optimizer(model, cfg, len(batches))

@@ -28,7 +28,7 @@ import torch
 
 from kdcache.cache import open_cache
 from kdcache.config import TEACHER_TRAIN, DataConfig, DumpConfig, RunOptions
-from kdcache.data.batches import MemoryBatches
+from benchmarks import train_batches
 from kdcache.data.datasets import load_dataset
 from kdcache.data.samples import ImageData
 from kdcache.jobs.dump import dump_logits
@@ -61,10 +61,10 @@ def epoch_seconds(model: torch.nn.Module, data: ImageData, device: torch.device,
     model.to(device)
     if precision == "bf16":
         model.to(memory_format=torch.channels_last)
-    batches = MemoryBatches(data, batch_size, device=device, channels_last=precision == "bf16")
+    batches = train_batches(data, batch_size, device=device, channels_last=precision == "bf16")
     cfg = TEACHER_TRAIN
     opt, sched = build_optimizer(model, cfg, len(batches) + warmup)
-    warm = MemoryBatches(data.head(batch_size * warmup), batch_size, device=device, channels_last=precision == "bf16")
+    warm = train_batches(data.head(batch_size * warmup), batch_size, device=device, channels_last=precision == "bf16")
     train_one_epoch(model, warm, cross_entropy_loss, opt, sched, device, precision)
     _sync(device)
     t0 = time.perf_counter()

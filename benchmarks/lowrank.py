@@ -218,12 +218,12 @@ def run(out: Path, plan: SyntheticPlan, conditions: Sequence[str], worker: int, 
 def timing(out: Path, plan: SyntheticPlan, repeats: int = 5, threads: int = 1, compress: bool = True) -> dict[str, Any]:
     """``kdcache compress`` of the 60,000-row cache (from float32, as dump-logits writes it by default; from float16)
     with every core, as the CLI runs it, and one student epoch (``threads`` torch threads) from each compressed cache
-    vs from the full one: targets held in memory (read, decoded once) and streamed (kdcache.data.streaming: read and
-    decoded a buffer ahead), run alternately ``repeats`` times, medians. ``compress`` False reuses the files."""
+    vs from the full one: targets held in memory (read, decoded once) and streamed (kdcache.cache.stream.StreamedTargets:
+    read block by block as batches ask, decoded row by row), run alternately ``repeats`` times, medians. ``compress`` False reuses the files."""
     from benchmarks.folder import cpu_model
     from benchmarks.topk_task import mlp
-    from kdcache.data.batches import MemoryBatches
-    from kdcache.data.streaming import StreamingBatches
+    from benchmarks import train_batches
+    from kdcache.cache.stream import StreamedTargets
     from kdcache.jobs.compress import compress_cache
     from kdcache.jobs.student_targets import distillation_loss
     from kdcache.train.loop import fit
@@ -257,18 +257,17 @@ def timing(out: Path, plan: SyntheticPlan, repeats: int = 5, threads: int = 1, c
             with open_cache(path) as c:
                 rows = c.align(data.indices.numpy(), labels=data.labels.numpy(), sample_ids=data.sample_ids,
                                info=full.info)
-                targets = c.read(rows)
+                targets, block_rows = c.read(rows), c.chunk_rows
             times[name]["load"].append(time.perf_counter() - t0)
             for mode in ("memory", "streamed"):
                 torch.manual_seed(0)
                 model = mlp(plan.student_hidden, plan.task.classes, plan.task.dim)
-                batches = MemoryBatches(data, cfg.batch_size, seed=0, teacher_logits=targets) if mode == "memory" \
-                    else StreamingBatches(data, path, rows, cfg.batch_size, seed=0)
+                source = targets if mode == "memory" else StreamedTargets([(path, rows)])
+                batches = train_batches(data, cfg.batch_size, seed=0, targets=source, block_rows=block_rows)
                 t0 = time.perf_counter()
                 fit(model, batches, distillation_loss(2.0, 0.9), cfg)
                 times[name][f"{mode}_epoch"].append(time.perf_counter() - t0)
-                if mode == "streamed":
-                    batches.close()
+                batches.dataset.close()
     med = {name: {k: statistics.median(v) for k, v in t.items()} for name, t in times.items()}
     ratios = {name: {mode: med[name][f"{mode}_epoch"] / med["full float16"][f"{mode}_epoch"]
                      for mode in ("memory", "streamed")} for name in caches if name != "full float16"}

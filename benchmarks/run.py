@@ -32,7 +32,8 @@ import torch
 from benchmarks.synthetic import IMAGENET_CLASSES, IMAGENET_ROWS, write_synthetic_cache
 from kdcache import cache
 from kdcache.config import DataConfig, DumpConfig, RunOptions, TrainConfig
-from kdcache.data.batches import Batch, MemoryBatches
+from benchmarks import train_batches
+from kdcache.data.samples import Batch
 from kdcache.data.datasets import load_dataset
 from kdcache.data.samples import ImageData
 from kdcache.jobs.dump import dump_logits
@@ -67,7 +68,7 @@ def student_epoch(data: ImageData, batch_size: int, loss_fn, teacher_logits=None
     """Seconds for one training epoch of a fresh student (the timed part is train_one_epoch only)."""
     torch.manual_seed(seed)
     model = build_model("student-cnn", data.info.in_channels, data.info.num_classes, data.info.image_size)
-    batches = MemoryBatches(data, batch_size, seed=seed, teacher_logits=teacher_logits)
+    batches = train_batches(data, batch_size, seed=seed, targets=teacher_logits)
     if teacher is not None:
         batches = OnlineTeacher(batches, teacher)
     opt, sched = build_optimizer(model, TrainConfig(epochs=1, batch_size=batch_size, device="cpu"), len(batches))
@@ -112,7 +113,7 @@ def make_teacher(path: Path, data: ImageData, source: str | None) -> Path:
 
 def teacher_inference(model: torch.nn.Module, data: ImageData, batch_size: int) -> float:
     """Seconds for the teacher alone over ``data``: the same batches dump-logits makes, no writing."""
-    batches = MemoryBatches(data, batch_size, shuffle=False)
+    batches = train_batches(data, batch_size, shuffle=False)
     model.eval()
     t0 = time.perf_counter()
     with torch.inference_mode():

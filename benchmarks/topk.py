@@ -59,7 +59,7 @@ from benchmarks.topk_caches import (
 from benchmarks.topk_task import TaskConfig, logits_of, make_task, mlp
 from kdcache.cache import open_cache
 from kdcache.config import DEFAULT_TOPK_REBUILD, STUDENT_TRAIN, DataConfig, TrainConfig
-from kdcache.data.batches import MemoryBatches
+from benchmarks import train_batches
 from kdcache.data.samples import ImageData
 from kdcache.experiments.report import summarize, write_report
 from kdcache.experiments.results import (
@@ -123,7 +123,7 @@ def _teacher(plan: SyntheticPlan, train: ImageData, val: ImageData, test: ImageD
         return model, saved["summary"]
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    fit(model, MemoryBatches(train, plan.teacher_train.batch_size, seed=0), cross_entropy_loss, plan.teacher_train)
+    fit(model, train_batches(train, plan.teacher_train.batch_size, seed=0), cross_entropy_loss, plan.teacher_train)
     summary = {"arch": "mlp-" + "-".join(map(str, (plan.task.dim, *plan.teacher_hidden, plan.task.classes))),
                "train_seconds": time.perf_counter() - t0, "test_accuracy": evaluate(model, test)["accuracy"],
                "val_accuracy": evaluate(model, val)["accuracy"], "train_rows": len(train)}
@@ -158,7 +158,7 @@ def _student_run(plan: SyntheticPlan, data: ImageData, val: ImageData, test: Ima
     cfg = replace(plan.student_train, seed=seed)
     torch.manual_seed(seed)
     model = mlp(plan.student_hidden, plan.task.classes, plan.task.dim)
-    batches = MemoryBatches(data, cfg.batch_size, seed=seed, teacher_logits=targets)
+    batches = train_batches(data, cfg.batch_size, seed=seed, targets=targets)
     loss = loss_fn or (distillation_loss(T or 1.0, alpha, topk_rebuild) if alpha > 0 else cross_entropy_loss)
     t0 = time.perf_counter()
     history = fit(model, batches, loss, cfg, eval_data=val, eval_name="val")

@@ -4,7 +4,7 @@ The classes have structure, like ImageNet's 120 dog breeds: 100 groups of 10 cla
 group has a centre in R^64, each class a centre near its group's, and each class two modes
 near its own centre (so no linear model separates the classes: the teacher needs its hidden
 layers). A sample is a mode plus isotropic noise, quantised to uint8 and served as a 1x8x8
-"image", so kdcache's data path (ImageData, MemoryBatches, caches, alignment) runs unchanged.
+"image", so kdcache's data path (ImageData, the loader, caches, alignment) runs unchanged.
 Confusions happen mostly between the 10 classes of a group: the teacher's soft targets carry
 the "which sibling does this resemble" knowledge distillation is about, and its outputs on its
 training rows are peaked as a trained ImageNet teacher's are (measured at full scale: mean top-1

@@ -49,7 +49,7 @@ from benchmarks.run import machine, make_teacher, median_pair, row, teacher_infe
 from kdcache.cache import CacheWriter
 from kdcache.config import STUDENT_TRAIN, TEACHER_TRAIN, DataConfig, DumpConfig, RunOptions, ViewConfig
 from kdcache.data.augment import parse_policy, view_record
-from kdcache.data.batches import MemoryBatches
+from benchmarks import train_batches
 from kdcache.data.datasets import load_dataset
 from kdcache.data.view_schedule import ViewPlan, sample_views
 from kdcache.experiments.results import load_results
@@ -262,12 +262,12 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
     for arch in STUDENTS:
         def replay(r: int) -> float:
             plan = ViewPlan(policy, data.info.image_size, r, stored)
-            return epoch_seconds(arch, MemoryBatches(data, 128, seed=r, teacher_logits=z, views=plan),
+            return epoch_seconds(arch, train_batches(data, 128, seed=r, targets=z, views=plan),
                                  distillation_loss(4.0, 0.9), r)
 
         def fresh(r: int) -> float:
             plan = ViewPlan(policy, data.info.image_size, r)
-            return epoch_seconds(arch, MemoryBatches(data, 128, seed=r, views=plan), cross_entropy_loss, r)
+            return epoch_seconds(arch, train_batches(data, 128, seed=r, views=plan), cross_entropy_loss, r)
 
         a, b, ta, tb = median_pair(args.repeats, replay, fresh)
         rows.append(row(f"{arch} epoch, {v} stored views replayed vs random augmentation", "replayed views + KD",
@@ -299,7 +299,7 @@ def plan(out: Path, s: dict[str, Any], data_dir: str, threads: int | None) -> di
     per_sample = {}
     for arch in STUDENTS:
         plan_ = ViewPlan(policy, data.info.image_size, 0)
-        t = epoch_seconds(arch, MemoryBatches(data, 128, views=plan_), cross_entropy_loss, 0)
+        t = epoch_seconds(arch, train_batches(data, 128, views=plan_), cross_entropy_loss, 0)
         per_sample[arch] = t / len(data)
     runs = specs(s, paths(out, s))
     eval_n = (s["eval_limit"] or 10_000) + s["val_size"]

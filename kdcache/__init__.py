@@ -12,8 +12,9 @@ alpha from the HDF5 cache, without the teacher: with kdcache's own loop
     loss = kdcache.kd_loss(student(images), teacher_logits, labels, temperature=4.0, alpha=0.5)
 
 The cache: ``open_cache``/``LogitCache`` (read, align), ``CacheWriter``/``write_cache``.
-Your loop: ``CachedDataset`` (in memory), ``StreamedCachedDataset`` (larger than memory),
-``collate``, ``kd_loss``/``soft_loss``, ``TopK``, ``UNLABELLED``. kdcache's loop (what the
+Your loop: ``CachedDataset`` (targets in memory, or read from the file past a limit),
+``StreamedCachedDataset`` (always read from the file), ``collate``, ``make_loader``/``LoaderConfig`` and
+``EpochSampler`` (the loader and sampler every job reads through), ``kd_loss``/``soft_loss``, ``TopK``, ``UNLABELLED``. kdcache's loop (what the
 CLI runs): ``train_teacher``, ``dump_logits``, ``train_student``, ``evaluate_checkpoint``,
 ``run_pipeline``, ``load_checkpoint``, ``verify_cache``, ``compress_cache``, ``cache_info``, ``run_sweep``/``RunSpec``.
 Each job is configured by a few frozen dataclasses (defaults in kdcache.config): ``DistillConfig``
@@ -39,6 +40,7 @@ _EXPORTS = {
     "UNLABELLED": "identity", "DatasetInfo": "identity",
     "CachedDataset": "data.cached_dataset", "StreamedCachedDataset": "data.cached_dataset", "collate": "data.cached_dataset",
     "load_dataset": "data.datasets", "ImageData": "data.samples",
+    "make_loader": "data.loader", "LoaderConfig": "data.loader", "EpochSampler": "data.sampler",
     "kd_loss": "train.loss", "soft_loss": "train.loss", "ModelSpec": "train.models",
     "load_checkpoint": "train.checkpoint",
     "train_teacher": "jobs.training", "train_student": "jobs.training", "evaluate_checkpoint": "jobs.training",

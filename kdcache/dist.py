@@ -7,8 +7,9 @@ GROUP_RANK, MASTER_ADDR/PORT), joins the process group (gloo on CPU; on a CUDA m
 this rank's ``DistContext``. That small object is all the rest of kdcache sees: dump.py
 asks it for its rank to pick a range of rows, train.py wraps the model in
 DistributedDataParallel through it and reduces metrics with it, and the batch sources take
-``rank``/``world_size`` to serve their part of each epoch (batches.rank_slices,
-streaming.StreamingBatches). Without torchrun (or with
+``rank``/``world_size`` to serve their part of each epoch. What a rank takes is one rule,
+``rank_share`` (contiguous parts, sizes differing by at most one), applied to a dump's batches,
+an evaluation's rows and each training step's global batch (kdcache.data.sampler). Without torchrun (or with
 WORLD_SIZE 1) ``current()`` is ``SINGLE`` and every method is a no-op, so one-process runs
 are unchanged. The pattern is torchvision's references (``init_distributed_mode``,
 ``save_on_master``): read the environment once, let the rest not care.
@@ -54,6 +55,19 @@ from kdcache.errors import ConfigError, KDCacheError
 
 Report = Callable[[str], None]
 _OK, _END, _FAILED = 0, 1, 2  # a rank's status at a collective point
+
+
+def rank_share(items: Any, rank: int, world_size: int) -> Any:
+    """Part ``rank`` of ``items`` (a sequence, tensor or array) cut into ``world_size`` contiguous parts.
+
+    Sizes differ by at most one, the first ``len(items) % world_size`` parts taking the extra
+    (``torch.tensor_split``'s cut). Every partition between ranks in kdcache is this one rule.
+    """
+    if not 0 <= rank < world_size:
+        raise ConfigError(f"rank must be in 0..world_size-1, got rank {rank} of {world_size}")
+    per, extra = divmod(len(items), world_size)
+    start = rank * per + min(rank, extra)
+    return items[start:start + per + (1 if rank < extra else 0)]
 
 
 class RankFailed(KDCacheError):

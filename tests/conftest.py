@@ -254,3 +254,4 @@ def make_photo_folder(root: Path, classes=("ant", "bee", "cat"), per_class=(6, 2
                 mode = MODES[(i + k) % len(MODES)]
                 save_image(d / f"img{i:02d}.jpg", g, size, mode, 50 + 70 * (k % 3))
     return root
+

@@ -7,10 +7,13 @@ import torch
 from conftest import cache_attrs
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
+from benchmarks import train_batches as memory_batches
+
 from kdcache.cache import write_cache
 from kdcache.cache.targets import TopK
 from kdcache.data.cached_dataset import CachedDataset, StreamedCachedDataset, collate
 from kdcache.data.datasets import load_dataset
+from kdcache.data.sampler import EpochSampler
 from kdcache.errors import CacheError, ConfigError
 from kdcache.identity import UNLABELLED, sample_ids_for
 from kdcache.train.loss import kd_loss
@@ -213,15 +216,23 @@ def test_topk_rows_collate_and_train(fmnist, tmp_path, kd, cache_path):
     assert targets.shape == (2, 10) and labels.tolist() == fmnist.targets[:2].tolist() and images.shape == (2, 1, 28, 28)
 
 
-def test_memory_limit_points_to_the_streamed_dataset(fmnist, cache_path):
-    with pytest.raises(ConfigError, match="use kdcache.StreamedCachedDataset"):
-        CachedDataset(fmnist, cache_path, indices=range(N), memory_limit_mb=0.001)
+def test_over_the_memory_limit_targets_are_read_from_the_file_giving_the_same_batches(fmnist, cache_path):
+    memory = CachedDataset(fmnist, cache_path, indices=range(N))
+    with CachedDataset(fmnist, cache_path, indices=range(N), memory_limit_mb=0.001) as streamed:
+        assert streamed.streamed and not memory.streamed and "read from the file" in repr(streamed)
+        assert streamed.block_rows == memory.block_rows
+        assert streamed_epoch(streamed, 0) == streamed_epoch(memory, 0)  # the same order, the same rows
+        assert streamed.targets.reads == -(-N // streamed.block_rows)  # in block order: each block read once
+        assert streamed_epoch(streamed, 1) == streamed_epoch(memory, 1)
 
 
-def streamed_epoch(ds, epoch, workers=0, batch_size=16):
+def streamed_epoch(ds, epoch, workers=0, batch_size=16, rank=0, world_size=1):
+    """The items' rows of one epoch read in kdcache's block order (the sampler make_loader uses)."""
     ds.set_epoch(epoch)
+    sampler = EpochSampler(len(ds), batch_size, seed=1, rank=rank, world_size=world_size, block_rows=ds.block_rows)
+    sampler.set_epoch(epoch)
     out = []
-    for images, labels, targets in DataLoader(ds, batch_size=batch_size, num_workers=workers):
+    for images, labels, targets in DataLoader(ds, batch_sampler=sampler, num_workers=workers):
         idx = targets[:, 0].long()
         assert torch.equal(labels, ds.base.targets[idx])
         assert torch.equal(images, torch.stack([ds.base[int(i)][0] for i in idx]))
@@ -230,19 +241,16 @@ def streamed_epoch(ds, epoch, workers=0, batch_size=16):
 
 
 def test_streamed_epochs_cover_every_sample_once_in_workers_and_ranks(fmnist, cache_path):
-    with StreamedCachedDataset(fmnist, cache_path, indices=range(N), buffer_blocks=2, seed=1) as ds:
+    with StreamedCachedDataset(fmnist, cache_path, indices=range(N), seed=1) as ds:
         assert len(ds) == N and "Checked: index, label" in repr(ds)
         first = streamed_epoch(ds, 0)
         assert sorted(first) == list(range(N)) and first != list(range(N))  # all, once, shuffled
         assert streamed_epoch(ds, 0) == first and streamed_epoch(ds, 1) != first  # seeded by epoch
         assert sorted(streamed_epoch(ds, 0, workers=2)) == list(range(N))
-    parts = []
-    for rank in range(2):
-        with StreamedCachedDataset(fmnist, cache_path, indices=range(N), rank=rank, world_size=2) as ds:
-            parts.append(streamed_epoch(ds, 0))
-            assert len(ds) == len(parts[-1])
+    with StreamedCachedDataset(fmnist, cache_path, indices=range(N)) as ds:
+        parts = [streamed_epoch(ds, 0, rank=rank, world_size=2) for rank in range(2)]
     assert sorted(parts[0] + parts[1]) == list(range(N))
-    assert abs(len(parts[0]) - len(parts[1])) < 2 * 16  # ranks get whole blocks: at most one more (16 rows each)
+    assert len(parts[0]) == len(parts[1]) == N // 2  # each rank half of every global batch
 
 
 def test_streamed_topk_and_subsets(fmnist, tmp_path, kd):
@@ -280,19 +288,21 @@ def test_torchvision_imagefolder_over_a_cache_of_kdcache_imagefolder(tmp_path):
 
 def test_set_epoch_reaches_persistent_workers(fmnist, cache_path):
     class Probe(CachedDataset):  # what a worker's copy believes the epoch is
-        def targets_of(self, i, view):
-            return torch.tensor(self.epoch)
+        def targets_of(self, items, views):
+            return torch.full((len(items),), self.epoch)
 
     probe = Probe(fmnist, cache_path, indices=range(32))
     loader = DataLoader(probe, batch_size=16, num_workers=2, persistent_workers=True)
     for epoch in (0, 3, 4):
         probe.set_epoch(epoch)
         assert [t.tolist() for _, _, t in loader] == [[epoch] * 16] * 2
-    with StreamedCachedDataset(fmnist, cache_path, indices=range(N), buffer_blocks=2) as ds:
+    with StreamedCachedDataset(fmnist, cache_path, indices=range(N)) as ds:
         orders = {e: streamed_epoch(ds, e) for e in (0, 1)}
-        loader = DataLoader(ds, batch_size=16, num_workers=1, persistent_workers=True)
+        sampler = EpochSampler(len(ds), 16, seed=1, block_rows=ds.block_rows)
+        loader = DataLoader(ds, batch_sampler=sampler, num_workers=1, persistent_workers=True)
         for e in (0, 1, 0):
             ds.set_epoch(e)
+            sampler.set_epoch(e)
             assert [int(v) for _, _, t in loader for v in t[:, 0]] == orders[e]
 
 
@@ -415,13 +425,12 @@ def test_each_item_shows_each_view_once_per_k_epochs_in_persistent_workers(fmnis
 
 
 def test_the_view_of_an_item_is_the_one_train_student_gives_its_row(fmnist, tmp_path, kd):
-    """With the same seed and --cache-views, item i at epoch e is MemoryBatches' row i at epoch e: view, image (after
+    """With the same seed and --cache-views, item i at epoch e is train-student's row i at epoch e: view, image (after
     the wrapper's Normalize) and targets, bit for bit."""
     from torchvision import transforms
 
     from kdcache.cache import open_cache
     from kdcache.cache.targets import as_tensors
-    from kdcache.data.batches import MemoryBatches
     from kdcache.data.views import student_views
 
     path = marked_views(tmp_path / "m.h5", kd)
@@ -429,7 +438,7 @@ def test_the_view_of_an_item_is_the_one_train_student_gives_its_row(fmnist, tmp_
         rows = c.align(kd.indices.numpy(), labels=kd.labels.numpy(), sample_ids=kd.sample_ids, info=kd.info)
         plan, record = student_views([c], [rows], kd, augment=None, alpha=0.5, cache_views=2, seed=5)
         targets = as_tensors(c.read(rows))[:, :record["views"]]
-    memory = MemoryBatches(kd, N, shuffle=False, seed=5, teacher_logits=targets, views=plan)
+    memory = memory_batches(kd, N, shuffle=False, seed=5, targets=targets, views=plan)
     ds = CachedDataset(fmnist, path, indices=range(N), cache_views=2, seed=5,
                        transform=transforms.Normalize(kd.info.mean, kd.info.std))
     loader = DataLoader(ds, batch_size=N, num_workers=2, persistent_workers=True)
@@ -523,7 +532,7 @@ def test_streamed_views_serve_each_item_its_scheduled_view(fmnist, tmp_path, kd)
     path = marked_views(tmp_path / "m.h5", kd)
     with open_cache(path) as c:
         params = c.read_view_params()
-    with StreamedCachedDataset(fmnist, path, indices=range(N), buffer_blocks=2, seed=4, cache_views=2) as ds:
+    with StreamedCachedDataset(fmnist, path, indices=range(N), seed=4, cache_views=2) as ds:
         assert "Views: 2 per item replayed (shift-flip v1" in repr(ds)
         ds.set_epoch(1)
         views = view_schedule(1, N, 2, 4)
@@ -536,3 +545,49 @@ def test_streamed_views_serve_each_item_its_scheduled_view(fmnist, tmp_path, kd)
                 assert torch.equal(images[k], by_hand("shift-flip", fmnist[i][0], params[i, views[i]]))
             seen += row.tolist()
     assert sorted(seen) == list(range(N))
+
+
+# -- kdcache's own split in the wrapper: the very rows train-student reads ------------------------------------
+
+
+def test_a_kdcache_split_in_the_wrapper_is_what_train_student_reads(tmp_path, kd):
+    """CachedDataset(ImageData, cache) through make_loader gives, epoch by epoch, the batches train-student's
+    data path builds for the same cache and seed: images (views applied), labels and that view's targets."""
+    from kdcache.cache import open_cache
+    from kdcache.cache.targets import as_tensors
+    from kdcache.data.loader import LoaderConfig, make_loader
+    from kdcache.data.views import student_views
+
+    path = marked_views(tmp_path / "m.h5", kd)
+    with open_cache(path) as c:  # what jobs.student_targets builds
+        rows = c.align(kd.indices.numpy(), labels=kd.labels.numpy(), sample_ids=kd.sample_ids, info=kd.info)
+        plan, _ = student_views([c], [rows], kd, augment=None, alpha=0.5, seed=5)
+        targets, block_rows = as_tensors(c.read(rows)), c.chunk_rows
+    theirs = memory_batches(kd, 32, seed=5, targets=targets, views=plan, block_rows=block_rows)
+    ds = CachedDataset(kd, path, seed=5)
+    assert len(ds) == N and "fashion-mnist/train" in repr(ds) and "stored, replayed" in repr(ds)
+    mine = make_loader(ds, LoaderConfig(32, shuffle=True, seed=5))
+    for epoch in range(3):
+        theirs.set_epoch(epoch)
+        mine.set_epoch(epoch)
+        pairs = list(zip(mine, theirs))
+        assert len(pairs) == len(mine) == 7
+        for a, b in pairs:
+            assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+            assert torch.equal(a.teacher_logits, b.teacher_logits)
+        views = torch.cat([a.teacher_logits[:, 1] for a, _ in pairs]) - 50  # z[i, v, 1] = 50 + v
+        assert set(views.round().long().tolist()) == set(range(V))  # every view is in use
+
+
+def test_a_kdcache_split_is_checked_with_every_rule_and_takes_no_user_transforms(cache_path, kd, data_dir):
+    from kdcache.data.datasets import load_dataset
+
+    ds = CachedDataset(kd, cache_path)
+    batch = ds.__getitems__([3, 1])
+    assert batch.images.dtype == torch.uint8 and batch.labels.tolist() == kd.labels[[3, 1]].tolist()
+    assert batch.teacher_logits.shape == (2, 10)
+    other = load_dataset("fashion-mnist", "test", data_dir, limit=N)
+    with pytest.raises(CacheError, match="test"):
+        CachedDataset(other, cache_path)  # another split: refused by LogitCache.align
+    with pytest.raises(ConfigError, match="takes no indices"):
+        CachedDataset(kd, cache_path, indices=range(3))

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from kdcache.data.datasets import load_dataset
-from kdcache.data.samples import batch_order, normalize
+from kdcache.data.samples import normalize
 from kdcache.errors import ConfigError, DataError
 from kdcache.identity import fingerprint_for, sample_ids_for
 
@@ -40,12 +40,6 @@ def test_normalize():
     import torch
     x = torch.full((1, 1, 2, 2), 255, dtype=torch.uint8)
     assert torch.allclose(normalize(x, (0.5,), (0.25,)), torch.full((1, 1, 2, 2), 2.0))
-
-
-def test_batch_order_is_a_permutation():
-    import torch
-    parts = list(batch_order(10, 3, True, torch.Generator().manual_seed(0)))
-    assert [len(p) for p in parts] == [3, 3, 3, 1] and sorted(torch.cat(parts).tolist()) == list(range(10))
 
 
 def test_errors(tmp_path):

@@ -9,10 +9,9 @@ import pytest
 import torch
 from conftest import cache_attrs, error_lines, make_image_data, run_cli, torchrun
 
+from benchmarks import train_batches as memory_batches
 from kdcache.cache import write_cache
 from kdcache.config import STUDENT_TRAIN, DataConfig, DistillConfig, DumpConfig
-from kdcache.data.batches import MemoryBatches, rank_batch_size, rank_slices, rank_steps
-from kdcache.data.streaming import StreamingBatches
 from kdcache.dist import SINGLE, DistContext, current, describe, launched
 from kdcache.errors import CacheError, ConfigError
 
@@ -47,64 +46,43 @@ def test_describe_gives_one_line():
     assert describe(RuntimeError("CUDA out of memory\nmore")) == "RuntimeError: CUDA out of memory"
 
 
-# -- partitions ------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("n,batch,world", [(11, 5, 2), (10, 4, 2), (13, 6, 3), (7, 7, 1), (9, 4, 4), (5, 2, 2)])
-def test_rank_slices_split_each_global_batch_and_agree_on_the_step_count(n, batch, world):
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
-    per_rank = [list(rank_slices(order.split(batch), r, world)) for r in range(world)]
-    steps = rank_steps(n, batch, world)
-    assert all(len(p) == steps for p in per_rank)
-    for step, global_batch in enumerate(order.split(batch)[:steps]):
-        parts = [p[step] for p in per_rank]
-        assert torch.equal(torch.cat(parts), global_batch)  # the ranks' slices make up the one-process batch
-        assert max(map(len, parts)) - min(map(len, parts)) <= 1 and min(map(len, parts)) >= 1
-    dropped = n - sum(len(b) for p in per_rank for b in p)
-    assert dropped == (n % batch if 0 < n % batch < world else 0)  # only a last batch smaller than the ranks
-
-
-def test_a_global_batch_smaller_than_the_ranks_is_refused():
-    assert [rank_batch_size(10, r, 4) for r in range(4)] == [3, 3, 2, 2]
-    with pytest.raises(ConfigError, match="global batch, split over 4 ranks"):
-        rank_batch_size(3, 0, 4)
+# -- partitions (the rule itself: test_sampler.py) ------------------------------------------------------------------------------------------
 
 
 def test_memory_batches_of_two_ranks_make_up_the_one_process_batches():
     data = make_image_data(n=50)
     logits = torch.randn(50, 10)
-    one = list(MemoryBatches(data, 16, seed=3, teacher_logits=logits))
-    ranks = [MemoryBatches(data, 16, seed=3, teacher_logits=logits, rank=r, world_size=2) for r in (0, 1)]
+    one = list(memory_batches(data, 16, seed=3, targets=logits))
+    ranks = [memory_batches(data, 16, seed=3, targets=logits, rank=r, world_size=2) for r in (0, 1)]
     assert len(ranks[0]) == len(ranks[1]) == len(one) == 4  # 16+16+16+2: the last (2 rows) still splits
     for b, b0, b1 in zip(one, *ranks):
         assert torch.equal(torch.cat([b0.images, b1.images]), b.images)
         assert torch.equal(torch.cat([b0.teacher_logits, b1.teacher_logits]), b.teacher_logits)
 
 
-def test_streamed_ranks_take_disjoint_shares_with_equal_step_counts(tmp_path):
-    from kdcache.data.samples import normalize
+def test_streamed_targets_give_each_rank_the_batches_in_memory_targets_give_it(tmp_path):
+    """One sampler for every source: with targets read from the file, each rank's step is its part of the one-process
+    batch, exactly as with targets in memory (where the targets live never changes a result)."""
+    from kdcache.cache.stream import StreamedTargets
 
     n = 3000
     data = make_image_data(n=n)
     z = np.random.default_rng(0).normal(size=(n, 10)).astype(np.float32)
-    path = write_cache(tmp_path / "c.h5", z, data.labels, data.indices, data.sample_ids, cache_attrs(data.info))
-    row_of = {z[i].tobytes(): i for i in range(n)}
-    ranks = [StreamingBatches(data, path, np.arange(n), 64, seed=1, rank=r, world_size=2) for r in (0, 1)]
-    assert len(ranks[0]) == len(ranks[1]) > 0
-    for _ in range(2):  # epochs
-        served = []
-        for src in ranks:
-            batches = list(src)
-            assert len(batches) == len(src) and all(len(b.labels) == 32 for b in batches)  # 64 over 2 ranks
-            for b in batches:
-                rows = [row_of[t.numpy().tobytes()] for t in b.teacher_logits]
-                assert torch.equal(b.labels, data.labels[rows])  # each image meets its own targets
-                assert torch.equal(b.images, normalize(data.images[rows], data.info.mean, data.info.std))
-                served += rows
-        assert len(set(served)) == len(served) == 2 * len(ranks[0]) * 32  # no row twice in an epoch
-        assert len(served) >= n * (1 - 1 / 64) - 2 * 32  # evening out drops little: blocks are 1/64 of a share
+    path = write_cache(tmp_path / "c.h5", z, data.labels, data.indices, data.sample_ids, cache_attrs(data.info),
+                       chunk_rows=256)
+    one = memory_batches(data, 64, seed=1, targets=torch.from_numpy(z), block_rows=256)
+    ranks = [memory_batches(data, 64, seed=1, targets=StreamedTargets([(path, np.arange(n))]), rank=r, world_size=2)
+             for r in (0, 1)]
+    assert ranks[0].dataset.block_rows == 256 and len(ranks[0]) == len(ranks[1]) == len(one) == 47
+    for epoch in range(2):
+        for part in (one, *ranks):
+            part.set_epoch(epoch)
+        for b, b0, b1 in zip(one, *ranks):
+            assert torch.equal(torch.cat([b0.teacher_logits, b1.teacher_logits]), b.teacher_logits)
+            assert torch.equal(torch.cat([b0.images, b1.images]), b.images)
+            assert torch.equal(torch.cat([b0.labels, b1.labels]), b.labels)
     for src in ranks:
-        src.close()
+        src.dataset.close()
 
 
 # -- the failure protocol, under torchrun ----------------------------------------------------------------

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import cache_attrs
 
 from kdcache.cache import write_cache
@@ -34,9 +35,10 @@ def readme_section(title: str) -> str:
 def test_readme_snippet_runs(cache_5k, data_dir, tmp_path, monkeypatch, capsys):
     section = readme_section("Use a cache from your own code")
     blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
-    assert len(blocks) == 1, "the section should hold one python block"
-    code = blocks[0]
+    assert len(blocks) == 2, "the section should hold two python blocks: your dataset, then kdcache's split"
+    code, own_split = blocks
     assert "kdcache.CachedDataset" in code and "kdcache.kd_loss" in code and "kdcache.open_cache" in code
+    assert "kdcache.make_loader" in own_split and "kdcache.load_dataset" in own_split
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "FashionMNIST").symlink_to(Path(data_dir) / "FashionMNIST")
     (tmp_path / "fmnist-train.h5").symlink_to(cache_5k)
@@ -47,6 +49,9 @@ def test_readme_snippet_runs(cache_5k, data_dir, tmp_path, monkeypatch, capsys):
     loss = namespace["loss"]
     assert loss.ndim == 0 and np.isfinite(float(loss.detach()))
     assert len(namespace["data"]) == 5000
+    exec(compile(own_split, "README.md", "exec"), namespace)  # the student of the first block, in kdcache's loader
+    assert namespace["loss"] is not loss and np.isfinite(float(namespace["loss"].detach()))
+    assert len(namespace["loader"]) == 40 and namespace["batch"].images.dtype == torch.float32
 
 
 def script_commands(path: Path) -> list[str]:

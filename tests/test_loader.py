@@ -1,11 +1,25 @@
-"""kdcache.data.loader: index batches through a DataLoader, in order, from memory or from files in workers."""
+"""kdcache.data.loader: the one loader, index batches through a DataLoader, in order, from memory or from files in workers."""
 import pytest
 import torch
 from conftest import make_photo_folder
 
 from kdcache.data.images import FileImages, InputTransform
-from kdcache.data.loader import available_cpus, image_batches, resolve_workers
+from kdcache.data.loader import LoaderConfig, available_cpus, make_loader, resolve_workers
+from kdcache.data.samples import ImageData, normalize
 from kdcache.errors import ConfigError, DataError
+from kdcache.identity import DatasetInfo
+
+RAW = LoaderConfig(standardize=False)
+
+
+def rows_of(images) -> ImageData:
+    """An ImageData over ``images`` (a tensor or a lazy source) with labels 0..n-1."""
+    n = len(images)
+    info = DatasetInfo(name="t", split="train", num_samples=n, class_names=tuple(map(str, range(n))),
+                       in_channels=int(images.shape[1]), image_size=tuple(images.shape[2:]), mean=(0.5,) * int(images.shape[1]),
+                       std=(0.25,) * int(images.shape[1]), fingerprint="x")
+    import numpy as np
+    return ImageData(images, torch.arange(n), torch.arange(n), np.zeros(n, np.uint64), info)
 
 
 def test_default_workers_follow_the_cpus_for_files_only(monkeypatch):
@@ -25,17 +39,34 @@ def test_batches_arrive_in_the_order_asked_for(tmp_path, workers):
     files = FileImages(root, sorted(p.relative_to(root).as_posix() for p in root.rglob("*.*")), InputTransform(16))
     every = files[torch.arange(10)]
     order = [torch.tensor([3, 1]), torch.tensor([9]), torch.tensor([0, 2, 4, 5]), torch.tensor([8, 7, 6])]
-    got = list(image_batches(files, iter(order), workers=workers))  # a generator works: consumed lazily
-    assert [tuple(g.shape) for g in got] == [(len(o), 3, 16, 16) for o in order]
+    cfg = LoaderConfig(workers=workers, standardize=False)
+    got = list(make_loader(rows_of(files), cfg, batches=iter(order)))  # a generator works: consumed lazily
+    assert [tuple(g.images.shape) for g in got] == [(len(o), 3, 16, 16) for o in order]
     for g, o in zip(got, order):
-        assert torch.equal(g, every[o])
+        assert torch.equal(g.images, every[o]) and torch.equal(g.labels, o)
     memory = torch.arange(40, dtype=torch.uint8).view(10, 1, 2, 2)
-    assert torch.equal(torch.cat(list(image_batches(memory, order))), memory[torch.cat(order)])
+    got = list(make_loader(rows_of(memory), RAW, batches=order))
+    assert torch.equal(torch.cat([g.images for g in got]), memory[torch.cat(order)])
+
+
+def test_batches_are_standardised_on_the_device_and_follow_the_sampler():
+    memory = torch.arange(40, dtype=torch.uint8).view(10, 1, 2, 2)
+    loader = make_loader(rows_of(memory), LoaderConfig(batch_size=4, shuffle=True, seed=3))
+    assert len(loader) == 3
+    first = list(loader)
+    assert [len(b.labels) for b in first] == [4, 4, 2]
+    order = torch.cat([b.labels for b in first])
+    assert sorted(order.tolist()) == list(range(10))
+    for b in first:  # (x/255 - 0.5) / 0.25, the dataset's mean/std
+        assert torch.equal(b.images, normalize(memory[b.labels], (0.5,), (0.25,)))
+    assert torch.equal(torch.cat([b.labels for b in loader]), order)  # the same epoch again
+    loader.set_epoch(1)
+    assert not torch.equal(torch.cat([b.labels for b in loader]), order)
 
 
 def test_a_file_that_does_not_decode_is_one_clean_error_from_a_worker(tmp_path):
     (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff nope")
     files = FileImages(tmp_path, ["bad.jpg"], InputTransform(16))
     with pytest.raises(DataError) as e:
-        list(image_batches(files, [torch.tensor([0])], workers=1))
+        list(make_loader(rows_of(files), LoaderConfig(workers=1), batches=[torch.tensor([0])]))
     assert str(e.value).startswith("cannot read image") and "\n" not in str(e.value)

@@ -3,9 +3,9 @@ import pytest
 import torch
 from conftest import make_image_data
 
+from benchmarks import train_batches as memory_batches
 from kdcache.cache import open_cache
 from kdcache.config import DataConfig, DumpConfig, TrainConfig
-from kdcache.data.batches import MemoryBatches
 from kdcache.data.datasets import load_dataset
 from kdcache.data.samples import normalize
 from kdcache.device import resolve_device
@@ -24,7 +24,7 @@ def test_memory_batches_cover_epoch_and_keep_logits_with_images(image_data):
     marker = d.images.float().sum(dim=(1, 2, 3))
     logits = torch.zeros(len(d), 10)
     logits[:, 0] = marker
-    batches = MemoryBatches(d, 10, shuffle=True, seed=3, teacher_logits=logits)
+    batches = memory_batches(d, 10, shuffle=True, seed=3, targets=logits)
     assert len(batches) == 7
     seen = []
     for b in batches:
@@ -43,9 +43,9 @@ def test_memory_batches_cover_epoch_and_keep_logits_with_images(image_data):
 
 
 def test_same_seed_same_order(image_data):
-    a = [b.labels.tolist() for b in MemoryBatches(image_data, 8, seed=1)]
-    b = [b.labels.tolist() for b in MemoryBatches(image_data, 8, seed=1)]
-    c = [b.labels.tolist() for b in MemoryBatches(image_data, 8, seed=2)]
+    a = [b.labels.tolist() for b in memory_batches(image_data, 8, seed=1)]
+    b = [b.labels.tolist() for b in memory_batches(image_data, 8, seed=1)]
+    c = [b.labels.tolist() for b in memory_batches(image_data, 8, seed=2)]
     assert a == b and a != c
 
 
@@ -60,7 +60,7 @@ def test_fit_learns_a_separable_task():
     torch.manual_seed(0)
     model = build_model("student-cnn", num_classes=2)
     cfg = TrainConfig(epochs=3, batch_size=16, lr=0.05, device="cpu")
-    history = fit(model, MemoryBatches(d, 16, seed=0), cross_entropy_loss, cfg, eval_data=d)
+    history = fit(model, memory_batches(d, 16, seed=0), cross_entropy_loss, cfg, eval_data=d)
     assert len(history) == 3 and history[-1]["test_accuracy"] == 1.0
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     ev = evaluate(model, d)
@@ -74,7 +74,7 @@ def test_bf16_training_follows_fp32():
     for precision in ("fp32", "bf16"):
         torch.manual_seed(0)
         model = build_model("teacher-cnn")
-        history = fit(model, MemoryBatches(d, 16, channels_last=precision == "bf16"), cross_entropy_loss,
+        history = fit(model, memory_batches(d, 16, channels_last=precision == "bf16"), cross_entropy_loss,
                       TrainConfig(epochs=1, batch_size=16, device="cpu", precision=precision))
         losses[precision] = history[0]["train_loss"]
     assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.05)
@@ -111,7 +111,7 @@ def test_cached_kd_equals_online_kd(tmp_path, data_dir):
     with open_cache(cache) as c:
         cached = torch.from_numpy(c.read(c.align(data.indices.numpy(), info=data.info)))
     live_teacher, _ = load_checkpoint(ckpt)  # eval mode
-    batches = MemoryBatches(data, 32, shuffle=True, seed=0, teacher_logits=cached)
+    batches = memory_batches(data, 32, shuffle=True, seed=0, targets=cached)
     student = build_model("student-cnn")
     T, alpha = 4.0, 0.7
     loss_fn = distillation_loss(T, alpha)
@@ -164,5 +164,5 @@ def test_a_run_that_blows_up_stops_with_one_line(image_data):
     torch.manual_seed(0)
     cfg = TrainConfig(epochs=2, batch_size=8, lr=50.0, schedule="constant", device="cpu", precision="fp32")
     with pytest.raises(Diverged) as e:
-        fit(build_model("student-cnn"), MemoryBatches(image_data, 8), cross_entropy_loss, cfg)
+        fit(build_model("student-cnn"), memory_batches(image_data, 8), cross_entropy_loss, cfg)
     assert str(e.value).startswith("training diverged (loss ") and "lower --lr" in str(e.value)

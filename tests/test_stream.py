@@ -6,10 +6,10 @@ import pytest
 import torch
 from conftest import cache_attrs, make_image_data
 
+from benchmarks import train_batches
 from kdcache import cache
-from kdcache.cache.stream import LogitStream, iter_batches
+from kdcache.cache.stream import LogitStream, StreamedTargets, iter_batches
 from kdcache.config import CacheIO, DistillConfig, RunOptions
-from kdcache.data.streaming import StreamingBatches
 from kdcache.errors import CacheError
 
 
@@ -95,16 +95,17 @@ def test_worker_processes_cover_every_row_once(path):
     stream.close()
 
 
-def test_streaming_batches_pair_logits_with_their_images(tmp_path, data):
+def test_streamed_targets_pair_logits_with_their_images(tmp_path, data):
     # Cache rows in another order than the data, and data a subset (--limit) of the cache.
     order = np.random.default_rng(0).permutation(len(data))
     path = write_index_cache(tmp_path / "r.h5", data, order=order)
     sub = data.head(60)
     with cache.open_cache(path) as c:
         rows = c.align(sub.indices.numpy(), labels=sub.labels.numpy(), sample_ids=sub.sample_ids, info=sub.info)
-    src = StreamingBatches(sub, path, rows, batch_size=16, seed=0)
-    assert len(src) == 4
+    src = train_batches(sub, 16, targets=StreamedTargets([(path, rows)]))
+    assert len(src) == 4 and src.dataset.streamed
     for epoch in range(2):
+        src.set_epoch(epoch)
         seen = []
         for batch in src:
             idx = batch.teacher_logits[:, 0].long()  # dataset index the logits were made for

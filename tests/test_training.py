@@ -5,6 +5,7 @@ import json
 from dataclasses import replace
 
 import pytest
+import torch
 
 from kdcache.config import CacheIO, DataConfig, DistillConfig, DumpConfig, RunOptions, TrainConfig
 from kdcache.jobs.training import find_reusable, train_student
@@ -167,23 +168,29 @@ def test_own_student_in_the_library_and_in_sweeps(own_student, tmp_path, data_di
     assert [row["options"]["student_kwargs"] for row in rows] == [{"width": 2}, {"width": 4}]
 
 
-def test_a_streamed_run_is_not_reused_for_an_in_memory_one(tmp_path, data_cfg):
-    """Streaming serves another order of batches, so it is another run: reuse must not hand one for the other."""
+def test_a_streamed_run_is_the_in_memory_run_weight_for_weight(tmp_path, data_cfg):
+    """One sampler over a cache, wherever its targets live: streaming them from the file trains the very same
+    student, so it is the same request (and reuse may hand one for the other)."""
     from kdcache.data.datasets import load_dataset
     from kdcache.jobs.dump import dump_logits
-    from kdcache.train.checkpoint import model_config, save_checkpoint
+    from kdcache.train.checkpoint import model_config, read_checkpoint, save_checkpoint
     from kdcache.train.models import build_model
 
     info = load_dataset("fashion-mnist", "train", data_cfg.data_dir, limit=1).info
     teacher = save_checkpoint(tmp_path / "t.pt", build_model("student-cnn"), model_config("student-cnn", info))
     dump_logits(teacher, tmp_path / "c.h5", dump=DumpConfig(device="cpu"), data_cfg=DataConfig(data_dir=data_cfg.data_dir, limit=256))
-    kw = dict(data_cfg=data_cfg, cfg=TrainConfig(epochs=1, device="cpu"), run=RunOptions(reuse=True))
+    kw = dict(data_cfg=data_cfg, cfg=TrainConfig(epochs=2, device="cpu"))
     distill = DistillConfig([tmp_path / "c.h5"])
-    in_memory = train_student(tmp_path / "s.pt", distill, **kw)
+    in_memory = train_student(tmp_path / "m.pt", distill, **kw)
     streamed = train_student(tmp_path / "s.pt", distill, **kw, io=CacheIO(memory_limit_mb=0))
-    assert not in_memory["reused"] and not streamed["reused"]
-    assert streamed["config"]["request"]["cache_streamed"] and "cache_streamed" not in in_memory["config"]["request"]
-    assert train_student(tmp_path / "s.pt", distill, **kw, io=CacheIO(memory_limit_mb=0))["reused"]
+    assert streamed["config"]["cache_streamed"] and not in_memory["config"]["cache_streamed"]
+    assert streamed["config"]["request"] == in_memory["config"]["request"]
+    assert in_memory["config"]["request"]["order"]["block_rows"] > 0
+    assert [h["train_loss"] for h in streamed["history"]] == [h["train_loss"] for h in in_memory["history"]]
+    a, b = read_checkpoint(tmp_path / "m.pt")["state_dict"], read_checkpoint(tmp_path / "s.pt")["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    again = train_student(tmp_path / "m.pt", distill, **kw, io=CacheIO(memory_limit_mb=0), run=RunOptions(reuse=True))
+    assert again["reused"]
 
 
 @pytest.mark.parametrize("native, expect", [(False, "fp32"), (True, "bf16")])

@@ -11,14 +11,14 @@ import pytest
 import torch
 from conftest import assert_error, cache_attrs, make_image_data, run_cli
 
+from benchmarks import train_batches as memory_batches
 from kdcache.cache import VIEWS_SCHEMA_VERSION, open_cache, write_cache
+from kdcache.cache.stream import StreamedTargets
 from kdcache.cache.targets import TopK, as_tensors
 from kdcache.config import DataConfig, DistillConfig, RunOptions, TrainConfig, ViewConfig
 from kdcache.data.augment import ShiftFlip, view_record
-from kdcache.data.batches import Batch, MemoryBatches
 from kdcache.data.datasets import load_dataset
-from kdcache.data.samples import ImageData, batch_order, normalize, standardize, to_unit
-from kdcache.data.streaming import StreamingBatches
+from kdcache.data.samples import Batch, ImageData, normalize, standardize, to_unit
 from kdcache.data.view_schedule import sample_views, view_schedule
 from kdcache.data.views import student_views
 from kdcache.jobs.student_targets import distillation_loss
@@ -116,8 +116,8 @@ def replay_sources(cache_path, data, batch_size=16, seed=0, cache_views=None):
         rows = c.align(data.indices.numpy(), labels=data.labels.numpy(), sample_ids=data.sample_ids, info=data.info)
         plan, record = student_views([c], [rows], data, augment=None, alpha=0.5, cache_views=cache_views, seed=seed)
         targets = as_tensors(c.read(rows))
-    memory = MemoryBatches(data, batch_size, seed=seed, teacher_logits=targets, views=plan)
-    stream = StreamingBatches(data, cache_path, rows, batch_size, seed=seed, views=plan)
+    memory = memory_batches(data, batch_size, seed=seed, targets=targets, views=plan)
+    stream = memory_batches(data, batch_size, seed=seed, targets=StreamedTargets([(cache_path, rows)]), views=plan)
     return memory, stream, record
 
 
@@ -174,7 +174,7 @@ def test_cache_views_uses_only_the_first_k(tmp_path):
     path, _ = marked_view_cache(tmp_path / "m.h5", data)
     memory, stream, record = replay_sources(path, data, batch_size=8, cache_views=2)
     assert record["views"] == 2 and record["stored_views"] == V
-    memory.teacher_logits = memory.teacher_logits[:, :2]  # what train_student keeps in memory
+    memory.dataset.targets = memory.dataset.targets[:, :2]  # what train_student keeps in memory
     with stream:
         for source in (memory, stream):
             views = torch.cat([(b.teacher_logits[:, 1] - 50).round() for _ in range(4) for b in source])
@@ -297,7 +297,9 @@ class MainMemoryBatches:
         pass  # it drew the next permutation on each pass; MemoryBatches serves epoch e as the e-th of those
 
     def __iter__(self):
-        for idx in batch_order(len(self.labels), self.batch_size, self.shuffle, self.generator):
+        n = len(self.labels)  # (batch_order, inlined)
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        for idx in order.split(self.batch_size):
             x = normalize(self.images[idx], self.mean, self.std).contiguous()
             t = None if self.teacher_logits is None else self.teacher_logits[idx]
             yield Batch(x, self.labels[idx], t)
@@ -309,7 +311,7 @@ def test_single_view_caches_train_bit_for_bit_as_before(plain_cache, fmnist):
     cfg = TrainConfig(epochs=2, batch_size=16, device="cpu")
     histories = []
     for source in (MainMemoryBatches(fmnist, 16, seed=4, teacher_logits=logits),
-                   MemoryBatches(fmnist, 16, seed=4, teacher_logits=logits)):
+                   memory_batches(fmnist, 16, seed=4, targets=logits)):
         torch.manual_seed(0)
         model = build_model("student-cnn")
         histories.append([(h["train_loss"], h["train_accuracy"]) for h in fit(model, source, distillation_loss(4, 0.5),

@@ -33,7 +33,7 @@ import numpy as np
 from kdcache.cache import CacheWriter, LogitCache, open_cache
 from kdcache.cache.schema import SHARD_FORMAT
 from kdcache.cache.targets import TopK
-from kdcache.dist import DistContext
+from kdcache.dist import DistContext, rank_share
 from kdcache.errors import CacheError
 from kdcache.files import check_free_space
 
@@ -56,13 +56,11 @@ def row_ranges(num_rows: int, batch_size: int, world_size: int) -> list[range]:
     one-process dump with the same ``batch_size`` runs, which is what makes the values equal
     bit for bit on the same hardware (see dump.py). Ranks past the last batch get no rows.
     """
-    batches = -(-num_rows // batch_size)
-    per, extra = divmod(batches, world_size)
-    out, first = [], 0
+    batches = range(-(-num_rows // batch_size))
+    out = []
     for r in range(world_size):
-        n = per + (1 if r < extra else 0)
-        out.append(range(min(first * batch_size, num_rows), min((first + n) * batch_size, num_rows)))
-        first += n
+        mine = rank_share(batches, r, world_size)  # the one partition rule (kdcache.dist)
+        out.append(range(min(mine.start * batch_size, num_rows), min(mine.stop * batch_size, num_rows)))
     return out
 
 

@@ -1,9 +1,10 @@
-"""The data layer: datasets and image folders, one pixel path, sample views, and the Dataset wrapper.
+"""The data layer: datasets and image folders, one sampler, one loader, sample views, and the Dataset wrapper.
 
 ``datasets`` (Fashion-MNIST, folders, the registry), ``folders`` (image folders as they are),
-``images`` (decoding and the input transform), ``loader`` (the one DataLoader every job reads
-pixels through), ``samples`` (ImageData), ``augment`` (view policies), ``view_schedule`` (their
-parameters and schedules) and ``views`` (which views a run gets), ``batches``/``streaming`` (fit's batch sources, in memory and streamed),
-``align`` (matching caches to data row by row), ``cached_dataset`` (CachedDataset for your own loop).
+``images`` (decoding and the input transform), ``samples`` (ImageData, Batch), ``sampler`` (the one
+sampler: seeded epochs, each rank's part), ``loader`` (make_loader: the one DataLoader every job reads
+through), ``augment`` (view policies), ``view_schedule`` (their parameters and schedules) and ``views``
+(which views a run gets), ``cached_dataset`` (CachedDataset: what every job and your own loop train from,
+targets in memory or read from the file), ``align`` (matching caches to data).
 Uses the cache format (below it); never the training code (above it).
 """

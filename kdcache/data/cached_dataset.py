@@ -1,16 +1,23 @@
-"""A cache from your own training loop: torch Datasets that pair any map-style dataset with its cached targets.
+"""The rows every job trains from, and your own loop too: a dataset paired with its teacher's targets.
 
     train = kdcache.CachedDataset(torchvision.datasets.FashionMNIST("data", transform=tf), "fmnist-train.h5")
     loader = DataLoader(train, batch_size=128, shuffle=True, num_workers=2, collate_fn=kdcache.collate)
     for images, labels, teacher_logits in loader:
         loss = kdcache.kd_loss(student(images), teacher_logits, labels, temperature=4.0, alpha=0.5)
 
-``CachedDataset`` (map-style) holds the targets of its samples in memory: read once, aligned
-once, the file closed before any DataLoader worker starts, so ``num_workers > 0`` is safe (no
-HDF5 handle crosses a fork) and an item costs an index, not an HDF5 read (random single-row
-reads run at ~20k rows/s, slower than a small student trains). ``StreamedCachedDataset``
-(iterable) is for caches larger than memory: it streams shuffled, chunk-aligned blocks
-(kdcache.cache.stream.LogitStream), each DataLoader worker and each rank reading its own blocks.
+``CachedDataset`` is map-style. Its targets are held in memory (read once, aligned once, the file
+closed before any DataLoader worker starts, so ``num_workers > 0`` is safe and an item costs an
+index, not an HDF5 read) or, over ``memory_limit_mb`` (``StreamedCachedDataset``: always), read from
+the file as batches ask for them (kdcache.cache.stream.StreamedTargets: one chunk read per block per
+process). Read it in the order of kdcache's sampler (``make_loader``, or
+``EpochSampler(..., block_rows=ds.block_rows)`` as a ``batch_sampler``), and in-memory and streamed
+targets give the same batches; another order works, streamed targets then read more chunks.
+
+Over kdcache's own split (an ImageData: ``load_dataset``, what ``train-student`` reads) the
+alignment is checked with every rule (LogitCache.align: dataset, split, fingerprint, labels, content
+ids) and ``__getitems__`` returns one ``Batch`` per call, images sliced or decoded together:
+``train-student``, ``train-teacher`` (``from_targets(data, None, views)``) and your loop over
+``make_loader(CachedDataset(data, cache))`` read the same object, batch for batch.
 
 Item ``i`` is ``(image, label, teacher_targets)``: the dataset's image and label (UNLABELLED,
 -1, where the cache row has no label, so kd_loss leaves it out of the cross-entropy) and the
@@ -18,34 +25,35 @@ row's raw teacher logits (float32, (C,)) or, from a top-k cache, a ``TopK`` row,
 ``collate`` stacks (pass it as the DataLoader's ``collate_fn``).
 
 A cache with augmentation views (``dump-logits --views K --augment POLICY``) is replayed as
-``train-student`` replays it (kdcache.data.views.StoredViews): in epoch ``e`` (``set_epoch``) item
-``i`` shows its view ``view_schedule(e, n, K, seed)[i]``, each view once per K epochs, rebuilt
-from the stored parameters, and its targets are that view's. Views are applied to the base
-dataset's image, which must then be a float tensor (C, H, W) in [0, 1] (``ToTensor()``);
-normalisation goes in the wrapper's ``transform``, which runs after the view. They are built
-a batch at a time (a DataLoader fetches a batch with one ``__getitems__`` call): one policy
-call per image would cost more than reading the image.
+``train-student`` replays it (kdcache.data.view_schedule.ViewPlan, one replayer): in epoch ``e``
+(``set_epoch``) item ``i`` shows its view ``view_schedule(e, n, K, seed)[i]``, each view once per K
+epochs, rebuilt from the stored parameters, and its targets are that view's. Views are applied to
+the base dataset's image, which must then be a float tensor (C, H, W) in [0, 1] (``ToTensor()``);
+normalisation goes in the wrapper's ``transform``, which runs after the view. They are built a
+batch at a time (a DataLoader fetches a batch with one ``__getitems__`` call): one policy call per
+image would cost more than reading the image.
 """
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, IterableDataset, default_collate
+from torch.utils.data import Dataset
 
 from kdcache.cache import LogitCache, open_cache
-from kdcache.cache.stream import DEFAULT_BUFFER_BLOCKS, LogitStream
-from kdcache.cache.targets import Targets, TopK, as_tensors, stack, to_float
+from kdcache.cache.stream import StreamedTargets
+from kdcache.cache.targets import Targets, TopK, as_tensors, to_float
 from kdcache.config import CACHE_MEMORY_LIMIT_MB
 from kdcache.data.align import Alignment, align_dataset, unwrap
-from kdcache.data.views import StoredViews, keep_views
+from kdcache.data.samples import Batch, ImageData, collate, to_unit
+from kdcache.data.view_schedule import ViewPlan
+from kdcache.data.views import StoredViews, keep_views, student_views
 from kdcache.errors import ConfigError
 from kdcache.identity import UNLABELLED
 
-VIEW_BATCH = 64  # items whose views StreamedCachedDataset builds in one call (a policy's apply costs ~ per call)
-
+__all__ = ["CachedDataset", "StreamedCachedDataset", "collate", "cache_targets", "pick_views"]
 
 class SharedEpoch:
     """An epoch number that DataLoader workers see change, persistent workers included.
@@ -75,6 +83,11 @@ def stored_views(cache: LogitCache, alignment: Alignment, base: Any, cache_views
     return views
 
 
+def pick_views(targets: Targets, views: torch.Tensor) -> Targets:
+    """Targets (n, V, ...) -> (n, ...): row i's view ``views[i]`` (full logits or TopK alike)."""
+    return targets[(torch.arange(len(views), device=views.device), views)]
+
+
 def _split_item(item: Any) -> tuple[Any, Any]:
     """(image, label) of a dataset item; a bare image has no label (None)."""
     if isinstance(item, (tuple, list)):
@@ -82,7 +95,7 @@ def _split_item(item: Any) -> tuple[Any, Any]:
     return item, None
 
 
-def _finish(ds: "CachedDataset | StreamedCachedDataset", i: int, image: Any, label: Any) -> tuple[Any, Any]:
+def _finish(ds: "CachedDataset", i: int, image: Any, label: Any) -> tuple[Any, Any]:
     """Item ``i``'s image and label as served: the cache's label (-1) where the row has none, then the transforms."""
     if label is None or ds.labels[i] == UNLABELLED:
         label = int(ds.labels[i])
@@ -97,8 +110,9 @@ class CachedDataset(Dataset):
     """``(image, label, teacher_targets)`` for each item of a map-style dataset, targets from a kdcache cache.
 
     Args:
-        dataset: any map-style dataset (torchvision FashionMNIST or ImageFolder, your own, a
-            ``Subset`` of one); item ``i`` of the wrapper is item ``i`` of ``dataset``.
+        dataset: kdcache's own split (an ImageData, see the module docstring), or any map-style
+            dataset (torchvision FashionMNIST or ImageFolder, your own, a ``Subset`` of one); item
+            ``i`` of the wrapper is item ``i`` of ``dataset``.
         cache_path: the cache of the split ``dataset`` indexes (its indices are the cache's
             dataset indices; a ``Subset``'s are mapped back to the split).
         indices: only these items of ``dataset`` (e.g. a labelled subset), in this order.
@@ -106,7 +120,8 @@ class CachedDataset(Dataset):
         labels: the samples' labels for the alignment check, if ``dataset.targets`` lacks them
             (otherwise they are read from the dataset once, which loads every image).
         check_labels, check_content: turn those checks off (see ``align_dataset``).
-        memory_limit_mb: refuse targets bigger than this (as float32); use StreamedCachedDataset.
+        memory_limit_mb: targets bigger than this (as float32) are read from the file as batches
+            ask for them instead of held in memory (0: always).
         cache_views: a cache with views: use only the first K' of its K views (train-student's
             ``--cache-views``).
         seed: a cache with views: the seed of the view schedule. With train-student's ``--seed``,
@@ -114,39 +129,95 @@ class CachedDataset(Dataset):
             when the items are the split's samples in order, e.g. ``indices=range(n)``).
 
     The alignment is checked once, here, with LogitCache.align's rule and one-line errors
-    (CacheError); the file is closed before this returns. With views, call ``set_epoch`` every
-    epoch, and give ``dataset`` images as ToTensor() does (float (C, H, W) in [0, 1]; checked
-    on the first item here and on every item it serves): the view is built on that image, then
-    ``transform`` (e.g. Normalize) runs on the view.
+    (CacheError). With views, call ``set_epoch`` every epoch, and give ``dataset`` images as
+    ToTensor() does (float (C, H, W) in [0, 1]; checked on the first item here and on every item it
+    serves): the view is built on that image, then ``transform`` (e.g. Normalize) runs on the view.
+    Kdcache's own split takes no ``indices``/transforms/``labels`` (select rows with ``data.take``).
     """
 
     def __init__(self, dataset: Any, cache_path: str | os.PathLike, *, indices: Sequence[int] | None = None,
                  transform: Callable | None = None, target_transform: Callable | None = None,
                  labels: Sequence[int] | None = None, check_labels: bool = True, check_content: bool = True,
                  memory_limit_mb: float = CACHE_MEMORY_LIMIT_MB, cache_views: int | None = None, seed: int = 0):
-        self.dataset = dataset
+        self.dataset, self.data, self.plan, self.views, self.alignment = dataset, None, None, None, None
         self.transform, self.target_transform = transform, target_transform
+        self._epoch = SharedEpoch()
+        if isinstance(dataset, ImageData):  # kdcache's own split: every check LogitCache.align has
+            if indices is not None or transform is not None or target_transform is not None or labels is not None:
+                raise ConfigError("CachedDataset over a kdcache ImageData takes no indices, transforms or labels: "
+                                  "select rows with data.take(rows); the loader standardises the images")
+            self._from_split(dataset, cache_path, cache_views, seed, memory_limit_mb)
+            return
         self.base, idx = unwrap(dataset, indices)
         with open_cache(cache_path) as cache:
             self.cache_path, self.cache_summary = cache.path, repr(cache)
-            used = cache.meta.num_views if cache_views is None else min(max(int(cache_views), 1), cache.meta.num_views)
-            need_mb = len(idx) * cache.target_bytes() * used / cache.meta.num_views / max(len(cache), 1) / 2**20
-            if need_mb > memory_limit_mb:
-                raise ConfigError(f"the targets of {len(idx)} samples need {need_mb:.0f} MB in memory, over "
-                                  f"memory_limit_mb={memory_limit_mb:g}; use kdcache.StreamedCachedDataset, which "
-                                  "streams them from disk, or raise the limit")
             self.alignment = align_dataset(cache, self.base, idx, labels=labels, check_labels=check_labels,
                                            check_content=check_content)
             self.views = stored_views(cache, self.alignment, self.base, cache_views, seed)
-            targets = cache.read(self.alignment.rows)  # (n, [V,] C) or TopK
-            if self.views is not None:
-                targets = keep_views(targets, self.views.num_views)  # (n, K', ...)
-            self.targets: Targets = to_float(as_tensors(targets))
+            self.targets = cache_targets(cache, self.alignment.rows, self.views and self.views.num_views,
+                                         memory_limit_mb)
+            self.block_rows: int | None = cache.chunk_rows
         self.labels = self.alignment.labels
+
+    def _from_split(self, data: ImageData, cache_path: str | os.PathLike, cache_views: int | None, seed: int,
+                    memory_limit_mb: float) -> None:
+        """A kdcache split and its cache: rows aligned by index, label, content id and fingerprint (LogitCache.align)."""
+        with open_cache(cache_path) as cache:
+            rows = cache.align(data.indices.numpy(), labels=data.labels.numpy(), sample_ids=data.sample_ids,
+                               info=data.info, keys=data.keys)
+            plan, record = student_views([cache], [rows], data, augment=None, alpha=1.0, cache_views=cache_views,
+                                         seed=seed)
+            targets = cache_targets(cache, rows, record and record["views"], memory_limit_mb)
+            self._split(data, targets, plan, f"{cache.path}: {cache!r}", cache.chunk_rows)
+
+    def _split(self, data: ImageData, targets: "Targets | StreamedTargets | None", plan: ViewPlan | None,
+               summary: str, block_rows: int | None) -> None:
+        self.data, self.base, self.targets, self.plan = data, data, targets, plan
+        self.cache_summary, self.block_rows = summary, block_rows
+        self.labels = data.labels
+        self._plan_epoch: tuple[int, Any, Any] | None = None  # (epoch, views (N,) or None, params (N, P))
+
+    @classmethod
+    def from_targets(cls, data: ImageData, targets: "Targets | StreamedTargets | None" = None,
+                     views: ViewPlan | None = None, block_rows: int | None = None) -> "CachedDataset":
+        """A split with targets already aligned to its rows (``targets[i]`` is row ``i``'s, (N, [V,] C), a TopK
+        or StreamedTargets; None: labels only) and the views it shows (a ViewPlan: stored views replayed, or
+        fresh ones). ``block_rows``: the sampler's block size (default: StreamedTargets' chunk rows, else none).
+
+        What ``train-student`` trains from after aligning its caches, ensembles and transfer sets
+        (kdcache.jobs.student_targets), and ``train-teacher`` from with ``targets=None``.
+        """
+        if targets is not None and len(targets) != len(data):
+            raise ValueError(f"targets rows {len(targets)} != data rows {len(data)}")
+        self = cls.__new__(cls)
+        self.dataset, self.transform, self.target_transform, self.views, self.alignment = data, None, None, None, None
         self._epoch = SharedEpoch()
+        if isinstance(targets, StreamedTargets):
+            block_rows = block_rows or targets.block_rows
+        elif targets is not None:
+            targets = to_float(as_tensors(targets))
+        summary = "labels only" if targets is None else repr(targets) if isinstance(targets, StreamedTargets) \
+            else "targets in memory, aligned by the caller"
+        self._split(data, targets, views, summary, block_rows)
+        return self
+
+    @property
+    def info(self) -> Any:
+        """The split's DatasetInfo (mean/std the loader standardises with); None over your own dataset."""
+        return None if self.data is None else self.data.info
+
+    @property
+    def images(self) -> Any:
+        """What the items' images are read from (make_loader gives files worker processes)."""
+        return self.dataset if self.data is None else self.data.images
+
+    @property
+    def streamed(self) -> bool:
+        """Whether the targets are read from the file as batches ask for them (not held in memory)."""
+        return isinstance(self.targets, StreamedTargets)
 
     def __len__(self) -> int:
-        return len(self.alignment.rows)
+        return len(self.labels)
 
     def set_epoch(self, epoch: int) -> None:
         """The epoch about to start: it picks each item's stored view (a cache with views; call it every epoch).
@@ -159,21 +230,52 @@ class CachedDataset(Dataset):
     def epoch(self) -> int:
         return self._epoch.get()
 
-    def __getitem__(self, i: int) -> tuple[Any, Any, Targets]:
+    def __getitem__(self, i: int) -> Any:
+        if self.data is not None:
+            batch = self._batch(torch.tensor([int(i)]))
+            return batch.images[0], int(batch.labels[0]), None if batch.teacher_logits is None else \
+                batch.teacher_logits[0]
         return self.__getitems__([i])[0]
 
-    def __getitems__(self, items: Sequence[int]) -> list[tuple[Any, Any, Targets]]:
-        """Several items at once: a DataLoader fetches each batch with one call, so views are built batch by batch."""
+    def __getitems__(self, items: Sequence[int]) -> Any:
+        """Several items at once: a DataLoader fetches each batch with one call, so views and targets are read batch
+        by batch. Over a kdcache split the result is one Batch (as make_loader reads it); otherwise a list of items.
+        """
+        if self.data is not None:
+            return self._batch(torch.as_tensor(items, dtype=torch.int64))
         items = [int(i) for i in items]
         samples = [_split_item(self.base[int(self.alignment.dataset_indices[i])]) for i in items]
         images = [image for image, _ in samples]
         views = [self.view_of(i) for i in items]
         if self.views is not None:
             images = self.apply_views(images, items, views)
-        return [(*_finish(self, i, image, label), self.targets_of(i, view))
-                for i, image, (_, label), view in zip(items, images, samples, views)]
+        targets = self.targets_of(items, views)
+        return [(*_finish(self, i, image, label), targets[k])
+                for k, (i, image, (_, label)) in enumerate(zip(items, images, samples))]
 
-    # The three steps an item takes (a subclass can change one, e.g. to pick views its own way).
+    def _batch(self, pos: torch.Tensor) -> Batch:
+        """A kdcache split's rows ``pos`` (B,): images (this epoch's views applied), labels, the targets of those views."""
+        assert self.data is not None
+        batch = self.data.__getitems__(pos)
+        targets = None if self.targets is None else self.targets[pos]
+        if self.plan is None:
+            return Batch(batch.images, self.labels[pos], None if targets is None else to_float(targets))
+        views, params = self.epoch_views()
+        images = self.plan.policy.apply(to_unit(batch.images), params[pos])  # float (B, C, H, W) in [0, 1]
+        if targets is not None and views is not None:
+            targets = pick_views(targets, views[pos])  # (B, V, ...) -> the view each row shows this epoch
+        return Batch(images, self.labels[pos], None if targets is None else to_float(targets))
+
+    def epoch_views(self) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """This epoch's (view of every row (N,) or None for fresh views, parameters of every row (N, P)), made once
+        per epoch and process (a pure function of seed and epoch: every worker and rank agrees)."""
+        assert self.plan is not None
+        epoch = self.epoch
+        if self._plan_epoch is None or self._plan_epoch[0] != epoch:
+            self._plan_epoch = (epoch, *self.plan.for_epoch(epoch, len(self.labels)))
+        return self._plan_epoch[1], self._plan_epoch[2]
+
+    # The three steps an item of your own dataset takes (a subclass can change one, e.g. to pick views its own way).
     def view_of(self, i: int) -> int | None:
         """This epoch's stored view of item ``i`` (None: the cache has no views)."""
         return None if self.views is None else int(self.views.schedule(self.epoch)[i])
@@ -183,14 +285,36 @@ class CachedDataset(Dataset):
         assert self.views is not None
         return list(self.views.apply(images, items, views).unbind(0))
 
-    def targets_of(self, i: int, view: int | None) -> Targets:
-        """The teacher's targets for item ``i`` (of that view): (C,) float32 logits or a TopK row."""
-        return self.targets[i] if view is None else self.targets[i, view]
+    def targets_of(self, items: list[int], views: list[int | None]) -> Targets:
+        """The teacher's targets for ``items`` (each of its view), read in one call: (B, C) float32 or TopK rows."""
+        targets = to_float(self.targets[torch.as_tensor(items, dtype=torch.int64)])
+        if self.views is None:
+            return targets
+        return pick_views(targets, torch.as_tensor(views, dtype=torch.int64))
+
+    def close(self) -> None:
+        """Release this process's cache handles (streamed targets; nothing to do for targets in memory)."""
+        if isinstance(self.targets, StreamedTargets):
+            self.targets.close()
+
+    def __enter__(self) -> "CachedDataset":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     def __repr__(self) -> str:
+        where = "read from the file as batches ask" if self.streamed else "in memory"
+        if self.data is not None:
+            info = self.data.info
+            lines = [f"Number of datapoints: {len(self)}", f"Dataset: {info.name}/{info.split}",
+                     f"Targets: {self.cache_summary}" + ("" if self.targets is None else f" ({where})")]
+            if self.plan is not None:
+                lines.append(f"Views: {'stored, replayed' if self.plan.replay else 'fresh each epoch'} ({self.plan.policy})")
+            return "\n    ".join([type(self).__name__, *lines])
         lines = [f"Number of datapoints: {len(self)}", f"Dataset: {type(self.base).__name__}"
                  + (f" (through {type(self.dataset).__name__})" if self.dataset is not self.base else ""),
-                 f"Cache: {self.cache_summary}", f"Checked: {', '.join(self.alignment.checked)}"]
+                 f"Cache: {self.cache_summary}", f"Targets: {where}", f"Checked: {', '.join(self.alignment.checked)}"]
         if int((self.labels == UNLABELLED).sum()):
             lines.append(f"Unlabelled rows: {int((self.labels == UNLABELLED).sum())} (label -1)")
         if self.views is not None:
@@ -201,103 +325,35 @@ class CachedDataset(Dataset):
         return "\n    ".join([type(self).__name__, *lines])
 
 
+def cache_targets(cache: LogitCache, rows: np.ndarray, used_views: int | None,
+                  memory_limit_mb: float) -> "Targets | StreamedTargets":
+    """The targets of cache ``rows`` (the first ``used_views`` views, where it has views): in memory as float32,
+    or StreamedTargets when they would take more than ``memory_limit_mb`` there."""
+    used = cache.meta.num_views if not used_views else min(int(used_views), cache.meta.num_views)
+    need_mb = len(rows) * cache.target_bytes() * used / cache.meta.num_views / max(len(cache), 1) / 2**20
+    if need_mb > memory_limit_mb:
+        return StreamedTargets([(cache.path, rows)])
+    targets = cache.read(rows)  # (n, [V,] C) or TopK
+    if cache.meta.has_views:
+        targets = keep_views(targets, used)  # (n, K', ...)
+    return to_float(as_tensors(targets))
+
+
 def _views_line(views: StoredViews) -> str:
     return (f"Views: {views.num_views} per item replayed ({views.policy}), each once per {views.num_views} epochs, "
             f"seed {views.seed}")
 
 
-def collate(batch: Sequence[Any]) -> Any:
-    """A DataLoader ``collate_fn`` that stacks ``TopK`` rows (top-k caches) and defers everything else to default_collate."""
-    first = batch[0]
-    if isinstance(first, TopK):
-        return stack(batch)
-    if isinstance(first, (tuple, list)):
-        columns = [collate(list(column)) for column in zip(*batch)]
-        return type(first)(*columns) if hasattr(first, "_fields") else type(first)(columns)  # namedtuples too
-    return default_collate(batch)
-
-
-class StreamedCachedDataset(IterableDataset):
-    """``(image, label, teacher_targets)`` per sample, targets streamed from a cache too big for memory.
-
-    An epoch visits every sample once, in an order shuffled block by block (kdcache.cache.stream:
-    chunk-aligned blocks in a random order, rows shuffled within a buffer of ``buffer_blocks``
-    blocks): far faster than random row reads, memory bounded by one buffer per worker. Each
-    DataLoader worker reads its own buffers and opens the cache lazily, in its own process; each
-    rank (``rank``/``world_size``, from torch.distributed when it is initialised) its own blocks.
-    Ranks' shares differ by at most one block, so a distributed loop must even out its steps.
-    Call ``set_epoch`` before each epoch for a fresh order (every rank with the same ``seed``)
-    and, with a cache with views, that epoch's views (``seed`` is also the view schedule's, as
-    train-student's ``--seed`` is both). Arguments as CachedDataset; alignment is checked once,
-    up front.
+class StreamedCachedDataset(CachedDataset):
+    """A CachedDataset whose targets are always read from the file as batches ask for them (caches bigger than
+    memory): arguments as CachedDataset's. Read it in kdcache's block order (``make_loader``, or
+    ``EpochSampler(len(ds), B, seed=S, block_rows=ds.block_rows)`` as the DataLoader's ``batch_sampler``, with
+    ``rank``/``world_size`` under DDP) so each process reads each chunk once per epoch; ``close`` (or ``with``)
+    releases the file handles.
     """
 
-    def __init__(self, dataset: Any, cache_path: str | os.PathLike, *, indices: Sequence[int] | None = None,
-                 transform: Callable | None = None, target_transform: Callable | None = None,
-                 labels: Sequence[int] | None = None, check_labels: bool = True, check_content: bool = True,
-                 shuffle: bool = True, seed: int = 0, buffer_blocks: int | None = None, rank: int | None = None,
-                 world_size: int | None = None, cache_views: int | None = None):
-        self.dataset = dataset
-        self.transform, self.target_transform = transform, target_transform
-        self.base, idx = unwrap(dataset, indices)
-        if rank is None or world_size is None:
-            dist = torch.distributed.is_available() and torch.distributed.is_initialized()
-            rank = (torch.distributed.get_rank() if dist else 0) if rank is None else rank
-            world_size = (torch.distributed.get_world_size() if dist else 1) if world_size is None else world_size
-        with open_cache(cache_path) as cache:
-            self.cache_path, self.cache_summary = cache.path, repr(cache)
-            self.alignment = align_dataset(cache, self.base, idx, labels=labels, check_labels=check_labels,
-                                           check_content=check_content)
-            self.views = stored_views(cache, self.alignment, self.base, cache_views, seed)
-        self.labels = self.alignment.labels
-        # the stream yields each row with its item number, so every image meets its own targets
-        self.stream = LogitStream(self.cache_path, rows=self.alignment.rows, values=np.arange(len(idx)),
-                                  shuffle=shuffle, seed=seed, buffer_blocks=buffer_blocks or DEFAULT_BUFFER_BLOCKS,
-                                  rank=rank, world_size=world_size)
-        self._epoch = SharedEpoch()
-
-    def __len__(self) -> int:
-        """Samples this rank serves this epoch."""
-        self.stream.set_epoch(self._epoch.get())
-        return self.stream.num_rank_rows()
-
-    def set_epoch(self, epoch: int) -> None:
-        """Use the order of ``epoch`` (call before iterating, on every rank; reaches persistent workers too)."""
-        self._epoch.set(epoch)
-
-    def __iter__(self) -> Iterator[tuple[Any, Any, Targets]]:
-        epoch = self._epoch.get()
-        self.stream.set_epoch(epoch)  # this process's copy of the stream (a worker's, in a DataLoader)
-        schedule = None if self.views is None else self.views.schedule(epoch)  # (n,) each item's view
-        for items, targets in self.stream:  # in a worker: this worker's buffers only
-            targets = to_float(targets)  # (b, [V,] C) or TopK
-            for s in range(0, len(items), VIEW_BATCH):
-                group = items[s:s + VIEW_BATCH].tolist()
-                samples = [_split_item(self.base[int(self.alignment.dataset_indices[i])]) for i in group]
-                images = [image for image, _ in samples]
-                if schedule is not None:  # this epoch's view of each item, built for the group at once
-                    assert self.views is not None
-                    views = schedule[group]
-                    images = list(self.views.apply(images, group, views).unbind(0))
-                for k, (i, image, (_, label)) in enumerate(zip(group, images, samples)):
-                    row_targets = targets[s + k] if schedule is None else targets[s + k, int(views[k])]
-                    yield (*_finish(self, i, image, label), row_targets)
-
-    def close(self) -> None:
-        """Release this process's cache handle (also done when the stream is garbage-collected)."""
-        self.stream.close()
-
-    def __enter__(self) -> "StreamedCachedDataset":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        s = self.stream
-        return "\n    ".join([type(self).__name__, f"Number of datapoints: {len(self.alignment.rows)} "
-                              f"(this rank: {len(self)}, rank {s.rank} of {s.world_size})",
-                              f"Dataset: {type(self.base).__name__}", f"Cache: {self.cache_summary}",
-                              f"Checked: {', '.join(self.alignment.checked)}",
-                              f"Order: {'shuffled blocks of ' + str(s.block_rows) + ' rows, seed ' + str(s.seed) if s.shuffle else 'file order'}",
-                              *([_views_line(self.views)] if self.views is not None else [])])
+    def __init__(self, dataset: Any, cache_path: str | os.PathLike, **kwargs: Any):
+        if "memory_limit_mb" in kwargs:
+            raise ConfigError("StreamedCachedDataset always reads targets from the file: leave out memory_limit_mb "
+                              "(CachedDataset takes it)")
+        super().__init__(dataset, cache_path, memory_limit_mb=0.0, **kwargs)

@@ -1,4 +1,4 @@
-"""A split held in memory (ImageData), and the pixel arithmetic every job shares.
+"""A split (ImageData, a Dataset of image rows), the Batch every loader yields, and the pixel arithmetic every job shares.
 
 What ties a sample to a cache row (its content id, the split's identity) lives one floor
 down, in kdcache.identity, because the cache format records it too.
@@ -6,14 +6,37 @@ down, in kdcache.identity, because the cache format records it too.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
+from torch.utils.data import default_collate
 
+from kdcache.cache.targets import TopK, stack
 from kdcache.data.images import subset
 from kdcache.errors import ConfigError
 from kdcache.identity import UNLABELLED, DatasetInfo
+
+
+@dataclass
+class Batch:
+    """What a dataset's ``__getitems__`` returns and the loader yields (kdcache.data.loader).
+
+    From the dataset: images uint8 (B, C, H, W) as read, or float in [0, 1] where augmentation views
+    were applied. From the loader: on the device, float32 standardised with the dataset's mean/std.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor  # (B,) int64, UNLABELLED where a sample has no label
+    teacher_logits: Any = None  # (B, C) float32 or a TopK (kdcache.cache.targets), when distilling
+
+
+class BatchSource(Protocol):
+    """What the training loop iterates: an epoch of Batches at a time (kdcache.data.loader.Loader)."""
+
+    def __iter__(self) -> Iterator[Batch]: ...
+    def __len__(self) -> int: ...
+    def set_epoch(self, epoch: int) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -21,8 +44,8 @@ class ImageData:
     """A split (or part of it). ``labels`` holds UNLABELLED where a sample has no label.
 
     ``images`` is a uint8 tensor (N, C, H, W) in memory, or a lazy source indexed the same
-    way (kdcache.data.images: image files decoded on demand); read batches of it through
-    kdcache.data.loader.image_batches.
+    way (kdcache.data.images: image files decoded on demand). It is a map-style Dataset whose
+    ``__getitems__`` serves a whole Batch; read it through kdcache.data.loader.make_loader.
     """
 
     images: Any  # (N, C, H, W) uint8: a tensor, or a kdcache.data.images source
@@ -34,6 +57,16 @@ class ImageData:
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+    def __getitems__(self, positions: Sequence[int] | torch.Tensor) -> Batch:
+        """The samples at ``positions`` as one Batch (uint8 images): one slice in memory, files decoded here."""
+        pos = torch.as_tensor(positions, dtype=torch.int64)
+        return Batch(self.images[pos], self.labels[pos])
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        """Sample ``i`` as (uint8 image (C, H, W), label)."""
+        batch = self.__getitems__([int(i)])
+        return batch.images[0], int(batch.labels[0])
 
     def head(self, limit: int | None) -> "ImageData":
         """The first ``limit`` samples (all of them for None)."""
@@ -73,7 +106,17 @@ def standardize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) ->
     return (x - m) / s
 
 
-def batch_order(n: int, batch_size: int, shuffle: bool, generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
-    """Index tensors for one epoch: a permutation (or 0..n-1) cut into batches."""
-    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-    yield from order.split(batch_size)
+def collate(batch: Sequence[Any]) -> Any:
+    """A DataLoader ``collate_fn`` that stacks ``TopK`` rows (top-k caches) and defers everything else to default_collate.
+
+    A Batch (what CachedDataset over a kdcache split serves per call) passes through as it is.
+    """
+    if isinstance(batch, Batch):
+        return batch
+    first = batch[0]
+    if isinstance(first, TopK):
+        return stack(batch)
+    if isinstance(first, (tuple, list)):
+        columns = [collate(list(column)) for column in zip(*batch)]
+        return type(first)(*columns) if hasattr(first, "_fields") else type(first)(columns)  # namedtuples too
+    return default_collate(batch)

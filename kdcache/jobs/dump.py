@@ -23,7 +23,7 @@ from kdcache.config import (
 from kdcache.data.augment import parse_policy, view_record
 from kdcache.data.datasets import load_dataset
 from kdcache.data.folders import IMAGEFOLDER, UNLABELLED_FOLDER
-from kdcache.data.loader import image_batches
+from kdcache.data.loader import LoaderConfig, make_loader
 from kdcache.data.view_schedule import sample_views
 from kdcache.device import resolve_device, resolve_precision
 from kdcache.errors import CacheError, ConfigError, StorageError
@@ -200,6 +200,7 @@ def dump_logits(teacher: "str | os.PathLike | torch.nn.Module | TeacherSpec | No
             return {"cache": str(out), "rows": meta.num_samples, "num_classes": meta.num_classes, "dtype": dtype,
                     "topk": topk or 0, "seconds": None, "teacher_label_agreement": None, "bytes": out.stat().st_size,
                     "views": num_views, "reused": True, "request": request}
+    raw = LoaderConfig(workers=workers, standardize=False)  # uint8 batches: the teacher standardises its own input
     writer_opts = dict(num_classes=info.num_classes, attrs=cache_attrs(loaded, info, precision), dtype=dtype,
                        topk=topk or 0, num_views=num_views, view_policy=record)
 
@@ -208,7 +209,7 @@ def dump_logits(teacher: "str | os.PathLike | torch.nn.Module | TeacherSpec | No
         agree = 0
         starts = range(rows.start, rows.stop, batch_size)
         spans = [torch.arange(start, min(start + batch_size, rows.stop)) for start in starts]
-        pixels = image_batches(data.images, spans, workers=workers)  # decoded in workers for image files
+        pixels = (b.images for b in make_loader(data, raw, batches=spans))  # decoded in workers for image files
         for span, images in track(zip(spans, pixels), total=len(spans), desc=f"dump {info.name}/{split}",
                                   enabled=progress and ctx.is_main):
             start, stop = int(span[0]), int(span[-1]) + 1
@@ -233,7 +234,8 @@ def dump_logits(teacher: "str | os.PathLike | torch.nn.Module | TeacherSpec | No
             """The teacher's logits (n, [V,] C) of dataset rows ``rows``, as write_rows computes them."""
             spans = [torch.from_numpy(rows[i:i + batch_size]) for i in range(0, len(rows), batch_size)]
             parts = []
-            for span, images in zip(spans, image_batches(data.images, spans, workers=workers)):
+            for span, batch in zip(spans, make_loader(data, raw, batches=spans)):
+                images = batch.images
                 if policy is None:
                     parts.append(loaded.logits(images, dev, precision))
                 else:

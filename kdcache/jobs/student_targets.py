@@ -1,8 +1,8 @@
 """What a student learns from: its caches aligned with its rows, their soft targets, and the loss on them.
 
 ``student_targets`` aligns every cache (and transfer set) with the training rows and returns the
-targets in memory, or a streaming batch source when they exceed the memory limit, with the run's
-views; ``distillation_loss`` is kd_loss as a training loss (global-batch mean under torchrun);
+targets in memory, or read from the files (StreamedTargets) when they exceed the memory limit, with
+the run's views; ``distillation_loss`` is kd_loss as a training loss (global-batch mean under torchrun);
 ``cache_record`` is what a checkpoint records of a cache; ``data_from_cache`` fills the data a
 student's configuration leaves open from its first cache.
 """
@@ -17,18 +17,17 @@ import torch
 from kdcache import dist
 from kdcache.cache import LogitCache, read_meta
 from kdcache.cache.ensemble import check_members, combine_logits
+from kdcache.cache.stream import StreamedTargets
 from kdcache.cache.targets import Targets, as_tensors, concat
 from kdcache.config import (
     DEFAULT_DATASET,
     CacheIO,
     DataConfig,
     DistillConfig,
-    TrainConfig,
     ViewConfig,
 )
-from kdcache.data.batches import Batch, BatchSource
 from kdcache.data.images import InputTransform
-from kdcache.data.samples import ImageData
+from kdcache.data.samples import Batch, ImageData
 from kdcache.data.views import student_views
 from kdcache.errors import ConfigError
 from kdcache.identity import UNLABELLED
@@ -90,19 +89,22 @@ def cache_record(cache: LogitCache) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class StudentTargets:
-    """A student's soft targets, aligned with its rows: in memory (``targets``), or a streaming batch source
-    factory (``streamed``) when the caches exceed the memory limit; and its views (kdcache.data.views)."""
+    """A student's soft targets, aligned with its rows (in memory, or StreamedTargets when the caches exceed the
+    memory limit; None without a cache), the sampler's block size over them, and its views (kdcache.data.views)."""
 
-    targets: Targets | None
-    streamed: Callable[[torch.device], BatchSource] | None
+    targets: Any  # Targets | StreamedTargets | None
+    block_rows: int | None  # the first cache's chunk rows: in-memory and streamed targets are read in one order
     plan: Any  # ViewPlan | None, extended to the transfer rows
     view_record: dict[str, Any] | None
 
+    @property
+    def streamed(self) -> bool:
+        return isinstance(self.targets, StreamedTargets)
 
-def student_targets(caches: Sequence[LogitCache], data: ImageData, rows_data: ImageData,
-                     transfer: Sequence[TransferSet], distill: DistillConfig, views: ViewConfig, io: CacheIO,
-                     cfg: TrainConfig) -> StudentTargets:
-    """Targets aligned with ``rows_data`` (``data``'s rows, then each transfer set's), in memory, or streamed
+
+def student_targets(caches: Sequence[LogitCache], data: ImageData, transfer: Sequence[TransferSet],
+                    distill: DistillConfig, views: ViewConfig, io: CacheIO, seed: int) -> StudentTargets:
+    """Targets aligned with the student's rows (``data``'s rows, then each transfer set's), in memory, or streamed
     when the caches exceed ``io.memory_limit_mb``; and the run's views, stored views extended to the transfer rows."""
     if len(caches) > 1:
         check_members(caches)
@@ -111,31 +113,24 @@ def student_targets(caches: Sequence[LogitCache], data: ImageData, rows_data: Im
             for c in caches]
     plan, record = student_views(caches, rows, data, augment=views.augment, alpha=distill.alpha,
                                  allow_inconsistent=views.allow_inconsistent, cache_views=views.cache_views,
-                                 seed=cfg.seed)
+                                 seed=seed)
     plan = transfer_views(plan, transfer)
     if not caches:
         return StudentTargets(None, None, plan, record)
+    block_rows = caches[0].chunk_rows
     sources = [(list(caches), rows)] + [(s.caches, s.rows) for s in transfer]  # per source: a cache per teacher
     need_mb = sum(c.target_bytes() for cs, _ in sources for c in cs) / 2**20
     if need_mb > io.memory_limit_mb:
         if len(caches) > 1:
             raise ConfigError(f"the ensemble's caches need {need_mb:.0f} MB in memory, over --cache-memory-limit "
                               f"{io.memory_limit_mb:g}; streaming serves one cache only: raise the limit or use one cache")
-        from kdcache.data.streaming import StreamingBatches
-
-        paths, source_rows = [cs[0].path for cs, _ in sources], [rs[0] for _, rs in sources]
-        if len(paths) == 1:
-            paths, source_rows = paths[0], source_rows[0]
-        ctx = dist.current()
-        return StudentTargets(None, lambda device: StreamingBatches(
-            rows_data, paths, source_rows, cfg.batch_size, seed=cfg.seed, device=device, num_workers=io.workers,
-            channels_last=cfg.precision == "bf16", views=plan, rank=ctx.rank, world_size=ctx.world_size),
-            plan, record)
-    # per teacher: its targets of every row, in rows_data's order
+        streamed = StreamedTargets([(cs[0].path, rs[0]) for cs, rs in sources])
+        return StudentTargets(streamed, block_rows, plan, record)
+    # per teacher: its targets of every row, in the student's row order
     members = [as_tensors(concat([cs[e].read(rs[e]) for cs, rs in sources])) for e in range(len(caches))]
     if record is not None and record["mode"] == "replay":
         members = [m[:, :record["views"]] for m in members]  # (N, K', ...): the views in use
     if len(members) == 1:
-        return StudentTargets(members[0], None, plan, record)
+        return StudentTargets(members[0], block_rows, plan, record)
     combined = combine_logits(members, distill.ensemble, distill.temperature)  # once per run: depends on T only
-    return StudentTargets(combined, None, plan, record)
+    return StudentTargets(combined, block_rows, plan, record)

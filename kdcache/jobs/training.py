@@ -20,6 +20,7 @@ import torch
 
 from kdcache import __version__, dist
 from kdcache.cache import LogitCache, open_cache
+from kdcache.cache.stream import DEFAULT_BUFFER_BLOCKS
 from kdcache.config import (
     DEFAULT_DATASET,
     EVAL_BATCH_SIZE,
@@ -37,7 +38,7 @@ from kdcache.config import (
     default_batch_size,
     default_lr,
 )
-from kdcache.data.batches import BatchSource, MemoryBatches
+from kdcache.data.cached_dataset import CachedDataset
 from kdcache.data.datasets import (
     load_dataset,
     load_train_val,
@@ -45,7 +46,8 @@ from kdcache.data.datasets import (
     require_labels,
 )
 from kdcache.data.images import InputTransform, is_lazy
-from kdcache.data.samples import ImageData
+from kdcache.data.loader import LoaderConfig, make_loader
+from kdcache.data.samples import BatchSource, ImageData
 from kdcache.data.views import fresh_views
 from kdcache.device import resolve_device, resolve_precision
 from kdcache.errors import CheckpointError, Diverged, Interrupted
@@ -162,7 +164,7 @@ def _train_and_save(job: _Training, out: str | os.PathLike, run: RunOptions) -> 
                           desc=f"{role} {spec.name}", resume=state,
                           save_state=save_state)
         finally:
-            close = getattr(batches, "close", None)
+            close = getattr(batches, "close", None)  # streamed targets' file handles
             if close is not None:
                 close()
         seconds = time.perf_counter() - t0
@@ -222,6 +224,13 @@ def resolve_train_config(cfg: TrainConfig, role_default: TrainConfig, image_file
     return replace(cfg, precision=precision, lr=lr, batch_size=batch)
 
 
+def train_loader(cfg: TrainConfig, data_cfg: DataConfig, device: torch.device) -> LoaderConfig:
+    """How a training run reads its data: shuffled by its seed, its rank's part of each global batch."""
+    ctx = dist.current()
+    return LoaderConfig(cfg.batch_size, shuffle=True, seed=cfg.seed, workers=data_cfg.workers, device=device,
+                        channels_last=cfg.precision == "bf16", rank=ctx.rank, world_size=ctx.world_size)
+
+
 def _request(role: str, spec: ModelSpec, data: ImageData, data_cfg: DataConfig, cfg: TrainConfig, **more: Any) -> dict:
     """What determines a run's result. Keys that only some runs have are absent, not None, elsewhere, so
     requests stored before such a key existed still compare equal."""
@@ -254,10 +263,7 @@ def train_teacher(out: str | os.PathLike, *, model: str | ModelSpec = TEACHER_AR
     more = {} if plan is None else {"augment": plan.policy.describe()}  # absent, not None: old requests still match
 
     def batches(device: torch.device) -> BatchSource:
-        ctx = dist.current()
-        return MemoryBatches(data, cfg.batch_size, shuffle=True, seed=cfg.seed, device=device,
-                             channels_last=cfg.precision == "bf16", views=plan, rank=ctx.rank,
-                             world_size=ctx.world_size)
+        return make_loader(CachedDataset.from_targets(data, None, plan), train_loader(cfg, data_cfg, device))
     job = _Training("teacher", spec, data, data_cfg, cfg, cross_entropy_loss, batches,
                     _request("teacher", spec, data, data_cfg, cfg, **more),
                     {**more, "job_config": {"views": asdict(views), "data": asdict(data_cfg)}})
@@ -316,7 +322,7 @@ def train_student(out: str | os.PathLike, distill: DistillConfig, *, model: str 
         transfer_records = [cache_record(c) for c in opened_transfer]
         sets = open_transfer_sets(opened_transfer, d.transfer_data_dirs, data, opened, data_cfg)
         rows_data = concat_data([mask_labels(data, d.labels_limit)] + [s.data for s in sets])
-        targets = student_targets(opened, data, rows_data, sets, d, views, io, cfg)
+        targets = student_targets(opened, data, sets, d, views, io, cfg.seed)
         transfer_info = [{**cache_record(c), **r} for s in sets for c, r in zip(s.caches, s.record())]
     finally:
         for c in opened + opened_transfer:
@@ -327,24 +333,22 @@ def train_student(out: str | os.PathLike, distill: DistillConfig, *, model: str 
     unlabelled_rows = {} if d.labels_limit is None else {"labels_limit": d.labels_limit}  # likewise
     if d.transfer:
         unlabelled_rows["transfer"] = [r["content_sha256"] for r in transfer_records]
-    streamed = targets.streamed is not None
+    streamed = targets.streamed
     ensemble = d.ensemble if len(d.caches) > 1 else None
+    if targets.block_rows is not None:  # the order of a run over a cache: absent (a permutation) in older requests
+        more["order"] = {"block_rows": targets.block_rows, "buffer_blocks": DEFAULT_BUFFER_BLOCKS}
     request = _request("student", spec, data, data_cfg, cfg, temperature=d.temperature if d.alpha > 0 else None,
                        alpha=d.alpha, caches=[r["content_sha256"] for r in records] if d.alpha > 0 else [],
-                       ensemble=ensemble, **more, **unlabelled_rows,
-                       **({"cache_streamed": True} if streamed else {}))  # another order, another run
+                       ensemble=ensemble, **more, **unlabelled_rows)  # in memory or streamed: the same run
     extra = {"temperature": d.temperature, "alpha": d.alpha, "caches": records, "ensemble": ensemble,
              "cache_streamed": streamed, **more, "labels_limit": d.labels_limit, "transfer": transfer_info,
              "num_labelled": rows_data.num_labelled, "num_unlabelled": len(rows_data) - rows_data.num_labelled,
              "job_config": {"distill": asdict(d), "views": asdict(views), "io": asdict(io), "data": asdict(data_cfg)}}
-    batches = targets.streamed
-    if batches is None:
-        def batches(device: torch.device) -> BatchSource:
-            ctx = dist.current()
-            return MemoryBatches(rows_data, cfg.batch_size, shuffle=True, seed=cfg.seed, device=device,
-                                 teacher_logits=targets.targets, channels_last=cfg.precision == "bf16",
-                                 views=targets.plan, rank=ctx.rank, world_size=ctx.world_size,
-                                 workers=data_cfg.workers)
+    workers = data_cfg.workers if data_cfg.workers is not None or not streamed else (io.workers or None)
+
+    def batches(device: torch.device) -> BatchSource:
+        rows = CachedDataset.from_targets(rows_data, targets.targets, targets.plan, targets.block_rows)
+        return make_loader(rows, replace(train_loader(cfg, data_cfg, device), workers=workers))
     job = _Training("student", spec, rows_data, data_cfg, cfg, distillation_loss(d.temperature, d.alpha, d.topk_rebuild),
                     batches, request, extra)
     try:

@@ -7,7 +7,7 @@ each transfer set, as one ``ImageData`` with one row-aligned target store::
     [ transfer set 1: images of another dataset/folder, labels as in its cache (-1 when unlabelled) ]
     [ transfer set 2 ... ]
 
-Batches are cut from one permutation of all rows (``MemoryBatches``) or from one block
+Batches are cut from one permutation of all rows (kdcache.data.sampler) or from one block
 shuffle over all caches (``kdcache.cache.stream``), so labelled and unlabelled rows mix in
 every batch, and **an epoch is one pass over all rows**, labelled or not. ``kd_loss``
 applies the soft term to every row and cross-entropy to the labelled ones only.

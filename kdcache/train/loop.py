@@ -1,7 +1,7 @@
 """One training loop for teacher and student: only the loss and the batch contents differ.
 
 Nothing here knows about caches or teachers; a ``LossFn`` maps (model outputs, batch)
-to a scalar, and a batch source yields ``Batch`` objects.
+to a scalar, and a batch source (kdcache.data.loader's Loader) yields ``Batch`` objects.
 """
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from torch import nn
 
 from kdcache import dist
 from kdcache.config import EVAL_BATCH_SIZE, TrainConfig
-from kdcache.data.batches import Batch, BatchSource, MemoryBatches
-from kdcache.data.samples import ImageData
+from kdcache.data.loader import LoaderConfig, make_loader
+from kdcache.data.samples import Batch, BatchSource, ImageData
 from kdcache.device import autocast, resolve_device, resolve_precision
 from kdcache.errors import Diverged
 from kdcache.identity import UNLABELLED
@@ -130,8 +130,7 @@ def evaluate(model: nn.Module, data: ImageData, *, batch_size: int = EVAL_BATCH_
     mine = data
     if ctx.distributed:
         ctx.sync_buffers(model)  # rank 0's BatchNorm statistics: the model that is saved
-        shards = np.array_split(np.arange(len(data)), ctx.world_size)
-        mine = data.take(shards[ctx.rank])
+        mine = data.take(dist.rank_share(np.arange(len(data)), ctx.rank, ctx.world_size))  # the one partition rule
     sums, error = np.zeros(1 + 2 * k), None
     try:
         sums = _evaluate_sums(model, mine, batch_size, device, precision, progress and ctx.is_main, workers)
@@ -152,8 +151,8 @@ def _evaluate_sums(model: nn.Module, data: ImageData, batch_size: int, device: t
                    progress: bool, workers: int | None) -> np.ndarray:
     """[summed cross-entropy, hits per class (k), samples per class (k)] over ``data``."""
     model.eval().to(device)
-    batches = MemoryBatches(data, batch_size, shuffle=False, device=device, channels_last=precision == "bf16",
-                            workers=workers)
+    batches = make_loader(data, LoaderConfig(batch_size, workers=workers, device=device,
+                                             channels_last=precision == "bf16"))
     k = data.info.num_classes
     hits = torch.zeros(k, dtype=torch.int64, device=device)
     counts = torch.zeros(k, dtype=torch.int64, device=device)

@@ -7,7 +7,7 @@ scheduler's states, the completed epoch, the history rows, the torch RNG state, 
 divergence watch's reference losses, and the run's request (jobs._request). Only tensors
 and plain values: it is read with ``torch.load(weights_only=True)`` like a checkpoint.
 
-Data order and views are pure functions of (seed, epoch) (kdcache.data.batches), so a run
+Data order and views are pure functions of (seed, epoch) (kdcache.data.sampler, kdcache.data.cached_dataset), so a run
 resumed from epoch k gives the same weights as one never stopped (bit-identical on CPU).
 """
 from __future__ import annotations
