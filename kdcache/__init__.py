@@ -39,7 +39,7 @@ _EXPORTS = {
     "TopK": "cache.targets", "cache_info": "cache.info",
     "UNLABELLED": "identity", "DatasetInfo": "identity",
     "CachedDataset": "data.cached_dataset", "StreamedCachedDataset": "data.cached_dataset", "collate": "data.cached_dataset",
-    "load_dataset": "data.datasets", "ImageData": "data.samples",
+    "load_dataset": "data.datasets", "ReadOptions": "data.datasets", "ImageData": "data.samples",
     "kd_loss": "train.loss", "soft_loss": "train.loss", "ModelSpec": "train.models",
     "load_checkpoint": "train.checkpoint",
     "train_teacher": "jobs.training", "train_student": "jobs.training", "evaluate_checkpoint": "jobs.training",
