@@ -30,8 +30,8 @@ def write_file(path: Path, rows: int, classes: int, chunk_bytes: int, compressio
     block = (g.standard_normal((chunk_rows * 4, classes)) * 3).astype(np.float16)
     if path.exists():
         path.unlink()
-    w = cache.CacheWriter(path, num_samples=rows, num_classes=classes, attrs=synthetic_attrs(rows, classes),
-                          dtype="float16", chunk_rows=chunk_rows, compression=compression)
+    layout = cache.CacheLayout(num_classes=classes, dtype="float16", chunk_rows=chunk_rows, compression=compression)
+    w = cache.CacheWriter(path, layout, num_samples=rows, attrs=synthetic_attrs(rows, classes))
     with w:
         for start in range(0, rows, len(block)):
             stop = min(rows, start + len(block))

@@ -172,8 +172,8 @@ def rewrite(src: Path, dst: Path, dtype: str, compression: str | None = None) ->
             "split", "dataset_num_samples", "dataset_fingerprint", "normalization_mean", "normalization_std")
     attrs = {k: meta.attrs[k] for k in keep}
     attrs["class_names"] = list(meta.class_names)
-    with cache.CacheWriter(dst, num_samples=meta.num_samples, num_classes=meta.num_classes,
-                           attrs=attrs, dtype=dtype, overwrite=True, compression=compression) as w:
+    layout = cache.CacheLayout(num_classes=meta.num_classes, dtype=dtype, compression=compression)
+    with cache.CacheWriter(dst, layout, num_samples=meta.num_samples, attrs=attrs, overwrite=True) as w:
         w.write(0, logits, labels, indices, ids)
     return dst.stat().st_size
 

@@ -40,8 +40,8 @@ def write_synthetic_cache(path: str | os.PathLike, rows: int, classes: int = IMA
             pass
     g = np.random.default_rng(0)
     block = (g.standard_normal((8192, classes)) * 3).astype(dtype)
-    with cache.CacheWriter(path, num_samples=rows, num_classes=classes, attrs=synthetic_attrs(rows, classes),
-                           dtype=dtype, overwrite=True) as w:
+    with cache.CacheWriter(path, cache.CacheLayout(num_classes=classes, dtype=dtype), num_samples=rows,
+                           attrs=synthetic_attrs(rows, classes), overwrite=True) as w:
         for start in range(0, rows, len(block)):
             stop = min(rows, start + len(block))
             idx = np.arange(start, stop, dtype=np.int64)

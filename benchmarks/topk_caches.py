@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from kdcache import __version__
-from kdcache.cache import CacheWriter, open_cache
+from kdcache.cache import CacheLayout, CacheWriter, open_cache
 from kdcache.cache.targets import TopK, as_tensors
 from kdcache.data.samples import ImageData
 from kdcache.errors import CacheError
@@ -44,8 +44,8 @@ def write_caches(out: Path, data: ImageData, logits: np.ndarray, attrs: dict[str
         path = paths[name] = out / f"{name}.h5"
         if path.exists() and same_source(path, attrs, data.indices.numpy(), k, dtype):
             continue
-        with CacheWriter(path, num_samples=len(data), num_classes=logits.shape[1], attrs=attrs, dtype=dtype,
-                         topk=k, overwrite=True) as w:
+        with CacheWriter(path, CacheLayout(num_classes=logits.shape[1], dtype=dtype, topk=k), num_samples=len(data),
+                         attrs=attrs, overwrite=True) as w:
             for s in range(0, len(data), 8192):
                 e = min(s + 8192, len(data))
                 w.write(s, logits[s:e], data.labels[s:e], data.indices[s:e], data.sample_ids[s:e])
@@ -157,8 +157,8 @@ def derive_topk_cache(src: str | Path, dst: Path, k: int, dtype: str = "float16"
         attrs["class_names"] = list(c.class_names)
         if c.meta.config.get("teacher_config") is not None:
             attrs["extra_config"] = c.meta.config["teacher_config"]
-        with CacheWriter(dst, num_samples=len(c), num_classes=c.num_classes, attrs=attrs, dtype=dtype, topk=k,
-                         overwrite=True) as w:
+        with CacheWriter(dst, CacheLayout(num_classes=c.num_classes, dtype=dtype, topk=k), num_samples=len(c),
+                         attrs=attrs, overwrite=True) as w:
             for rows, block in c.blocks():
                 w.write(rows.start, block, c.labels[rows], c.indices[rows], c.sample_ids[rows])
     return dst

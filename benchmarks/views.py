@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from benchmarks.run import machine, make_teacher, median_pair, row, teacher_inference
-from kdcache.cache import CacheWriter
+from kdcache.cache import CacheLayout, CacheWriter
 from kdcache.config import STUDENT_TRAIN, TEACHER_TRAIN, DataConfig, DumpConfig, RunOptions, ViewConfig
 from kdcache.data.augment import parse_policy, view_record
 from benchmarks import train_batches
@@ -225,8 +225,8 @@ def cache_sizes(work: Path, data, policy, view_counts, dtype: str = "float32") -
         z = np.random.default_rng(0).normal(0, 5, size=(n, *((k,) if k else ()), 10)).astype(np.float32)
         path = work / f"size-{k or 'plain'}.h5"
         record = None if k is None else view_record(policy, include_original=False, seed=0)
-        with CacheWriter(path, num_samples=n, num_classes=10, attrs=attrs, dtype=dtype, overwrite=True,
-                         num_views=k or 1, view_policy=record) as w:
+        layout = CacheLayout(num_classes=10, dtype=dtype, num_views=k or 1, view_policy=record)
+        with CacheWriter(path, layout, num_samples=n, attrs=attrs, overwrite=True) as w:
             params = None if k is None else sample_views(policy, data.indices.numpy(), k, 0, data.info.image_size)
             w.write(0, z, data.labels, data.indices, data.sample_ids, view_params=params)
         out["no views (schema 1.1)" if k is None else f"K={k} views"] = path.stat().st_size / n

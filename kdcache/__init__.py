@@ -11,7 +11,7 @@ alpha from the HDF5 cache, without the teacher: with kdcache's own loop
     loader = DataLoader(train, batch_size=128, shuffle=True, num_workers=2, collate_fn=kdcache.collate)
     loss = kdcache.kd_loss(student(images), teacher_logits, labels, temperature=4.0, alpha=0.5)
 
-The cache: ``open_cache``/``LogitCache`` (read, align), ``CacheWriter``/``write_cache``.
+The cache: ``open_cache``/``LogitCache`` (read, align), ``CacheWriter``/``CacheLayout``/``write_cache``.
 Your loop: ``CachedDataset`` (targets in memory, or read from the file past a limit),
 ``StreamedCachedDataset`` (always read from the file), ``collate``, ``make_loader``/``LoaderConfig`` and
 ``EpochSampler`` (the loader and sampler every job reads through), ``kd_loss``/``soft_loss``, ``TopK``, ``UNLABELLED``. kdcache's loop (what the
@@ -35,11 +35,12 @@ __version__ = "0.2.0"
 
 # public name -> module that defines it
 _EXPORTS = {
-    "open_cache": "cache", "LogitCache": "cache", "CacheMeta": "cache", "CacheWriter": "cache", "write_cache": "cache",
+    "open_cache": "cache", "LogitCache": "cache", "CacheMeta": "cache", "CacheWriter": "cache", "CacheLayout": "cache",
+    "write_cache": "cache",
     "TopK": "cache.targets", "cache_info": "cache.info",
     "UNLABELLED": "identity", "DatasetInfo": "identity",
     "CachedDataset": "data.cached_dataset", "StreamedCachedDataset": "data.cached_dataset", "collate": "data.cached_dataset",
-    "load_dataset": "data.datasets", "ImageData": "data.samples",
+    "load_dataset": "data.datasets", "ReadOptions": "data.datasets", "ImageData": "data.samples",
     "make_loader": "data.loader", "LoaderConfig": "data.loader", "EpochSampler": "data.sampler",
     "kd_loss": "train.loss", "soft_loss": "train.loss", "ModelSpec": "train.models",
     "load_checkpoint": "train.checkpoint",

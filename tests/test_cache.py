@@ -13,6 +13,7 @@ from kdcache.cache import (
     FORMAT_NAME,
     PLAIN_SCHEMA_VERSION,
     ROOT_ATTRS,
+    CacheLayout,
     CacheWriter,
     open_cache,
     read_meta,
@@ -180,7 +181,7 @@ def test_failed_write_leaves_nothing(tmp_path, image_data):
     d = image_data
     target = tmp_path / "c.h5"
     with pytest.raises(RuntimeError):
-        with CacheWriter(target, num_samples=len(d), num_classes=10, attrs=cache_attrs(d.info)) as w:
+        with CacheWriter(target, CacheLayout(num_classes=10), num_samples=len(d), attrs=cache_attrs(d.info)) as w:
             w.write(0, logits_for(10), d.labels[:10], d.indices[:10], d.sample_ids[:10])
             raise RuntimeError("killed mid-way")
     assert list(tmp_path.iterdir()) == []

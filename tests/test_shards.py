@@ -16,7 +16,7 @@ from conftest import (
     torchrun,
 )
 
-from kdcache.cache import CacheWriter, LogitCache, open_cache, write_cache
+from kdcache.cache import CacheLayout, CacheWriter, LogitCache, open_cache, write_cache
 from kdcache.cache.schema import SHARD_FORMAT
 from kdcache.cache.shards import (
     SHARD_ATTRS,
@@ -63,8 +63,8 @@ def _write_shard(out, data, logits, rank, world, rows, request=REQUEST, **kw):
     path = shard_path(out, rank, world)
     attrs = shard_attrs(cache_attrs(data.info), req, rank, world, rows)
     view_params = kw.pop("view_params", None)
-    with CacheWriter(path, num_samples=len(rows), num_classes=10, attrs=attrs, file_format=SHARD_FORMAT,
-                     overwrite=True, **kw) as w:
+    with CacheWriter(path, CacheLayout(num_classes=10, **kw), num_samples=len(rows), attrs=attrs,
+                     file_format=SHARD_FORMAT, overwrite=True) as w:
         s = slice(rows.start, rows.stop)
         w.write(0, logits[s], data.labels[s], data.indices[s], data.sample_ids[s],
                 view_params=None if view_params is None else view_params[s])
@@ -135,7 +135,7 @@ def test_assemble_equals_a_one_process_write_for_every_cache_kind(shard_data, ki
     parts = [_write_shard(out, data, z, r, 3, rows, **dict(kw))[0] for r, rows in
              enumerate([range(0, 10), range(10, 30), range(30, 40)])]
     opts = {k: v for k, v in kw.items() if k != "view_params"}
-    result = assemble(out, parts, 40, {"num_classes": 10, "attrs": cache_attrs(data.info), "dtype": "float32", **opts})
+    result = assemble(out, parts, 40, CacheLayout(num_classes=10, dtype="float32", **opts), cache_attrs(data.info))
     ref = write_cache(out.with_name("ref.h5"), z, data.labels, data.indices, data.sample_ids, cache_attrs(data.info),
                       **kw)
     with open_cache(out) as a, open_cache(ref) as b:
@@ -148,7 +148,7 @@ def test_assemble_refuses_shards_that_do_not_cover_the_rows(shard_data):
     out, data, logits = shard_data
     parts = [_write_shard(out, data, logits, 0, 2, range(0, 20))[0]]
     with pytest.raises(CacheError, match="cover rows 0:20 of 40"):
-        assemble(out, parts, 40, {"num_classes": 10, "attrs": cache_attrs(data.info), "dtype": "float32"})
+        assemble(out, parts, 40, CacheLayout(num_classes=10, dtype="float32"), cache_attrs(data.info))
     assert not out.exists()
     remove_shards(out)
     assert list(out.parent.glob(".out.h5*")) == []

@@ -20,8 +20,8 @@ def write_index_cache(path, data, chunk_rows=7, order=None):
     logits = np.zeros((n, c), dtype=np.float32)
     logits[:, 0] = order
     logits[np.arange(n), 1 + data.labels.numpy()[order] % (c - 1)] = -1.0
-    with cache.CacheWriter(path, num_samples=n, num_classes=c, attrs=cache_attrs(data.info),
-                           chunk_rows=chunk_rows) as w:
+    with cache.CacheWriter(path, cache.CacheLayout(num_classes=c, chunk_rows=chunk_rows), num_samples=n,
+                           attrs=cache_attrs(data.info)) as w:
         w.write(0, logits, data.labels.numpy()[order], order, data.sample_ids[order])
     return path
 
@@ -138,8 +138,8 @@ def test_train_student_streams_a_cache_over_the_memory_limit(tmp_path, data_dir)
     fm = load_dataset("fashion-mnist", "train", data_dir, limit=300)
     logits = np.random.default_rng(0).standard_normal((300, 10)).astype(np.float32)
     path = tmp_path / "fm.h5"
-    with cache.CacheWriter(path, num_samples=300, num_classes=10, attrs=cache_attrs(fm.info), dtype="float16",
-                           chunk_rows=4) as w:  # many small blocks, so that workers split them
+    with cache.CacheWriter(path, cache.CacheLayout(num_classes=10, dtype="float16", chunk_rows=4), num_samples=300,
+                           attrs=cache_attrs(fm.info)) as w:  # many small blocks, so that workers split them
         w.write(0, logits, fm.labels, fm.indices, fm.sample_ids)
     kw = dict(data_cfg=DataConfig(data_dir=str(data_dir), limit=200, eval_limit=100),
               cfg=TrainConfig(epochs=2, batch_size=64, device="cpu"))

@@ -138,14 +138,71 @@ def test_the_readme_module_map_is_the_tree():
     assert (sorted(actual - listed), sorted(listed - actual)) == ([], [])
 
 
-def test_jobs_take_their_configuration_as_objects():
-    """No public job takes more than eight parameters: what they are configured by comes in config objects
-    (kdcache.config), which the CLI fills from flags and checkpoints record."""
+# Over the limit today: being rewritten for issue 23; remove as each is converted. The test below fails on a
+# name here that no longer exists or already complies, so the list can only shrink and never hides anything.
+NOT_YET = {"kdcache.cache.stream.LogitStream", "kdcache.data.cached_dataset.CachedDataset",
+           "kdcache.train.loop.train_one_epoch", "kdcache.train.loop.fit"}
+MAX_PARAMETERS = 8
+
+
+def parameter_counts() -> dict[str, int]:
+    """``{qualified name: parameters}`` of every public callable kdcache defines (what counts: the test below)."""
+    import dataclasses
+    import importlib
     import inspect
+    import pkgutil
 
     import kdcache
 
-    jobs = ("train_teacher", "train_student", "evaluate_checkpoint", "dump_logits", "verify_cache", "compress_cache", "run_pipeline",
-            "run_sweep", "cache_info")
-    counts = {name: len(inspect.signature(getattr(kdcache, name)).parameters) for name in jobs}
-    assert {name: n for name, n in counts.items() if n > 8} == {}, counts
+    def count(f) -> int:
+        try:
+            return len(inspect.signature(f).parameters)
+        except ValueError:  # a builtin's constructor (an exception's): *args, one parameter
+            return 1
+
+    def is_record(cls) -> bool:
+        init = [f.name for f in dataclasses.fields(cls) if f.init] if dataclasses.is_dataclass(cls) else None
+        return (init is not None and cls.__dataclass_params__.frozen
+                and list(inspect.signature(cls).parameters) == init)
+
+    counts = {}
+    for mod_info in pkgutil.walk_packages(kdcache.__path__, "kdcache."):
+        if mod_info.name.rsplit(".", 1)[-1] == "__main__":
+            continue  # running it is the CLI; what it calls lives in kdcache.cli
+        module = importlib.import_module(mod_info.name)
+        for name, obj in vars(module).items():
+            if name.startswith("_") or getattr(obj, "__module__", None) != module.__name__:
+                continue  # private, or imported from elsewhere (counted where it is defined)
+            where = f"{module.__name__}.{name}"
+            if inspect.isfunction(inspect.unwrap(obj)):  # a function, or one behind functools' wrappers (lru_cache)
+                counts[where] = count(obj)
+            elif inspect.isclass(obj):
+                if not is_record(obj):
+                    counts[where] = count(obj)
+                for attr, member in vars(obj).items():
+                    func = member.__func__ if isinstance(member, (classmethod, staticmethod)) else member
+                    if not attr.startswith("_") and inspect.isfunction(func):
+                        counts[f"{where}.{attr}"] = count(func) - (0 if isinstance(member, staticmethod) else 1)
+    return counts
+
+
+def test_every_public_callable_takes_at_most_eight_parameters():
+    """No public function, method or class constructor of kdcache takes more than eight parameters: what more
+    there is comes in an options object (kdcache.config's, CacheLayout, ShardPlan, ReadOptions).
+
+    Walks every module of the package (pkgutil.walk_packages; not ``kdcache.__main__``, which runs the CLI).
+    Checked: each name a module defines (not imported, not ``_private``) that is a function, a class (its
+    constructor, ``inspect.signature(cls)``: ``self`` not counted) or a public method of such a class (``self``
+    and ``cls`` not counted, classmethod constructors included). ``*args`` and ``**kwargs`` count as one each.
+    Click commands in kdcache.cli are click.Command objects, not functions, and are not checked (their
+    parameters are the CLI's flags); the plain functions there are. Exempt: a frozen dataclass whose
+    constructor takes exactly its init fields (generated, or one that matches them): a record, such as
+    DataConfig or CacheMeta, is the options object, and its fields are the options. A mutable dataclass or
+    one with a constructor of its own is checked like any class. A constructor inherited from a builtin (an
+    exception's) counts as one (``*args``).
+    """
+    counts = parameter_counts()
+    too_many = {name: n for name, n in counts.items() if n > MAX_PARAMETERS and name not in NOT_YET}
+    assert too_many == {}, f"over {MAX_PARAMETERS} parameters (group them in a frozen options object): {too_many}"
+    stale = sorted(name for name in NOT_YET if counts.get(name, 0) <= MAX_PARAMETERS)
+    assert stale == [], f"in NOT_YET but gone or already within {MAX_PARAMETERS} parameters; remove them: {stale}"

@@ -34,9 +34,10 @@ from kdcache.cache.schema import (
            CacheMeta,
            class_id_dtype,
 )
-from kdcache.cache.writer import CacheWriter, write_cache
+from kdcache.cache.writer import CacheLayout, CacheWriter, write_cache
 
-__all__ = ["LogitCache", "ScanResult", "check_readable", "open_cache", "read_meta", "CacheWriter", "write_cache", "CacheMeta",
+__all__ = ["LogitCache", "ScanResult", "check_readable", "open_cache", "read_meta", "CacheWriter", "CacheLayout",
+           "write_cache", "CacheMeta",
            "DATASETS", "ROOT_ATTRS", "FORMAT_NAME", "SCHEMA_VERSION", "PLAIN_SCHEMA_VERSION", "VIEWS_SCHEMA_VERSION",
            "LOWRANK_SCHEMA_VERSION", "LOGIT_DTYPES",
            "MAX_ABS_LOGIT", "class_id_dtype"]

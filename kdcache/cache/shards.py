@@ -25,12 +25,13 @@ import hashlib
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from kdcache.cache import CacheWriter, LogitCache, open_cache
+from kdcache.cache import CacheLayout, CacheWriter, LogitCache, open_cache
 from kdcache.cache.schema import SHARD_FORMAT
 from kdcache.cache.targets import TopK
 from kdcache.dist import DistContext, rank_share
@@ -47,6 +48,21 @@ SHARD_ATTRS: dict[str, str] = {
     "shard_request_sha256": "SHA-256 of shard_request (sorted-key JSON)",
 }
 WriteRows = Callable[[CacheWriter, range], Any]  # writes rows ``range`` of the data at writer rows 0..len-1
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """How a distributed dump is cut into shards, and what their values depend on besides the ranks.
+
+    ``num_rows`` rows are cut at ``batch_size`` boundaries (row_ranges); ``request`` (the dump's own
+    request: teacher, data, settings) and ``device_type`` go into every shard's ``shard_request``, so a
+    shard is reused only by the same dump on the same kind of device.
+    """
+
+    num_rows: int
+    batch_size: int
+    request: Mapping[str, Any]
+    device_type: str
 
 
 def row_ranges(num_rows: int, batch_size: int, world_size: int) -> list[range]:
@@ -148,19 +164,20 @@ def _hits(targets: Any, labels: np.ndarray) -> int:
     return int((classes == labels.reshape(-1, *([1] * (classes.ndim - 1)))).sum())
 
 
-def assemble(out: Path, parts: list[Path], num_rows: int, writer_opts: Mapping[str, Any]) -> dict[str, Any]:
+def assemble(out: Path, parts: list[Path], num_rows: int, layout: CacheLayout,
+             attrs: Mapping[str, Any]) -> dict[str, Any]:
     """Copy shards ``parts`` (in row order) into the cache ``out``, then re-read it whole. Returns counts and time.
 
-    ``writer_opts`` are the CacheWriter arguments of a one-process dump (classes, attributes,
-    dtype, top-k, views), so the result has the same layout and attributes. Every shard
-    chunk is checksum-verified as it is read; the finished cache is scanned before it counts.
+    ``layout`` and ``attrs`` are those of a one-process dump, so the result has the same layout and
+    attributes. Every shard chunk is checksum-verified as it is read; the finished cache is scanned
+    before it counts.
     """
     t0 = time.perf_counter()
     agree = 0
     with contextlib.ExitStack() as stack:
         shards = [stack.enter_context(LogitCache(p, file_format=SHARD_FORMAT)) for p in parts]
         _check_coverage(shards, num_rows)
-        with CacheWriter(out, num_samples=num_rows, overwrite=True, **writer_opts) as w:
+        with CacheWriter(out, layout, num_samples=num_rows, attrs=attrs, overwrite=True) as w:
             for c in shards:
                 first, views = int(c.meta.attrs["shard_row_start"]), c.meta.has_views
                 labels, indices, ids = c.labels, c.indices, c.sample_ids
@@ -204,10 +221,12 @@ def remove_shards(out: Path) -> None:
             p.unlink()
 
 
-def dump_sharded(out: Path, ctx: DistContext, *, num_rows: int, batch_size: int, request: Mapping[str, Any],
-                 device_type: str, writer_opts: Mapping[str, Any], write_rows: WriteRows,
-                 overwrite: bool) -> dict[str, Any]:
+def dump_sharded(out: Path, ctx: DistContext, plan: ShardPlan, *, layout: CacheLayout, attrs: Mapping[str, Any],
+                 write_rows: WriteRows, overwrite: bool) -> dict[str, Any]:
     """This rank's part of a distributed dump; returns the same summary on every rank.
+
+    ``plan`` says how the rows are cut; ``layout`` and ``attrs`` are the cache's, as a one-process
+    dump writes them (each shard adds SHARD_ATTRS); ``write_rows`` writes a range of rows.
 
     ``seconds`` runs from the moment every rank is ready (teacher and data loaded) to the
     verified cache; ``shard_seconds`` is rank 0's own shard, ``assemble_seconds`` its assembly.
@@ -216,21 +235,23 @@ def dump_sharded(out: Path, ctx: DistContext, *, num_rows: int, batch_size: int,
     rank 0 assembles ``out``; a second one makes sure every rank returns only once the cache
     is there. A failure anywhere is reported through the collective points (kdcache.dist).
     """
-    ranges = row_ranges(num_rows, batch_size, ctx.world_size)
+    num_rows = plan.num_rows
+    ranges = row_ranges(num_rows, plan.batch_size, ctx.world_size)
     mine = ranges[ctx.rank]
     path = shard_path(out, ctx.rank, ctx.world_size)
-    req = shard_request(request, world_size=ctx.world_size, rows=mine, batch_size=batch_size, device_type=device_type)
-    opts = dict(writer_opts)
+    req = shard_request(plan.request, world_size=ctx.world_size, rows=mine, batch_size=plan.batch_size,
+                        device_type=plan.device_type)
     if ctx.is_main:  # before anything is written: the cache plus every shard not on disk yet
-        estimate = CacheWriter(out, num_samples=num_rows, overwrite=True, **opts).estimated_bytes()
+        estimate = CacheWriter(out, layout, num_samples=num_rows, attrs=attrs, overwrite=True).estimated_bytes()
         todo = sum(len(r) for i, r in enumerate(ranges) if not shard_path(out, i, ctx.world_size).exists())
         check_free_space(out, estimate + estimate * todo // num_rows, f"the cache {out} and its shards")
     reused = len(mine) > 0 and prepare_shard(path, req, overwrite)
     ctx.check()  # every rank knows what it will do (a refused stale shard stops everyone here)
     t0 = time.perf_counter()
     if len(mine) and not reused:
-        opts["attrs"] = shard_attrs(opts["attrs"], req, ctx.rank, ctx.world_size, mine)
-        with CacheWriter(path, num_samples=len(mine), overwrite=True, file_format=SHARD_FORMAT, **opts) as w:
+        mine_attrs = shard_attrs(attrs, req, ctx.rank, ctx.world_size, mine)
+        with CacheWriter(path, layout, num_samples=len(mine), attrs=mine_attrs, overwrite=True,
+                         file_format=SHARD_FORMAT) as w:
             write_rows(w, mine)
     shard_seconds = time.perf_counter() - t0
     ctx.check()  # every shard is on disk
@@ -238,7 +259,7 @@ def dump_sharded(out: Path, ctx: DistContext, *, num_rows: int, batch_size: int,
     result = None
     if ctx.is_main:
         parts = [shard_path(out, r, ctx.world_size) for r, rows in enumerate(ranges) if len(rows)]
-        assembled = assemble(out, parts, num_rows, writer_opts)
+        assembled = assemble(out, parts, num_rows, layout, attrs)
         remove_shards(out)
         result = {"world_size": ctx.world_size, "shards_reused": int(flags[0]), "shards_written": int(flags[1]),
                   "seconds": time.perf_counter() - t0, "shard_seconds": shard_seconds,

@@ -6,6 +6,7 @@ import hashlib
 import json
 import numbers
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -29,9 +30,39 @@ from kdcache.cache.schema import (
     content_hash,
 )
 from kdcache.cache.targets import Targets, TopK
+from kdcache.config import LOGITS_DTYPE
 from kdcache.errors import CacheError, ConfigError, StorageError
 from kdcache.files import disk_full_message, replace_durably, temp_path_for
 from kdcache.identity import UNLABELLED
+
+
+@dataclass(frozen=True)
+class CacheLayout:
+    """What each row of a cache holds and how the rows lie on disk: all CacheWriter needs to know besides the
+    path, the number of rows and the root attributes.
+
+    One object, because a sharded dump writes its shards and the cache assembled from them with the same
+    layout (kdcache.cache.shards), and the writer's checks read it as a whole.
+
+    ``topk`` > 0 stores the top-k encoding (dense logits given to ``write`` are encoded). ``view_policy``
+    (a JSON-able dict with ``param_names``) with ``num_views`` stores V views per row: ``write`` then takes
+    logits (n, V, C) and ``view_params`` (n, V, P). ``basis`` (kdcache.cache.lowrank.Basis) stores
+    low-rank codes of ``code_dtype`` instead: the basis once, dense logits given to ``write`` encoded per
+    row; ``lowrank_info`` (a JSON-able dict: the KL measured on held-out rows, the budget) is kept as
+    ``lowrank_kl_json``. ``chunk_rows`` None sizes chunks from the row size; ``compression`` is None (the
+    default, see docs/cache-format.md) or "gzip" for measurements. CacheWriter validates the layout.
+    """
+
+    num_classes: int
+    dtype: str = LOGITS_DTYPE  # a low-rank cache decodes to float32, whatever this says
+    topk: int = 0
+    num_views: int = 1
+    view_policy: Mapping[str, Any] | None = None
+    basis: "_lowrank.Basis | None" = None
+    code_dtype: str = "int8"
+    lowrank_info: Mapping[str, Any] | None = None
+    chunk_rows: int | None = None
+    compression: str | None = None
 
 
 class CacheWriter:
@@ -42,22 +73,20 @@ class CacheWriter:
     (or a kill) the target is untouched and the temp file removed (or left hidden). A disk
     that fills up is a StorageError, with the temp file removed (see ``_abandon``).
 
-        with CacheWriter(path, num_samples=N, num_classes=C, attrs=meta) as w:
+        with CacheWriter(path, CacheLayout(num_classes=C), num_samples=N, attrs=meta) as w:
             w.write(0, logits, labels, indices, sample_ids)
 
-    ``topk`` > 0 stores the top-k encoding (dense logits given to ``write`` are encoded);
-    ``view_policy`` (a JSON-able dict with ``param_names``) with ``num_views`` stores V views
-    per row: ``write`` then takes logits (n, V, C) and ``view_params`` (n, V, P).
-    ``basis`` (kdcache.cache.lowrank.Basis) stores low-rank codes of ``code_dtype`` instead: the
-    basis once, dense logits given to ``write`` encoded per row; ``lowrank_info`` (a JSON-able
-    dict: the KL measured on held-out rows, the budget) is kept as ``lowrank_kl_json``.
+    ``layout`` says what a row holds (CacheLayout); ``attrs`` are the root attributes only the
+    caller knows (CALLER_ATTRS); ``file_format`` is FORMAT_NAME but for a dump's shards.
     """
 
-    def __init__(self, path: str | os.PathLike, *, num_samples: int, num_classes: int, attrs: Mapping[str, Any],
-                 dtype: str = "float32", topk: int = 0, num_views: int = 1, view_policy: Mapping[str, Any] | None = None,
-                 overwrite: bool = False, chunk_rows: int | None = None, compression: str | None = None,
-                 file_format: str = FORMAT_NAME, basis: "_lowrank.Basis | None" = None, code_dtype: str = "int8",
-                 lowrank_info: Mapping[str, Any] | None = None):
+    def __init__(self, path: str | os.PathLike, layout: CacheLayout, *, num_samples: int, attrs: Mapping[str, Any],
+                 overwrite: bool = False, file_format: str = FORMAT_NAME):
+        if not isinstance(layout, CacheLayout):
+            raise TypeError(f"CacheWriter takes a CacheLayout, got {type(layout).__name__}")
+        self.layout = layout
+        num_classes, dtype, topk, num_views = layout.num_classes, layout.dtype, layout.topk, layout.num_views
+        view_policy, basis, code_dtype = layout.view_policy, layout.basis, layout.code_dtype
         self.path = Path(path)
         if basis is not None:
             if topk:
@@ -86,7 +115,7 @@ class CacheWriter:
         self.num_samples, self.num_classes, self.dtype, self.topk = num_samples, num_classes, dtype, topk
         self.kind = "lowrank" if basis is not None else "topk" if topk else "logits"
         self.basis, self.code_dtype = basis, code_dtype
-        self.lowrank_info = dict(lowrank_info) if lowrank_info is not None else None
+        self.lowrank_info = dict(layout.lowrank_info) if layout.lowrank_info is not None else None
         self.encoder = str((self.lowrank_info or {}).get("encoder", _lowrank.DEFAULT_ENCODER))
         if basis is not None:
             _lowrank.check_encoder(self.encoder)
@@ -97,8 +126,8 @@ class CacheWriter:
         row_bytes = int(np.prod(self.lead or (1,))) * (
             self._code_width * np.dtype(self._code_storage).itemsize if basis is not None
             else (topk or num_classes) * np.dtype(dtype).itemsize)
-        self.chunk_rows = chunk_rows or chunk_rows_for(row_bytes, num_samples)
-        self.compression = compression  # None (default, see docs/cache-format.md) or "gzip" for measurements
+        self.chunk_rows = layout.chunk_rows or chunk_rows_for(row_bytes, num_samples)
+        self.compression = layout.compression  # None (default, see docs/cache-format.md) or "gzip" for measurements
         self.attrs, self.file_format = caller_attrs(attrs, num_classes), file_format
         self._next, self._labelled = 0, 0
         self._hashes: dict[str, Any] = {}
@@ -402,16 +431,18 @@ def _json_default(o: Any) -> Any:
 
 
 def write_cache(path: str | os.PathLike, logits: Targets, labels: Any, indices: Any, sample_ids: Any,
-                attrs: Mapping[str, Any], dtype: str = "float32", overwrite: bool = False, **kw: Any) -> Path:
-    """Write a whole cache at once (see CacheWriter; ``kw``: topk, num_views, view_policy, view_params). Returns the path.
+                attrs: Mapping[str, Any], *, overwrite: bool = False, **options: Any) -> Path:
+    """Write a whole cache at once (see CacheWriter). Returns the path.
 
     ``attrs`` holds the root attributes only the caller knows (CALLER_ATTRS; docs/cache-format.md), plus
-    optionally ``extra_config`` (a dict, stored as config_json's teacher_config).
+    optionally ``extra_config`` (a dict, stored as config_json's teacher_config). ``options`` are
+    ``view_params`` (n, V, P) for a cache with views and any CacheLayout field but ``num_classes``, which
+    ``logits`` gives: ``write_cache(path, z, labels, indices, ids, attrs, dtype="float16", topk=5)``.
     """
-    view_params = kw.pop("view_params", None)
+    view_params = options.pop("view_params", None)
     n = len(logits)
     c = logits.num_classes if isinstance(logits, TopK) else _to_numpy(logits).shape[-1]
-    with CacheWriter(path, num_samples=n, num_classes=c, attrs=attrs, dtype=dtype, overwrite=overwrite, **kw) as w:
+    with CacheWriter(path, CacheLayout(num_classes=c, **options), num_samples=n, attrs=attrs, overwrite=overwrite) as w:
         w.write(0, logits, labels, indices, sample_ids, view_params=view_params)
     return Path(path)
 

@@ -14,7 +14,7 @@ made from it (``dump-logits --no-labels``) never reveals a label. The class name
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -39,6 +39,21 @@ class DatasetSpec:
     folder: str
     mean: tuple[float, ...]
     std: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How image files are read. One object, because a job fills it once (from DataConfig) and reads every
+    split alike. Built-in datasets are in memory: they only check that an ``image_size`` given is their own.
+
+    ``image_size`` is the side of the square input (default 64) or a recorded InputTransform
+    (kdcache.data.images); ``workers`` the processes that hash the files (None: one per CPU);
+    ``skip_unreadable`` leaves out files that do not decode (recorded in ``info.skipped``).
+    """
+
+    image_size: int | InputTransform | None = None
+    workers: int | None = None
+    skip_unreadable: bool = False
 
 
 BUILTIN: dict[str, DatasetSpec] = {
@@ -67,8 +82,8 @@ def check_split(split: str) -> str:
     return split
 
 
-def _load_full(name: str, split: str, root: str, download: bool, ignore_labels: bool = False,
-               image_size: "int | InputTransform | None" = None, workers: int | None = None, skip_unreadable: bool = False) -> ImageData:
+def _load_full(name: str, split: str, root: str, download: bool, ignore_labels: bool, read: ReadOptions) -> ImageData:
+    image_size, workers, skip_unreadable = read.image_size, read.workers, read.skip_unreadable
     spec = check_dataset_name(name)
     check_split(split)
     if spec is None:  # image files: listed and hashed here, decoded batch by batch when read
@@ -158,24 +173,25 @@ def validation_rows(labels: np.ndarray, val_size: int, stratified: bool) -> np.n
 def load_dataset(
     name: str = "fashion-mnist", split: str = "train", root: str | os.PathLike = "data",
     limit: int | None = None, download: bool = False, ignore_labels: bool = False, *,
-    image_size: int | InputTransform | None = None, workers: int | None = None, skip_unreadable: bool = False,
+    read: ReadOptions | None = None, **read_fields: Any,
 ) -> ImageData:
     """A split: built-in datasets in memory (read afresh, ~0.35 s for Fashion-MNIST's 60,000), image folders as
     lazily decoded files. Nothing is cached between calls: a split lives as long as the job that holds it.
 
     ``limit`` keeps the first N samples; ``ignore_labels`` reads it as unlabelled (see the
-    module docstring). Image folders only: ``image_size`` (default 64) is the side of the
-    square input (kdcache.data.images.InputTransform), ``workers`` the processes that hash the
-    files, ``skip_unreadable`` leaves out files that do not decode (recorded in ``info.skipped``).
-    Example: ``load_dataset("fashion-mnist", "test", limit=1000)``
+    module docstring). ``read`` says how image files are read (ReadOptions); its fields may also
+    be given one by one (``image_size=96``), overriding ``read``'s.
+    Example: ``load_dataset("fashion-mnist", "test", limit=1000)``,
+    ``load_dataset("imagefolder", "train", "photos", image_size=96, workers=4)``
     """
-    return _load_full(name, split, os.fspath(root), download, ignore_labels, image_size, workers,
-                      skip_unreadable).head(limit)
+    options = replace(read or ReadOptions(), **read_fields)  # an unknown name is a TypeError, as in a signature
+    return _load_full(name, split, os.fspath(root), download, ignore_labels, options).head(limit)
 
 
 def read_options(data_cfg: Any) -> dict[str, Any]:
-    """The image-reading settings of a DataConfig, as load_dataset's keyword arguments."""
-    return {"image_size": data_cfg.image_size, "workers": data_cfg.workers, "skip_unreadable": data_cfg.skip_unreadable}
+    """The image-reading settings of a DataConfig, as load_dataset's (and load_train_val's) keyword arguments."""
+    return {"read": ReadOptions(image_size=data_cfg.image_size, workers=data_cfg.workers,
+                                skip_unreadable=data_cfg.skip_unreadable)}
 
 
 def require_labels(data: ImageData, role: str) -> ImageData:

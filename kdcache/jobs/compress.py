@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from kdcache.cache import CacheWriter, open_cache
+from kdcache.cache import CacheLayout, CacheWriter, open_cache
 from kdcache.cache.lowrank import (
     DEFAULT_KL_BUDGET,
     KL_TEMPERATURES,
@@ -107,9 +107,9 @@ def compress_cache(src: str | os.PathLike, out: str | os.PathLike, *, codec: Cod
         attrs["class_names"] = list(c.class_names)
         if m.config.get("teacher_config") is not None:
             attrs["extra_config"] = m.config["teacher_config"]
-        writer = CacheWriter(out, num_samples=len(c), num_classes=m.num_classes, attrs=attrs, num_views=m.num_views,
-                             view_policy=m.view_policy, overwrite=True, basis=basis, code_dtype=codec.dtype,
-                             lowrank_info=info)
+        layout = CacheLayout(num_classes=m.num_classes, num_views=m.num_views, view_policy=m.view_policy, basis=basis,
+                             code_dtype=codec.dtype, lowrank_info=info)
+        writer = CacheWriter(out, layout, num_samples=len(c), attrs=attrs, overwrite=True)
         check_free_space(out, writer.estimated_bytes(), f"the cache {out}")
         with writer:
             for rows, block in c.blocks():
@@ -133,7 +133,7 @@ def describe_kl(kl: Mapping[str, float]) -> str:
 
 def basis_for_dump(logits_of_rows: Callable[[np.ndarray], np.ndarray], num_rows: int, ctx: Any, *,
                    codec: Codec, kl_budget: float) -> dict[str, Any]:
-    """The CacheWriter options of a low-rank dump: the teacher's logits of the sample rows, a basis planned on them.
+    """The CacheLayout fields of a low-rank dump: the teacher's logits of the sample rows, a basis planned on them.
 
     ``logits_of_rows(rows)`` runs the teacher over dataset rows ``rows`` (n,) -> (n, [V,] C). Under
     torchrun rank 0 fits and every rank receives its basis (kdcache.dist broadcast), so all shards

@@ -10,8 +10,8 @@ from typing import Any
 import torch
 
 from kdcache import __version__, dist
-from kdcache.cache import CacheMeta, CacheWriter, read_meta
-from kdcache.cache.shards import dump_sharded
+from kdcache.cache import CacheLayout, CacheMeta, CacheWriter, read_meta
+from kdcache.cache.shards import ShardPlan, dump_sharded
 from kdcache.config import (
     LOGITS_DTYPE,
     TOPK_DTYPE,
@@ -246,14 +246,14 @@ def dump_logits(teacher: "str | os.PathLike | torch.nn.Module | TeacherSpec | No
 
         writer_opts.update(basis_for_dump(logits_of_rows, len(data), ctx, codec=lowrank, kl_budget=kl_budget))
     sharded: dict[str, Any] = {}
+    layout = CacheLayout(**{k: v for k, v in writer_opts.items() if k != "attrs"})
     try:
         if ctx.distributed:
-            sharded = dump_sharded(out, ctx, num_rows=len(data), batch_size=batch_size, request=request,
-                                   device_type=dev.type, writer_opts=writer_opts, write_rows=write_rows,
-                                   overwrite=overwrite)
+            sharded = dump_sharded(out, ctx, ShardPlan(len(data), batch_size, request, dev.type), layout=layout,
+                                   attrs=writer_opts["attrs"], write_rows=write_rows, overwrite=overwrite)
             agree = sharded.pop("agree")
         else:
-            writer = CacheWriter(out, num_samples=len(data), overwrite=True, **writer_opts)
+            writer = CacheWriter(out, layout, num_samples=len(data), attrs=writer_opts["attrs"], overwrite=True)
             check_free_space(out, writer.estimated_bytes(), f"the cache {out}")
             with writer:
                 agree = write_rows(writer, range(len(data)))
