@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
+import numpy as np
 import torch
 
 from kdcache import __version__, dist
@@ -24,6 +25,7 @@ from kdcache.data.augment import parse_policy, view_record
 from kdcache.data.datasets import load_dataset
 from kdcache.data.folders import IMAGEFOLDER, UNLABELLED_FOLDER
 from kdcache.data.loader import LoaderConfig, make_loader
+from kdcache.data.samples import ImageData
 from kdcache.data.view_schedule import sample_views
 from kdcache.device import resolve_device, resolve_precision
 from kdcache.errors import CacheError, ConfigError, StorageError
@@ -138,134 +140,199 @@ def dump_logits(teacher: "str | os.PathLike | torch.nn.Module | TeacherSpec | No
     R, or the smallest meeting ``dump.kl_budget`` on held-out rows; under torchrun rank 0 fits and
     broadcasts it), then every row is coded with it as it streams.
     """
-    split, batch_size, device, precision, topk = dump.split, dump.batch_size, dump.device, dump.precision, dump.topk
-    limit, workers, view_seed, include_original = data_cfg.limit, data_cfg.workers, views.seed, views.include_original
-    augment, overwrite, reuse, progress = views.augment, run.overwrite, run.reuse, run.progress
     out = Path(out)
-    lowrank, kl_budget = None, dump.kl_budget
-    if dump.codec is not None:
-        from kdcache.cache.lowrank import DEFAULT_KL_BUDGET, parse_codec
-
-        lowrank = parse_codec(dump.codec)
-        if topk is not None or dump.dtype is not None:
-            raise ConfigError("--codec lowrank stores low-rank codes: leave out --top-k and --dtype (the codes' dtype is "
-                              "--codec lowrank:dtype=int8|float16|packed)")
-        kl_budget = DEFAULT_KL_BUDGET if kl_budget is None else kl_budget
-    check_topk(topk)  # before anything is loaded; the upper bound once the data's classes are known
-    dtype = storage_dtype(dump.dtype, topk)
-    precision = resolve_precision(precision, resolve_device(device))  # the cache records fp32 or bf16, never auto
-    num_views = views.views
-    if num_views != 1 and augment is None:
-        raise ConfigError(f"--views {num_views} stores augmented views of each image: name their policy with --augment "
-                          "(e.g. --augment shift-flip)")
-    if include_original and augment is None:
-        raise ConfigError("--include-original makes view 0 of --augment's views the un-augmented image; add --augment")
-    policy = None if augment is None else parse_policy(augment)
-    if out.exists() and not (overwrite or reuse):  # fail before the slow part; CacheWriter checks again
-        raise CacheError(f"{out} already exists; pass --overwrite to replace it")
+    plan = plan_dump(out, dump, views, run)  # every refusal of the settings, before anything is loaded
     check_inputs(teacher, dataset)  # a module and a Dataset object are kdcache.jobs.foreign's; anything else: one line
     module = teacher if isinstance(teacher, torch.nn.Module) else None
     spec = teacher if isinstance(teacher, TeacherSpec) or module is not None else TeacherSpec(
         checkpoint=None if teacher is None else os.fspath(teacher))
-    if dataset is not None:
-        data = dataset_data(dataset, split=split, class_names=dump.class_names, normalize=dump.normalize,
-                            ignore_labels=dump.ignore_labels, workers=workers).head(limit)
-    else:
-        name, image_size = data_cfg.dataset or default_dataset(spec), data_cfg.image_size
-        if image_size is None and name in (IMAGEFOLDER, UNLABELLED_FOLDER):
-            image_size = default_transform(spec)  # the teacher's own input transform
-        data = load_dataset(name, split, data_cfg.data_dir, limit, ignore_labels=dump.ignore_labels,
-                            image_size=image_size, workers=workers, skip_unreadable=data_cfg.skip_unreadable)
+    data = dump_data(spec, data_cfg, dataset, dump)
     info = with_teacher_classes(spec, data.info, dump.class_names)  # unlabelled images: the teacher's classes
-    check_topk(topk, info.num_classes)
-    loaded = module_teacher(module, info) if module is not None else load_teacher(spec, info)
-    if dataset is not None and data.images.dtype.is_floating_point:  # the user's transform standardised them:
-        loaded = replace(loaded, mean=info.mean, std=info.std)  # as they are (0/1), whatever the teacher's own
-    ctx = dist.current()
-    dev = ctx.local_device(resolve_device(device))
-    loaded.model.to(dev)
-    if precision == "bf16":
-        loaded.model.to(memory_format=torch.channels_last)
-    record = None if policy is None else view_record(policy, include_original=include_original, seed=view_seed)
-    request = dump_request(loaded, info, len(data), precision, dtype, num_views, record, topk)
-    if lowrank is not None:  # a stated rank is part of the request; a chosen one is not known yet (never reused)
-        request.update(targets="lowrank", lowrank_rank=lowrank.rank, lowrank_code_dtype=lowrank.dtype,
-                       lowrank_bits=lowrank.bits if lowrank.dtype == "packed" else None)
-    if reuse and out.exists():
-        try:
-            meta = read_meta(out)
-        except CacheError:
-            meta = None
-        if meta is not None and matches_request(meta, request):
-            return {"cache": str(out), "rows": meta.num_samples, "num_classes": meta.num_classes, "dtype": dtype,
-                    "topk": topk or 0, "seconds": None, "teacher_label_agreement": None, "bytes": out.stat().st_size,
-                    "views": num_views, "reused": True, "request": request}
-    raw = LoaderConfig(workers=workers, standardize=False)  # uint8 batches: the teacher standardises its own input
-    writer_opts = dict(num_classes=info.num_classes, attrs=cache_attrs(loaded, info, precision), dtype=dtype,
-                       topk=topk or 0, num_views=num_views, view_policy=record)
-
-    def write_rows(writer: CacheWriter, rows: range) -> int:
-        """Dataset rows ``rows`` at writer rows 0.., batches from ``rows.start``: a function of the range only."""
-        agree = 0
-        starts = range(rows.start, rows.stop, batch_size)
-        spans = [torch.arange(start, min(start + batch_size, rows.stop)) for start in starts]
-        pixels = (b.images for b in make_loader(data, raw, batches=spans))  # decoded in workers for image files
-        for span, images in track(zip(spans, pixels), total=len(spans), desc=f"dump {info.name}/{split}",
-                                  enabled=progress and ctx.is_main):
-            start, stop = int(span[0]), int(span[-1]) + 1
-            params = None
-            if policy is None:
-                logits = loaded.logits(images, dev, precision)  # (B, C) float32
-            else:
-                params = sample_views(policy, data.indices[start:stop].numpy(), num_views, view_seed,
-                                      info.image_size, include_original)  # (B, V, P)
-                logits = loaded.view_logits(images, torch.from_numpy(params), policy, dev, precision)  # (B, V, C)
-            writer.write(start - rows.start, logits, data.labels[start:stop], data.indices[start:stop],
-                         data.sample_ids[start:stop], view_params=params)
-            hit = logits.argmax(-1) == data.labels[start:stop].view(-1, *([1] * (logits.ndim - 2)))
-            agree += int(hit.sum())
-        return agree
-
+    check_topk(plan.topk, info.num_classes)
+    rows = TeacherRows(ready_teacher(spec, module, data, info, plan), data, plan, data_cfg.workers)
+    request = plan.request(rows.teacher, info, len(data))
+    if run.reuse and out.exists():
+        found = reused_cache(out, request, plan)
+        if found is not None:
+            return found
+    layout = CacheLayout(num_classes=info.num_classes, dtype=plan.dtype, topk=plan.topk or 0,
+                         num_views=plan.num_views, view_policy=plan.record)
     t0 = time.perf_counter()
-    if lowrank is not None:
+    if plan.codec is not None:  # fit the basis on a sample of rows first (rank 0, broadcast under torchrun)
         from kdcache.jobs.compress import basis_for_dump
 
-        def logits_of_rows(rows: Any) -> Any:
-            """The teacher's logits (n, [V,] C) of dataset rows ``rows``, as write_rows computes them."""
-            spans = [torch.from_numpy(rows[i:i + batch_size]) for i in range(0, len(rows), batch_size)]
-            parts = []
-            for span, batch in zip(spans, make_loader(data, raw, batches=spans)):
-                images = batch.images
-                if policy is None:
-                    parts.append(loaded.logits(images, dev, precision))
-                else:
-                    params = sample_views(policy, data.indices[span].numpy(), num_views, view_seed, info.image_size,
-                                          include_original)
-                    parts.append(loaded.view_logits(images, torch.from_numpy(params), policy, dev, precision))
-            return torch.cat(parts).float().cpu().numpy()
+        layout = replace(layout, **basis_for_dump(rows.logits_of, len(data), dist.current(), codec=plan.codec,
+                                                  kl_budget=plan.kl_budget))
+    attrs = cache_attrs(rows.teacher, info, plan.precision)
+    agree, sharded = write_rows_to(out, layout, attrs, rows, request, run)
+    seconds = sharded.pop("seconds", None) or time.perf_counter() - t0  # sharded: from when every rank was ready
+    return {"cache": str(out), "rows": len(data), "num_classes": info.num_classes, "dtype": plan.dtype,
+            "topk": plan.topk or 0, "seconds": seconds,
+            **({"lowrank_rank": layout.basis.rank, "lowrank_kl": layout.lowrank_info["kl"]}
+               if plan.codec is not None else {}),
+            "teacher_label_agreement": agree / (data.num_labelled * plan.num_views) if data.num_labelled else None,
+            "bytes": out.stat().st_size, "views": plan.num_views, "reused": False, "request": request, **sharded}
 
-        writer_opts.update(basis_for_dump(logits_of_rows, len(data), ctx, codec=lowrank, kl_budget=kl_budget))
-    sharded: dict[str, Any] = {}
-    layout = CacheLayout(**{k: v for k, v in writer_opts.items() if k != "attrs"})
+
+@dataclass(frozen=True)
+class DumpPlan:
+    """A dump's settings resolved and checked: what is stored (dtype, top-k or codec, views) and how it runs."""
+
+    split: str
+    batch_size: int
+    device: str
+    precision: str  # fp32 or bf16, never auto: the cache records what ran
+    dtype: str
+    topk: int | None
+    codec: Any  # kdcache.cache.lowrank.Codec | None
+    kl_budget: float | None
+    policy: Any  # a kdcache.data.augment policy | None
+    views: ViewConfig
+    progress: bool
+
+    @property
+    def num_views(self) -> int:
+        return self.views.views
+
+    @property
+    def record(self) -> dict[str, Any] | None:
+        """What the cache records of its views (policy, seed, include_original), None without views."""
+        return None if self.policy is None else view_record(self.policy, include_original=self.views.include_original,
+                                                            seed=self.views.seed)
+
+    def request(self, teacher: Teacher, info: DatasetInfo, num_rows: int) -> dict[str, Any]:
+        """What determines the cache's values (dump_request, plus a stated low-rank codec)."""
+        request = dump_request(teacher, info, num_rows, self.precision, self.dtype, self.num_views, self.record,
+                               self.topk)
+        if self.codec is not None:  # a stated rank is part of the request; a chosen one is not known yet (never reused)
+            request.update(targets="lowrank", lowrank_rank=self.codec.rank, lowrank_code_dtype=self.codec.dtype,
+                           lowrank_bits=self.codec.bits if self.codec.dtype == "packed" else None)
+        return request
+
+
+def plan_dump(out: Path, dump: DumpConfig, views: ViewConfig, run: RunOptions) -> DumpPlan:
+    """The dump's settings, resolved; a ConfigError or CacheError for any that cannot work, before the slow part."""
+    codec, kl_budget = None, dump.kl_budget
+    if dump.codec is not None:
+        from kdcache.cache.lowrank import DEFAULT_KL_BUDGET, parse_codec
+
+        codec = parse_codec(dump.codec)
+        if dump.topk is not None or dump.dtype is not None:
+            raise ConfigError("--codec lowrank stores low-rank codes: leave out --top-k and --dtype (the codes' dtype is "
+                              "--codec lowrank:dtype=int8|float16|packed)")
+        kl_budget = DEFAULT_KL_BUDGET if kl_budget is None else kl_budget
+    check_topk(dump.topk)  # the upper bound once the data's classes are known
+    if views.views != 1 and views.augment is None:
+        raise ConfigError(f"--views {views.views} stores augmented views of each image: name their policy with "
+                          "--augment (e.g. --augment shift-flip)")
+    if views.include_original and views.augment is None:
+        raise ConfigError("--include-original makes view 0 of --augment's views the un-augmented image; add --augment")
+    if out.exists() and not (run.overwrite or run.reuse):  # CacheWriter checks again
+        raise CacheError(f"{out} already exists; pass --overwrite to replace it")
+    precision = resolve_precision(dump.precision, resolve_device(dump.device))  # recorded as fp32 or bf16, never auto
+    return DumpPlan(dump.split, dump.batch_size, dump.device, precision, storage_dtype(dump.dtype, dump.topk),
+                    dump.topk, codec, kl_budget, None if views.augment is None else parse_policy(views.augment), views,
+                    run.progress)
+
+
+def dump_data(spec: TeacherSpec, data_cfg: DataConfig, dataset: Any, dump: DumpConfig) -> ImageData:
+    """The rows to dump: the user's Dataset, or a dataset by name (default: the teacher's), read as the teacher was."""
+    if dataset is not None:
+        return dataset_data(dataset, split=dump.split, class_names=dump.class_names, normalize=dump.normalize,
+                            ignore_labels=dump.ignore_labels, workers=data_cfg.workers).head(data_cfg.limit)
+    name, image_size = data_cfg.dataset or default_dataset(spec), data_cfg.image_size
+    if image_size is None and name in (IMAGEFOLDER, UNLABELLED_FOLDER):
+        image_size = default_transform(spec)  # the teacher's own input transform
+    return load_dataset(name, dump.split, data_cfg.data_dir, data_cfg.limit, ignore_labels=dump.ignore_labels,
+                        image_size=image_size, workers=data_cfg.workers, skip_unreadable=data_cfg.skip_unreadable)
+
+
+def ready_teacher(spec: TeacherSpec, module: torch.nn.Module | None, data: ImageData, info: DatasetInfo,
+                  plan: DumpPlan) -> Teacher:
+    """The teacher on this rank's device, in the memory format its precision runs fastest in."""
+    teacher = module_teacher(module, info) if module is not None else load_teacher(spec, info)
+    if getattr(data.images, "dtype", torch.uint8).is_floating_point:  # a user's Dataset whose transform standardised:
+        teacher = replace(teacher, mean=info.mean, std=info.std)  # as they are (0/1), whatever the teacher's own
+    teacher.model.to(dist.current().local_device(resolve_device(plan.device)))
+    if plan.precision == "bf16":
+        teacher.model.to(memory_format=torch.channels_last)
+    return teacher
+
+
+def reused_cache(out: Path, request: dict[str, Any], plan: DumpPlan) -> dict[str, Any] | None:
+    """The summary of the cache at ``out`` when the same request made it (run.reuse), else None (dump again)."""
+    try:
+        meta = read_meta(out)
+    except CacheError:
+        return None
+    if not matches_request(meta, request):
+        return None
+    return {"cache": str(out), "rows": meta.num_samples, "num_classes": meta.num_classes, "dtype": plan.dtype,
+            "topk": plan.topk or 0, "seconds": None, "teacher_label_agreement": None, "bytes": out.stat().st_size,
+            "views": plan.num_views, "reused": True, "request": request}
+
+
+class TeacherRows:
+    """The teacher's logits of dataset rows, batch by batch through the one loader: a pure function of the rows.
+
+    ``batches(rows)`` cuts the rows into batches of ``plan.batch_size`` from their start, so a rank's
+    contiguous range gives exactly the one-process dump's batches; each view's parameters are a pure
+    function of (seed, view, dataset index) (kdcache.data.view_schedule.sample_views).
+    """
+
+    def __init__(self, teacher: Teacher, data: ImageData, plan: DumpPlan, workers: int | None):
+        self.teacher, self.data, self.plan = teacher, data, plan
+        self.device = dist.current().local_device(resolve_device(plan.device))
+        self.raw = LoaderConfig(workers=workers, standardize=False)  # uint8: the teacher standardises its own input
+
+    def batches(self, rows: np.ndarray) -> Iterator[tuple[torch.Tensor, torch.Tensor, np.ndarray | None]]:
+        """(dataset rows (B,), logits (B, [V,] C) float32, view parameters (B, V, P) or None) for each batch."""
+        plan, data = self.plan, self.data
+        spans = [torch.from_numpy(rows[i:i + plan.batch_size]) for i in range(0, len(rows), plan.batch_size)]
+        for span, batch in zip(spans, make_loader(data, self.raw, batches=spans)):
+            if plan.policy is None:
+                yield span, self.teacher.logits(batch.images, self.device, plan.precision), None
+                continue
+            params = sample_views(plan.policy, data.indices[span].numpy(), plan.num_views, plan.views.seed,
+                                  data.info.image_size, plan.views.include_original)  # (B, V, P)
+            yield span, self.teacher.view_logits(batch.images, torch.from_numpy(params), plan.policy, self.device,
+                                                 plan.precision), params
+
+    def logits_of(self, rows: Any) -> np.ndarray:
+        """The logits (n, [V,] C) of dataset rows ``rows`` (a low-rank dump fits its basis on them)."""
+        return torch.cat([logits for _, logits, _ in self.batches(np.asarray(rows))]).float().cpu().numpy()
+
+    def write(self, writer: CacheWriter, rows: range) -> int:
+        """Dataset rows ``rows`` at writer rows 0..; returns how many (row, view)s the teacher's top-1 agrees with."""
+        data, ctx, agree = self.data, dist.current(), 0
+        steps = -(-len(rows) // self.plan.batch_size)
+        batches = track(self.batches(np.arange(rows.start, rows.stop)), total=steps,
+                        desc=f"dump {data.info.name}/{self.plan.split}", enabled=self.plan.progress and ctx.is_main)
+        for span, logits, params in batches:
+            start, stop = int(span[0]), int(span[-1]) + 1
+            writer.write(start - rows.start, logits, data.labels[start:stop], data.indices[start:stop],
+                         data.sample_ids[start:stop], view_params=params)
+            agree += int((logits.argmax(-1) == data.labels[start:stop].view(-1, *([1] * (logits.ndim - 2)))).sum())
+        return agree
+
+
+def write_rows_to(out: Path, layout: CacheLayout, attrs: dict[str, Any], rows: TeacherRows, request: dict[str, Any],
+                  run: RunOptions) -> tuple[int, dict[str, Any]]:
+    """Write every row into ``out`` (a shard per rank under torchrun, then assembled); (agreement, shard summary).
+    A full disk is one StorageError line and leaves nothing at ``out``."""
+    ctx, n = dist.current(), len(rows.data)
     try:
         if ctx.distributed:
-            sharded = dump_sharded(out, ctx, ShardPlan(len(data), batch_size, request, dev.type), layout=layout,
-                                   attrs=writer_opts["attrs"], write_rows=write_rows, overwrite=overwrite)
-            agree = sharded.pop("agree")
-        else:
-            writer = CacheWriter(out, layout, num_samples=len(data), attrs=writer_opts["attrs"], overwrite=True)
-            check_free_space(out, writer.estimated_bytes(), f"the cache {out}")
-            with writer:
-                agree = write_rows(writer, range(len(data)))
+            plan = ShardPlan(n, rows.plan.batch_size, request, rows.device.type)
+            sharded = dump_sharded(out, ctx, plan, layout=layout, attrs=attrs, write_rows=rows.write,
+                                   overwrite=run.overwrite)
+            return sharded.pop("agree"), sharded
+        writer = CacheWriter(out, layout, num_samples=n, attrs=attrs, overwrite=True)
+        check_free_space(out, writer.estimated_bytes(), f"the cache {out}")
+        with writer:
+            return rows.write(writer, range(n)), {}
     except OSError as e:
         message = disk_full_message(e, out, "the cache")
         if message is None:
             raise
         raise StorageError(message) from None
-    seconds = sharded.pop("seconds", None) or time.perf_counter() - t0  # sharded: from when every rank was ready
-    return {"cache": str(out), "rows": len(data), "num_classes": info.num_classes, "dtype": dtype,
-            "topk": topk or 0, "seconds": seconds,
-            **({"lowrank_rank": writer_opts["basis"].rank, "lowrank_kl": writer_opts["lowrank_info"]["kl"]}
-               if lowrank is not None else {}),
-            "teacher_label_agreement": agree / (data.num_labelled * num_views) if data.num_labelled else None,
-            "bytes": out.stat().st_size, "views": num_views, "reused": False, "request": request, **sharded}
