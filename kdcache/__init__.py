@@ -40,6 +40,7 @@ _EXPORTS = {
     "TopK": "cache.targets", "cache_info": "cache.info",
     "UNLABELLED": "identity", "DatasetInfo": "identity",
     "CachedDataset": "data.cached_dataset", "StreamedCachedDataset": "data.cached_dataset", "collate": "data.cached_dataset",
+    "WrapOptions": "data.cached_dataset",
     "load_dataset": "data.datasets", "ReadOptions": "data.datasets", "ImageData": "data.samples",
     "make_loader": "data.loader", "LoaderConfig": "data.loader", "EpochSampler": "data.sampler",
     "kd_loss": "train.loss", "soft_loss": "train.loss", "ModelSpec": "train.models",

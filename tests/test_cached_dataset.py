@@ -11,7 +11,7 @@ from benchmarks import train_batches as memory_batches
 
 from kdcache.cache import write_cache
 from kdcache.cache.targets import TopK
-from kdcache.data.cached_dataset import CachedDataset, StreamedCachedDataset, collate
+from kdcache.data.cached_dataset import CachedDataset, StreamedCachedDataset, WrapOptions, collate
 from kdcache.data.datasets import load_dataset
 from kdcache.data.sampler import EpochSampler
 from kdcache.errors import CacheError, ConfigError
@@ -148,7 +148,7 @@ def test_misaligned_data_is_refused_with_one_line(fmnist, cache_path, data_dir, 
         with pytest.raises(CacheError) as e:
             make()
         assert needle in str(e.value) and "\n" not in str(e.value), str(e.value)
-    assert len(CachedDataset(Edited(), cache_path, check_content=False)) == N  # checks can be switched off
+    assert len(CachedDataset(Edited(), cache_path, options=WrapOptions(check_content=False))) == N  # checks can be switched off
 
 
 def test_datasets_without_targets_labels_or_labels_at_all(fmnist, cache_path):
@@ -166,10 +166,10 @@ def test_datasets_without_targets_labels_or_labels_at_all(fmnist, cache_path):
     ds = CachedDataset(plain, cache_path)
     assert plain.reads == 50 and "label" in ds.alignment.checked
     plain = Plain()
-    CachedDataset(plain, cache_path, labels=fmnist.targets[:50].tolist())
+    CachedDataset(plain, cache_path, options=WrapOptions(labels=fmnist.targets[:50].tolist()))
     assert plain.reads == 0  # labels given: nothing read
     with pytest.raises(CacheError, match="disagree"):
-        CachedDataset(Plain(), cache_path, labels=[0] * 50)
+        CachedDataset(Plain(), cache_path, options=WrapOptions(labels=[0] * 50))
 
     class Images(torch.utils.data.Dataset):  # images only: nothing to compare, the cache's labels come out
         def __len__(self):
@@ -218,7 +218,7 @@ def test_topk_rows_collate_and_train(fmnist, tmp_path, kd, cache_path):
 
 def test_over_the_memory_limit_targets_are_read_from_the_file_giving_the_same_batches(fmnist, cache_path):
     memory = CachedDataset(fmnist, cache_path, indices=range(N))
-    with CachedDataset(fmnist, cache_path, indices=range(N), memory_limit_mb=0.001) as streamed:
+    with CachedDataset(fmnist, cache_path, indices=range(N), options=WrapOptions(memory_limit_mb=0.001)) as streamed:
         assert streamed.streamed and not memory.streamed and "read from the file" in repr(streamed)
         assert streamed.block_rows == memory.block_rows
         assert streamed_epoch(streamed, 0) == streamed_epoch(memory, 0)  # the same order, the same rows

@@ -36,6 +36,7 @@ image would cost more than reading the image.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -53,7 +54,7 @@ from kdcache.data.views import StoredViews, keep_views, student_views
 from kdcache.errors import ConfigError
 from kdcache.identity import UNLABELLED
 
-__all__ = ["CachedDataset", "StreamedCachedDataset", "collate", "cache_targets", "pick_views"]
+__all__ = ["CachedDataset", "StreamedCachedDataset", "WrapOptions", "collate", "cache_targets", "pick_views"]
 
 class SharedEpoch:
     """An epoch number that DataLoader workers see change, persistent workers included.
@@ -106,6 +107,16 @@ def _finish(ds: "CachedDataset", i: int, image: Any, label: Any) -> tuple[Any, A
     return image, label
 
 
+@dataclass(frozen=True)
+class WrapOptions:
+    """How CachedDataset checks a cache against your dataset and where it keeps the targets (rarely changed)."""
+
+    labels: Sequence[int] | None = None  # the samples' labels, if dataset.targets lacks them (else read once)
+    check_labels: bool = True  # False: skip the label check (see align_dataset)
+    check_content: bool = True  # False: skip content ids and the fingerprint
+    memory_limit_mb: float = CACHE_MEMORY_LIMIT_MB  # targets bigger (as float32) are read from the file (0: always)
+
+
 class CachedDataset(Dataset):
     """``(image, label, teacher_targets)`` for each item of a map-style dataset, targets from a kdcache cache.
 
@@ -117,16 +128,13 @@ class CachedDataset(Dataset):
             dataset indices; a ``Subset``'s are mapped back to the split).
         indices: only these items of ``dataset`` (e.g. a labelled subset), in this order.
         transform, target_transform: applied to the image and the label, as in torchvision.
-        labels: the samples' labels for the alignment check, if ``dataset.targets`` lacks them
-            (otherwise they are read from the dataset once, which loads every image).
-        check_labels, check_content: turn those checks off (see ``align_dataset``).
-        memory_limit_mb: targets bigger than this (as float32) are read from the file as batches
-            ask for them instead of held in memory (0: always).
         cache_views: a cache with views: use only the first K' of its K views (train-student's
             ``--cache-views``).
         seed: a cache with views: the seed of the view schedule. With train-student's ``--seed``,
             item ``i`` shows in each epoch the view that run shows its row ``i`` (the same sample
             when the items are the split's samples in order, e.g. ``indices=range(n)``).
+        options: how the cache is checked and held (``WrapOptions``: labels to check against,
+            checks switched off, the memory limit past which targets are read from the file).
 
     The alignment is checked once, here, with LogitCache.align's rule and one-line errors
     (CacheError). With views, call ``set_epoch`` every epoch, and give ``dataset`` images as
@@ -137,8 +145,9 @@ class CachedDataset(Dataset):
 
     def __init__(self, dataset: Any, cache_path: str | os.PathLike, *, indices: Sequence[int] | None = None,
                  transform: Callable | None = None, target_transform: Callable | None = None,
-                 labels: Sequence[int] | None = None, check_labels: bool = True, check_content: bool = True,
-                 memory_limit_mb: float = CACHE_MEMORY_LIMIT_MB, cache_views: int | None = None, seed: int = 0):
+                 cache_views: int | None = None, seed: int = 0, options: "WrapOptions | None" = None):
+        options = options or WrapOptions()
+        labels, memory_limit_mb = options.labels, options.memory_limit_mb
         self.dataset, self.data, self.plan, self.views, self.alignment = dataset, None, None, None, None
         self.transform, self.target_transform = transform, target_transform
         self._epoch = SharedEpoch()
@@ -151,8 +160,8 @@ class CachedDataset(Dataset):
         self.base, idx = unwrap(dataset, indices)
         with open_cache(cache_path) as cache:
             self.cache_path, self.cache_summary = cache.path, repr(cache)
-            self.alignment = align_dataset(cache, self.base, idx, labels=labels, check_labels=check_labels,
-                                           check_content=check_content)
+            self.alignment = align_dataset(cache, self.base, idx, labels=labels, check_labels=options.check_labels,
+                                           check_content=options.check_content)
             self.views = stored_views(cache, self.alignment, self.base, cache_views, seed)
             self.targets = cache_targets(cache, self.alignment.rows, self.views and self.views.num_views,
                                          memory_limit_mb)
@@ -353,7 +362,5 @@ class StreamedCachedDataset(CachedDataset):
     """
 
     def __init__(self, dataset: Any, cache_path: str | os.PathLike, **kwargs: Any):
-        if "memory_limit_mb" in kwargs:
-            raise ConfigError("StreamedCachedDataset always reads targets from the file: leave out memory_limit_mb "
-                              "(CachedDataset takes it)")
-        super().__init__(dataset, cache_path, memory_limit_mb=0.0, **kwargs)
+        options = kwargs.pop("options", None) or WrapOptions()
+        super().__init__(dataset, cache_path, options=replace(options, memory_limit_mb=0.0), **kwargs)
