@@ -202,7 +202,7 @@ def student_epoch(data, args: argparse.Namespace, loss_fn, teacher_logits=None, 
     cfg = TrainConfig(epochs=1, batch_size=args.batch_size, lr=lr, device="cpu")
     opt, sched = build_optimizer(model, cfg, len(batches))
     t0 = time.perf_counter()
-    train_one_epoch(model, batches, loss_fn, opt, sched, CPU)
+    train_one_epoch(model, batches, loss_fn, (opt, sched), CPU)
     return time.perf_counter() - t0
 
 

@@ -65,10 +65,10 @@ def epoch_seconds(model: torch.nn.Module, data: ImageData, device: torch.device,
     cfg = TEACHER_TRAIN
     opt, sched = build_optimizer(model, cfg, len(batches) + warmup)
     warm = train_batches(data.head(batch_size * warmup), batch_size, device=device, channels_last=precision == "bf16")
-    train_one_epoch(model, warm, cross_entropy_loss, opt, sched, device, precision)
+    train_one_epoch(model, warm, cross_entropy_loss, (opt, sched), device, precision)
     _sync(device)
     t0 = time.perf_counter()
-    train_one_epoch(model, batches, cross_entropy_loss, opt, sched, device, precision)  # ends with a sync (.item)
+    train_one_epoch(model, batches, cross_entropy_loss, (opt, sched), device, precision)  # ends with a sync (.item)
     _sync(device)
     return time.perf_counter() - t0
 

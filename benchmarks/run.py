@@ -73,7 +73,7 @@ def student_epoch(data: ImageData, batch_size: int, loss_fn, teacher_logits=None
         batches = OnlineTeacher(batches, teacher)
     opt, sched = build_optimizer(model, TrainConfig(epochs=1, batch_size=batch_size, device="cpu"), len(batches))
     t0 = time.perf_counter()
-    train_one_epoch(model, batches, loss_fn, opt, sched, CPU)
+    train_one_epoch(model, batches, loss_fn, (opt, sched), CPU)
     return time.perf_counter() - t0
 
 

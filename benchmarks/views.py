@@ -212,7 +212,7 @@ def epoch_seconds(arch: str, batches, loss_fn, seed: int) -> float:
     model = build_model(arch)
     opt, sched = build_optimizer(model, replace(STUDENT_TRAIN, epochs=1, device="cpu"), len(batches))
     t0 = time.perf_counter()
-    train_one_epoch(model, batches, loss_fn, opt, sched, CPU)
+    train_one_epoch(model, batches, loss_fn, (opt, sched), CPU)
     return time.perf_counter() - t0
 
 

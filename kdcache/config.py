@@ -128,9 +128,6 @@ CACHE_MEMORY_LIMIT_MB = 2048.0  # caches bigger than this (as float32) are strea
 # resumed dump can leave ranks whose shards are done waiting while another rank redoes its whole shard;
 # a rank that dies breaks the wait at once (its connection closes), only a hung one runs into this.
 DIST_TIMEOUT_S = 6 * 3600.0
-# A streamed cache is cut into at least this many blocks per rank, so the ranks' shares (whole blocks)
-# differ by at most ~1/64 of a share and evening out the ranks' step counts drops little.
-STREAM_MIN_BLOCKS_PER_RANK = 64
 
 
 @dataclass(frozen=True)

@@ -69,14 +69,6 @@ def test_sequential_pass_is_file_order(path):
     assert np.array_equal(epoch_rows(LogitStream(path, shuffle=False), 0), np.arange(103))
 
 
-def test_rank_partition_is_disjoint_and_complete(path):
-    parts = [epoch_rows(LogitStream(path, seed=3, rank=r, world_size=3), 2) for r in range(3)]
-    joined = np.concatenate(parts)
-    assert len(joined) == 103 and len(set(joined.tolist())) == 103
-    with pytest.raises(Exception, match="rank"):
-        LogitStream(path, rank=3, world_size=3)
-
-
 def test_subset_of_rows_with_values(path):
     rows = np.array([5, 6, 7, 50, 90, 91])
     stream = LogitStream(path, rows=rows, values=rows * 10, buffer_blocks=1)

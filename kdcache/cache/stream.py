@@ -14,10 +14,7 @@ sequential speed, with memory bounded by one buffer (``buffer_blocks`` chunks,
 
 ``LogitStream`` is a torch ``IterableDataset`` yielding shuffled buffers; it works in
 DataLoader worker processes (each opens its own cache handle lazily, in its own
-process; the order does not depend on how many) and takes a ``rank``/``world_size``
-partition (disjoint sets of blocks, together all of them) for distributed training;
-ranks' shares differ by at most one block, so a distributed loop must still even out
-its step counts. ``iter_batches`` cuts its buffers into batches of exactly ``batch_size``
+process; the order does not depend on how many). ``iter_batches`` cuts its buffers into batches of exactly ``batch_size``
 rows. ``ConcatStream`` is one such stream over several caches: their blocks share one random
 order and the same buffers. These serve whole-file passes (benchmarks, tools).
 
@@ -60,9 +57,6 @@ class LogitStream(IterableDataset):
         seed: with ``epoch`` (see ``set_epoch``) fixes the order; every rank must use the same seed.
         buffer_blocks: blocks pooled and shuffled together (memory: this many chunks).
         block_rows: rows per block (default: the cache's chunk rows, so a block is one chunk).
-        rank, world_size: serve only this rank's share of the blocks (disjoint, together all).
-        min_blocks: with the default ``block_rows``, use blocks smaller than a chunk when the
-            rows would otherwise make fewer blocks than this (so ranks' shares stay even).
         rdcc_nbytes: HDF5 chunk cache size per handle (0: none; whole-chunk reads do not need one).
 
     Use as a context manager (or call ``close``) to release the file handle.
@@ -70,18 +64,13 @@ class LogitStream(IterableDataset):
 
     def __init__(self, path: str | os.PathLike, *, rows: np.ndarray | None = None, values: np.ndarray | None = None,
                  shuffle: bool = True, seed: int = 0, buffer_blocks: int = DEFAULT_BUFFER_BLOCKS,
-                 block_rows: int | None = None, rank: int = 0, world_size: int = 1, rdcc_nbytes: int = 0,
-                 min_blocks: int = 1):
-        if not 0 <= rank < world_size:
-            raise ConfigError(f"rank must be in 0..world_size-1, got rank {rank} of {world_size}")
+                 block_rows: int | None = None, rdcc_nbytes: int = 0):
         if buffer_blocks < 1:
             raise ConfigError(f"buffer_blocks must be >= 1, got {buffer_blocks}")
         self.path = os.fspath(path)
         with LogitCache(self.path) as c:  # closed before any fork; workers reopen
             self.num_rows, self.kind = len(c), c.kind
-            wanted = self.num_rows if rows is None else len(rows)
-            small = max(1, wanted // min_blocks) if min_blocks > 1 else c.chunk_rows
-            self.block_rows = int(block_rows or min(c.chunk_rows, small))
+            self.block_rows = int(block_rows or c.chunk_rows)
             first = c.read_span(0, 1)
             self.full_shape = first.shape[1:] if c.kind == "logits" else None  # ([V,] C)
             self.row_shape = tuple(first.shape[1:] if c.kind == "logits" else first.logits.shape[1:])  # ([V,] C or k)
@@ -102,7 +91,7 @@ class LogitStream(IterableDataset):
         self.blocks, self.block_starts = np.unique(block_of, return_index=True)
         self.block_stops = np.append(self.block_starts[1:], len(self.rows))
         self.shuffle, self.seed, self.buffer_blocks = shuffle, seed, buffer_blocks
-        self.rank, self.world_size, self.rdcc_nbytes = rank, world_size, rdcc_nbytes
+        self.rdcc_nbytes = rdcc_nbytes
         self.epoch = 0
         self._cache: LogitCache | None = None
         self._fd: int | None = None
@@ -117,23 +106,9 @@ class LogitStream(IterableDataset):
     def _rng(self, *key: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, self.epoch, *key])
 
-    def rank_blocks(self) -> np.ndarray:
-        """Positions into ``self.blocks`` that this rank reads this epoch, in reading order."""
-        order = self._rng(0).permutation(len(self.blocks)) if self.shuffle else np.arange(len(self.blocks))
-        return order[self.rank::self.world_size]
-
-    def num_rank_rows(self) -> int:
-        """Rows this rank serves this epoch (differs between ranks by at most one block)."""
-        b = self.rank_blocks()
-        return int((self.block_stops[b] - self.block_starts[b]).sum())
-
-    def min_rank_rows(self) -> int:
-        """The fewest rows any rank can get in any epoch: its whole-block share made of the smallest blocks.
-
-        What a distributed loop can serve on every rank, every epoch, without padding.
-        """
-        sizes = np.sort(self.block_stops - self.block_starts)
-        return int(sizes[:len(sizes) // self.world_size].sum())
+    def block_order(self) -> np.ndarray:
+        """Positions into ``self.blocks`` in this epoch's reading order."""
+        return self._rng(0).permutation(len(self.blocks)) if self.shuffle else np.arange(len(self.blocks))
 
     # -- reading ----------------------------------------------------------------------------------
 
@@ -209,7 +184,7 @@ class LogitStream(IterableDataset):
         return self.values[s:e], targets
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, Targets]]:
-        mine = self.rank_blocks()
+        mine = self.block_order()
         n = self.buffer_blocks
         groups = [mine[i:i + n] for i in range(0, len(mine), n)]  # buffer k holds groups[k]
         info = get_worker_info()
@@ -227,7 +202,7 @@ class LogitStream(IterableDataset):
                 continue
             values, targets = self._buffer(groups[k])
             if self.shuffle:
-                perm = self._rng(1, self.rank, k).permutation(len(values))
+                perm = self._rng(1, 0, k).permutation(len(values))
                 values, targets = values[perm], targets[perm]
             yield torch.from_numpy(values), as_tensors(targets)
 
@@ -246,7 +221,7 @@ class LogitStream(IterableDataset):
             values.append(self.values[s:e])
         codes, cache_rows, vals = Codes.concat(parts), np.concatenate(rows), np.concatenate(values)
         if self.shuffle:
-            perm = self._rng(1, self.rank, k).permutation(len(vals))
+            perm = self._rng(1, 0, k).permutation(len(vals))
             codes, cache_rows, vals = codes.take(perm), cache_rows[perm], vals[perm]
         for s in range(0, len(vals), DECODE_ROWS):
             piece = slice(s, s + DECODE_ROWS)
@@ -284,9 +259,7 @@ class ConcatStream(LogitStream):
     """
 
     def __init__(self, parts: Sequence[LogitStream], *, shuffle: bool = True, seed: int = 0,
-                 buffer_blocks: int = DEFAULT_BUFFER_BLOCKS, rank: int = 0, world_size: int = 1):
-        if not 0 <= rank < world_size:
-            raise ConfigError(f"rank must be in 0..world_size-1, got rank {rank} of {world_size}")
+                 buffer_blocks: int = DEFAULT_BUFFER_BLOCKS):
         if buffer_blocks < 1:
             raise ConfigError(f"buffer_blocks must be >= 1, got {buffer_blocks}")
         first = parts[0]
@@ -305,7 +278,7 @@ class ConcatStream(LogitStream):
         self.block_starts = self.block_stops - sizes
         self.blocks = np.arange(len(sizes))
         self.shuffle, self.seed, self.buffer_blocks = shuffle, seed, buffer_blocks
-        self.rank, self.world_size, self.epoch = rank, world_size, 0
+        self.epoch = 0
         self._cache, self._fd, self._pid = None, None, None
 
     def read_block(self, b: int, out: np.ndarray | None = None) -> tuple[np.ndarray, Targets]:

@@ -72,7 +72,7 @@ from kdcache.train.checkpoint import (
     save_checkpoint,
 )
 from kdcache.train.health import chance_warnings, loss_warnings
-from kdcache.train.loop import cross_entropy_loss, evaluate, fit
+from kdcache.train.loop import FitHooks, cross_entropy_loss, evaluate, fit
 from kdcache.train.models import ModelSpec, count_parameters
 from kdcache.train.resume import matching_state, resume_path_for, save_resume_state
 
@@ -160,9 +160,8 @@ def _train_and_save(job: _Training, out: str | os.PathLike, run: RunOptions) -> 
         t0 = time.perf_counter()
         try:
             history = fit(model, batches, job.loss_fn, cfg, eval_data=val_data if val_data is not None else test_data,
-                          eval_name="val" if val_data is not None else "test", progress=run.progress,
-                          desc=f"{role} {spec.name}", resume=state,
-                          save_state=save_state)
+                          eval_name="val" if val_data is not None else "test",
+                          hooks=FitHooks(f"{role} {spec.name}", run.progress, resume=state, save_state=save_state))
         finally:
             close = getattr(batches, "close", None)  # streamed targets' file handles
             if close is not None:

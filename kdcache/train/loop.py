@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -80,20 +81,23 @@ class DivergenceWatch:
             raise Diverged(f"loss {loss:.4g}, {loss / max(start, 1e-3):.1f}x its {start:.3g} at the start")
 
 
-def train_one_epoch(model: nn.Module, batches: Iterable[Batch], loss_fn: LossFn, optimizer, scheduler,
-                    device: torch.device, precision: str = "fp32", progress: bool = False,
-                    desc: str = "train", watch: "DivergenceWatch | None" = None) -> dict[str, float]:
+def train_one_epoch(model: nn.Module, batches: Iterable[Batch], loss_fn: LossFn, optim: tuple[Any, Any],
+                    device: torch.device, precision: str = "fp32", desc: str | None = None,
+                    watch: "DivergenceWatch | None" = None) -> dict[str, float]:
     """One pass over ``batches``; returns mean loss and accuracy (on the rows that have a label).
 
-    ``watch`` (one per run, so the reference is the untrained model's loss) stops a run that blows up.
+    ``optim`` is (optimizer, scheduler), as ``build_optimizer`` returns them; ``desc`` names a progress
+    bar (None: none). ``watch`` (one per run, so the reference is the untrained model's loss) stops a run
+    that blows up.
     """
+    optimizer, scheduler = optim
     model.train()
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     labelled = torch.zeros((), device=device, dtype=torch.int64)
     seen = 0
     watch = watch if watch is not None else DivergenceWatch()
-    for step, batch in enumerate(track(batches, desc=desc, enabled=progress)):
+    for step, batch in enumerate(track(batches, desc=desc or "train", enabled=desc is not None)):
         with autocast(device, precision):
             outputs = model(batch.images)
         loss = loss_fn(outputs, batch)
@@ -166,25 +170,35 @@ def _evaluate_sums(model: nn.Module, data: ImageData, batch_size: int, device: t
     return np.concatenate([[total_loss], hits.cpu().numpy(), counts.cpu().numpy()]).astype(np.float64)
 
 
+@dataclass(frozen=True)
+class FitHooks:
+    """What a run does around its epochs: a progress bar, a report after each epoch, its resume state."""
+
+    desc: str = "train"  # names the progress bar
+    progress: bool = False
+    on_epoch: Callable[[dict], None] | None = None  # called with each epoch's metrics row
+    resume: dict | None = None  # a state save_state was given: continue after its epoch
+    save_state: Callable[[dict], None] | None = None  # rank 0, after every epoch (kdcache.train.resume)
+
+
 def fit(model: nn.Module, batches: BatchSource, loss_fn: LossFn, cfg: TrainConfig, *,
-        eval_data: ImageData | None = None, progress: bool = False, desc: str = "train",
-        on_epoch: Callable[[dict], None] | None = None, eval_name: str = "test",
-        resume: dict | None = None, save_state: Callable[[dict], None] | None = None) -> list[dict]:
+        eval_data: ImageData | None = None, eval_name: str = "test", hooks: FitHooks = FitHooks()) -> list[dict]:
     """Train for ``cfg.epochs``; returns one metrics dict per epoch (train and, if given, eval).
 
     ``eval_name`` prefixes the evaluation's keys (``test_accuracy``, or ``val_accuracy`` when
-    the per-epoch evaluation is on a validation split). ``on_epoch(row)`` is called after each epoch.
+    the per-epoch evaluation is on a validation split). ``hooks.on_epoch(row)`` is called after each epoch.
 
     Under torchrun (kdcache.dist) the model trains as DistributedDataParallel on every rank's
     ``batches`` (its share of each global batch); train loss and accuracy are summed over
     ranks, every rank evaluates a shard of ``eval_data`` (``evaluate``), and every rank returns rank 0's history.
 
-    ``save_state(state)`` (rank 0) gets, after every epoch, what continuing needs (``resume_state``:
-    tensors and plain values); ``resume`` (such a state, on every rank) continues after its epoch. The
+    ``hooks.save_state(state)`` (rank 0) gets, after every epoch, what continuing needs (``resume_state``:
+    tensors and plain values); ``hooks.resume`` (such a state, on every rank) continues after its epoch. The
     batches' order and views are pure functions of (seed, epoch) and the RNG state is restored, so a
     resumed run ends with the weights of one never stopped.
     """
     cfg = cfg.settled()  # called directly, without a job to fill the role's settings
+    resume, save_state, on_epoch = hooks.resume, hooks.save_state, hooks.on_epoch
     ctx = dist.current()
     device = ctx.local_device(resolve_device(cfg.device))
     precision = resolve_precision(cfg.precision, device)
@@ -209,9 +223,9 @@ def fit(model: nn.Module, batches: BatchSource, loss_fn: LossFn, cfg: TrainConfi
         t0 = time.perf_counter()
         batches.set_epoch(epoch - 1)  # the order and views of this epoch, explicitly (no hidden counters)
         with ctx.steps():
-            train = train_one_epoch(net, ctx.checked(batches), loss_fn, optimizer, scheduler, device, precision,
-                                    progress=progress and ctx.is_main, desc=f"{desc} epoch {epoch}/{cfg.epochs}",
-                                    watch=watch)
+            desc = f"{hooks.desc} epoch {epoch}/{cfg.epochs}" if hooks.progress and ctx.is_main else None
+            train = train_one_epoch(net, ctx.checked(batches), loss_fn, (optimizer, scheduler), device, precision,
+                                    desc=desc, watch=watch)
         ctx.check()
         loss_sum, seen, correct, labelled = ctx.sum([train["loss_sum"], train["samples"], train["correct"],
                                                      train["labelled"]])
