@@ -103,7 +103,7 @@ def dump_logits_cmd(teacher: str | None, out: str, quiet: bool, class_names_file
     names = read_class_names(class_names_file) if class_names_file else None
     dataset = None
     if dataset_factory is not None:
-        from kdcache.jobs.foreign import dataset_from_factory
+        from kdcache.jobs.dump import dataset_from_factory
 
         if kw["dataset"] is not None:
             raise ConfigError("name the data once: --dataset NAME or --dataset-factory MODULE:FUNCTION")

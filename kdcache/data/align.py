@@ -17,7 +17,8 @@ from torch.utils.data import Subset
 
 from kdcache.cache import LogitCache
 from kdcache.data.datasets import BUILTIN
-from kdcache.data.folders import folder_files, hash_files
+from kdcache.data.folders import folder_files
+from kdcache.data.user_data import item_digests
 from kdcache.errors import CacheError, ConfigError
 from kdcache.identity import UNLABELLED, DatasetInfo, fingerprint_for, sample_ids_for
 
@@ -107,10 +108,15 @@ def align_dataset(cache: LogitCache, dataset: Any, idx: np.ndarray, *, labels: S
     - with ``dataset.classes``: the class names, in order (not for a cache without labels: its
       classes are the teacher's, which images read unlabelled need not share);
     - ImageFolder-like datasets (``.samples`` paths + ``.root``): each row's content id, from the file's
-      relative path, bytes and label, so another set of images in the same layout is refused;
+      relative path, bytes and label (kdcache.data.user_data.item_digests, the rule a dump of such a
+      dataset used), so another set of images in the same layout is refused;
     - torchvision MNIST-style datasets (``.data`` uint8 (N, H, W) + ``.targets``: MNIST, FashionMNIST):
       each row's content id (kdcache's own sample ids) and, for a built-in dataset, its name, split
       and the fingerprint of the whole split.
+
+    Any other dataset's items are what its transform made of the sample, so their bytes identify the
+    transform as much as the sample: no content id is compared there (a cache dumped with one transform
+    trains a student that reads another), only coverage, labels and class names.
     """
     checked = ["index"]
     if labels is not None:
@@ -141,9 +147,8 @@ def align_dataset(cache: LogitCache, dataset: Any, idx: np.ndarray, *, labels: S
     images = mnist_style(dataset) if check_content else None
     files = folder_files(dataset) if check_content and images is None else None
     if files is not None and data_labels is not None:  # an ImageFolder: rows are files (relative path + bytes)
-        paths, keys = files
-        digests, _ = hash_files([paths[i] for i in idx])
-        ids = sample_ids_for(digests, compare, [keys[i] for i in idx])
+        digests, _, keys = item_digests(dataset, idx)  # the rule dump_logits(dataset=...) hashes them with
+        ids = sample_ids_for(digests, compare, keys)
         checked.append("content id")
     if images is not None:
         all_labels = dataset_labels(dataset, np.arange(len(images)))

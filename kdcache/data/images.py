@@ -167,7 +167,7 @@ class FileImages:
     def __getitem__(self, rows: Any) -> torch.Tensor:
         if isinstance(rows, (int, np.integer)):  # one image (C, H, W), as a tensor's [i] gives
             return self[[int(rows)]][0]
-        pos = _positions(rows, len(self))
+        pos = positions(rows, len(self))
         if len(pos) == 0:
             return torch.empty((0,) + self.shape[1:], dtype=torch.uint8)
         return torch.from_numpy(np.stack([self.decode(int(i)) for i in pos]))
@@ -177,7 +177,7 @@ class FileImages:
         return open_image(self.root / self.relpaths[i], self.transform)
 
     def subset(self, rows: Any) -> "FileImages":
-        return FileImages(self.root, [self.relpaths[int(i)] for i in _positions(rows, len(self))], self.transform)
+        return FileImages(self.root, [self.relpaths[int(i)] for i in positions(rows, len(self))], self.transform)
 
     def __repr__(self) -> str:
         return f"FileImages({str(self.root)!r}, {len(self)} files, {self.transform.record()})"
@@ -198,7 +198,7 @@ class ConcatImages:
         return int(self.offsets[-1])
 
     def __getitem__(self, rows: Any) -> torch.Tensor:
-        pos = _positions(rows, len(self))
+        pos = positions(rows, len(self))
         part = np.searchsorted(self.offsets, pos, side="right") - 1
         out = torch.empty((len(pos),) + self.shape[1:], dtype=torch.uint8)
         for p in np.unique(part):
@@ -207,7 +207,7 @@ class ConcatImages:
         return out
 
     def subset(self, rows: Any) -> Any:
-        pos = _positions(rows, len(self))
+        pos = positions(rows, len(self))
         part = np.searchsorted(self.offsets, pos, side="right") - 1
         if len(pos) and (part == part[0]).all():
             return subset(self.parts[part[0]], pos - self.offsets[part[0]])
@@ -228,13 +228,13 @@ class _Gathered:
         return len(self.pos)
 
     def __getitem__(self, rows: Any) -> torch.Tensor:
-        return self.base[torch.from_numpy(self.pos[_positions(rows, len(self))])]
+        return self.base[torch.from_numpy(self.pos[positions(rows, len(self))])]
 
     def subset(self, rows: Any) -> "_Gathered":
-        return _Gathered(self.base, self.pos[_positions(rows, len(self))])
+        return _Gathered(self.base, self.pos[positions(rows, len(self))])
 
 
-def _positions(rows: Any, n: int) -> np.ndarray:
+def positions(rows: Any, n: int) -> np.ndarray:
     """Rows (a slice, an int, an index tensor or array, a list) as an int64 array of positions."""
     if isinstance(rows, slice):
         return np.arange(n)[rows]

@@ -26,12 +26,12 @@ from kdcache.data.datasets import load_dataset
 from kdcache.data.folders import IMAGEFOLDER, UNLABELLED_FOLDER
 from kdcache.data.loader import LoaderConfig, make_loader
 from kdcache.data.samples import ImageData
+from kdcache.data.user_data import ACCEPTED_DATASET, dataset_data, is_dataset
 from kdcache.data.view_schedule import sample_views
 from kdcache.device import resolve_device, resolve_precision
 from kdcache.errors import CacheError, ConfigError, StorageError
 from kdcache.files import check_free_space, disk_full_message
 from kdcache.identity import DatasetInfo
-from kdcache.jobs.foreign import check_inputs, dataset_data, module_teacher
 from kdcache.progress import track
 from kdcache.train.teacher import (
     Teacher,
@@ -39,8 +39,20 @@ from kdcache.train.teacher import (
     default_dataset,
     default_transform,
     load_teacher,
+    module_teacher,
     with_teacher_classes,
 )
+
+ACCEPTED_TEACHER = "a kdcache checkpoint path, a TeacherSpec (factory + weights) or a torch.nn.Module"
+
+
+def check_inputs(teacher: Any, dataset: Any) -> None:
+    """One-line ConfigError for a teacher or dataset of a kind dump_logits does not take (named by type, never repr)."""
+    if teacher is not None and not isinstance(teacher, (str, os.PathLike, torch.nn.Module, TeacherSpec)):
+        raise ConfigError(f"teacher: got a {type(teacher).__name__}; give {ACCEPTED_TEACHER}")
+    if dataset is not None and not is_dataset(dataset):
+        raise ConfigError(f"dataset: got a {type(dataset).__name__}; give {ACCEPTED_DATASET}")
+
 
 
 def cache_attrs(teacher: Teacher, info: DatasetInfo, precision: str) -> dict[str, Any]:
@@ -111,7 +123,7 @@ def dump_logits(teacher: "str | os.PathLike | torch.nn.Module | TeacherSpec | No
     a kdcache checkpoint's, or ``dump.class_names`` for a factory teacher.
     Returns a summary (path, rows, seconds, teacher top-1 agreement with the labels: None without labels).
 
-    Your own model and data (kdcache.jobs.foreign): ``teacher`` may be any ``torch.nn.Module`` (run in eval
+    Your own model and data (kdcache.train.teacher.module_teacher, kdcache.data.user_data): ``teacher`` may be any ``torch.nn.Module`` (run in eval
     mode; the cache records ``module:<class>`` and a SHA-256 of its state dict) and ``dataset`` any
     map-style ``torch.utils.data.Dataset`` of ``(image, label[, ...])`` items, e.g. torchvision's
     ``ImageFolder(root, transform=Compose([Resize(S), CenterCrop(S), PILToTensor()]))``: images are
@@ -142,7 +154,7 @@ def dump_logits(teacher: "str | os.PathLike | torch.nn.Module | TeacherSpec | No
     """
     out = Path(out)
     plan = plan_dump(out, dump, views, run)  # every refusal of the settings, before anything is loaded
-    check_inputs(teacher, dataset)  # a module and a Dataset object are kdcache.jobs.foreign's; anything else: one line
+    check_inputs(teacher, dataset)  # a module, a Dataset object or a path; anything else: one line
     module = teacher if isinstance(teacher, torch.nn.Module) else None
     spec = teacher if isinstance(teacher, TeacherSpec) or module is not None else TeacherSpec(
         checkpoint=None if teacher is None else os.fspath(teacher))
@@ -336,3 +348,20 @@ def write_rows_to(out: Path, layout: CacheLayout, attrs: dict[str, Any], rows: T
         if message is None:
             raise
         raise StorageError(message) from None
+
+
+def dataset_from_factory(target: str, option: str = "--dataset-factory") -> Any:
+    """The map-style Dataset that ``package.module:function`` returns; anything it raises, or returns that is
+    no map-style Dataset, is one ConfigError line."""
+    from kdcache.train.models import import_factory
+
+    fn = import_factory(target, option)
+    try:
+        dataset = fn()
+    except Exception as e:  # the team's code: any failure is one line
+        first = (str(e).splitlines() or [""])[0][:200]
+        raise ConfigError(f"{option} {target} failed ({type(e).__name__}: {first})") from None
+    if not is_dataset(dataset):
+        raise ConfigError(f"{option} {target} returned a {type(dataset).__name__}, not a map-style Dataset (one with "
+                          "__len__ and __getitem__, e.g. torchvision.datasets.ImageFolder)")
+    return dataset

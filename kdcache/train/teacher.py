@@ -15,6 +15,7 @@ train split's statistics), the same preprocessing the student gets.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from dataclasses import dataclass, replace
 from typing import Any
@@ -203,3 +204,23 @@ def load_teacher(spec: TeacherSpec, info: DatasetInfo) -> Teacher:
               "mean": list(info.mean), "std": list(info.std)}
     return Teacher(model=model, arch=f"factory:{spec.factory}", sha256=sha256_file(spec.weights),
                    mean=tuple(info.mean), std=tuple(info.std), config=config)
+
+
+def state_sha256(module: nn.Module) -> str:
+    """SHA-256 over the state dict in key order: each key, dtype, shape and tensor bytes."""
+    h = hashlib.sha256()
+    for key, value in module.state_dict().items():
+        t = value.detach().cpu().contiguous()
+        h.update(f"{key}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def module_teacher(module: nn.Module, info: DatasetInfo) -> Teacher:
+    """An nn.Module as a Teacher (eval mode) that sees ``info``'s standardisation; checked on the data's input shape."""
+
+    cls = type(module)
+    arch = f"module:{cls.__module__}.{cls.__qualname__}"
+    check_output_shape(module, info.num_classes, info.in_channels, tuple(info.image_size), arch)
+    return Teacher(model=module.eval(), arch=arch, sha256=state_sha256(module), mean=tuple(info.mean),
+                   std=tuple(info.std), config={})

@@ -1,4 +1,4 @@
-"""dump_logits with a user's own nn.Module and map-style Dataset (kdcache.jobs.foreign)."""
+"""dump_logits with a user's own nn.Module and map-style Dataset (kdcache.data.user_data, kdcache.train.teacher.module_teacher)."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,15 +1,16 @@
-"""A user's own Dataset and nn.Module as kdcache's ImageData and Teacher (``dump_logits(model, out, dataset=ds)``).
+"""A user's own map-style Dataset as kdcache's ImageData (``dump_logits(model, out, dataset=ds)``), and its row ids.
 
 A map-style Dataset of ``(image, label[, ...])`` items becomes an ImageData whose pixels are read
-item by item on demand (``DatasetImages``, through kdcache.data.loader's DataLoader workers); an
-nn.Module becomes a Teacher identified by a hash of its state dict. Images are tensors (C, H, W),
-uint8 (standardised here with ``normalize``, ImageNet's by default) or float (used exactly as the
-dataset returns them: the cache records mean 0, std 1), or PIL images (PILToTensor, uint8).
+item by item on demand (``DatasetImages``, through kdcache.data.loader's DataLoader workers).
+Images are tensors (C, H, W), uint8 (standardised here with ``normalize``, ImageNet's by default)
+or float (used exactly as the dataset returns them: the cache records mean 0, std 1), or PIL
+images (PILToTensor, uint8).
 
-Row ids: an ImageFolder-like dataset (``.samples`` of (path, class) and ``.root``) is hashed as
-kdcache.data.folders hashes a folder (relative path, file bytes, label), so the same folder gives
-the same ids and fingerprint whether kdcache or torchvision lists it; any other dataset hashes each
-item's image tensor (dtype, shape, bytes) and label, in one pass through a DataLoader.
+Row ids, one rule (``dataset_ids``) for dumping a user's dataset and for aligning one with a cache
+(kdcache.data.align): an ImageFolder-like dataset (``.samples`` of (path, class) and ``.root``) is
+hashed as kdcache.data.folders hashes a folder (relative path, file bytes, label), so the same folder
+gives the same ids and fingerprint whether kdcache or torchvision lists it; any other dataset hashes
+each item's image tensor (dtype, shape, bytes) and label, in one pass through a DataLoader.
 """
 from __future__ import annotations
 
@@ -19,18 +20,15 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from torch import nn
 from torch.utils.data import DataLoader
 
 from kdcache.data.folders import IMAGENET_MEAN, IMAGENET_STD, folder_files, hash_files
-from kdcache.data.images import _positions
+from kdcache.data.images import positions
 from kdcache.data.loader import resolve_workers
 from kdcache.data.samples import ImageData
 from kdcache.errors import ConfigError, DataError
 from kdcache.identity import UNLABELLED, DatasetInfo, fingerprint_for, sample_ids_for
-from kdcache.train.teacher import Teacher, TeacherSpec
 
-ACCEPTED_TEACHER = "a kdcache checkpoint path, a TeacherSpec (factory + weights) or a torch.nn.Module"
 ACCEPTED_DATASET = ("a map-style torch Dataset of (image, label) items (a dataset by name goes in "
                     "data_cfg=DataConfig(dataset=...))")
 
@@ -38,14 +36,6 @@ ACCEPTED_DATASET = ("a map-style torch Dataset of (image, label) items (a datase
 def is_dataset(obj: Any) -> bool:
     """A map-style dataset: has __len__ and __getitem__ (and is no string, which kdcache reads as a name)."""
     return not isinstance(obj, (str, bytes, os.PathLike)) and hasattr(obj, "__len__") and hasattr(obj, "__getitem__")
-
-
-def check_inputs(teacher: Any, dataset: Any) -> None:
-    """One-line ConfigError for a teacher or dataset of a kind dump_logits does not take (named by type, never repr)."""
-    if teacher is not None and not isinstance(teacher, (str, os.PathLike, nn.Module, TeacherSpec)):
-        raise ConfigError(f"teacher: got a {type(teacher).__name__}; give {ACCEPTED_TEACHER}")
-    if dataset is not None and not is_dataset(dataset):
-        raise ConfigError(f"dataset: got a {type(dataset).__name__}; give {ACCEPTED_DATASET}")
 
 
 def _image_of(item: Any, i: int) -> torch.Tensor:
@@ -95,7 +85,7 @@ class DatasetImages:
     def __getitem__(self, rows: Any) -> torch.Tensor:
         if isinstance(rows, (int, np.integer)):
             return self[[int(rows)]][0]
-        pos = self.positions[_positions(rows, len(self))]
+        pos = self.positions[positions(rows, len(self))]
         images = []
         for i in pos:
             image = _image_of(self.dataset[int(i)], int(i))
@@ -106,7 +96,7 @@ class DatasetImages:
         return torch.stack(images)
 
     def subset(self, rows: Any) -> "DatasetImages":
-        return DatasetImages(self.dataset, self.positions[_positions(rows, len(self))], self.item_shape, self.dtype)
+        return DatasetImages(self.dataset, self.positions[positions(rows, len(self))], self.item_shape, self.dtype)
 
     def __repr__(self) -> str:
         return f"DatasetImages({type(self.dataset).__name__}, {len(self)} items, {self.item_shape})"
@@ -121,15 +111,15 @@ def check_shape(image: torch.Tensor, i: int, shape: tuple[int, ...]) -> None:
 class _ItemDigests:
     """Each item's (digest of dtype, shape and image bytes, label), computed in DataLoader workers."""
 
-    def __init__(self, dataset: Any, shape: tuple[int, ...]):
-        self.dataset, self.shape = dataset, shape
+    def __init__(self, dataset: Any, shape: tuple[int, ...], positions: np.ndarray):
+        self.dataset, self.shape, self.positions = dataset, shape, positions
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return len(self.positions)
 
     def __getitems__(self, rows: list[int]) -> list[Any]:
         out: list[Any] = []
-        for i in rows:
+        for i in (int(self.positions[r]) for r in rows):
             try:
                 item = self.dataset[i]
                 image = _image_of(item, i)
@@ -148,9 +138,10 @@ def _identity(batch: list) -> list:
     return batch
 
 
-def _scan_items(dataset: Any, shape: tuple[int, ...], workers: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """(digests (N, 16) uint8, labels (N,) int64) of every item, one pass."""
-    loader = DataLoader(_ItemDigests(dataset, shape), batch_size=64, collate_fn=_identity,
+def _scan_items(dataset: Any, shape: tuple[int, ...], positions: np.ndarray,
+                workers: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """(digests (n, 16) uint8, labels (n,) int64) of the items at ``positions``, one pass."""
+    loader = DataLoader(_ItemDigests(dataset, shape, positions), batch_size=64, collate_fn=_identity,
                         num_workers=resolve_workers(workers, dataset))
     digests, labels = [], []
     for batch in loader:
@@ -160,6 +151,27 @@ def _scan_items(dataset: Any, shape: tuple[int, ...], workers: int | None) -> tu
             digests.append(np.frombuffer(entry[0], dtype=np.uint8))
             labels.append(entry[1])
     return np.stack(digests), np.asarray(labels, dtype=np.int64)
+
+
+def item_digests(dataset: Any, positions: np.ndarray, workers: int | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
+    """The one content-id rule for a user's dataset: (digests (n, 16) uint8, item labels (n,), keys or None) of the
+    items at ``positions``; ``identity.sample_ids_for(digests, labels, keys)`` makes their ids.
+
+    An ImageFolder-like dataset is hashed by file (bytes; its relative paths are the keys; labels from
+    ``.samples``), as kdcache.data.folders hashes a folder; any other by each item's image tensor (dtype,
+    shape, bytes; the label the item gives). dump_logits(dataset=...) and CachedDataset use it alike.
+    """
+    positions = np.asarray(positions, dtype=np.int64)
+    folder = folder_files(dataset)
+    if folder is not None:
+        paths, keys = folder
+        digests, _ = hash_files([paths[i] for i in positions], workers=workers)
+        labels = np.asarray([int(dataset.samples[i][1]) for i in positions], dtype=np.int64)
+        return digests, labels, [keys[i] for i in positions]
+    shape = tuple(_image_of(dataset[int(positions[0])], int(positions[0])).shape) if len(positions) else ()
+    digests, labels = _scan_items(dataset, shape, positions, workers)
+    return digests, labels, None
 
 
 def _targets(dataset: Any, n: int) -> np.ndarray | None:
@@ -182,17 +194,9 @@ def dataset_data(dataset: Any, *, split: str = "train", class_names: Sequence[st
         raise DataError(f"dataset: the {type(dataset).__name__} has no items")
     first = _image_of(dataset[0], 0)
     shape = tuple(first.shape)
-    folder = folder_files(dataset)
     labels = _targets(dataset, n)
-    if folder is not None:
-        if labels is None:
-            labels = np.asarray([int(c) for _, c in dataset.samples], dtype=np.int64)
-        paths, keys = folder
-        digests, _ = hash_files(paths, workers=workers)
-    else:
-        digests, item_labels = _scan_items(dataset, shape, workers)
-        labels = item_labels if labels is None else labels
-        keys = None
+    digests, item_labels, keys = item_digests(dataset, np.arange(n), workers)
+    labels = item_labels if labels is None else labels
     if ignore_labels:
         labels = np.full(n, UNLABELLED, dtype=np.int64)
     names = tuple(str(c) for c in getattr(dataset, "classes", None) or class_names or ())
@@ -219,41 +223,3 @@ def dataset_data(dataset: Any, *, split: str = "train", class_names: Sequence[st
     return ImageData(images=DatasetImages(dataset, np.arange(n), shape, first.dtype), labels=torch.from_numpy(labels),
                      indices=torch.arange(n, dtype=torch.int64), sample_ids=sample_ids_for(digests, labels, keys),
                      info=info, keys=None if keys is None else tuple(keys))
-
-
-def state_sha256(module: nn.Module) -> str:
-    """SHA-256 over the state dict in key order: each key, dtype, shape and tensor bytes."""
-    h = hashlib.sha256()
-    for key, value in module.state_dict().items():
-        t = value.detach().cpu().contiguous()
-        h.update(f"{key}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def module_teacher(module: nn.Module, info: DatasetInfo) -> Teacher:
-    """An nn.Module as a Teacher (eval mode) that sees ``info``'s standardisation; checked on the data's input shape."""
-    from kdcache.train.models import check_output_shape
-
-    cls = type(module)
-    arch = f"module:{cls.__module__}.{cls.__qualname__}"
-    check_output_shape(module, info.num_classes, info.in_channels, tuple(info.image_size), arch)
-    return Teacher(model=module.eval(), arch=arch, sha256=state_sha256(module), mean=tuple(info.mean),
-                   std=tuple(info.std), config={})
-
-
-def dataset_from_factory(target: str, option: str = "--dataset-factory") -> Any:
-    """The map-style Dataset that ``package.module:function`` returns; anything it raises, or returns that is
-    no map-style Dataset, is one ConfigError line."""
-    from kdcache.train.models import import_factory
-
-    fn = import_factory(target, option)
-    try:
-        dataset = fn()
-    except Exception as e:  # the team's code: any failure is one line
-        first = (str(e).splitlines() or [""])[0][:200]
-        raise ConfigError(f"{option} {target} failed ({type(e).__name__}: {first})") from None
-    if not is_dataset(dataset):
-        raise ConfigError(f"{option} {target} returned a {type(dataset).__name__}, not a map-style Dataset (one with "
-                          "__len__ and __getitem__, e.g. torchvision.datasets.ImageFolder)")
-    return dataset
