@@ -80,7 +80,7 @@ def student_epoch(data: ImageData, batch_size: int, loss_fn, teacher_logits=None
 class OnlineTeacher:
     """Online KD, the thing the cache replaces: run the teacher (eval mode) on every batch."""
 
-    def __init__(self, batches: MemoryBatches, teacher: torch.nn.Module):
+    def __init__(self, batches: Any, teacher: torch.nn.Module):
         self.batches, self.teacher = batches, teacher.eval()
 
     def __len__(self) -> int:

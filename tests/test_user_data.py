@@ -98,7 +98,7 @@ class Items(Dataset):
 def test_plain_dataset_ids_from_items(tmp_path):
     model = small_model(2)
     a = kdcache.dump_logits(model, tmp_path / "a.h5", dataset=Items(), data_cfg=DataConfig(workers=0))
-    b = kdcache.dump_logits(model, tmp_path / "b.h5", dataset=Items(), data_cfg=DataConfig(workers=2))
+    kdcache.dump_logits(model, tmp_path / "b.h5", dataset=Items(), data_cfg=DataConfig(workers=2))
     assert a["rows"] == 6
     with kdcache.open_cache(tmp_path / "a.h5") as ca, kdcache.open_cache(tmp_path / "b.h5") as cb:
         assert list(ca.labels) == [0, 1] * 3

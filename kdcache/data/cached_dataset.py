@@ -45,7 +45,7 @@ from torch.utils.data import Dataset
 
 from kdcache.cache import LogitCache, open_cache
 from kdcache.cache.stream import StreamedTargets
-from kdcache.cache.targets import Targets, TopK, as_tensors, to_float
+from kdcache.cache.targets import Targets, as_tensors, to_float
 from kdcache.config import CACHE_MEMORY_LIMIT_MB
 from kdcache.data.align import Alignment, align_dataset, unwrap
 from kdcache.data.samples import Batch, ImageData, collate, to_unit

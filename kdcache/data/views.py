@@ -69,6 +69,17 @@ def check_view_params(policy: ViewPolicy, params: np.ndarray, image_size: Sequen
                          f"{problem}; {fix}")
 
 
+def stored_view_params(cache: LogitCache, rows: np.ndarray, used: int, image_size: Sequence[int] | None = None,
+                       fix: str = "the cache is corrupt, re-dump it") -> torch.Tensor:
+    """(n, K', P) float32: the first ``used`` stored views' parameters of cache ``rows``, checked to be views of
+    ``image_size`` images where it is known. The one place stored view parameters are read."""
+    params = np.ascontiguousarray(cache.read_view_params(rows)[:, :used])
+    if image_size is not None:
+        check_view_params(policy_from_record(cache.meta.view_policy, where=str(cache.path)), params, image_size,
+                          cache.path, fix)
+    return torch.from_numpy(params)
+
+
 def student_views(caches: Sequence[LogitCache], rows: Sequence[np.ndarray], data: ImageData, *,
                   augment: str | None, alpha: float, allow_inconsistent: bool = False,
                   cache_views: int | None = None, seed: int = 0) -> tuple[ViewPlan | None, dict[str, Any] | None]:
@@ -89,11 +100,9 @@ def student_views(caches: Sequence[LogitCache], rows: Sequence[np.ndarray], data
             raise ConfigError(f"--augment {augment} differs from the views stored in {cache.path} ({policy}); a cache "
                               "with views replays its own views: drop --augment, or dump views with that policy")
         check_replay_size(policy, drawn_size(cache), data.info.image_size, cache.path)
-        params = cache.read_view_params(r)  # (N, V, P)
-        check_view_params(policy, params, data.info.image_size, cache.path)
         stored = cache.meta.num_views
         used = views_in_use(cache, cache_views, "--cache-views ")
-        plan = ViewPlan(policy, tuple(data.info.image_size), seed, torch.from_numpy(np.ascontiguousarray(params[:, :used])))
+        plan = ViewPlan(policy, tuple(data.info.image_size), seed, stored_view_params(cache, r, used, data.info.image_size))
         return plan, {"mode": "replay", "policy": cache.meta.view_policy, "views": used, "stored_views": stored,
                       "schedule": SCHEDULE}
     if cache_views is not None:
@@ -147,8 +156,8 @@ class StoredViews:
             return None
         policy = policy_from_record(cache.meta.view_policy, where=str(cache.path))
         used = views_in_use(cache, cache_views, "cache_views=")
-        params = cache.read_view_params(rows)[:, :used]  # (n, K', P)
-        return cls(policy, torch.from_numpy(np.ascontiguousarray(params)), seed, str(cache.path), drawn_size(cache))
+        params = stored_view_params(cache, rows, used)  # (n, K', P): checked against the first image's size later
+        return cls(policy, params, seed, str(cache.path), drawn_size(cache))
 
     @property
     def num_views(self) -> int:

@@ -39,6 +39,7 @@ from kdcache.data.images import InputTransform
 from kdcache.data.images import concat as concat_images
 from kdcache.data.samples import ImageData
 from kdcache.data.view_schedule import ViewPlan
+from kdcache.data.views import stored_view_params
 from kdcache.errors import CacheError, ConfigError, DataError
 from kdcache.identity import UNLABELLED
 
@@ -226,10 +227,5 @@ def transfer_views(plan: ViewPlan | None, sets: Sequence[TransferSet]) -> ViewPl
     assert plan.stored is not None
     used, parts = plan.stored.shape[1], [plan.stored]
     for s in sets:
-        params = s.caches[0].read_view_params(s.rows[0])[:, :used]  # (n, K', P)
-        problem = plan.policy.problem(params, s.data.info.image_size)
-        if problem:
-            raise CacheError(f"{s.caches[0].path}: /view_params cannot be views of its images: {problem}; the cache "
-                             "is corrupt, re-dump it")
-        parts.append(torch.from_numpy(np.ascontiguousarray(params)))
+        parts.append(stored_view_params(s.caches[0], s.rows[0], used, s.data.info.image_size))  # (n, K', P)
     return replace(plan, stored=torch.cat(parts))
