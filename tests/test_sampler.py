@@ -52,3 +52,29 @@ def test_a_global_batch_smaller_than_the_ranks_is_refused_and_shares_add_up():
         EpochSampler(10, 0)
     assert [rank_batch_size(10, r, 3) for r in range(3)] == [4, 3, 3]
     assert rank_steps(10, 4, 3) == 2 and rank_steps(10, 4, 1) == 3  # a last global batch of 2 < 3 ranks is dropped
+
+
+def test_block_order_visits_whole_blocks_a_buffer_at_a_time_as_a_pure_function_of_seed_and_epoch():
+    from kdcache.data.sampler import block_order
+
+    n, block, buffer = 103, 10, 3  # 11 blocks, the last of 3 rows; buffers of 3 blocks
+    order = block_order(n, block, seed=4, epoch=2, buffer_blocks=buffer)
+    assert sorted(order.tolist()) == list(range(n))
+    assert order.tolist() == block_order(n, block, seed=4, epoch=2, buffer_blocks=buffer).tolist()
+    assert order.tolist() != block_order(n, block, seed=4, epoch=3, buffer_blocks=buffer).tolist()
+    assert order.tolist() != block_order(n, block, seed=5, epoch=2, buffer_blocks=buffer).tolist()
+    starts = 0
+    for _ in range(4):  # each buffer holds the rows of whole blocks, and only of its blocks
+        blocks = order // block
+        first = set(blocks[starts:starts + 1].tolist())
+        size = 0
+        seen = set()
+        while starts + size < n and len(seen | set(blocks[starts + size:starts + size + 1].tolist())) <= buffer:
+            seen |= set(blocks[starts + size:starts + size + 1].tolist())
+            size += 1
+        assert first <= seen and size == sum(min(block, n - b * block) for b in seen)
+        starts += size
+    assert starts == n
+    s = EpochSampler(n, 16, seed=4, block_rows=block)
+    s.set_epoch(2)
+    assert torch.cat(list(s)).tolist() == block_order(n, block, 4, 2).tolist()  # the sampler serves that order

@@ -30,6 +30,12 @@ class Batch:
     labels: torch.Tensor  # (B,) int64, UNLABELLED where a sample has no label
     teacher_logits: Any = None  # (B, C) float32 or a TopK (kdcache.cache.targets), when distilling
 
+    def pin_memory(self) -> "Batch":
+        """A copy in pinned memory (the DataLoader's pin thread calls it on CUDA), so the copy to the device overlaps."""
+        t = self.teacher_logits
+        return Batch(self.images.pin_memory(), self.labels.pin_memory(),
+                     None if t is None else t.pin_memory() if isinstance(t, torch.Tensor) else t)
+
 
 class BatchSource(Protocol):
     """What the training loop iterates: an epoch of Batches at a time (kdcache.data.loader.Loader)."""
