@@ -3,8 +3,10 @@
     python examples/own_training_loop.py --cache data/caches/fmnist-train.h5 --epochs 10 --seed 0
 
 All but the cache is plain PyTorch: torchvision's FashionMNIST with its transforms, a DataLoader with
-workers, a student defined here. The student, its initialisation, the optimiser, the schedule and the
-data order are those of `kdcache train-student`, so with the same settings and seed the two compare.
+workers, a student defined here. The student, its initialisation, the optimiser and the schedule are
+those of `kdcache train-student`, and the data order is by construction: the same sampler
+(kdcache.EpochSampler over the cache's blocks, seeded, set_epoch each epoch) over the same
+CachedDataset, so with the same settings and seed the two train the same student.
 """
 import argparse
 import json
@@ -12,7 +14,7 @@ import json
 import torch
 import torchvision
 from torch import nn
-from torch.utils.data import DataLoader, Sampler, Subset
+from torch.utils.data import DataLoader, Subset
 from torchvision import transforms
 
 import kdcache
@@ -37,22 +39,6 @@ class Student(nn.Module):
         return self.fc(torch.flatten(self.pool(torch.relu(self.conv(x))), 1))
 
 
-class Shuffle(Sampler):
-    """A fresh permutation each epoch from one seeded generator: the order `kdcache train-student` uses.
-
-    (``shuffle=True`` works as well; it draws other permutations from the same seed.)
-    """
-
-    def __init__(self, n: int, seed: int):
-        self.n, self.generator = n, torch.Generator().manual_seed(seed)
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self):
-        return iter(torch.randperm(self.n, generator=self.generator).tolist())
-
-
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description="Distil a student in your own loop from a kdcache cache.")
     p.add_argument("--cache", required=True, help="cache of the Fashion-MNIST train split (kdcache dump-logits)")
@@ -71,8 +57,8 @@ def main(argv=None) -> dict:
     train = torchvision.datasets.FashionMNIST(args.data_dir, train=True, transform=tf)
     test = torchvision.datasets.FashionMNIST(args.data_dir, train=False, transform=tf)
     data = kdcache.CachedDataset(train, args.cache, indices=range(args.limit or len(train)))  # refuses another cache
-    loader = DataLoader(data, batch_size=STUDENT_TRAIN.batch_size, sampler=Shuffle(len(data), args.seed),
-                        num_workers=2, persistent_workers=True)
+    order = kdcache.EpochSampler(len(data), STUDENT_TRAIN.batch_size, seed=args.seed, block_rows=data.block_rows)
+    loader = DataLoader(data, batch_sampler=order, num_workers=2, persistent_workers=True)
 
     torch.manual_seed(args.seed)
     student = Student()
@@ -83,6 +69,7 @@ def main(argv=None) -> dict:
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=STUDENT_TRAIN.lr, total_steps=steps,
                                                    pct_start=max(0.25, 2.0 / steps))
     for epoch in range(args.epochs):
+        order.set_epoch(epoch)  # train-student's order of this epoch (a DistributedSampler-style call)
         for images, labels, teacher_logits in loader:
             loss = kdcache.kd_loss(student(images), teacher_logits, labels, temperature=args.T, alpha=args.alpha)
             optimizer.zero_grad(set_to_none=True)
