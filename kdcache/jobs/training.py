@@ -74,7 +74,7 @@ from kdcache.train.checkpoint import (
 from kdcache.train.health import chance_warnings, loss_warnings
 from kdcache.train.loop import FitHooks, cross_entropy_loss, evaluate, fit
 from kdcache.train.models import ModelSpec, count_parameters
-from kdcache.train.resume import matching_state, resume_path_for, save_resume_state
+from kdcache.train.resume import load_resume_state, matching_state, resume_path_for, save_resume_state
 
 
 def metrics_path_for(out: str | os.PathLike) -> Path:
@@ -152,8 +152,10 @@ def _train_and_save(job: _Training, out: str | os.PathLike, run: RunOptions) -> 
     model = spec.build(info.in_channels, info.num_classes, info.image_size)
     batches = job.make_batches(device)
     saved: list[int] = [] if state is None else [int(state["epoch"])]  # the epochs whose state is on disk
+    writing: list[int] = []  # an epoch whose state is being written (a stop may land before or after the rename)
 
     def save_state(s: dict) -> None:
+        writing.append(s["epoch"])
         save_resume_state(state_path, {**s, "request": request})
         saved.append(s["epoch"])
     try:  # Ctrl-C or SIGTERM (the CLI's handler) keeps the last epoch's state: say so
@@ -191,8 +193,10 @@ def _train_and_save(job: _Training, out: str | os.PathLike, run: RunOptions) -> 
             write_json(metrics_out, result)
             state_path.unlink(missing_ok=True)  # the run is done: nothing to resume
     except KeyboardInterrupt as e:
-        if ctx.is_main and saved and not isinstance(e, Interrupted) and state_path.exists():
-            raise Interrupted(f"{_epochs(saved[-1])} of {cfg.epochs} saved in {state_path}; run the same command "
+        if ctx.is_main and (saved or writing) and not isinstance(e, Interrupted) and state_path.exists():
+            mid_write = bool(writing) and saved[-1:] != writing[-1:]  # before or after the rename: ask the file
+            epoch = int(load_resume_state(state_path)["epoch"]) if mid_write else saved[-1]
+            raise Interrupted(f"{_epochs(epoch)} of {cfg.epochs} saved in {state_path}; run the same command "
                               "again to resume") from None
         raise
     ctx.check()  # rank 0's evaluation and files (or everyone hears why not)
