@@ -180,11 +180,13 @@ class DistContext:
             buf.data.copy_(cpu)
 
     def checked(self, batches: Any) -> Any:
-        """``batches`` with a collective point before each item: all ranks have their next batch, or all stop.
+        """``batches`` with a collective point before the first item and after the last: all ranks start the
+        epoch with data and end it together, or all stop with one line.
 
-        A rank whose batch source fails (a damaged block of its share of a streamed cache,
-        say) is reported there, before any rank enters the step's gradient all-reduce.
-        Every rank must yield the same number of items (the batch sources see to that).
+        Between them there is no per-step exchange (it cost ~2 ms of a ~20 ms step on 2 CPUs): every rank
+        takes the same number of steps by construction (kdcache.data.sampler), and a rank whose batch
+        source fails mid-epoch (a damaged block, an unreadable file) fails inside ``steps()``, which aborts
+        the job with its one line while its peers' gradient all-reduce breaks.
         """
         return batches if not self.distributed else _Checked(batches, self)
 
@@ -391,6 +393,7 @@ class _Checked:
     def __iter__(self) -> Iterator[Any]:
         session = _session()
         it = iter(self.batches)
+        first = True
         while True:
             try:
                 item, status, error = next(it), _OK, None
@@ -398,9 +401,13 @@ class _Checked:
                 item, status, error = None, _END, None
             except (Terminated, KeyboardInterrupt):
                 raise
-            except Exception as e:  # noqa: BLE001 - reported to every rank at this point
+            except Exception as e:  # noqa: BLE001 - reported to every rank at a check point, else aborts
+                if not first:
+                    raise  # mid-epoch: inside steps(), the abort path (peers may be in a collective)
                 item, status, error = None, _FAILED, e
-            session.check(status, error)  # RankFailed passes through steps() as it is
+            if first or status == _END:
+                session.check(status, error)  # RankFailed passes through steps() as it is
+            first = False
             if status == _END:
                 return
             yield item

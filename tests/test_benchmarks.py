@@ -448,3 +448,17 @@ def test_lowrank_benchmark_smoke(tmp_path):
     assert kl["lowrank-16 int8 kl"]["kl_T1"] < kl["lowrank-16 int8 projection"]["kl_T1"]
     assert set(r["prepared"]["rank_for_default_budget"]["by_encoder"]) == {"projection", "kl"}
     assert r["prepared"]["teacher"]["arch"] == "mlp-512-32-1000" and r["prepared"]["sizes"]
+
+
+def test_ddp_end_to_end_benchmark_smoke(tmp_path, data_dir):
+    """benchmarks.ddp_e2e runs whole train-student commands (1 process, 2 torchrun ranks) and reports its ratios."""
+    from benchmarks.ddp_e2e import main as e2e_main
+
+    out = tmp_path / "e2e.json"
+    r = e2e_main(["--smoke", "--data-dir", str(data_dir), "--work", str(tmp_path / "w"), "--out", str(out)])
+    assert json.loads(out.read_text()) == r
+    assert len(r["runs"]["1"]) == len(r["runs"]["2"]) == 1 and r["rows"] == 2048
+    one, two = r["median"]["1"], r["median"]["2"]
+    assert r["wall_ratio"] == two["wall"] / one["wall"] and 0 < two["loop"] < two["wall"]
+    assert r["loop_vs_bare"] == r["loop_speedup"] / r["bare_step"]["speedup"]
+    assert r["met"]["wall"] == (r["wall_ratio"] <= 0.9)

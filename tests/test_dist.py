@@ -58,6 +58,9 @@ def test_memory_batches_of_two_ranks_make_up_the_one_process_batches():
     for b, b0, b1 in zip(one, *ranks):
         assert torch.equal(torch.cat([b0.images, b1.images]), b.images)
         assert torch.equal(torch.cat([b0.teacher_logits, b1.teacher_logits]), b.teacher_logits)
+        # each rank knows the global batch's counts (for the loss's mean) without asking the other
+        assert b0.global_counts == b1.global_counts == (len(b.labels), int((b.labels != -1).sum()))
+    assert b.global_counts is None  # one process: its batch is the global batch
 
 
 def test_streamed_targets_give_each_rank_the_batches_in_memory_targets_give_it(tmp_path):

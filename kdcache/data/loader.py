@@ -26,6 +26,7 @@ from kdcache.data.images import is_lazy
 from kdcache.data.sampler import EpochSampler
 from kdcache.data.samples import Batch, collate, normalize, standardize
 from kdcache.errors import ConfigError, DataError
+from kdcache.identity import UNLABELLED
 
 MAX_DEFAULT_WORKERS = 8  # more rarely helps a single GPU's input pipeline, and each worker costs memory
 
@@ -144,10 +145,23 @@ class Loader:
         n = self.workers
         loader = DataLoader(_Guarded(self.dataset), batch_sampler=self.batches, num_workers=n, collate_fn=_as_batch,
                             pin_memory=self.device.type == "cuda", prefetch_factor=4 if n else None)
+        counts = self.global_counts()
         for batch in loader:
             if isinstance(batch, _Failed):
                 raise DataError(batch.message)
-            yield self.to_device(batch)
+            batch = self.to_device(batch)
+            if counts is not None:
+                batch.global_counts = next(counts)
+            yield batch
+
+    def global_counts(self) -> Iterator[tuple[int, int]] | None:
+        """Under DDP, each step's (rows, labelled rows) of the whole global batch, known without asking the other
+        ranks: every rank draws the same global batches (EpochSampler) and holds every row's label."""
+        labels = getattr(self.dataset, "labels", None)
+        if not isinstance(self.batches, EpochSampler) or self.cfg.world_size == 1 or labels is None:
+            return None
+        labels = torch.as_tensor(labels)
+        return ((len(b), int((labels[b] != UNLABELLED).sum())) for b in self.batches.global_batches())
 
     def to_device(self, batch: Any) -> Batch:
         """``batch`` on the device, its images standardised there (uint8: scaled to [0, 1] first).

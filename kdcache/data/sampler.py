@@ -91,12 +91,15 @@ class EpochSampler(Sampler):
             torch.randperm(self.num_samples, generator=generator)
         return torch.randperm(self.num_samples, generator=generator)
 
-    def __iter__(self) -> Iterator[torch.Tensor]:
+    def global_batches(self) -> Iterator[torch.Tensor]:
+        """This epoch's global batches, one per step (every rank draws the same ones)."""
         for batch in self.order().split(self.batch_size):
-            if self.world_size == 1:
+            if self.world_size == 1 or len(batch) >= self.world_size:
                 yield batch
-            elif len(batch) >= self.world_size:
-                yield rank_share(batch, self.rank, self.world_size)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        for batch in self.global_batches():
+            yield batch if self.world_size == 1 else rank_share(batch, self.rank, self.world_size)
 
     def __len__(self) -> int:
         return rank_steps(self.num_samples, self.batch_size, self.world_size)

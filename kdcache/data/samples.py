@@ -29,12 +29,13 @@ class Batch:
     images: torch.Tensor
     labels: torch.Tensor  # (B,) int64, UNLABELLED where a sample has no label
     teacher_logits: Any = None  # (B, C) float32 or a TopK (kdcache.cache.targets), when distilling
+    global_counts: tuple[int, int] | None = None  # under DDP: (rows, labelled rows) of the whole global batch
 
     def pin_memory(self) -> "Batch":
         """A copy in pinned memory (the DataLoader's pin thread calls it on CUDA), so the copy to the device overlaps."""
         t = self.teacher_logits
         return Batch(self.images.pin_memory(), self.labels.pin_memory(),
-                     None if t is None else t.pin_memory() if isinstance(t, torch.Tensor) else t)
+                     None if t is None else t.pin_memory() if isinstance(t, torch.Tensor) else t, self.global_counts)
 
 
 class BatchSource(Protocol):

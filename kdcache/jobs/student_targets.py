@@ -64,15 +64,15 @@ def distillation_loss(temperature: float, alpha: float, topk_rebuild: str = DEFA
                       ) -> Callable[[torch.Tensor, Batch], torch.Tensor]:
     """A LossFn that distils from ``batch.teacher_logits`` (cached) with kd_loss (``topk_rebuild``: see kd_loss).
 
-    Under torchrun it averages over the global batch (kd_loss's ``counts``, one small
-    all-reduce a step), so ranks holding different numbers of labelled rows still give
-    exactly one process's gradient.
+    Under torchrun it averages over the global batch (kd_loss's ``counts``: the loader knows
+    them, since every rank draws the same global batches; else one small all-reduce a step),
+    so ranks holding different numbers of labelled rows still give exactly one process's gradient.
     """
     def loss_fn(outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
         ctx = dist.current()
         counts = None
         if ctx.distributed:
-            rows, labelled = ctx.sum([len(batch.labels), int((batch.labels != UNLABELLED).sum())])
+            rows, labelled = batch.global_counts or ctx.sum([len(batch.labels), int((batch.labels != UNLABELLED).sum())])
             counts = (rows / ctx.world_size, labelled / ctx.world_size)
         return kd_loss(outputs, batch.teacher_logits, batch.labels, temperature, alpha, counts=counts,
                        topk_rebuild=topk_rebuild)
