@@ -1,19 +1,19 @@
 """Keep the C heap from growing with the number of images decoded (glibc only; a no-op elsewhere).
 
-Why: decoding a folder of variable-size JPEGs makes Pillow/libjpeg malloc and free a buffer of a
-different size for every file (57 KB to 400 KB here). glibc serves a buffer above its mmap
-threshold (128 KB) with mmap, but raises that threshold to the size of each such buffer freed
-(the "dynamic" threshold, up to 32 MB), so after the first few images every decode buffer comes
-from the main heap. Freed there, between small long-lived allocations, the holes are rarely the
-right size for the next file and the heap is never trimmed: peak RSS of a dump grew by about
-25 KB per image (944 MB at 1,600 images, 1,062 MB at 6,400; tracemalloc saw no Python growth),
-and with ``MALLOC_MMAP_THRESHOLD_=65536`` it stayed flat. ``limit_heap_growth`` sets the same
-threshold from inside the process (``mallopt(M_MMAP_THRESHOLD)``, which also turns the dynamic
-threshold off), so every decode buffer is mmapped and returned to the OS when freed, whatever
-the environment. A threshold the user set with ``MALLOC_MMAP_THRESHOLD_`` is left alone, as is
-any libc without glibc's ``mallopt`` (macOS, musl): there it does nothing and returns False.
+Why: decoding a folder of variable-size JPEGs makes Pillow and libjpeg malloc and free buffers of a
+different size for every file, next to torch's tensors. glibc serves a request above its mmap
+threshold (128 KB at start) with mmap, but raises the threshold to the size of every mmapped chunk
+freed (up to 32 MB), so soon every decode buffer comes from the heap; freed there, among live
+allocations, the holes rarely fit the next file's buffers and are not returned to the OS. Issue 23
+measured a dump's peak RSS growing by ~25 KB an image (944 MB at 1,600 images, 1,062 MB at 6,400;
+tracemalloc: no Python growth) and staying flat with ``MALLOC_MMAP_THRESHOLD_=65536``.
+``limit_heap_growth`` sets that threshold from inside the process (``mallopt(M_MMAP_THRESHOLD)``,
+which also stops the threshold from rising), so buffers above 64 KB are mmapped and unmapped when
+freed. The cost: every such allocation in the process (torch's too) is a fresh mapping, more
+system time per image (benchmarks/memory.json). A threshold the user set with
+``MALLOC_MMAP_THRESHOLD_`` is left alone, as is any libc without glibc's ``mallopt`` (macOS, musl).
 
-``KDCACHE_HEAP=default`` turns it off (for A/B measurements: benchmarks/memory.py).
+``KDCACHE_HEAP=default`` turns it off (the A/B of benchmarks/memory.py).
 """
 from __future__ import annotations
 
