@@ -462,3 +462,24 @@ def test_ddp_end_to_end_benchmark_smoke(tmp_path, data_dir):
     assert r["wall_ratio"] == two["wall"] / one["wall"] and 0 < two["loop"] < two["wall"]
     assert r["loop_vs_bare"] == r["loop_speedup"] / r["bare_step"]["speedup"]
     assert r["met"]["wall"] == (r["wall_ratio"] <= 0.9)
+
+
+def test_memory_benchmark_smoke(tmp_path):
+    """benchmarks.memory --smoke: dump and student peak RSS, small vs large folder, allocator off vs on (no thresholds)."""
+    from benchmarks.memory import format_table
+    from benchmarks.memory import main as memory_main
+
+    out = tmp_path / "memory.json"
+    result = memory_main(["--smoke", "--work", str(tmp_path / "work"), "--out", str(out), "--quiet"])
+    assert json.loads(out.read_text()) == result
+    assert result["cpu"] and result["cpu"] != "unknown" and (result["images"], result["fraction"]) == (160, 4)
+    assert [(r["job"], r["workers"], r["mode"]) for r in result["rows"]] == [
+        ("dump", 0, "off"), ("student", 0, "off"), ("dump", 0, "on"), ("student", 0, "on")]
+    for r in result["rows"]:
+        assert (r["small_images"], r["large_images"]) == (40, 160) and isinstance(r["met"], bool)
+        assert 0 < r["small_peak_mb"] and 0 < r["large_peak_mb"] and r["growth_mb"] == r["large_peak_mb"] - r["small_peak_mb"]
+    dumps = [r for r in result["runs"] if r["job"] == "dump"]
+    assert sorted((r["folder"], r["rows"]) for r in dumps) == [("large", 160), ("large", 160), ("small", 40), ("small", 40)]
+    glibc = __import__("platform").libc_ver()[0] == "glibc"  # off: KDCACHE_HEAP=default reached the child; on: applied
+    assert {(r["mode"], r["heap_limited_in_main"]) for r in result["runs"]} == {("off", False), ("on", glibc)}
+    assert "student" in format_table(result)

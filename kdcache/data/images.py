@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from kdcache.errors import ConfigError, DataError
+from kdcache.heap import limit_heap_growth
 
 CROP_FRACTION = 0.875  # torchvision references: resize to size / 0.875, centre-crop size (224 <- 256)
 MAX_IMAGE_SIZE = 1024  # --image-size above this is refused: a typo, or a model that cannot train on a CPU
@@ -123,6 +124,7 @@ def open_image(path: Path, transform: "InputTransform | None" = None) -> Any:
     """A decoded PIL image (or ``transform`` of it, decoded once, never copied), or DataError naming the file."""
     from PIL import Image
 
+    limit_heap_growth()  # once per process: freed decode buffers go back to the OS (kdcache.heap says why)
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS
     try:
         with warnings.catch_warnings():
