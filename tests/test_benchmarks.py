@@ -483,3 +483,15 @@ def test_memory_benchmark_smoke(tmp_path):
     glibc = __import__("platform").libc_ver()[0] == "glibc"  # off: KDCACHE_HEAP=default reached the child; on: applied
     assert {(r["mode"], r["heap_limited_in_main"]) for r in result["runs"]} == {("off", False), ("on", glibc)}
     assert "student" in format_table(result)
+
+
+def test_revisions_benchmark_smoke(tmp_path, data_dir):
+    """benchmarks.revisions times the same epoch in two checkouts (here this one twice) and reports new / old."""
+    from benchmarks.revisions import REPO
+    from benchmarks.revisions import main as revisions_main
+
+    out = tmp_path / "rev.json"
+    r = revisions_main(["--smoke", "--old", str(REPO), "--data-dir", str(data_dir), "--out", str(out)])
+    assert json.loads(out.read_text()) == r and r["rows"] == 512
+    assert len(r["seconds"]["old"]) == len(r["seconds"]["new"]) == 1 and all(s > 0 for s in r["seconds"]["new"])
+    assert r["ratio"] == r["median"]["new"] / r["median"]["old"] and r["met"] == (r["ratio"] <= 1.03)
