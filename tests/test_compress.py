@@ -222,6 +222,30 @@ def test_a_lowrank_cache_streams_decoded_rows_block_by_block(tmp_path, full_cach
     assert max(float(np.abs(got[i] - whole[i]).max()) for i in some) < 1e-5
 
 
+@pytest.mark.parametrize("dtype", ["int8", "packed"])
+def test_streamed_targets_of_a_lowrank_cache_decode_only_the_rows_asked_for(tmp_path, full_cache, dtype):
+    """What training reads from a low-rank cache over the memory limit: any rows, in any order, decoded as read()
+    decodes them (packed and int8 codes alike), each block's codes read once."""
+    from kdcache.cache.stream import StreamedTargets
+
+    src, _ = full_cache
+    compress_cache(src, tmp_path / "s.h5", codec=Codec(rank=4, dtype=dtype))
+    with open_cache(tmp_path / "s.h5") as c:
+        whole, chunk = c.read(), c.chunk_rows
+    rows = np.random.default_rng(0).permutation(N)[: N // 2]
+    with_transfer = StreamedTargets([(tmp_path / "s.h5", rows), (src, np.arange(5))])  # a low-rank part, then a full one
+    pos = np.random.default_rng(1).permutation(len(with_transfer))
+    got = with_transfer[torch.from_numpy(pos)].numpy()
+    first = pos < len(rows)
+    np.testing.assert_allclose(got[first], whole[rows[pos[first]]], rtol=0, atol=1e-5)
+    with open_cache(src) as c:
+        np.testing.assert_array_equal(got[~first], c.read(np.arange(5))[pos[~first] - len(rows)])
+    assert with_transfer.reads <= -(-N // chunk) + 1  # every block of each file read once at most
+    with pytest.raises(IndexError):
+        with_transfer[[len(with_transfer)]]
+    with_transfer.close()
+
+
 def test_train_student_and_ensemble_from_lowrank_caches(tmp_path, full_cache, fmnist, data_dir):
     from kdcache.cache.ensemble import check_members, combine_logits
 
