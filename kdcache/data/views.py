@@ -21,7 +21,8 @@ import torch
 
 from kdcache.cache import LogitCache
 from kdcache.cache.targets import Targets, TopK
-from kdcache.data.augment import ViewPolicy, check_replay_size, parse_policy, policy_from_record
+from kdcache.data.augment import ViewPolicy, check_replay_size, for_images, parse_policy, policy_from_record
+from kdcache.data.images import from_files
 from kdcache.data.samples import ImageData
 from kdcache.data.view_schedule import ViewPlan, view_schedule
 from kdcache.errors import CacheError, ConfigError
@@ -30,10 +31,11 @@ SCHEDULE = "each stored view once per K epochs, in a random order per image and 
 
 
 def fresh_views(augment: str | None, data: ImageData, seed: int) -> ViewPlan | None:
-    """Fresh random parameters every epoch (None without ``augment``)."""
+    """Fresh random parameters every epoch (None without ``augment``); crop-flip on image files is v3 (cut from the
+    file, kdcache.data.augment.for_images)."""
     if augment is None:
         return None
-    return ViewPlan(parse_policy(augment), tuple(data.info.image_size), seed)
+    return ViewPlan(for_images(parse_policy(augment), data.images), tuple(data.info.image_size), seed)
 
 
 def views_in_use(cache: LogitCache, cache_views: int | None, flag: str) -> int:
@@ -85,7 +87,10 @@ def student_views(caches: Sequence[LogitCache], rows: Sequence[np.ndarray], data
             raise CacheError(f"{cache.path} stores augmentation views but {plain.path} does not; every cache of an "
                              "ensemble must label the same views")
         policy = policy_from_record(cache.meta.view_policy, where=str(cache.path))
-        if augment is not None and parse_policy(augment).describe() != policy.describe():
+        if policy.FROM_FILE and not from_files(data.images):
+            raise ConfigError(f"{cache.path} stores {policy} views, cut from the original image files, but this data "
+                              "is not read from files; train on the image folder the cache was dumped from")
+        if augment is not None and for_images(parse_policy(augment), data.images).describe() != policy.describe():
             raise ConfigError(f"--augment {augment} differs from the views stored in {cache.path} ({policy}); a cache "
                               "with views replays its own views: drop --augment, or dump views with that policy")
         check_replay_size(policy, drawn_size(cache), data.info.image_size, cache.path)
@@ -146,6 +151,10 @@ class StoredViews:
                                   "view per image; dump views with `kdcache dump-logits --views K --augment POLICY`")
             return None
         policy = policy_from_record(cache.meta.view_policy, where=str(cache.path))
+        if policy.FROM_FILE:
+            raise ConfigError(f"{cache.path} stores {policy} views, cut from the original image files, which a "
+                              "Dataset's transformed items cannot replay; wrap kdcache's own split instead: "
+                              "CachedDataset(load_dataset('imagefolder', 'train', ROOT), cache)")
         used = views_in_use(cache, cache_views, "cache_views=")
         params = cache.read_view_params(rows)[:, :used]  # (n, K', P)
         return cls(policy, torch.from_numpy(np.ascontiguousarray(params)), seed, str(cache.path), drawn_size(cache))
