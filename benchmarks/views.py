@@ -49,9 +49,9 @@ from benchmarks.run import machine, make_teacher, median_pair, row, teacher_infe
 from kdcache.cache import CacheLayout, CacheWriter
 from kdcache.config import STUDENT_TRAIN, TEACHER_TRAIN, DataConfig, DumpConfig, RunOptions, ViewConfig
 from kdcache.data.augment import parse_policy, view_record
-from kdcache.data.replay import view_images
 from benchmarks import train_batches
 from kdcache.data.datasets import load_dataset
+from kdcache.data.replay import view_images
 from kdcache.data.view_schedule import ViewPlan, sample_views
 from kdcache.experiments.results import load_results
 from kdcache.experiments.sweep import RunSpec, run_sweep

@@ -35,7 +35,8 @@ def fresh_views(augment: str | None, data: ImageData, seed: int) -> ViewPlan | N
     file, kdcache.data.augment.for_images)."""
     if augment is None:
         return None
-    return ViewPlan(for_images(parse_policy(augment), data.images), tuple(data.info.image_size), seed)
+    policy = for_images(parse_policy(augment), data.images) if isinstance(augment, str) else parse_policy(augment)
+    return ViewPlan(policy, tuple(data.info.image_size), seed)
 
 
 def views_in_use(cache: LogitCache, cache_views: int | None, flag: str) -> int:

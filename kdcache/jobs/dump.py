@@ -120,7 +120,8 @@ def dump_logits(teacher: "str | os.PathLike | torch.nn.Module | TeacherSpec | No
     teacher exactly as the dataset returns them. Class names come from ``dataset.classes`` or
     ``dump.class_names``; an ImageFolder gets the same row ids as ``--dataset imagefolder`` on that folder.
 
-    With ``views.augment`` (a kdcache.data.augment policy) it stores ``views.views`` augmented views per
+    With ``views.augment`` (a kdcache.data.augment policy: a name, resolved for the data, so "crop-flip" on image
+    files is v3, cut from the original file; a policy object is used as given, e.g. ``CropFlip()`` for v2) it stores ``views.views`` augmented views per
     image (view 0 the un-augmented image with ``views.include_original``): each view's parameters, a pure
     function of (``views.seed``, view, dataset index) (kdcache.data.view_schedule.sample_views), and the
     teacher's logits on it. Each image is read and converted once for its views.
@@ -148,7 +149,7 @@ def dump_logits(teacher: "str | os.PathLike | torch.nn.Module | TeacherSpec | No
         checkpoint=None if teacher is None else os.fspath(teacher))
     data = dump_data(spec, data_cfg, dataset, dump)
     info = with_teacher_classes(spec, data.info, dump.class_names)  # unlabelled images: the teacher's classes
-    if plan.policy is not None:  # crop-flip on image files: v3, cut from the file (kdcache.data.augment.for_images)
+    if isinstance(views.augment, str):  # "crop-flip" on image files: v3, cut from the file (augment.for_images)
         plan = replace(plan, policy=for_images(plan.policy, data.images))
     check_topk(plan.topk, info.num_classes)
     rows = TeacherRows(ready_teacher(spec, module, data, info, plan), data, plan, data_cfg.workers)
