@@ -89,6 +89,13 @@ def test_replayed_v3_views_are_torchvisions_crop_of_the_file_and_their_logits_th
     assert (params[:, 0] == np.array([0, 0, 1, 1, 0], np.float32)).all()  # include_original: the whole file
     report = verify_cache(out, dataset="imagefolder", data_dir=str(photo_teacher["root"]), teacher=photo_teacher["spec"])
     assert report.ok and "views of" in report.checks[-1].message, report.to_dict()
+    # a Dataset's transformed items cannot replay views cut from the files: one line saying what to wrap instead
+    from torchvision.datasets import ImageFolder
+    from torchvision.transforms import ToTensor
+
+    with pytest.raises(ConfigError, match="wrap kdcache's own split instead") as e:
+        CachedDataset(ImageFolder(str(photo_teacher["root"] / "train"), transform=ToTensor()), out)
+    assert "\n" not in str(e.value)
 
 
 def test_v3_parameters_are_a_pure_function_of_seed_view_and_index(photo_teacher, tmp_path):
