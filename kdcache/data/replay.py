@@ -31,7 +31,8 @@ def view_images(images: Any, positions: Sequence[int] | torch.Tensor, params: to
     """The views ``params`` of the images at ``positions`` (B,) of ``images`` (a uint8 tensor or a lazy source).
 
     ``params`` (B, P): one view per row -> (B, C, S, S); (B, V, P): V views per row -> (B, V, C, S, S).
-    uint8 for views cut from files (crop-flip v3), float in [0, 1] for the others.
+    uint8 for views cut from files (crop-flip v3), float in [0, 1] for the others (on uint8 images as read,
+    or on float images already in [0, 1]: a Dataset's ToTensor() items, kdcache.data.views.StoredViews).
     """
     pos = torch.as_tensor(positions, dtype=torch.int64)
     p = torch.as_tensor(np.asarray(params, dtype=np.float32)) if isinstance(params, np.ndarray) else params
@@ -39,7 +40,8 @@ def view_images(images: Any, positions: Sequence[int] | torch.Tensor, params: to
     if policy.FROM_FILE:
         views = cut_views(images, pos.numpy(), (p[:, None] if single else p).numpy(), policy)  # (B, V, C, S, S)
         return views[:, 0] if single else views
-    x = to_unit(images[pos])  # (B, C, H, W) float in [0, 1]
+    x = images[pos]
+    x = x if x.is_floating_point() else to_unit(x)  # (B, C, H, W) float in [0, 1] (a Dataset's items: already)
     if single:
         return policy.apply(x, p)
     return torch.stack([policy.apply(x, p[:, v]) for v in range(p.shape[1])], dim=1)  # (B, V, C, H, W)

@@ -23,6 +23,7 @@ from kdcache.cache import LogitCache
 from kdcache.cache.targets import Targets, TopK
 from kdcache.data.augment import ViewPolicy, check_replay_size, for_images, parse_policy, policy_from_record
 from kdcache.data.images import from_files
+from kdcache.data.replay import view_images
 from kdcache.data.samples import ImageData
 from kdcache.data.view_schedule import ViewPlan, view_schedule
 from kdcache.errors import CacheError, ConfigError
@@ -187,7 +188,7 @@ class StoredViews:
             raise ConfigError(f"{self.where} stores augmentation views: item {items[b]}'s image has values in "
                               f"[{float(lo[b]):.3g}, {float(hi[b]):.3g}], not [0, 1] (normalised?); {IMAGE_CONTRACT}")
         params = self.params[torch.as_tensor(items, dtype=torch.int64), torch.as_tensor(views, dtype=torch.int64)]
-        return self.policy.apply(batch, params)  # (B, P) parameters: one row per image
+        return view_images(batch, torch.arange(len(batch)), params, self.policy)  # (B, P): one view per image
 
     def _check_tensor(self, image: Any, item: int) -> None:
         if not isinstance(image, torch.Tensor) or not image.is_floating_point() or image.ndim != 3:
