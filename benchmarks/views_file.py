@@ -53,9 +53,10 @@ POLICIES = {"v3": "crop-flip", "v2": CropFlip()}  # a name on files is v3; the v
 def settings(args: argparse.Namespace) -> dict[str, Any]:
     if args.smoke:
         return {"per_class": (6, 2, 3), "size": 32, "views": 2, "teacher_epochs": 1, "epochs": 1, "seeds": [0],
-                "student": "student-cnn", "T": 4.0, "alpha": 0.9, "repeats": 1}
+                "student": "student-cnn", "T": 4.0, "alpha": 0.9, "repeats": 1, "speed_per_class": (8, 1, 1)}
     return {"per_class": (100, 25, 50), "size": 64, "views": 8, "teacher_epochs": 15, "epochs": args.epochs,
-            "seeds": [0, 1, 2], "student": args.student, "T": 4.0, "alpha": 0.9, "repeats": args.repeats}
+            "seeds": [0, 1, 2], "student": args.student, "T": 4.0, "alpha": 0.9, "repeats": args.repeats,
+            "speed_per_class": (500, 1, 1)}
 
 
 def make_photos(root: Path, per_class: tuple[int, int, int], seed: int = 0) -> tuple[Path, Path]:
@@ -166,10 +167,12 @@ def speed_teacher(path: Path, size: int) -> Path:
 
 
 def speed(out: Path, s: dict[str, Any], log=print) -> dict[str, Any]:
-    made = prepare(out, s, log)
-    data = load_dataset("imagefolder", "train", made["folder"], image_size=s["size"], workers=2)
+    """Its own folder of the same kind (``speed_per_class`` training crops per photograph): each side dumps its
+    cache, then a student epoch replays that cache."""
+    root, _ = make_photos(out / "speed", s["speed_per_class"], seed=1)
+    data = load_dataset("imagefolder", "train", root, image_size=s["size"], workers=2)
     teacher = speed_teacher(out / "speed-teacher.pt", s["size"])
-    data_cfg = DataConfig(dataset="imagefolder", data_dir=made["folder"], image_size=s["size"], workers=2)
+    data_cfg = DataConfig(dataset="imagefolder", data_dir=str(root), image_size=s["size"], workers=2)
 
     def dump(name: str):
         def run(r: int) -> float:
@@ -182,8 +185,8 @@ def speed(out: Path, s: dict[str, Any], log=print) -> dict[str, Any]:
     log("speed: dump v3 vs v2 ...")
     d3, d2, d3s, d2s = median_pair(s["repeats"], dump("v3"), dump("v2"))
     log("speed: student epoch v3 vs v2 ...")
-    e3, e2, e3s, e2s = median_pair(s["repeats"], lambda r: student_epoch(data, made["v3"]["cache"], s["student"], s, r),
-                                   lambda r: student_epoch(data, made["v2"]["cache"], s["student"], s, r))
+    e3, e2, e3s, e2s = median_pair(s["repeats"], lambda r: student_epoch(data, out / "speed-v3.h5", s["student"], s, r),
+                                   lambda r: student_epoch(data, out / "speed-v2.h5", s["student"], s, r))
     return {"cpu": cpu_model(), "torch_threads": torch.get_num_threads(), "images": len(data), "views": s["views"],
             "dump_teacher": "untrained student-cnn",
             "image_size": s["size"], "workers": 2, "repeats": s["repeats"],
