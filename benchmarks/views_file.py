@@ -36,10 +36,11 @@ import torch
 from benchmarks.folder import cpu_model, median_pair
 from kdcache.cache import open_cache
 from kdcache.config import STUDENT_TRAIN, TEACHER_TRAIN, DataConfig, DistillConfig, DumpConfig, RunOptions, ViewConfig
-from kdcache.data.augment import CropFlip
+from kdcache.data.augment import CropFlip, CropFlipFile
 from kdcache.data.cached_dataset import CachedDataset
 from kdcache.data.datasets import load_dataset
 from kdcache.data.loader import LoaderConfig, make_loader
+from kdcache.data.view_schedule import sample_views
 from kdcache.files import write_json
 from kdcache.jobs.dump import dump_logits
 from kdcache.jobs.training import evaluate_checkpoint, train_student, train_teacher
@@ -150,6 +151,25 @@ def student_epoch(data, cache: str, arch: str, s: dict[str, Any], epoch: int) ->
     return time.perf_counter() - t0
 
 
+def replay_seconds(data, policy, size: int) -> float:
+    """Seconds to build one view of every image of ``data`` (view_images) and standardise it, in this process."""
+    from kdcache.data.replay import view_images
+    from kdcache.data.samples import normalize, standardize
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    params = torch.from_numpy(sample_views(policy, data.indices.numpy(), 1, 0, (size, size))[:, 0])
+    mean, std = data.info.mean, data.info.std
+    t0 = time.perf_counter()
+    for b in range(0, len(data), 64):
+        rows = torch.arange(b, min(b + 64, len(data)))
+        v = view_images(data.images, rows, params[rows], policy)
+        normalize(v, mean, std) if v.dtype == torch.uint8 else standardize(v, mean, std)
+    seconds = time.perf_counter() - t0
+    torch.set_num_threads(threads)
+    return seconds
+
+
 def speed_teacher(path: Path, size: int) -> Path:
     """An untrained student-cnn as the dump's teacher (as benchmarks.folder does): a cheap forward, so reading and
     cutting the views, what v3 changes, is most of the time, and a ratio is the strictest."""
@@ -187,7 +207,13 @@ def speed(out: Path, s: dict[str, Any], log=print) -> dict[str, Any]:
     log("speed: student epoch v3 vs v2 ...")
     e3, e2, e3s, e2s = median_pair(s["repeats"], lambda r: student_epoch(data, out / "speed-v3.h5", s["student"], s, r),
                                    lambda r: student_epoch(data, out / "speed-v2.h5", s["student"], s, r))
+    log("speed: the replayer alone, one view per image, in this process ...")
+    r3, r2, r3s, r2s = median_pair(s["repeats"], lambda r: replay_seconds(data, CropFlipFile(), s["size"]),
+                                   lambda r: replay_seconds(data, CropFlip(), s["size"]))
     return {"cpu": cpu_model(), "torch_threads": torch.get_num_threads(), "images": len(data), "views": s["views"],
+            "replay_one_view": {"v3_s": r3, "v2_s": r2, "ratio": r3 / r2, "v3_runs": r3s, "v2_runs": r2s,
+                                "what": "view_images + standardisation of every training image, batches of 64, "
+                                        "no workers, 1 torch thread"},
             "dump_teacher": "untrained student-cnn",
             "image_size": s["size"], "workers": 2, "repeats": s["repeats"],
             "dump": {"v3_s": d3, "v2_s": d2, "ratio": d3 / d2, "v3_runs": d3s, "v2_runs": d2s},
