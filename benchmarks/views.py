@@ -51,6 +51,7 @@ from kdcache.config import STUDENT_TRAIN, TEACHER_TRAIN, DataConfig, DumpConfig,
 from kdcache.data.augment import parse_policy, view_record
 from benchmarks import train_batches
 from kdcache.data.datasets import load_dataset
+from kdcache.data.replay import view_images
 from kdcache.data.view_schedule import ViewPlan, sample_views
 from kdcache.experiments.results import load_results
 from kdcache.experiments.sweep import RunSpec, run_sweep
@@ -120,7 +121,8 @@ def view_accuracy(teacher_path: Path, s: dict[str, Any], data_dir: str) -> float
     params = torch.from_numpy(sample_views(policy, test.indices.numpy(), 1, 12345, test.info.image_size))
     hits = 0
     for i in range(0, len(test), 1000):
-        z = teacher.view_logits(test.images[i:i + 1000], params[i:i + 1000], policy, CPU)[:, 0]
+        z = teacher.view_logits(view_images(test.images, range(i, min(i + 1000, len(test))), params[i:i + 1000],
+                                            policy), CPU)[:, 0]
         hits += int((z.argmax(1) == test.labels[i:i + 1000]).sum())
     return hits / len(test)
 

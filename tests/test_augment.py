@@ -145,10 +145,10 @@ def test_record_round_trip_and_unknown_versions():
     newer = {**view_record(ShiftFlip(), include_original=False, seed=0), "version": 2}
     with pytest.raises(CacheError, match="version 2, which this kdcache cannot replay.*upgrade kdcache"):
         policy_from_record(newer)
-    newer = {**view_record(CropFlip(), include_original=False, seed=0), "version": 3}
-    with pytest.raises(CacheError, match="version 3, which this kdcache cannot replay") as e:
+    newer = {**view_record(CropFlip(), include_original=False, seed=0), "version": 4}  # v3: views cut from the file
+    with pytest.raises(CacheError, match="version 4, which this kdcache cannot replay") as e:
         policy_from_record(newer)
-    assert "\n" not in str(e.value) and "crop-flip v1, crop-flip v2" in str(e.value)
+    assert "\n" not in str(e.value) and "crop-flip v1, crop-flip v2, crop-flip v3" in str(e.value)
     # a cache written before v2 (absolute pixel boxes) still replays, as it was written
     old = {**view_record(CropFlip(scale_min=0.5), include_original=False, seed=0), "version": 1}
     legacy = policy_from_record(old)

@@ -79,6 +79,22 @@ def test_float16_error_is_small_and_shrinks_with_T(tmp_path, image_data):
     assert 0 < rows[0]["max_abs"] < 5e-3 and rows[2]["max_abs"] < rows[0]["max_abs"]
 
 
+def test_views_file_benchmark_smoke(tmp_path):
+    """benchmarks.views_file: real photographs (scikit-image's), a v3 and a v2 cache, students, speed ratios."""
+    pytest.importorskip("skimage")  # installed for this benchmark only, not a kdcache dependency
+    from benchmarks.views_file import main as views_file_main
+
+    out = tmp_path / "vf"
+    r = views_file_main(["all", "--smoke", "--quiet", "--out", str(out), "--json", str(tmp_path / "r.json")])
+    acc, speed = r["accuracy"], r["speed"]
+    assert acc["prepare"]["v3"]["version"] == 3 and acc["prepare"]["v2"]["version"] == 2
+    assert {row["views"] for row in acc["rows"]} == {"v3", "v2"}
+    assert all(0 <= row["val_accuracy"] <= 1 and 0 <= row["test_accuracy"] <= 1 for row in acc["rows"])
+    assert speed["dump"]["ratio"] > 0 and speed["student_epoch"]["ratio"] > 0 and speed["replay_one_view"]["ratio"] > 0
+    assert speed["cpu"]
+    assert json.loads((tmp_path / "r.json").read_text())["speed"]["views"] == 2
+
+
 def test_views_accuracy_benchmark_smoke(tmp_path, data_dir):
     """prepare -> accuracy (RunSpecs through run_sweep) -> table, at a few seconds' scale."""
     from benchmarks.views import CONDITIONS

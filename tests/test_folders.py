@@ -246,8 +246,8 @@ def test_a_student_at_another_image_size_than_its_teacher(tmp_path, views):
     assert s.exit_code == 0, s.output  # the alignment hashes files and labels, not pixels: any input size aligns
     _, config = load_checkpoint(tmp_path / "s.pt")
     assert config["image_size"] == [16, 16] and config["input_transform"]["size"] == 16  # the student's own
-    if views:  # the teacher's crop-flip views, replayed at 16 px
-        assert config["augment"]["mode"] == "replay" and config["augment"]["policy"]["version"] == 2, config["augment"]
+    if views:  # the teacher's crop-flip views, cut from the files (v3 on image folders), replayed at 16 px
+        assert config["augment"]["mode"] == "replay" and config["augment"]["policy"]["version"] == 3, config["augment"]
     else:
         assert "augment" not in config or not config["augment"]
     e = run("evaluate", "--model", tmp_path / "s.pt", "--data-dir", root, "--json")

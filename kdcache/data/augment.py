@@ -25,6 +25,11 @@ Policies (``POLICIES``; ``parse_policy("shift-flip:pad=4")`` changes a setting):
   resized bilinearly back to the input size (``resized_crop(..., antialias=False)``), then
   flipped horizontally. Its views replay at any resolution (a student at another
   ``--image-size``); caches of v1 (absolute pixel boxes) still replay at the teacher's size.
+- ``crop-flip`` v3 (``CropFlipFile``, what ``--augment crop-flip`` makes on image folders): the
+  same box, as fractions of the ORIGINAL file, cut from the full-resolution decoded image and
+  resized once to the input size where the file is decoded (``cut``), as torchvision's
+  ``RandomResizedCrop`` and FKD do; v2 cuts the box from the S×S centre crop instead (an
+  18-pixel patch of an already-downscaled crop at scale 0.08 and S = 64). In-memory images keep v2.
 
 A policy with ``RELATIVE`` parameters replays at any image size; the others only at the
 size the views were drawn for (``check_replay_size``).
@@ -51,6 +56,7 @@ class ViewPolicy(ABC):
     VERSION: ClassVar[int] = 1
     PARAM_NAMES: ClassVar[tuple[str, ...]] = ()
     RELATIVE: ClassVar[bool] = False  # parameters are fractions of the image: a view replays at any image size
+    FROM_FILE: ClassVar[bool] = False  # views are cut from the decoded file (CropFlipFile), not applied in memory
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -309,9 +315,82 @@ def _source_index(start: torch.Tensor, length: torch.Tensor, out_size: int, flip
     return i0, i1, lam
 
 
+@dataclass(frozen=True)
+class CropFlipFile(CropFlip):
+    """crop-flip v3: the box is a fraction of the ORIGINAL image file, cut at full resolution and resized once.
+
+    What torchvision's ``RandomResizedCrop`` and FKD do, and what ``--augment crop-flip`` makes on
+    image folders: the file is decoded (and converted to RGB as ``InputTransform`` does), the box
+    ``round(top·H), round(left·W), round(height·H), round(width·W)`` in pixels of the H×W file
+    (``pixel_boxes``) is cut and resized to the input size S×S once (bilinear, antialiased), then
+    flipped: pixel for pixel ``hflip(resized_crop(pil_image, t, l, h, w, [S, S], antialias=True))``
+    of torchvision on the PIL image. It happens where the file is decoded (``cut``, called by
+    kdcache.data.replay.view_images in DataLoader workers), so images in memory cannot replay it
+    (``apply`` refuses, one line): there is no file to cut from.
+
+    Sampling: parameters must stay a pure function of (seed, view, dataset index), known before
+    any file is opened (kdcache.data.view_schedule.sample_views), so they cannot depend on a
+    file's pixel size. Boxes are drawn with ``RandomResizedCrop.get_params``' rule (area fraction
+    uniform in [scale_min, scale_max], aspect ratio log-uniform in [ratio_min, ratio_max], 10
+    attempts, centre fallback) on a UNIT×UNIT square (UNIT = 2**16 whole "pixels", so every
+    fraction is exact in float32), then divided by UNIT. On a square file that is RRC's
+    distribution; on an H×W file the area fraction is still RRC's but the box's aspect ratio in
+    pixels is the drawn ratio times W/H (a 4:3 photo gets ratios in [1, 16/9] instead of
+    [3/4, 4/3]), and the fallback (never reached with the default settings on a square) is the
+    whole file. The stored fractions are the truth for replay, whatever drew them.
+    ``identity`` (``--include-original``'s view 0) is (0, 0, 1, 1, 0): the whole file resized to
+    S×S (aspect not kept), not the evaluation transform's centre crop.
+    """
+
+    VERSION: ClassVar[int] = 3
+    FROM_FILE: ClassVar[bool] = True
+    UNIT: ClassVar[int] = 2 ** 16
+
+    def sample(self, rng: np.random.Generator, n: int, image_size: Sequence[int]) -> np.ndarray:
+        box = self._pixel_boxes(rng, n, (self.UNIT, self.UNIT))  # image_size unused: a pure function of the rng
+        return (box / np.array([self.UNIT] * 4 + [1], dtype=np.float64)).astype(np.float32)
+
+    def apply(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        raise ConfigError(f"{self} views are cut from the original image file, not from images in memory; replay them "
+                          "on kdcache's own split of the image folder (load_dataset('imagefolder', ...)), or dump views "
+                          "of in-memory images with crop-flip v2")
+
+    def cut(self, image: Any, params: np.ndarray, size: int, mode: str = "RGB") -> np.ndarray:
+        """(V, C, size, size) uint8: the views ``params`` (V, P) of ``image``, a decoded RGB PIL image of the file.
+
+        Each view: the pixel box (``pixel_boxes`` at the file's own H×W), ``crop`` then ``resize((size, size),
+        BILINEAR)`` (PIL antialiases when shrinking: torchvision's ``resized_crop`` on a PIL image), then a
+        horizontal flip; mode "L" converts after the resize, as InputTransform does.
+        """
+        from PIL import Image
+
+        w, h = image.size
+        boxes = self.pixel_boxes(torch.from_numpy(np.asarray(params, dtype=np.float32).reshape(-1, 5)), h, w).tolist()
+        out = []
+        for top, left, height, width, flip in boxes:
+            view = image.crop((left, top, left + width, top + height)).resize((size, size), Image.Resampling.BILINEAR)
+            if flip:
+                view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            arr = np.asarray(view.convert("L"), dtype=np.uint8)[None] if mode == "L" else \
+                np.asarray(view, dtype=np.uint8).transpose(2, 0, 1)
+            out.append(arr)
+        return np.stack(out)  # (V, C, S, S)
+
+
 POLICIES: dict[str, type[ViewPolicy]] = {"shift-flip": ShiftFlip, "crop-flip": CropFlip}
-# Older versions a cache may still store, replayed as they were written (not offered to --augment).
-LEGACY: dict[tuple[str, int], type[ViewPolicy]] = {("crop-flip", 1): CropFlipV1}
+# Other versions a cache may store, replayed as they were written: v1 (legacy), and v3, which --augment crop-flip
+# makes on image files (for_images) where in-memory images get v2.
+LEGACY: dict[tuple[str, int], type[ViewPolicy]] = {("crop-flip", 1): CropFlipV1, ("crop-flip", 3): CropFlipFile}
+
+
+def for_images(policy: ViewPolicy, images: Any) -> ViewPolicy:
+    """The policy ``--augment`` means on these images: crop-flip on image files (a lazy source) is v3, cut from the
+    file (CropFlipFile); on images in memory it stays v2. Any other policy is returned as it is."""
+    from kdcache.data.images import from_files
+
+    if type(policy) is CropFlip and from_files(images):
+        return CropFlipFile(**policy.settings)
+    return policy
 
 
 def policy_names() -> list[str]:

@@ -48,7 +48,8 @@ from kdcache.cache.stream import StreamedTargets
 from kdcache.cache.targets import Targets, as_tensors, to_float
 from kdcache.config import CACHE_MEMORY_LIMIT_MB
 from kdcache.data.align import Alignment, align_dataset, unwrap
-from kdcache.data.samples import Batch, ImageData, collate, to_unit
+from kdcache.data.replay import view_images
+from kdcache.data.samples import Batch, ImageData, collate
 from kdcache.data.view_schedule import ViewPlan
 from kdcache.data.views import StoredViews, keep_views, student_views
 from kdcache.errors import ConfigError
@@ -265,12 +266,12 @@ class CachedDataset(Dataset):
     def _batch(self, pos: torch.Tensor) -> Batch:
         """A kdcache split's rows ``pos`` (B,): images (this epoch's views applied), labels, the targets of those views."""
         assert self.data is not None
-        batch = self.data.__getitems__(pos)
         targets = None if self.targets is None else self.targets[pos]
         if self.plan is None:
+            batch = self.data.__getitems__(pos)
             return Batch(batch.images, self.labels[pos], None if targets is None else to_float(targets))
         views, params = self.epoch_views()
-        images = self.plan.policy.apply(to_unit(batch.images), params[pos])  # float (B, C, H, W) in [0, 1]
+        images = view_images(self.data.images, pos, params[pos], self.plan.policy)  # the one replayer (B, C, S, S)
         if targets is not None and views is not None:
             targets = pick_views(targets, views[pos])  # (B, V, ...) -> the view each row shows this epoch
         return Batch(images, self.labels[pos], None if targets is None else to_float(targets))

@@ -178,6 +178,16 @@ class FileImages:
         """Row ``i`` as (3, S, S) uint8."""
         return open_image(self.root / self.relpaths[i], self.transform)
 
+    def views(self, rows: Any, params: np.ndarray, policy: Any) -> torch.Tensor:
+        """(B, V, C, S, S) uint8: each row's file decoded once, converted as the transform converts it, and its V views
+        ``params`` (B, V, P) cut from it at full resolution by ``policy.cut`` (crop-flip v3)."""
+        size, mode = self.transform.size, self.transform.mode
+        out = [open_image(self.root / self.relpaths[int(i)], lambda im, p=p: policy.cut(_rgb(im), p, size, mode))
+               for i, p in zip(positions(rows, len(self)), params)]
+        if not out:
+            return torch.empty((0, params.shape[1]) + self.shape[1:], dtype=torch.uint8)
+        return torch.from_numpy(np.stack(out))
+
     def subset(self, rows: Any) -> "FileImages":
         return FileImages(self.root, [self.relpaths[int(i)] for i in positions(rows, len(self))], self.transform)
 
@@ -208,6 +218,16 @@ class ConcatImages:
             out[torch.from_numpy(sel)] = self.parts[p][torch.from_numpy(pos[sel] - self.offsets[p])]
         return out
 
+    def views(self, rows: Any, params: np.ndarray, policy: Any) -> torch.Tensor:
+        """(B, V, C, S, S) uint8: views cut from each part's files (FileImages.views)."""
+        pos = positions(rows, len(self))
+        part = np.searchsorted(self.offsets, pos, side="right") - 1
+        out = torch.empty((len(pos), params.shape[1]) + self.shape[1:], dtype=torch.uint8)
+        for p in np.unique(part):
+            sel = np.flatnonzero(part == p)
+            out[torch.from_numpy(sel)] = cut_views(self.parts[p], pos[sel] - self.offsets[p], params[sel], policy)
+        return out
+
     def subset(self, rows: Any) -> Any:
         pos = positions(rows, len(self))
         part = np.searchsorted(self.offsets, pos, side="right") - 1
@@ -231,6 +251,9 @@ class _Gathered:
 
     def __getitem__(self, rows: Any) -> torch.Tensor:
         return self.base[torch.from_numpy(self.pos[positions(rows, len(self))])]
+
+    def views(self, rows: Any, params: np.ndarray, policy: Any) -> torch.Tensor:
+        return cut_views(self.base, self.pos[positions(rows, len(self))], params, policy)
 
     def subset(self, rows: Any) -> "_Gathered":
         return _Gathered(self.base, self.pos[positions(rows, len(self))])
@@ -259,6 +282,25 @@ def concat(parts: Sequence[Any]) -> Any:
     if all(isinstance(p, torch.Tensor) for p in parts):
         return torch.cat(list(parts))
     return ConcatImages(parts)
+
+
+def from_files(images: Any) -> bool:
+    """Whether every image of ``images`` is read from a file (so views can be cut from the original, FileImages.views)."""
+    if isinstance(images, FileImages):
+        return True
+    if isinstance(images, ConcatImages):
+        return all(from_files(p) for p in images.parts)
+    return isinstance(images, _Gathered) and from_files(images.base)
+
+
+def cut_views(images: Any, rows: Any, params: np.ndarray, policy: Any) -> torch.Tensor:
+    """(B, V, C, S, S) uint8: views ``params`` (B, V, P) of ``rows`` cut from their files by ``policy.cut``;
+    ConfigError (one line) for images that are not files (in memory, or a Dataset's transformed items)."""
+    if not from_files(images):
+        raise ConfigError(f"{policy} views are cut from the original image files, but these images are "
+                          f"{type(images).__name__} (in memory or already transformed); replay them on kdcache's own "
+                          "split of the image folder, or use views of in-memory images (crop-flip v2, shift-flip)")
+    return images.views(rows, params, policy)
 
 
 def is_lazy(images: Any) -> bool:

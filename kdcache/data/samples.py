@@ -22,8 +22,9 @@ from kdcache.identity import UNLABELLED, DatasetInfo
 class Batch:
     """What a dataset's ``__getitems__`` returns and the loader yields (kdcache.data.loader).
 
-    From the dataset: images uint8 (B, C, H, W) as read, or float in [0, 1] where augmentation views
-    were applied. From the loader: on the device, float32 standardised with the dataset's mean/std.
+    From the dataset: images uint8 (B, C, H, W) as read (crop-flip v3 views too: cut from the file),
+    or float in [0, 1] where other augmentation views were applied (kdcache.data.replay); a dump's
+    views carry a views axis, (B, V, C, H, W). From the loader: on the device, float32 standardised with the dataset's mean/std.
     """
 
     images: torch.Tensor

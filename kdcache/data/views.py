@@ -21,7 +21,9 @@ import torch
 
 from kdcache.cache import LogitCache
 from kdcache.cache.targets import Targets, TopK
-from kdcache.data.augment import ViewPolicy, check_replay_size, parse_policy, policy_from_record
+from kdcache.data.augment import ViewPolicy, check_replay_size, for_images, parse_policy, policy_from_record
+from kdcache.data.images import from_files
+from kdcache.data.replay import view_images
 from kdcache.data.samples import ImageData
 from kdcache.data.view_schedule import ViewPlan, view_schedule
 from kdcache.errors import CacheError, ConfigError
@@ -30,10 +32,12 @@ SCHEDULE = "each stored view once per K epochs, in a random order per image and 
 
 
 def fresh_views(augment: str | None, data: ImageData, seed: int) -> ViewPlan | None:
-    """Fresh random parameters every epoch (None without ``augment``)."""
+    """Fresh random parameters every epoch (None without ``augment``); crop-flip on image files is v3 (cut from the
+    file, kdcache.data.augment.for_images)."""
     if augment is None:
         return None
-    return ViewPlan(parse_policy(augment), tuple(data.info.image_size), seed)
+    policy = for_images(parse_policy(augment), data.images) if isinstance(augment, str) else parse_policy(augment)
+    return ViewPlan(policy, tuple(data.info.image_size), seed)
 
 
 def views_in_use(cache: LogitCache, cache_views: int | None, flag: str) -> int:
@@ -96,7 +100,10 @@ def student_views(caches: Sequence[LogitCache], rows: Sequence[np.ndarray], data
             raise CacheError(f"{cache.path} stores augmentation views but {plain.path} does not; every cache of an "
                              "ensemble must label the same views")
         policy = policy_from_record(cache.meta.view_policy, where=str(cache.path))
-        if augment is not None and parse_policy(augment).describe() != policy.describe():
+        if policy.FROM_FILE and not from_files(data.images):
+            raise ConfigError(f"{cache.path} stores {policy} views, cut from the original image files, but this data "
+                              "is not read from files; train on the image folder the cache was dumped from")
+        if augment is not None and for_images(parse_policy(augment), data.images).describe() != policy.describe():
             raise ConfigError(f"--augment {augment} differs from the views stored in {cache.path} ({policy}); a cache "
                               "with views replays its own views: drop --augment, or dump views with that policy")
         check_replay_size(policy, drawn_size(cache), data.info.image_size, cache.path)
@@ -155,6 +162,10 @@ class StoredViews:
                                   "view per image; dump views with `kdcache dump-logits --views K --augment POLICY`")
             return None
         policy = policy_from_record(cache.meta.view_policy, where=str(cache.path))
+        if policy.FROM_FILE:
+            raise ConfigError(f"{cache.path} stores {policy} views, cut from the original image files, which a "
+                              "Dataset's transformed items cannot replay; wrap kdcache's own split instead: "
+                              "CachedDataset(load_dataset('imagefolder', 'train', ROOT), cache)")
         used = views_in_use(cache, cache_views, "cache_views=")
         params = stored_view_params(cache, rows, used)  # (n, K', P): checked against the first image's size later
         return cls(policy, params, seed, str(cache.path), drawn_size(cache))
@@ -186,7 +197,7 @@ class StoredViews:
             raise ConfigError(f"{self.where} stores augmentation views: item {items[b]}'s image has values in "
                               f"[{float(lo[b]):.3g}, {float(hi[b]):.3g}], not [0, 1] (normalised?); {IMAGE_CONTRACT}")
         params = self.params[torch.as_tensor(items, dtype=torch.int64), torch.as_tensor(views, dtype=torch.int64)]
-        return self.policy.apply(batch, params)  # (B, P) parameters: one row per image
+        return view_images(batch, torch.arange(len(batch)), params, self.policy)  # (B, P): one view per image
 
     def _check_tensor(self, image: Any, item: int) -> None:
         if not isinstance(image, torch.Tensor) or not image.is_floating_point() or image.ndim != 3:

@@ -21,13 +21,13 @@ from kdcache.config import (
     RunOptions,
     ViewConfig,
 )
-from kdcache.data.augment import parse_policy, view_record
+from kdcache.data.augment import for_images, parse_policy, view_record
 from kdcache.data.datasets import load_dataset
 from kdcache.data.folders import IMAGEFOLDER, UNLABELLED_FOLDER
 from kdcache.data.loader import LoaderConfig, make_loader
+from kdcache.data.replay import ViewRows
 from kdcache.data.samples import ImageData
 from kdcache.data.user_data import ACCEPTED_DATASET, dataset_data, is_dataset
-from kdcache.data.view_schedule import sample_views
 from kdcache.device import resolve_device, resolve_precision
 from kdcache.errors import CacheError, ConfigError, StorageError
 from kdcache.files import check_free_space, disk_full_message
@@ -132,7 +132,8 @@ def dump_logits(teacher: "str | os.PathLike | torch.nn.Module | TeacherSpec | No
     teacher exactly as the dataset returns them. Class names come from ``dataset.classes`` or
     ``dump.class_names``; an ImageFolder gets the same row ids as ``--dataset imagefolder`` on that folder.
 
-    With ``views.augment`` (a kdcache.data.augment policy) it stores ``views.views`` augmented views per
+    With ``views.augment`` (a kdcache.data.augment policy: a name, resolved for the data, so "crop-flip" on image
+    files is v3, cut from the original file; a policy object is used as given, e.g. ``CropFlip()`` for v2) it stores ``views.views`` augmented views per
     image (view 0 the un-augmented image with ``views.include_original``): each view's parameters, a pure
     function of (``views.seed``, view, dataset index) (kdcache.data.view_schedule.sample_views), and the
     teacher's logits on it. Each image is read and converted once for its views.
@@ -160,6 +161,8 @@ def dump_logits(teacher: "str | os.PathLike | torch.nn.Module | TeacherSpec | No
         checkpoint=None if teacher is None else os.fspath(teacher))
     data = dump_data(spec, data_cfg, dataset, dump)
     info = with_teacher_classes(spec, data.info, dump.class_names)  # unlabelled images: the teacher's classes
+    if isinstance(views.augment, str):  # "crop-flip" on image files: v3, cut from the file (augment.for_images)
+        plan = replace(plan, policy=for_images(plan.policy, data.images))
     check_topk(plan.topk, info.num_classes)
     rows = TeacherRows(ready_teacher(spec, module, data, info, plan), data, plan, data_cfg.workers)
     request = plan.request(rows.teacher, info, len(data))
@@ -299,16 +302,15 @@ class TeacherRows:
 
     def batches(self, rows: np.ndarray) -> Iterator[tuple[torch.Tensor, torch.Tensor, np.ndarray | None]]:
         """(dataset rows (B,), logits (B, [V,] C) float32, view parameters (B, V, P) or None) for each batch."""
-        plan, data = self.plan, self.data
+        plan = self.plan
         spans = [torch.from_numpy(rows[i:i + plan.batch_size]) for i in range(0, len(rows), plan.batch_size)]
-        for span, batch in zip(spans, make_loader(data, self.raw, batches=spans)):
-            if plan.policy is None:
+        if plan.policy is None:
+            for span, batch in zip(spans, make_loader(self.data, self.raw, batches=spans)):
                 yield span, self.teacher.logits(batch.images, self.device, plan.precision), None
-                continue
-            params = sample_views(plan.policy, data.indices[span].numpy(), plan.num_views, plan.views.seed,
-                                  data.info.image_size, plan.views.include_original)  # (B, V, P)
-            yield span, self.teacher.view_logits(batch.images, torch.from_numpy(params), plan.policy, self.device,
-                                                 plan.precision), params
+            return
+        views = ViewRows(self.data, plan.policy, plan.num_views, plan.views.seed, plan.views.include_original)
+        for span, batch in zip(spans, make_loader(views, self.raw, batches=spans)):  # (B, V, C, S, S) views
+            yield span, self.teacher.view_logits(batch.images, self.device, plan.precision), views.params(span)
 
     def logits_of(self, rows: Any) -> np.ndarray:
         """The logits (n, [V,] C) of dataset rows ``rows`` (a low-rank dump fits its basis on them)."""

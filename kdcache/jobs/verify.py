@@ -40,7 +40,8 @@ from kdcache.cache.targets import TAIL_T2, TopK
 from kdcache.config import VERIFY_SAMPLE
 from kdcache.data.augment import policy_from_record
 from kdcache.data.datasets import load_dataset
-from kdcache.data.images import InputTransform
+from kdcache.data.images import InputTransform, from_files
+from kdcache.data.replay import view_images
 from kdcache.data.samples import ImageData
 from kdcache.device import resolve_device
 from kdcache.errors import CacheError
@@ -271,6 +272,10 @@ def _check_views(cache: LogitCache, data: ImageData, report: VerifyReport) -> bo
         report.add("views", "fail", str(e))
         return False
     h, w = data.info.image_size
+    if policy.FROM_FILE and not from_files(data.images):
+        report.add("views", "fail", f"{policy} views are cut from the original image files, but {data.info.name} is "
+                                    "not read from files; verify against the image folder the cache was dumped from")
+        return False
     problem = policy.problem(params, (h, w))
     if problem:
         report.add("views", "fail", f"/view_params: {problem}: they cannot be views of {h}x{w} images; {REDUMP}")
@@ -297,17 +302,17 @@ def _check_teacher(cache: LogitCache, data: ImageData, spec: TeacherSpec, sample
     k = min(sample, m.num_samples)
     rows = np.sort(np.random.default_rng(seed).choice(m.num_samples, size=k, replace=False))
     stored = cache.read(rows)
-    images = data.images[torch.from_numpy(cache.indices[rows])]
+    positions = torch.from_numpy(cache.indices[rows])
     teacher.model.to(dev)  # re-run as dump-logits runs it (Teacher.logits: fp32 with TF32 off on CUDA)
-    if m.has_views:  # every view of each row, replayed from its stored parameters
+    if m.has_views:  # every view of each row, replayed from its stored parameters by the one replayer
         policy = policy_from_record(m.view_policy)
         params = torch.from_numpy(cache.read_view_params(rows))  # (k, V, P)
-        fresh = torch.cat([teacher.view_logits(x, p, policy, dev)
-                           for x, p in zip(images.split(256), params.split(256))]).numpy()  # (k, V, C)
+        fresh = torch.cat([teacher.view_logits(view_images(data.images, i, p, policy), dev)
+                           for i, p in zip(positions.split(256), params.split(256))]).numpy()  # (k, V, C)
         fresh, stored = fresh.reshape(-1, fresh.shape[-1]), _flatten_views(stored, m.num_views)
         rows = np.repeat(rows, m.num_views)  # the row of each compared view
     else:
-        fresh = torch.cat([teacher.logits(x, dev) for x in images.split(256)]).numpy()  # (k, C)
+        fresh = torch.cat([teacher.logits(data.images[i], dev) for i in positions.split(256)]).numpy()  # (k, C)
     if m.targets == "lowrank":
         _check_lowrank_teacher(cache, fresh, stored, rows, k, teacher.sha256 == m.teacher_sha256, report)
         return

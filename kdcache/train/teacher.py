@@ -23,7 +23,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdcache.data.augment import ViewPolicy
 from kdcache.data.images import InputTransform
 from kdcache.data.samples import standardize, to_unit
 from kdcache.device import autocast, resolve_precision, strict_fp32
@@ -93,18 +92,13 @@ class Teacher:
             return self.model(x).float().cpu()
 
     @torch.inference_mode()
-    def view_logits(self, images: torch.Tensor, params: torch.Tensor, policy: ViewPolicy, device: torch.device,
-                    precision: str = "fp32") -> torch.Tensor:
-        """Raw logits (B, V, classes) on the V views of each image, given their parameters (B, V, P).
+    def view_logits(self, views: torch.Tensor, device: torch.device, precision: str = "fp32") -> torch.Tensor:
+        """Raw logits (B, V, classes) on already-built views (B, V, C, H, W) (kdcache.data.replay.view_images).
 
-        Each image is moved and converted to [0, 1] once; each view is applied to it (batched)
-        and then standardised inside ``logits``, exactly as a student replays it.
+        uint8 views (cut from files) or float views in [0, 1]; each view v of the batch runs as one
+        batch of B through ``logits``, standardised there exactly as a student's replayed view is.
         """
-        x = images.to(device)
-        x = to_unit(x) if x.dtype == torch.uint8 else x.float()
-        params = params.to(device)
-        return torch.stack([self.logits(policy.apply(x, params[:, v]), device, precision)
-                            for v in range(params.shape[1])], dim=1)
+        return torch.stack([self.logits(views[:, v], device, precision) for v in range(views.shape[1])], dim=1)
 
 
 def default_transform(spec: TeacherSpec) -> InputTransform | None:
