@@ -241,7 +241,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for rep in range(args.repeat):
                     for mode in (args.modes if rep % 2 == 0 else args.modes[::-1]):
                         cache = work / f"{name}-{fname}-W{workers}-{mode}-{args.teacher}.h5"
-                        if job == "student" and rep == 0:  # its logits, once per run
+                        if job == "student" and "dump" not in jobs and rep == 0:  # its logits, once
                             run_child("dump", root, cache, teacher, args, workers, mode)
                         r = run_child(job, root, cache, teacher, args, workers, mode)
                         r.update(folder=fname, images=n, workers=workers, mode=mode, repeat=rep)
