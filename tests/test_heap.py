@@ -1,4 +1,4 @@
-"""kdcache.heap: glibc's mmap threshold set once per process on the decode path; a no-op without glibc."""
+"""kdcache.heap: opt-in (KDCACHE_HEAP=limit) glibc mmap threshold, set once per process on the decode path; a no-op without glibc."""
 from __future__ import annotations
 
 import ctypes
@@ -15,9 +15,9 @@ GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 
 @pytest.fixture(autouse=True)
 def fresh(monkeypatch):
-    """Each test starts as a process that has not applied it yet, with no allocator variables set."""
+    """Each test starts as a process that has not applied it yet, opted in, with no glibc variable set."""
     monkeypatch.setattr(heap, "_applied", None)
-    monkeypatch.delenv(heap.ENV_OFF, raising=False)
+    monkeypatch.setenv(heap.ENV, heap.ENV_ON)
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
 
 
@@ -76,7 +76,16 @@ def test_noop_off_linux_and_when_libc_cannot_load(monkeypatch):
     assert heap._glibc() is None and heap.limit_heap_growth() is False
 
 
-@pytest.mark.parametrize("var, value", [("KDCACHE_HEAP", "default"), ("MALLOC_MMAP_THRESHOLD_", "131072")])
+def test_off_by_default(monkeypatch):
+    """Not asked for: the allocator is left alone (a fixed threshold costs the decode-bound dump ~1.5x)."""
+    libc = FakeLibc()
+    monkeypatch.setattr(heap, "_glibc", lambda: libc)
+    monkeypatch.delenv(heap.ENV)
+    assert heap.limit_heap_growth() is False and libc.calls == []
+
+
+@pytest.mark.parametrize("var, value", [("KDCACHE_HEAP", "default"), ("KDCACHE_HEAP", "1"),
+                                        ("MALLOC_MMAP_THRESHOLD_", "131072")])
 def test_left_alone_when_switched_off_or_set_by_the_user(monkeypatch, var, value):
     libc = FakeLibc()
     monkeypatch.setattr(heap, "_glibc", lambda: libc)
@@ -99,3 +108,19 @@ def test_decoding_an_image_applies_it(monkeypatch, tmp_path):
     Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "a.jpg")
     assert images.open_image(tmp_path / "a.jpg", images.InputTransform(16)).shape == (3, 16, 16)
     assert calls == [1]
+
+
+def test_listing_a_folder_applies_it_in_the_main_process(monkeypatch, tmp_path):
+    """The main process of a W>0 job decodes nothing, so the folder loaders apply it there too."""
+    from PIL import Image
+
+    from kdcache.data import folders
+
+    calls = []
+    monkeypatch.setattr(folders, "limit_heap_growth", lambda: calls.append(1) or True)
+    for split in ("train",):
+        for cls in ("a", "b"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / split / cls / "x.jpg")
+    data = folders.load_imagefolder(str(tmp_path), "train", image_size=16, workers=0)
+    assert len(data.labels) == 2 and calls == [1]

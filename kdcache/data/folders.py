@@ -36,6 +36,7 @@ from kdcache.data.images import FileImages, InputTransform, as_transform, file_d
 from kdcache.data.loader import resolve_workers
 from kdcache.data.samples import ImageData
 from kdcache.errors import DataError
+from kdcache.heap import limit_heap_growth
 from kdcache.identity import UNLABELLED, DatasetInfo, fingerprint_for, sample_ids_for
 
 IMAGEFOLDER = "imagefolder"  # --dataset names (kdcache.data.datasets lists them with the built-in datasets)
@@ -133,6 +134,7 @@ def hash_files(paths: Sequence[Path], *, workers: int | None = None, skip_unread
 def _folder_data(name: str, split: str, base: Path, paths: list[Path], labels: list[int],
                  classes: tuple[str, ...], image_size: int | InputTransform | None, workers: int | None,
                  skip_unreadable: bool) -> ImageData:
+    limit_heap_growth()  # KDCACHE_HEAP=limit: the main process too, which decodes nothing with W > 0 workers
     digests, bad = hash_files(paths, workers=workers, skip_unreadable=skip_unreadable)
     relpaths = [p.relative_to(base).as_posix() for p in paths]
     skipped = tuple(relpaths[i] for i in bad)

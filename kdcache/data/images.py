@@ -124,7 +124,7 @@ def open_image(path: Path, transform: "InputTransform | None" = None) -> Any:
     """A decoded PIL image (or ``transform`` of it, decoded once, never copied), or DataError naming the file."""
     from PIL import Image
 
-    limit_heap_growth()  # once per process: freed decode buffers go back to the OS (kdcache.heap says why)
+    limit_heap_growth()  # KDCACHE_HEAP=limit: once per process, freed decode buffers go back to the OS (kdcache.heap)
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS
     try:
         with warnings.catch_warnings():
