@@ -9,8 +9,9 @@ The dataset fetches a whole batch in one ``__getitems__`` call and returns a ``B
 (kdcache.data.samples): an in-memory uint8 tensor is sliced once per batch (as fast as slicing it
 directly) while image files are decoded in worker processes. Batches stay uint8 until they reach
 the device, where they are standardised (timm's prefetcher): a quarter of the bytes through pinned
-memory and no per-image float work in the workers. A dataset that applied augmentation views hands
-over float images in [0, 1], standardised the same way.
+memory and no per-image float work in the workers. Views cut from image files stay uint8 too
+(kdcache.data.replay); views applied to in-memory images arrive as float in [0, 1] and are
+standardised the same way.
 """
 from __future__ import annotations
 
