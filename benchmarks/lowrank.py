@@ -218,12 +218,12 @@ def run(out: Path, plan: SyntheticPlan, conditions: Sequence[str], worker: int, 
 def timing(out: Path, plan: SyntheticPlan, repeats: int = 5, threads: int = 1, compress: bool = True) -> dict[str, Any]:
     """``kdcache compress`` of the 60,000-row cache (from float32, as dump-logits writes it by default; from float16)
     with every core, as the CLI runs it, and one student epoch (``threads`` torch threads) from each compressed cache
-    vs from the full one: targets held in memory (read, decoded once) and streamed (kdcache.cache.stream.StreamedTargets:
+    vs from the full one: targets held in memory (read, decoded once) and streamed (kdcache.cache.streamed_targets.StreamedTargets:
     read block by block as batches ask, decoded row by row), run alternately ``repeats`` times, medians. ``compress`` False reuses the files."""
     from benchmarks.folder import cpu_model
     from benchmarks.topk_task import mlp
     from benchmarks import train_batches
-    from kdcache.cache.stream import StreamedTargets
+    from kdcache.cache.streamed_targets import StreamedTargets
     from kdcache.jobs.compress import compress_cache
     from kdcache.jobs.student_targets import distillation_loss
     from kdcache.train.loop import fit

@@ -226,7 +226,7 @@ def test_a_lowrank_cache_streams_decoded_rows_block_by_block(tmp_path, full_cach
 def test_streamed_targets_of_a_lowrank_cache_decode_only_the_rows_asked_for(tmp_path, full_cache, dtype):
     """What training reads from a low-rank cache over the memory limit: any rows, in any order, decoded as read()
     decodes them (packed and int8 codes alike), each block's codes read once."""
-    from kdcache.cache.stream import StreamedTargets
+    from kdcache.cache.streamed_targets import StreamedTargets
 
     src, _ = full_cache
     compress_cache(src, tmp_path / "s.h5", codec=Codec(rank=4, dtype=dtype))

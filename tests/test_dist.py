@@ -66,7 +66,7 @@ def test_memory_batches_of_two_ranks_make_up_the_one_process_batches():
 def test_streamed_targets_give_each_rank_the_batches_in_memory_targets_give_it(tmp_path):
     """One sampler for every source: with targets read from the file, each rank's step is its part of the one-process
     batch, exactly as with targets in memory (where the targets live never changes a result)."""
-    from kdcache.cache.stream import StreamedTargets
+    from kdcache.cache.streamed_targets import StreamedTargets
 
     n = 3000
     data = make_image_data(n=n)

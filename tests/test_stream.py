@@ -8,7 +8,8 @@ from conftest import cache_attrs, make_image_data
 
 from benchmarks import train_batches
 from kdcache import cache
-from kdcache.cache.stream import LogitStream, StreamedTargets, iter_batches
+from kdcache.cache.stream import LogitStream, iter_batches
+from kdcache.cache.streamed_targets import StreamedTargets
 from kdcache.config import CacheIO, DistillConfig, RunOptions
 from kdcache.errors import CacheError
 

@@ -13,7 +13,7 @@ from conftest import assert_error, cache_attrs, make_image_data, run_cli
 
 from benchmarks import train_batches as memory_batches
 from kdcache.cache import VIEWS_SCHEMA_VERSION, open_cache, write_cache
-from kdcache.cache.stream import StreamedTargets
+from kdcache.cache.streamed_targets import StreamedTargets
 from kdcache.cache.targets import TopK, as_tensors
 from kdcache.config import DataConfig, DistillConfig, RunOptions, TrainConfig, ViewConfig
 from kdcache.data.augment import ShiftFlip, view_record

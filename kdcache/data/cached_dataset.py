@@ -8,7 +8,7 @@
 ``CachedDataset`` is map-style. Its targets are held in memory (read once, aligned once, the file
 closed before any DataLoader worker starts, so ``num_workers > 0`` is safe and an item costs an
 index, not an HDF5 read) or, over ``memory_limit_mb`` (``StreamedCachedDataset``: always), read from
-the file as batches ask for them (kdcache.cache.stream.StreamedTargets: one chunk read per block per
+the file as batches ask for them (kdcache.cache.streamed_targets.StreamedTargets: one chunk read per block per
 process). Read it in the order of kdcache's sampler (``make_loader``, or
 ``EpochSampler(..., block_rows=ds.block_rows)`` as a ``batch_sampler``), and in-memory and streamed
 targets give the same batches; another order works, streamed targets then read more chunks.
@@ -44,7 +44,7 @@ import torch
 from torch.utils.data import Dataset
 
 from kdcache.cache import LogitCache, open_cache
-from kdcache.cache.stream import StreamedTargets
+from kdcache.cache.streamed_targets import StreamedTargets
 from kdcache.cache.targets import Targets, as_tensors, to_float
 from kdcache.config import CACHE_MEMORY_LIMIT_MB
 from kdcache.data.align import Alignment, align_dataset, unwrap

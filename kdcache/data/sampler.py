@@ -18,7 +18,7 @@ function of (seed, e), set explicitly with ``set_epoch`` (as torchvision's refer
 Over a cache the order is **block-shuffled**: positions are cut into blocks of the cache's chunk
 rows, the blocks are visited in a random order, and the rows of ``buffer_blocks`` blocks at a time
 are shuffled together (a shuffle buffer, as webdataset's). Targets read from the file
-(kdcache.cache.stream.StreamedTargets) then cost one chunk read per block, and targets held in
+(kdcache.cache.streamed_targets.StreamedTargets) then cost one chunk read per block, and targets held in
 memory are read in the very same order, so where the targets live never changes a result.
 """
 from __future__ import annotations

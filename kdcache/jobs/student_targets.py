@@ -17,7 +17,7 @@ import torch
 from kdcache import dist
 from kdcache.cache import LogitCache, read_meta
 from kdcache.cache.ensemble import check_members, combine_logits
-from kdcache.cache.stream import StreamedTargets
+from kdcache.cache.streamed_targets import StreamedTargets
 from kdcache.cache.targets import as_tensors, concat
 from kdcache.config import (
     DEFAULT_DATASET,
