@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import assert_error, make_photo_folder, run_cli
+from conftest import DictItems, assert_error, make_photo_folder, run_cli
 from torch import nn
 from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
@@ -121,6 +121,44 @@ def test_bad_inputs_are_one_line(tmp_path, teacher, dataset, kind, needle):
         kdcache.dump_logits(small_model(2) if teacher == "MODEL" else teacher, out, dataset=dataset, data_cfg=DataConfig(workers=0))
     assert needle in str(e.value) and "\n" not in str(e.value) and "Sequential(" not in str(e.value)
     assert not out.exists()
+
+
+class Pairs(Dataset):
+    """The same items as (image, label) tuples."""
+
+    def __init__(self, items):
+        self.items, self.classes = items, items.classes
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        item = self.items[i]
+        return item["image"], item["label"]
+
+
+def test_a_dataset_of_dict_items_dumps_as_its_tuples_would(folder, tmp_path):
+    """Hugging Face style {"image", "label"} items are read by key: the same rows, labels, ids and logits as tuples."""
+    model = small_model()
+    items = DictItems(folder)
+    r = kdcache.dump_logits(model, tmp_path / "d.h5", dataset=items, data_cfg=DataConfig(workers=0))
+    kdcache.dump_logits(model, tmp_path / "t.h5", dataset=Pairs(items), data_cfg=DataConfig(workers=0))
+    assert r["rows"] == 18 and r["teacher_label_agreement"] is not None
+    with kdcache.open_cache(tmp_path / "d.h5") as d, kdcache.open_cache(tmp_path / "t.h5") as t:
+        assert list(d.labels) == [items[i]["label"] for i in range(18)]
+        assert np.array_equal(d.sample_ids, t.sample_ids) and np.array_equal(d.read(), t.read())
+        assert d.meta.dataset.endswith("DictItems")
+    renamed = DictItems(folder, keys=("photo", "kind"))  # keys kdcache does not guess: named, or refused
+    with pytest.raises(ConfigError) as e:
+        kdcache.dump_logits(model, tmp_path / "r.h5", dataset=renamed, data_cfg=DataConfig(workers=0))
+    assert "dataset item 0 is a dict with keys ['photo', 'kind', 'path'], none of them an image key" in str(e.value)
+    kdcache.dump_logits(model, tmp_path / "r.h5", dataset=renamed, data_cfg=DataConfig(workers=0),
+                        dump=DumpConfig(image_key="photo", label_key="kind"))
+    with kdcache.open_cache(tmp_path / "r.h5") as named, kdcache.open_cache(tmp_path / "d.h5") as d:
+        assert np.array_equal(named.sample_ids, d.sample_ids)
+    unlabelled = DictItems(folder, keys=("image", "what"))  # no label key: refused, as (image,) items are
+    with pytest.raises(ConfigError, match="with no label, not \\(image, label\\) or a dict with a label key"):
+        kdcache.dump_logits(model, tmp_path / "u.h5", dataset=unlabelled, data_cfg=DataConfig(workers=0))
 
 
 FACTORIES = '''

@@ -366,22 +366,40 @@ class LogitCache:
         wrong = bad_label | bad_id
         if wrong.any():
             first = int(np.flatnonzero(wrong)[0])
+            named = f", {keys[first]}" if keys is not None else ""  # image files: the file, by relative path
             problems.append(f"{p}: {int(wrong.sum())} of {len(rows)} rows disagree with the data sample at their index "
                             f"({int(bad_label.sum())} by label, {int(bad_id.sum())} by content id; first: dataset index "
-                            f"{int(want[first])}): rows shuffled or data changed; re-dump the cache on this data")
+                            f"{int(want[first])}{named}): rows shuffled or data changed; re-dump the cache on this data")
         return (None if problems else rows), problems
 
     def _changed_files(self, sample_ids: np.ndarray, keys: Sequence[str], whole_split: bool) -> str:
         """One line naming the files that differ from the cache's rows (ids hash path, bytes and label)."""
         new = np.flatnonzero(~np.isin(sample_ids, self.sample_ids))
         first = ", ".join(keys[i] for i in new[:3]) + (", ..." if len(new) > 3 else "")
-        gone = int((~np.isin(self.sample_ids, sample_ids)).sum()) if whole_split else 0
+        gone = np.flatnonzero(~np.isin(self.sample_ids, sample_ids)) if whole_split else np.zeros(0, np.int64)
         what = [f"{len(new)} file(s) added or changed (first: {first})"] if len(new) else []
-        what += [f"{gone} row(s) of the cache have no such file any more (removed, renamed or changed)"] if gone else []
+        if len(gone):
+            where = self._where_gone(gone, sample_ids, keys)
+            what += [f"{len(gone)} row(s) of the cache have no such file any more (removed, renamed or changed; "
+                     f"first: {where})"]
         if not what:
             what = ["the files are the same but their order or labels differ"]
         return (f"{self.path}: the images changed since the dump: {'; '.join(what)}; re-dump the cache on these "
                 "images, or use the images it was made from")
+
+    def _where_gone(self, gone: np.ndarray, sample_ids: np.ndarray, keys: Sequence[str]) -> str:
+        """Where the first of the cache rows ``gone`` (whose file is no longer in the data) lay: the cache keeps no file
+        names, so it is named by its neighbours still in the data (rows are in the data's sorted file order)."""
+        by_id = {int(s): i for i, s in enumerate(sample_ids)}
+        order = np.argsort(self.indices)  # cache rows in dataset-index order
+        pos = int(np.flatnonzero(order == gone[0])[0])
+        before = next((keys[by_id[int(self.sample_ids[r])]] for r in order[:pos][::-1]
+                       if int(self.sample_ids[r]) in by_id), None)
+        after = next((keys[by_id[int(self.sample_ids[r])]] for r in order[pos + 1:]
+                      if int(self.sample_ids[r]) in by_id), None)
+        between = " and ".join(k for k in (before, after) if k)
+        return f"dataset index {int(self.indices[gone[0]])}" + \
+            (f", the file {'between' if before and after else 'next to'} {between}" if between else "")
 
     def _positions(self, want: np.ndarray, split_size: int) -> tuple[np.ndarray | None, list[str]]:
         idx, p = self.indices, self.path

@@ -24,6 +24,7 @@ from kdcache.config import (
 from kdcache.data.augment import for_images, parse_policy, view_record
 from kdcache.data.datasets import load_dataset
 from kdcache.data.folders import IMAGEFOLDER, UNLABELLED_FOLDER
+from kdcache.data.items import ItemKeys
 from kdcache.data.loader import LoaderConfig, make_loader
 from kdcache.data.replay import ViewRows
 from kdcache.data.samples import ImageData
@@ -65,6 +66,7 @@ def cache_attrs(teacher: Teacher, info: DatasetInfo, precision: str) -> dict[str
         "normalization_mean": list(teacher.mean), "normalization_std": list(teacher.std),
         "input_transform": info.transform or "", "skipped_files": list(info.skipped) if info.skipped else "",
         "extra_config": teacher.config,
+        **({"user_transform": info.user_transform} if info.user_transform else {}),  # a user's Dataset's own transform
     }
 
 
@@ -253,8 +255,10 @@ def plan_dump(out: Path, dump: DumpConfig, views: ViewConfig, run: RunOptions) -
 def dump_data(spec: TeacherSpec, data_cfg: DataConfig, dataset: Any, dump: DumpConfig) -> ImageData:
     """The rows to dump: the user's Dataset, or a dataset by name (default: the teacher's), read as the teacher was."""
     if dataset is not None:
+        keys = ItemKeys(dump.image_key, dump.label_key)  # dict items: where the image and label are
         return dataset_data(dataset, split=dump.split, class_names=dump.class_names, normalize=dump.normalize,
-                            ignore_labels=dump.ignore_labels, workers=data_cfg.workers).head(data_cfg.limit)
+                            ignore_labels=dump.ignore_labels, workers=data_cfg.workers, item_keys=keys
+                            ).head(data_cfg.limit)
     name, image_size = data_cfg.dataset or default_dataset(spec), data_cfg.image_size
     if image_size is None and name in (IMAGEFOLDER, UNLABELLED_FOLDER):
         image_size = default_transform(spec)  # the teacher's own input transform
