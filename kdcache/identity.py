@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 
 UNLABELLED = -1  # the label of a sample nobody labelled (cache rows, batches, datasets)
+USER_DATASET = "dataset:"  # prefix of the name of a user's own Dataset: dataset:<module>.<class> (not a folder)
 
 
 @dataclass(frozen=True)

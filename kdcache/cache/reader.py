@@ -27,7 +27,7 @@ from kdcache.cache.schema import (
 )
 from kdcache.cache.targets import Targets, TopK
 from kdcache.errors import CacheError
-from kdcache.identity import UNLABELLED, DatasetInfo
+from kdcache.identity import UNLABELLED, USER_DATASET, DatasetInfo
 
 
 def read_meta(path: str | os.PathLike) -> CacheMeta:
@@ -339,7 +339,10 @@ class LogitCache:
         """Like ``align``, but returns ``(rows or None, every problem found)`` instead of raising the first."""
         m, p, problems = self.meta, self.path, []
         if info is not None:
-            if (m.dataset, m.split) != (info.name, info.split):
+            # a user's dataset ("dataset:<class>", e.g. an ImageFolder dumped from Python before it was recorded as
+            # imagefolder) under another name: the fingerprint, which hashes every sample, says whether it is the same
+            user = USER_DATASET in (m.dataset[:len(USER_DATASET)], info.name[:len(USER_DATASET)])
+            if (m.dataset, m.split) != (info.name, info.split) and not (user and m.dataset_fingerprint == info.fingerprint):
                 return None, [f"{p} was made from {m.dataset}/{m.split}, but the data is {info.name}/{info.split}; "
                               f"dump a cache of {info.name}/{info.split} (or use the data the cache was made from)"]
             if info.class_names and list(m.class_names) != list(info.class_names):

@@ -19,9 +19,9 @@ from kdcache.cache import LogitCache
 from kdcache.data.datasets import BUILTIN
 from kdcache.data.folders import folder_files
 from kdcache.data.items import ItemKeys, check_served_dict, item_parts
-from kdcache.data.user_data import USER_DATASET, item_digests
+from kdcache.data.user_data import item_digests
 from kdcache.errors import CacheError, ConfigError, DataError
-from kdcache.identity import UNLABELLED, DatasetInfo, fingerprint_for, sample_ids_for
+from kdcache.identity import UNLABELLED, USER_DATASET, DatasetInfo, fingerprint_for, sample_ids_for
 
 
 @dataclass(frozen=True)

@@ -29,9 +29,8 @@ from kdcache.data.items import LABEL_KEYS, ItemKeys, item_parts
 from kdcache.data.loader import resolve_workers
 from kdcache.data.samples import ImageData
 from kdcache.errors import ConfigError, DataError
-from kdcache.identity import UNLABELLED, DatasetInfo, fingerprint_for, sample_ids_for
+from kdcache.identity import UNLABELLED, USER_DATASET, DatasetInfo, fingerprint_for, sample_ids_for
 
-USER_DATASET = "dataset:"  # prefix of the name a cache of a user's (non-folder) dataset records
 ACCEPTED_DATASET = ("a map-style torch Dataset of (image, label) or {image, label} dict items (a dataset by name "
                     "goes in data_cfg=DataConfig(dataset=...))")
 
