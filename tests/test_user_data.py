@@ -225,3 +225,38 @@ def test_a_checkpoint_teacher_gets_float_images_as_the_dataset_returns_them(teac
     with kdcache.open_cache(tmp_path / "c.h5") as cache, torch.inference_mode():
         assert cache.meta.normalization_mean == (0.0,) and cache.meta.normalization_std == (1.0,)
         assert np.allclose(cache.read(), model.eval()(data.x).numpy(), atol=1e-5)
+
+
+def test_info_says_the_inputs_were_the_datasets_own_transform(folder, tmp_path):
+    """A user's transform is recorded (repr, its Normalize's statistics): info no longer claims mean 0, std 1."""
+    from kdcache.cache.info import cache_info, format_info
+
+    model = small_model()
+    cases = {
+        "imagenet": image_folder(folder, ToTensor(), Normalize(IMAGENET_MEAN, IMAGENET_STD)),
+        "bare": image_folder(folder, ToTensor()),
+        "uint8": image_folder(folder, PILToTensor()),
+        "dicts": DictItems(folder),  # no .transform kdcache can see
+    }
+    text = {}
+    for name, ds in cases.items():
+        kdcache.dump_logits(model, tmp_path / f"{name}.h5", dataset=ds, data_cfg=DataConfig(workers=0))
+        info = cache_info(tmp_path / f"{name}.h5")
+        text[name] = format_info(info)
+        assert "the dataset's own, not recorded in full" in text[name], text[name]
+    info = cache_info(tmp_path / "imagenet.h5")
+    record = info["user_transform"]
+    assert record["normalize"] == {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+    assert record["repr"].startswith("Compose( Resize(size=18") and "Normalize(mean=(0.485" in record["repr"]
+    assert "\n" not in record["repr"] and record["image_dtype"] == "float32"
+    assert "standardised by the dataset's transform: Normalize(mean [0.485, 0.456, 0.406], std [0.229" in text["imagenet"]
+    assert "mean [0.0, 0.0, 0.0]" not in text["imagenet"] and "mean [0.0, 0.0, 0.0]" not in text["bare"]
+    assert "no Normalize found in it, so their standardisation is unknown" in text["bare"]
+    assert "standardised with mean [0.485, 0.456, 0.406], std [0.229, 0.224, 0.225] (by kdcache, after the " \
+           "dataset's transform)" in text["uint8"]
+    assert "none visible on test_user_data.DictItems" in text["dicts"] or "none visible on conftest.DictItems" \
+        in text["dicts"]
+    with kdcache.open_cache(tmp_path / "imagenet.h5") as cache:  # what kdcache applied is still recorded as it was
+        assert list(cache.meta.normalization_mean) == [0.0] * 3
+    r = run_cli("info", tmp_path / "imagenet.h5")
+    assert "Normalize(mean [0.485" in r.output, r.output
