@@ -652,3 +652,32 @@ def test_dict_items_over_a_cache_of_the_folder_are_checked_by_label(photos, tmp_
         CachedDataset(renamed, path)
     ds = CachedDataset(renamed, path, options=WrapOptions(image_key="px", label_key="y"))
     assert set(ds[3]) == {"px", "y", "path", "teacher_logits"} and "label" in ds.alignment.checked
+
+
+def test_changed_and_deleted_files_are_named_by_relative_path(photos, tmp_path):
+    """CachedDataset over a torchvision ImageFolder names files as the CLI does, never just 'dataset index 7'."""
+    import shutil
+
+    import torchvision
+
+    root = tmp_path / "photos"
+    shutil.copytree(photos, root)
+    kd = load_dataset("imagefolder", "train", root, image_size=16, workers=0)
+    path = write_cache(tmp_path / "f.h5", index_logits(np.arange(len(kd)), classes=3), kd.labels, kd.indices,
+                       kd.sample_ids, cache_attrs(kd.info))
+    changed = root / "train" / kd.keys[7]
+    changed.write_bytes(changed.read_bytes() + b"\0")
+    folder = torchvision.datasets.ImageFolder(str(root / "train"))
+    with pytest.raises(CacheError, match=f"1 of 7 rows disagree .* first: dataset index 7, {kd.keys[7]}\\)"):
+        CachedDataset(Subset(folder, range(5, 12)), path)  # part of the folder: the first changed file, named
+    with pytest.raises(CacheError, match=f"the images changed since the dump: 1 file\\(s\\) added or changed "
+                                         f"\\(first: {kd.keys[7]}\\)"):
+        CachedDataset(folder, path)
+    (root / "train" / kd.keys[9]).unlink()  # deleted: the cache keeps no names, so its neighbours name where it was
+    (root / "train" / kd.keys[15]).unlink()
+    changed.write_bytes(changed.read_bytes()[:-1])
+    with pytest.raises(CacheError) as e:
+        CachedDataset(torchvision.datasets.ImageFolder(str(root / "train")), path)
+    assert (f"2 row(s) of the cache have no such file any more (removed, renamed or changed; dataset index 9, the "
+            f"file between {kd.keys[8]} and {kd.keys[10]}; dataset index 15, the file between {kd.keys[14]} and "
+            f"{kd.keys[16]})") in str(e.value) and "\n" not in str(e.value), str(e.value)

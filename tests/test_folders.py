@@ -323,3 +323,18 @@ def test_a_cli_imagefolder_cache_serves_torchvisions_imagefolder(team, tmp_path)
 
     with kdcache.open_cache(cache) as c:
         assert torch.equal(ds[4][2], torch.from_numpy(np.asarray(c.read([4]), np.float32))[0])
+
+
+def test_a_deleted_file_is_placed_by_name_in_verify_and_train_student(team, tmp_path):
+    root, weights = team
+    cache = tmp_path / "c.h5"
+    run("dump-logits", "--teacher-factory", "team_models_if:build", "--weights", weights, "--dataset", "imagefolder",
+        "--data-dir", root, "--image-size", SIZE, "--out", cache, "-q")
+    keys = load_dataset("imagefolder", "train", root, workers=0).keys
+    (root / "train" / keys[3]).unlink()
+    want = (f"1 row(s) of the cache have no such file any more (removed, renamed or changed; dataset index 3, the file "
+            f"between {keys[2]} and {keys[4]})")
+    v = run("verify", cache, "--data-dir", root)
+    assert v.exit_code == 1 and want in v.output, v.output
+    one_line_error(run("train-student", "--cache", cache, "--data-dir", root, "--epochs", 1, "--out", tmp_path / "s.pt"),
+                   want)

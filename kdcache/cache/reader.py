@@ -382,27 +382,29 @@ class LogitCache:
         gone = np.flatnonzero(~np.isin(self.sample_ids, sample_ids)) if whole_split else np.zeros(0, np.int64)
         what = [f"{len(new)} file(s) added or changed (first: {first})"] if len(new) else []
         if len(gone):
-            where = self._where_gone(gone, sample_ids, keys)
+            where = "; ".join(self._where_gone(gone[:3], sample_ids, keys))
             what += [f"{len(gone)} row(s) of the cache have no such file any more (removed, renamed or changed; "
-                     f"first: {where})"]
+                     f"{'first: ' if len(gone) > 3 else ''}{where})"]
         if not what:
             what = ["the files are the same but their order or labels differ"]
         return (f"{self.path}: the images changed since the dump: {'; '.join(what)}; re-dump the cache on these "
                 "images, or use the images it was made from")
 
-    def _where_gone(self, gone: np.ndarray, sample_ids: np.ndarray, keys: Sequence[str]) -> str:
-        """Where the first of the cache rows ``gone`` (whose file is no longer in the data) lay: the cache keeps no file
-        names, so it is named by its neighbours still in the data (rows are in the data's sorted file order)."""
+    def _where_gone(self, gone: np.ndarray, sample_ids: np.ndarray, keys: Sequence[str]) -> list[str]:
+        """Where each cache row ``gone`` (whose file is no longer in the data) lay: the cache keeps no file names, so
+        each is named by its neighbours still in the data (rows are in the data's sorted file order)."""
         by_id = {int(s): i for i, s in enumerate(sample_ids)}
         order = np.argsort(self.indices)  # cache rows in dataset-index order
-        pos = int(np.flatnonzero(order == gone[0])[0])
-        before = next((keys[by_id[int(self.sample_ids[r])]] for r in order[:pos][::-1]
-                       if int(self.sample_ids[r]) in by_id), None)
-        after = next((keys[by_id[int(self.sample_ids[r])]] for r in order[pos + 1:]
-                      if int(self.sample_ids[r]) in by_id), None)
-        between = " and ".join(k for k in (before, after) if k)
-        return f"dataset index {int(self.indices[gone[0]])}" + \
-            (f", the file {'between' if before and after else 'next to'} {between}" if between else "")
+        ids = self.sample_ids
+        out = []
+        for row in gone:
+            pos = int(np.flatnonzero(order == row)[0])
+            before = next((keys[by_id[int(ids[r])]] for r in order[:pos][::-1] if int(ids[r]) in by_id), None)
+            after = next((keys[by_id[int(ids[r])]] for r in order[pos + 1:] if int(ids[r]) in by_id), None)
+            between = " and ".join(k for k in (before, after) if k)
+            out.append(f"dataset index {int(self.indices[row])}"
+                       + (f", the file {'between' if before and after else 'next to'} {between}" if between else ""))
+        return out
 
     def _positions(self, want: np.ndarray, split_size: int) -> tuple[np.ndarray | None, list[str]]:
         idx, p = self.indices, self.path
