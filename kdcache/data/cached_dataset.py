@@ -141,7 +141,8 @@ class CachedDataset(Dataset):
             item ``i`` shows in each epoch the view that run shows its row ``i`` (the same sample
             when the items are the split's samples in order, e.g. ``indices=range(n)``).
         options: how the cache is checked and held (``WrapOptions``: labels to check against,
-            checks switched off, the memory limit past which targets are read from the file).
+            checks switched off, the memory limit past which targets are read from the file, the keys of
+            dict items' image and label).
 
     The alignment is checked once, here, with LogitCache.align's rule and one-line errors
     (CacheError). With views, call ``set_epoch`` every epoch, and give ``dataset`` images as

@@ -1,12 +1,14 @@
 """A user's own map-style Dataset as kdcache's ImageData (``dump_logits(model, out, dataset=ds)``), and its row ids.
 
-A map-style Dataset of ``(image, label[, ...])`` items becomes an ImageData whose pixels are read
+A map-style Dataset of ``(image, label[, ...])`` tuples or ``{"image": ..., "label": ...}`` dicts
+(kdcache.data.items: keys found by name, or named) becomes an ImageData whose pixels are read
 item by item on demand (``DatasetImages``, through kdcache.data.loader's DataLoader workers).
 Images are tensors (C, H, W), uint8 (standardised here with ``normalize``, ImageNet's by default)
-or float (used exactly as the dataset returns them: the cache records mean 0, std 1), or PIL
-images (PILToTensor, uint8).
+or float (used exactly as the dataset returns them: kdcache standardises with mean 0, std 1), or PIL
+images (PILToTensor, uint8). What is known of the dataset's own transform (``user_transform``: its
+repr, a Normalize's mean/std) is recorded, since kdcache cannot re-run it.
 
-Row ids, one rule (``dataset_ids``) for dumping a user's dataset and for aligning one with a cache
+Row ids, one rule (``item_digests``) for dumping a user's dataset and for aligning one with a cache
 (kdcache.data.align): an ImageFolder-like dataset (``.samples`` of (path, class) and ``.root``) is
 hashed as kdcache.data.folders hashes a folder (relative path, file bytes, label), so the same folder
 gives the same ids and fingerprint whether kdcache or torchvision lists it; any other dataset hashes

@@ -127,12 +127,15 @@ def dump_logits(teacher: "str | os.PathLike | torch.nn.Module | TeacherSpec | No
 
     Your own model and data (kdcache.train.teacher.module_teacher, kdcache.data.user_data): ``teacher`` may be any ``torch.nn.Module`` (run in eval
     mode; the cache records ``module:<class>`` and a SHA-256 of its state dict) and ``dataset`` any
-    map-style ``torch.utils.data.Dataset`` of ``(image, label[, ...])`` items, e.g. torchvision's
+    map-style ``torch.utils.data.Dataset`` of ``(image, label[, ...])`` tuples or ``{"image": ..., "label": ...}``
+    dicts (keys found by name, or ``dump.image_key``/``dump.label_key``: kdcache.data.items), e.g. torchvision's
     ``ImageFolder(root, transform=Compose([Resize(S), CenterCrop(S), PILToTensor()]))``: images are
     (C, H, W) tensors of one shape or PIL images. uint8 images are standardised with ``dump.normalize=(mean,
     std)`` (default ImageNet's, or 0.5/0.5 for one channel); float images (ToTensor()+Normalize) reach the
-    teacher exactly as the dataset returns them. Class names come from ``dataset.classes`` or
-    ``dump.class_names``; an ImageFolder gets the same row ids as ``--dataset imagefolder`` on that folder.
+    teacher exactly as the dataset returns them; the cache records what is known of the dataset's transform
+    (``user_transform``: its repr, a Normalize's mean/std), which ``info`` shows. Class names come from
+    ``dataset.classes`` or ``dump.class_names``; an ImageFolder gets the same row ids and fingerprint as
+    ``--dataset imagefolder`` on that folder and is recorded as ``imagefolder``, so CLI jobs take the cache.
 
     With ``views.augment`` (a kdcache.data.augment policy: a name, resolved for the data, so "crop-flip" on image
     files is v3, cut from the original file; a policy object is used as given, e.g. ``CropFlip()`` for v2) it stores ``views.views`` augmented views per
