@@ -604,10 +604,10 @@ def photos(tmp_path_factory):
 def test_a_shuffled_dataset_of_dict_items_is_refused_never_paired_by_position(photos, tmp_path):
     """Hugging Face style items: read by key, checked by content id (a cache dump_logits made of them) or by label
     (a cache of the folder); a shuffled copy is refused, the one in order served as dicts with the teacher's logits."""
-    import kdcache
     from conftest import DictItems
     from test_user_data import small_model
 
+    import kdcache
     from kdcache.config import DataConfig
 
     items = DictItems(photos)

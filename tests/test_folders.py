@@ -311,6 +311,7 @@ def test_an_imagefolder_cache_made_in_python_is_the_clis_imagefolder(team, tmp_p
 
 
 def test_a_cli_imagefolder_cache_serves_torchvisions_imagefolder(team, tmp_path):
+    from kdcache.cache import open_cache
     from kdcache.data.cached_dataset import CachedDataset
 
     root, weights = team
@@ -319,9 +320,7 @@ def test_a_cli_imagefolder_cache_serves_torchvisions_imagefolder(team, tmp_path)
         "--data-dir", root, "--image-size", SIZE, "--out", cache, "-q")
     ds = CachedDataset(python_folder(root), cache)
     assert ds.alignment.checked == ("index", "label", "class names", "content id")
-    import kdcache
-
-    with kdcache.open_cache(cache) as c:
+    with open_cache(cache) as c:
         assert torch.equal(ds[4][2], torch.from_numpy(np.asarray(c.read([4]), np.float32))[0])
 
 

@@ -342,7 +342,8 @@ class LogitCache:
             # a user's dataset ("dataset:<class>", e.g. an ImageFolder dumped from Python before it was recorded as
             # imagefolder) under another name: the fingerprint, which hashes every sample, says whether it is the same
             user = USER_DATASET in (m.dataset[:len(USER_DATASET)], info.name[:len(USER_DATASET)])
-            if (m.dataset, m.split) != (info.name, info.split) and not (user and m.dataset_fingerprint == info.fingerprint):
+            same_data = user and m.dataset_fingerprint == info.fingerprint
+            if (m.dataset, m.split) != (info.name, info.split) and not same_data:
                 return None, [f"{p} was made from {m.dataset}/{m.split}, but the data is {info.name}/{info.split}; "
                               f"dump a cache of {info.name}/{info.split} (or use the data the cache was made from)"]
             if info.class_names and list(m.class_names) != list(info.class_names):
@@ -372,7 +373,8 @@ class LogitCache:
             named = f", {keys[first]}" if keys is not None else ""  # image files: the file, by relative path
             problems.append(f"{p}: {int(wrong.sum())} of {len(rows)} rows disagree with the data sample at their index "
                             f"({int(bad_label.sum())} by label, {int(bad_id.sum())} by content id; first: dataset index "
-                            f"{int(want[first])}{named}): rows shuffled or data changed; re-dump the cache on this data")
+                            f"{int(want[first])}{named}): rows shuffled or data changed; re-dump the cache on this "
+                            "data")
         return (None if problems else rows), problems
 
     def _changed_files(self, sample_ids: np.ndarray, keys: Sequence[str], whole_split: bool) -> str:

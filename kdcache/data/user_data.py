@@ -63,8 +63,8 @@ def _image_of(item: Any, i: int, keys: ItemKeys | None = None) -> torch.Tensor:
 def _label_of(item: Any, i: int, keys: ItemKeys | None = None) -> int:
     _, label = item_parts(item, i, keys)
     if label is None:
-        raise ConfigError(f"dataset item {i} is a {type(item).__name__} with no label, not (image, label) or a dict with "
-                          f"a label key ({', '.join(LABEL_KEYS[:4])}, ...); give labelled items (or name the key: "
+        raise ConfigError(f"dataset item {i} is a {type(item).__name__} with no label, not (image, label) or a dict "
+                          f"with a label key ({', '.join(LABEL_KEYS[:4])}, ...); give labelled items (or name the key: "
                           "label_key=)")
     if isinstance(label, torch.Tensor) and label.ndim == 0 and not label.is_floating_point():
         label = int(label)
@@ -124,7 +124,8 @@ class _ItemDigests:
 
     def __init__(self, dataset: Any, shape: tuple[int, ...], positions: np.ndarray, keys: ItemKeys | None,
                  need_label: bool):
-        self.dataset, self.shape, self.positions, self.keys, self.need_label = dataset, shape, positions, keys, need_label
+        self.dataset, self.shape, self.positions = dataset, shape, positions
+        self.keys, self.need_label = keys, need_label
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -240,8 +241,8 @@ def dataset_data(dataset: Any, *, split: str = "train", class_names: Sequence[st
         raise ConfigError(f"normalize: give {channels} means and {channels} stds for {channels}-channel images")
     name, split = dataset_name(dataset, split)
     info = DatasetInfo(name=name, split=split, num_samples=n, class_names=names, in_channels=channels,
-                       image_size=(shape[1], shape[2]), mean=mean, std=std, fingerprint=fingerprint_for(digests, labels, keys),
-                       user_transform=user_transform(dataset, first))
+                       image_size=(shape[1], shape[2]), mean=mean, std=std,
+                       fingerprint=fingerprint_for(digests, labels, keys), user_transform=user_transform(dataset, first))
     return ImageData(images=DatasetImages(dataset, np.arange(n), shape, first.dtype, item_keys),
                      labels=torch.from_numpy(labels),
                      indices=torch.arange(n, dtype=torch.int64), sample_ids=sample_ids_for(digests, labels, keys),
