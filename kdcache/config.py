@@ -291,6 +291,8 @@ class DumpConfig:
     normalize: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # your Dataset's uint8 images: (mean, std)
     codec: str | None = None  # "lowrank[:rank=R][,dtype=D]": low-rank codes instead of logits (kdcache.cache.lowrank)
     kl_budget: float | None = None  # lowrank without a rank: the smallest rank meeting it (None: DEFAULT_KL_BUDGET)
+    image_key: str | None = None  # your Dataset's dict items: the image's key (None: image, img, pixel_values, ...)
+    label_key: str | None = None  # ... and the label's (None: label, labels, cls, target, ...; kdcache.data.items)
 
     def __post_init__(self) -> None:
         _choice("precision", self.precision, PRECISIONS)

@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 
 UNLABELLED = -1  # the label of a sample nobody labelled (cache rows, batches, datasets)
+USER_DATASET = "dataset:"  # prefix of the name of a user's own Dataset: dataset:<module>.<class> (not a folder)
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,8 @@ class DatasetInfo:
     fingerprint: str  # sha256 over the whole split's pixels (files: relative paths and bytes) and labels
     transform: dict | None = field(default=None, hash=False)  # image files: kdcache.data.images.InputTransform.record()
     skipped: tuple[str, ...] = ()  # image files left out as unreadable (--skip-unreadable), relative paths
+    # a user's Dataset: what is known of its own transform (repr, Normalize's mean/std; kdcache.data.user_data)
+    user_transform: dict | None = field(default=None, hash=False, compare=False)
 
     @property
     def num_classes(self) -> int:

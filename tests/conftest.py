@@ -255,3 +255,29 @@ def make_photo_folder(root: Path, classes=("ant", "bee", "cat"), per_class=(6, 2
                 save_image(d / f"img{i:02d}.jpg", g, size, mode, 50 + 70 * (k % 3))
     return root
 
+
+
+class DictItems(torch.utils.data.Dataset):
+    """A Hugging Face style dataset of ``{"image": uint8 (3, 16, 16), "label": int, "path": str}`` over the files of
+    ``root``/train, in ``order`` (a permutation of the files; default: ImageFolder's). No ``.samples``/``.root``:
+    kdcache cannot tell it is a folder. ``keys`` renames the image and label keys."""
+
+    def __init__(self, root: Path, order=None, keys=("image", "label"), to_float: bool = False):
+        from torchvision.datasets import ImageFolder
+        from torchvision.transforms import CenterCrop, Compose, PILToTensor, Resize, ToTensor
+
+        folder = ImageFolder(str(root / "train"))
+        self.files, self.classes, self.keys = folder.samples, folder.classes, keys
+        self.order = list(range(len(self.files))) if order is None else list(order)
+        self.tf = Compose([Resize(18), CenterCrop(16), ToTensor() if to_float else PILToTensor()])
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, i: int) -> dict:
+        from PIL import Image
+
+        path, label = self.files[self.order[i]]
+        with Image.open(path) as im:
+            image = self.tf(im.convert("RGB"))
+        return {self.keys[0]: image, self.keys[1]: label, "path": path}

@@ -167,7 +167,7 @@ def test_datasets_without_targets_labels_or_labels_at_all(fmnist, cache_path):
     assert plain.reads == 50 and "label" in ds.alignment.checked
     plain = Plain()
     CachedDataset(plain, cache_path, options=WrapOptions(labels=fmnist.targets[:50].tolist()))
-    assert plain.reads == 0  # labels given: nothing read
+    assert plain.reads == 1  # labels given: only item 0 read, to check what the items are (kdcache.data.items)
     with pytest.raises(CacheError, match="disagree"):
         CachedDataset(Plain(), cache_path, options=WrapOptions(labels=[0] * 50))
 
@@ -282,7 +282,8 @@ def test_torchvision_imagefolder_over_a_cache_of_kdcache_imagefolder(tmp_path):
         assert int(targets[0]) == i and label == folder.targets[i] and image.shape == (3, 16, 16)
         assert torch.equal((image * 255).round().to(torch.uint8), kd.images[i])  # the very pixels kdcache cached
     other = make_folder(tmp_path / "other", seed=1)  # the same layout and names, other images: refused
-    with pytest.raises(CacheError, match=r"18 of 18 rows disagree .* 18 by content id"):
+    with pytest.raises(CacheError, match=r"images changed since the dump: 18 file\(s\) added or changed \(first: "
+                                         r"ant/sub/img00.jpg"):  # named, as the CLI names them
         CachedDataset(torchvision.datasets.ImageFolder(str(other / "train"), transform=tf), path)
 
 
@@ -591,3 +592,92 @@ def test_a_kdcache_split_is_checked_with_every_rule_and_takes_no_user_transforms
         CachedDataset(other, cache_path)  # another split: refused by LogitCache.align
     with pytest.raises(ConfigError, match="takes no indices"):
         CachedDataset(kd, cache_path, indices=range(3))
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    from conftest import make_photo_folder
+
+    return make_photo_folder(tmp_path_factory.mktemp("photos"))
+
+
+def test_a_shuffled_dataset_of_dict_items_is_refused_never_paired_by_position(photos, tmp_path):
+    """Hugging Face style items: read by key, checked by content id (a cache dump_logits made of them) or by label
+    (a cache of the folder); a shuffled copy is refused, the one in order served as dicts with the teacher's logits."""
+    from conftest import DictItems
+    from test_user_data import small_model
+
+    import kdcache
+    from kdcache.config import DataConfig
+
+    items = DictItems(photos)
+    path = tmp_path / "d.h5"
+    kdcache.dump_logits(small_model(), path, dataset=items, data_cfg=DataConfig(workers=0))
+    order = np.random.default_rng(0).permutation(len(items))
+    with pytest.raises(CacheError, match=r"rows disagree .* by content id; first: dataset index 0\)"):
+        CachedDataset(DictItems(photos, order), path)  # before: accepted, item 0 paired with row 0's logits
+    within = [1, 0] + list(range(2, len(items)))  # two files of one class swapped: the labels agree, the ids do not
+    with pytest.raises(CacheError, match=r"2 of 18 rows disagree .* \(0 by label, 2 by content id"):
+        CachedDataset(DictItems(photos, within), path)
+    ds = CachedDataset(items, path)
+    assert ds.alignment.checked == ("index", "label", "class names", "content id")
+    with kdcache.open_cache(path) as cache:
+        logits = torch.from_numpy(np.asarray(cache.read(), np.float32))
+    item = ds[5]
+    assert set(item) == {"image", "label", "path", "teacher_logits"} and item["label"] == items[5]["label"]
+    assert torch.equal(item["teacher_logits"], logits[5]) and torch.equal(item["image"], items[5]["image"])
+    batch = next(iter(DataLoader(ds, batch_size=4, collate_fn=collate)))  # a dict of batches
+    assert batch["image"].shape == (4, 3, 16, 16) and torch.equal(batch["teacher_logits"], logits[:4])
+    # another transform of the same files (ToTensor: float) is not the dumped bytes: checked by label, not content
+    shuffled = CachedDataset(DictItems(photos, within, to_float=True), path)
+    assert shuffled.alignment.checked == ("index", "label", "class names")
+    with pytest.raises(CacheError, match=r"rows disagree .* by label"):
+        CachedDataset(DictItems(photos, order, to_float=True), path)
+
+
+def test_dict_items_over_a_cache_of_the_folder_are_checked_by_label(photos, tmp_path):
+    """The issue's case: a cache of kdcache's imagefolder, a fully shuffled dict dataset of its files: refused."""
+    from conftest import DictItems
+
+    kd = load_dataset("imagefolder", "train", photos, image_size=16, workers=0)
+    path = write_cache(tmp_path / "f.h5", index_logits(np.arange(len(kd)), classes=3), kd.labels, kd.indices,
+                       kd.sample_ids, cache_attrs(kd.info))
+    order = np.random.default_rng(0).permutation(len(kd))
+    with pytest.raises(CacheError, match=r"rows disagree with the data sample at their index \(\d+ by label"):
+        CachedDataset(DictItems(photos, order), path)
+    ds = CachedDataset(DictItems(photos), path)
+    assert ds.alignment.checked == ("index", "label", "class names") and int(ds[7]["teacher_logits"][0]) == 7
+    renamed = DictItems(photos, keys=("px", "y"))
+    with pytest.raises(ConfigError, match=r"dataset item 0 is a dict with keys \['px', 'y', 'path'\], none of them"):
+        CachedDataset(renamed, path)
+    ds = CachedDataset(renamed, path, options=WrapOptions(image_key="px", label_key="y"))
+    assert set(ds[3]) == {"px", "y", "path", "teacher_logits"} and "label" in ds.alignment.checked
+
+
+def test_changed_and_deleted_files_are_named_by_relative_path(photos, tmp_path):
+    """CachedDataset over a torchvision ImageFolder names files as the CLI does, never just 'dataset index 7'."""
+    import shutil
+
+    import torchvision
+
+    root = tmp_path / "photos"
+    shutil.copytree(photos, root)
+    kd = load_dataset("imagefolder", "train", root, image_size=16, workers=0)
+    path = write_cache(tmp_path / "f.h5", index_logits(np.arange(len(kd)), classes=3), kd.labels, kd.indices,
+                       kd.sample_ids, cache_attrs(kd.info))
+    changed = root / "train" / kd.keys[7]
+    changed.write_bytes(changed.read_bytes() + b"\0")
+    folder = torchvision.datasets.ImageFolder(str(root / "train"))
+    with pytest.raises(CacheError, match=f"1 of 7 rows disagree .* first: dataset index 7, {kd.keys[7]}\\)"):
+        CachedDataset(Subset(folder, range(5, 12)), path)  # part of the folder: the first changed file, named
+    with pytest.raises(CacheError, match=f"the images changed since the dump: 1 file\\(s\\) added or changed "
+                                         f"\\(first: {kd.keys[7]}\\)"):
+        CachedDataset(folder, path)
+    (root / "train" / kd.keys[9]).unlink()  # deleted: the cache keeps no names, so its neighbours name where it was
+    (root / "train" / kd.keys[15]).unlink()
+    changed.write_bytes(changed.read_bytes()[:-1])
+    with pytest.raises(CacheError) as e:
+        CachedDataset(torchvision.datasets.ImageFolder(str(root / "train")), path)
+    assert (f"2 row(s) of the cache have no such file any more (removed, renamed or changed; dataset index 9, the "
+            f"file between {kd.keys[8]} and {kd.keys[10]}; dataset index 15, the file between {kd.keys[14]} and "
+            f"{kd.keys[16]})") in str(e.value) and "\n" not in str(e.value), str(e.value)

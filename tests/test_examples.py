@@ -131,3 +131,21 @@ def test_readme_jobs_snippet_runs(data_dir, tmp_path, monkeypatch, capsys):
     assert job["distill"]["caches"] == ["runs/train.h5"] and job["distill"]["temperature"] == 4.0
     with namespace["kdcache"].open_cache("runs/train.h5") as cache:
         assert cache.meta.topk == 5 and len(cache) == 300
+
+
+def test_dict_dataset_example_runs_and_is_the_readme(tmp_path):
+    """examples/dict_dataset.py runs as a user runs it, and the README's dict-items block is its marked part."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    script = REPO / "examples" / "dict_dataset.py"
+    marked = textwrap.dedent(script.read_text().split("    # --- README\n")[1])
+    assert f"```python\n{marked}```" in readme_section("Your own images")
+    out = tmp_path / "dicts.h5"
+    proc = subprocess.run([sys.executable, str(script), "--out", str(out)], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr
+    assert "cached 16 x 2 teacher logits of dict items" in proc.stdout
+    assert "checked index, label, class names, content id" in proc.stdout, proc.stdout

@@ -266,3 +266,74 @@ def test_pixel_views_at_another_image_size_are_a_one_line_error(tmp_path):
     s = run("train-student", "--cache", tmp_path / "c.h5", "--data-dir", root, "--image-size", 16, "--epochs", 1,
             "--batch-size", 6, "--precision", "fp32", "--out", tmp_path / "s.pt", "-q")
     one_line_error(s, "use crop-flip (its boxes are fractions of the image) for images read at another --image-size")
+
+
+def python_folder(root, split="train"):
+    """torchvision's ImageFolder at SIZE, standardised with ImageNet's statistics, as a user builds it."""
+    from torchvision.datasets import ImageFolder
+    from torchvision.transforms import CenterCrop, Compose, Normalize, Resize, ToTensor
+
+    return ImageFolder(str(root / split), transform=Compose([Resize(18), CenterCrop(SIZE), ToTensor(),
+                                                             Normalize(IMAGENET_MEAN, IMAGENET_STD)]))
+
+
+def test_an_imagefolder_cache_made_in_python_is_the_clis_imagefolder(team, tmp_path):
+    """dump_logits(dataset=ImageFolder(...)) records imagefolder, so verify and train-student take it as the CLI's own;
+    a cache from before (recorded as dataset:...ImageFolder) is recognised by its fingerprint."""
+    import h5py
+
+    import kdcache
+    from kdcache.config import DataConfig
+
+    root, _ = team
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * SIZE * SIZE, 3))
+    cache = tmp_path / "py.h5"
+    kdcache.dump_logits(model, cache, dataset=python_folder(root), data_cfg=DataConfig(workers=0))
+    info = json.loads(run("info", cache, "--json").output)
+    assert (info["dataset"], info["split"]) == ("imagefolder", "train")
+    ref = load_dataset("imagefolder", "train", root, workers=0)
+    assert info["dataset_fingerprint"] == ref.info.fingerprint
+    legacy = tmp_path / "legacy.h5"  # what dump_logits recorded before
+    shutil.copy(cache, legacy)
+    with h5py.File(legacy, "r+") as f:
+        f.attrs["dataset"] = "dataset:torchvision.datasets.folder.ImageFolder"
+    for path in (cache, legacy):
+        for dataset in ([], ["--dataset", "imagefolder"]):
+            v = run("verify", path, "--data-dir", root, *dataset)
+            assert v.exit_code == 0 and "ok    alignment:" in v.output, v.output
+        s = run("train-student", "--cache", path, "--data-dir", root, "--epochs", 1, "--batch-size", 6,
+                "--out", tmp_path / f"{path.stem}.pt", "-q")
+        assert s.exit_code == 0, s.output
+    test_cache = tmp_path / "test.h5"  # an ImageFolder of ROOT/test: the test split, whatever split= says
+    kdcache.dump_logits(model, test_cache, dataset=python_folder(root, "test"), data_cfg=DataConfig(workers=0))
+    v = run("verify", test_cache, "--data-dir", root)
+    assert json.loads(run("info", test_cache, "--json").output)["split"] == "test" and v.exit_code == 0, v.output
+
+
+def test_a_cli_imagefolder_cache_serves_torchvisions_imagefolder(team, tmp_path):
+    from kdcache.cache import open_cache
+    from kdcache.data.cached_dataset import CachedDataset
+
+    root, weights = team
+    cache = tmp_path / "c.h5"
+    run("dump-logits", "--teacher-factory", "team_models_if:build", "--weights", weights, "--dataset", "imagefolder",
+        "--data-dir", root, "--image-size", SIZE, "--out", cache, "-q")
+    ds = CachedDataset(python_folder(root), cache)
+    assert ds.alignment.checked == ("index", "label", "class names", "content id")
+    with open_cache(cache) as c:
+        assert torch.equal(ds[4][2], torch.from_numpy(np.asarray(c.read([4]), np.float32))[0])
+
+
+def test_a_deleted_file_is_placed_by_name_in_verify_and_train_student(team, tmp_path):
+    root, weights = team
+    cache = tmp_path / "c.h5"
+    run("dump-logits", "--teacher-factory", "team_models_if:build", "--weights", weights, "--dataset", "imagefolder",
+        "--data-dir", root, "--image-size", SIZE, "--out", cache, "-q")
+    keys = load_dataset("imagefolder", "train", root, workers=0).keys
+    (root / "train" / keys[3]).unlink()
+    want = (f"1 row(s) of the cache have no such file any more (removed, renamed or changed; dataset index 3, the file "
+            f"between {keys[2]} and {keys[4]})")
+    v = run("verify", cache, "--data-dir", root)
+    assert v.exit_code == 1 and want in v.output, v.output
+    one_line_error(run("train-student", "--cache", cache, "--data-dir", root, "--epochs", 1, "--out", tmp_path / "s.pt"),
+                   want)

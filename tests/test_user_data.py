@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import assert_error, make_photo_folder, run_cli
+from conftest import DictItems, assert_error, make_photo_folder, run_cli
 from torch import nn
 from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
@@ -123,6 +123,44 @@ def test_bad_inputs_are_one_line(tmp_path, teacher, dataset, kind, needle):
     assert not out.exists()
 
 
+class Pairs(Dataset):
+    """The same items as (image, label) tuples."""
+
+    def __init__(self, items):
+        self.items, self.classes = items, items.classes
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        item = self.items[i]
+        return item["image"], item["label"]
+
+
+def test_a_dataset_of_dict_items_dumps_as_its_tuples_would(folder, tmp_path):
+    """Hugging Face style {"image", "label"} items are read by key: the same rows, labels, ids and logits as tuples."""
+    model = small_model()
+    items = DictItems(folder)
+    r = kdcache.dump_logits(model, tmp_path / "d.h5", dataset=items, data_cfg=DataConfig(workers=0))
+    kdcache.dump_logits(model, tmp_path / "t.h5", dataset=Pairs(items), data_cfg=DataConfig(workers=0))
+    assert r["rows"] == 18 and r["teacher_label_agreement"] is not None
+    with kdcache.open_cache(tmp_path / "d.h5") as d, kdcache.open_cache(tmp_path / "t.h5") as t:
+        assert list(d.labels) == [items[i]["label"] for i in range(18)]
+        assert np.array_equal(d.sample_ids, t.sample_ids) and np.array_equal(d.read(), t.read())
+        assert d.meta.dataset.endswith("DictItems")
+    renamed = DictItems(folder, keys=("photo", "kind"))  # keys kdcache does not guess: named, or refused
+    with pytest.raises(ConfigError) as e:
+        kdcache.dump_logits(model, tmp_path / "r.h5", dataset=renamed, data_cfg=DataConfig(workers=0))
+    assert "dataset item 0 is a dict with keys ['photo', 'kind', 'path'], none of them an image key" in str(e.value)
+    kdcache.dump_logits(model, tmp_path / "r.h5", dataset=renamed, data_cfg=DataConfig(workers=0),
+                        dump=DumpConfig(image_key="photo", label_key="kind"))
+    with kdcache.open_cache(tmp_path / "r.h5") as named, kdcache.open_cache(tmp_path / "d.h5") as d:
+        assert np.array_equal(named.sample_ids, d.sample_ids)
+    unlabelled = DictItems(folder, keys=("image", "what"))  # no label key: refused, as (image,) items are
+    with pytest.raises(ConfigError, match="with no label, not \\(image, label\\) or a dict with a label key"):
+        kdcache.dump_logits(model, tmp_path / "u.h5", dataset=unlabelled, data_cfg=DataConfig(workers=0))
+
+
 FACTORIES = '''
 import torch
 from torch import nn
@@ -187,3 +225,38 @@ def test_a_checkpoint_teacher_gets_float_images_as_the_dataset_returns_them(teac
     with kdcache.open_cache(tmp_path / "c.h5") as cache, torch.inference_mode():
         assert cache.meta.normalization_mean == (0.0,) and cache.meta.normalization_std == (1.0,)
         assert np.allclose(cache.read(), model.eval()(data.x).numpy(), atol=1e-5)
+
+
+def test_info_says_the_inputs_were_the_datasets_own_transform(folder, tmp_path):
+    """A user's transform is recorded (repr, its Normalize's statistics): info no longer claims mean 0, std 1."""
+    from kdcache.cache.info import cache_info, format_info
+
+    model = small_model()
+    cases = {
+        "imagenet": image_folder(folder, ToTensor(), Normalize(IMAGENET_MEAN, IMAGENET_STD)),
+        "bare": image_folder(folder, ToTensor()),
+        "uint8": image_folder(folder, PILToTensor()),
+        "dicts": DictItems(folder),  # no .transform kdcache can see
+    }
+    text = {}
+    for name, ds in cases.items():
+        kdcache.dump_logits(model, tmp_path / f"{name}.h5", dataset=ds, data_cfg=DataConfig(workers=0))
+        info = cache_info(tmp_path / f"{name}.h5")
+        text[name] = format_info(info)
+        assert "the dataset's own, not recorded in full" in text[name], text[name]
+    info = cache_info(tmp_path / "imagenet.h5")
+    record = info["user_transform"]
+    assert record["normalize"] == {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+    assert record["repr"].startswith("Compose( Resize(size=18") and "Normalize(mean=(0.485" in record["repr"]
+    assert "\n" not in record["repr"] and record["image_dtype"] == "float32"
+    assert "standardised by the dataset's transform: Normalize(mean [0.485, 0.456, 0.406], std [0.229" in text["imagenet"]
+    assert "mean [0.0, 0.0, 0.0]" not in text["imagenet"] and "mean [0.0, 0.0, 0.0]" not in text["bare"]
+    assert "no Normalize found in it, so their standardisation is unknown" in text["bare"]
+    assert "standardised with mean [0.485, 0.456, 0.406], std [0.229, 0.224, 0.225] (by kdcache, after the " \
+           "dataset's transform)" in text["uint8"]
+    assert "none visible on test_user_data.DictItems" in text["dicts"] or "none visible on conftest.DictItems" \
+        in text["dicts"]
+    with kdcache.open_cache(tmp_path / "imagenet.h5") as cache:  # what kdcache applied is still recorded as it was
+        assert list(cache.meta.normalization_mean) == [0.0] * 3
+    r = run_cli("info", tmp_path / "imagenet.h5")
+    assert "Normalize(mean [0.485" in r.output, r.output

@@ -99,7 +99,8 @@ def cache_info(path: str | os.PathLike, temperatures: tuple[float, ...] = INFO_T
         "topk": meta.topk, "num_views": views, "view_policy": meta.view_policy, "chunk_rows": chunk_rows,
         "content_sha256": meta.content_sha256,
         "normalization_mean": list(meta.normalization_mean), "normalization_std": list(meta.normalization_std),
-        "input_transform": meta.input_transform, "skipped_files": meta.skipped_files,
+        "input_transform": meta.input_transform, "user_transform": meta.user_transform,
+        "skipped_files": meta.skipped_files,
         "teacher_label_agreement": agree / (num_labelled * (views if meta.has_views else 1)) if num_labelled else None,
         "max_abs_logit": max_abs,
         "mean_entropy_nats": {f"{t:g}": float(s / (n * (views if meta.has_views else 1)))
@@ -112,6 +113,22 @@ def cache_info(path: str | os.PathLike, temperatures: tuple[float, ...] = INFO_T
         "lowrank_kl": meta.lowrank_kl,
         "lowrank_row_bytes": code_bytes if meta.targets == "lowrank" else None,
     }
+
+
+def inputs_line(info: dict[str, Any]) -> str:
+    """How the teacher's inputs were standardised, saying so when it was the user's own transform (known or not)."""
+    kdcache_did = f"standardised with mean {info['normalization_mean']}, std {info['normalization_std']}"
+    user = info.get("user_transform")
+    if not user:
+        return kdcache_did
+    norm = user.get("normalize")
+    if user.get("image_dtype") == "uint8":
+        return f"{kdcache_did} (by kdcache, after the dataset's transform)"
+    if norm:
+        return (f"{user.get('image_dtype')}, standardised by the dataset's transform: Normalize(mean {norm['mean']}, "
+                f"std {norm['std']}); kdcache changed nothing")
+    return (f"{user.get('image_dtype')}, as the dataset's transform returned them; no Normalize found in it, so their "
+            "standardisation is unknown; kdcache changed nothing")
 
 
 def format_info(info: dict[str, Any]) -> str:
@@ -159,8 +176,12 @@ def format_info(info: dict[str, Any]) -> str:
         skipped = info["skipped_files"]
         lines.append(("skipped", f"{len(skipped)} unreadable file(s) left out: {', '.join(skipped[:3])}"
                                  + (", ..." if len(skipped) > 3 else "")))
+    user = info.get("user_transform")
+    if user:
+        lines.append(("transform", "the dataset's own, not recorded in full (kdcache cannot re-run it): "
+                                   + (user.get("repr") or f"none visible on {user.get('dataset_class')}")))
     lines += [
-        ("inputs", f"standardised with mean {info['normalization_mean']}, std {info['normalization_std']}"),
+        ("inputs", inputs_line(info)),
         ("agreement", f"teacher top-1 = stored label on {agreement:.2%} of labelled rows" if agreement is not None
                       else "no labelled rows"),
         ("softness", f"mean entropy of softmax(z/T) in nats: {entropy} (uniform: {info['max_entropy_nats']:.3f})"

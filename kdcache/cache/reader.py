@@ -27,7 +27,7 @@ from kdcache.cache.schema import (
 )
 from kdcache.cache.targets import Targets, TopK
 from kdcache.errors import CacheError
-from kdcache.identity import UNLABELLED, DatasetInfo
+from kdcache.identity import UNLABELLED, USER_DATASET, DatasetInfo
 
 
 def read_meta(path: str | os.PathLike) -> CacheMeta:
@@ -339,7 +339,11 @@ class LogitCache:
         """Like ``align``, but returns ``(rows or None, every problem found)`` instead of raising the first."""
         m, p, problems = self.meta, self.path, []
         if info is not None:
-            if (m.dataset, m.split) != (info.name, info.split):
+            # a user's dataset ("dataset:<class>", e.g. an ImageFolder dumped from Python before it was recorded as
+            # imagefolder) under another name: the fingerprint, which hashes every sample, says whether it is the same
+            user = USER_DATASET in (m.dataset[:len(USER_DATASET)], info.name[:len(USER_DATASET)])
+            same_data = user and m.dataset_fingerprint == info.fingerprint
+            if (m.dataset, m.split) != (info.name, info.split) and not same_data:
                 return None, [f"{p} was made from {m.dataset}/{m.split}, but the data is {info.name}/{info.split}; "
                               f"dump a cache of {info.name}/{info.split} (or use the data the cache was made from)"]
             if info.class_names and list(m.class_names) != list(info.class_names):
@@ -366,22 +370,43 @@ class LogitCache:
         wrong = bad_label | bad_id
         if wrong.any():
             first = int(np.flatnonzero(wrong)[0])
+            named = f", {keys[first]}" if keys is not None else ""  # image files: the file, by relative path
             problems.append(f"{p}: {int(wrong.sum())} of {len(rows)} rows disagree with the data sample at their index "
                             f"({int(bad_label.sum())} by label, {int(bad_id.sum())} by content id; first: dataset index "
-                            f"{int(want[first])}): rows shuffled or data changed; re-dump the cache on this data")
+                            f"{int(want[first])}{named}): rows shuffled or data changed; re-dump the cache on this "
+                            "data")
         return (None if problems else rows), problems
 
     def _changed_files(self, sample_ids: np.ndarray, keys: Sequence[str], whole_split: bool) -> str:
         """One line naming the files that differ from the cache's rows (ids hash path, bytes and label)."""
         new = np.flatnonzero(~np.isin(sample_ids, self.sample_ids))
         first = ", ".join(keys[i] for i in new[:3]) + (", ..." if len(new) > 3 else "")
-        gone = int((~np.isin(self.sample_ids, sample_ids)).sum()) if whole_split else 0
+        gone = np.flatnonzero(~np.isin(self.sample_ids, sample_ids)) if whole_split else np.zeros(0, np.int64)
         what = [f"{len(new)} file(s) added or changed (first: {first})"] if len(new) else []
-        what += [f"{gone} row(s) of the cache have no such file any more (removed, renamed or changed)"] if gone else []
+        if len(gone):
+            where = "; ".join(self._where_gone(gone[:3], sample_ids, keys))
+            what += [f"{len(gone)} row(s) of the cache have no such file any more (removed, renamed or changed; "
+                     f"{'first: ' if len(gone) > 3 else ''}{where})"]
         if not what:
             what = ["the files are the same but their order or labels differ"]
         return (f"{self.path}: the images changed since the dump: {'; '.join(what)}; re-dump the cache on these "
                 "images, or use the images it was made from")
+
+    def _where_gone(self, gone: np.ndarray, sample_ids: np.ndarray, keys: Sequence[str]) -> list[str]:
+        """Where each cache row ``gone`` (whose file is no longer in the data) lay: the cache keeps no file names, so
+        each is named by its neighbours still in the data (rows are in the data's sorted file order)."""
+        by_id = {int(s): i for i, s in enumerate(sample_ids)}
+        order = np.argsort(self.indices)  # cache rows in dataset-index order
+        ids = self.sample_ids
+        out = []
+        for row in gone:
+            pos = int(np.flatnonzero(order == row)[0])
+            before = next((keys[by_id[int(ids[r])]] for r in order[:pos][::-1] if int(ids[r]) in by_id), None)
+            after = next((keys[by_id[int(ids[r])]] for r in order[pos + 1:] if int(ids[r]) in by_id), None)
+            between = " and ".join(k for k in (before, after) if k)
+            out.append(f"dataset index {int(self.indices[row])}"
+                       + (f", the file {'between' if before and after else 'next to'} {between}" if between else ""))
+        return out
 
     def _positions(self, want: np.ndarray, split_size: int) -> tuple[np.ndarray | None, list[str]]:
         idx, p = self.indices, self.path

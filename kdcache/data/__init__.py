@@ -6,6 +6,7 @@ sampler: seeded epochs, each rank's part), ``loader`` (make_loader: the one Data
 through), ``augment`` (view policies), ``view_schedule`` (their parameters and schedules), ``replay`` (the one view replayer:
 parameters -> pixels, for the dump, the student and verify; crop-flip v3 cut from the file in the
 decoding workers) and ``views`` (which views a run gets), ``cached_dataset`` (CachedDataset: what every job and your own loop train from,
-targets in memory or read from the file), ``align`` (matching caches to data).
+targets in memory or read from the file), ``align`` (matching caches to data), ``user_data`` (your own Dataset as
+kdcache's rows) and ``items`` (what its items are: tuples, dicts, images).
 Uses the cache format (below it); never the training code (above it).
 """

@@ -18,9 +18,10 @@ from torch.utils.data import Subset
 from kdcache.cache import LogitCache
 from kdcache.data.datasets import BUILTIN
 from kdcache.data.folders import folder_files
+from kdcache.data.items import ItemKeys, check_served_dict, item_parts
 from kdcache.data.user_data import item_digests
-from kdcache.errors import CacheError, ConfigError
-from kdcache.identity import UNLABELLED, DatasetInfo, fingerprint_for, sample_ids_for
+from kdcache.errors import CacheError, ConfigError, DataError
+from kdcache.identity import UNLABELLED, USER_DATASET, DatasetInfo, fingerprint_for, sample_ids_for
 
 
 @dataclass(frozen=True)
@@ -44,21 +45,33 @@ def unwrap(dataset: Any, indices: Sequence[int] | np.ndarray | None = None) -> t
     return dataset, idx
 
 
-def dataset_labels(dataset: Any, idx: np.ndarray) -> np.ndarray | None:
-    """Labels of samples ``idx``: from ``dataset.targets`` when it has them, else read once; None for bare images."""
+def dataset_labels(dataset: Any, idx: np.ndarray, keys: ItemKeys | None = None, first_item: Any = None
+                   ) -> np.ndarray | None:
+    """Labels of samples ``idx``: from ``dataset.targets`` when it has them, else read once from the items (a tuple's
+    second element, a dict's label key: kdcache.data.items; ``first_item``: item ``idx[0]``, already read); None for
+    items without labels (bare images)."""
     targets = getattr(dataset, "targets", None)
     if targets is not None:
         labels = np.asarray(targets.numpy() if isinstance(targets, torch.Tensor) else targets)[idx]
     else:
-        first = dataset[int(idx[0])] if len(idx) else None
-        if not isinstance(first, (tuple, list)) or len(first) < 2:
+        item = (dataset[int(idx[0])] if first_item is None else first_item) if len(idx) else None
+        first = item_parts(item, int(idx[0]), keys)[1] if len(idx) else None
+        if first is None:
             return None  # the dataset yields images only: nothing to compare
-        labels = np.array([first[1]] + [dataset[int(j)][1] for j in idx[1:]])
+        labels = np.array([int(first) if isinstance(first, torch.Tensor) else first]
+                          + [_label(dataset[int(j)], int(j), keys) for j in idx[1:]])
     try:
         return labels.astype(np.int64)
     except (TypeError, ValueError):
         raise ConfigError(f"the dataset's labels are not class indices (got {labels[:3].tolist()}...); pass "
                           "labels= (ints), or check_labels=False") from None
+
+
+def _label(item: Any, i: int, keys: ItemKeys | None) -> Any:
+    label = item_parts(item, i, keys)[1]
+    if label is None:
+        raise ConfigError(f"dataset item {i} has no label, but item 0 has one; give every item a label (or none)")
+    return int(label) if isinstance(label, torch.Tensor) and label.ndim == 0 else label
 
 
 def mnist_style(dataset: Any) -> np.ndarray | None:
@@ -99,32 +112,42 @@ def builtin_info(dataset: Any, images: np.ndarray, labels: np.ndarray, classes: 
 
 
 def align_dataset(cache: LogitCache, dataset: Any, idx: np.ndarray, *, labels: Sequence[int] | None = None,
-                  check_labels: bool = True, check_content: bool = True) -> Alignment:
+                  check_labels: bool = True, check_content: bool = True, keys: ItemKeys | None = None) -> Alignment:
     """Cache rows for samples ``idx`` of ``dataset``, checked with LogitCache.align as far as the dataset allows.
 
-    - every dataset: each sample's dataset index is in the cache, once (coverage);
-    - with labels (``labels=``, else ``dataset.targets``, else read from the dataset once): every
-      labelled cache row's label equals the sample's (rows the cache holds as unlabelled are skipped);
+    - every dataset: its first item is understood (kdcache.data.items: a tuple, a dict with an image key,
+      ``keys`` naming them, or a bare image), else a one-line ConfigError naming what it is;
+      each sample's dataset index is in the cache, once (coverage);
+    - with labels (``labels=``, else ``dataset.targets``, else read from the items once: a tuple's second
+      element, a dict's label key): every labelled cache row's label equals the sample's (rows the cache holds as
+      unlabelled are skipped);
     - with ``dataset.classes``: the class names, in order (not for a cache without labels: its
       classes are the teacher's, which images read unlabelled need not share);
     - ImageFolder-like datasets (``.samples`` paths + ``.root``): each row's content id, from the file's
       relative path, bytes and label (kdcache.data.user_data.item_digests, the rule a dump of such a
-      dataset used), so another set of images in the same layout is refused;
+      dataset used), so another set of images in the same layout is refused, naming the files (relative paths);
     - torchvision MNIST-style datasets (``.data`` uint8 (N, H, W) + ``.targets``: MNIST, FashionMNIST):
       each row's content id (kdcache's own sample ids) and, for a built-in dataset, its name, split
-      and the fingerprint of the whole split.
+      and the fingerprint of the whole split;
+    - any other dataset over a cache that ``dump_logits(dataset=...)`` made of a user's dataset (``dataset:...``):
+      each item's content id (image bytes and label, the dump's rule), when the items are the bytes the dump hashed
+      (the first few items' ids are looked for in the cache first): a shuffled or changed dataset is refused.
 
-    Any other dataset's items are what its transform made of the sample, so their bytes identify the
-    transform as much as the sample: no content id is compared there (a cache dumped with one transform
-    trains a student that reads another), only coverage, labels and class names.
+    Otherwise items are what a transform made of the sample, so their bytes identify the transform as much
+    as the sample: no content id is compared there (a cache dumped with one transform trains a student that
+    reads another), only coverage, labels and class names.
     """
-    checked = ["index"]
+    checked, first = ["index"], None
+    if len(idx):
+        first = dataset[int(idx[0])]
+        item_parts(first, int(idx[0]), keys)  # an item of no kind kdcache reads: one line naming what it is
+        check_served_dict(first, int(idx[0]))
     if labels is not None:
         data_labels = np.asarray(labels, dtype=np.int64)
         if data_labels.shape != idx.shape:
             raise ConfigError(f"labels= has {len(data_labels)} entries for {len(idx)} samples")
     else:
-        data_labels = dataset_labels(dataset, idx) if check_labels else None
+        data_labels = dataset_labels(dataset, idx, keys, first) if check_labels else None
     named = builtin_split(dataset) if check_content else None
     m = cache.meta
     if named is not None and named != (m.dataset, m.split):  # before coverage: "another split" says why rows miss
@@ -143,13 +166,18 @@ def align_dataset(cache: LogitCache, dataset: Any, idx: np.ndarray, *, labels: S
                          f"{list(map(str, classes))[:4]}...; the cache is for another label set")
     if classes is not None and len(classes):
         checked.append("class names")
-    ids, info = None, None
+    ids, info, names = None, None, None
     images = mnist_style(dataset) if check_content else None
     files = folder_files(dataset) if check_content and images is None else None
     if files is not None and data_labels is not None:  # an ImageFolder: rows are files (relative path + bytes)
-        digests, _, keys = item_digests(dataset, idx)  # the rule dump_logits(dataset=...) hashes them with
-        ids = sample_ids_for(digests, compare, keys)
+        digests, _, names = item_digests(dataset, idx)  # the rule dump_logits(dataset=...) hashes them with
+        ids = sample_ids_for(digests, compare, names)
+        info = folder_info(cache, dataset, idx, digests, compare, names)  # the whole folder: changed files by name
         checked.append("content id")
+    elif check_content and images is None and files is None and m.dataset.startswith(USER_DATASET):
+        ids = item_ids(cache, dataset, idx, compare if compare is not None else cache_labels, keys)
+        if ids is not None:
+            checked.append("content id")
     if images is not None:
         all_labels = dataset_labels(dataset, np.arange(len(images)))
         with_marker = all_labels[idx].copy()
@@ -164,5 +192,34 @@ def align_dataset(cache: LogitCache, dataset: Any, idx: np.ndarray, *, labels: S
             info = builtin_info(dataset, images, fingerprint_labels, classes=num_labelled != 0)
             if info is not None:
                 checked += ["dataset and split", "fingerprint"]
-    rows = cache.align(idx, labels=compare, sample_ids=ids, info=info)
+    rows = cache.align(idx, labels=compare, sample_ids=ids, info=info, keys=names)
     return Alignment(idx, rows, cache_labels, tuple(checked))
+
+
+def folder_info(cache: LogitCache, dataset: Any, idx: np.ndarray, digests: np.ndarray, labels: np.ndarray,
+                names: list[str]) -> DatasetInfo | None:
+    """The identity of a whole ImageFolder-like dataset read in order (``idx`` = 0..N-1), as the cache names its
+    data, so LogitCache.align compares fingerprints and names the files that changed; None for a part of it."""
+    if len(idx) != len(dataset) or not np.array_equal(idx, np.arange(len(idx))):
+        return None
+    m = cache.meta
+    return DatasetInfo(name=m.dataset, split=m.split, num_samples=len(idx), class_names=(), in_channels=0,
+                       image_size=(0, 0), mean=(), std=(), fingerprint=fingerprint_for(digests, labels, names))
+
+
+PROBE_ITEMS = 8  # items hashed first to see whether a dataset's items are the bytes a dump of it hashed
+
+
+def item_ids(cache: LogitCache, dataset: Any, idx: np.ndarray, labels: np.ndarray,
+             keys: ItemKeys | None) -> np.ndarray | None:
+    """Content ids of items ``idx`` by the rule dump_logits(dataset=...) hashed them with (image bytes, label), or
+    None when the items are not those bytes (none of the first PROBE_ITEMS is in the cache: another transform, e.g.
+    a student's augmentation, or images of varying shape), so they cannot be compared by content."""
+    try:
+        probe, _, _ = item_digests(dataset, idx[:PROBE_ITEMS], workers=0, keys=keys, need_label=False)
+        if not np.isin(sample_ids_for(probe, labels[:PROBE_ITEMS]), cache.sample_ids).any():
+            return None
+        digests, _, _ = item_digests(dataset, idx, keys=keys, need_label=False)
+    except DataError:
+        return None
+    return sample_ids_for(digests, labels)

@@ -22,7 +22,12 @@ ids) and ``__getitems__`` returns one ``Batch`` per call, images sliced or decod
 Item ``i`` is ``(image, label, teacher_targets)``: the dataset's image and label (UNLABELLED,
 -1, where the cache row has no label, so kd_loss leaves it out of the cross-entropy) and the
 row's raw teacher logits (float32, (C,)) or, from a top-k cache, a ``TopK`` row, which
-``collate`` stacks (pass it as the DataLoader's ``collate_fn``).
+``collate`` stacks (pass it as the DataLoader's ``collate_fn``). A dataset of dict items
+(Hugging Face style, ``{"image": ..., "label": ...}``; keys found by name or named with
+``WrapOptions(image_key=, label_key=)``, kdcache.data.items) is served as dicts: the same dict,
+``transform`` applied under its image key, the label (-1 as above) under its label key, and
+the teacher's targets added under ``"teacher_logits"``. Items kdcache cannot read an image from
+are refused in one line when the wrapper is made, never paired with rows by position unchecked.
 
 A cache with augmentation views (``dump-logits --views K --augment POLICY``) is replayed as
 ``train-student`` replays it (kdcache.data.view_schedule.ViewPlan, one replayer): in epoch ``e``
@@ -48,6 +53,7 @@ from kdcache.cache.streamed_targets import StreamedTargets
 from kdcache.cache.targets import Targets, as_tensors, to_float
 from kdcache.config import CACHE_MEMORY_LIMIT_MB
 from kdcache.data.align import Alignment, align_dataset, unwrap
+from kdcache.data.items import ItemKeys, item_parts, rebuild_item
 from kdcache.data.replay import view_images
 from kdcache.data.samples import Batch, ImageData, collate
 from kdcache.data.view_schedule import ViewPlan
@@ -76,25 +82,19 @@ class SharedEpoch:
 
 
 def stored_views(cache: LogitCache, alignment: Alignment, base: Any, cache_views: int | None,
-                 seed: int) -> StoredViews | None:
+                 seed: int, keys: ItemKeys | None = None) -> StoredViews | None:
     """The cache's views of the aligned rows (None without views), checked on the first item's image up front,
     so a dataset that breaks the image contract is refused here, not in a DataLoader worker."""
     views = StoredViews.from_cache(cache, alignment.rows, cache_views=cache_views, seed=seed)
     if views is not None and len(alignment.rows):
-        views.apply([_split_item(base[int(alignment.dataset_indices[0])])[0]], [0], [0])  # the checks every item gets
+        i = int(alignment.dataset_indices[0])
+        views.apply([item_parts(base[i], i, keys)[0]], [0], [0])  # the checks every item gets
     return views
 
 
 def pick_views(targets: Targets, views: torch.Tensor) -> Targets:
     """Targets (n, V, ...) -> (n, ...): row i's view ``views[i]`` (full logits or TopK alike)."""
     return targets[(torch.arange(len(views), device=views.device), views)]
-
-
-def _split_item(item: Any) -> tuple[Any, Any]:
-    """(image, label) of a dataset item; a bare image has no label (None)."""
-    if isinstance(item, (tuple, list)):
-        return item[0], (item[1] if len(item) > 1 else None)
-    return item, None
 
 
 def _finish(ds: "CachedDataset", i: int, image: Any, label: Any) -> tuple[Any, Any]:
@@ -116,6 +116,12 @@ class WrapOptions:
     check_labels: bool = True  # False: skip the label check (see align_dataset)
     check_content: bool = True  # False: skip content ids and the fingerprint
     memory_limit_mb: float = CACHE_MEMORY_LIMIT_MB  # targets bigger (as float32) are read from the file (0: always)
+    image_key: str | None = None  # dict items: the image's key (None: the first of image, img, pixel_values, ...)
+    label_key: str | None = None  # dict items: the label's key (None: the first of label, labels, cls, target, ...)
+
+    @property
+    def keys(self) -> ItemKeys | None:
+        return None if self.image_key is None and self.label_key is None else ItemKeys(self.image_key, self.label_key)
 
 
 class CachedDataset(Dataset):
@@ -135,7 +141,8 @@ class CachedDataset(Dataset):
             item ``i`` shows in each epoch the view that run shows its row ``i`` (the same sample
             when the items are the split's samples in order, e.g. ``indices=range(n)``).
         options: how the cache is checked and held (``WrapOptions``: labels to check against,
-            checks switched off, the memory limit past which targets are read from the file).
+            checks switched off, the memory limit past which targets are read from the file, the keys of
+            dict items' image and label).
 
     The alignment is checked once, here, with LogitCache.align's rule and one-line errors
     (CacheError). With views, call ``set_epoch`` every epoch, and give ``dataset`` images as
@@ -148,7 +155,7 @@ class CachedDataset(Dataset):
                  transform: Callable | None = None, target_transform: Callable | None = None,
                  cache_views: int | None = None, seed: int = 0, options: "WrapOptions | None" = None):
         options = options or WrapOptions()
-        labels, memory_limit_mb = options.labels, options.memory_limit_mb
+        labels, memory_limit_mb, self.keys = options.labels, options.memory_limit_mb, options.keys
         self.dataset, self.data, self.plan, self.views, self.alignment = dataset, None, None, None, None
         self.transform, self.target_transform = transform, target_transform
         self._epoch = SharedEpoch()
@@ -162,8 +169,8 @@ class CachedDataset(Dataset):
         with open_cache(cache_path) as cache:
             self.cache_path, self.cache_summary = cache.path, repr(cache)
             self.alignment = align_dataset(cache, self.base, idx, labels=labels, check_labels=options.check_labels,
-                                           check_content=options.check_content)
-            self.views = stored_views(cache, self.alignment, self.base, cache_views, seed)
+                                           check_content=options.check_content, keys=self.keys)
+            self.views = stored_views(cache, self.alignment, self.base, cache_views, seed, self.keys)
             self.targets = cache_targets(cache, self.alignment.rows, self.views and self.views.num_views,
                                          memory_limit_mb)
             self.block_rows: int | None = cache.chunk_rows
@@ -201,7 +208,7 @@ class CachedDataset(Dataset):
             raise ValueError(f"targets rows {len(targets)} != data rows {len(data)}")
         self = cls.__new__(cls)
         self.dataset, self.transform, self.target_transform, self.views, self.alignment = data, None, None, None, None
-        self._epoch = SharedEpoch()
+        self._epoch, self.keys = SharedEpoch(), None
         if isinstance(targets, StreamedTargets):
             block_rows = block_rows or targets.block_rows
         elif targets is not None:
@@ -254,14 +261,16 @@ class CachedDataset(Dataset):
         if self.data is not None:
             return self._batch(torch.as_tensor(items, dtype=torch.int64))
         items = [int(i) for i in items]
-        samples = [_split_item(self.base[int(self.alignment.dataset_indices[i])]) for i in items]
+        positions = [int(self.alignment.dataset_indices[i]) for i in items]
+        raw = [self.base[j] for j in positions]
+        samples = [item_parts(item, j, self.keys) for item, j in zip(raw, positions)]
         images = [image for image, _ in samples]
         views = [self.view_of(i) for i in items]
         if self.views is not None:
             images = self.apply_views(images, items, views)
         targets = self.targets_of(items, views)
-        return [(*_finish(self, i, image, label), targets[k])
-                for k, (i, image, (_, label)) in enumerate(zip(items, images, samples))]
+        return [rebuild_item(item, j, self.keys, *_finish(self, i, image, label), targets[k])
+                for k, (i, j, item, image, (_, label)) in enumerate(zip(items, positions, raw, images, samples))]
 
     def _batch(self, pos: torch.Tensor) -> Batch:
         """A kdcache split's rows ``pos`` (B,): images (this epoch's views applied), labels, the targets of those views."""

@@ -37,7 +37,7 @@ from kdcache.data.loader import resolve_workers
 from kdcache.data.samples import ImageData
 from kdcache.errors import DataError
 from kdcache.heap import limit_heap_growth
-from kdcache.identity import UNLABELLED, DatasetInfo, fingerprint_for, sample_ids_for
+from kdcache.identity import UNLABELLED, USER_DATASET, DatasetInfo, fingerprint_for, sample_ids_for
 
 IMAGEFOLDER = "imagefolder"  # --dataset names (kdcache.data.datasets lists them with the built-in datasets)
 UNLABELLED_FOLDER = "unlabelled"  # every image under --data-dir, no labels
@@ -205,3 +205,11 @@ def folder_files(dataset: Any) -> tuple[list[Path], list[str]] | None:
         return paths, [p.relative_to(root).as_posix() for p in paths]
     except (TypeError, ValueError):
         return None
+
+
+def folder_dataset_name(name: str) -> str:
+    """The ``--dataset`` name of data a cache records as ``name``. ``dump_logits(dataset=ImageFolder(...))`` records
+    ``imagefolder`` (kdcache.data.user_data.dataset_name); caches it made before that say
+    ``dataset:torchvision.datasets.folder.ImageFolder``, whose ids and fingerprint are the folder rule's too: that is
+    ``imagefolder`` as well, so CLI jobs read it without ``--dataset``. Any other name is returned as it is."""
+    return IMAGEFOLDER if name.startswith(USER_DATASET) and name.rsplit(".", 1)[-1] == "ImageFolder" else name

@@ -6,7 +6,7 @@ down, in kdcache.identity, because the cache format records it too.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -127,4 +127,6 @@ def collate(batch: Sequence[Any]) -> Any:
     if isinstance(first, (tuple, list)):
         columns = [collate(list(column)) for column in zip(*batch)]
         return type(first)(*columns) if hasattr(first, "_fields") else type(first)(columns)  # namedtuples too
+    if isinstance(first, Mapping):  # dict items (CachedDataset over a dataset of dicts): each key stacked
+        return {key: collate([item[key] for item in batch]) for key in first}
     return default_collate(batch)

@@ -32,7 +32,7 @@ from kdcache.config import (
     check_alpha,
     check_temperature,
 )
-from kdcache.data.folders import IMAGEFOLDER, UNLABELLED_FOLDER
+from kdcache.data.folders import IMAGEFOLDER, UNLABELLED_FOLDER, folder_dataset_name
 from kdcache.errors import ConfigError, Diverged
 from kdcache.experiments.report import write_report
 from kdcache.experiments.results import (
@@ -269,7 +269,7 @@ def run_sweep(out_dir: str | os.PathLike, cache: str | os.PathLike, grid: SweepG
     Returns counts (ran, skipped, total), the table path and, with ``report``, the report's paths.
     """
     meta = read_meta(cache)  # a missing or broken cache fails here, before anything is written
-    data_cfg = replace(data_cfg, dataset=data_cfg.dataset or meta.dataset)  # the data its teacher labelled
+    data_cfg = replace(data_cfg, dataset=data_cfg.dataset or folder_dataset_name(meta.dataset))  # what it labelled
     available = min(meta.num_samples, meta.dataset_num_samples - data_cfg.val_size)  # trainable rows
     limits = (grid.limits or (available,)) if isinstance(grid, SweepGrid) else sorted({s.limit for s in grid})
     too_many = [n for n in limits if n > available]

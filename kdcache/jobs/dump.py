@@ -24,6 +24,7 @@ from kdcache.config import (
 from kdcache.data.augment import for_images, parse_policy, view_record
 from kdcache.data.datasets import load_dataset
 from kdcache.data.folders import IMAGEFOLDER, UNLABELLED_FOLDER
+from kdcache.data.items import ItemKeys
 from kdcache.data.loader import LoaderConfig, make_loader
 from kdcache.data.replay import ViewRows
 from kdcache.data.samples import ImageData
@@ -65,6 +66,7 @@ def cache_attrs(teacher: Teacher, info: DatasetInfo, precision: str) -> dict[str
         "normalization_mean": list(teacher.mean), "normalization_std": list(teacher.std),
         "input_transform": info.transform or "", "skipped_files": list(info.skipped) if info.skipped else "",
         "extra_config": teacher.config,
+        **({"user_transform": info.user_transform} if info.user_transform else {}),  # a user's Dataset's own transform
     }
 
 
@@ -125,12 +127,15 @@ def dump_logits(teacher: "str | os.PathLike | torch.nn.Module | TeacherSpec | No
 
     Your own model and data (kdcache.train.teacher.module_teacher, kdcache.data.user_data): ``teacher`` may be any ``torch.nn.Module`` (run in eval
     mode; the cache records ``module:<class>`` and a SHA-256 of its state dict) and ``dataset`` any
-    map-style ``torch.utils.data.Dataset`` of ``(image, label[, ...])`` items, e.g. torchvision's
+    map-style ``torch.utils.data.Dataset`` of ``(image, label[, ...])`` tuples or ``{"image": ..., "label": ...}``
+    dicts (keys found by name, or ``dump.image_key``/``dump.label_key``: kdcache.data.items), e.g. torchvision's
     ``ImageFolder(root, transform=Compose([Resize(S), CenterCrop(S), PILToTensor()]))``: images are
     (C, H, W) tensors of one shape or PIL images. uint8 images are standardised with ``dump.normalize=(mean,
     std)`` (default ImageNet's, or 0.5/0.5 for one channel); float images (ToTensor()+Normalize) reach the
-    teacher exactly as the dataset returns them. Class names come from ``dataset.classes`` or
-    ``dump.class_names``; an ImageFolder gets the same row ids as ``--dataset imagefolder`` on that folder.
+    teacher exactly as the dataset returns them; the cache records what is known of the dataset's transform
+    (``user_transform``: its repr, a Normalize's mean/std), which ``info`` shows. Class names come from
+    ``dataset.classes`` or ``dump.class_names``; an ImageFolder gets the same row ids and fingerprint as
+    ``--dataset imagefolder`` on that folder and is recorded as ``imagefolder``, so CLI jobs take the cache.
 
     With ``views.augment`` (a kdcache.data.augment policy: a name, resolved for the data, so "crop-flip" on image
     files is v3, cut from the original file; a policy object is used as given, e.g. ``CropFlip()`` for v2) it stores ``views.views`` augmented views per
@@ -253,8 +258,10 @@ def plan_dump(out: Path, dump: DumpConfig, views: ViewConfig, run: RunOptions) -
 def dump_data(spec: TeacherSpec, data_cfg: DataConfig, dataset: Any, dump: DumpConfig) -> ImageData:
     """The rows to dump: the user's Dataset, or a dataset by name (default: the teacher's), read as the teacher was."""
     if dataset is not None:
+        keys = ItemKeys(dump.image_key, dump.label_key)  # dict items: where the image and label are
         return dataset_data(dataset, split=dump.split, class_names=dump.class_names, normalize=dump.normalize,
-                            ignore_labels=dump.ignore_labels, workers=data_cfg.workers).head(data_cfg.limit)
+                            ignore_labels=dump.ignore_labels, workers=data_cfg.workers, item_keys=keys
+                            ).head(data_cfg.limit)
     name, image_size = data_cfg.dataset or default_dataset(spec), data_cfg.image_size
     if image_size is None and name in (IMAGEFOLDER, UNLABELLED_FOLDER):
         image_size = default_transform(spec)  # the teacher's own input transform

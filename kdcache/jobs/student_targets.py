@@ -26,6 +26,7 @@ from kdcache.config import (
     DistillConfig,
     ViewConfig,
 )
+from kdcache.data.folders import folder_dataset_name
 from kdcache.data.images import InputTransform
 from kdcache.data.samples import Batch, ImageData
 from kdcache.data.views import student_views
@@ -55,7 +56,7 @@ def data_from_cache(data_cfg: DataConfig, caches: Sequence[str | os.PathLike]) -
         return replace(data_cfg, dataset=data_cfg.dataset or DEFAULT_DATASET)
     meta = read_meta(caches[0])
     transform = meta.input_transform
-    return replace(data_cfg, dataset=data_cfg.dataset or meta.dataset,
+    return replace(data_cfg, dataset=data_cfg.dataset or folder_dataset_name(meta.dataset),
                    image_size=data_cfg.image_size or InputTransform.from_record(transform),
                    skip_unreadable=data_cfg.skip_unreadable or bool(meta.skipped_files))  # as the dump read them
 

@@ -40,6 +40,7 @@ from kdcache.cache.targets import TAIL_T2, TopK
 from kdcache.config import VERIFY_SAMPLE
 from kdcache.data.augment import policy_from_record
 from kdcache.data.datasets import load_dataset
+from kdcache.data.folders import folder_dataset_name
 from kdcache.data.images import InputTransform, from_files
 from kdcache.data.replay import view_images
 from kdcache.data.samples import ImageData
@@ -132,7 +133,7 @@ def verify_cache(path: str | os.PathLike, *, dataset: str | None = None, split: 
             report.add("alignment", "skip", "not checked: the index datasets are damaged (see above)")
             return report
         transform = m.input_transform
-        data = load_dataset(dataset or m.dataset, split or m.split, data_dir or "data",
+        data = load_dataset(dataset or folder_dataset_name(m.dataset), split or m.split, data_dir or "data",
                             ignore_labels=m.unlabelled, image_size=InputTransform.from_record(transform),
                             skip_unreadable=bool(m.skipped_files))  # the files the dump read, as it read them
         aligned = _check_alignment(cache, data, report)
