@@ -34,6 +34,7 @@ from kdcache.config import (
     ViewConfig,
 )
 from kdcache.errors import ConfigError
+from kdcache.files import format_bytes
 
 
 @main.command("dump-logits")
@@ -122,7 +123,7 @@ def dump_logits_cmd(teacher: str | None, out: str, quiet: bool, class_names_file
              f"assembled in {r['assemble_seconds']:.1f}s") if "world_size" in r else ""
     summary(quiet, f"cached {r['rows']}{shown} x {what} {r['dtype']} logits, teacher at "
                    f"{precision_note(dump.precision, dump.device)}, in {r['seconds']:.1f}s -> "
-                   f"{r['cache']} ({r['bytes'] / 1e6:.1f} MB, " + (
+                   f"{r['cache']} ({format_bytes(r['bytes'])}, " + (
                        f"teacher agrees with labels on {agreement:.2%}" if agreement is not None
                        else "unlabelled rows") + f"{ranks})")
 
@@ -211,7 +212,7 @@ def compress_cmd(cache: str, codec: str, kl_budget: float | None, out: str, over
     how = f"for KL budget {r['budget']:g}" if r["rank_chosen_by"] == "budget" else "as stated"
     summary(quiet, f"compressed {r['rows']} rows x {r['num_classes']} classes to rank {r['rank']} {r['code_dtype']} "
                    f"codes of {describe_bytes(r['row_bytes'])} ({how}; held-out {describe_kl(r['kl'])}) in {r['seconds']:.1f}s -> {r['cache']} "
-                   f"({r['bytes'] / 1e6:.1f} MB, {_size_change(r['source_bytes'], r['bytes'])})")
+                   f"({format_bytes(r['bytes'])}, {_size_change(r['source_bytes'], r['bytes'])})")
 
 
 def _size_change(before: int, after: int) -> str:

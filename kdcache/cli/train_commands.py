@@ -64,8 +64,10 @@ def train_teacher_cmd(out: str, arch: str, augment: str | None, overwrite: bool,
     deleted when the checkpoint is written): the same command run again continues from the
     last finished epoch, to the same weights. Ctrl-C or SIGTERM stop it with status 130 or 143.
     """
+    from kdcache.files import check_writable
     from kdcache.jobs.training import train_teacher
 
+    check_writable(out)  # before the data is read and the teacher trains
     cfg, data_cfg = train_config(kw), data_config(kw)
     r = train_teacher(out, model=arch, data_cfg=data_cfg, cfg=cfg, views=ViewConfig(augment=augment),
                       run=RunOptions(overwrite=overwrite, resume=resume, progress=not quiet))
@@ -139,8 +141,11 @@ def train_student_cmd(out: str, arch: str, student_factory: str | None, student_
     deleted when the checkpoint is written): the same command run again continues from the
     last finished epoch, to the same weights. Ctrl-C or SIGTERM stop it with status 130 or 143.
     """
+    from kdcache.files import check_writable
     from kdcache.jobs.training import train_student
     from kdcache.train.models import ModelSpec, parse_kwargs
+
+    check_writable(out)  # before the data and caches are read and the student trains
 
     if student_factory is not None and arch != STUDENT_ARCH:
         raise ConfigError(f"name the student once: --arch {arch} or --student-factory {student_factory}")

@@ -34,7 +34,7 @@ from kdcache.cache.lowrank import (
     with_packing,
 )
 from kdcache.errors import CacheError, ConfigError
-from kdcache.files import check_free_space
+from kdcache.files import check_free_space, check_writable
 
 # Root attributes the writer sets itself (everything else is copied from the source cache).
 _WRITER_ATTRS = {"format", "schema_version", "complete", "created_utc", "num_samples", "num_classes", "logits_dtype",
@@ -91,6 +91,7 @@ def compress_cache(src: str | os.PathLike, out: str | os.PathLike, *, codec: Cod
         raise CacheError(f"{out} already exists; pass --overwrite to replace it")
     if out.resolve() == src.resolve():
         raise ConfigError(f"--out {out} is the cache being compressed; write to another file")
+    check_writable(out)
     with open_cache(src) as c:
         m = c.meta
         if m.targets == "topk":

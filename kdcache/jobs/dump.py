@@ -30,7 +30,7 @@ from kdcache.data.samples import ImageData
 from kdcache.data.user_data import ACCEPTED_DATASET, dataset_data, is_dataset
 from kdcache.device import resolve_device, resolve_precision
 from kdcache.errors import CacheError, ConfigError, StorageError
-from kdcache.files import check_free_space, disk_full_message
+from kdcache.files import check_free_space, check_writable, disk_full_message
 from kdcache.identity import DatasetInfo
 from kdcache.progress import track
 from kdcache.train.teacher import (
@@ -244,6 +244,7 @@ def plan_dump(out: Path, dump: DumpConfig, views: ViewConfig, run: RunOptions) -
         raise ConfigError("--include-original makes view 0 of --augment's views the un-augmented image; add --augment")
     if out.exists() and not (run.overwrite or run.reuse):  # CacheWriter checks again
         raise CacheError(f"{out} already exists; pass --overwrite to replace it")
+    check_writable(out)  # a read-only folder: one line now, not HDF5's text after the teacher ran
     precision = resolve_precision(dump.precision, resolve_device(dump.device))  # recorded as fp32 or bf16, never auto
     return DumpPlan(dump.split, dump.batch_size, dump.device, precision, storage_dtype(dump.dtype, dump.topk),
                     dump.topk, codec, kl_budget, None if views.augment is None else parse_policy(views.augment), views,
