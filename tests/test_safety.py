@@ -238,3 +238,47 @@ def test_an_attribute_of_the_wrong_type_is_refused_in_one_line(tmp_path, data_di
     assert_error(r, needle, "the file is corrupt or not written by kdcache")
     assert not (tmp_path / "s.pt").exists()
     assert_error(run("info", p), needle)
+
+
+def _children(pid):
+    """Process ids whose parent is ``pid`` (from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the DataLoader workers in /proc")
+def test_sigterm_to_the_process_group_is_one_line_and_exit_143(tmp_path, data_dir):
+    """`timeout`, Slurm and Kubernetes signal the whole group: the DataLoader workers died by the signal and
+    torch printed 17 lines (`Exception ignored in ... DataLoader worker (pid ...) is killed by signal`) before
+    the one promised line, or a traceback and exit 1 instead of it. Workers now exit quietly."""
+    out = tmp_path / "c.h5"
+    args = [sys.executable, "-m", "kdcache", "dump-logits", "--teacher", str(_teacher(tmp_path)), "--out", str(out),
+            "--split", "test", "--batch-size", "100", "--workers", "2", "--data-dir", str(data_dir),
+            "--device", "cpu", "-q"]
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # its own process group, as under `timeout` or Slurm
+    try:
+        deadline = time.monotonic() + 60
+        while len(_children(proc.pid)) < 2 or not list(tmp_path.glob(".c.h5.tmp-*")):  # workers up, writing
+            assert proc.poll() is None, f"dump-logits ended before the signal: {proc.communicate()}"
+            assert time.monotonic() < deadline, "dump-logits never started its workers and its file"
+            time.sleep(0.02)
+        time.sleep(0.3)  # a few batches in
+        assert proc.poll() is None, "dump-logits finished before the signal; the test needs a slower dump"
+        os.killpg(proc.pid, signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert (proc.returncode, stdout, stderr) == (143, "", "Error: stopped (SIGTERM)\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.pt"]  # no cache, no half-written temp file

@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from kdcache.data.images import FileImages, InputTransform, as_transform, file_digest
-from kdcache.data.loader import resolve_workers
+from kdcache.data.loader import quiet_worker, resolve_workers
 from kdcache.data.samples import ImageData
 from kdcache.errors import DataError
 from kdcache.heap import limit_heap_growth
@@ -117,8 +117,9 @@ def hash_files(paths: Sequence[Path], *, workers: int | None = None, skip_unread
     Without ``skip_unreadable`` the first unreadable file is a DataError naming it; with it,
     every file is also decoded once, so a truncated image is found here, not mid-training.
     """
-    loader = DataLoader(_Digests(paths, skip_unreadable), batch_size=256, num_workers=resolve_workers(workers, paths),
-                        collate_fn=_identity)
+    n = resolve_workers(workers, paths)
+    loader = DataLoader(_Digests(paths, skip_unreadable), batch_size=256, num_workers=n, collate_fn=_identity,
+                        worker_init_fn=quiet_worker if n else None)
     digests, bad = [], []
     for batch in loader:
         for d in batch:
