@@ -192,8 +192,12 @@ def verify_cmd(cache: str, teacher: str | None, teacher_factory: str | None, wei
                    "(default: kdcache.cache.lowrank.DEFAULT_KL_BUDGET, 0.01).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Low-rank cache to write (.h5).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
+@click.option("--allow-larger", is_flag=True,
+              help="Write --out even where it comes out no smaller than CACHE (few classes or rows; refused without "
+                   "this, before writing): to try a codec on a small cache.")
 @quiet_option
-def compress_cmd(cache: str, codec: str, kl_budget: float | None, out: str, overwrite: bool, quiet: bool) -> None:
+def compress_cmd(cache: str, codec: str, kl_budget: float | None, out: str, overwrite: bool, allow_larger: bool,
+                 quiet: bool) -> None:
     """Write CACHE (full logits) as a compact low-rank cache, read as logits at any T.
 
     At 1,000 classes a 20x smaller cache (rank 121, packed) trained students within 0.1 points of
@@ -207,7 +211,7 @@ def compress_cmd(cache: str, codec: str, kl_budget: float | None, out: str, over
     from kdcache.cache.lowrank import DEFAULT_KL_BUDGET, describe_bytes, parse_codec
     from kdcache.jobs.compress import compress_cache, describe_kl
 
-    r = compress_cache(cache, out, codec=parse_codec(codec), overwrite=overwrite,
+    r = compress_cache(cache, out, codec=parse_codec(codec), overwrite=overwrite, allow_larger=allow_larger,
                        kl_budget=DEFAULT_KL_BUDGET if kl_budget is None else kl_budget)
     how = f"for KL budget {r['budget']:g}" if r["rank_chosen_by"] == "budget" else "as stated"
     summary(quiet, f"compressed {r['rows']} rows x {r['num_classes']} classes to rank {r['rank']} {r['code_dtype']} "
