@@ -33,8 +33,9 @@ from kdcache.config import (
     RunOptions,
     ViewConfig,
 )
-from kdcache.errors import ConfigError
+from kdcache.errors import ConfigError, DataError
 from kdcache.files import format_bytes
+from kdcache.jobs.recorded import checkpoint_reading, with_recorded_folder
 
 
 @main.command("dump-logits")
@@ -112,8 +113,13 @@ def dump_logits_cmd(teacher: str | None, out: str, quiet: bool, class_names_file
     spec = TeacherSpec(checkpoint=teacher, factory=kw.pop("teacher_factory"), weights=kw.pop("weights"),
                        arch=kw.pop("arch"))
     dump, views = config_from(DumpConfig, {**kw, "class_names": names}), config_from(ViewConfig, kw, seed="view_seed")
-    r = dump_logits(spec, out, data_cfg=config_from(DataConfig, kw), dataset=dataset, dump=dump, views=views,
-                    run=RunOptions(overwrite=kw.pop("overwrite"), progress=not quiet))
+    data_cfg = config_from(DataConfig, kw)
+    try:
+        r = dump_logits(spec, out, data_cfg=data_cfg, dataset=dataset, dump=dump, views=views,
+                        run=RunOptions(overwrite=kw.pop("overwrite"), progress=not quiet))
+    except DataError as e:  # a folder not where it is looked for: name the one the teacher was trained on
+        raise with_recorded_folder(e, data_cfg.data_dir, checkpoint_reading(teacher), f"the teacher {teacher}") \
+            from None
     shown = f" x {r['views']} views" if views.augment else ""
     agreement = r["teacher_label_agreement"]
     what = f"top-{r['topk']} of {r['num_classes']}" if r["topk"] else f"{r['num_classes']}"

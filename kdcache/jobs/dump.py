@@ -32,6 +32,7 @@ from kdcache.device import resolve_device, resolve_precision
 from kdcache.errors import CacheError, ConfigError, StorageError
 from kdcache.files import check_free_space, check_writable, disk_full_message
 from kdcache.identity import DatasetInfo
+from kdcache.jobs.recorded import checkpoint_reading, inherited_skip
 from kdcache.progress import track
 from kdcache.train.teacher import (
     Teacher,
@@ -259,8 +260,9 @@ def dump_data(spec: TeacherSpec, data_cfg: DataConfig, dataset: Any, dump: DumpC
     name, image_size = data_cfg.dataset or default_dataset(spec), data_cfg.image_size
     if image_size is None and name in (IMAGEFOLDER, UNLABELLED_FOLDER):
         image_size = default_transform(spec)  # the teacher's own input transform
+    skip = inherited_skip(data_cfg.skip_unreadable, checkpoint_reading(getattr(spec, "checkpoint", None)))
     return load_dataset(name, dump.split, data_cfg.data_dir, data_cfg.limit, ignore_labels=dump.ignore_labels,
-                        image_size=image_size, workers=data_cfg.workers, skip_unreadable=data_cfg.skip_unreadable)
+                        image_size=image_size, workers=data_cfg.workers, skip_unreadable=skip)  # as the teacher read
 
 
 def ready_teacher(spec: TeacherSpec, module: torch.nn.Module | None, data: ImageData, info: DatasetInfo,
