@@ -247,3 +247,10 @@ def test_the_dump_summary_gives_a_small_cache_in_kb(artifacts, tmp_path):
     size = out.stat().st_size
     assert 1e3 < size < 1e6
     assert f"-> {out} ({size / 1e3:.1f} KB, teacher agrees" in r.stdout, r.stdout
+
+
+def test_the_readme_runs_torchrun_from_the_setups_venv():
+    """The README showed bare `torchrun`, which the set-up does not put on PATH: it installs .venv/bin/torchrun."""
+    lines = (REPO / "README.md").read_text().splitlines()
+    launched = [line for line in lines if line.lstrip().startswith(("torchrun ", ".venv/bin/torchrun "))]
+    assert len(launched) >= 4 and all(line.startswith(".venv/bin/torchrun ") for line in launched), launched
