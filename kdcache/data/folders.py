@@ -34,11 +34,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from kdcache.data.images import FileImages, InputTransform, as_transform, file_digest
-from kdcache.data.loader import quiet_worker, resolve_workers
+from kdcache.data.loader import resolve_workers
 from kdcache.data.samples import ImageData
 from kdcache.errors import DataError
 from kdcache.heap import limit_heap_growth
 from kdcache.identity import UNLABELLED, DatasetInfo, fingerprint_for, sample_ids_for
+from kdcache.workers import quiet_worker
 
 IMAGEFOLDER = "imagefolder"  # --dataset names (kdcache.data.datasets lists them with the built-in datasets)
 UNLABELLED_FOLDER = "unlabelled"  # every image under --data-dir, no labels

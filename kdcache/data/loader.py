@@ -16,7 +16,6 @@ standardised the same way.
 from __future__ import annotations
 
 import os
-import signal
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
@@ -29,6 +28,7 @@ from kdcache.data.sampler import EpochSampler
 from kdcache.data.samples import Batch, collate, normalize, standardize
 from kdcache.errors import ConfigError, DataError
 from kdcache.identity import UNLABELLED
+from kdcache.workers import quiet_worker
 
 MAX_DEFAULT_WORKERS = 8  # more rarely helps a single GPU's input pipeline, and each worker costs memory
 
@@ -53,22 +53,6 @@ def resolve_workers(workers: int | None, source: Any) -> int:
         return workers
     images = getattr(source, "images", source)  # a dataset of image rows, or the images themselves
     return min(available_cpus(), MAX_DEFAULT_WORKERS) if is_lazy(images) else 0
-
-
-def quiet_worker(worker_id: int) -> None:
-    """The ``worker_init_fn`` of every DataLoader kdcache builds: a SIGTERM ends the worker quietly.
-
-    ``timeout``, Slurm and Kubernetes signal the whole process group. torch's own worker handler
-    exits quietly only when the parent sends SIGTERM; from anyone else the worker dies by the
-    signal, and the main process, stopping cleanly on the same signal, printed torch's 17-line
-    ``DataLoader worker (pid ...) is killed by signal: Terminated`` before its one line. The main
-    process stops the job (kdcache.cli.group); a worker has nothing to clean up, so it just exits.
-    """
-    signal.signal(signal.SIGTERM, _exit_quietly)
-
-
-def _exit_quietly(signum: int, frame: Any) -> None:
-    os._exit(0)
 
 
 @dataclass(frozen=True)
