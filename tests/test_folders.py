@@ -292,15 +292,15 @@ def test_skipped_files_are_said_and_later_jobs_inherit_the_setting(tmp_path, mon
     r = run("train-student", "--cache", cache, "--data-dir", root, "--epochs", 1, "--batch-size", 6, "--workers", 0,
             "--out", tmp_path / "s.pt", "-q")
     assert r.exit_code == 0 and r.stderr.splitlines() == said, r.output
-    # without --data-dir: not 'imagefolder: data/train not found' alone, but the folder each was made from
+    # without --data-dir: not 'imagefolder: data/train not found' alone, but the folder each was trained on
     monkeypatch.chdir(tmp_path)
     fix = f"pass --data-dir {root}"
     one_line_error(run("train-student", "--cache", cache, "--epochs", 1, "--out", tmp_path / "s2.pt"),
-                   f"imagefolder: data/train not found; the cache {cache} was made from {root}: {fix}")
+                   f"imagefolder: data/train not found; the teacher of the cache {cache} was trained on {root}: {fix}")
     one_line_error(run("evaluate", "--model", tmp_path / "s.pt"),
-                   f"imagefolder: data/test not found; the checkpoint {tmp_path / 's.pt'} was made from {root}: {fix}")
+                   f"imagefolder: data/test not found; the checkpoint {tmp_path / 's.pt'} was trained on {root}: {fix}")
     one_line_error(run("dump-logits", "--teacher", teacher, "--out", tmp_path / "c2.h5"),
-                   f"imagefolder: data/train not found; the teacher {teacher} was made from {root}: {fix}")
+                   f"imagefolder: data/train not found; the teacher {teacher} was trained on {root}: {fix}")
 
 
 def test_pipeline_on_a_folder_of_images_gives_its_own_fix(tmp_path):

@@ -158,9 +158,10 @@ def train_student_cmd(out: str, arch: str, student_factory: str | None, student_
     try:
         r = train_student(out, distill, model=model, data_cfg=data_cfg, cfg=cfg, views=views, io=io,
                           run=RunOptions(overwrite=overwrite, resume=resume, progress=not quiet))
-    except DataError as e:  # a folder not where it is looked for: name the one the cache was made from
+    except DataError as e:  # a folder not where it is looked for: name the one the cache's teacher read
         first = distill.caches[0] if distill.caches else None
-        raise with_recorded_folder(e, data_cfg.data_dir, cache_file_reading(first), f"the cache {first}") from None
+        raise with_recorded_folder(e, data_cfg.data_dir, cache_file_reading(first),
+                                   f"the teacher of the cache {first}") from None
     warn(r)
     c = r["config"]
     rows = f", {c['num_labelled']} labelled + {c['num_unlabelled']} unlabelled rows" if c["num_unlabelled"] else ""
@@ -192,7 +193,7 @@ def evaluate_cmd(model_path: str, as_json: bool, quiet: bool, **kw: Any) -> None
                           **{"eval_limit" if kw["split"] == "test" else "limit": limit})
     try:
         r = evaluate_checkpoint(model_path, data_cfg=data_cfg, progress=not (quiet or as_json), **kw)
-    except DataError as e:  # a folder not where it is looked for: name the one the checkpoint was made from
+    except DataError as e:  # a folder not where it is looked for: name the one the checkpoint was trained on
         raise with_recorded_folder(e, data_cfg.data_dir, checkpoint_reading(model_path),
                                    f"the checkpoint {model_path}") from None
     if as_json:

@@ -64,10 +64,10 @@ def inherited_skip(asked: bool, reading: Mapping[str, Any]) -> bool:
 
 def with_recorded_folder(e: DataError, data_dir: str | os.PathLike, reading: Mapping[str, Any], source: str
                          ) -> DataError:
-    """``e`` (a folder not found under ``data_dir``) with the fix where ``source`` (e.g. "the cache c.h5") was made
-    from another folder: 'imagefolder: data/train not found; the cache c.h5 was made from /photos: pass
+    """``e`` (a folder not found under ``data_dir``) with the fix where ``source`` (e.g. "the checkpoint s.pt") was
+    trained on another folder: 'imagefolder: data/test not found; the checkpoint s.pt was trained on /photos: pass
     --data-dir /photos'. Any other error comes back unchanged."""
     root = reading.get("data_dir")
     if not isinstance(root, str) or " not found" not in str(e) or Path(root) == Path(data_dir):
         return e
-    return DataError(f"{str(e).split('; ')[0]}; {source} was made from {root}: pass --data-dir {root}")
+    return DataError(f"{str(e).split('; ')[0]}; {source} was trained on {root}: pass --data-dir {root}")
