@@ -40,8 +40,8 @@ def check_pipeline_data(data_dir: str) -> None:
         raise DataError(f"{data_dir} looks like your own images (ROOT/train/<class>/...), and `kdcache pipeline` runs "
                         "the Fashion-MNIST job only: run its steps on your folder, `kdcache train-teacher --dataset "
                         f"imagefolder --data-dir {data_dir} --out teacher.pt`, then `kdcache dump-logits --teacher "
-                        f"teacher.pt --data-dir {data_dir} --out cache.h5` and `kdcache train-student --cache cache.h5 --data-dir "
-                        f"{data_dir} --out student.pt` (README, \"Your own images\")")
+                        f"teacher.pt --data-dir {data_dir} --out cache.h5` and `kdcache train-student --cache "
+                        f"cache.h5 --data-dir {data_dir} --out student.pt` (README, \"Your own images\")")
 
 
 def run_pipeline(cfg: PipelineConfig = PipelineConfig(), *, fresh: bool = False,
