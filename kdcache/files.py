@@ -67,8 +67,7 @@ def check_free_space(path: str | os.PathLike, needed_bytes: int, what: str) -> N
     free = shutil.disk_usage(folder).free
     if free < needed_bytes:
         raise StorageError(f"not enough disk space for {what}: needs about {format_bytes(needed_bytes)}, "
-                           f"{format_bytes(free)} free "
-                           f"in {folder}; free some space or write elsewhere")
+                           f"{format_bytes(free)} free in {folder}; free some space or write elsewhere")
 
 
 def disk_full_message(e: BaseException, path: str | os.PathLike, what: str) -> str | None:
