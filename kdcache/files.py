@@ -7,10 +7,13 @@ import json
 import os
 import secrets
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from kdcache.errors import ConfigError, StorageError
+
+_WRITE_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EEXIST)
 
 
 def temp_path_for(path: Path) -> Path:
@@ -19,14 +22,38 @@ def temp_path_for(path: Path) -> Path:
 
 
 def check_output(path: str | os.PathLike, overwrite: bool) -> Path:
-    """Refuse an existing output unless ``overwrite``; create its folder."""
+    """Refuse an existing output unless ``overwrite``; create its folder and check it can be written to."""
     p = Path(path)
     if p.is_dir():
         raise ConfigError(f"{p} is a directory; give a file path")
     if p.exists() and not overwrite:
         raise ConfigError(f"{p} already exists; pass --overwrite to replace it")
-    p.parent.mkdir(parents=True, exist_ok=True)
+    check_writable(p)
     return p
+
+
+def check_writable(path: str | os.PathLike) -> Path:
+    """Create the folder of the output ``path`` and prove a file can be made in it, else a one-line StorageError.
+
+    Called before any slow work (a teacher's run, a training), so a read-only or forbidden folder is
+    refused in kdcache's words up front, not as HDF5's or torch's raw text at the end. It creates
+    and removes a hidden probe file: permission bits say nothing for root, and a read-only mount
+    or a path through a file is only known by trying. Returns the folder.
+    """
+    folder = Path(path).parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{Path(path).name}.probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        if isinstance(e, FileExistsError) or e.errno in _WRITE_ERRNOS:
+            why = {errno.EROFS: "read-only file system", errno.ENOTDIR: "a part of the path is a file, not a folder",
+                   errno.EEXIST: "a part of the path is a file, not a folder"}.get(e.errno or 0, "permission denied")
+            raise StorageError(f"cannot write to {folder}: {why}; write the output elsewhere (another --out) or "
+                               "make the folder writable") from None
+        raise
+    return folder
 
 
 def check_free_space(path: str | os.PathLike, needed_bytes: int, what: str) -> None:
@@ -39,8 +66,8 @@ def check_free_space(path: str | os.PathLike, needed_bytes: int, what: str) -> N
     folder.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(folder).free
     if free < needed_bytes:
-        raise StorageError(f"not enough disk space for {what}: needs about {_mb(needed_bytes)}, {_mb(free)} free "
-                           f"in {folder}; free some space or write elsewhere")
+        raise StorageError(f"not enough disk space for {what}: needs about {format_bytes(needed_bytes)}, "
+                           f"{format_bytes(free)} free in {folder}; free some space or write elsewhere")
 
 
 def disk_full_message(e: BaseException, path: str | os.PathLike, what: str) -> str | None:
@@ -58,8 +85,14 @@ def disk_full_message(e: BaseException, path: str | os.PathLike, what: str) -> s
     return None
 
 
-def _mb(n: int) -> str:
-    return f"{n / 1e6:.1f} MB" if n < 1e9 else f"{n / 1e9:.2f} GB"
+def format_bytes(n: float) -> str:
+    """A size with the unit that fits it: '512 bytes', '30.4 KB', '12.3 MB', '1.25 GB' (decimal units)."""
+    if n < 1e3:
+        return f"{int(n)} byte{'' if int(n) == 1 else 's'}"
+    for unit, scale in (("KB", 1e3), ("MB", 1e6)):
+        if n < scale * 999.95:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n / 1e9:.2f} GB"
 
 
 def replace_durably(tmp: Path, path: Path) -> None:

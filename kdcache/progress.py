@@ -42,15 +42,17 @@ def track(iterable: Iterable[T], *, desc: str, total: int | None = None, enabled
     t0 = last = time.perf_counter()
     n = 0
     for item in iterable:
-        yield item
-        n += 1
+        # an interval line only once the next item has come: after the last one the "done" line alone
+        # speaks, so a loop of one slow batch prints one line, not the same count twice
         now = time.perf_counter()
-        if now - last >= interval_s:
+        if n and now - last >= interval_s:
             last = now
             stream.write(_line(desc, n, total, now - t0, unit) + "\n")
             stream.flush()
+        yield item
+        n += 1
     if leave or time.perf_counter() - t0 >= interval_s:
-        stream.write(_line(desc, n, total, time.perf_counter() - t0, unit) + " done\n")
+        stream.write(_line(desc, n, total, time.perf_counter() - t0, unit, done=True) + "\n")
         stream.flush()
 
 
@@ -58,9 +60,12 @@ def _plural(unit: str) -> str:
     return unit + ("es" if unit.endswith(("ch", "sh", "s", "x")) else "s")
 
 
-def _line(desc: str, n: int, total: int | None, seconds: float, unit: str) -> str:
+def _line(desc: str, n: int, total: int | None, seconds: float, unit: str, done: bool = False) -> str:
     unit = _plural(unit)
     rate = n / seconds if seconds > 0 else 0.0
+    if done:
+        shown = f"{n}/{total} {unit} ({n / total:.0%})" if total else f"{n} {unit}"
+        return f"{desc}: {shown}, {seconds:.0f}s elapsed, done"
     if total:
         left = (total - n) / rate if rate > 0 else 0.0
         return f"{desc}: {n}/{total} {unit} ({n / total:.0%}), {seconds:.0f}s elapsed, {left:.0f}s left"

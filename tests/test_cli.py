@@ -220,3 +220,38 @@ def test_a_command_line_click_cannot_parse_is_one_line_too(args, needle):
     assert r.exit_code == 2, r.output
     lines = r.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ") and needle in lines[0] and "--help' lists" in lines[0]
+
+
+def test_an_unwritable_output_folder_is_refused_before_any_work(artifacts, tmp_path, monkeypatch):
+    """A read-only --out folder ended in HDF5's raw text after the teacher ran. Tests run as root (chmod blocks
+    nothing), so the folder is a path through a file; the teacher must never be loaded."""
+    import kdcache.jobs.dump
+
+    (tmp_path / "afile").write_text("x")
+    out = tmp_path / "afile" / "c.h5"
+    monkeypatch.setattr(kdcache.jobs.dump, "load_teacher", lambda *a, **k: pytest.fail("the teacher was loaded"))
+    why = f"cannot write to {out.parent}: a part of the path is a file, not a folder"
+    assert_error(CliRunner().invoke(main, ["dump-logits", "--teacher", str(artifacts["teacher"]), "--data-dir",
+                                           str(artifacts["data_dir"]), "--limit", "10", "--out", str(out)]), why)
+    assert_error(CliRunner().invoke(main, ["compress", str(artifacts["cache"]), "--out", str(out)]), why)
+    for args in (["train-teacher"], ["train-student", "--alpha", "0"]):  # before the data is even looked for
+        r = CliRunner().invoke(main, args + ["--data-dir", str(tmp_path / "no-data"), "--out", str(out)])
+        assert_error(r, why)
+
+
+def test_the_dump_summary_gives_a_small_cache_in_kb(artifacts, tmp_path):
+    """A 30 KB cache was summarised as '0.0 MB'."""
+    out = tmp_path / "small.h5"
+    r = run("dump-logits", "--teacher", artifacts["teacher"], "--data-dir", artifacts["data_dir"], "--limit", 16,
+            "--out", out)
+    size = out.stat().st_size
+    assert 1e3 < size < 1e6
+    assert f"-> {out} ({size / 1e3:.1f} KB, teacher agrees" in r.stdout, r.stdout
+
+
+def test_the_readme_runs_torchrun_from_the_setups_venv():
+    """The README showed bare `torchrun`, which the set-up does not put on PATH: it installs .venv/bin/torchrun."""
+    blocks = (REPO / "README.md").read_text().split("```")[1::2]  # the code blocks
+    lines = [line for block in blocks for line in block.splitlines()]
+    launched = [line for line in lines if line.lstrip().startswith(("torchrun ", ".venv/bin/torchrun "))]
+    assert len(launched) >= 4 and all(line.startswith(".venv/bin/torchrun ") for line in launched), launched

@@ -56,7 +56,7 @@ def full_cache(tmp_path, fmnist):
 
 def test_compress_round_trips_a_tiny_cache(tmp_path, full_cache):
     src, z = full_cache
-    r = compress_cache(src, tmp_path / "small.h5", codec=Codec(rank=4, dtype="int8"))
+    r = compress_cache(src, tmp_path / "small.h5", codec=Codec(rank=4, dtype="int8"), allow_larger=True)
     fit, held = sample_rows(N)
     basis = fit_basis(z[fit], 4)  # what compress fits: the same sample, the same bytes
     with open_cache(tmp_path / "small.h5") as c, open_cache(src) as s:
@@ -85,7 +85,8 @@ def test_compress_round_trips_a_tiny_cache(tmp_path, full_cache):
 
 def test_a_packed_cache_stores_bit_packed_codes_and_trains(tmp_path, full_cache, data_dir):
     src, z = full_cache
-    r = run("compress", src, "--codec", "lowrank:rank=6,dtype=packed,bits=5", "--out", tmp_path / "p.h5")
+    r = run("compress", src, "--codec", "lowrank:rank=6,dtype=packed,bits=5", "--out", tmp_path / "p.h5",
+            "--allow-larger")  # 200 rows: the basis outweighs what the codes save
     assert r.exit_code == 0, r.output
     assert "to rank 6 packed codes of 4 bytes a row (as stated" in r.output  # 30 bits
     fit, held = sample_rows(N)
@@ -140,7 +141,7 @@ def test_compress_picks_a_packed_rank_for_the_budget_by_default(tmp_path, full_c
     src, z = full_cache
     fit, held = sample_rows(N)
     want = choose_rank(fit_basis(z[fit], 10), z[held], DEFAULT_KL_BUDGET, "packed", fit_sample=packing_sample(z[fit]))
-    r = compress_cache(src, tmp_path / "p.h5")
+    r = compress_cache(src, tmp_path / "p.h5", allow_larger=True)
     assert r["code_dtype"] == "packed"
     assert r["rank"] == want.rank and r["rank_chosen_by"] == "budget" and r["row_bytes"] == want.basis.packing.row_bytes
     assert max(r["kl"].values()) <= DEFAULT_KL_BUDGET
@@ -153,7 +154,8 @@ def test_compress_codes_rows_with_the_encoder_named_and_records_it(tmp_path, ful
     fit, _ = sample_rows(N)
     basis = fit_basis(z[fit], 3)
     for encoder in ("projection", "kl"):
-        r = run("compress", src, "--codec", f"lowrank:rank=3,dtype=int8,encoder={encoder}", "--out",
+        r = run("compress", src, "--allow-larger", "--codec", f"lowrank:rank=3,dtype=int8,encoder={encoder}",
+                "--out",
                 tmp_path / f"{encoder}.h5")
         assert r.exit_code == 0, r.output
         with open_cache(tmp_path / f"{encoder}.h5") as c:
@@ -169,7 +171,7 @@ def test_compress_picks_the_smallest_rank_for_the_budget(tmp_path, full_cache):
     src, z = full_cache
     fit, held = sample_rows(N)
     want = choose_rank(fit_basis(z[fit], 10), z[held], DEFAULT_KL_BUDGET)
-    r = run("compress", src, "--codec", "lowrank:dtype=int8", "--out", tmp_path / "s.h5")
+    r = run("compress", src, "--codec", "lowrank:dtype=int8", "--out", tmp_path / "s.h5", "--allow-larger")
     assert r.exit_code == 0, r.output
     assert f"to rank {want.rank} int8 codes of {want.rank + 4} bytes a row (for KL budget 0.01" in r.output
     with open_cache(tmp_path / "s.h5") as c:
@@ -187,7 +189,7 @@ def test_kd_from_a_lowrank_cache_is_kd_on_the_decoded_logits(tmp_path, full_cach
     from kdcache.data.cached_dataset import CachedDataset
 
     src, _ = full_cache
-    compress_cache(src, tmp_path / "s.h5", codec=Codec(rank=3, dtype="int8"))
+    compress_cache(src, tmp_path / "s.h5", codec=Codec(rank=3, dtype="int8"), allow_larger=True)
     with h5py.File(tmp_path / "s.h5", "r") as f:  # decoded by hand from the stored arrays
         mean, comps = f["lowrank_mean"][:], f["lowrank_components"][:]
         z = mean + (f["lowrank_codes"][:].astype(np.float32) * f["lowrank_scales"][:][:, None]) @ comps
@@ -206,7 +208,7 @@ def test_a_lowrank_cache_streams_decoded_rows_block_by_block(tmp_path, full_cach
     from kdcache.cache.stream import LogitStream, iter_batches
 
     src, z = full_cache
-    compress_cache(src, tmp_path / "s.h5", codec=Codec(rank=4))
+    compress_cache(src, tmp_path / "s.h5", codec=Codec(rank=4), allow_larger=True)
     with open_cache(tmp_path / "s.h5") as c:
         whole = c.read()
     stream = LogitStream(tmp_path / "s.h5", block_rows=16, buffer_blocks=2, seed=1)
@@ -229,7 +231,7 @@ def test_streamed_targets_of_a_lowrank_cache_decode_only_the_rows_asked_for(tmp_
     from kdcache.cache.streamed_targets import StreamedTargets
 
     src, _ = full_cache
-    compress_cache(src, tmp_path / "s.h5", codec=Codec(rank=4, dtype=dtype))
+    compress_cache(src, tmp_path / "s.h5", codec=Codec(rank=4, dtype=dtype), allow_larger=True)
     with open_cache(tmp_path / "s.h5") as c:
         whole, chunk = c.read(), c.chunk_rows
     rows = np.random.default_rng(0).permutation(N)[: N // 2]
@@ -250,10 +252,10 @@ def test_train_student_and_ensemble_from_lowrank_caches(tmp_path, full_cache, fm
     from kdcache.cache.ensemble import check_members, combine_logits
 
     src, z = full_cache
-    compress_cache(src, tmp_path / "a.h5", codec=Codec(rank=3, dtype="int8"))
+    compress_cache(src, tmp_path / "a.h5", codec=Codec(rank=3, dtype="int8"), allow_larger=True)
     other = write_cache(tmp_path / "full2.h5", teacher_logits(seed=1), fmnist.labels, fmnist.indices,
                         fmnist.sample_ids, cache_attrs(fmnist.info))
-    compress_cache(other, tmp_path / "b.h5", codec=Codec(rank=5, dtype="int8"))
+    compress_cache(other, tmp_path / "b.h5", codec=Codec(rank=5, dtype="int8"), allow_larger=True)
     with open_cache(tmp_path / "a.h5") as a, open_cache(tmp_path / "b.h5") as b:
         check_members([a, b])  # different bases: each decoded, then combined
         mean = combine_logits([torch.from_numpy(a.read()), torch.from_numpy(b.read())], "mean-logits", 2.0)
@@ -275,7 +277,7 @@ def test_compress_keeps_views(tmp_path, fmnist):
     params = np.random.default_rng(0).random((N, 3, 1)).astype(np.float32)
     src = write_cache(tmp_path / "v.h5", z, fmnist.labels, fmnist.indices, fmnist.sample_ids, cache_attrs(fmnist.info),
                       num_views=3, view_policy=policy, view_params=params)
-    compress_cache(src, tmp_path / "s.h5", codec=Codec(rank=4))  # packed codes (the default) of every view
+    compress_cache(src, tmp_path / "s.h5", codec=Codec(rank=4), allow_larger=True)  # packed codes of every view
     fit, _ = sample_rows(N)
     flat = z[fit].reshape(-1, 10)
     basis = with_packing(fit_basis(flat, 4), packing_sample(flat))
@@ -328,7 +330,7 @@ def _corrupt_basis(path, how):
 @pytest.mark.parametrize("how, needle", [("nan", "the basis holds NaN/Inf"), ("scaled", "not orthonormal")])
 def test_a_corrupt_basis_is_caught_by_verify_and_train_student(tmp_path, full_cache, data_dir, how, needle):
     src, _ = full_cache
-    small = compress_cache(src, tmp_path / "s.h5", codec=Codec(rank=4))["cache"]
+    small = compress_cache(src, tmp_path / "s.h5", codec=Codec(rank=4), allow_larger=True)["cache"]
     ok = run("verify", small)
     assert ok.exit_code == 0 and "ok    basis:" in ok.output and "ok    values:" in ok.output, ok.output
     _corrupt_basis(small, how)
@@ -345,7 +347,7 @@ def test_verify_with_the_teacher_checks_rebuilt_rows_within_the_stated_error(tmp
     full = tmp_path / "full.h5"
     assert run("dump-logits", "--teacher", teacher_ckpt, "--out", full, "--limit", N, "--data-dir", data_dir,
                "-q").exit_code == 0
-    compress_cache(full, tmp_path / "s.h5", codec=Codec(rank=9))
+    compress_cache(full, tmp_path / "s.h5", codec=Codec(rank=9), allow_larger=True)
     r = run("verify", tmp_path / "s.h5", "--data-dir", data_dir, "--teacher", teacher_ckpt, "--sample", 64)
     assert r.exit_code == 0, r.output
     assert "ok    teacher: 64 random rows re-computed; rebuilt from the codes within the stated error: mean KL T=1:" \
@@ -364,3 +366,30 @@ def test_the_summary_says_larger_when_codes_outweigh_the_logits():
 
     assert _size_change(2024, 92) == "22.0x smaller"
     assert _size_change(1000, 1500).startswith("1.5x larger")
+
+
+def test_compress_refuses_a_copy_that_would_not_be_smaller(tmp_path):
+    """A 3-class cache of 421 rows compressed to a file 1.3x larger, exit 0. Now refused in one line before
+    anything is written, saying why: what the codes save a row, over how many rows, against what the basis
+    and the low-rank datasets add; and where a code row is no smaller than the logits row at all."""
+    data = make_image_data(421, classes=3)
+    z = np.random.default_rng(0).normal(0, 3, (421, 3)).astype(np.float32)
+    src = write_cache(tmp_path / "three.h5", z, data.labels, data.indices, data.sample_ids, cache_attrs(data.info))
+    out = tmp_path / "small.h5"
+    r = run("compress", src, "--out", out)
+    assert_error(r, f"compressing {src} would make it bigger, not smaller (about 40.0 KB against",
+                 "rank-3 packed codes save 10 bytes a row of 3 classes, 4.2 KB over 421 rows, less than the basis "
+                 "and the low-rank datasets add (about 9.7 KB)", "--allow-larger")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["three.h5"]  # nothing written, no temp file
+    half = write_cache(tmp_path / "half.h5", z, data.labels, data.indices, data.sample_ids, cache_attrs(data.info),
+                       dtype="float16")
+    r = run("compress", half, "--codec", "lowrank:rank=3,dtype=int8", "--out", out)
+    assert_error(r, "rank-3 int8 codes take 7 bytes a row, its 3 logits 6 (rank 3 of 3 classes)")
+    assert not out.exists()
+    r = compress_cache(src, out, allow_larger=True)  # asked for: written, and the summary says larger
+    assert r["bytes"] > r["source_bytes"] and out.exists()
+    big = make_image_data(2000, classes=10)  # enough rows and classes: smaller, not refused
+    full = write_cache(tmp_path / "big.h5", teacher_logits(2000), big.labels, big.indices, big.sample_ids,
+                       cache_attrs(big.info))
+    r = compress_cache(full, tmp_path / "big-small.h5")
+    assert r["bytes"] < 0.7 * r["source_bytes"]

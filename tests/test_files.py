@@ -68,3 +68,42 @@ def test_a_writer_killed_mid_way_leaves_the_old_file_intact(tmp_path):
     assert target.read_bytes() == old
     assert json.loads(target.read_text()) == {"old": True}
     ready.unlink()
+
+
+def test_check_writable_refuses_in_kdcache_words(tmp_path, monkeypatch):
+    """Tests run as root, where permission bits block nothing: a path through a file, and a read-only mount
+    (EROFS, monkeypatched), each become one StorageError naming the folder."""
+    import errno
+
+    import kdcache.files as files
+    from kdcache.errors import StorageError
+
+    assert files.check_writable(tmp_path / "new" / "c.h5") == tmp_path / "new"  # created, probe removed
+    assert list((tmp_path / "new").iterdir()) == []
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(StorageError, match=r"cannot write to .*afile: a part of the path is a file"):
+        files.check_writable(tmp_path / "afile" / "c.h5")
+    with pytest.raises(StorageError, match=r"cannot write to .*afile/sub: a part of the path is a file"):
+        files.check_writable(tmp_path / "afile" / "sub" / "c.h5")
+
+    def read_only(*a, **k):
+        raise OSError(errno.EROFS, "Read-only file system")
+    monkeypatch.setattr(files.tempfile, "mkstemp", read_only)
+    with pytest.raises(StorageError, match=f"cannot write to {tmp_path}: read-only file system; write the output"):
+        files.check_writable(tmp_path / "c.h5")
+
+    def denied(*a, **k):
+        raise PermissionError(errno.EACCES, "Permission denied")
+    monkeypatch.setattr(files.tempfile, "mkstemp", denied)
+    with pytest.raises(StorageError, match=f"cannot write to {tmp_path}: permission denied"):
+        check_output(tmp_path / "m.pt", overwrite=False)
+
+
+@pytest.mark.parametrize("n, text", [(0, "0 bytes"), (1, "1 byte"), (999, "999 bytes"), (30_412, "30.4 KB"),
+                                     (999_949, "999.9 KB"), (999_990, "1.0 MB"), (12_345_678, "12.3 MB"),
+                                     (1_250_000_000, "1.25 GB")])
+def test_format_bytes_picks_a_unit_that_fits(n, text):
+    """The dump summary said '0.0 MB' for a 30 KB cache."""
+    from kdcache.files import format_bytes
+
+    assert format_bytes(n) == text

@@ -337,3 +337,48 @@ def test_a_deleted_file_is_placed_by_name_in_verify_and_train_student(team, tmp_
     assert v.exit_code == 1 and want in v.output, v.output
     one_line_error(run("train-student", "--cache", cache, "--data-dir", root, "--epochs", 1, "--out", tmp_path / "s.pt"),
                    want)
+
+
+def test_skipped_files_are_said_and_later_jobs_inherit_the_setting(tmp_path, monkeypatch):
+    """train-teacher and dump-logits said nothing of the files --skip-unreadable left out (only `info` listed
+    them), and dump-logits stopped at the file the teacher had skipped. Now each job names them once, and
+    dump-logits, evaluate and train-student read the folder as the teacher did, without being told."""
+    root = make_folder(tmp_path / "imgs", per_class=(4, 2))
+    (root / "train" / "ant" / "sub" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (root / "test" / "cat" / "sub" / "notes.png").write_text("not an image")
+    teacher, cache = tmp_path / "t.pt", tmp_path / "c.h5"
+    r = run("train-teacher", "--dataset", "imagefolder", "--data-dir", root, "--image-size", SIZE, "--epochs", 1,
+            "--batch-size", 6, "--precision", "fp32", "--workers", 0, "--skip-unreadable", "--out", teacher, "-q")
+    assert r.exit_code == 0, r.output
+    said = [f"warning: imagefolder/train: left out 1 unreadable file under {root / 'train'} (--skip-unreadable): "
+            "ant/sub/broken.jpg",
+            f"warning: imagefolder/test: left out 1 unreadable file under {root / 'test'} (--skip-unreadable): "
+            "cat/sub/notes.png"]
+    assert r.stderr.splitlines() == said  # each once, though the job reads the train split twice
+    r = run("dump-logits", "--teacher", teacher, "--data-dir", root, "--workers", 0, "--out", cache, "-q")
+    assert r.exit_code == 0 and r.stderr.splitlines() == said[:1], r.output  # inherited from the checkpoint
+    assert json.loads(run("info", cache, "--json").output)["skipped_files"] == ["ant/sub/broken.jpg"]
+    r = run("evaluate", "--model", teacher, "--data-dir", root, "--workers", 0)
+    assert r.exit_code == 0 and r.stderr.splitlines() == said[1:] and "(6 samples)" in r.stdout, r.output
+    r = run("train-student", "--cache", cache, "--data-dir", root, "--epochs", 1, "--batch-size", 6, "--workers", 0,
+            "--out", tmp_path / "s.pt", "-q")
+    assert r.exit_code == 0 and r.stderr.splitlines() == said, r.output
+    # without --data-dir: not 'imagefolder: data/train not found' alone, but the folder each was trained on
+    monkeypatch.chdir(tmp_path)
+    fix = f"pass --data-dir {root}"
+    one_line_error(run("train-student", "--cache", cache, "--epochs", 1, "--out", tmp_path / "s2.pt"),
+                   f"imagefolder: data/train not found; the teacher of the cache {cache} was trained on {root}: {fix}")
+    one_line_error(run("evaluate", "--model", tmp_path / "s.pt"),
+                   f"imagefolder: data/test not found; the checkpoint {tmp_path / 's.pt'} was trained on {root}: {fix}")
+    one_line_error(run("dump-logits", "--teacher", teacher, "--out", tmp_path / "c2.h5"),
+                   f"imagefolder: data/train not found; the teacher {teacher} was trained on {root}: {fix}")
+
+
+def test_pipeline_on_a_folder_of_images_gives_its_own_fix(tmp_path):
+    """`kdcache pipeline --data-dir FOLDER` said `pass --dataset imagefolder`, an option pipeline does not have."""
+    root = make_folder(tmp_path / "imgs", per_class=(1, 1))
+    r = run("pipeline", "--data-dir", root, "--workdir", tmp_path / "w", "--cache", tmp_path / "c.h5")
+    one_line_error(r, f"{root} looks like your own images (ROOT/train/<class>/...), and `kdcache pipeline` runs the "
+                      f"Fashion-MNIST job only: run its steps on your folder, `kdcache train-teacher --dataset "
+                      f"imagefolder --data-dir {root} --out teacher.pt`")
+    assert "pass --dataset" not in r.output and not (tmp_path / "w").exists()

@@ -1,4 +1,6 @@
 """kdcache.data.images: the input transform is torchvision's evaluation transform, for files of every mode."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -78,3 +80,22 @@ def test_sources_index_like_tensors(tmp_path):
     assert torch.equal(both[[7, 0, 6]], torch.stack([memory[1], every[0], memory[0]]))
     assert torch.equal(subset(both, [1, 7])[[0, 1]], torch.stack([every[1], memory[1]]))
     assert torch.equal(concat([memory, memory]), torch.cat([memory, memory]))
+
+
+def test_exif_orientation_is_ignored_as_torchvision_ignores_it(tmp_path):
+    """The README says so (Your own images): a JPEG stored 40x20 with a 'rotate 90' EXIF tag is read 40x20, as
+    stored, exactly as torchvision's ImageFolder loader reads it."""
+    from torchvision.datasets.folder import pil_loader
+
+    pixels = np.random.default_rng(2).integers(0, 256, (20, 40, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 CW to display
+    Image.fromarray(pixels).save(tmp_path / "sideways.jpg", exif=exif.tobytes(), quality=95)
+    image = open_image(tmp_path / "sideways.jpg")
+    assert Image.open(tmp_path / "sideways.jpg").getexif()[0x0112] == 6 and image.size == (40, 20)
+    ours = InputTransform(16)(image)
+    ref = transforms.Compose([transforms.Resize(round(16 / 0.875)), transforms.CenterCrop(16),
+                              transforms.PILToTensor()])(pil_loader(str(tmp_path / "sideways.jpg")))
+    assert np.array_equal(ours, ref.numpy())
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "EXIF orientation is ignored, as\n  torchvision's loader ignores it" in readme

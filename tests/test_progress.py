@@ -60,3 +60,13 @@ def test_counter_writes_one_line_per_update_in_a_log():
     c.update(1)
     lines = out.getvalue().splitlines()
     assert len(lines) == 2 and lines[1].startswith("sweep: 2/3 runs") and lines[1].endswith("time left 0:01:00")
+
+
+def test_one_slow_batch_gets_one_line_not_two(monkeypatch):
+    """A one-batch dump printed its progress line twice: once as the interval line, once as 'done'."""
+    clock = FakeClock()
+    monkeypatch.setattr(progress.time, "perf_counter", clock)
+    out = io.StringIO()
+    for _ in progress.track(range(1), desc="dump fashion-mnist/train", stream=out, interval_s=30):
+        clock.t += 40.0  # the one batch takes longer than an interval
+    assert out.getvalue().splitlines() == ["dump fashion-mnist/train: 1/1 batches (100%), 40s elapsed, done"]

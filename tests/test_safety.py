@@ -1,5 +1,6 @@
 """Opening a cache or checkpoint never runs code; killing dump-logits never leaves a broken cache behind."""
 import os
+import pickle
 import shutil
 import signal
 import subprocess
@@ -8,6 +9,7 @@ import time
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -162,7 +164,7 @@ def test_dump_refuses_up_front_when_free_space_is_short(tmp_path, data_dir, monk
     monkeypatch.setattr(kdcache.files.shutil, "disk_usage", disk_usage)
     r = run("dump-logits", "--teacher", _fast_teacher(tmp_path), "--out", out, "--overwrite", "--limit", 5000,
             "--data-dir", data_dir, "--device", "cpu", "-q")
-    assert_error(r, "not enough disk space for the cache", "needs about 1.", "0.2 MB free")
+    assert_error(r, "not enough disk space for the cache", "needs about 1.", "200.0 KB free")
     assert out.read_bytes() == b"the cache another team trusts"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
@@ -210,3 +212,73 @@ def test_disk_full_during_dump_is_one_error_line_and_leaves_nothing(tmp_path, da
     assert sorted(p.name for p in tiny_disk.iterdir()) == ["c.h5"]  # the temp file is gone
     assert out.read_bytes() == before and read_meta(out).num_samples == 16
     assert shutil.disk_usage(tiny_disk).free > 400_000  # and its space is free again
+
+
+@pytest.mark.parametrize("key, value, needle", [
+    ("teacher_arch", 5, "attribute teacher_arch is an integer (5), expected text"),
+    ("teacher_arch", np.void(pickle.dumps({"a": 1})), "bytes of binary data, expected text"),  # opaque pickle bytes
+    ("dataset", np.bytes_(b"\x80\x04\x95 pickled"), "attribute dataset is 11 bytes of binary data, expected text"),
+    ("num_classes", "10", "attribute num_classes is text ('10'), expected an integer"),
+    ("normalization_std", "0.35", "attribute normalization_std is text ('0.35'), expected a number"),
+    ("class_names", '{"a": 1}', "attribute class_names holds dict JSON, expected a JSON list of strings"),
+])
+def test_an_attribute_of_the_wrong_type_is_refused_in_one_line(tmp_path, data_dir, key, value, needle):
+    """A cache whose teacher_arch was an integer, or raw pickle bytes, trained with exit 0; now every reader
+    (here train-student and info) refuses it as it refuses malformed JSON, and never unpickles anything."""
+    from kdcache.cache import read_meta
+    from kdcache.errors import CacheError
+
+    p = _small_cache(tmp_path / "c.h5", data_dir)
+    with h5py.File(p, "a") as f:
+        f.attrs[key] = value
+    with pytest.raises(CacheError, match="expected"):
+        read_meta(p)
+    r = run("train-student", "--cache", p, "--data-dir", data_dir, "--limit", 64, "--eval-limit", 32, "--epochs", 1,
+            "--out", tmp_path / "s.pt", "-q")
+    assert_error(r, needle, "the file is corrupt or not written by kdcache")
+    assert not (tmp_path / "s.pt").exists()
+    assert_error(run("info", p), needle)
+
+
+def _children(pid):
+    """Process ids whose parent is ``pid`` (from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the DataLoader workers in /proc")
+def test_sigterm_to_the_process_group_is_one_line_and_exit_143(tmp_path, data_dir):
+    """`timeout`, Slurm and Kubernetes signal the whole group: the DataLoader workers died by the signal and
+    torch printed 17 lines (`Exception ignored in ... DataLoader worker (pid ...) is killed by signal`) before
+    the one promised line, or a traceback and exit 1 instead of it. Workers now exit quietly."""
+    out = tmp_path / "c.h5"
+    args = [sys.executable, "-m", "kdcache", "dump-logits", "--teacher", str(_teacher(tmp_path)), "--out", str(out),
+            "--split", "test", "--batch-size", "100", "--workers", "2", "--data-dir", str(data_dir),
+            "--device", "cpu", "-q"]
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # its own process group, as under `timeout` or Slurm
+    try:
+        deadline = time.monotonic() + 60
+        while len(_children(proc.pid)) < 2 or not list(tmp_path.glob(".c.h5.tmp-*")):  # workers up, writing
+            assert proc.poll() is None, f"dump-logits ended before the signal: {proc.communicate()}"
+            assert time.monotonic() < deadline, "dump-logits never started its workers and its file"
+            time.sleep(0.02)
+        time.sleep(0.3)  # a few batches in
+        assert proc.poll() is None, "dump-logits finished before the signal; the test needs a slower dump"
+        os.killpg(proc.pid, signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert (proc.returncode, stdout, stderr) == (143, "", "Error: stopped (SIGTERM)\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.pt"]  # no cache, no half-written temp file

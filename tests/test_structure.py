@@ -88,7 +88,7 @@ def test_the_public_api_is_lazy_and_documented():
 LAYERS = ("basics", "kdcache.cache", "kdcache.data", "kdcache.train", "kdcache.jobs", "kdcache.experiments",
           "kdcache.cli")
 BASICS = {"kdcache.errors", "kdcache.config", "kdcache.files", "kdcache.device", "kdcache.dist", "kdcache.progress",
-          "kdcache.identity", "kdcache.heap"}
+          "kdcache.identity", "kdcache.heap", "kdcache.workers"}
 
 
 def floor(module: str) -> int | None:

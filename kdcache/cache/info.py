@@ -21,6 +21,7 @@ import torch
 from kdcache.cache import open_cache
 from kdcache.cache.lowrank import describe_bytes
 from kdcache.cache.targets import Targets, TopK, as_tensors
+from kdcache.files import format_bytes
 from kdcache.identity import UNLABELLED
 
 INFO_TEMPERATURES = (1.0, 4.0, 20.0)
@@ -147,7 +148,7 @@ def format_info(info: dict[str, Any]) -> str:
         bits = f" ({rec['bits']:g} bits a component on average)" if rec.get("bits") else ""
         size = f" of {describe_bytes(info['lowrank_row_bytes'])}{bits}"
     lines = [
-        ("cache", f"{info['path']} ({info['bytes'] / 1e6:.2f} MB on disk)"),
+        ("cache", f"{info['path']} ({format_bytes(info['bytes'])} on disk)"),
         ("format", f"{info['format']} schema {info['schema_version']}, "
                    f"{'complete' if info['complete'] else 'INCOMPLETE'}"),
         ("created", f"{info['created_utc']} by kdcache {info['kdcache_version']}, torch {info['torch_version']}"),

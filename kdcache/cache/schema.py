@@ -286,13 +286,78 @@ class CacheMeta:
         return self.num_labelled == 0
 
 
+# What each root attribute must be once decoded (a reader refuses any other type in one line, before using it:
+# an integer where text belongs, or opaque bytes such as a pickle, is a corrupt or foreign file, never run).
+_TEXT, _INTEGER, _NUMBERS = "text", "an integer", "a number or a list of numbers"
+ATTR_TYPES: dict[str, str] = {
+    **{k: _TEXT for k in ("format", "schema_version", "created_utc", "kdcache_version", "torch_version", "teacher_arch",
+                          "teacher_sha256", "teacher_precision", "dataset", "split", "dataset_fingerprint",
+                          "class_names", "logits_dtype", "config_json", "targets", "view_policy", "view_policy_json",
+                          "content_sha256", "input_transform", "skipped_files", "lowrank_code_dtype",
+                          "lowrank_kl_json")},
+    **{k: _INTEGER for k in ("complete", "dataset_num_samples", "num_samples", "num_classes", "topk", "num_views",
+                             "num_labelled", "lowrank_rank")},
+    "normalization_mean": _NUMBERS, "normalization_std": _NUMBERS,
+}
+# JSON attributes and the JSON type each holds.
+JSON_ATTR_TYPES: dict[str, type] = {"class_names": list, "config_json": dict, "view_policy_json": dict,
+                                    "input_transform": dict, "skipped_files": list, "lowrank_kl_json": dict}
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _has_type(value: Any, kind: str) -> bool:
+    if kind == _TEXT:
+        return isinstance(value, str)
+    if kind == _INTEGER:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return _is_number(value) or (isinstance(value, list) and len(value) > 0 and all(_is_number(x) for x in value))
+
+
+def _type_name(value: Any) -> str:
+    if isinstance(value, bytes):
+        return f"{len(value)} bytes of binary data"
+    return {str: "text", int: "an integer", float: "a number", list: "a list", bool: "a boolean"}.get(
+        type(value), type(value).__name__) + f" ({value!r:.40})"
+
+
+def check_attr_types(attrs: Mapping[str, Any], path: Any) -> None:
+    """Refuse a root attribute of the wrong type (ATTR_TYPES; ``None`` stands for an absent 1.0 attribute), and a
+    JSON attribute holding the wrong kind of JSON value, in one CacheError line naming it."""
+    for key, kind in ATTR_TYPES.items():
+        value = attrs.get(key)
+        if value is None or (value == "" and key in OPTIONAL_ATTRS) or _has_type(value, kind):
+            continue
+        raise CacheError(f"{path}: attribute {key} is {_type_name(value)}, expected {kind} ({_meaning(key)}); the "
+                         f"file is corrupt or not written by kdcache, {REDUMP}")
+    for key, want in JSON_ATTR_TYPES.items():
+        text = attrs.get(key) or ""
+        try:
+            value = json.loads(text) if text else want()
+        except ValueError:
+            continue  # malformed JSON: refused where it is parsed, with the others
+        if not isinstance(value, want) or (want is list and not all(isinstance(x, str) for x in value)):
+            what = "a JSON list of strings" if want is list else "a JSON object"
+            raise CacheError(f"{path}: attribute {key} holds {type(value).__name__} JSON, expected {what} "
+                             f"({_meaning(key)}); the file is corrupt or not written by kdcache, {REDUMP}")
+
+
+def _meaning(key: str) -> str:
+    return ROOT_ATTRS.get(key) or OPTIONAL_ATTRS.get(key, "")
+
+
 def _decode(v: Any) -> Any:
     if isinstance(v, bytes):
-        return v.decode("utf-8")
+        try:
+            return v.decode("utf-8")
+        except UnicodeDecodeError:
+            return v  # not text: refused by check_attr_types, never unpickled or guessed at
     if isinstance(v, np.ndarray):
         return v.tolist()
     if isinstance(v, np.generic):
-        return v.item()
+        return _decode(v.item())  # an opaque (np.void) value: its bytes
     return v
 
 
@@ -313,11 +378,15 @@ def open_h5(path: str | os.PathLike, rdcc_nbytes: int | None = None) -> h5py.Fil
 
 
 def meta_from(f: h5py.File, path: Path, file_format: str = FORMAT_NAME) -> CacheMeta:
-    attrs = {k: _decode(v) for k, v in f.attrs.items()}
+    try:
+        attrs = {k: _decode(v) for k, v in f.attrs.items()}
+    except (OSError, TypeError, ValueError) as e:  # an attribute of a type h5py cannot read back
+        raise CacheError(f"{path}: unreadable attribute ({str(e).splitlines()[0][:120]}); {REDUMP}") from None
     if attrs.get("format") != file_format:
         what = "a kdcache shard, not a cache (dump-logits assembles shards)" if attrs.get("format") == SHARD_FORMAT \
             else f"not a kdcache cache (format attribute is {attrs.get('format')!r})"
         raise CacheError(f"{path} is an HDF5 file but {what}")
+    check_attr_types(attrs, path)  # before any value is used
     version = str(attrs.get("schema_version", ""))
     major, _ = _version_tuple(version)
     if major > _version_tuple(SCHEMA_VERSION)[0]:

@@ -35,6 +35,7 @@ from kdcache.cache import LogitCache
 from kdcache.cache.lowrank import Codes
 from kdcache.cache.targets import Targets, as_numpy, as_tensors, concat
 from kdcache.errors import CacheError, ConfigError
+from kdcache.workers import quiet_worker
 
 DEFAULT_BUFFER_BLOCKS = 16
 DECODE_ROWS = 2048  # low-rank rows decoded at a time (8 MB of float32 logits at 1,000 classes)
@@ -305,8 +306,8 @@ def iter_batches(stream: LogitStream, batch_size: int, num_workers: int = 0) -> 
     threads already fill the cores it does not: measured on 2 cores with 2 torch threads, a
     decoding thread beside them made a tiny student's streamed epoch 1.6x slower, not faster.
     """
-    loader = DataLoader(stream, batch_size=None, num_workers=num_workers,
-                        prefetch_factor=2 if num_workers else None, persistent_workers=False)
+    loader = DataLoader(stream, batch_size=None, num_workers=num_workers, prefetch_factor=2 if num_workers else None,
+                        persistent_workers=False, worker_init_fn=quiet_worker if num_workers else None)
     carry: tuple[torch.Tensor, Targets] | None = None  # < batch_size rows left from the last buffer
     ahead = not num_workers and torch.get_num_threads() < len(os.sched_getaffinity(0))
     for values, targets in (read_ahead(iter(loader)) if ahead else loader):

@@ -33,7 +33,9 @@ from kdcache.config import (
     RunOptions,
     ViewConfig,
 )
-from kdcache.errors import ConfigError
+from kdcache.errors import ConfigError, DataError
+from kdcache.files import format_bytes
+from kdcache.jobs.recorded import checkpoint_reading, with_recorded_folder
 
 
 @main.command("dump-logits")
@@ -111,8 +113,13 @@ def dump_logits_cmd(teacher: str | None, out: str, quiet: bool, class_names_file
     spec = TeacherSpec(checkpoint=teacher, factory=kw.pop("teacher_factory"), weights=kw.pop("weights"),
                        arch=kw.pop("arch"))
     dump, views = config_from(DumpConfig, {**kw, "class_names": names}), config_from(ViewConfig, kw, seed="view_seed")
-    r = dump_logits(spec, out, data_cfg=config_from(DataConfig, kw), dataset=dataset, dump=dump, views=views,
-                    run=RunOptions(overwrite=kw.pop("overwrite"), progress=not quiet))
+    data_cfg = config_from(DataConfig, kw)
+    try:
+        r = dump_logits(spec, out, data_cfg=data_cfg, dataset=dataset, dump=dump, views=views,
+                        run=RunOptions(overwrite=kw.pop("overwrite"), progress=not quiet))
+    except DataError as e:  # a folder not where it is looked for: name the one the teacher was trained on
+        raise with_recorded_folder(e, data_cfg.data_dir, checkpoint_reading(teacher), f"the teacher {teacher}") \
+            from None
     shown = f" x {r['views']} views" if views.augment else ""
     agreement = r["teacher_label_agreement"]
     what = f"top-{r['topk']} of {r['num_classes']}" if r["topk"] else f"{r['num_classes']}"
@@ -122,7 +129,7 @@ def dump_logits_cmd(teacher: str | None, out: str, quiet: bool, class_names_file
              f"assembled in {r['assemble_seconds']:.1f}s") if "world_size" in r else ""
     summary(quiet, f"cached {r['rows']}{shown} x {what} {r['dtype']} logits, teacher at "
                    f"{precision_note(dump.precision, dump.device)}, in {r['seconds']:.1f}s -> "
-                   f"{r['cache']} ({r['bytes'] / 1e6:.1f} MB, " + (
+                   f"{r['cache']} ({format_bytes(r['bytes'])}, " + (
                        f"teacher agrees with labels on {agreement:.2%}" if agreement is not None
                        else "unlabelled rows") + f"{ranks})")
 
@@ -191,8 +198,12 @@ def verify_cmd(cache: str, teacher: str | None, teacher_factory: str | None, wei
                    "(default: kdcache.cache.lowrank.DEFAULT_KL_BUDGET, 0.01).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Low-rank cache to write (.h5).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
+@click.option("--allow-larger", is_flag=True,
+              help="Write --out even where it comes out no smaller than CACHE (few classes or rows; refused without "
+                   "this, before writing): to try a codec on a small cache.")
 @quiet_option
-def compress_cmd(cache: str, codec: str, kl_budget: float | None, out: str, overwrite: bool, quiet: bool) -> None:
+def compress_cmd(cache: str, codec: str, kl_budget: float | None, out: str, overwrite: bool, allow_larger: bool,
+                 quiet: bool) -> None:
     """Write CACHE (full logits) as a compact low-rank cache, read as logits at any T.
 
     At 1,000 classes a 20x smaller cache (rank 121, packed) trained students within 0.1 points of
@@ -206,12 +217,12 @@ def compress_cmd(cache: str, codec: str, kl_budget: float | None, out: str, over
     from kdcache.cache.lowrank import DEFAULT_KL_BUDGET, describe_bytes, parse_codec
     from kdcache.jobs.compress import compress_cache, describe_kl
 
-    r = compress_cache(cache, out, codec=parse_codec(codec), overwrite=overwrite,
+    r = compress_cache(cache, out, codec=parse_codec(codec), overwrite=overwrite, allow_larger=allow_larger,
                        kl_budget=DEFAULT_KL_BUDGET if kl_budget is None else kl_budget)
     how = f"for KL budget {r['budget']:g}" if r["rank_chosen_by"] == "budget" else "as stated"
     summary(quiet, f"compressed {r['rows']} rows x {r['num_classes']} classes to rank {r['rank']} {r['code_dtype']} "
                    f"codes of {describe_bytes(r['row_bytes'])} ({how}; held-out {describe_kl(r['kl'])}) in {r['seconds']:.1f}s -> {r['cache']} "
-                   f"({r['bytes'] / 1e6:.1f} MB, {_size_change(r['source_bytes'], r['bytes'])})")
+                   f"({format_bytes(r['bytes'])}, {_size_change(r['source_bytes'], r['bytes'])})")
 
 
 def _size_change(before: int, after: int) -> str:

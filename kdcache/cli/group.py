@@ -8,6 +8,8 @@ ended it (128 + the signal's number).
 from __future__ import annotations
 
 import _thread
+import contextlib
+import logging
 import signal
 import sys
 import threading
@@ -37,8 +39,12 @@ class KDCacheGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         from kdcache.dist import launched
 
-        if launched():
-            return self._invoke_as_rank(ctx)  # kdcache.dist handles SIGTERM there (torchrun's stop)
+        with _library_warnings():
+            if launched():
+                return self._invoke_as_rank(ctx)  # kdcache.dist handles SIGTERM there (torchrun's stop)
+            return self._invoke_here(ctx)
+
+    def _invoke_here(self, ctx: click.Context) -> Any:
         stop = _Stop()
         main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there only
         old_term = signal.signal(signal.SIGTERM, stop.on_sigterm) if main_thread else None
@@ -120,6 +126,36 @@ class _Stop:
             else:  # Ctrl-C: Python's own handler raises KeyboardInterrupt
                 _thread.interrupt_main()
         return hook
+
+
+class _WarningLines(logging.Handler):
+    """The library's warnings (logger ``kdcache``, e.g. unreadable files skipped) as `warning: ...` lines on stderr,
+    each text once (a job may read a split twice), and under torchrun from rank 0 only."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.seen: set[str] = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from kdcache.dist import current
+
+        text = record.getMessage()
+        if text not in self.seen and current().is_main:
+            self.seen.add(text)
+            click.echo(f"warning: {text}", err=True)
+
+
+@contextlib.contextmanager
+def _library_warnings() -> Any:
+    logger = logging.getLogger("kdcache")
+    handler, propagate = _WarningLines(), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False  # not a second time through Python's last-resort handler
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
 
 
 def _os_error(e: OSError) -> str:

@@ -37,8 +37,9 @@ def quiet_option(f: Callable) -> Callable:
 def read_options(f: Callable) -> Callable:
     """How image files are read: the input size, DataLoader workers, unreadable files (kdcache.data.images)."""
     f = click.option("--skip-unreadable", is_flag=True,
-                     help="Image folders: leave out files that do not decode (truncated, not an image), recording "
-                          "them, instead of stopping at the first.")(f)
+                     help="Image folders: leave out files that do not decode (truncated, not an image), naming "
+                          "and recording them, instead of stopping at the first. Jobs that read a checkpoint or "
+                          "cache made with it leave them out without being told.")(f)
     f = click.option("--workers", type=click.IntRange(min=0), default=None,
                      help="DataLoader worker processes that decode images (default: one per available CPU, up to 8, "
                           "for image folders; 0 for in-memory datasets).")(f)

@@ -38,7 +38,8 @@ from kdcache.config import (
     RunOptions,
     ViewConfig,
 )
-from kdcache.errors import ConfigError
+from kdcache.errors import ConfigError, DataError
+from kdcache.jobs.recorded import cache_file_reading, checkpoint_reading, with_recorded_folder
 
 
 @main.command("train-teacher")
@@ -64,8 +65,10 @@ def train_teacher_cmd(out: str, arch: str, augment: str | None, overwrite: bool,
     deleted when the checkpoint is written): the same command run again continues from the
     last finished epoch, to the same weights. Ctrl-C or SIGTERM stop it with status 130 or 143.
     """
+    from kdcache.files import check_writable
     from kdcache.jobs.training import train_teacher
 
+    check_writable(out)  # before the data is read and the teacher trains
     cfg, data_cfg = train_config(kw), data_config(kw)
     r = train_teacher(out, model=arch, data_cfg=data_cfg, cfg=cfg, views=ViewConfig(augment=augment),
                       run=RunOptions(overwrite=overwrite, resume=resume, progress=not quiet))
@@ -139,8 +142,11 @@ def train_student_cmd(out: str, arch: str, student_factory: str | None, student_
     deleted when the checkpoint is written): the same command run again continues from the
     last finished epoch, to the same weights. Ctrl-C or SIGTERM stop it with status 130 or 143.
     """
+    from kdcache.files import check_writable
     from kdcache.jobs.training import train_student
     from kdcache.train.models import ModelSpec, parse_kwargs
+
+    check_writable(out)  # before the data and caches are read and the student trains
 
     if student_factory is not None and arch != STUDENT_ARCH:
         raise ConfigError(f"name the student once: --arch {arch} or --student-factory {student_factory}")
@@ -149,8 +155,13 @@ def train_student_cmd(out: str, arch: str, student_factory: str | None, student_
     distill = config_from(DistillConfig, kw)
     views, io = config_from(ViewConfig, kw), config_from(CacheIO, kw, memory_limit_mb="cache_memory_limit_mb",
                                                           workers="cache_workers")
-    r = train_student(out, distill, model=model, data_cfg=data_cfg, cfg=cfg, views=views, io=io,
-                      run=RunOptions(overwrite=overwrite, resume=resume, progress=not quiet))
+    try:
+        r = train_student(out, distill, model=model, data_cfg=data_cfg, cfg=cfg, views=views, io=io,
+                          run=RunOptions(overwrite=overwrite, resume=resume, progress=not quiet))
+    except DataError as e:  # a folder not where it is looked for: name the one the cache's teacher read
+        first = distill.caches[0] if distill.caches else None
+        raise with_recorded_folder(e, data_cfg.data_dir, cache_file_reading(first),
+                                   f"the teacher of the cache {first}") from None
     warn(r)
     c = r["config"]
     rows = f", {c['num_labelled']} labelled + {c['num_unlabelled']} unlabelled rows" if c["num_unlabelled"] else ""
@@ -180,7 +191,11 @@ def evaluate_cmd(model_path: str, as_json: bool, quiet: bool, **kw: Any) -> None
     limit = kw.pop("limit")  # of the split asked for
     data_cfg = DataConfig(dataset=kw.pop("dataset"), data_dir=kw.pop("data_dir"), workers=kw.pop("workers"),
                           **{"eval_limit" if kw["split"] == "test" else "limit": limit})
-    r = evaluate_checkpoint(model_path, data_cfg=data_cfg, progress=not (quiet or as_json), **kw)
+    try:
+        r = evaluate_checkpoint(model_path, data_cfg=data_cfg, progress=not (quiet or as_json), **kw)
+    except DataError as e:  # a folder not where it is looked for: name the one the checkpoint was trained on
+        raise with_recorded_folder(e, data_cfg.data_dir, checkpoint_reading(model_path),
+                                   f"the checkpoint {model_path}") from None
     if as_json:
         click.echo(json.dumps(r, indent=2))
         return

@@ -99,6 +99,11 @@ def _load_full(name: str, split: str, root: str, download: bool, ignore_labels: 
     return _load_builtin(name, spec, split, root, download, ignore_labels, image_size)
 
 
+def looks_like_image_folder(root: str | os.PathLike) -> bool:
+    """``root`` holds a train/ or test/ folder: a team's own images (imagefolder), not a built-in dataset's files."""
+    return os.path.isdir(os.path.join(root, "train")) or os.path.isdir(os.path.join(root, "test"))
+
+
 def _load_builtin(name: str, spec: DatasetSpec, split: str, root: str, download: bool, ignore_labels: bool,
                   image_size: int | None) -> ImageData:
     import torchvision.datasets as tvd  # slow import, only when data is needed
@@ -108,9 +113,9 @@ def _load_builtin(name: str, spec: DatasetSpec, split: str, root: str, download:
         ds = cls(root=root, train=(split == "train"), download=download)
     except RuntimeError as e:  # torchvision: "Dataset not found. You can use download=True ..."
         raw = os.path.join(root, spec.folder, "raw")
-        folder = os.path.isdir(os.path.join(root, "train")) or os.path.isdir(os.path.join(root, "test"))
         hint = ("; this folder looks like your own images (ROOT/train/<class>/...): pass --dataset imagefolder"
-                if folder else "; run scripts/get-data.sh, or pass --download on a machine with internet")
+                if looks_like_image_folder(root) else "; run scripts/get-data.sh, or pass --download on a machine "
+                                                      "with internet")
         raise DataError(f"{name} {split} split not found under {raw} ({str(e).splitlines()[0]}){hint}") from None
     images = ds.data.numpy()
     if images.ndim == 3:

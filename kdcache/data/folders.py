@@ -25,6 +25,7 @@ models such folders usually meet (``IMAGENET_MEAN``).
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -38,6 +39,7 @@ from kdcache.data.samples import ImageData
 from kdcache.errors import DataError
 from kdcache.heap import limit_heap_growth
 from kdcache.identity import UNLABELLED, USER_DATASET, DatasetInfo, fingerprint_for, sample_ids_for
+from kdcache.workers import quiet_worker
 
 IMAGEFOLDER = "imagefolder"  # --dataset names (kdcache.data.datasets lists them with the built-in datasets)
 UNLABELLED_FOLDER = "unlabelled"  # every image under --data-dir, no labels
@@ -45,6 +47,8 @@ LAYOUT_HINT = "lay the data out as ROOT/train/<class>/<image> and ROOT/test/<cla
 UNLABELLED_HINT = "put the images anywhere under ROOT (no class folders needed)"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+SKIPPED_SHOWN = 3  # unreadable files named when some are skipped (info lists them all)
+log = logging.getLogger(__name__)  # the CLI shows its warnings as `warning:` lines (kdcache.cli.group)
 DEFAULT_IMAGE_SIZE = 64  # trains on a CPU in minutes; torchvision's ImageNet models want --image-size 224
 
 
@@ -117,8 +121,9 @@ def hash_files(paths: Sequence[Path], *, workers: int | None = None, skip_unread
     Without ``skip_unreadable`` the first unreadable file is a DataError naming it; with it,
     every file is also decoded once, so a truncated image is found here, not mid-training.
     """
-    loader = DataLoader(_Digests(paths, skip_unreadable), batch_size=256, num_workers=resolve_workers(workers, paths),
-                        collate_fn=_identity)
+    n = resolve_workers(workers, paths)
+    loader = DataLoader(_Digests(paths, skip_unreadable), batch_size=256, num_workers=n, collate_fn=_identity,
+                        worker_init_fn=quiet_worker if n else None)
     digests, bad = [], []
     for batch in loader:
         for d in batch:
@@ -139,6 +144,7 @@ def _folder_data(name: str, split: str, base: Path, paths: list[Path], labels: l
     relpaths = [p.relative_to(base).as_posix() for p in paths]
     skipped = tuple(relpaths[i] for i in bad)
     if bad:
+        log.warning(skipped_message(f"{name}/{split}", base, skipped))
         keep = np.setdiff1d(np.arange(len(paths)), bad)
         relpaths, labels = [relpaths[i] for i in keep], [labels[i] for i in keep]
     if not relpaths:
@@ -153,6 +159,14 @@ def _folder_data(name: str, split: str, base: Path, paths: list[Path], labels: l
     return ImageData(images=FileImages(base, relpaths, transform), labels=torch.from_numpy(lab),
                      indices=torch.arange(len(lab), dtype=torch.int64),
                      sample_ids=sample_ids_for(digests, lab, relpaths), info=info, keys=tuple(relpaths))
+
+
+def skipped_message(what: str, base: Path, skipped: Sequence[str]) -> str:
+    """'imagefolder/train: left out 2 unreadable files under ROOT/train (--skip-unreadable): a.jpg, b.png'."""
+    more = len(skipped) - SKIPPED_SHOWN
+    shown = ", ".join(skipped[:SKIPPED_SHOWN]) + (f" and {more} more" if more > 0 else "")
+    files = "file" if len(skipped) == 1 else "files"
+    return f"{what}: left out {len(skipped)} unreadable {files} under {base} (--skip-unreadable): {shown}"
 
 
 def load_imagefolder(root: str, split: str, ignore_labels: bool = False, *, image_size: int | InputTransform | None = None,

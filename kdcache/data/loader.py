@@ -28,6 +28,7 @@ from kdcache.data.sampler import EpochSampler
 from kdcache.data.samples import Batch, collate, normalize, standardize
 from kdcache.errors import ConfigError, DataError
 from kdcache.identity import UNLABELLED
+from kdcache.workers import quiet_worker
 
 MAX_DEFAULT_WORKERS = 8  # more rarely helps a single GPU's input pipeline, and each worker costs memory
 
@@ -145,7 +146,8 @@ class Loader:
     def __iter__(self) -> Iterator[Batch]:
         n = self.workers
         loader = DataLoader(_Guarded(self.dataset), batch_sampler=self.batches, num_workers=n, collate_fn=_as_batch,
-                            pin_memory=self.device.type == "cuda", prefetch_factor=4 if n else None)
+                            pin_memory=self.device.type == "cuda", prefetch_factor=4 if n else None,
+                            worker_init_fn=quiet_worker if n else None)
         counts = self.global_counts()
         for batch in loader:
             if isinstance(batch, _Failed):

@@ -32,6 +32,7 @@ from kdcache.data.loader import resolve_workers
 from kdcache.data.samples import ImageData
 from kdcache.errors import ConfigError, DataError
 from kdcache.identity import UNLABELLED, USER_DATASET, DatasetInfo, fingerprint_for, sample_ids_for
+from kdcache.workers import quiet_worker
 
 ACCEPTED_DATASET = ("a map-style torch Dataset of (image, label) or {image, label} dict items (a dataset by name "
                     "goes in data_cfg=DataConfig(dataset=...))")
@@ -156,7 +157,7 @@ def _scan_items(dataset: Any, shape: tuple[int, ...], positions: np.ndarray, wor
                 keys: ItemKeys | None, need_label: bool) -> tuple[np.ndarray, np.ndarray]:
     """(digests (n, 16) uint8, labels (n,) int64) of the items at ``positions``, one pass."""
     loader = DataLoader(_ItemDigests(dataset, shape, positions, keys, need_label), batch_size=64, collate_fn=_identity,
-                        num_workers=resolve_workers(workers, dataset))
+                        num_workers=resolve_workers(workers, dataset), worker_init_fn=quiet_worker)
     digests, labels = [], []
     for batch in loader:
         for entry in batch:

@@ -23,10 +23,25 @@ from kdcache.config import (
     RunOptions,
     TrainConfig,
 )
-from kdcache.errors import ConfigError, Diverged
+from kdcache.errors import ConfigError, DataError, Diverged
 from kdcache.files import write_json
 from kdcache.jobs.dump import dump_logits
 from kdcache.jobs.training import train_student, train_teacher
+
+
+def check_pipeline_data(data_dir: str) -> None:
+    """Refuse a folder of the team's own images up front: the main job is Fashion-MNIST's, and has no --dataset.
+
+    The fix is the job's steps, run by hand on that folder (README, "Your own images").
+    """
+    from kdcache.data.datasets import BUILTIN, looks_like_image_folder
+
+    if looks_like_image_folder(data_dir) and not Path(data_dir, BUILTIN["fashion-mnist"].folder).is_dir():
+        raise DataError(f"{data_dir} looks like your own images (ROOT/train/<class>/...), and `kdcache pipeline` runs "
+                        "the Fashion-MNIST job only: run its steps on your folder, `kdcache train-teacher --dataset "
+                        f"imagefolder --data-dir {data_dir} --out teacher.pt`, then `kdcache dump-logits --teacher "
+                        f"teacher.pt --data-dir {data_dir} --out cache.h5` and `kdcache train-student --cache "
+                        f"cache.h5 --data-dir {data_dir} --out student.pt` (README, \"Your own images\")")
 
 
 def run_pipeline(cfg: PipelineConfig = PipelineConfig(), *, fresh: bool = False,
@@ -38,6 +53,7 @@ def run_pipeline(cfg: PipelineConfig = PipelineConfig(), *, fresh: bool = False,
     epochs), and KD at ``temperature``/``scarce_alpha`` on all training images of which only those
     keep their labels (``labels_limit``; ``student_epochs``). ``fresh`` redoes every stage.
     """
+    check_pipeline_data(cfg.data_dir)
     work = Path(cfg.workdir)
     data_cfg = DataConfig(data_dir=cfg.data_dir, limit=cfg.limit, eval_limit=cfg.eval_limit)
     run = RunOptions(overwrite=True, progress=progress, reuse=not fresh)

@@ -34,7 +34,7 @@ from kdcache.cache.lowrank import (
     with_packing,
 )
 from kdcache.errors import CacheError, ConfigError
-from kdcache.files import check_free_space
+from kdcache.files import check_free_space, check_writable, format_bytes
 
 # Root attributes the writer sets itself (everything else is copied from the source cache).
 _WRITER_ATTRS = {"format", "schema_version", "complete", "created_utc", "num_samples", "num_classes", "logits_dtype",
@@ -78,12 +78,58 @@ def plan_basis(fit_logits: np.ndarray, heldout_logits: np.ndarray, codec: Codec 
     return basis, info
 
 
+# What a low-rank file holds beyond a full one's besides its rows: each HDF5 dataset costs about this much of
+# headers, chunk index and checksums (measured: a 421-row, 3-class cache compressed to packed codes grew by
+# 9.6 KB beyond its rows and basis, over 4 more datasets; int8 codes by 6.2-6.9 KB over 3).
+DATASET_OVERHEAD_BYTES = 2400
+
+
+def size_change(num_rows: int, num_views: int, num_classes: int, logits_dtype: str, basis: Basis,
+                code_dtype: str) -> dict[str, int]:
+    """Bytes a low-rank copy of a full cache would save or add, before it is written.
+
+    Returns ``src_row`` (a row's logits, every view) and ``code_row`` (its code and scale), ``extra``
+    (basis, packing and the additional datasets' overhead, once per file) and ``saved``
+    (``num_rows`` x the difference per row, minus ``extra``; <= 0: the copy would be no smaller).
+    """
+    src_row = num_views * num_classes * np.dtype(logits_dtype).itemsize
+    code_row = num_views * (row_code_bytes(basis, code_dtype) + (4 if code_dtype == "float16" else 0))  # + scale
+    packed = code_dtype == "packed" and basis.packing is not None
+    datasets = 5 if packed else 4  # codes, mean, components, + bits and steps or scales; instead of /logits
+    extra = (basis.mean.nbytes + basis.components.nbytes + (5 * basis.rank if packed else 0)
+             + (datasets - 1) * DATASET_OVERHEAD_BYTES)
+    return {"src_row": src_row, "code_row": code_row, "extra": extra,
+            "saved": num_rows * (src_row - code_row) - extra}
+
+
+def check_smaller(change: dict[str, int], src: Path, src_bytes: int, num_rows: int, num_classes: int, rank: int,
+                  code_dtype: str) -> None:
+    """Refuse (ConfigError) a low-rank copy that would be no smaller than ``src``, saying why."""
+    if change["saved"] > 0:
+        return
+    codes = f"rank-{rank} {code_dtype} codes"
+    if change["code_row"] >= change["src_row"]:
+        raise ConfigError(f"compressing {src} would make it bigger, not smaller: {codes} take {change['code_row']} "
+                          f"bytes a row, its {num_classes} logits {change['src_row']} (rank {rank} of "
+                          f"{num_classes} classes); low-rank codes pay at many classes: keep the full cache")
+    rows_saved = num_rows * (change["src_row"] - change["code_row"])
+    raise ConfigError(f"compressing {src} would make it bigger, not smaller (about "
+                      f"{format_bytes(src_bytes - change['saved'])} against {format_bytes(src_bytes)}): {codes} save "
+                      f"{change['src_row'] - change['code_row']} bytes a row of {num_classes} classes, "
+                      f"{format_bytes(rows_saved)} over {num_rows} rows, less than the basis and the low-rank "
+                      f"datasets add (about {format_bytes(change['extra'])}); keep the full cache (low-rank codes "
+                      "pay at many classes and rows), or pass --allow-larger to write it anyway")
+
+
 def compress_cache(src: str | os.PathLike, out: str | os.PathLike, *, codec: Codec = Codec(),
-                   kl_budget: float = DEFAULT_KL_BUDGET, overwrite: bool = False, seed: int = 0) -> dict[str, Any]:
+                   kl_budget: float = DEFAULT_KL_BUDGET, overwrite: bool = False, seed: int = 0,
+                   allow_larger: bool = False) -> dict[str, Any]:
     """Write ``out``: ``src``'s rows as low-rank codes, with its index columns, views and attributes. Returns a summary.
 
-    Refuses a top-k source (the other logits are gone) and a low-rank one. Written like every
-    cache (temp file, renamed into place when complete); ``src`` is read block by block.
+    Refuses a top-k source (the other logits are gone) and a low-rank one, and, unless ``allow_larger``,
+    a copy that would come out no smaller than ``src`` (few classes or rows: ``size_change``), before
+    writing. Written like every cache (temp file, renamed into place when complete); ``src`` is read
+    block by block.
     """
     t0 = time.perf_counter()
     src, out = Path(src), Path(out)
@@ -91,6 +137,7 @@ def compress_cache(src: str | os.PathLike, out: str | os.PathLike, *, codec: Cod
         raise CacheError(f"{out} already exists; pass --overwrite to replace it")
     if out.resolve() == src.resolve():
         raise ConfigError(f"--out {out} is the cache being compressed; write to another file")
+    check_writable(out)
     with open_cache(src) as c:
         m = c.meta
         if m.targets == "topk":
@@ -103,6 +150,9 @@ def compress_cache(src: str | os.PathLike, out: str | os.PathLike, *, codec: Cod
         basis, info = plan_basis(c.read(fit_rows).astype(np.float32), c.read(held_rows).astype(np.float32), codec,
                                  kl_budget, m.num_classes)
         info["seed"] = seed
+        change = size_change(len(c), m.num_views, m.num_classes, m.logits_dtype, basis, codec.dtype)
+        if not allow_larger:
+            check_smaller(change, src, src.stat().st_size, len(c), m.num_classes, basis.rank, codec.dtype)
         attrs = {k: v for k, v in m.attrs.items() if k not in _WRITER_ATTRS}
         attrs["class_names"] = list(c.class_names)
         if m.config.get("teacher_config") is not None:

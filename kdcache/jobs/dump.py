@@ -31,8 +31,9 @@ from kdcache.data.samples import ImageData
 from kdcache.data.user_data import ACCEPTED_DATASET, dataset_data, is_dataset
 from kdcache.device import resolve_device, resolve_precision
 from kdcache.errors import CacheError, ConfigError, StorageError
-from kdcache.files import check_free_space, disk_full_message
+from kdcache.files import check_free_space, check_writable, disk_full_message
 from kdcache.identity import DatasetInfo
+from kdcache.jobs.recorded import checkpoint_reading, inherited_skip
 from kdcache.progress import track
 from kdcache.train.teacher import (
     Teacher,
@@ -249,6 +250,7 @@ def plan_dump(out: Path, dump: DumpConfig, views: ViewConfig, run: RunOptions) -
         raise ConfigError("--include-original makes view 0 of --augment's views the un-augmented image; add --augment")
     if out.exists() and not (run.overwrite or run.reuse):  # CacheWriter checks again
         raise CacheError(f"{out} already exists; pass --overwrite to replace it")
+    check_writable(out)  # a read-only folder: one line now, not HDF5's text after the teacher ran
     precision = resolve_precision(dump.precision, resolve_device(dump.device))  # recorded as fp32 or bf16, never auto
     return DumpPlan(dump.split, dump.batch_size, dump.device, precision, storage_dtype(dump.dtype, dump.topk),
                     dump.topk, codec, kl_budget, None if views.augment is None else parse_policy(views.augment), views,
@@ -265,8 +267,9 @@ def dump_data(spec: TeacherSpec, data_cfg: DataConfig, dataset: Any, dump: DumpC
     name, image_size = data_cfg.dataset or default_dataset(spec), data_cfg.image_size
     if image_size is None and name in (IMAGEFOLDER, UNLABELLED_FOLDER):
         image_size = default_transform(spec)  # the teacher's own input transform
+    skip = inherited_skip(data_cfg.skip_unreadable, checkpoint_reading(getattr(spec, "checkpoint", None)))
     return load_dataset(name, dump.split, data_cfg.data_dir, data_cfg.limit, ignore_labels=dump.ignore_labels,
-                        image_size=image_size, workers=data_cfg.workers, skip_unreadable=data_cfg.skip_unreadable)
+                        image_size=image_size, workers=data_cfg.workers, skip_unreadable=skip)  # as the teacher read
 
 
 def ready_teacher(spec: TeacherSpec, module: torch.nn.Module | None, data: ImageData, info: DatasetInfo,

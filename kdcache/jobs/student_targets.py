@@ -32,6 +32,7 @@ from kdcache.data.samples import Batch, ImageData
 from kdcache.data.views import student_views
 from kdcache.errors import ConfigError
 from kdcache.identity import UNLABELLED
+from kdcache.jobs.recorded import cache_reading, inherited_skip
 from kdcache.jobs.transfer import (
     TransferSet,
     transfer_views,
@@ -58,7 +59,7 @@ def data_from_cache(data_cfg: DataConfig, caches: Sequence[str | os.PathLike]) -
     transform = meta.input_transform
     return replace(data_cfg, dataset=data_cfg.dataset or folder_dataset_name(meta.dataset),
                    image_size=data_cfg.image_size or InputTransform.from_record(transform),
-                   skip_unreadable=data_cfg.skip_unreadable or bool(meta.skipped_files))  # as the dump read them
+                   skip_unreadable=inherited_skip(data_cfg.skip_unreadable, cache_reading(meta)))  # as the dump read
 
 
 def distillation_loss(temperature: float, alpha: float, topk_rebuild: str = DEFAULT_TOPK_REBUILD

@@ -52,6 +52,7 @@ from kdcache.data.views import fresh_views
 from kdcache.device import resolve_device, resolve_precision
 from kdcache.errors import CheckpointError, Diverged, Interrupted
 from kdcache.files import check_output, write_json
+from kdcache.jobs.recorded import inherited_skip, recorded_reading
 from kdcache.jobs.student_targets import (
     cache_record,
     data_from_cache,
@@ -379,8 +380,10 @@ def evaluate_checkpoint(path: str | os.PathLike, *, split: str = "test", data_cf
     model, config = load_checkpoint(path, factory=student_factory)
     transform = config.get("input_transform")
     workers, limit = data_cfg.workers, data_cfg.eval_limit if split == "test" else data_cfg.limit
+    skip = inherited_skip(data_cfg.skip_unreadable, recorded_reading(config))  # files the training left out
     data = require_labels(load_dataset(data_cfg.dataset or config["dataset"], split, data_cfg.data_dir, limit,
-                                       image_size=InputTransform.from_record(transform), workers=workers),
+                                       image_size=InputTransform.from_record(transform), workers=workers,
+                                       skip_unreadable=skip),
                           "evaluated on")
     check_model_fits_data(config, data.info, path)
     metrics = evaluate(model, data, batch_size=batch_size, device=resolve_device(device), progress=progress,
