@@ -103,8 +103,11 @@ def default_batch_size(role_batch: int, num_samples: int) -> int:
 
 
 def default_lr(role_default: float, image_files: bool) -> float:
-    """The learning rate a run gets when none is asked for: the role's, 10x lower for image folders."""
-    return role_default * (FILES_LR_SCALE if image_files else 1.0)
+    """The learning rate a run gets when none is asked for: the role's, 10x lower for image folders.
+
+    Rounded to 6 significant digits, so requests and checkpoints record 0.005, not 0.05 * 0.1's
+    0.005000000000000001."""
+    return float(f"{role_default * (FILES_LR_SCALE if image_files else 1.0):.6g}")
 
 
 TEACHER_ARCH = "teacher-cnn"
