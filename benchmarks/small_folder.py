@@ -13,7 +13,8 @@ defaults (nothing but the seed given) for every seed; validation and test accura
     .venv/bin/python -m benchmarks.small_folder [--models resnet18 mobilenet_v3_small] [--seeds 0 1 2]
                                                 [--work runs/small_folder] [--json benchmarks/small-folder.json]
 
-``--smoke`` is a tiny run for the tests.
+``--merge A.json B.json --json OUT`` joins runs of one label made in separate processes (one per model and
+seed, e.g. with OMP_NUM_THREADS=1 on a shared machine). ``--smoke`` is a tiny run for the tests.
 """
 from __future__ import annotations
 
@@ -112,7 +113,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             log(f"{model} seed {seed}: val {row['val_accuracy']:.2%} test {row['test_accuracy']:.2%} train "
                 f"{row['train_accuracy']:.2%} (batch {row['batch_size']}, lr {row['lr']:g}, {row['seconds']:.0f}s)")
             mine.append(row)
-        summary[model] = {k: mean_std([r[k] for r in mine]) for k in ("val_accuracy", "test_accuracy", "train_accuracy")}
+        summary.update(summarise(mine))
         log(f"{model}: val {summary[model]['val_accuracy']['mean']:.2%} ± {summary[model]['val_accuracy']['std']:.2%}, "
             f"test {summary[model]['test_accuracy']['mean']:.2%} ± {summary[model]['test_accuracy']['std']:.2%}")
         rows += mine
@@ -122,6 +123,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "overrides": {"batch_size": args.batch_size, "lr": args.lr, "epochs": s["epochs"],
                           "settle_batchnorm": not args.no_settle},
             "summary": summary, "runs": rows}
+
+
+def summarise(rows: list[dict]) -> dict[str, Any]:
+    """Mean ± std over seeds of each model's accuracies."""
+    models = dict.fromkeys(r["model"] for r in rows)
+    return {m: {k: mean_std([r[k] for r in rows if r["model"] == m])
+                for k in ("val_accuracy", "test_accuracy", "train_accuracy")} for m in models}
+
+
+def merge(paths: list[str]) -> dict[str, Any]:
+    """One result of several runs of the same label (e.g. one process per model and seed): runs joined, re-summarised."""
+    parts = [p for path in paths for p in json.loads(Path(path).read_text())]
+    if len({p["label"] for p in parts}) != 1:
+        raise SystemExit(f"merge: runs of one label only, got {sorted({p['label'] for p in parts})}")
+    rows = sorted((r for p in parts for r in p["runs"]), key=lambda r: (r["model"], r["seed"]))
+    return {**parts[0], "command": [p["command"] for p in parts], "summary": summarise(rows), "runs": rows}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -137,10 +154,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--label", default="defaults", help="names this run in the JSON (e.g. the revision)")
     p.add_argument("--work", default="runs/small_folder")
     p.add_argument("--json", default=None, help="append this run to this JSON file (a list of runs)")
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                   help="instead of running: join these files' runs of one label into one result (--json)")
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.merge:
+        return append(args.json, merge(args.merge))
     if args.no_settle:
         import kdcache.train.batchnorm as batchnorm
         batchnorm.STALE_SHARE, share = 1.0, batchnorm.STALE_SHARE  # (1 - momentum) ** steps is never above 1
@@ -149,10 +170,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     finally:
         if args.no_settle:
             batchnorm.STALE_SHARE = share
-    if args.json:
-        path = Path(args.json)
-        runs = json.loads(path.read_text()) if path.exists() else []
-        path.write_text(json.dumps(runs + [result], indent=2) + "\n")
+    return append(args.json, result)
+
+
+def append(path: str | None, result: dict[str, Any]) -> dict[str, Any]:
+    """Add ``result`` to the list of results in the JSON file ``path`` (none: do nothing); returns it."""
+    if path:
+        runs = json.loads(Path(path).read_text()) if Path(path).exists() else []
+        Path(path).write_text(json.dumps(runs + [result], indent=2) + "\n")
     return result
 
 

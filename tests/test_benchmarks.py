@@ -107,6 +107,8 @@ def test_small_folder_benchmark_smoke(tmp_path):
     assert 0 <= row["val_accuracy"] <= 1 and 0 <= row["test_accuracy"] <= 1
     assert r["summary"]["resnet18"]["test_accuracy"] == {"mean": row["test_accuracy"], "std": 0.0}
     assert json.loads((tmp_path / "r.json").read_text()) == [json.loads(json.dumps(r))]
+    merged = small_folder_main(["--merge", str(tmp_path / "r.json"), str(tmp_path / "r.json"), "--quiet"])
+    assert merged["summary"]["resnet18"]["test_accuracy"]["mean"] == row["test_accuracy"] and len(merged["runs"]) == 2
 
 
 def test_views_accuracy_benchmark_smoke(tmp_path, data_dir):
