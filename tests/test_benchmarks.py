@@ -103,7 +103,7 @@ def test_small_folder_benchmark_smoke(tmp_path):
     r = small_folder_main(["--smoke", "--quiet", "--work", str(tmp_path / "w"), "--json", str(tmp_path / "r.json")])
     assert r["folder"] == {"train": 24, "val": 9, "test": 9, "image_size": 32} and r["cpu"]
     (row,) = r["runs"]
-    assert row["model"] == "resnet18" and row["batch_size"] == 32 and row["lr"] == 0.002  # the defaults for a folder
+    assert row["model"] == "resnet18" and row["batch_size"] == 32 and row["lr"] == 0.02  # a BatchNorm student's defaults
     assert 0 <= row["val_accuracy"] <= 1 and 0 <= row["test_accuracy"] <= 1
     assert r["summary"]["resnet18"]["test_accuracy"] == {"mean": row["test_accuracy"], "std": 0.0}
     assert json.loads((tmp_path / "r.json").read_text()) == [json.loads(json.dumps(r))]

@@ -274,6 +274,10 @@ def test_a_student_with_batchnorm_on_few_images_gets_smaller_batches_and_settled
     for batchnorm, batch in ((False, 128), (True, 32)):  # student-cnn (no BatchNorm) keeps its batch on any data
         assert resolve_train_config(TrainConfig(device="cpu"), STUDENT_TRAIN, False, 256, batchnorm).batch_size == batch
     assert resolve_train_config(TrainConfig(device="cpu"), STUDENT_TRAIN, False, 60_000, True).batch_size == 128
+    # image files: a BatchNorm student keeps the role's rate (measured: benchmarks.small_folder), student-cnn 10x lower
+    bn_files = resolve_train_config(TrainConfig(device="cpu"), STUDENT_TRAIN, True, 420, True)
+    plain_files = resolve_train_config(TrainConfig(device="cpu"), STUDENT_TRAIN, True, 420, False)
+    assert (bn_files.lr, bn_files.batch_size, plain_files.lr, plain_files.batch_size) == (0.02, 32, 0.002, 128)
 
 
 def test_a_run_at_chance_that_learned_its_training_set_names_the_likely_cause():

@@ -226,10 +226,11 @@ def resolve_train_config(cfg: TrainConfig, role_default: TrainConfig, image_file
                          num_samples: int | None = None, batchnorm: bool = False) -> TrainConfig:
     """``cfg`` with what it leaves open resolved, so requests, checkpoints and sweep tables record what ran:
     precision None -> the role's, then for its device ("auto" -> fp32 or bf16: "auto" on two kinds of hardware is
-    not one setting); a learning rate of None -> the role's default for this data (kdcache.config.default_lr);
-    a batch size of None -> the role's, smaller for few ``num_samples`` (default_batch_size) for a teacher and
-    for a student with BatchNorm (``batchnorm``; why only those: kdcache.config)."""
-    lr = cfg.lr if cfg.lr is not None else default_lr(float(role_default.lr), image_files)
+    not one setting); a learning rate of None -> the role's default for this data (kdcache.config.default_lr; a
+    student with BatchNorm keeps the role's rate on image files); a batch size of None -> the role's, smaller for
+    few ``num_samples`` (default_batch_size) for a teacher and for a student with BatchNorm (``batchnorm``; why
+    only those: kdcache.config)."""
+    lr = cfg.lr if cfg.lr is not None else default_lr(float(role_default.lr), image_files and not batchnorm)
     precision = resolve_precision(cfg.precision or role_default.precision, resolve_device(cfg.device))
     batch = cfg.batch_size
     if batch is None:
