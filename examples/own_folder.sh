@@ -15,3 +15,6 @@ $KD info "$WORK/train.h5"                                                       
 $KD verify "$WORK/train.h5" --data-dir "$ROOT" --teacher "$WORK/teacher.pt"                 # rows vs files, teacher re-run
 $KD train-student --cache "$WORK/train.h5" --data-dir "$ROOT" --T 4 --alpha 0.5 --epochs "$EPOCHS" --out "$WORK/student.pt"
 $KD evaluate --model "$WORK/student.pt" --data-dir "$ROOT"
+# a torchvision student (BatchNorm) on labels alone; the cache names the data and the input size
+$KD train-student --cache "$WORK/train.h5" --data-dir "$ROOT" --student-factory torchvision.models:resnet18 --alpha 0 --epochs "$EPOCHS" --out "$WORK/resnet18.pt"
+$KD evaluate --model "$WORK/resnet18.pt" --data-dir "$ROOT" --student-factory torchvision.models:resnet18

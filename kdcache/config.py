@@ -86,8 +86,14 @@ PIPELINE_CACHE = "data/caches/fmnist-train.h5"  # the main job's cache (the benc
 # A teacher on small data gets smaller batches: an epoch of fewer optimizer steps than this warms OneCycle up too
 # fast. Measured (teacher-cnn, 1,000 Fashion-MNIST images, 3 epochs, lr 0.05, 2,000 test images): batch 128 (8 steps
 # an epoch) reached loss 18.6 in epoch 1 and 54% test; lr 0.01 at batch 128 still 57%; batch 32 (32 steps) 77%.
-# Students keep their batch: the soft term's gradients grow with T, and at batch 16 a T=8 student of a 1-epoch
-# teacher blew up (loss 1.6e8) where batch 128 trained.
+# Students without BatchNorm keep their batch: the soft term's gradients grow with T, and at batch 16 a T=8 student of
+# a 1-epoch teacher blew up (loss 1.6e8) where batch 128 trained. Students with BatchNorm (torchvision's) get the rule:
+# at batch 128, 421 photos gave a resnet18 4 steps an epoch and its running statistics never settled (80% train, 33.6%
+# test). With the rule (batch 32) and the statistics settled after each epoch (kdcache.train.batchnorm), on 420
+# photos (benchmarks/small_folder.py, 3 seeds, validation accuracy): resnet18 82.8% at lr 0.002 and 86.9% at 0.02,
+# mobilenet_v3_small 60.0% and 81.4%; so a student with BatchNorm keeps STUDENT_TRAIN.lr on image folders (the 10x
+# lower FILES_LR_SCALE is for the seed's CNNs, whose Linear layer's fan-in grows with the image's area; torchvision's
+# models pool globally). Before: batch 128, lr 0.002, 49.2% and 33.3% (chance).
 MIN_STEPS_PER_EPOCH = 32
 # not below 32: on 180 mixed photos (64 px, lr 0.005, 3 epochs) a teacher at batch 16 blew up (loss 1.19 -> 12.7),
 # at 32 reached 83% test and at 128 75%
@@ -103,8 +109,11 @@ def default_batch_size(role_batch: int, num_samples: int) -> int:
 
 
 def default_lr(role_default: float, image_files: bool) -> float:
-    """The learning rate a run gets when none is asked for: the role's, 10x lower for image folders."""
-    return role_default * (FILES_LR_SCALE if image_files else 1.0)
+    """The learning rate a run gets when none is asked for: the role's, 10x lower for image folders.
+
+    Rounded to 6 significant digits, so requests and checkpoints record 0.005, not 0.05 * 0.1's
+    0.005000000000000001."""
+    return float(f"{role_default * (FILES_LR_SCALE if image_files else 1.0):.6g}")
 
 
 TEACHER_ARCH = "teacher-cnn"

@@ -113,3 +113,12 @@ def counter(total: int, *, desc: str, initial: int = 0, unit: str = "run", enabl
         return tqdm(total=total, initial=initial, desc=desc, unit=unit, file=stream,
                     bar_format="{desc}: {n_fmt}/{total_fmt} " + _plural(unit) + " |{bar}| {elapsed} elapsed{postfix}")
     return _Lines(total, initial, desc, unit, stream)
+
+
+def note(message: str, *, enabled: bool = True, stream=None) -> None:
+    """One line of what a job is doing (e.g. that it resumes), on stderr beside its progress; nothing when not
+    ``enabled`` (a job without progress, a quiet command)."""
+    if enabled:
+        stream = stream if stream is not None else sys.stderr
+        stream.write(message + "\n")
+        stream.flush()

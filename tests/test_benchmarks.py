@@ -95,6 +95,22 @@ def test_views_file_benchmark_smoke(tmp_path):
     assert json.loads((tmp_path / "r.json").read_text())["speed"]["views"] == 2
 
 
+def test_small_folder_benchmark_smoke(tmp_path):
+    """benchmarks.small_folder: a torchvision student at the defaults on scikit-image's photographs, per seed."""
+    pytest.importorskip("skimage")  # installed for this benchmark only, not a kdcache dependency
+    from benchmarks.small_folder import main as small_folder_main
+
+    r = small_folder_main(["--smoke", "--quiet", "--work", str(tmp_path / "w"), "--json", str(tmp_path / "r.json")])
+    assert r["folder"] == {"train": 24, "val": 9, "test": 9, "image_size": 32} and r["cpu"]
+    (row,) = r["runs"]
+    assert row["model"] == "resnet18" and row["batch_size"] == 32 and row["lr"] == 0.02  # a BatchNorm student's defaults
+    assert 0 <= row["val_accuracy"] <= 1 and 0 <= row["test_accuracy"] <= 1
+    assert r["summary"]["resnet18"]["test_accuracy"] == {"mean": row["test_accuracy"], "std": 0.0}
+    assert json.loads((tmp_path / "r.json").read_text()) == [json.loads(json.dumps(r))]
+    merged = small_folder_main(["--merge", str(tmp_path / "r.json"), str(tmp_path / "r.json"), "--quiet"])
+    assert merged["summary"]["resnet18"]["test_accuracy"]["mean"] == row["test_accuracy"] and len(merged["runs"]) == 2
+
+
 def test_views_accuracy_benchmark_smoke(tmp_path, data_dir):
     """prepare -> accuracy (RunSpecs through run_sweep) -> table, at a few seconds' scale."""
     from benchmarks.views import CONDITIONS

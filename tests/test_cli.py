@@ -167,7 +167,7 @@ def test_progress_redirected_to_a_file_stays_a_few_lines(tmp_path, data_dir):
     assert r.returncode == 0, text
     lines = text.splitlines()
     assert "\r" not in text and 1 <= len(lines) <= 4, text
-    assert lines[-1].startswith("student student-cnn (T=4, alpha=0): test accuracy"), text
+    assert lines[-1].startswith("student student-cnn (labels only): test accuracy"), text
 
 
 def test_every_command_has_help():

@@ -173,7 +173,10 @@ def test_ddp_teacher_and_student_train_like_one_process_and_their_checkpoints_lo
         torch.set_num_threads(threads)
     ref = read_checkpoint(one["checkpoint"])
     for k, v in ref["state_dict"].items():
-        torch.testing.assert_close(ddp["state_dict"][k], v, atol=1e-5, rtol=1e-4)
+        # float summation order differs with the rank count, and 2 epochs amplify it by how the cache's targets
+        # fall: with this teacher's BatchNorm statistics settled (kdcache.train.batchnorm) the largest difference
+        # was 2.7e-5 of weights up to 0.31 (2.0e-6 before); a wrong gradient average differs by whole percents
+        torch.testing.assert_close(ddp["state_dict"][k], v, atol=1e-4, rtol=1e-4)
     assert ddp["config"]["test_accuracy"] == pytest.approx(ref["config"]["test_accuracy"], abs=0.011)
     # the same request but the rank count (BatchNorm statistics and summation order differ with it), so a
     # one-process artifact is never reused for a DDP run or the other way round

@@ -62,6 +62,7 @@ def script_commands(path: Path) -> list[str]:
 
 def test_own_folder_walkthrough_runs_and_is_the_readme(tmp_path):
     """examples/own_folder.sh runs on a folder of mixed photos made here, and the README shows exactly its commands."""
+    import json
     import os
     import subprocess
     import sys
@@ -82,6 +83,8 @@ def test_own_folder_walkthrough_runs_and_is_the_readme(tmp_path):
            "64x64" in out
     assert "ok    alignment:" in out and "ok    teacher:" in out
     assert (tmp_path / "work" / "student.pt").is_file() and "imagefolder/test (9 samples)" in out
+    assert "student factory:torchvision.models:resnet18 (labels only): test accuracy" in out  # batch 32, settled BN
+    assert json.loads((tmp_path / "work" / "resnet18.metrics.json").read_text())["config"]["train"]["batch_size"] == 32
 
 
 def test_imagefolder_own_model_example_runs(tmp_path):

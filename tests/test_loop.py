@@ -166,3 +166,58 @@ def test_a_run_that_blows_up_stops_with_one_line(image_data):
     with pytest.raises(Diverged) as e:
         fit(build_model("student-cnn"), memory_batches(image_data, 8), cross_entropy_loss, cfg)
     assert str(e.value).startswith("training diverged (loss ") and "lower --lr" in str(e.value)
+
+
+class TinyBN(torch.nn.Module):
+    """A torchvision-like student in miniature: conv, BatchNorm, ReLU, dropout before the classifier."""
+
+    def __init__(self, classes: int = 2, momentum: float | None = 0.1):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3)
+        self.bn = torch.nn.BatchNorm2d(4, momentum=momentum)
+        self.drop = torch.nn.Dropout(0.5)
+        self.fc = torch.nn.Linear(4, classes)
+
+    def forward(self, x):
+        return self.fc(self.drop(torch.relu(self.bn(self.conv(x))).mean(dim=(2, 3))))
+
+
+def test_stale_batchnorm_is_told_apart_by_steps_and_momentum():
+    from kdcache.train.batchnorm import batchnorm_updates, is_stale
+
+    assert is_stale(TinyBN(), 4) and is_stale(TinyBN(), 43) and not is_stale(TinyBN(), 44)  # 0.9**44 < 1%
+    assert is_stale(TinyBN(momentum=0.01), 458) and not is_stale(TinyBN(momentum=0.01), 459)  # MobileNetV3's
+    assert is_stale(TinyBN(momentum=None), 10_000)  # a plain average over every step since the start
+    assert not is_stale(build_model("teacher-cnn"), 469)  # Fashion-MNIST at batch 128: left as it was
+    assert not is_stale(build_model("student-cnn"), 1) and batchnorm_updates(build_model("student-cnn")) is None
+
+
+def test_settle_batchnorm_averages_the_batches_and_touches_nothing_else():
+    from kdcache.train.batchnorm import settle_batchnorm
+
+    torch.manual_seed(0)
+    model = TinyBN().train()
+    batches = [type("B", (), {"images": torch.randn(8, 1, 6, 6) * 3 + k})() for k in range(3)]
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "tracked" not in k}
+    rng = torch.get_rng_state()
+    assert settle_batchnorm(model, batches) == 3
+    with torch.no_grad():  # the plain average of each batch's per-channel mean
+        means = torch.stack([model.conv(b.images).mean(dim=(0, 2, 3)) for b in batches]).mean(0)
+    assert torch.allclose(model.bn.running_mean, means, atol=1e-5) and int(model.bn.num_batches_tracked) == 3
+    assert model.bn.momentum == 0.1 and model.training and model.drop.training  # modes and momentum restored
+    assert torch.equal(torch.get_rng_state(), rng)  # dropout was off: nothing drawn
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())
+
+
+def test_fit_settles_batchnorm_that_few_steps_leave_stale():
+    """Two steps an epoch: eval mode gets the statistics of the final weights, not a 0.9**2 mix with the start."""
+    d = make_image_data(n=64, classes=2)
+    torch.manual_seed(0)
+    model = TinyBN()
+    cfg = TrainConfig(epochs=2, batch_size=32, lr=0.05, device="cpu")
+    batches = memory_batches(d, 32, seed=0)
+    fit(model, batches, cross_entropy_loss, cfg)
+    assert int(model.bn.num_batches_tracked) == 2  # one settling pass over the last epoch's 2 batches, not 2 x 2 steps
+    with torch.no_grad():
+        means = torch.stack([model.conv(b.images).mean(dim=(0, 2, 3)) for b in batches]).mean(0)
+    assert torch.allclose(model.bn.running_mean, means, atol=1e-5)

@@ -208,3 +208,30 @@ def test_sigterm_after_the_last_epoch_still_points_at_the_state(tmp_path, data_d
     monkeypatch.undo()
     run_cli(*student_command(data_dir), "--epochs", 1, "--resume", "--out", out)  # nothing left to train: saves
     assert out.exists() and not (tmp_path / ".s.pt.resume.pt").exists()
+
+
+def test_a_resumed_run_says_so_and_times_the_epochs_it_ran(tmp_path, data_dir, monkeypatch):
+    """Stopped in epoch 2 of 2 (epoch 1 saved): the next run says where it resumes and that its time is 1 epoch's."""
+    import kdcache.train.loop as loop
+
+    evaluate, calls = loop.evaluate, []
+
+    def stopped_in_epoch_2(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt()
+        return evaluate(*a, **k)
+    monkeypatch.setattr(loop, "evaluate", stopped_in_epoch_2)
+    out, state = tmp_path / "s.pt", tmp_path / ".s.pt.resume.pt"
+    command = [c for c in student_command(data_dir) if c != "-q"] + ["--epochs", 2, "--limit", 256]  # last wins
+    assert run_cli(*command, "--out", out, ok=False).exit_code == 130 and state.exists()
+    monkeypatch.undo()
+    r = run_cli(*command, "--out", out)
+    lines = r.output.strip().splitlines()
+    assert f"resuming from epoch 1 of 2 (state {state}); 1 epoch to run" in lines
+    summary = lines[-1]
+    assert summary.startswith("student student-cnn (labels only): test accuracy ")
+    assert ", 2 epochs (resumed from epoch 1) at fp32" in summary and "; 1 epoch run now in " in summary, summary
+    metrics = json.loads((tmp_path / "s.metrics.json").read_text())
+    assert metrics["resumed_from_epoch"] == 1 and metrics["epochs_run"] == 1
+    assert metrics["config"]["resumed_from_epoch"] == 1

@@ -96,6 +96,11 @@ from torch import nn
 def build(num_classes, in_channels, width=4):
     return nn.Sequential(nn.Conv2d(in_channels, width, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
                          nn.Linear(4 * width, num_classes))
+
+
+def build_bn(num_classes, in_channels, width=4):  # torchvision-like: BatchNorm after the conv
+    return nn.Sequential(nn.Conv2d(in_channels, width, 3), nn.BatchNorm2d(width), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+                         nn.Flatten(), nn.Linear(4 * width, num_classes))
 """
 
 
@@ -244,3 +249,60 @@ def test_a_run_that_learned_nothing_or_got_worse_says_so():
     assert loss_warnings([{"train_loss": 2.0}, {"train_loss": 0.5}]) == []
     (w,) = loss_warnings([{"train_loss": 1.44}, {"train_loss": 9.0}])
     assert w.startswith("the training loss rose from 1.44 (epoch 1) to 9 (epoch 2)") and "lower --lr" in w
+
+
+def test_a_student_with_batchnorm_on_few_images_gets_smaller_batches_and_settled_statistics(tmp_path, monkeypatch,
+                                                                                            data_dir):
+    """256 images: a BatchNorm student gets the teacher's small-data batch (32: 8 steps an epoch, not 2) and its
+    running statistics recomputed after each epoch; a student without BatchNorm keeps batch 128."""
+    import sys
+
+    (tmp_path / "my_students.py").write_text(STUDENTS)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.delitem(sys.modules, "my_students", raising=False)
+    kw = dict(data_cfg=DataConfig(data_dir=str(data_dir), limit=256, eval_limit=100),
+              cfg=TrainConfig(epochs=2, device="cpu"), distill=DistillConfig(alpha=0.0))
+    bn = train_student(tmp_path / "bn.pt", model=ModelSpec(factory="my_students:build_bn"), **kw)
+    assert bn["config"]["train"]["batch_size"] == bn["config"]["request"]["train"]["batch_size"] == 32
+    state = torch.load(tmp_path / "bn.pt", weights_only=True)["state_dict"]
+    assert int(state["1.num_batches_tracked"]) == 8  # one settling pass of 8 batches, not 2 epochs x 8 steps
+    assert bn["resumed_from_epoch"] is None and bn["epochs_run"] == 2
+
+    from kdcache.config import STUDENT_TRAIN
+    from kdcache.jobs.training import resolve_train_config
+    for batchnorm, batch in ((False, 128), (True, 32)):  # student-cnn (no BatchNorm) keeps its batch on any data
+        assert resolve_train_config(TrainConfig(device="cpu"), STUDENT_TRAIN, False, 256, batchnorm).batch_size == batch
+    assert resolve_train_config(TrainConfig(device="cpu"), STUDENT_TRAIN, False, 60_000, True).batch_size == 128
+    # image files: a BatchNorm student keeps the role's rate (measured: benchmarks.small_folder), student-cnn 10x lower
+    bn_files = resolve_train_config(TrainConfig(device="cpu"), STUDENT_TRAIN, True, 420, True)
+    plain_files = resolve_train_config(TrainConfig(device="cpu"), STUDENT_TRAIN, True, 420, False)
+    assert (bn_files.lr, bn_files.batch_size, plain_files.lr, plain_files.batch_size) == (0.02, 32, 0.002, 128)
+
+
+def test_a_run_at_chance_that_learned_its_training_set_names_the_likely_cause():
+    from conftest import make_image_data
+
+    from kdcache.train.health import FitFacts, chance_warnings
+
+    test = make_image_data(n=99, classes=3)
+    majority = float(test.labels.bincount().max()) / 99
+    stale = FitFacts(train_accuracy=0.8, steps_per_epoch=4, batch_size=128, batchnorm_updates=20)
+    (w,) = chance_warnings(majority, test, stale)
+    assert w.startswith(f"train 80% vs test {majority:.0%}: test accuracy {majority:.2%} is at chance")
+    assert "BatchNorm running statistics that 20 updates left unsettled" in w and "4 steps per epoch at batch 128" in w
+    assert "check the data" not in w and "--batch-size" in w
+    (w,) = chance_warnings(majority, test, FitFacts(0.8, 4, 128))  # no BatchNorm
+    assert "too few steps per epoch (4 steps per epoch at batch 128)" in w and "BatchNorm" not in w
+    (w,) = chance_warnings(majority, test, FitFacts(majority + 0.05, 4, 128, 20))  # learned nothing at all
+    assert "the model learned nothing; check the data and labels" in w
+    assert chance_warnings(majority + 0.2, test, stale) == []
+
+
+def test_default_learning_rates_are_stored_as_asked_not_as_float_products():
+    from kdcache.config import STUDENT_TRAIN, TEACHER_TRAIN, default_lr
+    from kdcache.jobs.training import resolve_train_config
+
+    assert repr(default_lr(0.05, True)) == "0.005" and default_lr(0.05, False) == 0.05
+    assert repr(resolve_train_config(TrainConfig(device="cpu"), TEACHER_TRAIN, True, 1000).lr) == "0.005"
+    assert resolve_train_config(TrainConfig(device="cpu", lr=0.0123), STUDENT_TRAIN, True).lr == 0.0123

@@ -73,9 +73,8 @@ def train_teacher_cmd(out: str, arch: str, augment: str | None, overwrite: bool,
     r = train_teacher(out, model=arch, data_cfg=data_cfg, cfg=cfg, views=ViewConfig(augment=augment),
                       run=RunOptions(overwrite=overwrite, resume=resume, progress=not quiet))
     warn(r)
-    summary(quiet, f"teacher {arch}: test accuracy {r['test']['accuracy']:.4f}, {_epochs(cfg.epochs)} at "
-                   f"{precision_note(cfg.precision, cfg.device)} in {r['seconds']:.0f}s -> {r['checkpoint']} "
-                   f"(metrics {r['metrics']})")
+    summary(quiet, f"teacher {arch}: test accuracy {r['test']['accuracy']:.4f}, {_ran(r, cfg.epochs)} at "
+                   f"{precision_note(cfg.precision, cfg.device)}{_time(r)} -> {r['checkpoint']} (metrics {r['metrics']})")
 
 
 @main.command("train-student")
@@ -165,9 +164,9 @@ def train_student_cmd(out: str, arch: str, student_factory: str | None, student_
     warn(r)
     c = r["config"]
     rows = f", {c['num_labelled']} labelled + {c['num_unlabelled']} unlabelled rows" if c["num_unlabelled"] else ""
-    summary(quiet, f"student {c['arch']} (T={distill.temperature:g}, alpha={distill.alpha:g}{rows}): test accuracy "
-                   f"{r['test']['accuracy']:.4f}, {_epochs(cfg.epochs)} at {precision_note(cfg.precision, cfg.device)} "
-                   f"in {r['seconds']:.0f}s -> {r['checkpoint']}")
+    how = "labels only" if distill.alpha == 0 else f"T={distill.temperature:g}, alpha={distill.alpha:g}"
+    summary(quiet, f"student {c['arch']} ({how}{rows}): test accuracy {r['test']['accuracy']:.4f}, "
+                   f"{_ran(r, cfg.epochs)} at {precision_note(cfg.precision, cfg.device)}{_time(r)} -> {r['checkpoint']}")
 
 
 @main.command("evaluate")
@@ -209,3 +208,16 @@ def evaluate_cmd(model_path: str, as_json: bool, quiet: bool, **kw: Any) -> None
 
 def _epochs(n: int) -> str:
     return f"{n} epoch" + ("" if n == 1 else "s")
+
+
+def _ran(r: dict[str, Any], epochs: int) -> str:
+    """'10 epochs', or for a resumed run '20 epochs (resumed from epoch 9)'."""
+    start = r.get("resumed_from_epoch")
+    return _epochs(epochs) + ("" if start is None else f" (resumed from epoch {start})")
+
+
+def _time(r: dict[str, Any]) -> str:
+    """' in 30s': the time of the epochs this process ran, named as such when the run resumed."""
+    if r.get("resumed_from_epoch") is None:
+        return f" in {r['seconds']:.0f}s"
+    return f"; {_epochs(r['epochs_run'])} run now in {r['seconds']:.0f}s"

@@ -65,6 +65,8 @@ from kdcache.jobs.transfer import (
     mask_labels,
     open_transfer_sets,
 )
+from kdcache.progress import note
+from kdcache.train.batchnorm import batchnorm_layers, batchnorm_updates, is_stale
 from kdcache.train.checkpoint import (
     check_model_fits_data,
     load_checkpoint,
@@ -72,7 +74,7 @@ from kdcache.train.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
-from kdcache.train.health import chance_warnings, loss_warnings
+from kdcache.train.health import FitFacts, chance_warnings, loss_warnings
 from kdcache.train.loop import FitHooks, cross_entropy_loss, evaluate, fit
 from kdcache.train.models import ModelSpec, count_parameters
 from kdcache.train.resume import load_resume_state, matching_state, resume_path_for, save_resume_state
@@ -153,6 +155,10 @@ def _train_and_save(job: _Training, out: str | os.PathLike, run: RunOptions) -> 
     model = spec.build(info.in_channels, info.num_classes, info.image_size)
     batches = job.make_batches(device)
     saved: list[int] = [] if state is None else [int(state["epoch"])]  # the epochs whose state is on disk
+    resumed_from = None if state is None else int(state["epoch"])
+    if resumed_from is not None:
+        note(f"resuming from epoch {resumed_from} of {cfg.epochs} (state {state_path}); "
+             f"{_epochs(max(cfg.epochs - resumed_from, 0))} to run", enabled=run.progress and ctx.is_main)
     writing: list[int] = []  # an epoch whose state is being written (a stop may land before or after the rename)
 
     def save_state(s: dict) -> None:
@@ -171,6 +177,8 @@ def _train_and_save(job: _Training, out: str | os.PathLike, run: RunOptions) -> 
                 close()
         seconds = time.perf_counter() - t0
         result = None
+        facts = FitFacts(history[-1]["train_accuracy"], len(batches), int(cfg.batch_size), batchnorm_updates(model),
+                         is_stale(model, len(batches)))
         # sharded on ranks
         final = evaluate(model, test_data, device=device, precision="fp32", workers=data_cfg.workers)
         val = None if val_data is None else evaluate(model, val_data, device=device, precision="fp32",
@@ -181,7 +189,8 @@ def _train_and_save(job: _Training, out: str | os.PathLike, run: RunOptions) -> 
                 "num_train_samples": len(train_data), "epochs": cfg.epochs, "seed": cfg.seed,
                 "test_accuracy": final["accuracy"], "test_loss": final["loss"], "eval_limit": data_cfg.eval_limit,
                 "val_size": data_cfg.val_size, "val_accuracy": None if val is None else val["accuracy"],
-                "train_seconds": seconds, "world_size": ctx.world_size, "kdcache_version": __version__,
+                "train_seconds": seconds, "resumed_from_epoch": resumed_from, "world_size": ctx.world_size,
+                "kdcache_version": __version__,
                 "torch_version": str(torch.__version__),
                 "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **job.extra,
                 "request": request,
@@ -189,8 +198,9 @@ def _train_and_save(job: _Training, out: str | os.PathLike, run: RunOptions) -> 
             save_checkpoint(out, model.cpu(), config, overwrite=True)
             result = {"checkpoint": str(out), "metrics": str(metrics_out), "config": config, "history": history,
                       "test": final, "val": val, "parameters": count_parameters(model), "seconds": seconds,
+                      "resumed_from_epoch": resumed_from, "epochs_run": len(history) - (resumed_from or 0),
                       "reused": False,
-                      "warnings": chance_warnings(final["accuracy"], test_data) + loss_warnings(history)}
+                      "warnings": chance_warnings(final["accuracy"], test_data, facts) + loss_warnings(history)}
             write_json(metrics_out, result)
             state_path.unlink(missing_ok=True)  # the run is done: nothing to resume
     except KeyboardInterrupt as e:
@@ -214,16 +224,18 @@ def _val_data(data_cfg: DataConfig) -> ImageData | None:
 
 
 def resolve_train_config(cfg: TrainConfig, role_default: TrainConfig, image_files: bool,
-                         num_samples: int | None = None) -> TrainConfig:
+                         num_samples: int | None = None, batchnorm: bool = False) -> TrainConfig:
     """``cfg`` with what it leaves open resolved, so requests, checkpoints and sweep tables record what ran:
     precision None -> the role's, then for its device ("auto" -> fp32 or bf16: "auto" on two kinds of hardware is
-    not one setting); a learning rate of None -> the role's default for this data (kdcache.config.default_lr);
-    a batch size of None -> the role's, for a teacher smaller for few ``num_samples`` (default_batch_size)."""
-    lr = cfg.lr if cfg.lr is not None else default_lr(float(role_default.lr), image_files)
+    not one setting); a learning rate of None -> the role's default for this data (kdcache.config.default_lr; a
+    student with BatchNorm keeps the role's rate on image files); a batch size of None -> the role's, smaller for
+    few ``num_samples`` (default_batch_size) for a teacher and for a student with BatchNorm (``batchnorm``; why
+    only those: kdcache.config)."""
+    lr = cfg.lr if cfg.lr is not None else default_lr(float(role_default.lr), image_files and not batchnorm)
     precision = resolve_precision(cfg.precision or role_default.precision, resolve_device(cfg.device))
     batch = cfg.batch_size
     if batch is None:
-        small_data = num_samples is not None and role_default is TEACHER_TRAIN  # why only teachers: kdcache.config
+        small_data = num_samples is not None and (role_default is TEACHER_TRAIN or batchnorm)
         batch = default_batch_size(int(role_default.batch_size), num_samples) if small_data else role_default.batch_size
     return replace(cfg, precision=precision, lr=lr, batch_size=batch)
 
@@ -315,7 +327,9 @@ def train_student(out: str | os.PathLike, distill: DistillConfig, *, model: str 
     data, _ = load_train_val(data_cfg.dataset, data_cfg.data_dir, data_cfg.limit, data_cfg.val_size, data_cfg.download,
                              **read_options(data_cfg))
     require_labels(data, "a student's labelled data (--dataset)")
-    cfg = resolve_train_config(cfg, STUDENT_TRAIN, is_lazy(data.images), len(data))
+    info = data.info
+    batchnorm = bool(batchnorm_layers(spec.build(info.in_channels, info.num_classes, info.image_size)))
+    cfg = resolve_train_config(cfg, STUDENT_TRAIN, is_lazy(data.images), len(data), batchnorm)
     check_unlabelled_rows(d.labels_limit, len(data), d.alpha, bool(d.transfer))
     opened = [open_cache(p) for p in d.caches]
     opened_transfer: list[LogitCache] = []

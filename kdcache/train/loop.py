@@ -23,6 +23,7 @@ from kdcache.device import autocast, resolve_device, resolve_precision
 from kdcache.errors import Diverged
 from kdcache.identity import UNLABELLED
 from kdcache.progress import track
+from kdcache.train.batchnorm import is_stale, settle_batchnorm
 
 LossFn = Callable[[torch.Tensor, Batch], torch.Tensor]
 
@@ -196,6 +197,10 @@ def fit(model: nn.Module, batches: BatchSource, loss_fn: LossFn, cfg: TrainConfi
     tensors and plain values); ``hooks.resume`` (such a state, on every rank) continues after its epoch. The
     batches' order and views are pure functions of (seed, epoch) and the RNG state is restored, so a
     resumed run ends with the weights of one never stopped.
+
+    A model with BatchNorm whose running statistics an epoch of ``len(batches)`` steps leaves stale
+    (kdcache.train.batchnorm.is_stale) gets them recomputed over the epoch's batches after each epoch, so
+    what is evaluated and saved is settled; its ``train_seconds`` include that pass.
     """
     cfg = cfg.settled()  # called directly, without a job to fill the role's settings
     resume, save_state, on_epoch = hooks.resume, hooks.save_state, hooks.on_epoch
@@ -219,6 +224,8 @@ def fit(model: nn.Module, batches: BatchSource, loss_fn: LossFn, cfg: TrainConfi
         torch.set_rng_state(resume["rng"])
         if device.type == "cuda" and resume.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(resume["cuda_rng"], device)
+    # BatchNorm statistics that few steps an epoch leave stale are recomputed after each epoch (kdcache.train.batchnorm)
+    settle = is_stale(model, len(batches))
     for epoch in range(len(history) + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
         batches.set_epoch(epoch - 1)  # the order and views of this epoch, explicitly (no hidden counters)
@@ -229,6 +236,13 @@ def fit(model: nn.Module, batches: BatchSource, loss_fn: LossFn, cfg: TrainConfi
         ctx.check()
         loss_sum, seen, correct, labelled = ctx.sum([train["loss_sum"], train["samples"], train["correct"],
                                                      train["labelled"]])
+        if settle:  # each rank its own share; evaluate uses rank 0's (the model that is saved)
+            error = None
+            try:
+                settle_batchnorm(model, batches, precision)  # the plain model: no DDP collectives in its forward
+            except Exception as e:  # noqa: BLE001 - reported on every rank by ctx.check
+                error = e
+            ctx.check(error)
         row = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(labelled, 1),
                "train_seconds": time.perf_counter() - t0}
         if eval_data is not None:  # every rank a shard, with the plain model (no DDP collectives in its forward)
