@@ -380,7 +380,8 @@ def evaluate_checkpoint(path: str | os.PathLike, *, split: str = "test", data_cf
     transform = config.get("input_transform")
     workers, limit = data_cfg.workers, data_cfg.eval_limit if split == "test" else data_cfg.limit
     data = require_labels(load_dataset(data_cfg.dataset or config["dataset"], split, data_cfg.data_dir, limit,
-                                       image_size=InputTransform.from_record(transform), workers=workers),
+                                       **read_options(replace(data_cfg, image_size=InputTransform.from_record(
+                                           transform)))),
                           "evaluated on")
     check_model_fits_data(config, data.info, path)
     metrics = evaluate(model, data, batch_size=batch_size, device=resolve_device(device), progress=progress,
