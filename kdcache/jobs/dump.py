@@ -283,7 +283,8 @@ def hf_dump_data(spec: TeacherSpec, data_cfg: DataConfig, dataset: Any, dump: Du
         return dataset_data(dataset, split=dump.split, class_names=names, normalize=dump.normalize,
                             ignore_labels=dump.ignore_labels, workers=data_cfg.workers, item_keys=keys
                             ).head(data_cfg.limit)
-    return hf_data(dataset, dump.split, keys=keys, image_size=data_cfg.image_size or default_transform(spec),
+    own = default_transform(spec) if isinstance(spec, TeacherSpec) else None  # a module: no recorded transform
+    return hf_data(dataset, dump.split, keys=keys, image_size=data_cfg.image_size or own,
                    class_names=dump.class_names, ignore_labels=dump.ignore_labels).head(data_cfg.limit)
 
 
