@@ -15,8 +15,8 @@ a. dump-logits over ``hf:PATH`` (kdcache.jobs.dump.dump_logits, the whole call: 
    The hashing alone (load_dataset("hf:PATH")) and dump-logits' own loop (its ``seconds``) are timed too.
 
 Each side runs once untimed first (the first read of the Arrow files fills the page cache: 6 s vs 0.6 s for 40
-images here); then A/B alternate which side runs first in each repeat (median of ``--repeats``); the load average before and after is
-recorded, since the machine may be shared. ``--smoke`` is a tiny run for the tests.
+images here); then A/B alternate which side runs first in each repeat (median of ``--repeats``); the load
+average before and after is recorded, since the machine may be shared. ``--smoke`` is a tiny run for the tests.
 """
 from __future__ import annotations
 
@@ -78,7 +78,8 @@ class _Transform:
 
 
 def plain_loop(path: Path, model: torch.nn.Module, size: int, workers: int, batch_size: int) -> float:
-    """Seconds for the dataset's ``with_transform`` through a DataLoader + the model's forward: no hashing, no writing."""
+    """Seconds for the dataset's ``with_transform`` through a DataLoader + the model's forward (no hashing, no
+    writing)."""
     import datasets
     from torch.utils.data import DataLoader
 

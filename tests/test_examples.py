@@ -175,7 +175,8 @@ def test_hf_dataset_walkthrough_runs_and_is_the_readme(tmp_path):
             {"image": [{"bytes": f.read_bytes(), "path": f.name} for f, _ in files], "label": [k for _, k in files]},
             features=features)
     datasets.DatasetDict(splits).save_to_disk(str(tmp_path / "ds"))
-    env = dict(os.environ, EPOCHS="1", KDCACHE=f"{sys.executable} -m kdcache", PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    env = dict(os.environ, EPOCHS="1", KDCACHE=f"{sys.executable} -m kdcache", PYTHONPATH=str(REPO),
+               OMP_NUM_THREADS="1")
     r = subprocess.run(["bash", str(script), str(tmp_path / "ds"), str(tmp_path / "work")], env=env,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]

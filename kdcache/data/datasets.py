@@ -167,7 +167,8 @@ def load_train_val(name: str, root: str | os.PathLike, limit: int | None, val_si
         return full.head(limit), None
     if val_size >= len(full):
         raise ConfigError(f"--val-size {val_size} leaves no training samples ({name} train has {len(full)})")
-    val = validation_rows(full.labels.numpy(), val_size, stratified=name == IMAGEFOLDER or hf_path(name, "") is not None)
+    stratified = name == IMAGEFOLDER or hf_path(name, "") is not None  # stored class by class, often
+    val = validation_rows(full.labels.numpy(), val_size, stratified=stratified)
     train = np.setdiff1d(np.arange(len(full)), val)  # sorted: dataset order
     return full.take(train).head(limit), full.take(val)
 

@@ -233,8 +233,9 @@ def hf_data(ds: Any, split: str = "train", *, keys: ItemKeys | None = None,
     digests, labels, names = row_identity(ds, rows, keys, ignore_labels)
     classes = () if ignore_labels else cols.class_names or tuple(str(c) for c in class_names or ())
     if not ignore_labels and not classes and (labels != UNLABELLED).any():
-        raise ConfigError(f"Hugging Face dataset: label column {cols.label!r} has no class names (it is no ClassLabel); "
-                          f"pass class_names=, or cast it: ds = ds.cast_column({cols.label!r}, ClassLabel(names=[...]))")
+        raise ConfigError(f"Hugging Face dataset: label column {cols.label!r} has no class names (it is no "
+                          f"ClassLabel); pass class_names=, or cast it: ds = ds.cast_column({cols.label!r}, "
+                          "ClassLabel(names=[...]))")
     if classes and labels.max() >= len(classes):
         raise ConfigError(f"Hugging Face dataset: label {int(labels.max())} is out of range for {len(classes)} classes")
     transform = as_transform(image_size, DEFAULT_IMAGE_SIZE)
@@ -271,7 +272,8 @@ def open_hf(path: str | Path, split: str = "train") -> Any:
                           f"{INSTALL_HINT}") from None
     base = Path(path)
     if not base.exists():
-        raise DataError(f"hf:{path} not found; give a folder written by save_to_disk, or a folder of Parquet files")
+        raise DataError(f"hf:{path} not found; give a folder written by save_to_disk, or a folder of Parquet files "
+                        "(--dataset hf:PATH; for a cache made from one, --data-dir PATH also names it)")
     datasets.disable_progress_bars()
     if (base / "dataset_dict.json").is_file() or (base / "dataset_info.json").is_file() \
             or (base / "state.json").is_file():
