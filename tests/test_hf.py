@@ -225,6 +225,17 @@ def test_cli_jobs_read_hf_path(saved, factory_teacher):
     assert "student-cnn on hf/test (6 samples): accuracy" in r.output
     with kdcache.open_cache("c.h5") as cache:
         assert cache.meta.dataset == "hf" and cache.meta.input_transform["size"] == 16
+    buf = io.BytesIO()
+    PILImage.new("RGB", (20, 20), (1, 2, 3)).save(buf, format="PNG")
+    ds = open_hf(saved, "train")
+    DatasetDict({"train": _replace_row(ds, 4, buf.getvalue())}).save_to_disk("changed")
+    r = run_cli("verify", "c.h5", "--dataset", "hf:changed", ok=False)
+    assert r.exit_code == 1 and "1 file(s) added or changed (first: row 4 (img04.jpg))" in r.output, r.output
+    order = np.random.default_rng(0).permutation(len(ds))
+    DatasetDict({"train": ds.select(order).flatten_indices()}).save_to_disk("shuffled")
+    r = run_cli("train-student", "--cache", "c.h5", "--dataset", "hf:shuffled", "--epochs", 1, "--out", "x.pt",
+                ok=False)  # CLI jobs read rows in order: a shuffled copy is refused, one line (CachedDataset maps it)
+    assert_error(r, "the files are the same but their order or labels differ")
 
 
 def test_cli_named_columns_and_bad_input(saved, tmp_path, factory_teacher):
