@@ -152,6 +152,8 @@ class DataConfig:
     image_size: int | None = None  # image folders: side of the square input (None: the checkpoint's/cache's, or 64)
     workers: int | None = None  # DataLoader workers (None: one per available CPU for image files, 0 in memory)
     skip_unreadable: bool = False  # image folders: leave out files that do not decode (recorded), not fail
+    image_key: str | None = None  # a Hugging Face dataset's image column (--image-column; None: its Image feature)
+    label_key: str | None = None  # ... and its label column (--label-column; None: its ClassLabel feature)
 
     def __post_init__(self) -> None:
         if self.val_size < 0:

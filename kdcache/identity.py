@@ -35,6 +35,9 @@ class DatasetInfo:
     skipped: tuple[str, ...] = ()  # image files left out as unreadable (--skip-unreadable), relative paths
     # a user's Dataset: what is known of its own transform (repr, Normalize's mean/std; kdcache.data.user_data)
     user_transform: dict | None = field(default=None, hash=False, compare=False)
+    # where the rows came from when a name does not say it all (a Hugging Face dataset: its columns and how rows
+    # are keyed; kdcache.data.hf), recorded in the cache as data_source
+    source: dict | None = field(default=None, hash=False, compare=False)
 
     @property
     def num_classes(self) -> int:

@@ -527,3 +527,21 @@ def test_revisions_benchmark_smoke(tmp_path, data_dir):
     assert json.loads(out.read_text()) == r and r["rows"] == 512
     assert len(r["seconds"]["old"]) == len(r["seconds"]["new"]) == 1 and all(s > 0 for s in r["seconds"]["new"])
     assert r["ratio"] == r["median"]["new"] / r["median"]["old"] and r["met"] == (r["ratio"] <= 1.03)
+
+
+def test_hf_benchmark_smoke(tmp_path):
+    """benchmarks.hf --smoke: the dump over hf:PATH and the plain with_transform loop both run (no timing
+    thresholds)."""
+    pytest.importorskip("datasets")
+    from benchmarks.hf import format_table
+    from benchmarks.hf import main as hf_main
+
+    out = tmp_path / "hf.json"
+    result = hf_main(["--smoke", "--work", str(tmp_path / "work"), "--out", str(out), "--quiet"])
+    assert json.loads(out.read_text()) == result
+    assert (result["images"], result["repeats"], result["workers"]) == (40, 1, 0)
+    assert len(result["loadavg_before"]) == 3 and result["cpu"] != "unknown"
+    (dump,) = result["rows"]
+    assert_ratio_row(dump)
+    assert dump["hash_seconds"] > 0 and 0 < dump["dump_loop_seconds"] < dump["a_seconds"]
+    assert "dump-logits hf:PATH" in format_table(result)

@@ -152,3 +152,58 @@ def test_dict_dataset_example_runs_and_is_the_readme(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "cached 16 x 2 teacher logits of dict items" in proc.stdout
     assert "checked index, label, class names, content id" in proc.stdout, proc.stdout
+
+
+def test_hf_dataset_walkthrough_runs_and_is_the_readme(tmp_path):
+    """examples/hf_dataset.sh runs on a DatasetDict saved with save_to_disk (made here from a folder of mixed photos),
+    and the README's Hugging Face subsection shows exactly its commands."""
+    import os
+    import subprocess
+    import sys
+
+    datasets = pytest.importorskip("datasets")
+    from conftest import make_photo_folder
+
+    script = REPO / "examples" / "hf_dataset.sh"
+    section = readme_section("Your own images").split("### Your data as Hugging Face datasets")[1]
+    for command in script_commands(script):
+        assert command in section, f"README's Hugging Face subsection lacks: {command}"
+    root = make_photo_folder(tmp_path / "photos", per_class=(8, 3))
+    classes = sorted(p.name for p in (root / "train").iterdir())
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=classes)})
+    splits = {}
+    for split in ("train", "test"):
+        files = [(f, k) for k, c in enumerate(classes) for f in sorted((root / split / c).rglob("*")) if f.is_file()]
+        splits[split] = datasets.Dataset.from_dict(
+            {"image": [{"bytes": f.read_bytes(), "path": f.name} for f, _ in files], "label": [k for _, k in files]},
+            features=features)
+    datasets.DatasetDict(splits).save_to_disk(str(tmp_path / "ds"))
+    env = dict(os.environ, EPOCHS="1", KDCACHE=f"{sys.executable} -m kdcache", PYTHONPATH=str(REPO),
+               OMP_NUM_THREADS="1")
+    r = subprocess.run(["bash", str(script), str(tmp_path / "ds"), str(tmp_path / "work")], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = r.stdout + r.stderr
+    assert "source     hf (Hugging Face dataset), image column 'image', label column 'label'; rows keyed by image " \
+           "bytes" in out
+    assert "ok    alignment: all 24 rows match hf/train" in out and "ok    teacher:" in out
+    assert (tmp_path / "work" / "student.pt").is_file() and "on hf/test (9 samples)" in out
+
+
+def test_hf_dataset_example_runs_and_is_the_readme(tmp_path):
+    """examples/hf_dataset.py runs as a user runs it, and the README's Python block of the subsection is its marked
+    part."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    pytest.importorskip("datasets")
+    script = REPO / "examples" / "hf_dataset.py"
+    marked = textwrap.dedent(script.read_text().split("    # --- README\n")[1])
+    assert f"```python\n{marked}```" in readme_section("Your own images").split("### Your data as Hugging Face")[1]
+    proc = subprocess.run([sys.executable, str(script), "--out", str(tmp_path / "hf.h5")], capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr
+    assert "cached 16 x 2 teacher logits of a Hugging Face dataset" in proc.stdout
+    assert "checked content id, label, class names" in proc.stdout, proc.stdout

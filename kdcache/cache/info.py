@@ -101,7 +101,7 @@ def cache_info(path: str | os.PathLike, temperatures: tuple[float, ...] = INFO_T
         "content_sha256": meta.content_sha256,
         "normalization_mean": list(meta.normalization_mean), "normalization_std": list(meta.normalization_std),
         "input_transform": meta.input_transform, "user_transform": meta.user_transform,
-        "skipped_files": meta.skipped_files,
+        "skipped_files": meta.skipped_files, "source": source_of(meta.dataset, meta.data_source),
         "teacher_label_agreement": agree / (num_labelled * (views if meta.has_views else 1)) if num_labelled else None,
         "max_abs_logit": max_abs,
         "mean_entropy_nats": {f"{t:g}": float(s / (n * (views if meta.has_views else 1)))
@@ -114,6 +114,30 @@ def cache_info(path: str | os.PathLike, temperatures: tuple[float, ...] = INFO_T
         "lowrank_kl": meta.lowrank_kl,
         "lowrank_row_bytes": code_bytes if meta.targets == "lowrank" else None,
     }
+
+
+def source_of(dataset: str, recorded: dict[str, Any] | None) -> dict[str, Any]:
+    """The kind of data a cache's rows came from and how its rows are keyed (content ids, docs/cache-format.md):
+    what the dump recorded (``data_source``, a Hugging Face dataset), else what its dataset name says."""
+    if recorded:
+        return dict(recorded)
+    if dataset in ("imagefolder", "unlabelled"):
+        return {"kind": "folder", "rows_keyed_by": "relative path + file bytes (BLAKE2b-16) + label"}
+    if dataset.startswith("dataset:"):
+        return {"kind": "dataset", "rows_keyed_by": "each item's image tensor (dtype, shape, bytes) + label"}
+    return {"kind": "builtin", "rows_keyed_by": "uint8 pixels + label"}
+
+
+def source_line(source: dict[str, Any] | None) -> str:
+    """``source`` for format_info: the kind of data, its columns (a Hugging Face dataset), how rows are keyed."""
+    if not source:
+        return "unknown"
+    kinds = {"hf": "Hugging Face dataset", "folder": "image files", "dataset": "a user's Dataset from Python",
+             "builtin": "built-in dataset"}
+    what = f"{source.get('kind')} ({kinds.get(source.get('kind'), 'other')})"
+    if source.get("kind") == "hf":
+        what += f", image column {source.get('image_column')!r}, label column {source.get('label_column')!r}"
+    return f"{what}; rows keyed by {source.get('rows_keyed_by')}"
 
 
 def inputs_line(info: dict[str, Any]) -> str:
@@ -157,6 +181,7 @@ def format_info(info: dict[str, Any]) -> str:
         ("data", f"{info['dataset']}/{info['split']}: {info['num_samples']} of {info['dataset_num_samples']} "
                  f"samples, {info['num_labelled']} labelled, {info['num_unlabelled']} unlabelled (fingerprint "
                  f"{info['dataset_fingerprint'][:16]}...)"),
+        ("source", source_line(info.get("source"))),
         ("classes", f"{info['num_classes']}: {shown}"),
         ("logits", f"{info['logits_dtype']}, {kind}, {info['chunk_rows']} rows per chunk, "
                    f"max |z| {info['max_abs_logit']:.2f}"),

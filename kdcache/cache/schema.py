@@ -116,6 +116,8 @@ OPTIONAL_ATTRS: dict[str, str] = {
     "input_transform": "'' or JSON: how image files became the teacher's input (resize, centre crop, size, mode)",
     "skipped_files": "'' or JSON list of the relative paths left out as unreadable (--skip-unreadable)",
     "user_transform": "'' or JSON: what is known of a user's own Dataset transform (repr, Normalize mean/std)",
+    "data_source": "'' or JSON: where the rows came from (a Hugging Face dataset: kind, image and label columns, "
+                   "how rows are keyed)",
     "lowrank_rank": "r, components of a low-rank cache's basis",
     "lowrank_code_dtype": "'int8', 'float16' or 'packed' (uint8 bytes): storage dtype of /lowrank_codes",
     "lowrank_kl_json": "JSON: mean KL(p_T || rebuilt_T) measured on held-out rows at T = 1, 2, 4, the budget, rows used",
@@ -238,6 +240,12 @@ class CacheMeta:
     def user_transform(self) -> dict[str, Any] | None:
         """What is known of the transform of a user's own Dataset (kdcache.data.user_data.user_transform), or None."""
         text = self.attrs.get("user_transform") or ""
+        return json.loads(text) if text else None
+
+    @property
+    def data_source(self) -> dict[str, Any] | None:
+        """Where the rows came from when the dataset name does not say it all (kdcache.data.hf.source_record)."""
+        text = self.attrs.get("data_source") or ""
         return json.loads(text) if text else None
 
     @property

@@ -26,7 +26,9 @@ PRECISION_HELP = ("auto = bf16 autocast + channels_last only where the hardware 
 T = TypeVar("T")
 
 DATASET_HELP = ("fashion-mnist, mnist, imagefolder (your images: --data-dir ROOT with ROOT/train/<class>/* and "
-                "ROOT/test/<class>/*), or unlabelled (every image under --data-dir ROOT, no labels: a transfer set)")
+                "ROOT/test/<class>/*), unlabelled (every image under --data-dir ROOT, no labels: a transfer set), "
+                "or hf:PATH (a Hugging Face dataset saved with save_to_disk, or a folder of Parquet files; "
+                "--image-column/--label-column where its features do not say)")
 
 
 
@@ -36,6 +38,11 @@ def quiet_option(f: Callable) -> Callable:
 
 def read_options(f: Callable) -> Callable:
     """How image files are read: the input size, DataLoader workers, unreadable files (kdcache.data.images)."""
+    f = click.option("--label-column", "label_key", default=None, metavar="COLUMN",
+                     help="--dataset hf:PATH: the label column (default: its ClassLabel feature, else an integer "
+                          "column named label/labels/cls/...).")(f)
+    f = click.option("--image-column", "image_key", default=None, metavar="COLUMN",
+                     help="--dataset hf:PATH: the image column (default: its one Image feature).")(f)
     f = click.option("--skip-unreadable", is_flag=True,
                      help="Image folders: leave out files that do not decode (truncated, not an image), naming "
                           "and recording them, instead of stopping at the first. Jobs that read a checkpoint or "

@@ -172,9 +172,14 @@ def train_student_cmd(out: str, arch: str, student_factory: str | None, student_
 @main.command("evaluate")
 @click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False), help="Checkpoint.")
 @click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True)
-@click.option("--dataset", default=None, help="Dataset (default: the checkpoint's).")
+@click.option("--dataset", default=None, help="Dataset (default: the checkpoint's; hf:PATH for a Hugging Face "
+                                               "dataset on disk).")
 @click.option("--data-dir", default=DEFAULT_DATA_DIR, show_default=True, type=click.Path(file_okay=False))
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N samples.")
+@click.option("--image-column", "image_key", default=None, metavar="COLUMN",
+              help="--dataset hf:PATH: the image column (default: its one Image feature).")
+@click.option("--label-column", "label_key", default=None, metavar="COLUMN",
+              help="--dataset hf:PATH: the label column (default: its ClassLabel feature).")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=None,
               help="DataLoader workers that decode images (default: one per available CPU for image folders).")
@@ -189,6 +194,7 @@ def evaluate_cmd(model_path: str, as_json: bool, quiet: bool, **kw: Any) -> None
 
     limit = kw.pop("limit")  # of the split asked for
     data_cfg = DataConfig(dataset=kw.pop("dataset"), data_dir=kw.pop("data_dir"), workers=kw.pop("workers"),
+                          image_key=kw.pop("image_key"), label_key=kw.pop("label_key"),
                           **{"eval_limit" if kw["split"] == "test" else "limit": limit})
     try:
         r = evaluate_checkpoint(model_path, data_cfg=data_cfg, progress=not (quiet or as_json), **kw)

@@ -18,6 +18,7 @@ from torch.utils.data import Subset
 from kdcache.cache import LogitCache
 from kdcache.data.datasets import BUILTIN
 from kdcache.data.folders import folder_files
+from kdcache.data.hf import HF, find_columns, is_hf_dataset, row_identity
 from kdcache.data.items import ItemKeys, check_served_dict, item_parts
 from kdcache.data.user_data import item_digests
 from kdcache.errors import CacheError, ConfigError, DataError
@@ -129,6 +130,8 @@ def align_dataset(cache: LogitCache, dataset: Any, idx: np.ndarray, *, labels: S
     - torchvision MNIST-style datasets (``.data`` uint8 (N, H, W) + ``.targets``: MNIST, FashionMNIST):
       each row's content id (kdcache's own sample ids) and, for a built-in dataset, its name, split
       and the fingerprint of the whole split;
+    - a Hugging Face ``datasets.Dataset`` over a cache dumped from one (dataset ``hf``): each row is found by its
+      content id (encoded image bytes + label, kdcache.data.hf), not its index (``hf_alignment``);
     - any other dataset over a cache that ``dump_logits(dataset=...)`` made of a user's dataset (``dataset:...``):
       each item's content id (image bytes and label, the dump's rule), when the items are the bytes the dump hashed
       (the first few items' ids are looked for in the cache first): a shuffled or changed dataset is refused.
@@ -137,6 +140,8 @@ def align_dataset(cache: LogitCache, dataset: Any, idx: np.ndarray, *, labels: S
     as the sample: no content id is compared there (a cache dumped with one transform trains a student that
     reads another), only coverage, labels and class names.
     """
+    if check_content and cache.meta.dataset == HF and is_hf_dataset(dataset):  # rows found by id, wherever they are
+        return hf_alignment(cache, dataset, idx, keys)
     checked, first = ["index"], None
     if len(idx):
         first = dataset[int(idx[0])]
@@ -223,3 +228,31 @@ def item_ids(cache: LogitCache, dataset: Any, idx: np.ndarray, labels: np.ndarra
     except DataError:
         return None
     return sample_ids_for(digests, labels)
+
+
+def hf_alignment(cache: LogitCache, dataset: Any, idx: np.ndarray, keys: ItemKeys | None) -> Alignment:
+    """Cache rows of rows ``idx`` of a Hugging Face dataset, found by content id (its encoded image bytes and label:
+    kdcache.data.hf.row_identity), so a re-saved, shuffled or re-sharded copy of the dumped rows aligns whatever its
+    order; a row the cache does not hold (a changed image or label, an added row) is a CacheError naming the first
+    ones by index and path. The class names (a ClassLabel's) must be the cache's."""
+    digests, labels, names = row_identity(dataset, idx, keys)
+    classes = find_columns(dataset, keys).class_names
+    if classes and not cache.meta.unlabelled and list(classes) != list(cache.class_names):
+        raise CacheError(f"{cache.path} has classes {list(cache.class_names)[:4]}..., the dataset "
+                         f"{list(classes)[:4]}...; the cache is for another label set")
+    cache_ids = cache.sample_ids
+    order = np.argsort(cache_ids, kind="stable")
+    rows = np.full(len(idx), -1, dtype=np.int64)
+    # a row the cache holds as unlabelled (--no-labels) hashes -1 instead of its label: looked for second
+    for ids in (sample_ids_for(digests, labels), sample_ids_for(digests, np.full_like(labels, UNLABELLED))):
+        at = np.minimum(np.searchsorted(cache_ids, ids, sorter=order), len(order) - 1)
+        found = (rows < 0) & (cache_ids[order[at]] == ids)
+        rows[found] = order[at[found]]
+    missing = np.flatnonzero(rows < 0)
+    if len(missing):
+        first = ", ".join(names[i] for i in missing[:3]) + (", ..." if len(missing) > 3 else "")
+        raise CacheError(f"{cache.path}: {len(missing)} of {len(idx)} rows of the Hugging Face dataset are not in the "
+                         f"cache (first: {first}): their image or label changed, or they were added, since the dump; "
+                         "re-dump the cache on this dataset, or use the rows it was made from")
+    checked = ("content id", "label") + (("class names",) if classes else ())
+    return Alignment(idx, rows, cache.labels[rows], checked)

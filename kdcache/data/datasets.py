@@ -25,7 +25,9 @@ from kdcache.data.folders import (  # a team's own images (read lazily: PIL only
     IMAGEFOLDER,
     UNLABELLED_FOLDER,
 )
+from kdcache.data.hf import HF, HF_PREFIX  # a Hugging Face dataset (datasets imported only when one is read)
 from kdcache.data.images import InputTransform, check_image_size
+from kdcache.data.items import ItemKeys
 from kdcache.data.samples import ImageData
 from kdcache.errors import ConfigError, DataError
 from kdcache.identity import UNLABELLED, DatasetInfo, fingerprint_for, sample_ids_for
@@ -48,12 +50,14 @@ class ReadOptions:
 
     ``image_size`` is the side of the square input (default 64) or a recorded InputTransform
     (kdcache.data.images); ``workers`` the processes that hash the files (None: one per CPU);
-    ``skip_unreadable`` leaves out files that do not decode (recorded in ``info.skipped``).
+    ``skip_unreadable`` leaves out files that do not decode (recorded in ``info.skipped``);
+    ``keys`` a Hugging Face dataset's image and label columns (None: found from its features, kdcache.data.hf).
     """
 
     image_size: int | InputTransform | None = None
     workers: int | None = None
     skip_unreadable: bool = False
+    keys: ItemKeys | None = None
 
 
 BUILTIN: dict[str, DatasetSpec] = {
@@ -64,12 +68,25 @@ BUILTIN: dict[str, DatasetSpec] = {
 
 
 def dataset_names() -> list[str]:
-    return sorted(BUILTIN) + [IMAGEFOLDER, UNLABELLED_FOLDER]
+    return sorted(BUILTIN) + [IMAGEFOLDER, UNLABELLED_FOLDER, "hf:PATH"]
+
+
+def hf_path(name: str, root: str) -> str | None:
+    """The path of a Hugging Face dataset named ``hf:PATH`` (or ``hf``, a cache's record of one: then --data-dir),
+    else None."""
+    if name.startswith(HF_PREFIX):
+        return name[len(HF_PREFIX):] or root
+    return root if name == HF else None
+
+
+def reads_files(name: str | None) -> bool:
+    """Whether dataset ``name`` is images decoded on demand at --image-size (folders, Hugging Face datasets)."""
+    return name is not None and (name in (IMAGEFOLDER, UNLABELLED_FOLDER) or hf_path(name, "") is not None)
 
 
 def check_dataset_name(name: str) -> DatasetSpec | None:
-    """The built-in dataset's spec; None for a team's own images (see kdcache.data.folders)."""
-    if name in (IMAGEFOLDER, UNLABELLED_FOLDER):
+    """The built-in dataset's spec; None for a team's own images (see kdcache.data.folders, kdcache.data.hf)."""
+    if reads_files(name):
         return None
     if name not in BUILTIN:
         raise ConfigError(f"unknown dataset {name!r}; choose one of: {', '.join(dataset_names())}")
@@ -89,6 +106,11 @@ def _load_full(name: str, split: str, root: str, download: bool, ignore_labels: 
     if spec is None:  # image files: listed and hashed here, decoded batch by batch when read
         if image_size is not None and not isinstance(image_size, InputTransform):
             check_image_size(image_size)  # before the folder is listed and hashed
+        path = hf_path(name, root)
+        if path is not None:  # a Hugging Face dataset on disk: rows keyed by their encoded bytes (kdcache.data.hf)
+            from kdcache.data.hf import load_hf
+
+            return load_hf(path, split, keys=read.keys, image_size=image_size, ignore_labels=ignore_labels)
         from kdcache.data.folders import load_imagefolder, load_unlabelled
 
         size = image_size  # an int, a recorded InputTransform, or None: 64
@@ -150,7 +172,8 @@ def load_train_val(name: str, root: str | os.PathLike, limit: int | None, val_si
         return full.head(limit), None
     if val_size >= len(full):
         raise ConfigError(f"--val-size {val_size} leaves no training samples ({name} train has {len(full)})")
-    val = validation_rows(full.labels.numpy(), val_size, stratified=name == IMAGEFOLDER)
+    stratified = name == IMAGEFOLDER or hf_path(name, "") is not None  # stored class by class, often
+    val = validation_rows(full.labels.numpy(), val_size, stratified=stratified)
     train = np.setdiff1d(np.arange(len(full)), val)  # sorted: dataset order
     return full.take(train).head(limit), full.take(val)
 
@@ -195,8 +218,10 @@ def load_dataset(
 
 def read_options(data_cfg: Any) -> dict[str, Any]:
     """The image-reading settings of a DataConfig, as load_dataset's (and load_train_val's) keyword arguments."""
+    keys = None if data_cfg.image_key is None and data_cfg.label_key is None else \
+        ItemKeys(data_cfg.image_key, data_cfg.label_key)
     return {"read": ReadOptions(image_size=data_cfg.image_size, workers=data_cfg.workers,
-                                skip_unreadable=data_cfg.skip_unreadable)}
+                                skip_unreadable=data_cfg.skip_unreadable, keys=keys)}
 
 
 def require_labels(data: ImageData, role: str) -> ImageData:

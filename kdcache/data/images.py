@@ -120,8 +120,9 @@ def _rgb(image: Any) -> Any:
     return image.convert("RGB")
 
 
-def open_image(path: Path, transform: "InputTransform | None" = None) -> Any:
-    """A decoded PIL image (or ``transform`` of it, decoded once, never copied), or DataError naming the file."""
+def open_image(path: Any, transform: "InputTransform | None" = None, name: str | None = None) -> Any:
+    """A decoded PIL image (or ``transform`` of it, decoded once, never copied), or DataError naming the file
+    (``path`` may be a file object, e.g. a Hugging Face row's bytes; ``name`` then names it)."""
     from PIL import Image
 
     limit_heap_growth()  # KDCACHE_HEAP=limit: once per process, freed decode buffers go back to the OS (kdcache.heap)
@@ -135,7 +136,7 @@ def open_image(path: Path, transform: "InputTransform | None" = None) -> Any:
                 im.load()
                 return im.copy()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise DataError(f"cannot read image {path} ({type(e).__name__}: {e}); remove or fix it, or pass "
+        raise DataError(f"cannot read image {name or path} ({type(e).__name__}: {e}); remove or fix it, or pass "
                         "--skip-unreadable to leave such files out") from None
 
 

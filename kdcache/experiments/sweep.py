@@ -32,7 +32,8 @@ from kdcache.config import (
     check_alpha,
     check_temperature,
 )
-from kdcache.data.folders import IMAGEFOLDER, UNLABELLED_FOLDER, folder_dataset_name
+from kdcache.data.datasets import reads_files
+from kdcache.data.folders import folder_dataset_name
 from kdcache.errors import ConfigError, Diverged
 from kdcache.experiments.report import write_report
 from kdcache.experiments.results import (
@@ -281,7 +282,7 @@ def run_sweep(out_dir: str | os.PathLike, cache: str | os.PathLike, grid: SweepG
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a folder")
     # the table records fp32 or bf16 (a resume on other hardware is checked) and the learning rate that ran
-    cfg = resolve_train_config(cfg, STUDENT_TRAIN, data_cfg.dataset in (IMAGEFOLDER, UNLABELLED_FOLDER))
+    cfg = resolve_train_config(cfg, STUDENT_TRAIN, reads_files(data_cfg.dataset))
     settings = sweep_settings(cache, arch, data_cfg, cfg)
     if (out / RESULTS_JSON).exists():
         results = load_results(out)

@@ -22,8 +22,8 @@ from kdcache.config import (
     ViewConfig,
 )
 from kdcache.data.augment import for_images, parse_policy, view_record
-from kdcache.data.datasets import load_dataset
-from kdcache.data.folders import IMAGEFOLDER, UNLABELLED_FOLDER
+from kdcache.data.datasets import load_dataset, read_options, reads_files
+from kdcache.data.hf import find_columns, has_transform, hf_data, is_hf_dataset
 from kdcache.data.items import ItemKeys
 from kdcache.data.loader import LoaderConfig, make_loader
 from kdcache.data.replay import ViewRows
@@ -68,6 +68,7 @@ def cache_attrs(teacher: Teacher, info: DatasetInfo, precision: str) -> dict[str
         "input_transform": info.transform or "", "skipped_files": list(info.skipped) if info.skipped else "",
         "extra_config": teacher.config,
         **({"user_transform": info.user_transform} if info.user_transform else {}),  # a user's Dataset's own transform
+        **({"data_source": info.source} if info.source else {}),  # a Hugging Face dataset: columns, row keying
     }
 
 
@@ -261,15 +262,34 @@ def dump_data(spec: TeacherSpec, data_cfg: DataConfig, dataset: Any, dump: DumpC
     """The rows to dump: the user's Dataset, or a dataset by name (default: the teacher's), read as the teacher was."""
     if dataset is not None:
         keys = ItemKeys(dump.image_key, dump.label_key)  # dict items: where the image and label are
+        if is_hf_dataset(dataset):  # rows keyed by their encoded bytes, decoded as a folder's files (kdcache.data.hf)
+            return hf_dump_data(spec, data_cfg, dataset, dump, keys)
         return dataset_data(dataset, split=dump.split, class_names=dump.class_names, normalize=dump.normalize,
                             ignore_labels=dump.ignore_labels, workers=data_cfg.workers, item_keys=keys
                             ).head(data_cfg.limit)
     name, image_size = data_cfg.dataset or default_dataset(spec), data_cfg.image_size
-    if image_size is None and name in (IMAGEFOLDER, UNLABELLED_FOLDER):
+    if image_size is None and reads_files(name):
         image_size = default_transform(spec)  # the teacher's own input transform
     skip = inherited_skip(data_cfg.skip_unreadable, checkpoint_reading(getattr(spec, "checkpoint", None)))
+    read = replace(data_cfg, image_size=image_size, skip_unreadable=skip)  # as the teacher read them
     return load_dataset(name, dump.split, data_cfg.data_dir, data_cfg.limit, ignore_labels=dump.ignore_labels,
-                        image_size=image_size, workers=data_cfg.workers, skip_unreadable=skip)  # as the teacher read
+                        **read_options(read))
+
+
+def hf_dump_data(spec: TeacherSpec, data_cfg: DataConfig, dataset: Any, dump: DumpConfig, keys: ItemKeys
+                 ) -> ImageData:
+    """A Hugging Face ``datasets.Dataset``: without a transform of its own, its rows' encoded images decoded at
+    ``data_cfg.image_size`` (else the teacher's input transform, else 64) and keyed by their bytes, as
+    ``--dataset hf:PATH`` reads them; with one (``with_transform``), its items as any user's dataset gives them, with
+    the ClassLabel's names as class names."""
+    if has_transform(dataset):
+        names = dump.class_names or find_columns(dataset, keys).class_names or None
+        return dataset_data(dataset, split=dump.split, class_names=names, normalize=dump.normalize,
+                            ignore_labels=dump.ignore_labels, workers=data_cfg.workers, item_keys=keys
+                            ).head(data_cfg.limit)
+    own = default_transform(spec) if isinstance(spec, TeacherSpec) else None  # a module: no recorded transform
+    return hf_data(dataset, dump.split, keys=keys, image_size=data_cfg.image_size or own,
+                   class_names=dump.class_names, ignore_labels=dump.ignore_labels).head(data_cfg.limit)
 
 
 def ready_teacher(spec: TeacherSpec, module: torch.nn.Module | None, data: ImageData, info: DatasetInfo,

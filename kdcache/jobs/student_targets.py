@@ -27,6 +27,8 @@ from kdcache.config import (
     ViewConfig,
 )
 from kdcache.data.folders import folder_dataset_name
+from kdcache.data.hf import source_keys
+from kdcache.data.items import ItemKeys
 from kdcache.data.images import InputTransform
 from kdcache.data.samples import Batch, ImageData
 from kdcache.data.views import student_views
@@ -57,8 +59,10 @@ def data_from_cache(data_cfg: DataConfig, caches: Sequence[str | os.PathLike]) -
         return replace(data_cfg, dataset=data_cfg.dataset or DEFAULT_DATASET)
     meta = read_meta(caches[0])
     transform = meta.input_transform
+    source = source_keys(meta.data_source) or ItemKeys()  # a Hugging Face dataset: the columns the dump read
     return replace(data_cfg, dataset=data_cfg.dataset or folder_dataset_name(meta.dataset),
                    image_size=data_cfg.image_size or InputTransform.from_record(transform),
+                   image_key=data_cfg.image_key or source.image, label_key=data_cfg.label_key or source.label,
                    skip_unreadable=inherited_skip(data_cfg.skip_unreadable, cache_reading(meta)))  # as the dump read
 
 

@@ -396,8 +396,8 @@ def evaluate_checkpoint(path: str | os.PathLike, *, split: str = "test", data_cf
     workers, limit = data_cfg.workers, data_cfg.eval_limit if split == "test" else data_cfg.limit
     skip = inherited_skip(data_cfg.skip_unreadable, recorded_reading(config))  # files the training left out
     data = require_labels(load_dataset(data_cfg.dataset or config["dataset"], split, data_cfg.data_dir, limit,
-                                       image_size=InputTransform.from_record(transform), workers=workers,
-                                       skip_unreadable=skip),
+                                       **read_options(replace(data_cfg, image_size=InputTransform.from_record(
+                                           transform), skip_unreadable=skip))),
                           "evaluated on")
     check_model_fits_data(config, data.info, path)
     metrics = evaluate(model, data, batch_size=batch_size, device=resolve_device(device), progress=progress,

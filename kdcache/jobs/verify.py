@@ -41,6 +41,7 @@ from kdcache.config import VERIFY_SAMPLE
 from kdcache.data.augment import policy_from_record
 from kdcache.data.datasets import load_dataset
 from kdcache.data.folders import folder_dataset_name
+from kdcache.data.hf import source_keys
 from kdcache.data.images import InputTransform, from_files
 from kdcache.data.replay import view_images
 from kdcache.data.samples import ImageData
@@ -135,6 +136,7 @@ def verify_cache(path: str | os.PathLike, *, dataset: str | None = None, split: 
         transform = m.input_transform
         data = load_dataset(dataset or folder_dataset_name(m.dataset), split or m.split, data_dir or "data",
                             ignore_labels=m.unlabelled, image_size=InputTransform.from_record(transform),
+                            keys=source_keys(m.data_source),  # a Hugging Face dataset: the columns the dump read
                             skip_unreadable=bool(m.skipped_files))  # the files the dump read, as it read them
         aligned = _check_alignment(cache, data, report)
         views_ok = _check_views(cache, data, report) if m.has_views else True
