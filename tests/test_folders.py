@@ -373,3 +373,30 @@ def test_a_dump_hashing_files_where_it_reads_them_equals_one_hashed_first(team, 
         assert np.array_equal(a.read(rows), b.read(rows)) and len(ref) == (limit or 18)
         if augment:
             assert np.array_equal(a.read_view_params(rows), b.read_view_params(rows))
+
+
+def test_a_file_changed_after_a_deferred_dump_is_caught_and_named(team, tmp_path, monkeypatch):
+    """A dump that hashed its files as it read them (no pass) is reused by the same folder (--reuse compares the
+    request, fingerprint included, made by the pass), and a file changed since is named by verify and redumped."""
+    from kdcache.config import DataConfig, RunOptions
+    from kdcache.data import folders
+    from kdcache.jobs.dump import dump_logits
+    from kdcache.train.teacher import TeacherSpec
+
+    root, weights = team
+    spec = TeacherSpec(factory="team_models_if:build", weights=str(weights))
+    data_cfg = DataConfig(dataset="imagefolder", data_dir=str(root), image_size=SIZE, workers=0)
+    cache, passes = tmp_path / "c.h5", []
+    real_hash_files = folders.hash_files
+    monkeypatch.setattr(folders, "hash_files", lambda paths, **kw: passes.append(len(paths)) or
+                        real_hash_files(paths, **kw))
+    first = dump_logits(spec, cache, data_cfg=data_cfg)
+    assert passes == [] and not first["reused"]  # deferred: no hashing pass
+    again = dump_logits(spec, cache, data_cfg=data_cfg, run=RunOptions(reuse=True))
+    assert passes == [18] and again["reused"] and again["request"] == first["request"]  # --reuse: the pass first
+    edited = sorted((root / "train" / "cat" / "sub").iterdir())[1]
+    edited.write_bytes(edited.read_bytes() + b"\0")
+    v = run("verify", cache, "--data-dir", root)
+    assert v.exit_code == 1 and "1 file(s) added or changed (first: cat/sub/" + edited.name in v.output, v.output
+    redone = dump_logits(spec, cache, data_cfg=data_cfg, run=RunOptions(reuse=True))
+    assert not redone["reused"] and redone["request"]["dataset_fingerprint"] != first["request"]["dataset_fingerprint"]

@@ -13,6 +13,12 @@ Images may have any size and mode (RGB, greyscale, palette, CMYK, RGBA, 16-bit; 
 whatever else PIL reads). Loading a split reads no pixels: it lists the files and hashes their
 bytes (in DataLoader workers); the pixels are decoded batch by batch when a job reads them
 (kdcache.data.images.FileImages, at ``--image-size``), so memory does not grow with the folder.
+A dump reads every row once anyway, so it loads the split with its identity deferred
+(``defer_identity``, the rule is kdcache.jobs.dump.defers_identity): no hashing pass, each file is
+hashed by the worker that decodes it, from the same bytes, and the ids and fingerprint are made
+from those digests (FolderListing). Jobs that check a folder against a cache before they read it
+(train-student, verify, evaluate) keep the pass: it runs once at start-up, not per epoch, and it is
+what names a file changed since the dump before any training step.
 
 Classes are the sorted union of the class folders of both splits, so a label means the same
 class in train and test. Samples are ordered as ImageFolder orders them (class, then sorted

@@ -358,12 +358,13 @@ class TeacherRows:
         read: list[tuple[torch.Tensor, np.ndarray]] = []  # deferred: (dataset indices, digests) of each batch
         for span, logits, params, digests in batches:
             start, stop = int(span[0]), int(span[-1]) + 1
-            ids = data.sample_ids[start:stop] if data.deferred is None else \
-                data.deferred.sample_ids(data.indices[start:stop].numpy(), digests)
-            if data.deferred is not None:
-                read.append((data.indices[start:stop], digests))
-            writer.write(start - rows.start, logits, data.labels[start:stop], data.indices[start:stop], ids,
-                         view_params=params)
+            indices, ids = data.indices[start:stop], data.sample_ids
+            if data.deferred is None:
+                ids = ids[start:stop]
+            else:  # the ids of the bytes the workers decoded
+                ids = data.deferred.sample_ids(indices.numpy(), digests)
+                read.append((indices, digests))
+            writer.write(start - rows.start, logits, data.labels[start:stop], indices, ids, view_params=params)
             agree += int((logits.argmax(-1) == data.labels[start:stop].view(-1, *([1] * (logits.ndim - 2)))).sum())
         if data.deferred is not None:
             assert (rows.start, rows.stop) == (0, len(data)), "a deferred identity is the one-process dump's"
