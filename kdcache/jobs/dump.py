@@ -115,7 +115,9 @@ def dump_logits(teacher: "str | os.PathLike | torch.nn.Module | TeacherSpec | No
     kdcache.device.resolve_precision; the cache records the resolved one). ``dump.topk`` K stores each row's (each
     view's) K largest logits, their classes and the tail's statistics instead of all C logits
     (docs/cache-format.md, "Top-k caches"); ``dump.dtype`` None stores float32 full logits or
-    float16 top-k values (kdcache.config). Free disk space is checked
+    float16 top-k values (kdcache.config). An image folder's files are hashed (row ids, fingerprint) by the
+    workers that decode them, with no pass of their own, where nothing needs the fingerprint first
+    (defers_identity). Free disk space is checked
     before anything is written; a disk that fills up anyway leaves nothing at ``out``.
     With ``run.reuse``, an existing cache at ``out`` made by the same request (teacher file,
     data, rows, precision, dtype) is kept and reported as reused; any other is replaced.
