@@ -30,7 +30,9 @@ class DatasetInfo:
     image_size: tuple[int, int]
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    fingerprint: str  # sha256 over the whole split's pixels (files: relative paths and bytes) and labels
+    # sha256 over the whole split's pixels (files: relative paths and bytes) and labels; None for a folder whose
+    # identity is deferred until its rows are read (kdcache.data.samples.ImageData, a dump)
+    fingerprint: str | None
     transform: dict | None = field(default=None, hash=False)  # image files: kdcache.data.images.InputTransform.record()
     skipped: tuple[str, ...] = ()  # image files left out as unreadable (--skip-unreadable), relative paths
     # a user's Dataset: what is known of its own transform (repr, Normalize's mean/std; kdcache.data.user_data)

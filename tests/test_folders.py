@@ -382,3 +382,66 @@ def test_pipeline_on_a_folder_of_images_gives_its_own_fix(tmp_path):
                       f"Fashion-MNIST job only: run its steps on your folder, `kdcache train-teacher --dataset "
                       f"imagefolder --data-dir {root} --out teacher.pt`")
     assert "pass --dataset" not in r.output and not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("augment, limit", [(None, None), (None, 11), ("crop-flip", None), ("crop-flip", 11),
+                                            ("shift-flip", None)])
+def test_a_dump_hashing_files_where_it_reads_them_equals_one_hashed_first(team, tmp_path, monkeypatch, augment, limit):
+    """The deferred identity (files hashed by the decoding workers, ids per batch, fingerprint at the end; rows past
+    --limit hashed then) writes the cache the hashing pass writes: ids, fingerprint, logits and views bit for bit."""
+    from kdcache import cache as kcache
+    from kdcache.config import DataConfig, ViewConfig
+    from kdcache.data import folders
+    from kdcache.jobs import dump as dump_job
+    from kdcache.train.teacher import TeacherSpec
+
+    root, weights = team
+    spec = TeacherSpec(factory="team_models_if:build", weights=str(weights))
+    data_cfg = DataConfig(dataset="imagefolder", data_dir=str(root), image_size=SIZE, limit=limit, workers=0)
+    views = ViewConfig(augment=augment, views=3 if augment else 1)
+    hashed_files = []  # what the deferred dump hashes in a pass: only the rows past --limit, which it never reads
+    real_hash_files = folders.hash_files
+    monkeypatch.setattr(folders, "hash_files", lambda paths, **kw: hashed_files.append(len(paths)) or
+                        real_hash_files(paths, **kw))
+    deferred = dump_job.dump_logits(spec, tmp_path / "deferred.h5", data_cfg=data_cfg, views=views)
+    assert hashed_files == ([18 - limit] if limit else [])
+    monkeypatch.setattr(dump_job, "defers_identity", lambda *a: False)  # the hashing pass first, as before
+    hashed = dump_job.dump_logits(spec, tmp_path / "hashed.h5", data_cfg=data_cfg, views=views)
+    ref = load_dataset("imagefolder", "train", root, limit, image_size=SIZE, workers=0)
+    assert deferred["request"] == hashed["request"]
+    assert deferred["request"]["dataset_fingerprint"] == ref.info.fingerprint
+    with kcache.open_cache(tmp_path / "deferred.h5") as a, kcache.open_cache(tmp_path / "hashed.h5") as b:
+        assert a.meta.dataset_fingerprint == b.meta.dataset_fingerprint == ref.info.fingerprint
+        assert a.meta.content_sha256 == b.meta.content_sha256
+        assert np.array_equal(a.sample_ids, ref.sample_ids) and np.array_equal(b.sample_ids, ref.sample_ids)
+        rows = np.arange(len(ref))
+        assert np.array_equal(a.read(rows), b.read(rows)) and len(ref) == (limit or 18)
+        if augment:
+            assert np.array_equal(a.read_view_params(rows), b.read_view_params(rows))
+
+
+def test_a_file_changed_after_a_deferred_dump_is_caught_and_named(team, tmp_path, monkeypatch):
+    """A dump that hashed its files as it read them (no pass) is reused by the same folder (--reuse compares the
+    request, fingerprint included, made by the pass), and a file changed since is named by verify and redumped."""
+    from kdcache.config import DataConfig, RunOptions
+    from kdcache.data import folders
+    from kdcache.jobs.dump import dump_logits
+    from kdcache.train.teacher import TeacherSpec
+
+    root, weights = team
+    spec = TeacherSpec(factory="team_models_if:build", weights=str(weights))
+    data_cfg = DataConfig(dataset="imagefolder", data_dir=str(root), image_size=SIZE, workers=0)
+    cache, passes = tmp_path / "c.h5", []
+    real_hash_files = folders.hash_files
+    monkeypatch.setattr(folders, "hash_files", lambda paths, **kw: passes.append(len(paths)) or
+                        real_hash_files(paths, **kw))
+    first = dump_logits(spec, cache, data_cfg=data_cfg)
+    assert passes == [] and not first["reused"]  # deferred: no hashing pass
+    again = dump_logits(spec, cache, data_cfg=data_cfg, run=RunOptions(reuse=True))
+    assert passes == [18] and again["reused"] and again["request"] == first["request"]  # --reuse: the pass first
+    edited = sorted((root / "train" / "cat" / "sub").iterdir())[1]
+    edited.write_bytes(edited.read_bytes() + b"\0")
+    v = run("verify", cache, "--data-dir", root)
+    assert v.exit_code == 1 and "1 file(s) added or changed (first: cat/sub/" + edited.name in v.output, v.output
+    redone = dump_logits(spec, cache, data_cfg=data_cfg, run=RunOptions(reuse=True))
+    assert not redone["reused"] and redone["request"]["dataset_fingerprint"] != first["request"]["dataset_fingerprint"]

@@ -242,6 +242,12 @@ class CacheWriter:
         self._labelled += int((arrays["labels"] != UNLABELLED).sum())
         self._next = stop
 
+    def set_attrs(self, attrs: Mapping[str, Any]) -> None:
+        """Set root attributes known only once the rows are written (a dump that hashes its files as it reads them
+        learns the split's ``dataset_fingerprint`` at the end), before the writer closes; checked as the
+        constructor's."""
+        self.attrs = caller_attrs({**self.attrs, **attrs}, self.num_classes)
+
     def _target_arrays(self, targets: Targets) -> dict[str, np.ndarray]:
         if self.kind == "lowrank":
             if isinstance(targets, _lowrank.Codes):  # already encoded with this basis (assembling shards)
@@ -326,6 +332,8 @@ class CacheWriter:
 
     def _write_attrs(self) -> None:
         a = self.attrs
+        if a["dataset_fingerprint"] is None:
+            raise CacheError("internal: the dataset fingerprint was never set (CacheWriter.set_attrs)")
         plain = self.kind == "logits" and self.view_policy is None
         root = {
             "format": self.file_format,
@@ -364,7 +372,9 @@ _NUMBERS = ("a number or a list of numbers, one per channel",
                                         and all(_is_number(x) for x in np.asarray(v).ravel())))
 CALLER_ATTRS: dict[str, tuple[str, Any]] = {
     "kdcache_version": _STRING, "torch_version": _STRING, "teacher_arch": _STRING, "teacher_sha256": _STRING,
-    "teacher_precision": _STRING, "dataset": _STRING, "split": _STRING, "dataset_fingerprint": _STRING,
+    "teacher_precision": _STRING, "dataset": _STRING, "split": _STRING,
+    # None: not known yet (a dump that hashes files as it reads them), set with set_attrs before the writer closes
+    "dataset_fingerprint": ("a string", lambda v: v is None or isinstance(v, str)),
     "dataset_num_samples": ("an integer", lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool)),
     "class_names": ("a list of class-name strings", lambda v: isinstance(v, (list, tuple, np.ndarray))
                     and all(isinstance(x, str) for x in v)),
@@ -399,7 +409,8 @@ def caller_attrs(attrs: Mapping[str, Any], num_classes: int) -> dict[str, Any]:
         if key == "extra_config" and not isinstance(value, Mapping):
             raise ConfigError(f"cache attribute extra_config must be a dict (the teacher's config), "
                               f"got {type(value).__name__}")
-        if not isinstance(value, (str, numbers.Number, np.generic, np.ndarray, list, tuple, Mapping)):
+        pending = key == "dataset_fingerprint" and value is None  # set with set_attrs before the writer closes
+        if not pending and not isinstance(value, (str, numbers.Number, np.generic, np.ndarray, list, tuple, Mapping)):
             raise ConfigError(f"cache attribute {key} is {type(value).__name__} {value!r:.60}; give a string, a number "
                               "or a JSON-able list or dict")
         out[key] = [_plain(x) for x in value] if key == "class_names" else _plain(value)

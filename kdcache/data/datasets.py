@@ -52,12 +52,16 @@ class ReadOptions:
     (kdcache.data.images); ``workers`` the processes that hash the files (None: one per CPU);
     ``skip_unreadable`` leaves out files that do not decode (recorded in ``info.skipped``);
     ``keys`` a Hugging Face dataset's image and label columns (None: found from its features, kdcache.data.hf).
+    ``defer_identity``: the files are not hashed up front but where a job reads them, so the split's ids and
+    fingerprint are known only once its rows are read (kdcache.data.samples.ImageData; a dump's choice,
+    kdcache.jobs.dump.defers_identity); ignored with ``skip_unreadable``, and by built-in datasets.
     """
 
     image_size: int | InputTransform | None = None
     workers: int | None = None
     skip_unreadable: bool = False
     keys: ItemKeys | None = None
+    defer_identity: bool = False
 
 
 BUILTIN: dict[str, DatasetSpec] = {
@@ -100,7 +104,8 @@ def check_split(split: str) -> str:
 
 
 def _load_full(name: str, split: str, root: str, download: bool, ignore_labels: bool, read: ReadOptions) -> ImageData:
-    image_size, workers, skip_unreadable = read.image_size, read.workers, read.skip_unreadable
+    image_size, files = read.image_size, dict(workers=read.workers, skip_unreadable=read.skip_unreadable,
+                                              defer_identity=read.defer_identity)
     spec = check_dataset_name(name)
     check_split(split)
     if spec is None:  # image files: listed and hashed here, decoded batch by batch when read
@@ -115,9 +120,8 @@ def _load_full(name: str, split: str, root: str, download: bool, ignore_labels: 
 
         size = image_size  # an int, a recorded InputTransform, or None: 64
         if name == UNLABELLED_FOLDER:
-            return load_unlabelled(root, split, image_size=size, workers=workers, skip_unreadable=skip_unreadable)
-        return load_imagefolder(root, split, ignore_labels, image_size=size, workers=workers,
-                                skip_unreadable=skip_unreadable)
+            return load_unlabelled(root, split, image_size=size, **files)
+        return load_imagefolder(root, split, ignore_labels, image_size=size, **files)
     return _load_builtin(name, spec, split, root, download, ignore_labels, image_size)
 
 

@@ -13,6 +13,12 @@ Images may have any size and mode (RGB, greyscale, palette, CMYK, RGBA, 16-bit; 
 whatever else PIL reads). Loading a split reads no pixels: it lists the files and hashes their
 bytes (in DataLoader workers); the pixels are decoded batch by batch when a job reads them
 (kdcache.data.images.FileImages, at ``--image-size``), so memory does not grow with the folder.
+A dump reads every row once anyway, so it loads the split with its identity deferred
+(``defer_identity``, the rule is kdcache.jobs.dump.defers_identity): no hashing pass, each file is
+hashed by the worker that decodes it, from the same bytes, and the ids and fingerprint are made
+from those digests (FolderListing). Jobs that check a folder against a cache before they read it
+(train-student, verify, evaluate) keep the pass: it runs once at start-up, not per epoch, and it is
+what names a file changed since the dump before any training step.
 
 Classes are the sorted union of the class folders of both splits, so a label means the same
 class in train and test. Samples are ordered as ImageFolder orders them (class, then sorted
@@ -26,6 +32,7 @@ models such folders usually meet (``IMAGENET_MEAN``).
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -136,12 +143,59 @@ def hash_files(paths: Sequence[Path], *, workers: int | None = None, skip_unread
     return (np.stack(digests) if digests else np.zeros((0, 16), np.uint8)), bad
 
 
+@dataclass(frozen=True)
+class _Read:
+    """How a folder is read (kdcache.data.datasets.ReadOptions' fields for folders)."""
+
+    workers: int | None
+    skip_unreadable: bool
+    defer_identity: bool
+
+
+@dataclass(frozen=True, eq=False)
+class FolderListing:
+    """A folder split's files as listed (the whole split, before any ``--limit``): what its identity hashes.
+
+    The identity of a split loaded with ``defer_identity`` (no hashing pass): the job that reads its rows gets
+    each file's digest with its pixels (kdcache.data.images.FileImages.read, in the decoding workers) and asks
+    here for the rows' ids and, at the end, the split's fingerprint: the same values the pass gives.
+    """
+
+    base: Path
+    relpaths: tuple[str, ...]
+    labels: np.ndarray  # (N,) int64
+    workers: int | None = None
+
+    def sample_ids(self, indices: np.ndarray, digests: np.ndarray) -> np.ndarray:
+        """The ids (B,) uint64 of dataset rows ``indices`` (B,) from their files' digests (B, 16) uint8."""
+        idx = np.asarray(indices, dtype=np.int64)
+        return sample_ids_for(digests, self.labels[idx], [self.relpaths[i] for i in idx])
+
+    def fingerprint(self, indices: np.ndarray, digests: np.ndarray) -> str:
+        """The split's fingerprint from the digests (n, 16) of the rows ``indices`` (n,) a job read; the files it
+        did not read (rows past a ``--limit``) are hashed here."""
+        found = np.zeros((len(self.relpaths), 16), np.uint8)
+        seen = np.zeros(len(self.relpaths), bool)
+        found[np.asarray(indices, dtype=np.int64)] = digests
+        seen[np.asarray(indices, dtype=np.int64)] = True
+        rest = np.flatnonzero(~seen)
+        if len(rest):
+            found[rest] = hash_files([self.base / self.relpaths[i] for i in rest], workers=self.workers)[0]
+        return fingerprint_for(found, self.labels, self.relpaths)
+
+
 def _folder_data(name: str, split: str, base: Path, paths: list[Path], labels: list[int],
-                 classes: tuple[str, ...], image_size: int | InputTransform | None, workers: int | None,
-                 skip_unreadable: bool) -> ImageData:
+                 classes: tuple[str, ...], image_size: int | InputTransform | None, read: "_Read") -> ImageData:
+    """The split as ImageData: its files hashed first (ids and fingerprint known), or with ``read.defer_identity``
+    not hashed here but where they are read (ImageData.deferred), which only a job that reads every row can use."""
     limit_heap_growth()  # KDCACHE_HEAP=limit: the main process too, which decodes nothing with W > 0 workers
-    digests, bad = hash_files(paths, workers=workers, skip_unreadable=skip_unreadable)
+    workers = read.workers
     relpaths = [p.relative_to(base).as_posix() for p in paths]
+    deferred = read.defer_identity and not read.skip_unreadable  # unreadable files must be found before rows count
+    if deferred:
+        digests, bad = None, []
+    else:
+        digests, bad = hash_files(paths, workers=workers, skip_unreadable=read.skip_unreadable)
     skipped = tuple(relpaths[i] for i in bad)
     if bad:
         log.warning(skipped_message(f"{name}/{split}", base, skipped))
@@ -154,11 +208,14 @@ def _folder_data(name: str, split: str, base: Path, paths: list[Path], labels: l
     info = DatasetInfo(
         name=name, split=split, num_samples=len(lab), class_names=classes, in_channels=transform.channels,
         image_size=(transform.size, transform.size), mean=IMAGENET_MEAN, std=IMAGENET_STD,
-        fingerprint=fingerprint_for(digests, lab, relpaths), transform=transform.record(), skipped=skipped,
+        fingerprint=None if deferred else fingerprint_for(digests, lab, relpaths), transform=transform.record(),
+        skipped=skipped,
     )
     return ImageData(images=FileImages(base, relpaths, transform), labels=torch.from_numpy(lab),
                      indices=torch.arange(len(lab), dtype=torch.int64),
-                     sample_ids=sample_ids_for(digests, lab, relpaths), info=info, keys=tuple(relpaths))
+                     sample_ids=None if deferred else sample_ids_for(digests, lab, relpaths), info=info,
+                     keys=tuple(relpaths),
+                     deferred=FolderListing(base, tuple(relpaths), lab, workers) if deferred else None)
 
 
 def skipped_message(what: str, base: Path, skipped: Sequence[str]) -> str:
@@ -170,8 +227,10 @@ def skipped_message(what: str, base: Path, skipped: Sequence[str]) -> str:
 
 
 def load_imagefolder(root: str, split: str, ignore_labels: bool = False, *, image_size: int | InputTransform | None = None,
-                     workers: int | None = None, skip_unreadable: bool = False) -> ImageData:
-    """ROOT/split as an ImageData whose pixels are decoded on demand (see the module docstring).
+                     workers: int | None = None, skip_unreadable: bool = False, defer_identity: bool = False
+                     ) -> ImageData:
+    """ROOT/split as an ImageData whose pixels are decoded on demand (see the module docstring); ``defer_identity``:
+    no hashing pass, the files are hashed where they are read (ImageData.deferred; not with ``skip_unreadable``).
 
     ``ignore_labels``: every label UNLABELLED, ids and fingerprint hashed with it, and no class names (a
     cache of the images takes the teacher's classes, which may be another label set entirely).
@@ -187,12 +246,15 @@ def load_imagefolder(root: str, split: str, ignore_labels: bool = False, *, imag
         raise DataError(f"imagefolder: no images under {split_dir}; {LAYOUT_HINT}")
     if ignore_labels:
         labels, classes = [UNLABELLED] * len(labels), ()
-    return _folder_data(IMAGEFOLDER, split, split_dir, paths, labels, classes, image_size, workers, skip_unreadable)
+    read = _Read(workers, skip_unreadable, defer_identity)
+    return _folder_data(IMAGEFOLDER, split, split_dir, paths, labels, classes, image_size, read)
 
 
 def load_unlabelled(root: str, split: str = "train", *, image_size: int | InputTransform | None = None,
-                    workers: int | None = None, skip_unreadable: bool = False) -> ImageData:
-    """Every image under ROOT as the ``train`` split of an unlabelled dataset (see the module docstring)."""
+                    workers: int | None = None, skip_unreadable: bool = False, defer_identity: bool = False
+                    ) -> ImageData:
+    """Every image under ROOT as the ``train`` split of an unlabelled dataset (see the module docstring and
+    load_imagefolder)."""
     base = Path(root)
     if split != "train":
         raise DataError(f"unlabelled images have one split, train (every image under {base}); there is no "
@@ -203,7 +265,7 @@ def load_unlabelled(root: str, split: str = "train", *, image_size: int | InputT
     if not paths:
         raise DataError(f"unlabelled: no images under {base}; {UNLABELLED_HINT}")
     return _folder_data(UNLABELLED_FOLDER, "train", base, paths, [UNLABELLED] * len(paths), (), image_size,
-                        workers, skip_unreadable)
+                        _Read(workers, skip_unreadable, defer_identity))
 
 
 def folder_files(dataset: Any) -> tuple[list[Path], list[str]] | None:

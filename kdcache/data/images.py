@@ -15,10 +15,11 @@ so the teacher, its cache and the student see the same pixels.
 from __future__ import annotations
 
 import hashlib
+import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -120,9 +121,35 @@ def _rgb(image: Any) -> Any:
     return image.convert("RGB")
 
 
-def open_image(path: Any, transform: "InputTransform | None" = None, name: str | None = None) -> Any:
+def open_image(path: Any, transform: "Callable[[Any], Any] | None" = None, name: str | None = None) -> Any:
     """A decoded PIL image (or ``transform`` of it, decoded once, never copied), or DataError naming the file
     (``path`` may be a file object, e.g. a Hugging Face row's bytes; ``name`` then names it)."""
+    if hasattr(path, "read"):
+        return _decode(path.read(), name or "<image bytes>", transform)
+    return read_image(path, transform)[0]
+
+
+def read_image(path: Path, transform: "Callable[[Any], Any] | None" = None, digest: bool = False
+               ) -> tuple[Any, bytes | None]:
+    """(the decoded image or ``transform`` of it, the file's 16-byte BLAKE2b or None): the file is read once, and
+    with ``digest`` hashed (as ``file_digest``) and decoded from the same bytes; DataError naming an unreadable file.
+
+    Reading, hashing and decoding happen where this runs (the DataLoader workers), so a job that needs the
+    files' digests (a dump's row ids, kdcache.data.folders) needs no pass of its own over the files."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise _unreadable(path, e) from None
+    return _decode(data, path, transform), (_blake2b(data) if digest else None)
+
+
+def _blake2b(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+def _decode(data: bytes, path: Path, transform: "Callable[[Any], Any] | None") -> Any:
+    """The image file ``path`` whose bytes are ``data``, decoded (see open_image)."""
     from PIL import Image
 
     limit_heap_growth()  # KDCACHE_HEAP=limit: once per process, freed decode buffers go back to the OS (kdcache.heap)
@@ -130,18 +157,24 @@ def open_image(path: Any, transform: "InputTransform | None" = None, name: str |
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(io.BytesIO(data)) as im:
                 if transform is not None:
                     return transform(im)
                 im.load()
                 return im.copy()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise DataError(f"cannot read image {name or path} ({type(e).__name__}: {e}); remove or fix it, or pass "
-                        "--skip-unreadable to leave such files out") from None
+        raise _unreadable(path, e) from None
+
+
+def _unreadable(path: Path, e: BaseException) -> DataError:
+    return DataError(f"cannot read image {path} ({type(e).__name__}: {e}); remove or fix it, or pass "
+                     "--skip-unreadable to leave such files out")
 
 
 def file_digest(path: Path, check_decode: bool = False) -> bytes:
     """16-byte BLAKE2b of a file's bytes; with ``check_decode``, DataError unless it decodes as an image."""
+    if check_decode:
+        return read_image(path, digest=True)[1]
     h = hashlib.blake2b(digest_size=16)
     try:
         with open(path, "rb") as f:
@@ -149,8 +182,6 @@ def file_digest(path: Path, check_decode: bool = False) -> bytes:
                 h.update(block)
     except OSError as e:
         raise DataError(f"cannot read {path} ({e})") from None
-    if check_decode:
-        open_image(path)
     return h.digest()
 
 
@@ -170,24 +201,38 @@ class FileImages:
     def __getitem__(self, rows: Any) -> torch.Tensor:
         if isinstance(rows, (int, np.integer)):  # one image (C, H, W), as a tensor's [i] gives
             return self[[int(rows)]][0]
-        pos = positions(rows, len(self))
-        if len(pos) == 0:
-            return torch.empty((0,) + self.shape[1:], dtype=torch.uint8)
-        return torch.from_numpy(np.stack([self.decode(int(i)) for i in pos]))
+        return self.read(rows, digest=False)[0]
 
     def decode(self, i: int) -> np.ndarray:
         """Row ``i`` as (3, S, S) uint8."""
         return open_image(self.root / self.relpaths[i], self.transform)
 
+    def read(self, rows: Any, digest: bool = True) -> tuple[torch.Tensor, np.ndarray | None]:
+        """((B, C, S, S) uint8, the files' digests (B, 16) uint8 or None): each file read once, hashed (with
+        ``digest``) and decoded from the same bytes (read_image)."""
+        pos = positions(rows, len(self))
+        return self._read(pos, [self.transform] * len(pos), self.shape[1:], digest)
+
     def views(self, rows: Any, params: np.ndarray, policy: Any) -> torch.Tensor:
         """(B, V, C, S, S) uint8: each row's file decoded once, converted as the transform converts it, and its V views
         ``params`` (B, V, P) cut from it at full resolution by ``policy.cut`` (crop-flip v3)."""
+        return self.read_views(rows, params, policy, digest=False)[0]
+
+    def read_views(self, rows: Any, params: np.ndarray, policy: Any, digest: bool = True
+                   ) -> tuple[torch.Tensor, np.ndarray | None]:
+        """(``views``' (B, V, C, S, S) uint8, the files' digests (B, 16) uint8 or None): each file read once."""
         size, mode = self.transform.size, self.transform.mode
-        out = [open_image(self.root / self.relpaths[int(i)], lambda im, p=p: policy.cut(_rgb(im), p, size, mode))
-               for i, p in zip(positions(rows, len(self)), params)]
-        if not out:
-            return torch.empty((0, params.shape[1]) + self.shape[1:], dtype=torch.uint8)
-        return torch.from_numpy(np.stack(out))
+        cuts = [lambda im, p=p: policy.cut(_rgb(im), p, size, mode) for p in params]
+        return self._read(positions(rows, len(self)), cuts, (params.shape[1],) + self.shape[1:], digest)
+
+    def _read(self, pos: np.ndarray, converts: Sequence[Callable[[Any], np.ndarray]], shape: tuple[int, ...],
+              digest: bool) -> tuple[torch.Tensor, np.ndarray | None]:
+        """The files at ``pos``, each decoded by its ``converts`` (a PIL image -> uint8 array of ``shape``)."""
+        read = [read_image(self.root / self.relpaths[int(i)], convert, digest) for i, convert in zip(pos, converts)]
+        digests = np.frombuffer(b"".join(d for _, d in read), np.uint8).reshape(-1, 16).copy() if digest else None
+        if not read:
+            return torch.empty((0,) + tuple(shape), dtype=torch.uint8), digests
+        return torch.from_numpy(np.stack([pixels for pixels, _ in read])), digests
 
     def subset(self, rows: Any) -> "FileImages":
         return FileImages(self.root, [self.relpaths[int(i)] for i in positions(rows, len(self))], self.transform)

@@ -180,7 +180,7 @@ class Loader:
             x = x.contiguous(memory_format=self.memory_format)
         t = batch.teacher_logits
         return Batch(x, batch.labels.to(self.device, non_blocking=True),
-                     None if t is None else to_float(t).to(self.device))
+                     None if t is None else to_float(t).to(self.device), digests=batch.digests)
 
 
 def make_loader(dataset: Any, cfg: LoaderConfig = LoaderConfig(), batches: Iterable[Any] | None = None) -> Loader:

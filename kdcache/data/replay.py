@@ -79,5 +79,14 @@ class ViewRows:
                             self.data.info.image_size, self.include_original)
 
     def __getitems__(self, positions: Sequence[int] | torch.Tensor) -> Batch:
-        pos = torch.as_tensor(positions, dtype=torch.int64)
-        return Batch(view_images(self.data.images, pos, self.params(pos), self.policy), self.data.labels[pos])
+        pos, labels = torch.as_tensor(positions, dtype=torch.int64), self.data.labels
+        params = self.params(pos)
+        if self.data.deferred is None:
+            return Batch(view_images(self.data.images, pos, params, self.policy), labels[pos])
+        # identity deferred (a folder's dump): each file read once for its views and its digest (the row's id)
+        if self.policy.FROM_FILE:
+            views, digests = self.data.images.read_views(pos.numpy(), np.asarray(params, np.float32), self.policy)
+        else:
+            images, digests = self.data.images.read(pos)
+            views = view_images(images, torch.arange(len(pos)), params, self.policy)
+        return Batch(views, labels[pos], digests=digests)

@@ -31,12 +31,15 @@ class Batch:
     labels: torch.Tensor  # (B,) int64, UNLABELLED where a sample has no label
     teacher_logits: Any = None  # (B, C) float32 or a TopK (kdcache.cache.targets), when distilling
     global_counts: tuple[int, int] | None = None  # under DDP: (rows, labelled rows) of the whole global batch
+    # (B, 16) uint8: each file's BLAKE2b, hashed where it was read, from a split whose identity is deferred (ImageData)
+    digests: np.ndarray | None = None
 
     def pin_memory(self) -> "Batch":
         """A copy in pinned memory (the DataLoader's pin thread calls it on CUDA), so the copy to the device overlaps."""
         t = self.teacher_logits
         return Batch(self.images.pin_memory(), self.labels.pin_memory(),
-                     None if t is None else t.pin_memory() if isinstance(t, torch.Tensor) else t, self.global_counts)
+                     None if t is None else t.pin_memory() if isinstance(t, torch.Tensor) else t, self.global_counts,
+                     self.digests)
 
 
 class BatchSource(Protocol):
@@ -54,14 +57,20 @@ class ImageData:
     ``images`` is a uint8 tensor (N, C, H, W) in memory, or a lazy source indexed the same
     way (kdcache.data.images: image files decoded on demand). It is a map-style Dataset whose
     ``__getitems__`` serves a whole Batch; read it through kdcache.data.loader.make_loader.
+
+    A folder read with its identity deferred (kdcache.data.folders, ``ReadOptions(defer_identity=True)``: a dump)
+    has ``sample_ids`` None and ``info.fingerprint`` None until its rows are read: each Batch then carries its
+    files' digests, hashed where they were decoded, and ``deferred`` (the whole split's listing) turns them into
+    the rows' ids and, once every row is read, the split's fingerprint: the values the hashing pass gives.
     """
 
     images: Any  # (N, C, H, W) uint8: a tensor, or a kdcache.data.images source
     labels: torch.Tensor  # (N,) int64
     indices: torch.Tensor  # (N,) int64, position in the full split
-    sample_ids: np.ndarray = field(repr=False)  # (N,) uint64 content ids
+    sample_ids: np.ndarray | None = field(repr=False)  # (N,) uint64 content ids; None: deferred (see above)
     info: DatasetInfo = field(repr=False)
     keys: tuple[str, ...] | None = field(default=None, repr=False)  # image files: each sample's relative path
+    deferred: Any = field(default=None, repr=False)  # identity deferred: a kdcache.data.folders.FolderListing
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -69,6 +78,9 @@ class ImageData:
     def __getitems__(self, positions: Sequence[int] | torch.Tensor) -> Batch:
         """The samples at ``positions`` as one Batch (uint8 images): one slice in memory, files decoded here."""
         pos = torch.as_tensor(positions, dtype=torch.int64)
+        if self.deferred is not None:  # the files' digests come with their pixels: the rows' ids are made from them
+            images, digests = self.images.read(pos)
+            return Batch(images, self.labels[pos], digests=digests)
         return Batch(self.images[pos], self.labels[pos])
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
@@ -90,7 +102,7 @@ class ImageData:
         pos = rows if isinstance(rows, slice) else np.asarray(rows)
         keys = None if self.keys is None else tuple(np.asarray(self.keys, dtype=object)[pos])
         return replace(self, images=subset(self.images, rows), labels=self.labels[idx], indices=self.indices[idx],
-                       sample_ids=self.sample_ids[pos], keys=keys)
+                       sample_ids=None if self.sample_ids is None else self.sample_ids[pos], keys=keys)
 
     @property
     def num_labelled(self) -> int:

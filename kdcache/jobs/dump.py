@@ -117,7 +117,9 @@ def dump_logits(teacher: "str | os.PathLike | torch.nn.Module | TeacherSpec | No
     kdcache.device.resolve_precision; the cache records the resolved one). ``dump.topk`` K stores each row's (each
     view's) K largest logits, their classes and the tail's statistics instead of all C logits
     (docs/cache-format.md, "Top-k caches"); ``dump.dtype`` None stores float32 full logits or
-    float16 top-k values (kdcache.config). Free disk space is checked
+    float16 top-k values (kdcache.config). An image folder's files are hashed (row ids, fingerprint) by the
+    workers that decode them, with no pass of their own, where nothing needs the fingerprint first
+    (defers_identity). Free disk space is checked
     before anything is written; a disk that fills up anyway leaves nothing at ``out``.
     With ``run.reuse``, an existing cache at ``out`` made by the same request (teacher file,
     data, rows, precision, dtype) is kept and reported as reused; any other is replaced.
@@ -166,7 +168,7 @@ def dump_logits(teacher: "str | os.PathLike | torch.nn.Module | TeacherSpec | No
     module = teacher if isinstance(teacher, torch.nn.Module) else None
     spec = teacher if isinstance(teacher, TeacherSpec) or module is not None else TeacherSpec(
         checkpoint=None if teacher is None else os.fspath(teacher))
-    data = dump_data(spec, data_cfg, dataset, dump)
+    data = dump_data(spec, data_cfg, dataset, dump, defers_identity(out, data_cfg, run))
     info = with_teacher_classes(spec, data.info, dump.class_names)  # unlabelled images: the teacher's classes
     if isinstance(views.augment, str):  # "crop-flip" on image files: v3, cut from the file (augment.for_images)
         plan = replace(plan, policy=for_images(plan.policy, data.images))
@@ -187,6 +189,7 @@ def dump_logits(teacher: "str | os.PathLike | torch.nn.Module | TeacherSpec | No
                                                   kl_budget=plan.kl_budget))
     attrs = cache_attrs(rows.teacher, info, plan.precision)
     agree, sharded = write_rows_to(out, layout, attrs, rows, request, run)
+    request["dataset_fingerprint"] = rows.fingerprint  # deferred: known now that every file has been read
     seconds = sharded.pop("seconds", None) or time.perf_counter() - t0  # sharded: from when every rank was ready
     return {"cache": str(out), "rows": len(data), "num_classes": info.num_classes, "dtype": plan.dtype,
             "topk": plan.topk or 0, "seconds": seconds,
@@ -258,8 +261,25 @@ def plan_dump(out: Path, dump: DumpConfig, views: ViewConfig, run: RunOptions) -
                     run.progress)
 
 
-def dump_data(spec: TeacherSpec, data_cfg: DataConfig, dataset: Any, dump: DumpConfig) -> ImageData:
-    """The rows to dump: the user's Dataset, or a dataset by name (default: the teacher's), read as the teacher was."""
+def defers_identity(out: Path, data_cfg: DataConfig, run: RunOptions) -> bool:
+    """Whether an image folder's files are hashed where the dump reads them, not in a pass before (the one rule).
+
+    A folder's row ids and fingerprint hash its files' bytes. Hashing them in the decoding workers, from the
+    bytes they decode (kdcache.data.images.read_image), saves a pass over every file; then the rows' ids are
+    made batch by batch and the fingerprint once the last row is read (TeacherRows.write), the same values.
+    That serves a dump that needs the fingerprint only at the end. Three need it before any row is read, and
+    keep the pass: ``run.reuse`` with a cache at ``out`` (compared by its request, fingerprint included), a
+    sharded dump under torchrun (each rank's resumable shards are matched by it, kdcache.cache.shards), and
+    ``--skip-unreadable`` (bad files must be found before the rows are counted). Built-in datasets (in
+    memory) and a user's own Dataset (its items are what its transform returns) are identified as before.
+    """
+    return not (data_cfg.skip_unreadable or dist.current().distributed or (run.reuse and out.exists()))
+
+
+def dump_data(spec: TeacherSpec, data_cfg: DataConfig, dataset: Any, dump: DumpConfig,
+              defer_identity: bool = False) -> ImageData:
+    """The rows to dump: the user's Dataset, or a dataset by name (default: the teacher's), read as the teacher was;
+    an image folder with ``defer_identity`` is hashed as it is read (defers_identity)."""
     if dataset is not None:
         keys = ItemKeys(dump.image_key, dump.label_key)  # dict items: where the image and label are
         if is_hf_dataset(dataset):  # rows keyed by their encoded bytes, decoded as a folder's files (kdcache.data.hf)
@@ -273,7 +293,7 @@ def dump_data(spec: TeacherSpec, data_cfg: DataConfig, dataset: Any, dump: DumpC
     skip = inherited_skip(data_cfg.skip_unreadable, checkpoint_reading(getattr(spec, "checkpoint", None)))
     read = replace(data_cfg, image_size=image_size, skip_unreadable=skip)  # as the teacher read them
     return load_dataset(name, dump.split, data_cfg.data_dir, data_cfg.limit, ignore_labels=dump.ignore_labels,
-                        **read_options(read))
+                        **read_options(read), defer_identity=defer_identity)
 
 
 def hf_dump_data(spec: TeacherSpec, data_cfg: DataConfig, dataset: Any, dump: DumpConfig, keys: ItemKeys
@@ -329,34 +349,52 @@ class TeacherRows:
         self.teacher, self.data, self.plan = teacher, data, plan
         self.device = dist.current().local_device(resolve_device(plan.device))
         self.raw = LoaderConfig(workers=workers, standardize=False)  # uint8: the teacher standardises its own input
+        self.fingerprint = data.info.fingerprint  # None while deferred: set by write once every row is read
 
-    def batches(self, rows: np.ndarray) -> Iterator[tuple[torch.Tensor, torch.Tensor, np.ndarray | None]]:
-        """(dataset rows (B,), logits (B, [V,] C) float32, view parameters (B, V, P) or None) for each batch."""
+    def batches(self, rows: np.ndarray) -> Iterator[tuple[torch.Tensor, torch.Tensor, np.ndarray | None, Any]]:
+        """(dataset rows (B,), logits (B, [V,] C) float32, view parameters (B, V, P) or None, the files' digests
+        (B, 16) uint8 where the data's identity is deferred, else None) for each batch."""
         plan = self.plan
         spans = [torch.from_numpy(rows[i:i + plan.batch_size]) for i in range(0, len(rows), plan.batch_size)]
         if plan.policy is None:
             for span, batch in zip(spans, make_loader(self.data, self.raw, batches=spans)):
-                yield span, self.teacher.logits(batch.images, self.device, plan.precision), None
+                yield span, self.teacher.logits(batch.images, self.device, plan.precision), None, batch.digests
             return
         views = ViewRows(self.data, plan.policy, plan.num_views, plan.views.seed, plan.views.include_original)
         for span, batch in zip(spans, make_loader(views, self.raw, batches=spans)):  # (B, V, C, S, S) views
-            yield span, self.teacher.view_logits(batch.images, self.device, plan.precision), views.params(span)
+            logits = self.teacher.view_logits(batch.images, self.device, plan.precision)
+            yield span, logits, views.params(span), batch.digests
 
     def logits_of(self, rows: Any) -> np.ndarray:
         """The logits (n, [V,] C) of dataset rows ``rows`` (a low-rank dump fits its basis on them)."""
-        return torch.cat([logits for _, logits, _ in self.batches(np.asarray(rows))]).float().cpu().numpy()
+        return torch.cat([logits for _, logits, _, _ in self.batches(np.asarray(rows))]).float().cpu().numpy()
 
     def write(self, writer: CacheWriter, rows: range) -> int:
-        """Dataset rows ``rows`` at writer rows 0..; returns how many (row, view)s the teacher's top-1 agrees with."""
+        """Dataset rows ``rows`` at writer rows 0..; returns how many (row, view)s the teacher's top-1 agrees with.
+
+        Data whose identity is deferred (defers_identity) gets each row's id from the digests its batch carries
+        and, after the last row, the split's fingerprint, set on ``writer`` (its attributes are written at close)
+        and kept as ``self.fingerprint``."""
         data, ctx, agree = self.data, dist.current(), 0
         steps = -(-len(rows) // self.plan.batch_size)
         batches = track(self.batches(np.arange(rows.start, rows.stop)), total=steps,
                         desc=f"dump {data.info.name}/{self.plan.split}", enabled=self.plan.progress and ctx.is_main)
-        for span, logits, params in batches:
+        read: list[tuple[torch.Tensor, np.ndarray]] = []  # deferred: (dataset indices, digests) of each batch
+        for span, logits, params, digests in batches:
             start, stop = int(span[0]), int(span[-1]) + 1
-            writer.write(start - rows.start, logits, data.labels[start:stop], data.indices[start:stop],
-                         data.sample_ids[start:stop], view_params=params)
+            indices, ids = data.indices[start:stop], data.sample_ids
+            if data.deferred is None:
+                ids = ids[start:stop]
+            else:  # the ids of the bytes the workers decoded
+                ids = data.deferred.sample_ids(indices.numpy(), digests)
+                read.append((indices, digests))
+            writer.write(start - rows.start, logits, data.labels[start:stop], indices, ids, view_params=params)
             agree += int((logits.argmax(-1) == data.labels[start:stop].view(-1, *([1] * (logits.ndim - 2)))).sum())
+        if data.deferred is not None:
+            assert (rows.start, rows.stop) == (0, len(data)), "a deferred identity is the one-process dump's"
+            self.fingerprint = data.deferred.fingerprint(torch.cat([i for i, _ in read]).numpy(),
+                                                         np.concatenate([d for _, d in read]))
+            writer.set_attrs({"dataset_fingerprint": self.fingerprint})
         return agree
 
 
