@@ -635,8 +635,12 @@ def test_a_shuffled_dataset_of_dict_items_is_refused_never_paired_by_position(ph
         CachedDataset(DictItems(photos, order, to_float=True), path)
 
 
-def test_dict_items_over_a_cache_of_the_folder_are_checked_by_label(photos, tmp_path):
-    """The issue's case: a cache of kdcache's imagefolder, a fully shuffled dict dataset of its files: refused."""
+def test_dict_items_over_a_cache_of_the_folder_are_checked_by_label(photos, tmp_path, caplog):
+    """The issue's case: a cache of kdcache's imagefolder, a fully shuffled dict dataset of its files: refused.
+    Items kdcache cannot compare by content are paired by index with a warning that says so (a new user's
+    trial: a shuffle within a class passed every check silently); check_content=False says it knowingly."""
+    import logging
+
     from conftest import DictItems
 
     kd = load_dataset("imagefolder", "train", photos, image_size=16, workers=0)
@@ -645,8 +649,15 @@ def test_dict_items_over_a_cache_of_the_folder_are_checked_by_label(photos, tmp_
     order = np.random.default_rng(0).permutation(len(kd))
     with pytest.raises(CacheError, match=r"rows disagree with the data sample at their index \(\d+ by label"):
         CachedDataset(DictItems(photos, order), path)
-    ds = CachedDataset(DictItems(photos), path)
+    with caplog.at_level(logging.WARNING, logger="kdcache"):
+        ds = CachedDataset(DictItems(photos), path)
     assert ds.alignment.checked == ("index", "label", "class names") and int(ds[7]["teacher_logits"][0]) == 7
+    said = [r.getMessage() for r in caplog.records if "could not be compared" in r.getMessage()]
+    assert len(said) == 1 and "paired by index and checked by index, label, class names only" in said[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="kdcache"):
+        CachedDataset(DictItems(photos), path, options=WrapOptions(check_content=False))
+    assert not [r for r in caplog.records if "could not be compared" in r.getMessage()]
     renamed = DictItems(photos, keys=("px", "y"))
     with pytest.raises(ConfigError, match=r"dataset item 0 is a dict with keys \['px', 'y', 'path'\], none of them"):
         CachedDataset(renamed, path)

@@ -445,3 +445,17 @@ def test_a_file_changed_after_a_deferred_dump_is_caught_and_named(team, tmp_path
     assert v.exit_code == 1 and "1 file(s) added or changed (first: cat/sub/" + edited.name in v.output, v.output
     redone = dump_logits(spec, cache, data_cfg=data_cfg, run=RunOptions(reuse=True))
     assert not redone["reused"] and redone["request"]["dataset_fingerprint"] != first["request"]["dataset_fingerprint"]
+
+
+def test_evaluate_takes_the_skip_unreadable_its_message_suggests(tmp_path):
+    """A new user's trial: a corrupt file in the test split made `evaluate` say `pass --skip-unreadable`, an
+    option it did not have (exit 2 on the next try); the only way on was deleting the file."""
+    root = make_folder(tmp_path / "imgs", per_class=(3, 2))
+    teacher = tmp_path / "t.pt"
+    r = run("train-teacher", "--dataset", "imagefolder", "--data-dir", root, "--image-size", SIZE, "--epochs", 1,
+            "--batch-size", 6, "--precision", "fp32", "--workers", 0, "--out", teacher, "-q")
+    assert r.exit_code == 0, r.output
+    (root / "test" / "cat" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    one_line_error(run("evaluate", "--model", teacher, "--data-dir", root, "--workers", 0), "--skip-unreadable")
+    r = run("evaluate", "--model", teacher, "--data-dir", root, "--workers", 0, "--skip-unreadable")
+    assert r.exit_code == 0 and "cat/broken.jpg" in r.stderr and "(6 samples)" in r.stdout, r.output

@@ -81,3 +81,32 @@ def test_the_scarce_label_count_scales_with_the_data():
     assert PipelineConfig(limit=1000, scarce_labels=10).scarce_rows(1000) == 10
     assert PipelineConfig(scarce_labels=0).scarce_rows(60_000) == 0
     assert PipelineConfig(limit=6).scarce_rows(6) == 1 and PipelineConfig(limit=1).scarce_rows(1) == 0
+
+
+def test_a_student_stage_that_diverges_at_the_default_lr_is_trained_again_at_half_and_says_so(monkeypatch):
+    """`pipeline --limit 1000` ended in 'training diverged' at the scarce-label transfer student (lr 0.02; 0.01
+    trained it to 73.6%): the stage is retried once at half the default lr, and its row carries a warning.
+    A learning rate the user chose is theirs: a divergence at it still ends the run."""
+    import pytest
+
+    from kdcache.config import STUDENT_TRAIN, TrainConfig
+    from kdcache.errors import Diverged
+    from kdcache.experiments import pipeline
+
+    asked = []
+
+    def job(out, distill, *, cfg, **kw):
+        asked.append(cfg.lr)
+        if cfg.lr is None or cfg.lr > 0.015:
+            raise Diverged("loss 66.15, 10.2x its 6.46 at the start")
+        return {"test": {"accuracy": 0.7363}, "seconds": 1.0, "reused": False, "warnings": ["other"]}
+
+    monkeypatch.setattr(pipeline, "train_student", job)
+    r = pipeline._student_stage("scarce-label transfer student", "out.pt", None, cfg=TrainConfig(epochs=1))
+    assert asked == [None, STUDENT_TRAIN.lr / 2] == [None, 0.01]
+    assert r["warnings"] == ["diverged at the default lr 0.02 (loss 66.15, 10.2x its 6.46 at the start); "
+                             "trained again at lr 0.01", "other"]
+    asked.clear()
+    with pytest.raises(Diverged, match=r"the scarce-label transfer student stage\); train that stage alone"):
+        pipeline._student_stage("scarce-label transfer student", "out.pt", None, cfg=TrainConfig(epochs=1, lr=0.05))
+    assert asked == [0.05]

@@ -183,6 +183,9 @@ def train_student_cmd(out: str, arch: str, student_factory: str | None, student_
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=None,
               help="DataLoader workers that decode images (default: one per available CPU for image folders).")
+@click.option("--skip-unreadable", is_flag=True,
+              help="Image folders: leave out files of the split that do not decode, naming them (files the "
+                   "checkpoint's training left out are left out without being told).")
 @click.option("--student-factory", default=None, metavar="MODULE:FUNCTION",
               help="For a checkpoint made with train-student --student-factory: name that factory again "
                    "(kdcache never imports or calls code just because a checkpoint names it).")
@@ -195,6 +198,7 @@ def evaluate_cmd(model_path: str, as_json: bool, quiet: bool, **kw: Any) -> None
     limit = kw.pop("limit")  # of the split asked for
     data_cfg = DataConfig(dataset=kw.pop("dataset"), data_dir=kw.pop("data_dir"), workers=kw.pop("workers"),
                           image_key=kw.pop("image_key"), label_key=kw.pop("label_key"),
+                          skip_unreadable=kw.pop("skip_unreadable"),
                           **{"eval_limit" if kw["split"] == "test" else "limit": limit})
     try:
         r = evaluate_checkpoint(model_path, data_cfg=data_cfg, progress=not (quiet or as_json), **kw)

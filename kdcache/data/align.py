@@ -8,6 +8,7 @@ ids and the split's fingerprint for torchvision's MNIST-style datasets.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -23,6 +24,8 @@ from kdcache.data.items import ItemKeys, check_served_dict, item_parts
 from kdcache.data.user_data import item_digests
 from kdcache.errors import CacheError, ConfigError, DataError
 from kdcache.identity import UNLABELLED, USER_DATASET, DatasetInfo, fingerprint_for, sample_ids_for
+
+log = logging.getLogger(__name__)  # warnings reach a Python user on stderr, a CLI user as `warning:` lines
 
 
 @dataclass(frozen=True)
@@ -198,6 +201,12 @@ def align_dataset(cache: LogitCache, dataset: Any, idx: np.ndarray, *, labels: S
             if info is not None:
                 checked += ["dataset and split", "fingerprint"]
     rows = cache.align(idx, labels=compare, sample_ids=ids, info=info, keys=names)
+    if check_content and ids is None:  # said, never silent: position is all that pairs an item with its row
+        log.warning(f"{cache.path}: the dataset's items could not be compared with the cache's rows by content (they "
+                    "are not the images it was made from: another transform, or a dataset kdcache cannot read "
+                    f"files or raw pixels of), so they are paired by index and checked by {', '.join(checked)} only; "
+                    "a reordering within a class would go unnoticed. Wrap the dataset the cache was made from, or "
+                    "pass WrapOptions(check_content=False) to pair by index knowingly")
     return Alignment(idx, rows, cache_labels, tuple(checked))
 
 
