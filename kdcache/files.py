@@ -46,13 +46,13 @@ def check_writable(path: str | os.PathLike) -> Path:
         fd, probe = tempfile.mkstemp(prefix=f".{Path(path).name}.probe-", dir=folder)
         os.close(fd)
         os.unlink(probe)
-    except OSError as e:
-        if isinstance(e, FileExistsError) or e.errno in _WRITE_ERRNOS:
-            why = {errno.EROFS: "read-only file system", errno.ENOTDIR: "a part of the path is a file, not a folder",
-                   errno.EEXIST: "a part of the path is a file, not a folder"}.get(e.errno or 0, "permission denied")
-            raise StorageError(f"cannot write to {folder}: {why}; write the output elsewhere (another --out) or "
-                               "make the folder writable") from None
-        raise
+    except OSError as e:  # any OSError here is the folder's: never the probe's name (a user never made it)
+        why = {errno.EROFS: "read-only file system", errno.ENOTDIR: "a part of the path is a file, not a folder",
+               errno.EEXIST: "a part of the path is a file, not a folder"}.get(
+            e.errno or 0, "permission denied" if isinstance(e, PermissionError) or e.errno in _WRITE_ERRNOS
+            else (e.strerror or type(e).__name__).lower())
+        raise StorageError(f"cannot write to {folder}: {why}; write the output elsewhere (another --out) or "
+                           "make the folder writable") from None
     return folder
 
 

@@ -98,6 +98,13 @@ def test_check_writable_refuses_in_kdcache_words(tmp_path, monkeypatch):
     with pytest.raises(StorageError, match=f"cannot write to {tmp_path}: permission denied"):
         check_output(tmp_path / "m.pt", overwrite=False)
 
+    def vanished(*a, **k):  # /proc and the like: the folder exists but takes no files (a new user's trial
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(tmp_path / ".c.h5.probe-x"))
+    monkeypatch.setattr(files.tempfile, "mkstemp", vanished)  # was told the name of kdcache's own probe file)
+    with pytest.raises(StorageError, match=f"cannot write to {tmp_path}: no such file or directory; write") as e:
+        files.check_writable(tmp_path / "c.h5")
+    assert "probe" not in str(e.value)
+
 
 @pytest.mark.parametrize("n, text", [(0, "0 bytes"), (1, "1 byte"), (999, "999 bytes"), (30_412, "30.4 KB"),
                                      (999_949, "999.9 KB"), (999_990, "1.0 MB"), (12_345_678, "12.3 MB"),
