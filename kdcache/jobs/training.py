@@ -177,8 +177,9 @@ def _train_and_save(job: _Training, out: str | os.PathLike, run: RunOptions) -> 
                 close()
         seconds = time.perf_counter() - t0
         result = None
-        facts = FitFacts(history[-1]["train_accuracy"], len(batches), int(cfg.batch_size), batchnorm_updates(model),
-                         is_stale(model, len(batches)))
+        facts = None if not history else FitFacts(  # no epoch trained here: nothing to explain a result by
+            history[-1]["train_accuracy"], len(batches), int(cfg.batch_size), batchnorm_updates(model),
+            is_stale(model, len(batches)))
         # sharded on ranks
         final = evaluate(model, test_data, device=device, precision="fp32", workers=data_cfg.workers)
         val = None if val_data is None else evaluate(model, val_data, device=device, precision="fp32",
