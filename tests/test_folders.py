@@ -459,3 +459,17 @@ def test_evaluate_takes_the_skip_unreadable_its_message_suggests(tmp_path):
     one_line_error(run("evaluate", "--model", teacher, "--data-dir", root, "--workers", 0), "--skip-unreadable")
     r = run("evaluate", "--model", teacher, "--data-dir", root, "--workers", 0, "--skip-unreadable")
     assert r.exit_code == 0 and "cat/broken.jpg" in r.stderr and "(6 samples)" in r.stdout, r.output
+
+
+def test_the_recorded_folder_is_suggested_for_a_missing_folder_only():
+    """A new user's trial: `dump-logits --teacher t.pt --dataset hf:/nowhere` suggested `pass --data-dir` the
+    teacher's image folder, though a Hugging Face dataset was asked for and --data-dir is not its fix."""
+    from kdcache.errors import DataError
+    from kdcache.jobs.recorded import with_recorded_folder
+
+    reading = {"data_dir": "/photos"}
+    folder = DataError("imagefolder: data/train not found; lay the data out as ROOT/train/<class>/<image>")
+    assert str(with_recorded_folder(folder, "data", reading, "the teacher t.pt")) == (
+        "imagefolder: data/train not found; the teacher t.pt was trained on /photos: pass --data-dir /photos")
+    hf = DataError("hf:/nowhere not found; give a folder written by save_to_disk, or a folder of Parquet files")
+    assert with_recorded_folder(hf, "data", reading, "the teacher t.pt") is hf

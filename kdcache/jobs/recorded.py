@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
+from kdcache.data.folders import IMAGEFOLDER, UNLABELLED_FOLDER
 from kdcache.errors import DataError, KDCacheError
 
 
@@ -67,7 +68,8 @@ def with_recorded_folder(e: DataError, data_dir: str | os.PathLike, reading: Map
     """``e`` (a folder not found under ``data_dir``) with the fix where ``source`` (e.g. "the checkpoint s.pt") was
     trained on another folder: 'imagefolder: data/test not found; the checkpoint s.pt was trained on /photos: pass
     --data-dir /photos'. Any other error comes back unchanged."""
-    root = reading.get("data_dir")
-    if not isinstance(root, str) or " not found" not in str(e) or Path(root) == Path(data_dir):
+    root, text = reading.get("data_dir"), str(e)
+    folder = text.startswith((f"{IMAGEFOLDER}: ", f"{UNLABELLED_FOLDER}: "))  # not an hf:PATH that is not there
+    if not isinstance(root, str) or not folder or " not found" not in text or Path(root) == Path(data_dir):
         return e
     return DataError(f"{str(e).split('; ')[0]}; {source} was trained on {root}: pass --data-dir {root}")
