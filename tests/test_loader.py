@@ -70,3 +70,21 @@ def test_a_file_that_does_not_decode_is_one_clean_error_from_a_worker(tmp_path):
     with pytest.raises(DataError) as e:
         list(make_loader(rows_of(files), LoaderConfig(workers=1), batches=[torch.tensor([0])]))
     assert str(e.value).startswith("cannot read image") and "\n" not in str(e.value)
+
+
+def test_scan_is_one_ordered_pass_of_per_item_values_through_workers():
+    """The identity passes (file digests, item digests) share one DataLoader construction: in order, per-item
+    values kept as they are (no collation), the same with and without worker processes."""
+    from kdcache.data.loader import scan
+
+    class Squares(torch.utils.data.Dataset):
+        def __len__(self):
+            return 10
+
+        def __getitems__(self, rows):
+            return [(i, bytes([i * i])) for i in rows]
+
+    for workers in (0, 2):
+        batches = list(scan(Squares(), 4, workers))
+        assert [len(b) for b in batches] == [4, 4, 2]
+        assert [v for b in batches for v in b] == [(i, bytes([i * i])) for i in range(10)]

@@ -38,15 +38,14 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from kdcache.data.images import FileImages, InputTransform, as_transform, file_digest
-from kdcache.data.loader import resolve_workers
+from kdcache.data.loader import scan
 from kdcache.data.samples import ImageData
 from kdcache.errors import DataError
 from kdcache.heap import limit_heap_growth
 from kdcache.identity import UNLABELLED, USER_DATASET, DatasetInfo, fingerprint_for, sample_ids_for
-from kdcache.workers import quiet_worker
 
 IMAGEFOLDER = "imagefolder"  # --dataset names (kdcache.data.datasets lists them with the built-in datasets)
 UNLABELLED_FOLDER = "unlabelled"  # every image under --data-dir, no labels
@@ -117,10 +116,6 @@ class _Digests(Dataset):
         return out
 
 
-def _identity(batch: list) -> list:
-    return batch
-
-
 def hash_files(paths: Sequence[Path], *, workers: int | None = None, skip_unreadable: bool = False
                ) -> tuple[np.ndarray, list[int]]:
     """(digests (N, 16) uint8 of the readable files, positions of the unreadable ones).
@@ -128,11 +123,8 @@ def hash_files(paths: Sequence[Path], *, workers: int | None = None, skip_unread
     Without ``skip_unreadable`` the first unreadable file is a DataError naming it; with it,
     every file is also decoded once, so a truncated image is found here, not mid-training.
     """
-    n = resolve_workers(workers, paths)
-    loader = DataLoader(_Digests(paths, skip_unreadable), batch_size=256, num_workers=n, collate_fn=_identity,
-                        worker_init_fn=quiet_worker if n else None)
     digests, bad = [], []
-    for batch in loader:
+    for batch in scan(_Digests(paths, skip_unreadable), 256, workers, source=paths):
         for d in batch:
             if isinstance(d, str):
                 if not skip_unreadable:

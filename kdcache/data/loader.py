@@ -41,6 +41,20 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def scan(dataset: Any, batch_size: int, workers: int | None, source: Any = None) -> Iterator[list]:
+    """One pass, in order, over a Dataset whose ``__getitems__`` returns a list of per-item values (file or item
+    digests: kdcache.data.folders.hash_files, kdcache.data.user_data.item_digests), decoded in ``workers``
+    (resolve_workers over ``source``, default ``dataset``) that exit quietly on SIGTERM. Not a training path:
+    the one loader is make_loader; this is the identity pass some jobs make before it."""
+    n = resolve_workers(workers, dataset if source is None else source)
+    yield from DataLoader(dataset, batch_size=batch_size, num_workers=n, collate_fn=_as_list,
+                          worker_init_fn=quiet_worker if n else None)
+
+
+def _as_list(batch: list) -> list:
+    return batch
+
+
 def resolve_workers(workers: int | None, source: Any) -> int:
     """DataLoader workers: as asked; by default one per available CPU (up to 8) for image files, 0 in memory.
 

@@ -23,16 +23,14 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from kdcache.data.folders import IMAGEFOLDER, IMAGENET_MEAN, IMAGENET_STD, folder_files, hash_files
 from kdcache.data.images import positions
 from kdcache.data.items import LABEL_KEYS, ItemKeys, item_parts
-from kdcache.data.loader import resolve_workers
+from kdcache.data.loader import scan
 from kdcache.data.samples import ImageData
 from kdcache.errors import ConfigError, DataError
 from kdcache.identity import UNLABELLED, USER_DATASET, DatasetInfo, fingerprint_for, sample_ids_for
-from kdcache.workers import quiet_worker
 
 ACCEPTED_DATASET = ("a map-style torch Dataset of (image, label) or {image, label} dict items (a dataset by name "
                     "goes in data_cfg=DataConfig(dataset=...))")
@@ -149,17 +147,11 @@ class _ItemDigests:
         return out
 
 
-def _identity(batch: list) -> list:
-    return batch
-
-
 def _scan_items(dataset: Any, shape: tuple[int, ...], positions: np.ndarray, workers: int | None,
                 keys: ItemKeys | None, need_label: bool) -> tuple[np.ndarray, np.ndarray]:
     """(digests (n, 16) uint8, labels (n,) int64) of the items at ``positions``, one pass."""
-    loader = DataLoader(_ItemDigests(dataset, shape, positions, keys, need_label), batch_size=64, collate_fn=_identity,
-                        num_workers=resolve_workers(workers, dataset), worker_init_fn=quiet_worker)
     digests, labels = [], []
-    for batch in loader:
+    for batch in scan(_ItemDigests(dataset, shape, positions, keys, need_label), 64, workers, source=dataset):
         for entry in batch:
             if isinstance(entry, Exception):
                 raise type(entry)(str(entry))
